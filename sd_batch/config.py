@@ -1,0 +1,131 @@
+"""Site configuration and the places sd-batch keeps things (XDG through pyxdg).
+
+A site config is a TOML file (`/etc/sd-batch/site.toml`, or `$XDG_CONFIG_HOME/sd-batch/site.toml`,
+or the file named by `SD_BATCH_CONFIG`). Every knob has a safe default, so a fresh machine works
+without one. `parse_config` is pure; `load_config` is the one place that reads the file.
+May import: errors, pyxdg, tomllib.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: Templates shipped with the source tree; the built-in default template folder.
+BUILTIN_TEMPLATE_DIR = PACKAGE_DIR.parent / "job_templates"
+#: Our component library (`#include "components.sf"`), always last on the include path.
+COMPONENT_LIBRARY_DIR = PACKAGE_DIR / "lang"
+SYSTEM_CONFIG = Path("/etc/sd-batch/site.toml")
+DEFAULT_URI = "qemu:///system"
+
+
+def default_state_dir() -> Path:
+    """Where the ledger lives: root uses /var/lib/sd-batch, users their XDG state folder."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/sd-batch")
+    from xdg import BaseDirectory  # imported here: only commands that need state pay for it
+
+    return Path(BaseDirectory.xdg_state_home) / "sd-batch"
+
+
+def default_image_dir() -> Path:
+    """The site image folder: guest kernels, initramfs and base disks."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/sd-batch/images")
+    from xdg import BaseDirectory
+
+    return Path(BaseDirectory.xdg_data_home) / "sd-batch" / "images"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """Everything a site admin can set. Defaults are safe for a single worker node."""
+
+    template_dirs: tuple[Path, ...] = (BUILTIN_TEMPLATE_DIR,)
+    include_dirs: tuple[Path, ...] = ()
+    image_dir: Path = field(default_factory=default_image_dir)
+    state_dir: Path = field(default_factory=default_state_dir)
+    default_uri: str = DEFAULT_URI
+    #: Site host names -> libvirt URIs, for `sd start HOST ...` (`localhost` is always known).
+    hosts: Mapping[str, str] = field(default_factory=dict)
+
+    def uri_for(self, host: str) -> str:
+        """A libvirt URI for HOST: a URI as it is, a mapped site host name, or `localhost`."""
+        if "://" in host:
+            return host
+        if host in self.hosts:
+            return self.hosts[host]
+        if host == "localhost":
+            return self.default_uri
+        known = ", ".join(sorted({"localhost", *self.hosts})) or "localhost"
+        raise ConfigError(
+            f"unknown host {host!r}",
+            hint=f"use a libvirt URI (qemu:///system) or a host from the site config [hosts]: {known}",
+        )
+
+
+def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteConfig:
+    """Build a SiteConfig from parsed TOML, refusing unknown keys (typos must not pass silently)."""
+    known = {"template_dirs", "include_dirs", "image_dir", "state_dir", "default_uri", "hosts"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown setting {unknown[0]!r}", hint=f"known: {', '.join(sorted(known))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for key in ("template_dirs", "include_dirs"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{origin}: {key} must be a list of folder paths")
+            kwargs[key] = tuple(Path(v) for v in value)
+    for key in ("image_dir", "state_dir"):
+        if key in data:
+            if not isinstance(data[key], str):
+                raise ConfigError(f"{origin}: {key} must be a folder path")
+            kwargs[key] = Path(data[key])
+    if "default_uri" in data:
+        if not isinstance(data["default_uri"], str):
+            raise ConfigError(f"{origin}: default_uri must be a libvirt URI string")
+        kwargs["default_uri"] = data["default_uri"]
+    if "hosts" in data:
+        hosts = data["hosts"]
+        if not isinstance(hosts, dict) or not all(isinstance(v, str) for v in hosts.values()):
+            raise ConfigError(f"{origin}: [hosts] maps host names to libvirt URI strings")
+        kwargs["hosts"] = dict(hosts)
+    return SiteConfig(**kwargs)
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file in force: SD_BATCH_CONFIG, else the user's, else the system one."""
+    env = os.environ if environ is None else environ
+    if env.get("SD_BATCH_CONFIG"):
+        return Path(env["SD_BATCH_CONFIG"])
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    user = Path(xdg) / "sd-batch" / "site.toml"
+    for candidate in (user, SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: Path | None = None) -> SiteConfig:
+    """Read the site config file (the one file read of this module); defaults when none exists."""
+    path = path if path is not None else config_path()
+    if path is None:
+        return SiteConfig()
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"site config {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, origin=str(path))

@@ -1,0 +1,199 @@
+"""The one exception hierarchy of sd-batch.
+
+Every error a user, a description, the site or the host can cause is an `SdError`. Each class says
+how a job hook must treat it (`disposition`: hold the job, or send it back to Idle) and how the CLI
+exits (`exit_code`), so the two mapping places (`cli.py`, `hooks.py`) never guess from messages.
+Foreign exceptions (lark, libvirt, OSError) are translated at their one boundary with
+`raise ... from exc`. May import: the standard library only.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class Disposition(enum.Enum):
+    """What an HTCondor hook does with a job that hit this error."""
+
+    HOLD = "hold"  # the job can never run as written: the user must act
+    REQUEUE = "requeue"  # a host problem: let the job run elsewhere or later
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLocation:
+    """A place in a description file, 1-based like every compiler's messages."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int | None = None
+    end_column: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class SdError(Exception):
+    """Root of every error sd-batch reports to a person."""
+
+    disposition = Disposition.HOLD
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}; {self.hint}"
+        return self.message
+
+
+class UsageError(SdError):
+    """The command line asks for something impossible."""
+
+    exit_code = 2
+
+
+class ConfigError(SdError):
+    """The site configuration is missing or wrong: an admin must fix it."""
+
+    disposition = Disposition.REQUEUE
+    exit_code = 3
+
+
+class DescriptionError(SdError, ValueError):
+    """A description cannot be read or resolved. Carries where, so users can fix it."""
+
+    exit_code = 4
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        loc: SourceLocation | None = None,
+        path: str | None = None,
+        hint: str | None = None,
+        source_line: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.loc = loc
+        self.path = path
+        self.source_line = source_line
+
+    def headline(self) -> str:
+        """`file:line:col: message; hint` on one line, as in a HoldReason."""
+        text = self.message
+        if self.hint:
+            text = f"{text}; {self.hint}"
+        if self.loc is not None:
+            return f"{self.loc}: {text}"
+        return text
+
+    def __str__(self) -> str:
+        lines = [self.headline()]
+        if self.source_line is not None and self.loc is not None:
+            lines.append(self.source_line.rstrip("\n"))
+            width = 1
+            if self.loc.end_line == self.loc.line and self.loc.end_column:
+                width = max(1, self.loc.end_column - self.loc.column)
+            lines.append(" " * (self.loc.column - 1) + "^" * width)
+        return "\n".join(lines)
+
+
+class DescriptionSyntaxError(DescriptionError):
+    """The text is not the SmartFrog language."""
+
+
+class IncludeError(DescriptionError):
+    """An `#include` names a file that is missing, unreadable or included in a cycle."""
+
+
+class ResolutionError(DescriptionError):
+    """Type, place or function resolution failed (bad prototype, bad operator operands...)."""
+
+
+class UnresolvedReference(DescriptionError):
+    """A reference points at nothing (SmartFrog's "Unresolved Reference")."""
+
+
+class CyclicReference(DescriptionError):
+    """References lead back to themselves."""
+
+
+class TbdError(DescriptionError):
+    """An attribute under sfConfig is still TBD (to be defined)."""
+
+
+class DescriptionErrors(DescriptionError):
+    """Several independent problems found in one pass; `errors` lists them all."""
+
+    def __init__(self, errors: Iterable[DescriptionError]) -> None:
+        self.errors = tuple(errors)
+        assert self.errors, "DescriptionErrors needs at least one error"
+        first = self.errors[0]
+        super().__init__(
+            first.message,
+            loc=first.loc,
+            path=first.path,
+            hint=first.hint,
+            source_line=first.source_line,
+        )
+
+    def headline(self) -> str:
+        more = len(self.errors) - 1
+        suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        return self.errors[0].headline() + suffix
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+class SpecError(DescriptionError):
+    """A resolved description asks for a VM that cannot be built (bad memory, unknown flavour)."""
+
+
+class PolicyError(SdError):
+    """Site policy refuses what a description asks for. The user must change the request."""
+
+    exit_code = 5
+
+
+class HypervisorError(SdError):
+    """libvirt refused or failed. `transient` errors (daemon down, timeouts) requeue a job."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, transient: bool = False, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.transient = transient
+
+    @property
+    def disposition(self) -> Disposition:  # type: ignore[override]
+        return Disposition.REQUEUE if self.transient else Disposition.HOLD
+
+
+class DomainNotFound(HypervisorError):
+    """The domain is not (or no longer) defined on that host."""
+
+
+class LedgerError(SdError):
+    """The state ledger cannot be read or written."""
+
+    disposition = Disposition.REQUEUE
+    exit_code = 7
+
+
+class DeployError(SdError):
+    """A pool or VM could not be started; whatever was started has been rolled back."""
+
+    exit_code = 8
+
+
+class StagingError(SdError):
+    """Moving a job's files into or out of its VM failed or was refused as unsafe."""
+
+    exit_code = 9

@@ -1,0 +1,202 @@
+"""The resolved description tree: components, values and the references that stay references.
+
+This is what the rest of sd-batch sees of a description. A `Component` is an ordered mapping of
+attribute names to values, remembering where each attribute was written, so `spec.py` and
+`policy.py` can report `file:line:col` for a bad value long after parsing. Values are plain Python
+(`str`, `int`, `float`, `bool`, `None` for NULL, `list` for vectors), plus `Long` / `Double` (to
+keep SmartFrog's literal kinds), `TBD`, `Reference` (a LAZY link, resolved at deploy time) and
+nested `Component`s. May import: errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SourceLocation
+
+
+class Long(int):
+    """An integer written with the `L` suffix (`42L`)."""
+
+    __slots__ = ()
+
+
+class Double(float):
+    """A decimal written with the `D` suffix (`1.5D`): a decimal without suffix is a float."""
+
+    __slots__ = ()
+
+
+class _Tbd:
+    """The single `TBD` placeholder: a value that must be overridden before deployment."""
+
+    _instance: _Tbd | None = None
+
+    def __new__(cls) -> _Tbd:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "TBD"
+
+    def __reduce__(self) -> str:
+        return "TBD"
+
+
+TBD = _Tbd()
+
+#: Reference part kinds, as SmartFrog's grammar names them.
+PART_KINDS = (
+    "ROOT",
+    "PARENT",
+    "THIS",
+    "PROCESS",
+    "ATTRIB",
+    "HERE",
+    "HOST",
+    "PROPERTY",
+    "IPROPERTY",
+    "ENVPROPERTY",
+    "IENVPROPERTY",
+    "CONSTANT",
+)
+_NAMELESS = frozenset({"ROOT", "PARENT", "THIS", "PROCESS"})
+
+
+@dataclass(frozen=True, slots=True)
+class RefPart:
+    """One step of a reference: `ROOT`, `PARENT`, `ATTRIB name`, `HERE name`, ..."""
+
+    kind: str
+    name: str | None = None
+
+    def text(self, first: bool) -> str:
+        if self.kind in _NAMELESS:
+            return self.kind
+        assert self.name is not None
+        # A bare word is ATTRIB in first place and HERE after it: print the short form there.
+        if (first and self.kind == "ATTRIB") or (not first and self.kind == "HERE"):
+            return _quote_name(self.name)
+        return f"{self.kind} {_quote_name(self.name)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A link to another place in the tree, kept as such when LAZY (or depending on a LAZY one)."""
+
+    parts: tuple[RefPart, ...]
+    lazy: bool = False
+    data: bool = False
+    optional: bool = False
+    default: Any = None
+    loc: SourceLocation | None = field(default=None, compare=False)
+
+    def path_text(self) -> str:
+        return ":".join(part.text(i == 0) for i, part in enumerate(self.parts))
+
+    def __str__(self) -> str:
+        words = []
+        if self.lazy:
+            words.append("LAZY")
+        if self.data:
+            words.append("DATA")
+        if self.optional:
+            from .render import render_value  # late: render imports this module
+
+            words.append(f"OPTIONAL({render_value(self.default)})")
+        words.append(self.path_text())
+        return " ".join(words)
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """An attribute slot of a resolved component: its value and where it was (last) written."""
+
+    name: str
+    value: Any
+    loc: SourceLocation | None
+
+
+@dataclass(eq=False)
+class Component:
+    """A component description: ordered attributes, each with the place it was written."""
+
+    attributes: dict[str, Attribute] = field(default_factory=dict)
+    loc: SourceLocation | None = None
+    parent: Component | None = field(default=None, repr=False)
+    #: The name under which the parent holds this component (None for the root).
+    name: str | None = None
+    #: Marked `DATA`: plain data, not a deployable component.
+    is_data: bool = False
+    #: Marked `LAZY` on its prototype: resolved at deploy time.
+    is_lazy: bool = False
+
+    # -- mapping-like access ------------------------------------------------------------------
+    def __contains__(self, name: object) -> bool:
+        return name in self.attributes
+
+    def __getitem__(self, name: str) -> Any:
+        return self.attributes[name].value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.attributes)
+
+    def __len__(self) -> int:
+        return len(self.attributes)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        attr = self.attributes.get(name)
+        return default if attr is None else attr.value
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        for name, attr in self.attributes.items():
+            yield name, attr.value
+
+    def children(self) -> Iterator[tuple[str, Component]]:
+        """The nested components, in order."""
+        for name, attr in self.attributes.items():
+            if isinstance(attr.value, Component):
+                yield name, attr.value
+
+    def location_of(self, name: str) -> SourceLocation | None:
+        """Where attribute NAME was written, or where this component was, if it has none."""
+        attr = self.attributes.get(name)
+        if attr is not None and attr.loc is not None:
+            return attr.loc
+        return self.loc
+
+    def set(self, name: str, value: Any, loc: SourceLocation | None = None) -> None:
+        """Add or replace an attribute; a replaced one keeps its position (SmartFrog's rule)."""
+        if isinstance(value, Component):
+            value.parent = self
+            value.name = name
+        self.attributes[name] = Attribute(name, value, loc)
+
+    # -- places in the tree -------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        """The attribute path from the file's top level, as SmartFrog writes it: `sfConfig:vms:vm1`."""
+        names: list[str] = []
+        node: Component | None = self
+        while node is not None and node.name is not None:
+            names.append(node.name)
+            node = node.parent
+        return ":".join(reversed(names))
+
+    def attribute_path(self, name: str) -> str:
+        return f"{self.path}:{name}" if self.path else name
+
+    def root(self) -> Component:
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
+
+def _quote_name(name: str) -> str:
+    from .render import format_name  # late: render imports this module
+
+    return format_name(name)

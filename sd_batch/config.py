@@ -55,6 +55,8 @@ class SiteConfig:
     default_uri: str = DEFAULT_URI
     #: Site host names -> libvirt URIs, for `sd start HOST ...` (`localhost` is always known).
     hosts: Mapping[str, str] = field(default_factory=dict)
+    #: Site properties, read by descriptions as `PROPERTY name` (e.g. `sd.flavour = "qemu"`).
+    properties: Mapping[str, str] = field(default_factory=dict)
 
     def uri_for(self, host: str) -> str:
         """A libvirt URI for HOST: a URI as it is, a mapped site host name, or `localhost`."""
@@ -73,7 +75,15 @@ class SiteConfig:
 
 def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteConfig:
     """Build a SiteConfig from parsed TOML, refusing unknown keys (typos must not pass silently)."""
-    known = {"template_dirs", "include_dirs", "image_dir", "state_dir", "default_uri", "hosts"}
+    known = {
+        "template_dirs",
+        "include_dirs",
+        "image_dir",
+        "state_dir",
+        "default_uri",
+        "hosts",
+        "properties",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
@@ -100,6 +110,13 @@ def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteCo
         if not isinstance(hosts, dict) or not all(isinstance(v, str) for v in hosts.values()):
             raise ConfigError(f"{origin}: [hosts] maps host names to libvirt URI strings")
         kwargs["hosts"] = dict(hosts)
+    if "properties" in data:
+        props = data["properties"]
+        if not isinstance(props, dict):
+            raise ConfigError(f"{origin}: [properties] maps names to values")
+        kwargs["properties"] = {
+            k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in props.items()
+        }
     return SiteConfig(**kwargs)
 
 

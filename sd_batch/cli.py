@@ -1,0 +1,175 @@
+"""The `sd` command: argument parsing, and the one place that turns errors into exit codes.
+
+Every subcommand lives in `sd_batch/commands/` and is imported only when it runs, so `sd validate`
+does not pay for libvirt or the HTCondor bindings. Below this module nothing prints to the user
+or exits; everything raises an `SdError`, which `main` shows as one clear message (with the
+source line and a caret for descriptions) and maps to the error's `exit_code`. `--debug` shows
+the traceback too. May import: everything in sd_batch, argparse, logging, sys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .errors import SdError, UsageError
+
+EPILOG = """\
+examples:
+  sd validate job_templates/minimal.sf          check a description, one-line summary
+  sd render job_templates/pool.sf --json        the resolved sfConfig tree as JSON
+  sd templates                                  the site's VM templates and their TBD fields
+
+Descriptions are written in the SmartFrog language; see the README's language guide.
+Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor.
+"""
+
+
+@dataclass
+class Environment:
+    """Where a command reads and writes: injectable, so tests run commands in-process."""
+
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @property
+    def is_tty(self) -> bool:
+        return bool(getattr(self.stdout, "isatty", lambda: False)())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so `main` owns every exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}", hint=f"see {self.prog} --help")
+
+
+def _add_include_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-I",
+        "--include",
+        dest="include_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also search DIR for #include files (before the site templates and our library)",
+    )
+    parser.add_argument(
+        "-D",
+        "--property",
+        dest="properties",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a property that descriptions read with PROPERTY NAME",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sd",
+        description="SmartDomains for batch: VMs for HTCondor jobs and pools, described in the "
+        "SmartFrog language and run through libvirt.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="site config file (default: "
+        "$SD_BATCH_CONFIG, ~/.config/sd-batch/site.toml, /etc/sd-batch/site.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a description and print a one-line summary",
+        description="Parse and resolve FILE (includes, extends, references, TBDs). Prints one "
+        "summary line, or every located error with the source line and a caret.",
+    )
+    validate.add_argument("file", metavar="FILE", help="a .sf description")
+    _add_include_options(validate)
+    validate.add_argument(
+        "--syntax-only",
+        action="store_true",
+        help="only check the syntax of FILE itself (no includes, no resolution)",
+    )
+    validate.add_argument(
+        "--allow-tbd",
+        action="store_true",
+        help="accept attributes still TBD (site templates that users complete)",
+    )
+    validate.add_argument("--json", action="store_true", help="machine-readable result")
+    validate.set_defaults(handler="sd_batch.commands.lang:validate")
+
+    render = sub.add_parser(
+        "render",
+        help="print the resolved sfConfig tree",
+        description="Resolve FILE and print sfConfig as SmartFrog text (which parses again) or, "
+        'with --json, as one JSON object (LAZY references as {"$ref": "LAZY PARENT:x"}). '
+        "A file without sfConfig (a library) prints its resolved prototypes.",
+    )
+    render.add_argument("file", metavar="FILE", help="a .sf description")
+    _add_include_options(render)
+    render.add_argument("--allow-tbd", action="store_true", help="render even if TBDs remain")
+    render.add_argument("--json", action="store_true", help="JSON instead of SmartFrog text")
+    render.set_defaults(handler="sd_batch.commands.lang:render")
+
+    templates = sub.add_parser(
+        "templates",
+        help="list the site's VM templates",
+        description="The templates in the site template folders (site config `template_dirs`; "
+        "default: the job_templates/ shipped with sd-batch), each with its one-line "
+        "description and the fields a user must fill (TBD).",
+    )
+    templates.add_argument("--json", action="store_true", help="machine-readable list")
+    templates.set_defaults(handler="sd_batch.commands.lang:templates")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
+    """Run one `sd` command; returns the exit code (the console script exits with it)."""
+    env = env or Environment()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        stream=env.stderr,
+        format="sd: %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        parser = build_parser()
+        if not args_list:
+            parser.print_help(env.stdout)
+            return 0
+        args = parser.parse_args(args_list)
+        if args.command is None:
+            parser.print_help(env.stdout)
+            return 0
+        module_name, _, function = args.handler.partition(":")
+        command = getattr(importlib.import_module(module_name), function)
+        return int(command(args, env))
+    except SdError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=env.stderr)
+        print(f"sd: error: {exc}", file=env.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sd: interrupted", file=env.stderr)
+        return 130
+    except SystemExit as exc:  # argparse's --help
+        return int(exc.code or 0)
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The SmartFrog description language: parse, resolve, render.
+
+Public surface: `load_file` / `load_text` (parse + resolve into a `Description`), `parse_file`
+(syntax only), and the model types. Resolution follows SmartFrog's phase order: includes, type
+(`extends`), place (`a:b 5;`), function and link (sfConfig only), then the TBD check.
+Depends only on lark (in `parser.py`) and `sd_batch.errors`; knows nothing about VMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DescriptionError, DescriptionErrors, ResolutionError, SourceLocation
+from .model import TBD, Attribute, Component, Double, Long, Reference, RefPart
+
+__all__ = [
+    "TBD",
+    "Attribute",
+    "Component",
+    "Description",
+    "Double",
+    "Long",
+    "RefPart",
+    "Reference",
+    "SF_CONFIG",
+    "load_file",
+    "load_text",
+    "parse_file",
+    "parse_text",
+]
+
+SF_CONFIG = "sfConfig"
+
+
+@dataclass(frozen=True)
+class Description:
+    """A resolved description: the whole top level, its `sfConfig`, and what was noticed."""
+
+    root: Component
+    sfconfig: Component | None
+    #: Problems in prototypes outside sfConfig that nothing under sfConfig uses.
+    warnings: tuple[DescriptionError, ...]
+    #: Attributes under sfConfig still TBD (only non-empty when loaded with `complete=False`).
+    tbds: tuple[tuple[str, SourceLocation | None], ...]
+    files: tuple[str, ...]
+
+
+def parse_text(text: str, filename: str = "<text>") -> None:
+    """Check syntax only (no includes followed); raises DescriptionSyntaxError."""
+    from .parser import parse_text as _parse
+
+    _parse(text, filename)
+
+
+def parse_file(path: str | Path) -> None:
+    """Check one file's syntax only; raises DescriptionError when it cannot be read or parsed."""
+    from .includes import SourceSet
+
+    SourceSet(()).read(Path(path))
+
+
+def _search_path(include_dirs: Sequence[Path | str]) -> tuple[Path, ...]:
+    from ..config import COMPONENT_LIBRARY_DIR
+
+    return (*(Path(d) for d in include_dirs), COMPONENT_LIBRARY_DIR)
+
+
+def load_file(
+    path: str | Path,
+    *,
+    include_dirs: Sequence[Path | str] = (),
+    environ: Mapping[str, str] | None = None,
+    properties: Mapping[str, str] | None = None,
+    complete: bool = True,
+) -> Description:
+    """Parse and resolve a description file. `include_dirs` come before our component library."""
+    from .includes import SourceSet
+
+    sources = SourceSet(_search_path(include_dirs))
+    parsed = sources.read(Path(path), display=str(path))
+    return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
+
+
+def load_text(
+    text: str,
+    filename: str = "<text>",
+    *,
+    include_dirs: Sequence[Path | str] = (),
+    environ: Mapping[str, str] | None = None,
+    properties: Mapping[str, str] | None = None,
+    complete: bool = True,
+) -> Description:
+    """Parse and resolve description text; FILENAME only names it in messages and includes."""
+    from .includes import SourceSet
+
+    sources = SourceSet(_search_path(include_dirs))
+    parsed = sources.parse(text, filename)
+    return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
+
+
+def _resolve(parsed, sources, *, environ, properties, complete):  # type: ignore[no-untyped-def]
+    from .evaluate import Evaluator, find_tbds, tbd_errors
+    from .resolve import Node, TreeBuilder, TypeResolver
+
+    root = TreeBuilder(sources).root(parsed.items, parsed.name)
+    types = TypeResolver(root, sources)
+    errors: list[DescriptionError] = []
+    warnings: list[DescriptionError] = []
+    for name, child in list(root.children()):
+        assert isinstance(child, Node)
+        try:
+            types.resolve(child)
+        except DescriptionError as exc:
+            (errors if name == SF_CONFIG else warnings).append(exc)
+    for placement in root.placements:
+        if isinstance(placement.value, Node):
+            placement.value.parent = root
+            try:
+                types.resolve(placement.value)
+            except DescriptionError as exc:
+                warnings.append(exc)
+    for holder, placement in types.place(root):
+        where = holder.path or "the top level"
+        error = ResolutionError(
+            f"cannot place {':'.join(placement.name)}: no component "
+            f"{':'.join(placement.name[:-1])} in {where}",
+            loc=placement.loc,
+            source_line=sources.source_line(placement.loc),
+            hint="a path-named attribute overrides a value inside an existing component",
+        )
+        in_config = holder.path.split(":")[0] == SF_CONFIG if holder.path else False
+        (errors if in_config else warnings).append(error)
+
+    sfconfig = root.get(SF_CONFIG)
+    if SF_CONFIG in root and not isinstance(sfconfig, Component):
+        errors.append(
+            ResolutionError(
+                "sfConfig must be a component description",
+                loc=root.location_of(SF_CONFIG),
+                hint="write sfConfig extends Compound { ... }",
+                source_line=sources.source_line(root.location_of(SF_CONFIG)),
+            )
+        )
+        sfconfig = None
+    tbds: list[tuple[str, SourceLocation | None]] = []
+    if not errors:
+        evaluator = Evaluator(root, sources, environ=environ, properties=properties)
+        if sfconfig is not None:
+            evaluator.scope = sfconfig
+            evaluator.evaluate_tree(sfconfig, errors)
+            if complete:
+                errors.extend(tbd_errors(sfconfig, sources))
+            else:
+                tbds = find_tbds(sfconfig)
+        else:  # a library: resolve what can be, to show prototypes as they would be used
+            for _name, child in list(root.children()):
+                if not (isinstance(child, Node) and child.error is not None):
+                    evaluator.evaluate_tree(child, warnings)
+    if errors:
+        raise errors[0] if len(errors) == 1 else DescriptionErrors(errors)
+    return Description(
+        root=root,
+        sfconfig=sfconfig,
+        warnings=tuple(warnings),
+        tbds=tuple(tbds),
+        files=tuple(sources.files),
+    )

@@ -1,0 +1,397 @@
+"""Resolution phases 4-5: functions (operators, `[ ]` lists) and links (references), then TBDs.
+
+Evaluation is on demand with memory: an attribute is evaluated when the walk over `sfConfig`
+reaches it or when a reference needs it, so chains resolve in any order and a cycle is seen as an
+attribute met again while it is being evaluated. LAZY references stay references, and so does
+everything that depends on one (`deferred`); `DATA` references are values and never followed.
+A non-LAZY reference to a component gets a copy of that component, evaluated where it stands.
+May import: errors, lang.model, lang.syntax, lang.resolve.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from functools import reduce
+from typing import Any
+
+from ..errors import (
+    CyclicReference,
+    DescriptionError,
+    ResolutionError,
+    TbdError,
+    UnresolvedReference,
+)
+from .includes import SourceSet
+from .model import TBD, Attribute, Component, Long, Reference
+from .resolve import Node, ancestors, copy_node, suggest
+from .syntax import ApplyRef, IfExpr, ListExpr, OpExpr
+
+Result = tuple[Any, bool]  # (value, deferred)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_kind(values: list[Any], result: Any) -> Any:
+    if isinstance(result, int) and any(isinstance(v, Long) for v in values):
+        return Long(result)
+    return result
+
+
+def _java_divide(a: Any, b: Any) -> Any:
+    if isinstance(a, int) and isinstance(b, int):
+        quotient = abs(a) // abs(b)  # Java integer division truncates toward zero
+        return quotient if (a >= 0) == (b >= 0) else -quotient
+    return a / b
+
+
+def _concat_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "NULL"
+    return str(value)
+
+
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+
+
+class Evaluator:
+    """Evaluates references and expressions of one description, remembering every result."""
+
+    def __init__(
+        self,
+        root: Component,
+        sources: SourceSet,
+        *,
+        environ: Mapping[str, str] | None = None,
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.sources = sources
+        self.environ = environ
+        self.properties = properties or {}
+        self.results: dict[tuple[int, str], Result] = {}
+        self.failures: dict[tuple[int, str], DescriptionError] = {}
+        self.active: list[tuple[Component, str]] = []
+        self.evaluated: set[int] = set()
+
+    def _error(
+        self, cls: type[DescriptionError], message: str, loc: Any, **kw: Any
+    ) -> DescriptionError:
+        return cls(message, loc=loc, source_line=self.sources.source_line(loc), **kw)
+
+    # -- walking a tree --------------------------------------------------------------------------
+    def evaluate_tree(self, node: Component, errors: list[DescriptionError]) -> None:
+        """Evaluate every attribute under NODE, collecting one error per failing attribute."""
+        if id(node) in self.evaluated:
+            return
+        self.evaluated.add(id(node))
+        for name in list(node.attributes):
+            try:
+                self.value_of(node, name)
+            except DescriptionError as exc:
+                if not any(e is exc for e in errors):
+                    errors.append(exc)
+                continue
+            value = node.attributes[name].value
+            if isinstance(value, Component):
+                self.evaluate_tree(value, errors)
+
+    def value_of(self, node: Component, name: str) -> Result:
+        key = (id(node), name)
+        if key in self.results:
+            return self.results[key]
+        if key in self.failures:
+            raise self.failures[key]
+        for index, (held, held_name) in enumerate(self.active):
+            if held is node and held_name == name:
+                chain = [h.attribute_path(n) for h, n in self.active[index:]] + [
+                    node.attribute_path(name)
+                ]
+                attr = node.attributes[name]
+                raise self._error(
+                    CyclicReference, "cyclic reference: " + " -> ".join(chain), self._ref_loc(attr)
+                )
+        attr = node.attributes[name]
+        self.active.append((node, name))
+        try:
+            value, deferred = self.evaluate(attr.value, node)
+        except DescriptionError as exc:
+            self.failures[key] = exc
+            raise
+        finally:
+            self.active.pop()
+        if not deferred and value is not attr.value:
+            if isinstance(value, Component) and value.parent is not node:
+                value = self._linked_copy(value, attr)
+            node.set(name, value, attr.loc)
+        self.results[key] = (node.attributes[name].value, deferred)
+        return self.results[key]
+
+    @staticmethod
+    def _ref_loc(attr: Attribute) -> Any:
+        value = attr.value
+        return getattr(value, "loc", None) or attr.loc
+
+    def _linked_copy(self, target: Component, attr: Attribute) -> Component:
+        """A non-LAZY link to a component: copy it, evaluated where it stands."""
+        assert isinstance(target, Node)
+        if self._in_scope(target):
+            errors: list[DescriptionError] = []
+            self.evaluate_tree(target, errors)
+            if errors:
+                raise errors[0]
+        clone = copy_node(target)
+        self._mark_evaluated(clone)
+        return clone
+
+    def _mark_evaluated(self, node: Component) -> None:
+        self.evaluated.add(id(node))
+        for _name, child in node.children():
+            self._mark_evaluated(child)
+
+    scope: Component | None = None
+
+    def _in_scope(self, node: Component) -> bool:
+        return self.scope is None or any(a is self.scope for a in ancestors(node))
+
+    # -- values ------------------------------------------------------------------------------------
+    def evaluate(self, value: Any, ctx: Component) -> Result:
+        if isinstance(value, Reference):
+            return self._reference(value, ctx)
+        if isinstance(value, ListExpr):
+            items = [self.evaluate(item, ctx) for item in value.items]
+            if any(deferred for _v, deferred in items):
+                return value, True
+            return [v for v, _d in items], False
+        if isinstance(value, OpExpr):
+            operands = [self.evaluate(item, ctx) for item in value.operands]
+            if any(deferred for _v, deferred in operands):
+                return value, True
+            return self._apply(value, [v for v, _d in operands]), False
+        if isinstance(value, IfExpr):
+            cond, deferred = self.evaluate(value.cond, ctx)
+            if deferred:
+                return value, True
+            if not isinstance(cond, bool):
+                raise self._error(
+                    ResolutionError,
+                    f"IF needs a boolean condition, got {_describe(cond)}",
+                    value.loc,
+                )
+            return self.evaluate(value.then if cond else value.otherwise, ctx)
+        if isinstance(value, ApplyRef):
+            raise self._error(
+                ResolutionError,
+                f"{value.kind} references are not supported by sd-batch",
+                value.loc,
+                hint="compute the value in the description with operators, or set it directly",
+            )
+        return value, False
+
+    def _reference(self, ref: Reference, ctx: Component) -> Result:
+        if ref.lazy:
+            return ref, True
+        if ref.data:
+            return ref, False
+        try:
+            target, deferred = self.follow(ref, ctx)
+        except UnresolvedReference:
+            if not ref.optional:
+                raise
+            return self.evaluate(ref.default, ctx)
+        if deferred:
+            return ref, True
+        return target, False
+
+    def follow(self, ref: Reference, ctx: Component) -> Result:
+        current: Any = ctx
+        for index, part in enumerate(ref.parts):
+            if index > 0 and not isinstance(current, Component):
+                previous = ref.parts[index - 1]
+                raise self._error(
+                    UnresolvedReference,
+                    f"unknown reference {ref.path_text()}: "
+                    f"{previous.name or previous.kind} is {_describe(current)}, not a component",
+                    ref.loc,
+                )
+            current, deferred = self._step(current, part, ref, first=index == 0)
+            if deferred:
+                return None, True
+        return current, False
+
+    def _step(self, node: Component, part: Any, ref: Reference, *, first: bool) -> Result:
+        kind, name = part.kind, part.name
+        if kind == "ATTRIB":
+            for scope in ancestors(node):
+                if name in scope.attributes:
+                    return self.value_of(scope, name)
+            raise self._error(
+                UnresolvedReference,
+                f"unknown reference ATTRIB {name}",
+                ref.loc,
+                hint=suggest(name, node),
+            )
+        if kind == "HERE":
+            if name in node.attributes:
+                return self.value_of(node, name)
+            where = node.path or "the top level"
+            raise self._error(
+                UnresolvedReference,
+                f"unknown reference {ref.path_text()}: no attribute {name} in {where}",
+                ref.loc,
+                hint=suggest(name, node),
+            )
+        if kind == "PARENT":
+            if node.parent is None:
+                raise self._error(
+                    UnresolvedReference,
+                    f"reference {ref} has no parent",
+                    ref.loc,
+                    hint="the top level has no PARENT",
+                )
+            return node.parent, False
+        if kind == "ROOT":
+            return self.root, False
+        if kind == "THIS":
+            return node, False
+        if kind in ("PROPERTY", "IPROPERTY"):
+            return self._lookup(self.properties, "property", kind, name, ref), False
+        if kind in ("ENVPROPERTY", "IENVPROPERTY"):
+            if self.environ is None:
+                raise self._error(
+                    ResolutionError,
+                    f"{kind} {name}: environment variables are not available to this description",
+                    ref.loc,
+                    hint="site policy blanks the host environment for job descriptions",
+                )
+            return self._lookup(self.environ, "environment variable", kind, name, ref), False
+        if kind in ("HOST", "PROCESS"):
+            raise self._error(
+                ResolutionError,
+                f"{ref} names a runtime place and can only be resolved at deploy time",
+                ref.loc,
+                hint=f"write LAZY {ref}",
+            )
+        raise self._error(
+            ResolutionError, f"CONSTANT {name}: Java constants do not exist in sd-batch", ref.loc
+        )
+
+    def _lookup(
+        self, table: Mapping[str, str], what: str, kind: str, name: str, ref: Reference
+    ) -> Any:
+        if name not in table:
+            raise self._error(
+                UnresolvedReference,
+                f"{what} {name} is not set",
+                ref.loc,
+                hint="use OPTIONAL(default) for a fallback",
+            )
+        text = table[name]
+        if kind.startswith("I"):
+            try:
+                return int(text)
+            except ValueError:
+                raise self._error(
+                    ResolutionError, f"{what} {name}={text!r} is not an integer", ref.loc
+                ) from None
+        return text
+
+    # -- operators -------------------------------------------------------------------------------
+    def _apply(self, expr: OpExpr, values: list[Any]) -> Any:
+        op = expr.op
+
+        def need(check: Callable[[Any], bool], what: str) -> None:
+            for v in values:
+                if not check(v):
+                    raise self._error(
+                        ResolutionError,
+                        f"operator {op} needs {what}, got {_describe(v)}",
+                        expr.loc,
+                    )
+
+        if op in ("+", "*"):
+            need(_is_number, "numbers")
+            fn = operator.add if op == "+" else operator.mul
+            return _number_kind(values, reduce(fn, values))
+        if op in ("-", "/"):
+            need(_is_number, "numbers")
+            if op == "/" and values[1] == 0:
+                raise self._error(ResolutionError, "division by zero", expr.loc)
+            result = values[0] - values[1] if op == "-" else _java_divide(*values)
+            return _number_kind(values, result)
+        if op == "++":
+            return "".join(_concat_text(v) for v in values)
+        if op == "<>":
+            need(lambda v: isinstance(v, list), "vectors")
+            return [item for v in values for item in v]
+        if op in ("&&", "||", "!"):
+            need(lambda v: isinstance(v, bool), "booleans")
+            if op == "!":
+                return not values[0]
+            return all(values) if op == "&&" else any(values)
+        compare = _COMPARISONS[op]
+        if op not in ("==", "!="):
+            same_kind = all(_is_number(v) for v in values) or all(
+                isinstance(v, str) for v in values
+            )
+            if not same_kind:
+                raise self._error(
+                    ResolutionError,
+                    f"operator {op} compares two numbers or two strings, got "
+                    f"{_describe(values[0])} and {_describe(values[1])}",
+                    expr.loc,
+                )
+        return compare(values[0], values[1])
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if value is TBD:
+        return "TBD"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if _is_number(value):
+        return "a number"
+    if isinstance(value, list):
+        return "a vector"
+    if isinstance(value, Component):
+        return "a component"
+    return type(value).__name__
+
+
+def find_tbds(node: Component) -> list[tuple[str, Any]]:
+    """Every attribute under NODE still TBD, as (attribute path, location)."""
+    found: list[tuple[str, Any]] = []
+    for name, attr in node.attributes.items():
+        if attr.value is TBD:
+            found.append((node.attribute_path(name), attr.loc))
+        elif isinstance(attr.value, Component):
+            found.extend(find_tbds(attr.value))
+    return found
+
+
+def tbd_errors(node: Component, sources: SourceSet) -> list[DescriptionError]:
+    return [
+        TbdError(
+            f"{path} is still TBD (to be defined)",
+            loc=loc,
+            path=path,
+            hint="give it a value here or in a description that extends this one",
+            source_line=sources.source_line(loc),
+        )
+        for path, loc in find_tbds(node)
+    ]

@@ -1,0 +1,500 @@
+"""Text -> syntax objects, through lark (LALR) and the grammar file `sf.lark`.
+
+The only module that imports lark: every lark exception is translated here into a
+`DescriptionSyntaxError` that names `file:line:column` and what was expected. The compiled
+grammar is cached on disk (lark's cache), because hooks start a fresh Python per job.
+May import: lark, errors, lang.model, lang.syntax.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from ..errors import DescriptionSyntaxError, SourceLocation
+from . import model
+from .model import Double, Long, Reference, RefPart
+from .syntax import (
+    ApplyRef,
+    AttrDef,
+    Body,
+    ComponentExpr,
+    IfExpr,
+    Include,
+    ListExpr,
+    NullProto,
+    OpExpr,
+    SourceFile,
+)
+
+GRAMMAR = Path(__file__).with_name("sf.lark")
+#: Words SmartFrog reserves that sd-batch has no use for; they must be quoted to be names.
+RESERVED_WORDS = frozenset({"SWITCH", "ENDSWITCH", "VAR"})
+KEYWORDS = (
+    frozenset(
+        {
+            "extends",
+            "true",
+            "false",
+            "NULL",
+            "TBD",
+            "LAZY",
+            "DATA",
+            "ATTRIB",
+            "HERE",
+            "THIS",
+            "PARENT",
+            "ROOT",
+            "HOST",
+            "PROCESS",
+            "PROPERTY",
+            "IPROPERTY",
+            "ENVPROPERTY",
+            "IENVPROPERTY",
+            "CONSTANT",
+            "OPTIONAL",
+            "APPLY",
+            "ASSERT",
+            "IF",
+            "THEN",
+            "ELSE",
+            "FI",
+        }
+    )
+    | RESERVED_WORDS
+)
+
+_ESCAPES = {"n": "\n", "t": "\t", "b": "\b", "r": "\r", "f": "\f"}
+
+
+def unescape(body: str) -> str:
+    """Java escapes as SmartFrog's `fixEscapes` reads them (`\\n`, octal `\\101`, `\\"`)."""
+    if "\\" not in body:
+        return body
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt in "0123":  # the lexer only lets \[0-3][0-7][0-7] through
+                out.append(chr(int(body[i + 1 : i + 4], 8)))
+                i += 4
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _decode_bytes(token: str) -> bytes:
+    kind, digits = token[1:4], "".join(token[5:-1].split())
+    if kind == "HEX":
+        return bytes.fromhex(digits if len(digits) % 2 == 0 else "0" + digits)
+    if kind == "B64":
+        import base64
+
+        return base64.b64decode(digits + "=" * (-len(digits) % 4))
+    base = {"DEC": 10, "OCT": 8, "BIN": 2}[kind]
+    value = int(digits, base) if digits else 0
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+class _ToSyntax(Transformer[Token, Any]):
+    """Parse tree -> syntax objects. Shape only: no lookups, no checks (those are the resolver's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filename = "<text>"
+        self.anonymous: Iterator[int] = itertools.count(1)
+
+    def _loc(self, token: Token) -> SourceLocation:
+        return SourceLocation(
+            self.filename, token.line or 0, token.column or 0, token.end_line, token.end_column
+        )
+
+    # -- structure -----------------------------------------------------------------------------
+    def start(self, items: list[Any]) -> tuple[Any, ...]:
+        return tuple(i for i in items if i is not None)
+
+    def include(self, children: list[Any]) -> Include:
+        keyword, path = children
+        return Include(path, keyword == "#include?", self._loc(keyword))
+
+    def include_codebase(self, children: list[Any]) -> Include:
+        # `#codebase "url"` names where SmartFrog loads classes from: nothing for us to load.
+        _codebase, _url, keyword, path = children
+        return Include(path, False, self._loc(keyword))
+
+    def attribute(self, children: list[Any]) -> AttrDef:
+        tags = children[0] if isinstance(children[0], list) else []
+        name, loc = children[-2]
+        return AttrDef(name, children[-1], loc, tuple(tags))
+
+    def null_attribute(self, children: list[Any]) -> AttrDef:
+        tags = children[0] if isinstance(children[0], list) else []
+        name, loc = children[-1]
+        return AttrDef(name, None, loc, tuple(tags))
+
+    def tags(self, children: list[Any]) -> list[str]:
+        return [c for c in children[1:]]
+
+    def anonymous_name(self, children: list[Token]) -> tuple[tuple[str, ...], SourceLocation]:
+        return (f"--{next(self.anonymous)}",), self._loc(children[0])
+
+    def quoted_name(self, children: list[Token]) -> tuple[tuple[str, ...], SourceLocation]:
+        return (unescape(children[0][1:-1]),), self._loc(children[0])
+
+    def word_name(self, children: list[Any]) -> tuple[tuple[str, ...], SourceLocation]:
+        rest: tuple[str, ...] = children[1] if len(children) > 1 else ()
+        return (str(children[0]), *rest), self._loc(children[0])
+
+    def name_tail(self, children: list[Any]) -> tuple[str, ...]:
+        first = children[0]
+        if first.type == "STRING":
+            return (unescape(first[1:-1]),)
+        if first.type == "UNIQUE":
+            return (f"--{next(self.anonymous)}",)
+        rest: tuple[str, ...] = children[1] if len(children) > 1 else ()
+        return (str(first), *rest)
+
+    def name(self, children: list[Token]) -> str:
+        token = children[0]
+        if token.type == "STRING":
+            return unescape(token[1:-1])
+        if token.type == "MULTILINESTRING":
+            return unescape(token[2:-1])
+        return str(token)
+
+    # -- components ----------------------------------------------------------------------------
+    def component(self, children: list[Any]) -> ComponentExpr:
+        modifier = str(children[1]) if len(children) == 3 else None
+        return ComponentExpr(tuple(children[-1]), modifier, self._loc(children[0]))
+
+    def empty_component(self, children: list[Any]) -> ComponentExpr:
+        modifier = str(children[1]) if len(children) == 2 else None
+        return ComponentExpr((), modifier, self._loc(children[0]))
+
+    def proto_list(self, children: list[Any]) -> list[Any]:
+        return children
+
+    def null_proto(self, children: list[Token]) -> NullProto:
+        return NullProto(self._loc(children[0]))
+
+    def body(self, children: list[Any]) -> Body:
+        return Body(tuple(c for c in children[1:] if c is not None), self._loc(children[0]))
+
+    # -- values --------------------------------------------------------------------------------
+    def string(self, children: list[Token]) -> str:
+        token = children[0]
+        if token.type == "STRING":
+            return unescape(token[1:-1])
+        return unescape(token[2:-1])
+
+    def integer(self, children: list[Token]) -> int:
+        return int(children[0])
+
+    def long(self, children: list[Token]) -> Long:
+        return Long(int(children[0][:-1]))
+
+    def float(self, children: list[Token]) -> float:
+        text = str(children[0])
+        return float(text[:-1] if text[-1] in "fF" else text)
+
+    def double(self, children: list[Token]) -> Double:
+        return Double(float(children[0][:-1]))
+
+    def true(self, _children: list[Token]) -> bool:
+        return True
+
+    def false(self, _children: list[Token]) -> bool:
+        return False
+
+    def null(self, _children: list[Token]) -> None:
+        return None
+
+    def tbd(self, _children: list[Token]) -> model._Tbd:
+        return model.TBD
+
+    def bytearray(self, children: list[Token]) -> bytes:
+        return _decode_bytes(str(children[0]))
+
+    def vector(self, children: list[Any]) -> list[Any]:
+        return list(children[1:])
+
+    def eval_list(self, children: list[Any]) -> ListExpr:
+        return ListExpr(tuple(children[1:]), self._loc(children[0]))
+
+    def paren(self, children: list[Any]) -> Any:
+        return children[1]
+
+    def not_op(self, children: list[Any]) -> OpExpr:
+        return OpExpr("!", (children[2],), self._loc(children[0]))
+
+    def nary_op(self, children: list[Any]) -> OpExpr:
+        return OpExpr(str(children[2]), tuple(children[1::2]), self._loc(children[0]))
+
+    def binary_op(self, children: list[Any]) -> OpExpr:
+        return OpExpr(str(children[2]), (children[1], children[3]), self._loc(children[0]))
+
+    def if_then_else(self, children: list[Any]) -> IfExpr:
+        return IfExpr(children[1], children[3], children[5], self._loc(children[0]))
+
+    # -- references ----------------------------------------------------------------------------
+    def reference(self, children: list[Any]) -> Any:
+        ref = children[-1]
+        if len(children) == 2 and isinstance(ref, Reference):
+            return Reference(ref.parts, True, ref.data, ref.optional, ref.default, ref.loc)
+        return ref
+
+    def link_reference(self, children: list[tuple[RefPart, Token]]) -> Reference:
+        parts = []
+        for index, (part, _token) in enumerate(children):
+            if part.kind == "WORD":
+                part = RefPart("ATTRIB" if index == 0 else "HERE", part.name)
+            parts.append(part)
+        return Reference(tuple(parts), loc=self._loc(children[0][1]))
+
+    def ref_part(self, children: list[Any]) -> tuple[RefPart, Token]:
+        token = children[0]
+        if len(children) == 2:
+            return RefPart(token.type, children[1]), token
+        if token.type == "WORD":
+            return RefPart("WORD", str(token)), token
+        return RefPart(token.type), token
+
+    def optional_reference(self, children: list[Any]) -> Reference:
+        ref: Reference = children[1]
+        return Reference(ref.parts, optional=True, loc=self._loc(children[0]))
+
+    def optional_default_reference(self, children: list[Any]) -> Reference:
+        ref: Reference = children[3]
+        return Reference(ref.parts, optional=True, default=children[2], loc=self._loc(children[0]))
+
+    def data_reference(self, children: list[Any]) -> Any:
+        ref = children[1]
+        if isinstance(ref, Reference):
+            return Reference(ref.parts, False, True, ref.optional, ref.default, ref.loc)
+        return ref
+
+    def apply_reference(self, children: list[Any]) -> ApplyRef:
+        return ApplyRef("APPLY", children[1], self._loc(children[0]))
+
+    def assert_reference(self, children: list[Any]) -> ApplyRef:
+        return ApplyRef("ASSERT", children[1], self._loc(children[0]))
+
+
+# -- error messages ------------------------------------------------------------------------------
+_TERMINAL_WORDS = {
+    "WORD": "a name",
+    "STRING": "a string",
+    "MULTILINESTRING": "a string",
+    "SEMICOLON": "';'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "LBRACKET": "'['",
+    "RSQB": "']'",
+    "VECTORSTART": "'[|'",
+    "OPSTART": "'('",
+    "RPAR": "')'",
+    "COMMA": "','",
+    "COLON": "':'",
+    "EXTENDS": "'extends'",
+    "UNIQUE": "'--'",
+    "$END": "end of file",
+}
+_VALUE_STARTS = {"INTEGER", "LONG", "FLOAT", "DOUBLE", "STRING", "TBD", "NULL", "TRUE", "FALSE"}
+_ATTRIBUTE_STARTS = {
+    "WORD",
+    "STRING",
+    "UNIQUE",
+    "MINUS",
+    "LBRACKET",
+    "INCLUDE",
+    "INCLUDE_OPTIONAL",
+    "CODEBASE",
+    "SEMICOLON",
+}
+
+
+def _describe_expected(expected: set[str]) -> str:
+    """Turn lark's terminal names into words: `';', '}' or a value` rather than `SEMICOLON, RBRACE`."""
+    words: list[str] = []
+    if expected >= _ATTRIBUTE_STARTS:
+        words.append("an attribute")
+        expected = expected - _ATTRIBUTE_STARTS
+    if expected >= _VALUE_STARTS:
+        words.append("a value")
+        expected = (
+            expected
+            - _VALUE_STARTS
+            - {
+                "MULTILINESTRING",
+                "BYTEARRAY",
+                "VECTORSTART",
+                "LBRACKET",
+                "OPSTART",
+                "LAZY",
+                "DATA",
+                "OPTIONAL",
+                "APPLY",
+                "ASSERT",
+                "IF",
+                "ROOT",
+                "PARENT",
+                "THIS",
+                "PROCESS",
+                "ATTRIB",
+                "HERE",
+                "HOST",
+                "PROPERTY",
+                "IPROPERTY",
+                "ENVPROPERTY",
+                "IENVPROPERTY",
+                "CONSTANT",
+                "WORD",
+                "MINUS",
+            }
+        )
+    for name in sorted(expected):
+        word = _TERMINAL_WORDS.get(name)
+        if word is None:
+            word = "a number" if name in {"INTEGER", "LONG", "FLOAT", "DOUBLE"} else None
+        if word is None:
+            pattern = _PARSER.get_terminal(name).pattern if _PARSER else None
+            word = f"'{pattern.value}'" if pattern is not None and pattern.type == "str" else name
+        if word not in words:
+            words.append(word)
+    if not words:
+        return ""
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _token_text(token: Token) -> str:
+    if token.type == "$END":
+        return "end of file"
+    text = str(token)
+    if len(text) > 30:
+        text = text[:27] + "..."
+    return f"'{text}'"
+
+
+def _syntax_error(exc: UnexpectedInput, filename: str, text: str) -> DescriptionSyntaxError:
+    line, column = exc.line, exc.column
+    hint = None
+    if isinstance(exc, UnexpectedToken):
+        token = exc.token
+        expected = _describe_expected(set(exc.expected))
+        message = f"unexpected {_token_text(token)}"
+        if token.type == "$END":
+            message = "unexpected end of file"
+            lines = text.splitlines() or [""]
+            line, column = len(lines), len(lines[-1]) + 1
+        if str(token) in KEYWORDS and "WORD" in exc.expected:
+            hint = f'{token} is a keyword: quote it ("{token}") to use it as a name'
+        elif expected:
+            hint = f"expected {expected}"
+        end = (token.end_line, token.end_column) if token.type != "$END" else (None, None)
+    elif isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        message = f"unexpected character {char!r}"
+        if char == '"':
+            message = "unterminated or malformed string"
+            hint = "strings end on the same line; use ##...# for text over several lines"
+        elif char == "#":
+            hint = 'directives are #include "file" and #include? "file"; ##...# is a string'
+        end = (line, column + 1)
+    else:
+        assert isinstance(exc, UnexpectedEOF)
+        lines = text.splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+        message, end = "unexpected end of file", (None, None)
+    loc = SourceLocation(filename, line, column, end[0], end[1])
+    source_lines = text.splitlines()
+    source = source_lines[line - 1] if 1 <= line <= len(source_lines) else None
+    return DescriptionSyntaxError(message, loc=loc, hint=hint, source_line=source)
+
+
+# -- the parser ----------------------------------------------------------------------------------
+_PARSER: Lark | None = None
+_TRANSFORMER = _ToSyntax()
+
+
+def _cache_file() -> str | None:
+    """Lark's compiled-grammar cache, per user; None (no cache) where nothing is writable."""
+    from .. import __version__
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for folder in (os.path.join(base, "sd-batch"), tempfile.gettempdir()):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return os.path.join(folder, f"sf-grammar-{__version__}-{os.getuid()}.lark")
+        except OSError:
+            continue
+    return None
+
+
+def _check_reserved(token: Token) -> Token:
+    if token in RESERVED_WORDS:
+        raise _ReservedWord(token)
+    return token
+
+
+class _ReservedWord(Exception):
+    def __init__(self, token: Token) -> None:
+        super().__init__(str(token))
+        self.token = token
+
+
+def _parser() -> Lark:
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = Lark.open(
+            str(GRAMMAR),
+            parser="lalr",
+            lexer="basic",
+            transformer=_TRANSFORMER,
+            cache=_cache_file() or False,
+            lexer_callbacks={"WORD": _check_reserved},
+            maybe_placeholders=False,
+        )
+    return _PARSER
+
+
+def parse_text(
+    text: str, filename: str = "<text>", anonymous: Iterator[int] | None = None
+) -> SourceFile:
+    """Parse one file's text. `anonymous` numbers `--` names across all files of one description."""
+    parser = _parser()
+    _TRANSFORMER.filename = filename
+    _TRANSFORMER.anonymous = anonymous if anonymous is not None else itertools.count(1)
+    try:
+        items = parser.parse(text)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, filename, text) from None
+    except _ReservedWord as exc:
+        token = exc.token
+        loc = SourceLocation(
+            filename, token.line or 0, token.column or 0, token.end_line, token.end_column
+        )
+        lines = text.splitlines()
+        source = lines[loc.line - 1] if 1 <= loc.line <= len(lines) else None
+        raise DescriptionSyntaxError(
+            f"{token} is a reserved word of the SmartFrog language",
+            loc=loc,
+            hint=f'quote it ("{token}") to use it as a name',
+            source_line=source,
+        ) from None
+    return SourceFile(filename, items, text)

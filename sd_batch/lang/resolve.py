@@ -1,0 +1,360 @@
+"""Resolution phases 1-3, as SmartFrog orders them: includes, type (`extends`) and place.
+
+Type resolution copies each prototype's fully resolved attributes, left to right, then the
+component's own; a redefined attribute keeps its first position and its value is replaced whole
+(nested components are never merged). Place resolution then moves path-named attributes
+(`inner:y 20;`) into the component they name, in passes until nothing moves. Problems inside
+`sfConfig` are errors; problems in prototypes outside it are kept and only become errors when
+something under `sfConfig` uses that prototype (a library may hold prototypes whose parts a
+user did not include). Function and link resolution live in `evaluate.py`.
+May import: errors, lang.model, lang.syntax, lang.includes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CyclicReference, DescriptionError, ResolutionError, UnresolvedReference
+from .includes import SourceSet, include_error
+from .model import Attribute, Component, Reference
+from .syntax import ApplyRef, AttrDef, Body, ComponentExpr, Include, ListExpr, NullProto
+
+SF_CONFIG = "sfConfig"
+
+
+class State(enum.Enum):
+    NEW = 0  # prototypes not applied yet
+    APPLYING = 1  # prototypes being applied (a lookup landing here is a cycle)
+    APPLIED = 2  # own attributes final; children may still be unresolved
+    CHILDREN = 3  # resolving children (copying this as a prototype now is a cycle)
+    DONE = 4
+    BROKEN = 5  # failed; `error` says why
+
+
+@dataclass(eq=False)
+class Node(Component):
+    """A component during resolution: its pending prototypes and path-named attributes."""
+
+    protos: tuple[Any, ...] = ()
+    placements: list[AttrDef] = field(default_factory=list)
+    state: State = State.NEW
+    error: DescriptionError | None = None
+
+
+# -- building the tree from syntax -----------------------------------------------------------------
+class TreeBuilder:
+    """Syntax -> a tree of Nodes, expanding includes where they stand (phase 1)."""
+
+    def __init__(self, sources: SourceSet) -> None:
+        self.sources = sources
+        self.chain: list[str] = []
+
+    def root(self, items: Iterable[AttrDef | Include], filename: str) -> Node:
+        node = Node(state=State.APPLIED)
+        self.chain.append(filename)
+        try:
+            self._fill(node, items)
+        finally:
+            self.chain.pop()
+        return node
+
+    def _fill(self, node: Node, items: Iterable[AttrDef | Include]) -> None:
+        for item in items:
+            if isinstance(item, Include):
+                self._include(node, item)
+            elif len(item.name) > 1:
+                node.placements.append(AttrDef(item.name, self.value(item.value), item.loc))
+            else:
+                node.set(item.name[0], self.value(item.value), item.loc)
+
+    def _include(self, node: Node, include: Include) -> None:
+        path = self.sources.locate(include)
+        if path is None:
+            if include.optional:
+                return
+            raise include_error(include, self.sources)
+        name = str(path)
+        if name in self.chain:
+            cycle = " -> ".join([*self.chain[self.chain.index(name) :], name])
+            raise ResolutionError(
+                f'include cycle: "{include.path}" is already being included',
+                loc=include.loc,
+                hint=f"chain: {cycle}",
+                source_line=self.sources.source_line(include.loc),
+            )
+        parsed = self.sources.files.get(name) or self.sources.read(path)
+        self.chain.append(name)
+        try:
+            self._fill(node, parsed.items)
+        finally:
+            self.chain.pop()
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, ComponentExpr):
+            protos: list[Any] = []
+            for proto in value.protos:
+                protos.append(self.body(proto) if isinstance(proto, Body) else proto)
+            return Node(
+                loc=value.loc,
+                protos=tuple(protos),
+                is_lazy=value.modifier == "LAZY",
+                is_data=value.modifier == "DATA",
+            )
+        if isinstance(value, ListExpr):
+            return ListExpr(tuple(self.value(v) for v in value.items), value.loc)
+        if isinstance(value, ApplyRef):
+            return value
+        return value
+
+    def body(self, body: Body) -> Node:
+        node = Node(loc=body.loc, state=State.APPLIED)
+        self._fill(node, body.items)
+        return node
+
+
+# -- copying -----------------------------------------------------------------------------------
+def copy_value(value: Any) -> Any:
+    if isinstance(value, Node):
+        return copy_node(value)
+    if isinstance(value, list):
+        return [copy_value(v) for v in value]
+    return value
+
+
+def copy_node(node: Node) -> Node:
+    """A deep copy: references inside are resolved relative to wherever the copy is put."""
+    clone = Node(
+        loc=node.loc,
+        is_data=node.is_data,
+        is_lazy=node.is_lazy,
+        protos=node.protos,
+        state=node.state,
+        error=node.error,
+    )
+    for name, attr in node.attributes.items():
+        clone.set(name, copy_value(attr.value), attr.loc)
+    clone.placements = [AttrDef(p.name, copy_value(p.value), p.loc) for p in node.placements]
+    return clone
+
+
+def ancestors(node: Component | None) -> Iterator[Component]:
+    while node is not None:
+        yield node
+        node = node.parent
+
+
+def suggest(name: str, scope: Component | None) -> str | None:
+    """`did you mean X?` from the names visible from SCOPE upwards."""
+    names: list[str] = []
+    for node in ancestors(scope):
+        names.extend(n for n in node.attributes if not n.startswith("--"))
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else None
+
+
+# -- type and place resolution (phases 2 and 3) ---------------------------------------------------
+class TypeResolver:
+    def __init__(self, root: Node, sources: SourceSet) -> None:
+        self.root = root
+        self.sources = sources
+
+    def _error(
+        self, cls: type[DescriptionError], message: str, loc: Any, **kw: Any
+    ) -> DescriptionError:
+        return cls(message, loc=loc, source_line=self.sources.source_line(loc), **kw)
+
+    # ---- phase 2 ----
+    def apply(self, node: Node) -> None:
+        """Apply NODE's prototypes, so its own attributes are final."""
+        if node.state is State.BROKEN:
+            assert node.error is not None
+            raise node.error
+        if node.state is not State.NEW:
+            if node.state is State.APPLYING:
+                raise self._error(
+                    CyclicReference,
+                    f"cyclic prototype: {node.path or 'this component'} extends itself",
+                    node.loc,
+                )
+            return
+        node.state = State.APPLYING
+        try:
+            merged: dict[str, Attribute] = {}
+            placements: list[AttrDef] = []
+            for proto in node.protos:
+                if isinstance(proto, NullProto):
+                    continue
+                if isinstance(proto, Node):  # an inline { ... } body: used once, no copy needed
+                    source = proto
+                else:
+                    source = copy_node(self.prototype(proto, node))
+                merged.update(source.attributes)
+                placements.extend(source.placements)
+            node.attributes = {}
+            for name, attr in merged.items():
+                node.set(name, attr.value, attr.loc)
+            node.placements = placements + node.placements
+            node.protos = ()
+            node.state = State.APPLIED
+        except DescriptionError as exc:
+            node.state, node.error = State.BROKEN, exc
+            raise
+
+    def resolve(self, node: Node) -> None:
+        """Fully type-resolve NODE and everything under it."""
+        self.apply(node)
+        if node.state in (State.DONE, State.CHILDREN):
+            return
+        node.state = State.CHILDREN
+        try:
+            for _name, child in list(node.children()):
+                assert isinstance(child, Node)
+                self.resolve(child)
+            for placement in node.placements:
+                if isinstance(placement.value, Node):
+                    placement.value.parent = node
+                    self.resolve(placement.value)
+        except DescriptionError as exc:
+            node.state, node.error = State.BROKEN, exc
+            raise
+        node.state = State.DONE
+
+    def prototype(self, ref: Reference, user: Node) -> Node:
+        """The component an `extends` reference names, fully resolved, ready to copy."""
+        target = self.follow(ref, user, set())
+        if not isinstance(target, Node):
+            raise self._error(
+                ResolutionError,
+                f"prototype {ref.path_text()} is not a component",
+                ref.loc,
+                hint="extends takes component descriptions (or NULL)",
+            )
+        if target.state is State.CHILDREN or any(a is target for a in ancestors(user)):
+            raise self._error(
+                CyclicReference,
+                f"cyclic prototype: {ref.path_text()} contains the component that extends it",
+                ref.loc,
+            )
+        try:
+            self.resolve(target)
+        except DescriptionError as exc:
+            if target.path and target.path.split(":")[0] != SF_CONFIG:
+                raise self._error(
+                    ResolutionError,
+                    f"prototype {target.path} cannot be used: {exc.headline()}",
+                    ref.loc,
+                ) from exc
+            raise
+        return target
+
+    def follow(self, ref: Reference, start: Component, seen: set[int]) -> Any:
+        """Where a prototype reference points, during type resolution (no values evaluated)."""
+        if id(ref) in seen:
+            raise self._error(CyclicReference, f"cyclic reference {ref}", ref.loc)
+        seen.add(id(ref))
+        current: Any = start
+        holder: Component = start
+        for index, part in enumerate(ref.parts):
+            if index > 0:
+                current = self._deref(current, holder, seen)
+                if not isinstance(current, Component):
+                    previous = ref.parts[index - 1].name or ref.parts[index - 1].kind
+                    raise self._error(
+                        UnresolvedReference,
+                        f"unknown reference {ref.path_text()}: {previous} is not a component",
+                        ref.loc,
+                    )
+                if isinstance(current, Node):
+                    self.apply(current)
+            current, holder = self.step(current, part, ref, first=index == 0)
+        return self._deref(current, holder, seen)
+
+    def _deref(self, value: Any, holder: Component, seen: set[int]) -> Any:
+        if isinstance(value, Reference):
+            return self.follow(value, holder, seen)
+        return value
+
+    def step(
+        self, node: Component, part: Any, ref: Reference, *, first: bool
+    ) -> tuple[Any, Component]:
+        """One reference part from NODE: the value found and the component holding it."""
+        kind, name = part.kind, part.name
+        if kind == "ATTRIB":
+            for scope in ancestors(node):
+                if name in scope.attributes:
+                    return scope.attributes[name].value, scope
+            raise self._error(
+                UnresolvedReference,
+                f"unknown reference ATTRIB {name}",
+                ref.loc,
+                hint=suggest(name, node),
+            )
+        if kind == "HERE":
+            if name in node.attributes:
+                return node.attributes[name].value, node
+            where = node.path or "the top level"
+            raise self._error(
+                UnresolvedReference,
+                f"unknown reference {ref.path_text()}: no attribute {name} in {where}",
+                ref.loc,
+                hint=suggest(name, node) if first else None,
+            )
+        if kind == "PARENT":
+            if node.parent is None:
+                raise self._error(
+                    UnresolvedReference,
+                    f"reference {ref} has no parent",
+                    ref.loc,
+                    hint="the top level has no PARENT",
+                )
+            return node.parent, node.parent
+        if kind == "ROOT":
+            return self.root, self.root
+        if kind == "THIS":
+            return node, node
+        raise self._error(ResolutionError, f"{kind} references cannot name a prototype", ref.loc)
+
+    # ---- phase 3 ----
+    def place(self, scope: Node) -> list[tuple[Node, AttrDef]]:
+        """Move path-named attributes into place; returns those that found no target."""
+        while True:
+            moved = False
+            pending: list[tuple[Node, AttrDef]] = []
+            for node in walk_nodes(scope):
+                if not node.placements:
+                    continue
+                keep: list[AttrDef] = []
+                for placement in node.placements:
+                    target = node_at(node, placement.name[:-1])
+                    if target is None:
+                        keep.append(placement)
+                        pending.append((node, placement))
+                        continue
+                    target.set(placement.name[-1], placement.value, placement.loc)
+                    moved = True
+                node.placements = keep
+            if not moved:
+                return pending
+
+
+def walk_nodes(node: Node) -> Iterator[Node]:
+    yield node
+    for _name, child in list(node.children()):
+        if isinstance(child, Node):
+            yield from walk_nodes(child)
+    for placement in node.placements:
+        if isinstance(placement.value, Node):
+            yield from walk_nodes(placement.value)
+
+
+def node_at(node: Component, path: tuple[str, ...]) -> Component | None:
+    for name in path:
+        value = node.get(name)
+        if not isinstance(value, Component):
+            return None
+        node = value
+    return node

@@ -200,7 +200,11 @@ class _Attrs:
             return default
         value = self.component[name]
         if value is TBD:
-            raise self.error(name, "is still TBD", "give it a value before the VM is built")
+            raise self.error(
+                name,
+                "is still TBD (to be defined)",
+                "give it a value here or in a description that extends this one",
+            )
         if isinstance(value, Reference):
             kind = "a LAZY reference" if value.lazy else "a reference that depends on a LAZY one"
             raise self.error(
@@ -312,7 +316,10 @@ def _boot(attrs: _Attrs, flavour: Flavour, disks: tuple[DiskSpec, ...]) -> Kerne
     what = 'a path such as "/var/lib/sd-batch/vmlinuz"'
     kernel = attrs.path("kernel", what=what)
     initrd = attrs.path("initrd", what=what)
-    cmdline = attrs.text("cmdline", what='kernel arguments such as "console=ttyS0 panic=-1"')
+    # "" is the prototype's default: no arguments, which is no reason to need a kernel.
+    cmdline = (
+        attrs.text("cmdline", what='kernel arguments such as "console=ttyS0 panic=-1"') or None
+    )
     bootloader = attrs.text("bootloader", what='a bootloader such as "pygrub", or NULL')
     if bootloader is not None:
         if flavour is not Flavour.XEN_PV:

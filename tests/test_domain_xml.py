@@ -370,3 +370,45 @@ def test_volume_refuses_what_libvirt_would_get_wrong(args: tuple[Any, ...], mess
     with pytest.raises(ValueError) as caught:
         volume_xml(*args)
     assert str(caught.value) == message
+
+
+# -- the whole chain: description text -> VMSpec -> domain XML -----------------------------------
+DESCRIPTION = """\
+#include "components.sf";
+sfConfig extends Compound {
+    job extends VM {
+        memory "1GiB";
+        flavour "qemu";
+        kernel "vmlinuz";
+        initrd "initrd.cpio.gz";
+        cmdline "console=ttyS0 panic=-1 quiet";
+        disks extends DATA {
+            root extends Disk { image "debian-12.qcow2"; serial "root"; }
+        }
+        console "console.log";
+    }
+}
+"""
+
+
+def test_a_description_becomes_a_valid_domain(
+    tmp_path: Path, golden: Callable[[Path, str], None], virt_xml_validate: Validate
+) -> None:
+    from sd_batch.lang import load_text
+    from sd_batch.spec import vm_spec
+
+    description = load_text(DESCRIPTION, "job.sf")
+    assert description.sfconfig is not None
+    spec = vm_spec(description.sfconfig["job"], default_name="job-1234-0")
+    files = HostFiles(
+        disks=(source("root.qcow2"),),
+        extra_disks=job_disks(serials=True),
+        kernel=IMAGES / "vmlinuz",
+        initrd=IMAGES / "initrd.cpio.gz",
+        console_log=JOBS / "console.log",
+    )
+    text = build_domain_xml(spec, files, JOB)
+    golden(GOLDEN / "from-description.xml", text)
+    path = tmp_path / "from-description.xml"
+    path.write_text(text)
+    virt_xml_validate(path, "domain")

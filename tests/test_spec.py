@@ -282,7 +282,8 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"memory": TBD},
-        "pool.sf:4:9: sfConfig:vms:vm1:memory is still TBD; give it a value before the VM is built",
+        "pool.sf:4:9: sfConfig:vms:vm1:memory is still TBD (to be defined); give it a value here "
+        "or in a description that extends this one",
     ),
     (
         {"memory": LAZY_REF},
@@ -372,8 +373,8 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"kernel": "/k", "disks": make_disks(root={"image": TBD})},
-        "pool.sf:41:21: sfConfig:vms:vm1:disks:root:image is still TBD; "
-        "give it a value before the VM is built",
+        "pool.sf:41:21: sfConfig:vms:vm1:disks:root:image is still TBD (to be defined); give it "
+        "a value here or in a description that extends this one",
     ),
     (
         {"kernel": "/k", "disks": make_disks(root={"image": "a", "format": "qcow"})},
@@ -464,3 +465,90 @@ def test_spec_errors_carry_path_and_location_and_hold_the_job() -> None:
     assert caught.value.path == "sfConfig:vms:vm1:vcpus"
     assert caught.value.loc == at(5)
     assert caught.value.disposition is Disposition.HOLD
+
+
+# -- from description text, through the real parser, resolver and component library ------------
+def vm_from_text(body: str, *, complete: bool = True) -> VMSpec:
+    """`vm1 extends VM { BODY }` in pool.sf (BODY starts on line 5), read through components.sf."""
+    from sd_batch.lang import load_text
+
+    text = (
+        '#include "components.sf";\n'
+        "size 1024;\n"
+        "sfConfig extends Compound {\n"
+        "    vm1 extends VM {\n"
+        f"{body}\n"
+        "    }\n"
+        "}\n"
+    )
+    description = load_text(text, "pool.sf", complete=complete)
+    assert description.sfconfig is not None
+    return vm_spec(description.sfconfig["vm1"], default_name="pool-vm1")
+
+
+def test_component_library_defaults_agree_with_the_spec_reader() -> None:
+    spec = vm_from_text('        kernel "/boot/vmlinuz";')
+    # The prototype's `cmdline ""` means no arguments, not "a command line without a kernel".
+    assert spec == VMSpec(
+        "pool-vm1", 512, 1, Flavour.KVM, KernelBoot(PurePosixPath("/boot/vmlinuz")),
+        path="sfConfig:vm1",
+    )  # fmt: skip
+
+
+def test_a_xen_pool_member_from_text() -> None:
+    spec = vm_from_text(
+        """\
+        memory "2G"; vcpus 2L; flavour "xen-pv"; bootloader "pygrub"; network "default";
+        disks extends DATA {
+            root extends Disk { image "debian-12.qcow2"; }
+            scratch extends Disk { size "10G"; format "raw"; }
+        }"""
+    )
+    assert (spec.memory_mib, spec.vcpus, spec.flavour, spec.boot, spec.network) == (
+        2048, 2, Flavour.XEN_PV, DiskBoot("pygrub"), "default"
+    )  # fmt: skip
+    assert [(d.name, d.device, d.image, d.size_bytes, d.format) for d in spec.disks] == [
+        ("root", "xvda", PurePosixPath("debian-12.qcow2"), None, DiskFormat.QCOW2),
+        ("scratch", "xvdb", None, 10 << 30, DiskFormat.RAW),
+    ]
+    assert spec.disks[0].loc is not None and (spec.disks[0].loc.line, spec.disks[0].path) == (
+        7, "sfConfig:vm1:disks:root"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "complete", "message"),
+    [
+        (
+            '        memory "lots";',
+            True,
+            'pool.sf:5:9: sfConfig:vm1:memory: "lots" is not a memory size; write a number of '
+            'MiB (512) or a size with a unit ("512M", "512MiB", "2G", "1048576K")',
+        ),
+        (
+            '        kernel "/k"; flavour "kvn";',
+            True,
+            'pool.sf:5:22: sfConfig:vm1:flavour: unknown flavour "kvn"; did you mean "kvm"? '
+            "Flavours: xen-pv, xen-pvh, xen-hvm, kvm, qemu",
+        ),
+        (
+            '        kernel "/k"; memory LAZY ATTRIB size;',
+            True,
+            "pool.sf:5:22: sfConfig:vm1:memory is a LAZY reference, resolved only at deploy "
+            "time; a VM attribute needs its value when the VM is built: drop LAZY",
+        ),
+        (
+            '        kernel "/k"; vcpus TBD;',
+            False,
+            "pool.sf:5:22: sfConfig:vm1:vcpus is still TBD (to be defined); give it a value here "
+            "or in a description that extends this one",
+        ),
+    ],
+    ids=["memory-lots", "flavour-kvn", "lazy-memory", "tbd-vcpus"],
+)
+def test_bad_values_in_text_point_at_the_line_and_column(
+    body: str, complete: bool, message: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        vm_from_text(body, complete=complete)
+    assert str(caught.value) == message

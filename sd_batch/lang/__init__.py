@@ -110,10 +110,12 @@ def _resolve(parsed, sources, *, environ, properties, complete):  # type: ignore
     warnings: list[DescriptionError] = []
     for name, child in list(root.children()):
         assert isinstance(child, Node)
+        target = errors if name == SF_CONFIG else warnings
         try:
-            types.resolve(child)
+            types.resolve(child, errors if name == SF_CONFIG else None)
         except DescriptionError as exc:
-            (errors if name == SF_CONFIG else warnings).append(exc)
+            if not any(e is exc for e in target):
+                target.append(exc)
     for placement in root.placements:
         if isinstance(placement.value, Node):
             placement.value.parent = root

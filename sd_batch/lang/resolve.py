@@ -204,23 +204,36 @@ class TypeResolver:
             node.state, node.error = State.BROKEN, exc
             raise
 
-    def resolve(self, node: Node) -> None:
-        """Fully type-resolve NODE and everything under it."""
+    def resolve(self, node: Node, collect: list[DescriptionError] | None = None) -> None:
+        """Fully type-resolve NODE and everything under it.
+
+        With COLLECT, a failing child is recorded there and its siblings still resolve, so one
+        run reports every broken component (used for sfConfig; prototypes fail at first error).
+        """
         self.apply(node)
         if node.state in (State.DONE, State.CHILDREN):
             return
         node.state = State.CHILDREN
-        try:
-            for _name, child in list(node.children()):
-                assert isinstance(child, Node)
-                self.resolve(child)
-            for placement in node.placements:
-                if isinstance(placement.value, Node):
-                    placement.value.parent = node
-                    self.resolve(placement.value)
-        except DescriptionError as exc:
-            node.state, node.error = State.BROKEN, exc
-            raise
+        children = [child for _name, child in node.children()]
+        for placement in node.placements:
+            if isinstance(placement.value, Node):
+                placement.value.parent = node
+                children.append(placement.value)
+        failed: DescriptionError | None = None
+        for child in children:
+            assert isinstance(child, Node)
+            try:
+                self.resolve(child, collect)
+            except DescriptionError as exc:
+                if collect is None:
+                    node.state, node.error = State.BROKEN, exc
+                    raise
+                if not any(e is exc for e in collect):
+                    collect.append(exc)
+                failed = exc
+        if failed is not None:
+            node.state, node.error = State.BROKEN, failed
+            raise failed
         node.state = State.DONE
 
     def prototype(self, ref: Reference, user: Node) -> Node:

@@ -14,7 +14,6 @@ import difflib
 import enum
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -443,11 +442,8 @@ def _network(attrs: _Attrs) -> str | None:
 
 #: What QEMU's libvirt driver refuses (qemuValidateLifecycleAction), checked here to fail early.
 _QEMU_REFUSES = {
-    ("onPoweroff", LifecycleAction.RENAME_RESTART),
-    ("onReboot", LifecycleAction.RENAME_RESTART),
-    ("onCrash", LifecycleAction.RENAME_RESTART),
-    ("onPoweroff", LifecycleAction.PRESERVE),
-    ("onReboot", LifecycleAction.PRESERVE),
+    *((name, LifecycleAction.RENAME_RESTART) for name in ("onPoweroff", "onReboot", "onCrash")),
+    *((name, LifecycleAction.PRESERVE) for name in ("onPoweroff", "onReboot")),
 }
 
 
@@ -476,8 +472,7 @@ def _console(attrs: _Attrs, flavour: Flavour) -> PurePosixPath | None:
     return console
 
 
-def _did_you_mean(word: str, choices: Iterable[str], listing: str) -> str:
-    choices = list(choices)
+def _did_you_mean(word: str, choices: list[str], listing: str) -> str:
     close = difflib.get_close_matches(word.lower(), choices, n=1)
     if close:
         return f"did you mean {_show(close[0])}? {listing[:1].upper()}{listing[1:]}"

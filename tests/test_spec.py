@@ -230,214 +230,134 @@ LAZY_REF = Reference((RefPart("ATTRIB", "memory"),), lazy=True, loc=at(4))
 EAGER_REF = Reference((RefPart("ATTRIB", "m"),), loc=at(4))
 
 
+# fmt: off
 BAD_VALUES: list[tuple[dict[str, Any], str]] = [
-    (
-        {"memory": "lots"},
-        'pool.sf:4:9: sfConfig:vms:vm1:memory: "lots" is not a memory size; write a number of '
-        'MiB (512) or a size with a unit ("512M", "512MiB", "2G", "1048576K")',
-    ),
-    (
-        {"memory": 1.5},
-        "pool.sf:4:9: sfConfig:vms:vm1:memory: 1.5 is not a memory size; write a number of "
-        'MiB (512) or a size with a unit ("512M", "512MiB", "2G", "1048576K")',
-    ),
-    (
-        {"memory": 16},
-        "pool.sf:4:9: sfConfig:vms:vm1:memory: 16 is too little memory; a VM needs at least 32 MiB",
-    ),
-    (
-        {"memory": "1536K"},
-        'pool.sf:4:9: sfConfig:vms:vm1:memory: "1536K" is not a whole number of MiB; '
-        "round it to MiB",
-    ),
-    (
-        {"vcpus": 0},
-        "pool.sf:4:9: sfConfig:vms:vm1:vcpus: 0 is not a vCPU count; "
-        "write a whole number, at least 1",
-    ),
-    (
-        {"vcpus": -1},
-        "pool.sf:4:9: sfConfig:vms:vm1:vcpus: -1 is not a vCPU count; "
-        "write a whole number, at least 1",
-    ),
-    (
-        {"vcpus": Double(2.0)},
-        "pool.sf:4:9: sfConfig:vms:vm1:vcpus: 2.0D is not a vCPU count; "
-        "write a whole number, at least 1",
-    ),
-    (
-        {"flavour": "kvn"},
-        'pool.sf:4:9: sfConfig:vms:vm1:flavour: unknown flavour "kvn"; did you mean "kvm"? '
-        "Flavours: xen-pv, xen-pvh, xen-hvm, kvm, qemu",
-    ),
-    (
-        {"flavour": "XEN-PV"},
-        'pool.sf:4:9: sfConfig:vms:vm1:flavour: unknown flavour "XEN-PV"; did you mean '
-        '"xen-pv"? Flavours: xen-pv, xen-pvh, xen-hvm, kvm, qemu',
-    ),
-    (
-        {"flavour": "vmware"},
-        'pool.sf:4:9: sfConfig:vms:vm1:flavour: unknown flavour "vmware"; '
-        "flavours: xen-pv, xen-pvh, xen-hvm, kvm, qemu",
-    ),
-    (
-        {"memory": TBD},
-        "pool.sf:4:9: sfConfig:vms:vm1:memory is still TBD (to be defined); give it a value here "
-        "or in a description that extends this one",
-    ),
-    (
-        {"memory": LAZY_REF},
-        "pool.sf:4:9: sfConfig:vms:vm1:memory is a LAZY reference, resolved only at deploy "
-        "time; a VM attribute needs its value when the VM is built: drop LAZY",
-    ),
-    (
-        {"memory": EAGER_REF},
-        "pool.sf:4:9: sfConfig:vms:vm1:memory is a reference that depends on a LAZY one, "
-        "resolved only at deploy time; a VM attribute needs its value when the VM is built: "
-        "drop LAZY",
-    ),
-    (
-        {"name": "my vm"},
-        'pool.sf:4:9: sfConfig:vms:vm1:name: "my vm" is not a VM name; write a letter or '
-        'digit, then up to 63 letters, digits, "_", ".", "+" or "-"',
-    ),
-    (
-        {"kernel": 42},
-        "pool.sf:4:9: sfConfig:vms:vm1:kernel: 42 is not a string; write a path such as "
-        '"/var/lib/sd-batch/vmlinuz"',
-    ),
-    (
-        {"kernel": ""},
-        'pool.sf:4:9: sfConfig:vms:vm1:kernel: "" is not a path; write a path such as '
-        '"/var/lib/sd-batch/vmlinuz", or NULL to leave it unset',
-    ),
-    (
-        {"kernel": "/k", "cmdline": "quiet\n</cmdline>"},
-        'pool.sf:5:9: sfConfig:vms:vm1:cmdline: "quiet\\n</cmdline>" contains a control '
-        'character; write kernel arguments such as "console=ttyS0 panic=-1"',
-    ),
-    (
-        {"kernel": "/k", "cmdline": "x" * 2049},
-        "pool.sf:5:9: sfConfig:vms:vm1:cmdline is 2049 bytes long; "
-        "Linux keeps at most 2048 bytes of its command line",
-    ),
-    (
-        {"initrd": "initrd.gz"},
-        "pool.sf:4:9: sfConfig:vms:vm1:initrd: initrd needs a kernel; "
-        "set kernel, or write NULL to boot the first disk",
-    ),
-    (
-        {"flavour": "kvm", "bootloader": "pygrub"},
-        "pool.sf:5:9: sfConfig:vms:vm1:bootloader: a bootloader is for xen-pv, not kvm; "
-        "write NULL: this flavour boots the first disk itself, or set kernel",
-    ),
-    (
-        {"flavour": "xen-pv", "kernel": "/k", "bootloader": "pygrub"},
-        "pool.sf:6:9: sfConfig:vms:vm1:bootloader: bootloader and kernel exclude each other; "
-        "write NULL for one",
-    ),
-    (
-        {"flavour": "xen-pv", "disks": make_disks(**ROOT_DISK)},
-        "pool.sf:3:5: sfConfig:vms:vm1:kernel is NULL, and xen-pv boots a disk only through "
-        'a bootloader; set kernel, or bootloader "pygrub"',
-    ),
-    (
-        {"flavour": "xen-pvh", "disks": make_disks(**ROOT_DISK)},
-        "pool.sf:3:5: sfConfig:vms:vm1:kernel is NULL, but xen-pvh has no firmware to boot "
-        "a disk; set kernel",
-    ),
-    (
-        {"memory": 512},
-        "pool.sf:3:5: sfConfig:vms:vm1:disks is empty and kernel is NULL: nothing to "
-        "boot; add a disk, or set kernel",
-    ),
-    (
-        {"disks": make_disks(scratch={"size": "1G"}, root={"image": "a.qcow2"})},
-        "pool.sf:41:21: sfConfig:vms:vm1:disks:scratch: the first disk is blank: nothing to "
-        "boot from; put the disk with the bootable image first, or set kernel",
-    ),
-    (
-        {"disks": 3},
-        "pool.sf:4:9: sfConfig:vms:vm1:disks: 3 is not a component of disks; write disks "
-        'extends DATA { root extends DATA { image "debian.qcow2"; } }',
-    ),
-    (
-        {"kernel": "/k", "disks": make_disks(root={"image": "a.qcow2", "size": "1G"})},
-        "pool.sf:42:21: sfConfig:vms:vm1:disks:root:size: a disk has an image or a size, not "
-        "both; image makes a copy-on-write overlay on an image; size makes a blank disk",
-    ),
-    (
-        {"kernel": "/k", "disks": make_disks(root={"format": "raw"})},
-        "pool.sf:40:17: sfConfig:vms:vm1:disks:root:image is NULL and so is size; image "
-        "makes a copy-on-write overlay on an image; size makes a blank disk",
-    ),
-    (
-        {"kernel": "/k", "disks": make_disks(root={"image": TBD})},
-        "pool.sf:41:21: sfConfig:vms:vm1:disks:root:image is still TBD (to be defined); give it "
-        "a value here or in a description that extends this one",
-    ),
-    (
-        {"kernel": "/k", "disks": make_disks(root={"image": "a", "format": "qcow"})},
-        'pool.sf:42:21: sfConfig:vms:vm1:disks:root:format: unknown disk format "qcow"; '
-        'did you mean "qcow2"? Disk formats: qcow2, raw',
-    ),
-    (
-        {"kernel": "/k", "disks": make_disks(root={"image": "a", "readonly": "yes"})},
-        'pool.sf:42:21: sfConfig:vms:vm1:disks:root:readonly: "yes" is not a boolean; '
-        "write true or false",
-    ),
-    (
-        {"kernel": "/k", "disks": make_disks(root={"size": "0M"})},
-        'pool.sf:41:21: sfConfig:vms:vm1:disks:root:size: "0M" is too small; at least 1 MiB',
-    ),
-    (
-        {"kernel": "/k", "disks": make_disks(root={"size": "1G", "readonly": True})},
-        "pool.sf:42:21: sfConfig:vms:vm1:disks:root:readonly: a blank disk cannot be "
-        "read-only; write false",
-    ),
-    (
-        {"flavour": "xen-hvm", "disks": make_disks(root={"image": "a", "serial": "s1"})},
-        "pool.sf:42:21: sfConfig:vms:vm1:disks:root:serial: a disk serial reaches the guest "
-        "on virtio disks only, not xen-hvm; libxl ignores it: write NULL",
-    ),
-    (
-        {"disks": make_disks(root={"image": "a", "serial": "serial/1"})},
-        'pool.sf:42:21: sfConfig:vms:vm1:disks:root:serial: "serial/1" is not a disk serial; '
-        "write up to 20 letters, digits, spaces, _ . + -",
-    ),
-    (
-        {"kernel": "/k", "network": "my net"},
-        'pool.sf:5:9: sfConfig:vms:vm1:network: "my net" is not a network name; write a '
-        'letter or digit, then up to 63 letters, digits, "_", ".", "+" or "-"',
-    ),
-    (
-        {"kernel": "/k", "onReboot": "destory"},
-        'pool.sf:5:9: sfConfig:vms:vm1:onReboot: unknown action "destory"; did you mean '
-        '"destroy"? Actions: destroy, restart, preserve, rename-restart, coredump-destroy, '
-        "coredump-restart",
-    ),
-    (
-        {"kernel": "/k", "onPoweroff": "coredump-restart"},
-        "pool.sf:5:9: sfConfig:vms:vm1:onPoweroff: coredump-restart is for onCrash only; "
-        "onPoweroff: destroy, restart, preserve, rename-restart",
-    ),
-    (
-        {"kernel": "/k", "onCrash": "rename-restart"},
-        "pool.sf:5:9: sfConfig:vms:vm1:onCrash: rename-restart is not possible with kvm; "
-        "QEMU's libvirt driver refuses it; destroy or restart work",
-    ),
-    (
-        {"kernel": "/k", "flavour": "qemu", "onPoweroff": "preserve"},
-        "pool.sf:6:9: sfConfig:vms:vm1:onPoweroff: preserve is not possible with qemu; "
-        "QEMU's libvirt driver refuses it; destroy or restart work",
-    ),
-    (
-        {"kernel": "/k", "flavour": "xen-pv", "console": "console.log"},
-        "pool.sf:6:9: sfConfig:vms:vm1:console: a console log file is not possible with "
-        "xen-pv; its console goes through xenconsoled (XENCONSOLED_TRACE=guest logs it): "
-        "write NULL",
-    ),
+    ({"memory": "lots"},
+     'pool.sf:4:9: sfConfig:vms:vm1:memory: "lots" is not a memory size; write a number of '
+     'MiB (512) or a size with a unit ("512M", "512MiB", "2G", "1048576K")'),
+    ({"memory": 1.5},
+     "pool.sf:4:9: sfConfig:vms:vm1:memory: 1.5 is not a memory size; write a number of "
+     'MiB (512) or a size with a unit ("512M", "512MiB", "2G", "1048576K")'),
+    ({"memory": 16},
+     "pool.sf:4:9: sfConfig:vms:vm1:memory: 16 is too little memory; a VM needs at least 32 MiB"),
+    ({"memory": "1536K"},
+     'pool.sf:4:9: sfConfig:vms:vm1:memory: "1536K" is not a whole number of MiB; '
+     "round it to MiB"),
+    ({"vcpus": 0},
+     "pool.sf:4:9: sfConfig:vms:vm1:vcpus: 0 is not a vCPU count; "
+     "write a whole number, at least 1"),
+    ({"vcpus": -1},
+     "pool.sf:4:9: sfConfig:vms:vm1:vcpus: -1 is not a vCPU count; "
+     "write a whole number, at least 1"),
+    ({"vcpus": Double(2.0)},
+     "pool.sf:4:9: sfConfig:vms:vm1:vcpus: 2.0D is not a vCPU count; "
+     "write a whole number, at least 1"),
+    ({"flavour": "kvn"},
+     'pool.sf:4:9: sfConfig:vms:vm1:flavour: unknown flavour "kvn"; did you mean "kvm"? '
+     "Flavours: xen-pv, xen-pvh, xen-hvm, kvm, qemu"),
+    ({"flavour": "XEN-PV"},
+     'pool.sf:4:9: sfConfig:vms:vm1:flavour: unknown flavour "XEN-PV"; did you mean '
+     '"xen-pv"? Flavours: xen-pv, xen-pvh, xen-hvm, kvm, qemu'),
+    ({"flavour": "vmware"},
+     'pool.sf:4:9: sfConfig:vms:vm1:flavour: unknown flavour "vmware"; '
+     "flavours: xen-pv, xen-pvh, xen-hvm, kvm, qemu"),
+    ({"memory": TBD},
+     "pool.sf:4:9: sfConfig:vms:vm1:memory is still TBD (to be defined); give it a value here "
+     "or in a description that extends this one"),
+    ({"memory": LAZY_REF},
+     "pool.sf:4:9: sfConfig:vms:vm1:memory is a LAZY reference, resolved only at deploy "
+     "time; a VM attribute needs its value when the VM is built: drop LAZY"),
+    ({"memory": EAGER_REF},
+     "pool.sf:4:9: sfConfig:vms:vm1:memory is a reference that depends on a LAZY one, "
+     "resolved only at deploy time; a VM attribute needs its value when the VM is built: "
+     "drop LAZY"),
+    ({"name": "my vm"},
+     'pool.sf:4:9: sfConfig:vms:vm1:name: "my vm" is not a VM name; write a letter or '
+     'digit, then up to 63 letters, digits, "_", ".", "+" or "-"'),
+    ({"kernel": 42},
+     "pool.sf:4:9: sfConfig:vms:vm1:kernel: 42 is not a string; write a path such as "
+     '"/var/lib/sd-batch/vmlinuz"'),
+    ({"kernel": ""},
+     'pool.sf:4:9: sfConfig:vms:vm1:kernel: "" is not a path; write a path such as '
+     '"/var/lib/sd-batch/vmlinuz", or NULL to leave it unset'),
+    ({"kernel": "/k", "cmdline": "quiet\n</cmdline>"},
+     'pool.sf:5:9: sfConfig:vms:vm1:cmdline: "quiet\\n</cmdline>" contains a control '
+     'character; write kernel arguments such as "console=ttyS0 panic=-1"'),
+    ({"kernel": "/k", "cmdline": "x" * 2049},
+     "pool.sf:5:9: sfConfig:vms:vm1:cmdline is 2049 bytes long; "
+     "Linux keeps at most 2048 bytes of its command line"),
+    ({"initrd": "initrd.gz"},
+     "pool.sf:4:9: sfConfig:vms:vm1:initrd: initrd needs a kernel; "
+     "set kernel, or write NULL to boot the first disk"),
+    ({"flavour": "kvm", "bootloader": "pygrub"},
+     "pool.sf:5:9: sfConfig:vms:vm1:bootloader: a bootloader is for xen-pv, not kvm; "
+     "write NULL: this flavour boots the first disk itself, or set kernel"),
+    ({"flavour": "xen-pv", "kernel": "/k", "bootloader": "pygrub"},
+     "pool.sf:6:9: sfConfig:vms:vm1:bootloader: bootloader and kernel exclude each other; "
+     "write NULL for one"),
+    ({"flavour": "xen-pv", "disks": make_disks(**ROOT_DISK)},
+     "pool.sf:3:5: sfConfig:vms:vm1:kernel is NULL, and xen-pv boots a disk only through "
+     'a bootloader; set kernel, or bootloader "pygrub"'),
+    ({"flavour": "xen-pvh", "disks": make_disks(**ROOT_DISK)},
+     "pool.sf:3:5: sfConfig:vms:vm1:kernel is NULL, but xen-pvh has no firmware to boot "
+     "a disk; set kernel"),
+    ({"memory": 512},
+     "pool.sf:3:5: sfConfig:vms:vm1:disks is empty and kernel is NULL: nothing to "
+     "boot; add a disk, or set kernel"),
+    ({"disks": make_disks(scratch={"size": "1G"}, root={"image": "a.qcow2"})},
+     "pool.sf:41:21: sfConfig:vms:vm1:disks:scratch: the first disk is blank: nothing to "
+     "boot from; put the disk with the bootable image first, or set kernel"),
+    ({"disks": 3},
+     "pool.sf:4:9: sfConfig:vms:vm1:disks: 3 is not a component of disks; write disks "
+     'extends DATA { root extends DATA { image "debian.qcow2"; } }'),
+    ({"kernel": "/k", "disks": make_disks(root={"image": "a.qcow2", "size": "1G"})},
+     "pool.sf:42:21: sfConfig:vms:vm1:disks:root:size: a disk has an image or a size, not "
+     "both; image makes a copy-on-write overlay on an image; size makes a blank disk"),
+    ({"kernel": "/k", "disks": make_disks(root={"format": "raw"})},
+     "pool.sf:40:17: sfConfig:vms:vm1:disks:root:image is NULL and so is size; image "
+     "makes a copy-on-write overlay on an image; size makes a blank disk"),
+    ({"kernel": "/k", "disks": make_disks(root={"image": TBD})},
+     "pool.sf:41:21: sfConfig:vms:vm1:disks:root:image is still TBD (to be defined); give it "
+     "a value here or in a description that extends this one"),
+    ({"kernel": "/k", "disks": make_disks(root={"image": "a", "format": "qcow"})},
+     'pool.sf:42:21: sfConfig:vms:vm1:disks:root:format: unknown disk format "qcow"; '
+     'did you mean "qcow2"? Disk formats: qcow2, raw'),
+    ({"kernel": "/k", "disks": make_disks(root={"image": "a", "readonly": "yes"})},
+     'pool.sf:42:21: sfConfig:vms:vm1:disks:root:readonly: "yes" is not a boolean; '
+     "write true or false"),
+    ({"kernel": "/k", "disks": make_disks(root={"size": "0M"})},
+     'pool.sf:41:21: sfConfig:vms:vm1:disks:root:size: "0M" is too small; at least 1 MiB'),
+    ({"kernel": "/k", "disks": make_disks(root={"size": "1G", "readonly": True})},
+     "pool.sf:42:21: sfConfig:vms:vm1:disks:root:readonly: a blank disk cannot be "
+     "read-only; write false"),
+    ({"flavour": "xen-hvm", "disks": make_disks(root={"image": "a", "serial": "s1"})},
+     "pool.sf:42:21: sfConfig:vms:vm1:disks:root:serial: a disk serial reaches the guest "
+     "on virtio disks only, not xen-hvm; libxl ignores it: write NULL"),
+    ({"disks": make_disks(root={"image": "a", "serial": "serial/1"})},
+     'pool.sf:42:21: sfConfig:vms:vm1:disks:root:serial: "serial/1" is not a disk serial; '
+     "write up to 20 letters, digits, spaces, _ . + -"),
+    ({"kernel": "/k", "network": "my net"},
+     'pool.sf:5:9: sfConfig:vms:vm1:network: "my net" is not a network name; write a '
+     'letter or digit, then up to 63 letters, digits, "_", ".", "+" or "-"'),
+    ({"kernel": "/k", "onReboot": "destory"},
+     'pool.sf:5:9: sfConfig:vms:vm1:onReboot: unknown action "destory"; did you mean '
+     '"destroy"? Actions: destroy, restart, preserve, rename-restart, coredump-destroy, '
+     "coredump-restart"),
+    ({"kernel": "/k", "onPoweroff": "coredump-restart"},
+     "pool.sf:5:9: sfConfig:vms:vm1:onPoweroff: coredump-restart is for onCrash only; "
+     "onPoweroff: destroy, restart, preserve, rename-restart"),
+    ({"kernel": "/k", "onCrash": "rename-restart"},
+     "pool.sf:5:9: sfConfig:vms:vm1:onCrash: rename-restart is not possible with kvm; "
+     "QEMU's libvirt driver refuses it; destroy or restart work"),
+    ({"kernel": "/k", "flavour": "qemu", "onPoweroff": "preserve"},
+     "pool.sf:6:9: sfConfig:vms:vm1:onPoweroff: preserve is not possible with qemu; "
+     "QEMU's libvirt driver refuses it; destroy or restart work"),
+    ({"kernel": "/k", "flavour": "xen-pv", "console": "console.log"},
+     "pool.sf:6:9: sfConfig:vms:vm1:console: a console log file is not possible with "
+     "xen-pv; its console goes through xenconsoled (XENCONSOLED_TRACE=guest logs it): "
+     "write NULL"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ May import: errors, pyxdg, tomllib.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +137,8 @@ def load_config(path: Path | None = None) -> SiteConfig:
     path = path if path is not None else config_path()
     if path is None:
         return SiteConfig()
+    import tomllib  # only when a config file exists
+
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)

@@ -11,7 +11,6 @@ from ..cli import Environment
 from ..config import SiteConfig, load_config
 from ..errors import DescriptionError, DescriptionErrors, UsageError
 from ..lang import Component, Description, load_file, parse_file
-from ..lang.render import render_attributes, render_description, to_data
 
 
 def site_config(args: argparse.Namespace) -> SiteConfig:
@@ -122,6 +121,8 @@ def validate(args: argparse.Namespace, env: Environment) -> int:
 
 
 def render(args: argparse.Namespace, env: Environment) -> int:
+    from ..lang.render import render_attributes, render_description, to_data
+
     description = _load(args, env, complete=not args.allow_tbd)
     tree = description.sfconfig if description.sfconfig is not None else description.root
     if args.json:

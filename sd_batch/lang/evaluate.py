@@ -310,6 +310,13 @@ class Evaluator:
     # -- operators -------------------------------------------------------------------------------
     def _apply(self, expr: OpExpr, values: list[Any]) -> Any:
         op = expr.op
+        if any(v is TBD for v in values):
+            raise self._error(
+                TbdError,
+                f"operator {op} has an operand that is still TBD (to be defined)",
+                expr.loc,
+                hint="give that attribute a value first",
+            )
 
         def need(check: Callable[[Any], bool], what: str) -> None:
             for v in values:

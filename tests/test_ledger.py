@@ -1,0 +1,264 @@
+"""The state ledger: intent before creation, crash leftovers, several processes at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
+
+import pytest
+
+from sd_batch import ledger as ledger_module
+from sd_batch.config import SiteConfig
+from sd_batch.errors import LedgerError
+from sd_batch.ledger import (
+    SCHEMA_VERSION,
+    Ledger,
+    OwnerKind,
+    OwnerStatus,
+    ProcessRef,
+    ResourceKind,
+    ResourceState,
+    default_path,
+)
+
+URI = "test:///default"
+# Child processes start by "spawn": forking a pytest process that may run libvirt's event
+# thread is asking for trouble, and spawn is what a fresh hook process looks like anyway.
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "ledger.sqlite3"
+
+
+@pytest.fixture
+def ledger(path: Path) -> Iterator[Ledger]:
+    with Ledger.open(path) as opened:
+        yield opened
+
+
+# --- children (module level, so "spawn" can import them) ---
+
+
+def _create_then_die(path: Path) -> None:
+    """A hook that records its intent, then is killed before it can create anything."""
+    ledger = Ledger.open(path)
+    owner = ledger.register_owner(OwnerKind.JOB, "13.0", URI)
+    ledger.record_intent(owner, ResourceKind.DOMAIN, "job-13-0")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _create_then_wait(path: Path, recorded: EventType) -> None:
+    ledger = Ledger.open(path)
+    owner = ledger.register_owner(OwnerKind.JOB, "14.0", URI)
+    ledger.record_intent(owner, ResourceKind.VOLUME, "/overlays/job-14-0.qcow2")
+    recorded.set()
+    time.sleep(60)  # the parent kills us
+
+
+def _churn(path: Path, worker: int, count: int) -> None:
+    """Create and tear down COUNT resources, keeping every other one."""
+    ledger = Ledger.open(path)
+    owner = ledger.register_owner(OwnerKind.POOL, f"pool-{worker}", URI)
+    for number in range(count):
+        with ledger.intent(owner, ResourceKind.DOMAIN, f"w{worker}-vm{number}") as entry:
+            pass
+        if number % 2:
+            ledger.forget(entry)
+    ledger.set_status(owner, OwnerStatus.ACTIVE, pid=None)
+
+
+# --- tests ---
+
+
+def test_open_creates_a_versioned_wal_database(path: Path) -> None:
+    Ledger.open(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    Ledger.open(path).close()  # reopening migrates nothing and loses nothing
+
+
+def test_a_ledger_from_a_newer_sd_batch_is_refused(path: Path) -> None:
+    Ledger.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(LedgerError, match="schema 99, newer than 1; upgrade sd-batch"):
+        Ledger.open(path)
+
+
+def test_the_default_ledger_lives_in_the_site_state_folder(tmp_path: Path) -> None:
+    assert default_path(SiteConfig(state_dir=tmp_path)) == tmp_path / "ledger.sqlite3"
+    assert default_path() == SiteConfig().state_dir / "ledger.sqlite3"
+    with Ledger.for_site(SiteConfig(state_dir=tmp_path / "site")) as ledger:
+        assert ledger.path == tmp_path / "site" / "ledger.sqlite3"
+
+
+def test_an_unusable_location_is_a_ledger_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(LedgerError, match="cannot open the ledger .*a-file/ledger.sqlite3"):
+        Ledger.open(tmp_path / "a-file" / "ledger.sqlite3")
+
+
+def test_the_intent_is_on_disk_before_the_resource_is_created(ledger: Ledger, path: Path) -> None:
+    owner = ledger.register_owner(OwnerKind.JOB, "12.0", URI, description="debian-batch")
+    with ledger.intent(owner, ResourceKind.DOMAIN, "job-12-0") as entry:
+        # What another process sees while we would be calling define():
+        with Ledger.open(path) as other:
+            (seen,) = other.resources(owner)
+        assert seen.state is ResourceState.CREATING
+        assert (seen.name, seen.host_uri, seen.owner_id) == ("job-12-0", URI, "12.0")
+    assert entry.state is ResourceState.CREATING
+    (after,) = ledger.resources(owner)
+    assert after.state is ResourceState.CREATED
+
+
+def test_a_failed_creation_leaves_the_row_creating(ledger: Ledger) -> None:
+    owner = ledger.register_owner(OwnerKind.JOB, "12.1", URI)
+    with pytest.raises(RuntimeError), ledger.intent(owner, ResourceKind.VOLUME, "/o/x.qcow2"):
+        raise RuntimeError("libvirt said no")
+    (row,) = ledger.resources(owner)
+    assert row.state is ResourceState.CREATING  # maybe half made: teardown must look
+
+
+def test_forget_removes_rows_and_is_idempotent(ledger: Ledger) -> None:
+    owner = ledger.register_owner(OwnerKind.JOB, "12.2", URI)
+    entry = ledger.mark_created(ledger.record_intent(owner, ResourceKind.FILE, "/tmp/in.img"))
+    with pytest.raises(LedgerError, match="job 12.2 still has 1 resource"):
+        ledger.forget_owner(owner)
+    ledger.forget(entry)
+    ledger.forget(entry)
+    ledger.forget_owner(owner)
+    ledger.forget_owner(owner)
+    assert ledger.owners() == ()
+    with pytest.raises(LedgerError, match="is gone"):
+        ledger.mark_created(entry)
+
+
+def test_resources_come_newest_first_for_teardown(ledger: Ledger) -> None:
+    owner = ledger.register_owner(OwnerKind.POOL, "web", URI, description="pool.sf")
+    for name in ("/o/web-1.qcow2", "/o/web-2.qcow2"):
+        ledger.record_intent(owner, ResourceKind.VOLUME, name)
+    ledger.record_intent(owner, ResourceKind.DOMAIN, "web-1")
+    assert [r.name for r in ledger.resources(owner)] == [
+        "web-1",
+        "/o/web-2.qcow2",
+        "/o/web-1.qcow2",
+    ]
+
+
+def test_registering_again_takes_the_owner_over(ledger: Ledger) -> None:
+    first = ledger.register_owner(OwnerKind.JOB, "15.0", URI)
+    ledger.record_intent(first, ResourceKind.DOMAIN, "job-15-0")
+    again = ledger.register_owner(OwnerKind.JOB, "15.0", URI, status=OwnerStatus.ACTIVE)
+    assert again.row_id == first.row_id
+    assert again.created_at == first.created_at
+    assert again.status is OwnerStatus.ACTIVE
+    assert len(ledger.resources(again)) == 1
+    # the requeued job retries the same domain: the row is taken over, not doubled
+    ledger.record_intent(again, ResourceKind.DOMAIN, "job-15-0")
+    assert len(ledger.resources(again)) == 1
+
+
+def test_two_owners_cannot_claim_one_resource(ledger: Ledger) -> None:
+    one = ledger.register_owner(OwnerKind.JOB, "16.0", URI)
+    two = ledger.register_owner(OwnerKind.JOB, "16.1", URI)
+    ledger.record_intent(one, ResourceKind.VOLUME, "/o/shared.qcow2")
+    with pytest.raises(LedgerError, match="belongs to another owner"):
+        ledger.record_intent(two, ResourceKind.VOLUME, "/o/shared.qcow2")
+    ledger.record_intent(two, ResourceKind.VOLUME, "/o/shared.qcow2", host_uri="test:///other")
+
+
+def test_owner_status_and_fields_round_trip(ledger: Ledger) -> None:
+    owner = ledger.register_owner(OwnerKind.POOL, "web", URI, description="pools/web.sf")
+    assert owner.process == ProcessRef.of(os.getpid())
+    active = ledger.set_status(owner, OwnerStatus.ACTIVE, pid=None)
+    assert (active.status, active.process, active.description) == (
+        OwnerStatus.ACTIVE,
+        None,
+        "pools/web.sf",
+    )
+    assert ledger.owners() == (active,)
+    assert ledger.owner(OwnerKind.POOL, "web", "test:///elsewhere") is None
+
+
+def test_a_row_left_creating_by_a_killed_process_is_a_leftover(path: Path) -> None:
+    Ledger.open(path).close()
+    child = SPAWN.Process(target=_create_then_die, args=(path,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    with Ledger.open(path) as ledger:
+        leftovers = ledger.leftovers()
+    assert [r.name for r in leftovers.resources] == ["job-13-0"]
+    assert [o.owner_id for o in leftovers.owners] == ["13.0"]
+
+
+def test_work_in_progress_of_a_live_process_is_no_leftover(path: Path) -> None:
+    Ledger.open(path).close()
+    recorded = SPAWN.Event()
+    child = SPAWN.Process(target=_create_then_wait, args=(path, recorded))
+    child.start()
+    try:
+        assert recorded.wait(30)
+        with Ledger.open(path) as ledger:
+            assert not ledger.leftovers()
+    finally:
+        child.kill()
+        child.join(30)
+    with Ledger.open(path) as ledger:
+        assert [r.name for r in ledger.leftovers().resources] == ["/overlays/job-14-0.qcow2"]
+
+
+def test_owners_without_a_process_stay_until_terminated(ledger: Ledger) -> None:
+    ledger.register_owner(OwnerKind.POOL, "web", URI, status=OwnerStatus.ACTIVE, pid=None)
+    assert not ledger.leftovers()
+
+
+def test_everything_of_a_previous_boot_is_left_over(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = ledger.register_owner(OwnerKind.POOL, "web", URI, status=OwnerStatus.ACTIVE, pid=None)
+    job = ledger.register_owner(OwnerKind.JOB, "17.0", URI)
+    ledger.record_intent(job, ResourceKind.DOMAIN, "job-17-0")
+    assert not ledger.leftovers()
+    rebooted = tmp_path / "boot_id"
+    rebooted.write_text("00000000-0000-0000-0000-000000000000\n")
+    monkeypatch.setattr(ledger_module, "BOOT_ID_FILE", rebooted)
+    leftovers = ledger.leftovers()
+    assert leftovers.owners == (pool, job)
+    assert [r.name for r in leftovers.resources] == ["job-17-0"]
+
+
+def test_a_reused_pid_is_not_the_recorded_process() -> None:
+    me = ProcessRef.of(os.getpid())
+    assert me.is_alive()
+    assert me.start_ticks is not None
+    assert not ProcessRef(me.pid, me.start_ticks + 1, me.boot_id).is_alive()
+
+
+def test_several_processes_write_at_once(path: Path) -> None:
+    Ledger.open(path).close()
+    workers, count = 4, 40
+    children = [SPAWN.Process(target=_churn, args=(path, w, count)) for w in range(workers)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(120)
+    assert [child.exitcode for child in children] == [0] * workers
+    with Ledger.open(path) as ledger:
+        owners = ledger.owners()
+        assert sorted(o.owner_id for o in owners) == [f"pool-{w}" for w in range(workers)]
+        for owner in owners:
+            kept = ledger.resources(owner)
+            assert len(kept) == count // 2
+            assert {r.state for r in kept} == {ResourceState.CREATED}
+        assert not ledger.leftovers()

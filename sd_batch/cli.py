@@ -25,9 +25,13 @@ examples:
   sd validate job_templates/minimal.sf          check a description, one-line summary
   sd render job_templates/pool.sf --json        the resolved sfConfig tree as JSON
   sd templates                                  the site's VM templates and their TBD fields
+  sd start localhost lab job_templates/pool.sf  start pool "lab" (sfStart localhost lab pool.sf)
+  sd status                                     pools and jobs, each VM's state
+  sd terminate localhost lab                    stop it and remove its VMs and disks
 
 Descriptions are written in the SmartFrog language; see the README's language guide.
-Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor.
+Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor,
+7 state ledger, 8 deployment (rolled back).
 """
 
 
@@ -132,7 +136,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     templates.add_argument("--json", action="store_true", help="machine-readable list")
     templates.set_defaults(handler="sd_batch.commands.lang:templates")
+    start = sub.add_parser(
+        "start", help="create and start the VMs of a description as pool NAME on HOST",
+        description="Resolve FILE and start every VM under its sfConfig on HOST, as pool NAME "
+        "(the seed's `sfStart HOST NAME FILE`). All or nothing: when one VM fails, the ones "
+        "already started are destroyed and their disks removed. HOST is a libvirt URI "
+        "(qemu:///system, test:///default) or a host name from the site config; `localhost` is "
+        "the site's default URI.",
+    )
+    start.add_argument("host", metavar="HOST")
+    start.add_argument("name", metavar="NAME", help="the pool's name, unique on HOST")
+    start.add_argument("file", metavar="FILE", help="a .sf description (e.g. job_templates/pool.sf)")
+    _add_include_options(start)
+    start.add_argument("--json", action="store_true", help="machine-readable result, no progress")
+    start.set_defaults(handler="sd_batch.commands.pool:start")
+
+    terminate = sub.add_parser(
+        "terminate", help="stop pool NAME on HOST and remove its VMs and disks",
+        description="Ask every VM of pool NAME to power off (ACPI), destroy those still running "
+        "after --grace seconds, undefine them and delete their disks, newest first (the seed's "
+        "`sfTerminate HOST NAME`). Safe to run again after an interruption.",
+    )
+    terminate.add_argument("host", metavar="HOST")
+    terminate.add_argument("name", metavar="NAME")
+    terminate.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                           help="how long guests get to power off before they are destroyed "
+                           "(default 10; 0 destroys at once)")
+    terminate.add_argument("--json", action="store_true", help="machine-readable result")
+    terminate.set_defaults(handler="sd_batch.commands.pool:terminate")
+
+    status = sub.add_parser(
+        "status", help="show pools and jobs, their VMs and disks",
+        description="Every pool and job the ledger records (or just NAME), each VM's live state "
+        "from its hypervisor, and leftovers of interrupted runs.",
+    )
+    status.add_argument("name", metavar="NAME", nargs="?")
+    status.add_argument("--json", action="store_true", help="machine-readable list")
+    status.set_defaults(handler="sd_batch.commands.pool:show_status")
     return parser
+
+
+def sf_start() -> None:
+    """`sfStart HOST NAME FILE`: the seed's spelling of `sd start`."""
+    sys.exit(main(["start", *sys.argv[1:]]))
+
+
+def sf_terminate() -> None:
+    """`sfTerminate HOST NAME`: the seed's spelling of `sd terminate`."""
+    sys.exit(main(["terminate", *sys.argv[1:]]))
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

@@ -1,0 +1,92 @@
+"""`sd start`, `sd status`, `sd terminate` (and the seed's `sfStart` / `sfTerminate`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..cli import Environment
+from ..commands.lang import _properties, site_config
+from ..pools import start_pool, status, terminate_pool
+
+
+class _Progress:
+    """Progress lines on stderr: rewritten in place on a terminal, plain lines otherwise."""
+
+    def __init__(self, env: Environment, quiet: bool) -> None:
+        self.env = env
+        self.quiet = quiet
+        self.tty = bool(getattr(env.stderr, "isatty", lambda: False)())
+        self.pending = False
+
+    def __call__(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            self.env.stderr.write("\r\033[K" + line)
+            self.pending = True
+        else:
+            self.env.stderr.write(line + "\n")
+        self.env.stderr.flush()
+
+    def done(self) -> None:
+        if self.pending:
+            self.env.stderr.write("\r\033[K")
+            self.pending = False
+
+
+def start(args: argparse.Namespace, env: Environment) -> int:
+    config = site_config(args)
+    progress = _Progress(env, args.json)
+    try:
+        result = start_pool(
+            config, args.host, args.name, Path(args.file),
+            include_dirs=[Path(d) for d in args.include_dirs],
+            properties=_properties(args, config), progress=progress,
+        )  # fmt: skip
+    finally:
+        progress.done()
+    if args.json:
+        print(json.dumps({"pool": result.name, "uri": result.uri, "vms": list(result.domains)}),
+              file=env.stdout)
+    else:
+        count = len(result.domains)
+        print(f"pool {result.name} started on {result.uri}: {count} VM{'s' * (count != 1)} "
+              f"running ({', '.join(result.domains)})", file=env.stdout)
+    return 0
+
+
+def terminate(args: argparse.Namespace, env: Environment) -> int:
+    config = site_config(args)
+    progress = _Progress(env, args.json)
+    try:
+        removed = terminate_pool(config, args.host, args.name, grace_seconds=args.grace,
+                                 progress=progress)
+    finally:
+        progress.done()
+    if args.json:
+        print(json.dumps({"pool": args.name, "removed": removed}), file=env.stdout)
+    else:
+        print(f"pool {args.name} terminated: removed {removed}", file=env.stdout)
+    return 0
+
+
+def show_status(args: argparse.Namespace, env: Environment) -> int:
+    reports = status(site_config(args), args.name)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2), file=env.stdout)
+        return 0
+    if not reports:
+        print("no pools or jobs", file=env.stdout)
+        return 0
+    for report in reports:
+        note = "  INTERRUPTED: its process died; sd terminate (or sd start again) cleans up" \
+            if report.interrupted else ""
+        print(f"{report.kind} {report.name} on {report.uri}: {report.status} "
+              f"(from {report.description}){note}", file=env.stdout)
+        for vm in report.vms:
+            print(f"  {vm.name:<30} {vm.state}", file=env.stdout)
+        for volume in report.volumes:
+            print(f"  disk {volume}", file=env.stdout)
+    return 0

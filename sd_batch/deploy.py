@@ -1,0 +1,405 @@
+"""The deployment engine: SmartFrog's lifecycle (deploy, start, ping, terminate) for our components.
+
+`plan` (pure) turns a resolved `sfConfig` into a tree of `Step`s: a `Compound` deploys all its
+children, then starts them in order; a `Sequence` deploys and starts each child before the next;
+a `Parallel` starts its children at once; a `Pool` is its named VMs plus `count` copies of its
+`template`; a `VirtualCluster` is its head, then its workers. `Engine` carries a plan out on a
+hypervisor, recording every disk and domain in the ledger *before* creating it, and rolls
+everything back when any step fails, so a half-started pool never stays behind.
+May import: errors, lang, spec, domain_xml, ledger, hypervisor (types), config.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import enum
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from .domain_xml import DiskSource, HostFiles, build_domain_xml
+from .domain_xml import Owner as XmlOwner
+from .domain_xml import OwnerKind as XmlOwnerKind
+from .errors import DeployError, DescriptionError, DomainNotFound, SdError, SpecError
+from .lang import Component, Description
+from .spec import DiskFormat, KernelBoot, VMSpec, vm_spec
+
+if TYPE_CHECKING:
+    from .hypervisor import HypervisorAPI
+    from .ledger import Ledger, Owner
+
+log = logging.getLogger(__name__)
+
+VM_CLASS = "sd_batch.VM"
+SEQUENCE_CLASS = "sd_batch.Sequence"
+PARALLEL_CLASS = "sd_batch.Parallel"
+POOL_CLASS = "sd_batch.Pool"
+CLUSTER_CLASS = "sd_batch.VirtualCluster"
+#: Components that are configuration for others, never deployed themselves.
+NOT_DEPLOYED = frozenset({"sd_batch.Scheduler"})
+
+
+class Order(enum.Enum):
+    """How a step treats its children (SmartFrog's Compound, Sequence and Parallel)."""
+
+    COMPOUND = "compound"  # deploy all, then start in order; terminate in reverse
+    SEQUENCE = "sequence"  # deploy and start each before the next
+    PARALLEL = "parallel"  # deploy all, start all at once
+
+
+@dataclass(frozen=True, slots=True)
+class VMPlan:
+    """One VM to create: its checked spec and the domain name it gets on its host."""
+
+    spec: VMSpec
+    uri: str
+
+    @property
+    def domain(self) -> str:
+        return self.spec.name
+
+    @property
+    def path(self) -> str:
+        return self.spec.path
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A node of the lifecycle tree: a VM, or an ordered group of steps."""
+
+    path: str
+    order: Order = Order.COMPOUND
+    children: tuple[Step, ...] = ()
+    vm: VMPlan | None = None
+
+    def vms(self) -> Iterator[VMPlan]:
+        """Every VM, in start order."""
+        if self.vm is not None:
+            yield self.vm
+        for child in self.children:
+            yield from child.vms()
+
+
+# -- planning (pure) -------------------------------------------------------------------------------
+def plan(description: Description, pool: str, uri: str) -> Step:
+    """The lifecycle tree of a description's sfConfig, every VM named `POOL-<where it is>`."""
+    root = description.sfconfig
+    if root is None:
+        raise DescriptionError(
+            "the description has no sfConfig: nothing to start",
+            hint="write sfConfig extends Pool { ... } (or Compound, VM, VirtualCluster)",
+        )
+    step = _plan(root, pool, uri, ())
+    names = [vm.domain for vm in step.vms()]
+    if not names:
+        raise DescriptionError(
+            f"sfConfig ({root.loc}) contains no VM" if root.loc else "sfConfig contains no VM",
+            hint="a pool needs at least one component that extends VM",
+        )
+    seen: set[str] = set()
+    for vm in step.vms():
+        if vm.domain in seen:
+            raise SpecError(
+                f"{vm.path}: two VMs are both named {vm.domain!r}",
+                loc=vm.spec.loc,
+                path=vm.path,
+                hint="give each VM its own name (or leave name NULL)",
+            )
+        seen.add(vm.domain)
+    return step
+
+
+def _plan(node: Component, pool: str, uri: str, where: tuple[str, ...]) -> Step:
+    sf_class = node.get("sfClass")
+    path = node.path
+    if sf_class == VM_CLASS:
+        return Step(path, vm=VMPlan(vm_spec(node, default_name=_vm_name(pool, where)), uri))
+    if sf_class == POOL_CLASS:
+        children = list(_child_steps(node, pool, uri, where))
+        template = node.get("template")
+        count = node.get("count", 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise SpecError(f"{node.attribute_path('count')}: count must be a whole number >= 0",
+                            loc=node.location_of("count"), path=node.attribute_path("count"))
+        if count and not isinstance(template, Component):
+            raise SpecError(
+                f"{node.attribute_path('template')}: a Pool with count {count} needs a template",
+                loc=node.location_of("template"),
+                hint="write template extends LAZY VM { ... }",
+            )
+        for index in range(1, count + 1):
+            assert isinstance(template, Component)
+            children.append(_copy_step(template, pool, uri, (*where, f"{index}")))
+        return Step(path, Order.COMPOUND, tuple(children))
+    if sf_class == CLUSTER_CLASS:
+        head = node.get("head")
+        worker = node.get("worker")
+        workers = node.get("workers", 0)
+        if not isinstance(head, Component):
+            raise SpecError(f"{node.attribute_path('head')}: a VirtualCluster needs a head VM",
+                            loc=node.location_of("head"), hint="write head extends VM { ... }")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise SpecError(f"{node.attribute_path('workers')}: workers must be a count >= 0",
+                            loc=node.location_of("workers"))
+        if workers and not isinstance(worker, Component):
+            raise SpecError(f"{node.attribute_path('worker')}: workers need a worker template",
+                            loc=node.location_of("worker"), hint="worker extends LAZY VM { ... }")
+        head_step = _plan(head, pool, uri, (*where, "head"))
+        worker_steps = tuple(
+            _copy_step(worker, pool, uri, (*where, f"worker{i}"))  # type: ignore[arg-type]
+            for i in range(1, workers + 1)
+        )
+        return Step(path, Order.SEQUENCE, (head_step, Step(path, Order.PARALLEL, worker_steps)))
+    order = {SEQUENCE_CLASS: Order.SEQUENCE, PARALLEL_CLASS: Order.PARALLEL}.get(
+        sf_class if isinstance(sf_class, str) else "", Order.COMPOUND
+    )
+    return Step(path, order, tuple(_child_steps(node, pool, uri, where)))
+
+
+def _child_steps(node: Component, pool: str, uri: str, where: tuple[str, ...]) -> Iterator[Step]:
+    for name, child in node.children():
+        if child.is_data or child.is_lazy or child.get("sfClass") in NOT_DEPLOYED:
+            continue  # data, templates for counted copies, schedulers: not deployed themselves
+        if "sfClass" not in child:
+            continue
+        yield _plan(child, pool, uri, (*where, _short(name)))
+
+
+def _copy_step(template: Component, pool: str, uri: str, where: tuple[str, ...]) -> Step:
+    """A counted copy of a LAZY template (Pool, VirtualCluster workers)."""
+    return _plan(template, pool, uri, where)
+
+
+def _short(name: str) -> str:
+    return name[2:] if name.startswith("--") else name  # anonymous `--3` -> `3`
+
+
+def _vm_name(pool: str, where: tuple[str, ...]) -> str:
+    return "-".join((pool, *where)) if where else pool
+
+
+# -- carrying a plan out -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SitePaths:
+    """Where host files live: guest images (read), overlays and console logs (written)."""
+
+    image_dir: Path
+    overlay_dir: Path
+    console_dir: Path | None = None
+
+    def image(self, relative: PurePosixPath, what: str, spec: VMSpec) -> Path:
+        """An image-folder path from a description, refusing anything outside the folder."""
+        base = self.image_dir.resolve()
+        candidate = (base / str(relative).lstrip("/")).resolve()
+        if not candidate.is_relative_to(base):
+            raise SpecError(
+                f"{spec.path}: {what} {relative} is outside the site image folder {base}",
+                loc=spec.loc,
+                path=spec.path,
+                hint="descriptions name guest images relative to the site image folder",
+            )
+        if not candidate.is_file():
+            raise DeployError(
+                f"{spec.path}: {what} {relative} does not exist in the site image folder {base}",
+                hint="scripts/build-guest builds the minimal guest there",
+            )
+        return candidate
+
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Engine:
+    """Runs a Step tree on hypervisors, with every creation recorded first in the ledger."""
+
+    ledger: Ledger
+    connect: Callable[[str], HypervisorAPI]
+    paths: SitePaths
+    progress: Progress = field(default=lambda _line: None)
+    owner_kind: XmlOwnerKind = XmlOwnerKind.POOL
+
+    def start(self, owner: Owner, step: Step) -> None:
+        """Deploy and start STEP; on any failure roll back everything OWNER has, then raise."""
+        self._total = sum(1 for _ in step.vms())
+        self._done = 0
+        try:
+            self._deploy(owner, step)
+            self._start(owner, step)
+        except BaseException as exc:  # Ctrl-C too: nothing half-started may stay behind
+            removed = self.teardown(owner, graceful=False)
+            if not isinstance(exc, (SdError, OSError)):
+                raise
+            failed = getattr(exc, "vm_path", None)
+            where = f"{failed}: " if failed else ""
+            raise DeployError(
+                f"{owner.kind.value} {owner.owner_id}: {where}{_reason(exc)}",
+                hint=f"rolled back: removed {removed}",
+            ) from exc
+
+    # deploy: create disks and define domains (nothing runs yet)
+    def _deploy(self, owner: Owner, step: Step) -> None:
+        if step.vm is not None:
+            self._deploy_vm(owner, step.vm)
+            return
+        if step.order is Order.SEQUENCE:
+            return  # a sequence deploys each child just before starting it
+        for child in step.children:
+            self._deploy(owner, child)
+
+    def _start(self, owner: Owner, step: Step) -> None:
+        if step.vm is not None:
+            self._start_vm(step.vm)
+        elif step.order is Order.SEQUENCE:
+            for child in step.children:
+                self._deploy(owner, child)
+                self._start(owner, child)
+        elif step.order is Order.PARALLEL and len(step.children) > 1:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(step.children)) as pool:
+                for future in [pool.submit(self._start, owner, c) for c in step.children]:
+                    future.result()
+        else:
+            for child in step.children:
+                self._start(owner, child)
+
+    def _deploy_vm(self, owner: Owner, vm: VMPlan) -> None:
+        from .ledger import ResourceKind
+
+        try:
+            hv = self.connect(vm.uri)
+            spec = vm.spec
+            kernel = initrd = None
+            if isinstance(spec.boot, KernelBoot):
+                kernel = self.paths.image(spec.boot.kernel, "kernel", spec)
+                if spec.boot.initrd is not None:
+                    initrd = self.paths.image(spec.boot.initrd, "initrd", spec)
+            sources = []
+            self.paths.overlay_dir.mkdir(parents=True, exist_ok=True)
+            for disk in spec.disks:
+                name = f"{vm.domain}-{disk.name}.{disk.format.value}"
+                target = str(self.paths.overlay_dir / name)
+                with self.ledger.intent(owner, ResourceKind.VOLUME, target, vm.uri):
+                    if disk.image is not None:
+                        base = self.paths.image(disk.image, "disk image", spec)
+                        created = hv.create_overlay(self.paths.overlay_dir, name, base,
+                                                    disk.size_bytes or 0, _image_format(base))
+                    else:
+                        created = hv.create_blank(self.paths.overlay_dir, name,
+                                                  disk.size_bytes or 0, disk.format.value)
+                sources.append(DiskSource(PurePosixPath(created), disk.format))
+            console = None
+            if self.paths.console_dir is not None and not spec.flavour.is_xen:
+                self.paths.console_dir.mkdir(parents=True, exist_ok=True)
+                console = PurePosixPath(self.paths.console_dir / f"{vm.domain}.log")
+            files = HostFiles(
+                disks=tuple(sources),
+                kernel=PurePosixPath(kernel) if kernel else None,
+                initrd=PurePosixPath(initrd) if initrd else None,
+                console_log=console,
+            )
+            xml = build_domain_xml(spec, files, XmlOwner(self.owner_kind, owner.owner_id))
+            with self.ledger.intent(owner, ResourceKind.DOMAIN, vm.domain, vm.uri):
+                hv.define(xml)
+            self.progress(f"defined {vm.domain} ({spec.memory_mib} MiB, {spec.vcpus} vCPU) "
+                          f"on {vm.uri}")
+        except (SdError, OSError) as exc:
+            exc.vm_path = vm.path  # type: ignore[union-attr]
+            raise
+
+    def _start_vm(self, vm: VMPlan) -> None:
+        try:
+            self.connect(vm.uri).start(vm.domain)
+        except SdError as exc:
+            exc.vm_path = vm.path  # type: ignore[attr-defined]
+            raise
+        self._done += 1
+        self.progress(f"[{self._done}/{self._total}] started {vm.domain}")
+
+    # terminate: the ledger is the truth about what exists, newest first
+    def teardown(self, owner: Owner, *, graceful: bool = True, grace_seconds: float = 10.0) -> str:
+        """Remove every resource OWNER has, newest first; idempotent. Returns what was removed."""
+        from .ledger import ResourceKind, ResourceState
+
+        domains = volumes = files = 0
+        resources = self.ledger.resources(owner)
+        if graceful:
+            self._shutdown_all(
+                [r for r in resources if r.kind is ResourceKind.DOMAIN], grace_seconds
+            )
+        errors: list[str] = []
+        for resource in resources:
+            try:
+                if resource.kind is ResourceKind.DOMAIN:
+                    hv = self.connect(resource.host_uri)
+                    if resource.state is ResourceState.CREATING and not self._ours(
+                        hv, resource.name, owner
+                    ):
+                        self.ledger.forget(resource)  # never made: the name was someone else's
+                        continue
+                    hv.destroy(resource.name)
+                    hv.undefine(resource.name)
+                    domains += 1
+                    self.progress(f"removed {resource.name}")
+                elif resource.kind is ResourceKind.VOLUME:
+                    self.connect(resource.host_uri).delete_volume(resource.name)
+                    volumes += 1
+                else:
+                    Path(resource.name).unlink(missing_ok=True)
+                    files += 1
+            except DomainNotFound:
+                pass
+            except (SdError, OSError) as exc:
+                errors.append(f"{resource.kind.value} {resource.name}: {_reason(exc)}")
+                continue
+            self.ledger.forget(resource)
+        if errors:
+            raise DeployError(
+                f"{owner.kind.value} {owner.owner_id}: could not remove everything: "
+                + "; ".join(errors),
+                hint="the ledger keeps what is left: run the same command again",
+            )
+        self.ledger.forget_owner(owner)
+        parts = [f"{domains} domain{'s' * (domains != 1)}", f"{volumes} volume{'s' * (volumes != 1)}"]
+        if files:
+            parts.append(f"{files} file{'s' * (files != 1)}")
+        return ", ".join(parts)
+
+    def _ours(self, hv: HypervisorAPI, name: str, owner: Owner) -> bool:
+        """Whether domain NAME carries our owner metadata: a half-recorded define must not
+        destroy a domain of the same name that sd-batch (or this owner) did not create."""
+        for info in hv.list_domains():
+            if info.name == name:
+                return info.owner is not None and info.owner.id == owner.owner_id and (
+                    info.owner.kind == self.owner_kind.value
+                )
+        return False
+
+    def _shutdown_all(self, domains: list[Any], grace_seconds: float) -> None:
+        """Ask every guest to power off (ACPI) at once, then wait a bounded time for each."""
+        asked = []
+        for resource in reversed(domains):  # reverse of start order = oldest last
+            try:
+                hv = self.connect(resource.host_uri)
+                hv.shutdown(resource.name)
+                asked.append((hv, resource.name))
+            except SdError:
+                continue  # gone or unreachable: destroy below says what matters
+        for hv, name in asked:
+            try:
+                hv.wait_shutoff(name, grace_seconds)
+            except SdError:
+                log.info("%s did not power off within %.0f s; destroying it", name, grace_seconds)
+
+
+def _image_format(path: Path) -> str:
+    """qcow2 or raw, from the file's magic: never let QEMU probe a format (unsafe)."""
+    with open(path, "rb") as handle:
+        return "qcow2" if handle.read(4) == b"QFI\xfb" else DiskFormat.RAW.value
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DescriptionError):
+        return exc.headline()
+    return str(exc)

@@ -1,0 +1,220 @@
+"""Pools on and off: `sd start HOST NAME FILE`, `sd terminate HOST NAME`, `sd status [NAME]`.
+
+The seed's promise ("Users submit a description to launch the pool of VMs", `sfStart localhost
+pool virtualPoolDesc.sf`). A pool is a ledger owner named NAME on a host URI; its VMs and disks
+are ledger resources. Starting a pool that exists is an error; one that a crashed run left
+half-made is cleaned up first. May import: config, deploy, errors, lang, ledger, hypervisor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import SiteConfig
+from .deploy import Engine, Progress, SitePaths, Step, plan
+from .errors import DeployError, DomainNotFound, SdError, UsageError
+from .lang import load_file
+
+if TYPE_CHECKING:
+    from .hypervisor import HypervisorAPI
+    from .ledger import Ledger, Owner
+
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+class Connections:
+    """One hypervisor connection per URI for this process (test:/// state lives in it)."""
+
+    def __init__(self, opener: Callable[[str], HypervisorAPI] | None = None) -> None:
+        self._opener = opener
+        self._open: dict[str, HypervisorAPI] = {}
+
+    def __call__(self, uri: str) -> HypervisorAPI:
+        if uri not in self._open:
+            if self._opener is None:
+                from .hypervisor import connect
+
+                self._open[uri] = connect(uri)
+            else:
+                self._open[uri] = self._opener(uri)
+        return self._open[uri]
+
+    def close(self) -> None:
+        for hv in self._open.values():
+            hv.close()
+        self._open.clear()
+
+
+#: Connections shared by every command run in this process (a test's in-process CLI calls).
+SHARED_CONNECTIONS = Connections()
+
+
+def site_paths(config: SiteConfig) -> SitePaths:
+    return SitePaths(
+        image_dir=config.image_dir,
+        overlay_dir=config.state_dir / "overlays",
+        console_dir=config.state_dir / "consoles",
+    )
+
+
+def _engine(config: SiteConfig, ledger: Ledger, connections: Connections, progress: Progress
+            ) -> Engine:
+    return Engine(ledger, connections, site_paths(config), progress)
+
+
+def check_pool_name(name: str) -> str:
+    if not POOL_NAME.fullmatch(name):
+        raise UsageError(
+            f"{name!r} is not a pool name",
+            hint="use letters, digits, '.', '_' and '-' (at most 40, starting with a letter or digit)",
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    name: str
+    uri: str
+    domains: tuple[str, ...]
+
+
+def start_pool(
+    config: SiteConfig,
+    host: str,
+    name: str,
+    file: Path,
+    *,
+    include_dirs: Sequence[Path] = (),
+    properties: Mapping[str, str] | None = None,
+    connections: Connections = SHARED_CONNECTIONS,
+    progress: Progress = lambda _line: None,
+) -> StartResult:
+    """Resolve FILE, then create and start its VMs on HOST as pool NAME (all or nothing)."""
+    from .ledger import Ledger, OwnerKind, OwnerStatus
+
+    check_pool_name(name)
+    uri = config.uri_for(host)
+    props = dict(config.properties)
+    props.update(properties or {})
+    description = load_file(
+        file,
+        include_dirs=[*include_dirs, *config.include_dirs, *config.template_dirs],
+        properties=props,
+    )
+    step = plan(description, name, uri)
+    with Ledger.for_site(config) as ledger:
+        engine = _engine(config, ledger, connections, progress)
+        existing = ledger.owner(OwnerKind.POOL, name, uri)
+        if existing is not None:
+            if existing.status is OwnerStatus.ACTIVE or _alive(existing):
+                raise DeployError(
+                    f"pool {name} already exists on {uri} (started from {existing.description})",
+                    hint=f"sd terminate {host} {name} first, or choose another name",
+                )
+            progress(f"cleaning up what an interrupted run of pool {name} left")
+            engine.teardown(existing, graceful=False)
+        owner = ledger.register_owner(OwnerKind.POOL, name, uri, description=str(file))
+        vms = tuple(vm.domain for vm in step.vms())
+        progress(f"starting pool {name} on {uri}: {len(vms)} VM{'s' * (len(vms) != 1)}")
+        engine.start(owner, step)
+        ledger.set_status(owner, OwnerStatus.ACTIVE, pid=None)
+    return StartResult(name, uri, vms)
+
+
+def _alive(owner: Owner) -> bool:
+    return owner.process is not None and owner.process.is_alive()
+
+
+def terminate_pool(
+    config: SiteConfig,
+    host: str,
+    name: str,
+    *,
+    grace_seconds: float = 10.0,
+    connections: Connections = SHARED_CONNECTIONS,
+    progress: Progress = lambda _line: None,
+) -> str:
+    """Shut pool NAME down (ACPI, then destroy after GRACE_SECONDS) and remove all it had."""
+    from .ledger import Ledger, OwnerKind, OwnerStatus
+
+    uri = config.uri_for(host)
+    with Ledger.for_site(config) as ledger:
+        owner = ledger.owner(OwnerKind.POOL, name, uri)
+        if owner is None:
+            known = sorted(f"{o.owner_id} on {o.host_uri}" for o in ledger.owners()
+                           if o.kind is OwnerKind.POOL)
+            raise DeployError(
+                f"no pool named {name} on {uri}",
+                hint=f"pools: {', '.join(known)}" if known else "no pools are running (sd status)",
+            )
+        owner = ledger.set_status(owner, OwnerStatus.TERMINATING)
+        engine = _engine(config, ledger, connections, progress)
+        return engine.teardown(owner, graceful=grace_seconds > 0, grace_seconds=grace_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class VMStatus:
+    name: str
+    uri: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerReport:
+    kind: str
+    name: str
+    uri: str
+    status: str
+    description: str
+    interrupted: bool
+    vms: tuple[VMStatus, ...]
+    volumes: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "name": self.name, "uri": self.uri, "status": self.status,
+            "description": self.description, "interrupted": self.interrupted,
+            "vms": [{"name": v.name, "uri": v.uri, "state": v.state} for v in self.vms],
+            "volumes": list(self.volumes),
+        }  # fmt: skip
+
+
+def status(
+    config: SiteConfig, name: str | None = None, *, connections: Connections = SHARED_CONNECTIONS
+) -> list[OwnerReport]:
+    """Every pool and job the ledger knows (or just NAME), with each VM's live state."""
+    from .ledger import Ledger, ResourceKind
+
+    reports = []
+    with Ledger.for_site(config) as ledger:
+        left = {o.row_id for o in ledger.leftovers().owners}
+        for owner in ledger.owners():
+            if name is not None and owner.owner_id != name:
+                continue
+            vms, volumes = [], []
+            for resource in reversed(ledger.resources(owner)):
+                if resource.kind is ResourceKind.DOMAIN:
+                    vms.append(VMStatus(resource.name, resource.host_uri,
+                                        _live_state(connections, resource.host_uri, resource.name)))
+                else:
+                    volumes.append(resource.name)
+            reports.append(OwnerReport(
+                owner.kind.value, owner.owner_id, owner.host_uri, owner.status.value,
+                owner.description, owner.row_id in left, tuple(vms), tuple(volumes),
+            ))  # fmt: skip
+    if name is not None and not reports:
+        raise DeployError(f"no pool or job named {name}", hint="sd status lists them all")
+    return reports
+
+
+def _live_state(connections: Connections, uri: str, domain: str) -> str:
+    try:
+        return connections(uri).state(domain).state.name.lower()
+    except DomainNotFound:
+        return "missing"
+    except SdError as exc:
+        return f"unknown: {exc.message}"

@@ -5,7 +5,7 @@ function, `translate_error`) and the `qemu-img` fallback for URIs without a stor
 `libvirt` and `tenacity` are imported lazily, so `import sd_batch.hypervisor` stays cheap and works
 without libvirt-python. libvirt's own error printing is silenced: hook stderr is HTCondor's
 StarterLog, and every error reaches the caller as an exception anyway.
-May import: errors, domain_xml and spec (XML builders), libvirt, tenacity, the standard library.
+May import: errors, domain_xml and spec (owner metadata, volume XML), libvirt, tenacity, stdlib.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import logging
 import os
 import threading
@@ -22,14 +23,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import DomainNotFound, HypervisorError
 
+if TYPE_CHECKING:
+    from .domain_xml import Owner
+
 log = logging.getLogger(__name__)
 
-#: `domain_xml.SD_NAMESPACE`, the namespace of our `<metadata><sd:owner/>`, should it be missing.
-DEFAULT_METADATA_NS = "urn:x-sd-batch:owner:1"
 DAEMON_HINT = "is libvirtd running on that host? scripts/setup-host starts it"
 MIB = 1024 * 1024
 
@@ -66,20 +68,12 @@ class DomainStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class DomainOwner:
-    """Who created a domain, read back from our `<metadata><sd:owner kind= id=/>`."""
-
-    kind: str
-    id: str
-
-
-@dataclass(frozen=True, slots=True)
 class DomainInfo:
-    """One domain on a host; `owner` is None for domains sd-batch did not create."""
+    """One domain on a host, with the owner read back from our `<metadata>` (None: not ours)."""
 
     name: str
     state: DomainState
-    owner: DomainOwner | None
+    owner: Owner | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +108,7 @@ class HypervisorAPI(Protocol):
     def list_domains(self) -> tuple[DomainInfo, ...]: ...
     def create_overlay(self, pool_or_dir: str | Path, name: str, backing_path: str | Path,
                        capacity_bytes: int, backing_format: str = ...) -> str: ...  # fmt: skip
+    def volume_path(self, pool_or_dir: str | Path, name: str) -> str: ...
     def delete_volume(self, path: str | Path) -> None: ...
     def host_capacity(self) -> HostCapacity: ...
     def close(self) -> None: ...
@@ -125,6 +120,7 @@ _setup_lock = threading.Lock()
 _event_loop_started = False
 
 
+@functools.cache
 def _libvirt() -> ModuleType:
     """Import libvirt on first use, with its error printing turned off."""
     try:
@@ -251,6 +247,8 @@ class Hypervisor:
             conn = retrying(lv.open, uri)
         except lv.libvirtError as exc:
             raise translate_error(exc, uri=uri, action="connect") from exc
+        with contextlib.suppress(lv.libvirtError):  # local drivers have no keepalive
+            conn.setKeepAlive(5, 3)  # a hung daemon fails our calls after ~20 s, not never
         return cls(conn, uri, clock=clock)
 
     @property
@@ -377,14 +375,15 @@ class Hypervisor:
 
     def list_domains(self) -> tuple[DomainInfo, ...]:
         """All domains, with our owner metadata; domains vanishing meanwhile are skipped."""
+        from .domain_xml import SD_NAMESPACE
+
         lv = self._lv
-        ns = metadata_namespace()
         found = []
         with self._errors("list domains"):
             for dom in self._conn.listAllDomains(0):
                 try:
                     state = _status(*dom.state()).state
-                    meta = dom.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, ns, 0)
+                    meta = dom.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, SD_NAMESPACE, 0)
                 except lv.libvirtError as exc:
                     if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
                         continue
@@ -437,6 +436,14 @@ class Hypervisor:
             return str(target)
         with self._errors("create overlay volume", name):
             return str(pool.createXML(xml, 0).path())
+
+    def volume_path(self, pool_or_dir: str | Path, name: str) -> str:
+        """Where create_overlay will put NAME: what the ledger records before creating it."""
+        if _is_dir(pool_or_dir):
+            return str(Path(os.path.normpath(str(pool_or_dir))) / name)
+        with self._errors("find storage pool", str(pool_or_dir)):
+            pool_xml = self._conn.storagePoolLookupByName(str(pool_or_dir)).XMLDesc(0)
+        return str(Path(ET.fromstring(pool_xml).findtext("target/path") or "/") / name)
 
     def delete_volume(self, path: str | Path) -> None:
         """Delete a volume by path; one that is already gone is fine."""
@@ -538,15 +545,6 @@ connect = Hypervisor.connect
 # --- small pure helpers ------------------------------------------------------------------------
 
 
-def metadata_namespace() -> str:
-    """The namespace domain_xml writes our owner metadata under (imported late: it is big)."""
-    try:
-        from .domain_xml import SD_NAMESPACE
-    except ImportError:
-        return DEFAULT_METADATA_NS
-    return SD_NAMESPACE
-
-
 def _status(state: int, reason: int) -> DomainStatus:
     try:
         kind = DomainState(state)
@@ -558,14 +556,17 @@ def _status(state: int, reason: int) -> DomainStatus:
     return DomainStatus(kind, text)
 
 
-def _parse_owner(meta: str | None) -> DomainOwner | None:
+def _parse_owner(meta: str | None) -> Owner | None:
+    """`<owner kind= id=/>` as domain_xml wrote it; anything else is not ours."""
+    from .domain_xml import Owner, OwnerKind
+
     try:
         element = ET.fromstring(meta) if meta else None
-    except ET.ParseError:
+        if element is None or element.get("id") is None:
+            return None
+        return Owner(OwnerKind(element.get("kind")), str(element.get("id")))
+    except (ET.ParseError, ValueError):
         return None
-    if element is None or element.get("kind") is None or element.get("id") is None:
-        return None
-    return DomainOwner(str(element.get("kind")), str(element.get("id")))
 
 
 def _is_dir(pool_or_dir: str | Path) -> bool:

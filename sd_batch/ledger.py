@@ -6,7 +6,7 @@ migrations (`PRAGMA user_version`). Protocol: record a resource (domain, volume,
 A row left `creating` by a process that died, or an owner whose process died, is a leftover
 for the next run to finish. Several processes (two hooks on one worker) share the file: WAL
 mode, a busy timeout, and `BEGIN IMMEDIATE` for every write so no two writers deadlock.
-May import: errors, config, sqlite3 and the standard library.
+May import: errors, config, domain_xml (OwnerKind), sqlite3 and the standard library.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SiteConfig
+from .domain_xml import OwnerKind  # the one job/pool distinction, also written into domains
 from .errors import LedgerError
 
 LEDGER_FILE = "ledger.sqlite3"
@@ -62,13 +63,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class OwnerKind(enum.Enum):
-    """What resources are created for: one batch job, or a named pool of VMs."""
-
-    POOL = "pool"
-    JOB = "job"
 
 
 class OwnerStatus(enum.Enum):

@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from sd_batch.domain_xml import SD_NAMESPACE, Owner, OwnerKind
 from sd_batch.errors import DomainNotFound, HypervisorError
 from sd_batch.hypervisor import (
     DomainInfo,
-    DomainOwner,
     DomainState,
     Hypervisor,
     HypervisorAPI,
     ShutoffTimeout,
-    metadata_namespace,
 )
 
 HOSTS = Path(__file__).resolve().parent / "data" / "hosts"
@@ -47,9 +46,8 @@ def make_domain_xml(name: str, owner: tuple[str, str] | None = None, *, bogus: b
     ET.SubElement(domain, "vcpu").text = "1"
     ET.SubElement(ET.SubElement(domain, "os"), "type").text = "hvm"
     if owner is not None:
-        ns = metadata_namespace()
         metadata = ET.SubElement(domain, "metadata")
-        ET.SubElement(metadata, f"{{{ns}}}owner", kind=owner[0], id=owner[1])
+        ET.SubElement(metadata, f"{{{SD_NAMESPACE}}}owner", kind=owner[0], id=owner[1])
     if bogus:
         ET.SubElement(domain, "bogus")
     return ET.tostring(domain, encoding="unicode")
@@ -81,6 +79,15 @@ def test_importing_the_module_loads_neither_libvirt_nor_tenacity() -> None:
         "assert 'libvirt' not in sys.modules and 'tenacity' not in sys.modules, sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_missing_libvirt_python_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sd_batch.hypervisor import _libvirt
+
+    monkeypatch.setitem(sys.modules, "libvirt", None)
+    _libvirt.cache_clear()  # forget a libvirt imported by earlier tests
+    with pytest.raises(HypervisorError, match="libvirt-python is not installed; pip install"):
+        Hypervisor.connect("test:///default")
 
 
 @libvirt_only
@@ -195,22 +202,25 @@ def test_list_domains_reads_owner_metadata(hv: Hypervisor) -> None:
     hv.define(make_domain_xml("job-9", owner=("job", "12.0")))
     hv.define(make_domain_xml("web-1", owner=("pool", "web")))
     hv.define(make_domain_xml("not-ours"))
+    hv.define(make_domain_xml("odd", owner=("cluster", "x")))  # a kind we do not know: not ours
     hv.start("web-1")
     assert hv.list_domains() == (
-        DomainInfo("job-9", DomainState.SHUTOFF, DomainOwner("job", "12.0")),
+        DomainInfo("job-9", DomainState.SHUTOFF, Owner(OwnerKind.JOB, "12.0")),
         DomainInfo("not-ours", DomainState.SHUTOFF, None),
-        DomainInfo("web-1", DomainState.RUNNING, DomainOwner("pool", "web")),
+        DomainInfo("odd", DomainState.SHUTOFF, None),
+        DomainInfo("web-1", DomainState.RUNNING, Owner(OwnerKind.POOL, "web")),
     )
 
 
 @libvirt_only
 def test_owner_metadata_written_by_domain_xml_reads_back(hv: Hypervisor) -> None:
-    domain_xml = pytest.importorskip("sd_batch.domain_xml")
-    owner = domain_xml.Owner(domain_xml.OwnerKind.JOB, "7.3")
+    from sd_batch.domain_xml import build_metadata
+
+    owner = Owner(OwnerKind.JOB, "7.3")
     domain = ET.fromstring(make_domain_xml("job-10"))
-    domain.append(domain_xml.build_metadata(owner))
+    domain.append(build_metadata(owner))
     hv.define(ET.tostring(domain, encoding="unicode"))
-    assert hv.list_domains()[0].owner == DomainOwner("job", "7.3")
+    assert hv.list_domains()[0].owner == owner
 
 
 @libvirt_only
@@ -236,6 +246,7 @@ def test_overlay_in_a_folder_gets_one_transient_dir_pool(hv: Hypervisor) -> None
     first = hv.create_overlay(Path("/srv/sd/overlays"), "a.qcow2", base, 4 << 30)
     second = hv.create_overlay("/srv/sd/overlays/", "b.qcow2", base, 4 << 30, "qcow2")
     assert (first, second) == ("/srv/sd/overlays/a.qcow2", "/srv/sd/overlays/b.qcow2")
+    assert hv.volume_path("/srv/sd/overlays/", "b.qcow2") == second
     pools = [p for p in hv._conn.listAllStoragePools(0) if p.name().startswith("sd-batch-")]
     assert len(pools) == 1
     assert not pools[0].isPersistent()
@@ -245,8 +256,9 @@ def test_overlay_in_a_folder_gets_one_transient_dir_pool(hv: Hypervisor) -> None
 @libvirt_only
 def test_overlay_in_a_named_pool(hv: Hypervisor) -> None:
     base = "/var/lib/sd-batch/images-hostA/debian-base.qcow2"
-    path = hv.create_overlay("images", "job-11.qcow2", base, 4 << 30)
-    assert path == "/var/lib/sd-batch/images-hostA/job-11.qcow2"
+    expected = hv.volume_path("images", "job-11.qcow2")  # known before: the ledger's intent
+    assert expected == "/var/lib/sd-batch/images-hostA/job-11.qcow2"
+    assert hv.create_overlay("images", "job-11.qcow2", base, 4 << 30) == expected
 
 
 @libvirt_only

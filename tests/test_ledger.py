@@ -15,11 +15,11 @@ import pytest
 
 from sd_batch import ledger as ledger_module
 from sd_batch.config import SiteConfig
+from sd_batch.domain_xml import OwnerKind
 from sd_batch.errors import LedgerError
 from sd_batch.ledger import (
     SCHEMA_VERSION,
     Ledger,
-    OwnerKind,
     OwnerStatus,
     ProcessRef,
     ResourceKind,

@@ -61,7 +61,7 @@ class SourceSet:
             try:
                 real = candidate.resolve()
                 inside = real.is_relative_to(root.resolve())
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL byte in the name
                 continue
             if inside and real.is_file():
                 return candidate

@@ -23,6 +23,10 @@ class Long(int):
     __slots__ = ()
 
 
+#: Integers are Java longs at most: literals and operator results must fit in 64 bits.
+INT_RANGE = range(-(2**63), 2**63)
+
+
 class Double(float):
     """A decimal written with the `D` suffix (`1.5D`): a decimal without suffix is a float."""
 
@@ -178,7 +182,7 @@ class Component:
     # -- places in the tree -------------------------------------------------------------------
     @property
     def path(self) -> str:
-        """The attribute path from the file's top level, as SmartFrog writes it: `sfConfig:vms:vm1`."""
+        """The attribute path from the top level, as SmartFrog writes it: `sfConfig:vms:vm1`."""
         names: list[str] = []
         node: Component | None = self
         while node is not None and node.name is not None:

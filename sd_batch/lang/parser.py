@@ -8,7 +8,9 @@ May import: lark, errors, lang.model, lang.syntax.
 
 from __future__ import annotations
 
+import binascii
 import itertools
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -96,21 +98,33 @@ def unescape(body: str) -> str:
     return "".join(out)
 
 
-def _decode_bytes(token: str) -> bytes:
+class _BadLiteral(Exception):
+    """A literal the lexer accepts but no value matches (`1e999`, `#B64#a#`): a syntax error."""
+
+    def __init__(self, token: Token, message: str) -> None:
+        super().__init__(message)
+        self.token = token
+        self.message = message
+
+
+def _decode_bytes(token: Token) -> bytes:
     kind, digits = token[1:4], "".join(token[5:-1].split())
     if kind == "HEX":
         return bytes.fromhex(digits if len(digits) % 2 == 0 else "0" + digits)
     if kind == "B64":
         import base64
 
-        return base64.b64decode(digits + "=" * (-len(digits) % 4))
+        try:
+            return base64.b64decode(digits + "=" * (-len(digits) % 4))
+        except binascii.Error as exc:
+            raise _BadLiteral(token, f"malformed #B64# byte array: {exc}") from None
     base = {"DEC": 10, "OCT": 8, "BIN": 2}[kind]
     value = int(digits, base) if digits else 0
     return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
 
 
 class _ToSyntax(Transformer[Token, Any]):
-    """Parse tree -> syntax objects. Shape only: no lookups, no checks (those are the resolver's)."""
+    """Parse tree -> syntax objects. Shape only: no lookups, no checks (the resolver's job)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,7 +160,7 @@ class _ToSyntax(Transformer[Token, Any]):
         return AttrDef(name, None, loc, tuple(tags))
 
     def tags(self, children: list[Any]) -> list[str]:
-        return [c for c in children[1:]]
+        return list(children[1:])
 
     def anonymous_name(self, children: list[Token]) -> tuple[tuple[str, ...], SourceLocation]:
         return (f"--{next(self.anonymous)}",), self._loc(children[0])
@@ -201,17 +215,17 @@ class _ToSyntax(Transformer[Token, Any]):
         return unescape(token[2:-1])
 
     def integer(self, children: list[Token]) -> int:
-        return int(children[0])
+        return _in_range(children[0], children[0])
 
     def long(self, children: list[Token]) -> Long:
-        return Long(int(children[0][:-1]))
+        return Long(_in_range(children[0][:-1], children[0]))
 
     def float(self, children: list[Token]) -> float:
         text = str(children[0])
-        return float(text[:-1] if text[-1] in "fF" else text)
+        return _finite(float(text[:-1] if text[-1] in "fF" else text), children[0])
 
     def double(self, children: list[Token]) -> Double:
-        return Double(float(children[0][:-1]))
+        return Double(_finite(float(children[0][:-1]), children[0]))
 
     def true(self, _children: list[Token]) -> bool:
         return True
@@ -226,7 +240,7 @@ class _ToSyntax(Transformer[Token, Any]):
         return model.TBD
 
     def bytearray(self, children: list[Token]) -> bytes:
-        return _decode_bytes(str(children[0]))
+        return _decode_bytes(children[0])
 
     def vector(self, children: list[Any]) -> list[Any]:
         return list(children[1:])
@@ -293,6 +307,24 @@ class _ToSyntax(Transformer[Token, Any]):
         return ApplyRef("ASSERT", children[1], self._loc(children[0]))
 
 
+def _in_range(digits: str, token: Token) -> int:
+    # Checked on the text first: int() refuses more than 4300 digits with a ValueError.
+    value = int(digits) if len(digits) <= 21 else None
+    if value is None or value not in model.INT_RANGE:
+        raise _BadLiteral(token, f"number {_short(token)} is out of range (integers have 64 bits)")
+    return value
+
+
+def _short(token: Token) -> str:
+    return token if len(token) <= 30 else f"{token[:27]}..."
+
+
+def _finite(value: float, token: Token) -> float:
+    if not math.isfinite(value):
+        raise _BadLiteral(token, f"number {_short(token)} is out of range")
+    return value
+
+
 # -- error messages ------------------------------------------------------------------------------
 _TERMINAL_WORDS = {
     "WORD": "a name",
@@ -327,7 +359,7 @@ _ATTRIBUTE_STARTS = {
 
 
 def _describe_expected(expected: set[str]) -> str:
-    """Turn lark's terminal names into words: `';', '}' or a value` rather than `SEMICOLON, RBRACE`."""
+    """Lark's terminal names as words: `';', '}' or a value` rather than `SEMICOLON, RBRACE`."""
     words: list[str] = []
     if expected >= _ATTRIBUTE_STARTS:
         words.append("an attribute")
@@ -435,12 +467,12 @@ def _cache_file() -> str | None:
     """Lark's compiled-grammar cache, per user; None (no cache) where nothing is writable."""
     from .. import __version__
 
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for folder in (os.path.join(base, "sd-batch"), tempfile.gettempdir()):
+    base = os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()
+    for folder in (Path(base, "sd-batch"), Path(tempfile.gettempdir())):
         try:
-            os.makedirs(folder, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             if os.access(folder, os.W_OK):
-                return os.path.join(folder, f"sf-grammar-{__version__}-{os.getuid()}.lark")
+                return str(folder / f"sf-grammar-{__version__}-{os.getuid()}.lark")
         except OSError:
             continue
     return None
@@ -485,16 +517,24 @@ def parse_text(
     except UnexpectedInput as exc:
         raise _syntax_error(exc, filename, text) from None
     except _ReservedWord as exc:
-        token = exc.token
-        loc = SourceLocation(
-            filename, token.line or 0, token.column or 0, token.end_line, token.end_column
-        )
-        lines = text.splitlines()
-        source = lines[loc.line - 1] if 1 <= loc.line <= len(lines) else None
-        raise DescriptionSyntaxError(
-            f"{token} is a reserved word of the SmartFrog language",
-            loc=loc,
-            hint=f'quote it ("{token}") to use it as a name',
-            source_line=source,
+        raise _token_error(
+            exc.token,
+            filename,
+            text,
+            f"{exc.token} is a reserved word of the SmartFrog language",
+            hint=f'quote it ("{exc.token}") to use it as a name',
         ) from None
+    except _BadLiteral as exc:
+        raise _token_error(exc.token, filename, text, exc.message) from None
     return SourceFile(filename, items, text)
+
+
+def _token_error(
+    token: Token, filename: str, text: str, message: str, hint: str | None = None
+) -> DescriptionSyntaxError:
+    loc = SourceLocation(
+        filename, token.line or 0, token.column or 0, token.end_line, token.end_column
+    )
+    lines = text.splitlines()
+    source = lines[loc.line - 1] if 1 <= loc.line <= len(lines) else None
+    return DescriptionSyntaxError(message, loc=loc, hint=hint, source_line=source)

@@ -55,7 +55,7 @@ Proto = Reference | Body | NullProto
 
 @dataclass(frozen=True, slots=True)
 class ComponentExpr:
-    """`extends [LAZY|DATA] P1, P2 {...}`: applied left to right, later attributes replace earlier."""
+    """`extends [LAZY|DATA] P1, P2 {...}`: applied left to right, later attributes win."""
 
     protos: tuple[Proto, ...]
     modifier: str | None

@@ -10,9 +10,9 @@ May import: errors, lang.model, lang.syntax, lang.resolve.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping
-from functools import reduce
 from typing import Any
 
 from ..errors import (
@@ -23,7 +23,7 @@ from ..errors import (
     UnresolvedReference,
 )
 from .includes import SourceSet
-from .model import TBD, Attribute, Component, Long, Reference
+from .model import INT_RANGE, TBD, Attribute, Component, Long, Reference
 from .resolve import Node, ancestors, copy_node, suggest
 from .syntax import ApplyRef, IfExpr, ListExpr, OpExpr
 
@@ -84,6 +84,8 @@ class Evaluator:
         self.failures: dict[tuple[int, str], DescriptionError] = {}
         self.active: list[tuple[Component, str]] = []
         self.evaluated: set[int] = set()
+        #: Components whose evaluate_tree has started and not finished (linking one is a cycle).
+        self.in_progress: set[int] = set()
 
     def _error(
         self, cls: type[DescriptionError], message: str, loc: Any, **kw: Any
@@ -96,16 +98,20 @@ class Evaluator:
         if id(node) in self.evaluated:
             return
         self.evaluated.add(id(node))
-        for name in list(node.attributes):
-            try:
-                self.value_of(node, name)
-            except DescriptionError as exc:
-                if not any(e is exc for e in errors):
-                    errors.append(exc)
-                continue
-            value = node.attributes[name].value
-            if isinstance(value, Component):
-                self.evaluate_tree(value, errors)
+        self.in_progress.add(id(node))
+        try:
+            for name in list(node.attributes):
+                try:
+                    self.value_of(node, name)
+                except DescriptionError as exc:
+                    if not any(e is exc for e in errors):
+                        errors.append(exc)
+                    continue
+                value = node.attributes[name].value
+                if isinstance(value, Component):
+                    self.evaluate_tree(value, errors)
+        finally:
+            self.in_progress.discard(id(node))
 
     def value_of(self, node: Component, name: str) -> Result:
         key = (id(node), name)
@@ -126,14 +132,14 @@ class Evaluator:
         self.active.append((node, name))
         try:
             value, deferred = self.evaluate(attr.value, node)
+            if not deferred and value is not attr.value and isinstance(value, Component):
+                value = self._linked_copy(value, node, attr)
         except DescriptionError as exc:
             self.failures[key] = exc
             raise
         finally:
             self.active.pop()
         if not deferred and value is not attr.value:
-            if isinstance(value, Component) and value.parent is not node:
-                value = self._linked_copy(value, attr)
             node.set(name, value, attr.loc)
         self.results[key] = (node.attributes[name].value, deferred)
         return self.results[key]
@@ -143,14 +149,26 @@ class Evaluator:
         value = attr.value
         return getattr(value, "loc", None) or attr.loc
 
-    def _linked_copy(self, target: Component, attr: Attribute) -> Component:
-        """A non-LAZY link to a component: copy it, evaluated where it stands."""
+    def _linked_copy(self, target: Component, holder: Component, attr: Attribute) -> Component:
+        """A non-LAZY link to a component: copy it, evaluated where it stands (as SmartFrog
+        resolves the linked description in place, even a prototype outside sfConfig)."""
         assert isinstance(target, Node)
-        if self._in_scope(target):
-            errors: list[DescriptionError] = []
-            self.evaluate_tree(target, errors)
-            if errors:
-                raise errors[0]
+        if id(target) in self.in_progress or any(a is target for a in ancestors(holder)):
+            # The copy would have to hold the attribute being resolved: THIS, PARENT, ROOT...
+            inside = [any(a is target for a in ancestors(h)) for h, _n in self.active]
+            start = inside.index(True) if True in inside else len(self.active) - 1
+            chain = [h.attribute_path(n) for h, n in self.active[start:]]
+            raise self._error(
+                CyclicReference,
+                "cyclic reference: " + " -> ".join([*chain, target.path or "ROOT"]),
+                self._ref_loc(attr),
+                hint="a link copies the component it names, which here contains the link; "
+                "write LAZY to keep it a reference",
+            )
+        errors: list[DescriptionError] = []
+        self.evaluate_tree(target, errors)
+        if errors:
+            raise errors[0]
         clone = copy_node(target)
         self._mark_evaluated(clone)
         return clone
@@ -159,11 +177,6 @@ class Evaluator:
         self.evaluated.add(id(node))
         for _name, child in node.children():
             self._mark_evaluated(child)
-
-    scope: Component | None = None
-
-    def _in_scope(self, node: Component) -> bool:
-        return self.scope is None or any(a is self.scope for a in ancestors(node))
 
     # -- values ------------------------------------------------------------------------------------
     def evaluate(self, value: Any, ctx: Component) -> Result:
@@ -330,13 +343,16 @@ class Evaluator:
         if op in ("+", "*"):
             need(_is_number, "numbers")
             fn = operator.add if op == "+" else operator.mul
-            return _number_kind(values, reduce(fn, values))
+            result = values[0]
+            for value in values[1:]:
+                result = self._in_range(fn(result, value), expr)
+            return _number_kind(values, result)
         if op in ("-", "/"):
             need(_is_number, "numbers")
             if op == "/" and values[1] == 0:
                 raise self._error(ResolutionError, "division by zero", expr.loc)
             result = values[0] - values[1] if op == "-" else _java_divide(*values)
-            return _number_kind(values, result)
+            return _number_kind(values, self._in_range(result, expr))
         if op == "++":
             return "".join(_concat_text(v) for v in values)
         if op == "<>":
@@ -360,6 +376,17 @@ class Evaluator:
                     expr.loc,
                 )
         return compare(values[0], values[1])
+
+    def _in_range(self, value: Any, expr: OpExpr) -> Any:
+        if isinstance(value, int) and value not in INT_RANGE:
+            raise self._error(
+                ResolutionError, f"operator {expr.op} overflows: integers have 64 bits", expr.loc
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._error(
+                ResolutionError, f"operator {expr.op} overflows: the result is too large", expr.loc
+            )
+        return value
 
 
 def _describe(value: Any) -> str:

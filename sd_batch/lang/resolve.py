@@ -161,6 +161,8 @@ class TypeResolver:
     def __init__(self, root: Node, sources: SourceSet) -> None:
         self.root = root
         self.sources = sources
+        #: Components whose prototypes are being applied, outermost first (to name a cycle).
+        self.applying: list[Node] = []
 
     def _error(
         self, cls: type[DescriptionError], message: str, loc: Any, **kw: Any
@@ -175,13 +177,15 @@ class TypeResolver:
             raise node.error
         if node.state is not State.NEW:
             if node.state is State.APPLYING:
+                cycle = self.applying[self.applying.index(node) :] + [node]
                 raise self._error(
                     CyclicReference,
-                    f"cyclic prototype: {node.path or 'this component'} extends itself",
+                    "cyclic prototype: " + " extends ".join(n.path or "ROOT" for n in cycle),
                     node.loc,
                 )
             return
         node.state = State.APPLYING
+        self.applying.append(node)
         try:
             merged: dict[str, Attribute] = {}
             placements: list[AttrDef] = []
@@ -203,6 +207,8 @@ class TypeResolver:
         except DescriptionError as exc:
             node.state, node.error = State.BROKEN, exc
             raise
+        finally:
+            self.applying.pop()
 
     def resolve(self, node: Node, collect: list[DescriptionError] | None = None) -> None:
         """Fully type-resolve NODE and everything under it.
@@ -246,6 +252,10 @@ class TypeResolver:
                 ref.loc,
                 hint="extends takes component descriptions (or NULL)",
             )
+        if target is user:
+            raise self._error(
+                CyclicReference, f"cyclic prototype: {ref.path_text()} extends itself", ref.loc
+            )
         if target.state is State.CHILDREN or any(a is target for a in ancestors(user)):
             raise self._error(
                 CyclicReference,
@@ -256,11 +266,14 @@ class TypeResolver:
             self.resolve(target)
         except DescriptionError as exc:
             if target.path and target.path.split(":")[0] != SF_CONFIG:
+                cause = exc  # name the first problem, not every prototype on the way to it
+                while isinstance(cause.__cause__, DescriptionError):
+                    cause = cause.__cause__
                 raise self._error(
                     ResolutionError,
-                    f"prototype {target.path} cannot be used: {exc.headline()}",
+                    f"prototype {target.path} cannot be used: {cause.headline()}",
                     ref.loc,
-                ) from exc
+                ) from cause
             raise
         return target
 

@@ -125,12 +125,18 @@ def render(args: argparse.Namespace, env: Environment) -> int:
 
     description = _load(args, env, complete=not args.allow_tbd)
     tree = description.sfconfig if description.sfconfig is not None else description.root
-    if args.json:
-        print(json.dumps(to_data(tree), indent=2), file=env.stdout)
-    elif description.sfconfig is not None:
-        env.stdout.write(render_description("sfConfig", description.sfconfig))
-    else:
-        env.stdout.write("\n".join(render_attributes(description.root)) + "\n")
+    try:
+        if args.json:
+            text = json.dumps(to_data(tree), indent=2) + "\n"
+        elif description.sfconfig is not None:
+            text = render_description("sfConfig", description.sfconfig)
+        else:
+            text = "\n".join(render_attributes(description.root)) + "\n"
+    except RecursionError:
+        raise DescriptionError(
+            f"{args.file}: too deeply nested to print", hint="flatten its nesting"
+        ) from None
+    env.stdout.write(text)
     return 0
 
 

@@ -100,7 +100,20 @@ def load_text(
     return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
 
 
-def _resolve(parsed, sources, *, environ, properties, complete):  # type: ignore[no-untyped-def]
+def _resolve(parsed, sources, **options):  # type: ignore[no-untyped-def]
+    try:
+        return _resolve_phases(parsed, sources, **options)
+    except RecursionError:
+        # Every phase recurses: a few hundred levels of nesting, prototypes extending each
+        # other or references leading to each other exhaust Python's stack.
+        raise ResolutionError(
+            f"{parsed.name}: too deeply nested to resolve",
+            hint="components, vectors, extends chains or chains of references (a refers to b "
+            "refers to c...) go a few hundred levels deep: flatten them",
+        ) from None
+
+
+def _resolve_phases(parsed, sources, *, environ, properties, complete):  # type: ignore[no-untyped-def]
     from .evaluate import Evaluator, find_tbds, tbd_errors
     from .resolve import Node, TreeBuilder, TypeResolver
 
@@ -150,7 +163,6 @@ def _resolve(parsed, sources, *, environ, properties, complete):  # type: ignore
     if not errors:
         evaluator = Evaluator(root, sources, environ=environ, properties=properties)
         if sfconfig is not None:
-            evaluator.scope = sfconfig
             evaluator.evaluate_tree(sfconfig, errors)
             if complete:
                 errors.extend(tbd_errors(sfconfig, sources))

@@ -23,12 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .errors import DomainNotFound, HypervisorError
-
-if TYPE_CHECKING:
-    from .domain_xml import Owner
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +65,23 @@ class DomainStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DomainOwner:
+    """Who created a domain, read back from our `<metadata><sd:owner kind= id=/>` as written.
+
+    `kind` stays a string (`job`, `pool`): a kind this version does not know is still shown.
+    """
+
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
 class DomainInfo:
-    """One domain on a host, with the owner read back from our `<metadata>` (None: not ours)."""
+    """One domain on a host; `owner` is None for domains sd-batch did not create."""
 
     name: str
     state: DomainState
-    owner: Owner | None
+    owner: DomainOwner | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +115,10 @@ class HypervisorAPI(Protocol):
     def wait_shutoff(self, name: str, timeout: float) -> DomainStatus: ...
     def list_domains(self) -> tuple[DomainInfo, ...]: ...
     def create_overlay(self, pool_or_dir: str | Path, name: str, backing_path: str | Path,
-                       capacity_bytes: int, backing_format: str = ...) -> str: ...  # fmt: skip
+                       capacity_bytes: int = ..., backing_format: str = ...
+                       ) -> str: ...  # fmt: skip
+    def create_blank(self, pool_or_dir: str | Path, name: str, capacity_bytes: int,
+                     format: str = ...) -> str: ...  # fmt: skip
     def volume_path(self, pool_or_dir: str | Path, name: str) -> str: ...
     def delete_volume(self, path: str | Path) -> None: ...
     def host_capacity(self) -> HostCapacity: ...
@@ -400,42 +411,74 @@ class Hypervisor:
         pool_or_dir: str | Path,
         name: str,
         backing_path: str | Path,
-        capacity_bytes: int,
+        capacity_bytes: int = 0,
         backing_format: str = "qcow2",
     ) -> str:
         """Create a qcow2 copy-on-write volume over BACKING_PATH; returns the new volume's path.
 
         POOL_OR_DIR is a storage pool name, or a folder (a Path, or a str with a '/') for which a
-        transient dir pool is made. Where the URI has no storage driver (qemu:///embed), a
-        folder gets `qemu-img create` instead.
+        transient dir pool is made. Capacity 0 keeps the base's size. Where the URI has no
+        storage driver (qemu:///embed), a folder gets `qemu-img create` instead.
         """
-        from .domain_xml import volume_xml
-        from .spec import DiskFormat
+        base = (str(backing_path), backing_format)
+        return self._create(pool_or_dir, name, capacity_bytes, "qcow2", base)
 
+    def create_blank(
+        self, pool_or_dir: str | Path, name: str, capacity_bytes: int, format: str = "qcow2"
+    ) -> str:
+        """Create an empty volume (a scratch disk); returns its path. See create_overlay."""
+        return self._create(pool_or_dir, name, capacity_bytes, format, None)
+
+    def _create(
+        self, where: str | Path, name: str, capacity: int, fmt: str, base: tuple[str, str] | None
+    ) -> str:
+        from .domain_xml import volume_xml
+        from .spec import NAME_PATTERN, DiskFormat
+
+        if not NAME_PATTERN.fullmatch(name):
+            raise HypervisorError(f"{self._uri}: {name!r} is not a safe volume name")
         try:
-            xml = volume_xml(name, capacity_bytes, str(backing_path), DiskFormat(backing_format))
-        except ValueError as exc:
-            raise HypervisorError(f"{self._uri}: cannot create overlay {name}: {exc}") from exc
-        try:
-            if _is_dir(pool_or_dir):
-                pool = self.ensure_dir_pool(Path(pool_or_dir))
-            else:
-                with self._errors("find storage pool", str(pool_or_dir)):
-                    pool = self._conn.storagePoolLookupByName(str(pool_or_dir))
-                    if not pool.isActive():
-                        pool.create(0)
+            pool = self._pool(where)
         except HypervisorError as exc:
             cause = exc.__cause__
             no_storage = isinstance(cause, self._lv.libvirtError) and (
                 cause.get_error_code() == self._lv.VIR_ERR_NO_SUPPORT
             )
-            if not no_storage or not _is_dir(pool_or_dir):
+            if not no_storage or not _is_dir(where):
                 raise
-            target = Path(pool_or_dir) / name
-            _qemu_img_overlay(target, Path(backing_path), backing_format, capacity_bytes)
-            return str(target)
-        with self._errors("create overlay volume", name):
+            _qemu_img_create(Path(where) / name, fmt, capacity, base)
+            return str(Path(where) / name)
+        if base is not None and not capacity:
+            capacity = self._capacity_of(base[0])
+        try:
+            xml = volume_xml(name, capacity, base and base[0], base and DiskFormat(base[1]),
+                             DiskFormat(fmt))  # fmt: skip
+        except ValueError as exc:
+            raise HypervisorError(f"{self._uri}: cannot create volume {name}: {exc}") from exc
+        with self._errors("create volume", name):
             return str(pool.createXML(xml, 0).path())
+
+    def _pool(self, pool_or_dir: str | Path) -> Any:
+        if _is_dir(pool_or_dir):
+            return self.ensure_dir_pool(Path(pool_or_dir))
+        with self._errors("find storage pool", str(pool_or_dir)):
+            pool = self._conn.storagePoolLookupByName(str(pool_or_dir))
+            if not pool.isActive():
+                pool.create(0)
+            return pool
+
+    def _capacity_of(self, path: str) -> int:
+        """A base image's virtual size, as libvirt reads it on the host that has the file."""
+        with self._errors("read the size of", path):
+            try:
+                vol = self._conn.storageVolLookupByPath(path)
+            except self._lv.libvirtError as exc:
+                if exc.get_error_code() != self._lv.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+                vol = self._rescan_for(path)  # its folder is no storage pool yet
+            if vol is None:
+                raise HypervisorError(f"{self._uri}: no base image {path} on that host")
+            return int(vol.info()[1])
 
     def volume_path(self, pool_or_dir: str | Path, name: str) -> str:
         """Where create_overlay will put NAME: what the ledger records before creating it."""
@@ -556,17 +599,14 @@ def _status(state: int, reason: int) -> DomainStatus:
     return DomainStatus(kind, text)
 
 
-def _parse_owner(meta: str | None) -> Owner | None:
-    """`<owner kind= id=/>` as domain_xml wrote it; anything else is not ours."""
-    from .domain_xml import Owner, OwnerKind
-
+def _parse_owner(meta: str | None) -> DomainOwner | None:
     try:
         element = ET.fromstring(meta) if meta else None
-        if element is None or element.get("id") is None:
-            return None
-        return Owner(OwnerKind(element.get("kind")), str(element.get("id")))
-    except (ET.ParseError, ValueError):
+    except ET.ParseError:
         return None
+    if element is None or element.get("kind") is None or element.get("id") is None:
+        return None
+    return DomainOwner(str(element.get("kind")), str(element.get("id")))
 
 
 def _is_dir(pool_or_dir: str | Path) -> bool:
@@ -588,19 +628,21 @@ def dir_pool_xml(name: str, folder: str) -> str:
     return ET.tostring(pool, encoding="unicode")
 
 
-def _qemu_img_overlay(
-    target: Path, backing: Path, backing_format: str, capacity_bytes: int | None
+def _qemu_img_create(
+    target: Path, fmt: str, capacity_bytes: int, base: tuple[str, str] | None
 ) -> None:
-    """Only for URIs without a storage driver: the same overlay, made by qemu-img here."""
+    """Only for URIs without a storage driver: the same volume, made by qemu-img here."""
     import subprocess
 
-    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing), "-F", backing_format,
-            str(target)]  # fmt: skip
-    if capacity_bytes:
+    argv = ["qemu-img", "create", "-q", "-f", fmt]
+    if base is not None:
+        argv += ["-b", base[0], "-F", base[1]]  # never let QEMU probe the base's format
+    argv.append(str(target))
+    if capacity_bytes or base is None:
         argv.append(str(capacity_bytes))
     try:
         subprocess.run(argv, check=True, capture_output=True, text=True)
     except FileNotFoundError as exc:
         raise HypervisorError("qemu-img is missing", hint="apt-get install qemu-utils") from exc
     except subprocess.CalledProcessError as exc:
-        raise HypervisorError(f"cannot create overlay {target}: {exc.stderr.strip()}") from exc
+        raise HypervisorError(f"cannot create volume {target}: {exc.stderr.strip()}") from exc

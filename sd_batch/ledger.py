@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SiteConfig
-from .domain_xml import OwnerKind  # the one job/pool distinction, also written into domains
+from .domain_xml import OwnerKind as OwnerKind  # one job/pool enum, the one domains carry
 from .errors import LedgerError
 
 LEDGER_FILE = "ledger.sqlite3"

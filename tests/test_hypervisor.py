@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.domain_xml import SD_NAMESPACE, Owner, OwnerKind
+from sd_batch.domain_xml import SD_NAMESPACE, Owner, OwnerKind, build_metadata
 from sd_batch.errors import DomainNotFound, HypervisorError
 from sd_batch.hypervisor import (
     DomainInfo,
+    DomainOwner,
     DomainState,
     Hypervisor,
     HypervisorAPI,
@@ -202,25 +203,22 @@ def test_list_domains_reads_owner_metadata(hv: Hypervisor) -> None:
     hv.define(make_domain_xml("job-9", owner=("job", "12.0")))
     hv.define(make_domain_xml("web-1", owner=("pool", "web")))
     hv.define(make_domain_xml("not-ours"))
-    hv.define(make_domain_xml("odd", owner=("cluster", "x")))  # a kind we do not know: not ours
+    hv.define(make_domain_xml("odd", owner=("cluster", "x")))  # a kind from a newer sd-batch
     hv.start("web-1")
     assert hv.list_domains() == (
-        DomainInfo("job-9", DomainState.SHUTOFF, Owner(OwnerKind.JOB, "12.0")),
+        DomainInfo("job-9", DomainState.SHUTOFF, DomainOwner("job", "12.0")),
         DomainInfo("not-ours", DomainState.SHUTOFF, None),
-        DomainInfo("odd", DomainState.SHUTOFF, None),
-        DomainInfo("web-1", DomainState.RUNNING, Owner(OwnerKind.POOL, "web")),
+        DomainInfo("odd", DomainState.SHUTOFF, DomainOwner("cluster", "x")),
+        DomainInfo("web-1", DomainState.RUNNING, DomainOwner("pool", "web")),
     )
 
 
 @libvirt_only
 def test_owner_metadata_written_by_domain_xml_reads_back(hv: Hypervisor) -> None:
-    from sd_batch.domain_xml import build_metadata
-
-    owner = Owner(OwnerKind.JOB, "7.3")
     domain = ET.fromstring(make_domain_xml("job-10"))
-    domain.append(build_metadata(owner))
+    domain.append(build_metadata(Owner(OwnerKind.JOB, "7.3")))
     hv.define(ET.tostring(domain, encoding="unicode"))
-    assert hv.list_domains()[0].owner == owner
+    assert hv.list_domains()[0].owner == DomainOwner("job", "7.3")
 
 
 @libvirt_only
@@ -262,13 +260,34 @@ def test_overlay_in_a_named_pool(hv: Hypervisor) -> None:
 
 
 @libvirt_only
-def test_overlay_errors_are_ours(hv: Hypervisor) -> None:
+def test_an_overlay_without_capacity_keeps_the_base_size(hv: Hypervisor) -> None:
+    base = "/var/lib/sd-batch/images-hostA/debian-base.qcow2"  # 4 GiB, in the `images` pool
+    path = hv.create_overlay("/srv/sd/overlays", "sized.qcow2", base)
+    assert hv._conn.storageVolLookupByPath(path).info()[1] == 4 << 30
+    with pytest.raises(HypervisorError, match="no base image /nowhere/base.qcow2 on that host"):
+        hv.create_overlay("/srv/sd/overlays", "unsized.qcow2", "/nowhere/base.qcow2")
+
+
+@libvirt_only
+def test_a_blank_volume(hv: Hypervisor) -> None:
+    path = hv.create_blank("images", "scratch.raw", 1 << 30, "raw")
+    volume = ET.fromstring(hv._conn.storageVolLookupByPath(path).XMLDesc(0))
+    assert volume.find("target/format").get("type") == "raw"  # type: ignore[union-attr]
+    assert volume.find("backingStore") is None
+
+
+@libvirt_only
+def test_volume_errors_are_ours(hv: Hypervisor) -> None:
     with pytest.raises(HypervisorError, match="cannot find storage pool nope: .*not found"):
         hv.create_overlay("nope", "x.qcow2", "/base.qcow2", 1 << 30)
     with pytest.raises(HypervisorError, match="capacity must be positive"):
-        hv.create_overlay("images", "x.qcow2", "/base.qcow2", 0)
+        hv.create_blank("images", "x.qcow2", 0)
+    with pytest.raises(HypervisorError, match="'../x.qcow2' is not a safe volume name"):
+        hv.create_overlay("images", "../x.qcow2", "/base.qcow2", 1 << 30)
+    with pytest.raises(HypervisorError, match="'vmdk' is not a valid DiskFormat"):
+        hv.create_overlay("images", "x.qcow2", "/base.vmdk", 1 << 30, "vmdk")
     hv.create_overlay("images", "x.qcow2", "/base.qcow2", 1 << 30)
-    with pytest.raises(HypervisorError, match="cannot create overlay volume x.qcow2"):
+    with pytest.raises(HypervisorError, match="cannot create volume x.qcow2: .*exists"):
         hv.create_overlay("images", "x.qcow2", "/base.qcow2", 1 << 30)
 
 
@@ -281,15 +300,15 @@ def test_delete_volume_is_idempotent(hv: Hypervisor) -> None:
     hv.delete_volume(Path("/srv/sd/overlays/never-made.qcow2"))
 
 
-def test_qemu_img_fallback_writes_an_overlay(tmp_path: Path) -> None:
+def test_qemu_img_fallback_writes_volumes(tmp_path: Path) -> None:
     """The path taken where a URI has no storage driver (qemu:///embed)."""
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img is not installed")
-    from sd_batch.hypervisor import _qemu_img_overlay
+    from sd_batch.hypervisor import _qemu_img_create
 
     base = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1G"], check=True)
-    _qemu_img_overlay(tmp_path / "ov.qcow2", base, "qcow2", None)
+    _qemu_img_create(base, "qcow2", 1 << 30, None)
+    _qemu_img_create(tmp_path / "ov.qcow2", "qcow2", 0, (str(base), "qcow2"))
     info = subprocess.run(
         ["qemu-img", "info", "--output=json", str(tmp_path / "ov.qcow2")],
         check=True,
@@ -298,8 +317,9 @@ def test_qemu_img_fallback_writes_an_overlay(tmp_path: Path) -> None:
     ).stdout
     assert f'"backing-filename": "{base}"' in info
     assert '"backing-filename-format": "qcow2"' in info
-    with pytest.raises(HypervisorError, match="cannot create overlay"):
-        _qemu_img_overlay(tmp_path / "ov.qcow2", tmp_path / "missing.qcow2", "qcow2", None)
+    assert '"virtual-size": 1073741824' in info  # the base's size
+    with pytest.raises(HypervisorError, match="cannot create volume"):
+        _qemu_img_create(tmp_path / "x.qcow2", "qcow2", 0, (str(tmp_path / "nope"), "qcow2"))
 
 
 @libvirt_only

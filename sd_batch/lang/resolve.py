@@ -151,6 +151,8 @@ def suggest(name: str, scope: Component | None) -> str | None:
     """`did you mean X?` from the names visible from SCOPE upwards."""
     names: list[str] = []
     for node in ancestors(scope):
+        if name in node.attributes:  # a later part (HERE) missed it: it is further up
+            return f"{name} is defined in {node.path or 'the top level'}"
         names.extend(n for n in node.attributes if not n.startswith("--"))
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     return f"did you mean {close[0]}?" if close else None

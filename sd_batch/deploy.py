@@ -180,7 +180,7 @@ def _vm_name(pool: str, where: tuple[str, ...]) -> str:
     return "-".join((pool, *where)) if where else pool
 
 
-# -- carrying a plan out -----------------------------------------------------------------------------
+# -- carrying a plan out ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SitePaths:
     """Where host files live: guest images (read), overlays and console logs (written)."""
@@ -280,6 +280,11 @@ class Engine:
             for disk in spec.disks:
                 name = f"{vm.domain}-{disk.name}.{disk.format.value}"
                 target = str(self.paths.overlay_dir / name)
+                if Path(target).exists():  # not ours to overwrite, nor (on rollback) to delete
+                    raise DeployError(
+                        f"disk {target} already exists",
+                        hint="an earlier run left it: `sd status` shows it; remove it if unused",
+                    )
                 with self.ledger.intent(owner, ResourceKind.VOLUME, target, vm.uri):
                     if disk.image is not None:
                         base = self.paths.image(disk.image, "disk image", spec)
@@ -361,9 +366,9 @@ class Engine:
                 hint="the ledger keeps what is left: run the same command again",
             )
         self.ledger.forget_owner(owner)
-        parts = [f"{domains} domain{'s' * (domains != 1)}", f"{volumes} volume{'s' * (volumes != 1)}"]
+        parts = [_count(domains, "domain"), _count(volumes, "volume")]
         if files:
-            parts.append(f"{files} file{'s' * (files != 1)}")
+            parts.append(_count(files, "file"))
         return ", ".join(parts)
 
     def _ours(self, hv: HypervisorAPI, name: str, owner: Owner) -> bool:
@@ -391,6 +396,10 @@ class Engine:
                 hv.wait_shutoff(name, grace_seconds)
             except SdError:
                 log.info("%s did not power off within %.0f s; destroying it", name, grace_seconds)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
 
 
 def _image_format(path: Path) -> str:

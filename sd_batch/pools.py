@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import SiteConfig
-from .deploy import Engine, Progress, SitePaths, Step, plan
+from .deploy import Engine, Progress, SitePaths, plan
 from .errors import DeployError, DomainNotFound, SdError, UsageError
 from .lang import load_file
 
@@ -70,7 +70,7 @@ def check_pool_name(name: str) -> str:
     if not POOL_NAME.fullmatch(name):
         raise UsageError(
             f"{name!r} is not a pool name",
-            hint="use letters, digits, '.', '_' and '-' (at most 40, starting with a letter or digit)",
+            hint="use letters, digits, '.', '_' and '-': at most 40, first a letter or digit",
         )
     return name
 

@@ -168,7 +168,9 @@ def fetch(package: Package, cache_dir: Path) -> Path:
     """The package's .deb from the cache, downloading it with apt only when missing."""
     deb = cache_dir / package.filename
     if deb.is_file():
+        _say(f"{package.name} {package.version}: cached in {cache_dir}")
         return deb
+    _say(f"{package.name} {package.version}: downloading with apt-get into {cache_dir}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     argv = ["apt-get", "download", "-q"]
     if os.geteuid() == 0:  # _apt cannot write into root's folders; say so instead of warning
@@ -240,7 +242,6 @@ def build(
     if not force and up_to_date(directory, stamp):
         return BuildResult(directory, False, release, (), time.monotonic() - started)
 
-    _say(f"fetching {kernel.name} {kernel.version} and {busybox.name} {busybox.version}")
     kernel_deb = fetch(kernel, cache_dir)
     busybox_deb = fetch(busybox, cache_dir)
     directory.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,16 @@ import difflib
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..errors import CyclicReference, DescriptionError, ResolutionError, UnresolvedReference
+from ..errors import (
+    CyclicReference,
+    DescriptionError,
+    IncludeError,
+    ResolutionError,
+    UnresolvedReference,
+)
 from .includes import SourceSet, include_error
 from .model import Attribute, Component, Reference
 from .syntax import ApplyRef, AttrDef, Body, ComponentExpr, Include, ListExpr, NullProto
@@ -51,11 +58,20 @@ class TreeBuilder:
 
     def __init__(self, sources: SourceSet) -> None:
         self.sources = sources
-        self.chain: list[str] = []
+        #: The files being included, outermost first: (real path, name as shown).
+        self.chain: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _real(name: str) -> str:
+        """One spelling per file (`./a.sf`, `/x/../a.sf`), so a cycle is seen at once."""
+        try:
+            return str(Path(name).resolve())
+        except (OSError, ValueError):
+            return name
 
     def root(self, items: Iterable[AttrDef | Include], filename: str) -> Node:
         node = Node(state=State.APPLIED)
-        self.chain.append(filename)
+        self.chain.append((self._real(filename), filename))
         try:
             self._fill(node, items)
         finally:
@@ -78,16 +94,18 @@ class TreeBuilder:
                 return
             raise include_error(include, self.sources)
         name = str(path)
-        if name in self.chain:
-            cycle = " -> ".join([*self.chain[self.chain.index(name) :], name])
-            raise ResolutionError(
+        real = [key for key, _shown in self.chain]
+        if self._real(name) in real:
+            start = real.index(self._real(name))
+            cycle = " -> ".join([*(shown for _key, shown in self.chain[start:]), name])
+            raise IncludeError(
                 f'include cycle: "{include.path}" is already being included',
                 loc=include.loc,
                 hint=f"chain: {cycle}",
                 source_line=self.sources.source_line(include.loc),
             )
         parsed = self.sources.files.get(name) or self.sources.read(path)
-        self.chain.append(name)
+        self.chain.append((self._real(name), name))
         try:
             self._fill(node, parsed.items)
         finally:

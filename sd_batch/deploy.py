@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from .domain_xml import DiskSource, HostFiles, build_domain_xml
+from .domain_xml import DiskSource, ExtraDisk, HostFiles, build_domain_xml
 from .domain_xml import Owner as XmlOwner
 from .domain_xml import OwnerKind as XmlOwnerKind
 from .errors import DeployError, DescriptionError, DomainNotFound, SdError, SpecError
@@ -242,7 +242,7 @@ class Engine:
     # deploy: create disks and define domains (nothing runs yet)
     def _deploy(self, owner: Owner, step: Step) -> None:
         if step.vm is not None:
-            self._deploy_vm(owner, step.vm)
+            self.deploy_vm(owner, step.vm)
             return
         if step.order is Order.SEQUENCE:
             return  # a sequence deploys each child just before starting it
@@ -264,7 +264,9 @@ class Engine:
             for child in step.children:
                 self._start(owner, child)
 
-    def _deploy_vm(self, owner: Owner, vm: VMPlan) -> None:
+    def deploy_vm(self, owner: Owner, vm: VMPlan, extra_disks: tuple[ExtraDisk, ...] = ()) -> None:
+        """Create VM's disks and define its domain (not started). EXTRA_DISKS are host files
+        (a job's input and output disks) the caller has already recorded in the ledger."""
         from .ledger import ResourceKind
 
         try:
@@ -300,6 +302,7 @@ class Engine:
                 console = PurePosixPath(self.paths.console_dir / f"{vm.domain}.log")
             files = HostFiles(
                 disks=tuple(sources),
+                extra_disks=extra_disks,
                 kernel=PurePosixPath(kernel) if kernel else None,
                 initrd=PurePosixPath(initrd) if initrd else None,
                 console_log=console,

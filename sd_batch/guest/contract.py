@@ -33,6 +33,8 @@ MIN_OUTPUT_DISK_BYTES = 1024 * 1024
 ARGV_MEMBER = "meta/argv"
 ENV_MEMBER = "meta/env"
 CWD_MEMBER = "meta/cwd"
+#: The job ad, for the host's privileged helper (the guest ignores it).
+JOB_AD_MEMBER = "meta/job.ad"
 #: Everything under this prefix is the job's sandbox, unpacked at GUEST_SANDBOX in the guest.
 SANDBOX_PREFIX = "sandbox/"
 GUEST_SANDBOX = "/sandbox"

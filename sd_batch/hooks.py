@@ -1,0 +1,282 @@
+"""HTCondor's job hooks and the job's runner, on the unprivileged side (the slot user).
+
+`condor_hooks/*` are a few lines each calling `main()` here with a verb:
+
+- `prepare-job` (<Keyword>_HOOK_PREPARE_JOB): the job ad on stdin; builds the guest's input disk
+  from the sandbox and hands it to the privileged helper, which resolves the description,
+  applies site limits and defines the VM. Prints ad updates: `Cmd` becomes our runner, the
+  original command is kept in `SDOriginalCmd` / `SDOriginalArguments`. Failures print
+  `HookStatusCode` / `HookStatusMessage`: a user's mistake or a policy refusal holds the job
+  (1-299), a host problem sends it back to Idle (>= 300). `status_for` is the one mapping.
+- `runner` (the job's new Cmd): asks the helper to boot the VM and stream back the result, puts
+  the outputs into the sandbox safely, writes the payload's stdout/stderr to its own, and exits
+  as the payload did (a payload killed by signal N kills the runner with N).
+- `job-exit` (<Keyword>_HOOK_JOB_EXIT, argv exit|remove|hold|evict): destroy and delete
+  everything, idempotent, well inside HTCondor's 30 s.
+- `update-job-info`: advisory; nothing to do.
+- `startd-cron`: publishes HasSmartDomains and friends for the startd.
+
+Nothing here talks to libvirt. May import: errors, guest.contract, jobad, staging, stdlib.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import Disposition, SdError, StagingError
+
+log = logging.getLogger("sd_batch.hooks")
+
+HOOKS_DIR = Path(__file__).resolve().parent.parent / "condor_hooks"
+KEYWORD = "SMARTDOMAINS"
+JOB_EXIT_REASONS = ("exit", "remove", "hold", "evict")
+#: Bounds on what a job moves in and out (site policy may lower them).
+MAX_INPUT_BYTES = 2 * 1024**3
+MAX_RESULT_BYTES = 1024**3
+MAX_RESULT_FILES = 100_000
+
+
+class HookStatus(enum.IntEnum):
+    """HookStatusCode values: 0 success, 1-299 hold the job, >= 300 back to Idle."""
+
+    OK = 0
+    HOLD = 180
+    REQUEUE = 380
+
+
+def status_for(exc: BaseException) -> tuple[HookStatus, str]:
+    """The one mapping from an error to (HookStatusCode, HookStatusMessage)."""
+    if isinstance(exc, SdError):
+        text = exc.headline() if hasattr(exc, "headline") else str(exc)
+        code = HookStatus.REQUEUE if exc.disposition is Disposition.REQUEUE else HookStatus.HOLD
+        return code, f"sd-batch: {text}"
+    return HookStatus.REQUEUE, f"sd-batch: internal error on the worker: {exc!r}"
+
+
+class HelperFailed(SdError):
+    """The privileged helper refused or failed; carries its disposition."""
+
+    def __init__(self, message: str, disposition: Disposition) -> None:
+        super().__init__(message)
+        self._disposition = disposition
+
+    @property
+    def disposition(self) -> Disposition:  # type: ignore[override]
+        return self._disposition
+
+
+def helper_argv(environ: dict[str, str] | None = None) -> list[str]:
+    """How to reach the privileged helper: `sudo -n condor_hooks/helper` for slot users.
+
+    `_CONDOR_SMARTDOMAINS_HELPER` (or SMARTDOMAINS_HELPER in the HTCondor config) overrides;
+    root needs no sudo and runs the helper module directly.
+    """
+    env = os.environ if environ is None else environ
+    configured = env.get("_CONDOR_SMARTDOMAINS_HELPER")
+    if configured is None:
+        from .jobad import condor_param
+
+        configured = condor_param("SMARTDOMAINS_HELPER")
+    if configured:
+        return shlex.split(configured)
+    if os.geteuid() == 0:
+        return [sys.executable, "-m", "sd_batch.privileged"]
+    return ["sudo", "-n", str(HOOKS_DIR / "helper")]
+
+
+def _helper(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*helper_argv(), *args], **kwargs)
+
+
+def _helper_reply(out: bytes, err: bytes, code: int) -> dict[str, Any]:
+    try:
+        reply: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        detail = err.decode(errors="replace").strip()[-500:] or f"exit status {code}"
+        raise HelperFailed(
+            f"the privileged helper failed ({detail}); is sudo configured for it "
+            "(scripts/setup-host)?", Disposition.REQUEUE,
+        ) from None
+    if not reply.get("ok"):
+        disposition = Disposition(reply.get("disposition", "requeue"))
+        raise HelperFailed(str(reply.get("message", "refused")), disposition)
+    return reply
+
+
+# -- PREPARE_JOB -------------------------------------------------------------------------------
+def _argv_in_guest(ad: Any, sandbox: Path) -> list[str]:
+    """The payload's argv inside the VM: the transferred executable, else Cmd as written."""
+    cmd = str(ad.cmd)
+    for candidate in ("condor_exec.exe", Path(cmd).name):
+        if candidate and (sandbox / candidate).is_file() and not (sandbox / candidate).is_symlink():
+            return [f"./{candidate}", *ad.arguments]
+    return [cmd, *ad.arguments]
+
+
+def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
+    from .guest.contract import Manifest
+    from .jobad import format_updates, parse_job_ad
+    from .staging import write_input_tar
+
+    ad_text = stdin.read()
+    try:
+        ad = parse_job_ad(ad_text)
+        manifest = Manifest(tuple(_argv_in_guest(ad, sandbox)), dict(ad.environment), ".")
+        proc = _helper(["prepare", ad.global_job_id], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None
+        try:
+            write_input_tar(sandbox, manifest, proc.stdin, job_ad_text=ad_text,
+                            max_bytes=MAX_INPUT_BYTES)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the helper stopped reading: its reply says why
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        out, err = proc.communicate()
+        reply = _helper_reply(out, err, proc.returncode)
+    except (SdError, OSError) as exc:
+        if isinstance(exc, OSError):
+            exc = StagingError(f"cannot stage the job: {exc}")
+        code, message = status_for(exc)
+        log.warning("prepare job failed: %s", message)
+        stdout.write(format_updates({"HookStatusCode": int(code), "HookStatusMessage": message}))
+        return 0
+    updates: dict[str, Any] = {
+        "SDOriginalCmd": ad.cmd,
+        "SDOriginalArguments": " ".join(shlex.quote(a) for a in ad.arguments),
+        "SDVMDomain": reply["domain"],
+        "SDVMMemoryMiB": reply["memory_mib"],
+        "SDVMCpus": reply["vcpus"],
+        "Cmd": str(HOOKS_DIR / "runner"),
+        "Arguments": f"--job {ad.global_job_id}",
+        "Args": f"--job {ad.global_job_id}",
+        "HookStatusCode": int(HookStatus.OK),
+        "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
+                             f"({reply['description']}, {reply['memory_mib']} MiB)",
+    }
+    stdout.write(format_updates(updates))
+    return 0
+
+
+# -- the runner ----------------------------------------------------------------------------------
+def runner(argv: Sequence[str], sandbox: Path) -> int:
+    from .staging import read_result
+
+    if len(argv) != 2 or argv[0] != "--job":
+        print("usage: runner --job GLOBAL_JOB_ID", file=sys.stderr)
+        return 2
+    proc = _helper(["run", argv[1]], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)  # the helper destroys the VM at once
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        result = read_result(proc.stdout, sandbox, max_bytes=MAX_RESULT_BYTES,
+                             max_files=MAX_RESULT_FILES)
+    except SdError as exc:
+        proc.kill()
+        proc.wait()
+        print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        proc.stdout.close()
+    code = proc.wait()
+    if code != 0:
+        print(f"sd-batch: the VM did not complete (helper exit {code})", file=sys.stderr)
+        return code if code > 0 else 128 - code
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(result.stderr)
+    if result.error:
+        sys.stderr.write(f"sd-batch: {result.error.strip()}\n")
+    sys.stderr.flush()
+    status = result.exit_status
+    if status is None:
+        print("sd-batch: the payload did not run", file=sys.stderr)
+        return 1
+    if status.kind == "signal":
+        signal.signal(status.code, signal.SIG_DFL)
+        os.kill(os.getpid(), status.code)  # die of it, so HTCondor records ExitBySignal
+        return 128 + status.code  # only reached for signals that do not end a process
+    return status.code
+
+
+# -- JOB_EXIT, UPDATE_JOB_INFO, startd cron ---------------------------------------------------
+def job_exit(argv: Sequence[str], stdin: IO[str], timeout: float = 25.0) -> int:
+    from .jobad import parse_job_ad
+
+    reason = argv[0] if argv else "exit"
+    if reason not in JOB_EXIT_REASONS:
+        log.warning("unknown JOB_EXIT reason %r: cleaning up anyway", reason)
+    try:
+        ad = parse_job_ad(stdin.read())
+        done = subprocess.run([*helper_argv(), "cleanup", ad.global_job_id], capture_output=True,
+                              timeout=timeout, check=False)
+        reply = _helper_reply(done.stdout, done.stderr, done.returncode)
+        log.info("job %s (%s): removed %s", ad.global_job_id, reason, reply.get("removed"))
+    except (SdError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"sd-batch: JOB_EXIT {reason}: cleanup incomplete ({exc}); the reaper will "
+              "finish it", file=sys.stderr)
+    return 0  # HTCondor ignores JOB_EXIT's status; our own log says what happened
+
+
+def startd_cron(stdout: IO[str]) -> int:
+    from .jobad import format_updates
+
+    try:
+        done = subprocess.run([*helper_argv(), "probe"], capture_output=True, timeout=20,
+                              check=False)
+        report = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
+        report = {"ok": False, "reason": f"the privileged helper cannot be run: {exc}",
+                  "templates": [], "free_memory_mib": None}
+    updates: dict[str, Any] = {
+        "HasSmartDomains": bool(report.get("ok")),
+        "SmartDomainsTemplates": ",".join(report.get("templates") or []),
+        "SmartDomainsFreeVMMemory": int(report.get("free_memory_mib") or 0),
+        "SmartDomainsOfflineReason": str(report.get("reason") or ""),
+    }
+    stdout.write(format_updates(updates))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="sd-batch %(name)s: %(levelname)s %(message)s")
+    verb, rest = (args[0], args[1:]) if args else ("", [])
+    sandbox = Path(os.environ.get("_CONDOR_SCRATCH_DIR") or Path.cwd())
+    if verb == "prepare-job":
+        return prepare_job(sys.stdin, sys.stdout, sandbox)
+    if verb == "runner":
+        return runner(rest, sandbox)
+    if verb == "job-exit":
+        return job_exit(rest, sys.stdin)
+    if verb == "update-job-info":
+        sys.stdin.read()
+        return 0
+    if verb == "startd-cron":
+        return startd_cron(sys.stdout)
+    print("usage: python -m sd_batch.hooks {prepare-job,runner,job-exit,update-job-info,"
+          "startd-cron} [args]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""A batch job's VM, on the privileged side: prepare it, run it, clean it up.
+
+These run as root (in the helper, `privileged.py`), on behalf of a caller uid that sudo vouches
+for. Nothing here trusts the caller: the description is resolved again from the job's own input
+disk, site limits are applied to the resolved VM, names are derived from (caller uid, job id)
+so one user can never name, see or touch another user's VM, and every file the VM uses lives in
+a root-owned job folder, never at a path the user chose. Each creation is recorded in the
+ledger first, so a crash is finished by the next cleanup (or the reaper).
+May import: config, deploy, domain_xml, errors, guest.contract, jobad, lang, ledger, pools,
+spec, staging, templates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import shutil
+import signal
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from .config import SiteConfig
+from .deploy import Engine, SitePaths, VMPlan
+from .domain_xml import DiskSource, ExtraDisk
+from .domain_xml import OwnerKind as XmlOwnerKind
+from .errors import DeployError, HypervisorError, PolicyError, SdError, StagingError
+from .guest import contract
+from .lang import Description, load_file
+from .pools import Connections
+from .spec import DiskFormat, VMSpec, vm_spec
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"[A-Za-z0-9_.:@#+-]{1,255}")
+SF_PATH = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+/-]{0,254}\.sf")
+
+
+@dataclass(frozen=True, slots=True)
+class JobLimits:
+    """What one job may ask for. Defaults suit a small worker; site policy (issue 6) sets them."""
+
+    max_memory_mib: int = 8192
+    max_vcpus: int = 8
+    max_input_bytes: int = 2 * 1024**3
+    output_disk_bytes: int = 256 * 1024**2
+    max_description_files: int = 64
+    max_description_bytes: int = 1024**2
+    run_timeout_seconds: float = 24 * 3600.0
+    allow_user_descriptions: bool = True
+    allow_network: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobKey:
+    """A job as the helper knows it: the caller's uid and HTCondor's GlobalJobId."""
+
+    uid: int
+    job_id: str
+
+    def __post_init__(self) -> None:
+        if not JOB_ID.fullmatch(self.job_id):
+            raise PolicyError(f"{self.job_id!r} is not an HTCondor job id")
+
+    @property
+    def owner_id(self) -> str:
+        return f"{self.uid}:{self.job_id}"
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.owner_id.encode()).hexdigest()[:16]
+
+    @property
+    def domain(self) -> str:
+        """The VM's name: derived, never chosen by the job (two jobs cannot collide)."""
+        return f"sd-job-{self.digest}"
+
+    def folder(self, config: SiteConfig) -> Path:
+        return config.state_dir / "jobs" / self.digest
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    domain: str
+    uri: str
+    memory_mib: int
+    vcpus: int
+    description: str
+
+
+def _engine(config: SiteConfig, ledger: object, connections: Connections, key: JobKey) -> Engine:
+    folder = key.folder(config)
+    paths = SitePaths(image_dir=config.image_dir, overlay_dir=folder, console_dir=folder)
+    return Engine(ledger, connections, paths, owner_kind=XmlOwnerKind.JOB)  # type: ignore[arg-type]
+
+
+def prepare(
+    config: SiteConfig,
+    key: JobKey,
+    input_stream: BinaryIO,
+    *,
+    limits: JobLimits = JobLimits(),
+    connections: Connections | None = None,
+) -> PreparedJob:
+    """Store the job's input disk, resolve its description, define its VM (not started)."""
+    from .ledger import Ledger, OwnerKind, ResourceKind
+
+    connections = connections or Connections()
+    uri = config.default_uri
+    folder = key.folder(config)
+    with Ledger.for_site(config) as ledger:
+        existing = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+        engine = _engine(config, ledger, connections, key)
+        if existing is not None:  # a retried PREPARE_JOB: start from nothing again
+            engine.teardown(existing, graceful=False)
+        owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, pid=None)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
+            input_path = folder / "input.img"
+            with ledger.intent(owner, ResourceKind.FILE, str(input_path)):
+                _copy_bounded(input_stream, input_path, limits.max_input_bytes)
+            description, name = _description(config, key, input_path, folder, limits)
+            spec = _job_spec(description, key, limits)
+            output_path = folder / "output.img"
+            with ledger.intent(owner, ResourceKind.FILE, str(output_path)):
+                from .staging import create_output_disk
+
+                create_output_disk(output_path, limits.output_disk_bytes)
+            serials = not spec.flavour.is_xen  # Xen disks have no serial: the guest reads magic
+            extra = (
+                ExtraDisk(DiskSource(PurePosixPath(input_path), DiskFormat.RAW), readonly=True,
+                          serial=contract.INPUT_SERIAL if serials else None),
+                ExtraDisk(DiskSource(PurePosixPath(output_path), DiskFormat.RAW),
+                          serial=contract.OUTPUT_SERIAL if serials else None),
+            )  # fmt: skip
+            engine.deploy_vm(owner, VMPlan(spec, uri), extra)
+        except BaseException:
+            engine.teardown(owner, graceful=False)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    return PreparedJob(key.domain, uri, spec.memory_mib, spec.vcpus, name)
+
+
+def _copy_bounded(source: BinaryIO, target: Path, limit: int) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    total = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := source.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise StagingError(
+                    f"the job's input is larger than the site limit of {limit // 1024**2} MiB",
+                    hint="transfer fewer or smaller input files",
+                )
+            out.write(chunk)
+        if total == 0:
+            raise StagingError("the job's input disk is empty")
+        out.write(b"\0" * (-total % contract.SECTOR))
+
+
+def _description(
+    config: SiteConfig, key: JobKey, input_path: Path, folder: Path, limits: JobLimits
+) -> tuple[Description, str]:
+    """Resolve the job's SDVMDescription: a site template, or a .sf file from its own sandbox."""
+    from .jobad import parse_job_ad
+    from .templates import find_template
+
+    with tarfile.open(input_path, mode="r:") as tar:
+        ad_text = _read_member(tar, contract.JOB_AD_MEMBER, 1024**2)
+        if ad_text is None:
+            raise StagingError("the job's input disk has no job ad")
+        ad = parse_job_ad(ad_text.decode("utf-8", "replace"))
+        if ad.global_job_id != key.job_id:
+            raise PolicyError(f"the job ad is for {ad.global_job_id}, not {key.job_id}")
+        name = ad.sd_description
+        if not name:
+            raise PolicyError(
+                "the job has no SDVMDescription",
+                hint='add +SDVMDescription = "minimal" (a site template) to the submit file',
+            )
+        search = [*config.include_dirs, *config.template_dirs]
+        props = dict(config.properties)
+        if not name.endswith(".sf"):
+            return load_file(find_template(name, config), include_dirs=search,
+                             properties=props, environ=None), name
+        if not limits.allow_user_descriptions:
+            raise PolicyError(
+                f"this site does not run job descriptions of their own ({name})",
+                hint="name a site template instead (sd templates lists them)",
+            )
+        if not SF_PATH.fullmatch(name) or ".." in PurePosixPath(name).parts:
+            raise PolicyError(f"SDVMDescription {name!r} must be a relative path inside the "
+                              "job's sandbox", hint="list the file in transfer_input_files")
+        root = folder / "description"
+        _extract_descriptions(tar, root, limits)
+        path = root / name
+        if not path.is_file():
+            raise PolicyError(f"SDVMDescription {name} is not among the job's input files",
+                              hint="list the .sf file in transfer_input_files")
+    # user files may include each other (from their own folder) and site templates, nothing else
+    return load_file(path, include_dirs=search, properties=props, environ=None), name
+
+
+def _read_member(tar: tarfile.TarFile, name: str, limit: int) -> bytes | None:
+    try:
+        member = tar.getmember(name)
+    except KeyError:
+        return None
+    if not member.isreg() or member.size > limit:
+        raise StagingError(f"input member {name} is not a small regular file")
+    handle = tar.extractfile(member)
+    assert handle is not None
+    return handle.read()
+
+
+def _extract_descriptions(tar: tarfile.TarFile, root: Path, limits: JobLimits) -> None:
+    """Copy the sandbox's .sf files (regular files only) into a root-owned folder."""
+    count = total = 0
+    for member in tar.getmembers():
+        if not member.name.startswith(contract.SANDBOX_PREFIX) or not member.name.endswith(".sf"):
+            continue
+        relative = member.name[len(contract.SANDBOX_PREFIX):]
+        if not member.isreg() or not SF_PATH.fullmatch(relative) or ".." in relative.split("/"):
+            continue
+        count, total = count + 1, total + member.size
+        if count > limits.max_description_files or total > limits.max_description_bytes:
+            raise PolicyError("too many or too large .sf files in the job's sandbox",
+                              hint=f"at most {limits.max_description_files} files")
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = tar.extractfile(member)
+        assert handle is not None
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(handle.read())
+
+
+def _job_spec(description: Description, key: JobKey, limits: JobLimits) -> VMSpec:
+    vm = description.sfconfig
+    if vm is None or vm.get("sfClass") != "sd_batch.VM":
+        raise PolicyError(
+            "a job's description must have one VM as its sfConfig",
+            hint="write sfConfig extends VM { ... } (or extend a site template's VM)",
+        )
+    spec = dataclasses.replace(vm_spec(vm, default_name=key.domain), name=key.domain)
+    where = f" ({spec.loc})" if spec.loc else ""
+    if spec.memory_mib > limits.max_memory_mib:
+        raise PolicyError(f"{spec.path}:memory {spec.memory_mib} MiB is over the site limit of "
+                          f"{limits.max_memory_mib} MiB{where}", hint="ask for less memory")
+    if spec.vcpus > limits.max_vcpus:
+        raise PolicyError(f"{spec.path}:vcpus {spec.vcpus} is over the site limit of "
+                          f"{limits.max_vcpus}{where}", hint="ask for fewer vCPUs")
+    if spec.network is not None and not limits.allow_network:
+        raise PolicyError(f"{spec.path}:network {spec.network!r}: jobs get no network on this "
+                          f"site{where}", hint="set network NULL")
+    return spec
+
+
+def run(
+    config: SiteConfig,
+    key: JobKey,
+    out: BinaryIO,
+    *,
+    limits: JobLimits = JobLimits(),
+    connections: Connections | None = None,
+    install_signals: Callable[[Callable[[], None]], None] | None = None,
+) -> None:
+    """Boot the prepared VM, wait until it powers off, then stream its result tar to OUT.
+
+    INSTALL_SIGNALS receives a callback that destroys the VM at once: the helper wires it to
+    SIGTERM (HTCondor's hold, remove and evict kill the runner, and sudo relays the signal).
+    """
+    from .ledger import Ledger, OwnerKind
+
+    connections = connections or Connections()
+    uri = config.default_uri
+    with Ledger.for_site(config) as ledger:
+        if ledger.owner(OwnerKind.JOB, key.owner_id, uri) is None:
+            raise DeployError(f"job {key.job_id} has no prepared VM on this host",
+                              hint="PREPARE_JOB did not run or failed")
+    hv = connections(uri)
+
+    def destroy_now() -> None:
+        with contextlib.suppress(SdError):
+            hv.destroy(key.domain)
+
+    if install_signals is not None:
+        install_signals(destroy_now)
+    hv.start(key.domain)
+    try:
+        hv.wait_shutoff(key.domain, limits.run_timeout_seconds)
+    except HypervisorError as exc:
+        from .hypervisor import ShutoffTimeout
+
+        destroy_now()
+        if isinstance(exc, ShutoffTimeout):
+            raise DeployError(
+                f"the job's VM did not power off within {limits.run_timeout_seconds:.0f} s; "
+                "it was destroyed",
+            ) from exc
+        raise
+    from .staging import result_tar_from_disk
+
+    with result_tar_from_disk(key.folder(config) / "output.img") as result:
+        shutil.copyfileobj(result, out)
+
+
+def cleanup(config: SiteConfig, key: JobKey, *, connections: Connections | None = None) -> str:
+    """Destroy and undefine the job's VM, delete its disks and folder. Safe to run twice."""
+    from .ledger import Ledger, OwnerKind
+
+    connections = connections or Connections()
+    uri = config.default_uri
+    removed = "nothing (already clean)"
+    with Ledger.for_site(config) as ledger:
+        owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+        if owner is not None:
+            removed = _engine(config, ledger, connections, key).teardown(owner, graceful=False)
+    shutil.rmtree(key.folder(config), ignore_errors=True)
+    return removed
+
+
+def default_signal_installer(callback: Callable[[], None]) -> None:
+    """SIGTERM, SIGINT, SIGHUP: destroy the VM, then die of the signal as HTCondor expects."""
+
+    def handler(signum: int, _frame: object) -> None:
+        callback()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)

@@ -81,10 +81,11 @@ class RefPart:
         if self.kind in _NAMELESS:
             return self.kind
         assert self.name is not None
-        # A bare word is ATTRIB in first place and HERE after it: print the short form there.
-        if (first and self.kind == "ATTRIB") or (not first and self.kind == "HERE"):
-            return _quote_name(self.name)
-        return f"{self.kind} {_quote_name(self.name)}"
+        # A bare word is ATTRIB in first place and HERE after it: print the short form there
+        # (only for a word: a quoted name needs its keyword, `ATTRIB "a b"`).
+        name = _quote_name(self.name)
+        short = (first and self.kind == "ATTRIB") or (not first and self.kind == "HERE")
+        return name if short and name == self.name else f"{self.kind} {name}"
 
 
 @dataclass(frozen=True, slots=True)

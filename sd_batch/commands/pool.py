@@ -7,8 +7,17 @@ import json
 from pathlib import Path
 
 from ..cli import Environment
-from ..commands.lang import _properties, site_config
+from ..commands.lang import _properties
+from ..config import SiteConfig, config_path, load_config
 from ..pools import start_pool, status, terminate_pool
+
+
+def site_config(args: argparse.Namespace, env: Environment) -> SiteConfig:
+    """--config, else $SD_BATCH_CONFIG of the command's environment (not this process's)."""
+    if getattr(args, "config", None):
+        return load_config(Path(args.config))
+    path = config_path(env.environ)
+    return load_config(path) if path is not None else SiteConfig()
 
 
 class _Progress:
@@ -37,7 +46,7 @@ class _Progress:
 
 
 def start(args: argparse.Namespace, env: Environment) -> int:
-    config = site_config(args)
+    config = site_config(args, env)
     progress = _Progress(env, args.json)
     try:
         result = start_pool(
@@ -58,7 +67,7 @@ def start(args: argparse.Namespace, env: Environment) -> int:
 
 
 def terminate(args: argparse.Namespace, env: Environment) -> int:
-    config = site_config(args)
+    config = site_config(args, env)
     progress = _Progress(env, args.json)
     try:
         removed = terminate_pool(config, args.host, args.name, grace_seconds=args.grace,
@@ -73,7 +82,7 @@ def terminate(args: argparse.Namespace, env: Environment) -> int:
 
 
 def show_status(args: argparse.Namespace, env: Environment) -> int:
-    reports = status(site_config(args), args.name)
+    reports = status(site_config(args, env), args.name)
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2), file=env.stdout)
         return 0

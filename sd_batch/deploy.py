@@ -229,40 +229,64 @@ class Engine:
             self._deploy(owner, step)
             self._start(owner, step)
         except BaseException as exc:  # Ctrl-C too: nothing half-started may stay behind
-            removed = self.teardown(owner, graceful=False)
+            try:
+                undone = f"rolled back: removed {self.teardown(owner, graceful=False)}"
+            except DeployError as left:  # the cause must still be told, not only the leftovers
+                undone = f"NOT rolled back: {left}"
             if not isinstance(exc, (SdError, OSError)):
                 raise
-            failed = getattr(exc, "vm_path", None)
-            where = f"{failed}: " if failed else ""
+            reason = _reason(exc)
+            failed: VMPlan | None = getattr(exc, "failed_vm", None)
+            where = ""
+            if failed is not None:  # counted copies share a path: the domain name tells them apart
+                where = f"VM {failed.domain}" + (
+                    ": " if f"{failed.path}:" in reason else f" ({failed.path}): "
+                )
             raise DeployError(
-                f"{owner.kind.value} {owner.owner_id}: {where}{_reason(exc)}",
-                hint=f"rolled back: removed {removed}",
+                f"{owner.kind.value} {owner.owner_id}: {where}{reason}", hint=undone
             ) from exc
 
     # deploy: create disks and define domains (nothing runs yet)
-    def _deploy(self, owner: Owner, step: Step) -> None:
+    def _deploy(self, owner: Owner, step: Step, *, whole: bool = False) -> None:
+        """Deploy STEP; a sequence's children wait for their turn (in `_start`) unless WHOLE."""
         if step.vm is not None:
             self.deploy_vm(owner, step.vm)
             return
-        if step.order is Order.SEQUENCE:
+        if step.order is Order.SEQUENCE and not whole:
             return  # a sequence deploys each child just before starting it
         for child in step.children:
-            self._deploy(owner, child)
+            self._deploy(owner, child, whole=whole)
 
-    def _start(self, owner: Owner, step: Step) -> None:
+    def _deploy_deferred(self, owner: Owner, step: Step) -> None:
+        """What `_deploy` left for later under STEP: the children of its sequences."""
+        if step.order is Order.SEQUENCE:
+            self._deploy(owner, step, whole=True)
+            return
+        for child in step.children:
+            self._deploy_deferred(owner, child)
+
+    def _start(self, owner: Owner, step: Step, *, deployed: bool = False) -> None:
+        """Start STEP, which `_deploy` has deployed (all of it, sequences too, if DEPLOYED)."""
         if step.vm is not None:
             self._start_vm(step.vm)
         elif step.order is Order.SEQUENCE:
             for child in step.children:
-                self._deploy(owner, child)
-                self._start(owner, child)
+                if not deployed:
+                    self._deploy(owner, child)
+                self._start(owner, child, deployed=deployed)
         elif step.order is Order.PARALLEL and len(step.children) > 1:
+            # The ledger's sqlite connection belongs to this thread: deploy everything here,
+            # sequences inside the branches included, and let the threads only start VMs.
+            if not deployed:
+                self._deploy_deferred(owner, step)
             with concurrent.futures.ThreadPoolExecutor(max_workers=len(step.children)) as pool:
-                for future in [pool.submit(self._start, owner, c) for c in step.children]:
+                futures = [pool.submit(self._start, owner, c, deployed=True)
+                           for c in step.children]
+                for future in futures:
                     future.result()
         else:
             for child in step.children:
-                self._start(owner, child)
+                self._start(owner, child, deployed=deployed)
 
     def deploy_vm(self, owner: Owner, vm: VMPlan, extra_disks: tuple[ExtraDisk, ...] = ()) -> None:
         """Create VM's disks and define its domain (not started). EXTRA_DISKS are host files
@@ -287,9 +311,11 @@ class Engine:
                         f"disk {target} already exists",
                         hint="an earlier run left it: `sd status` shows it; remove it if unused",
                     )
+                # A missing base image is the description's fault: found before any intent.
+                base = None if disk.image is None else self.paths.image(disk.image,
+                                                                         "disk image", spec)
                 with self.ledger.intent(owner, ResourceKind.VOLUME, target, vm.uri):
-                    if disk.image is not None:
-                        base = self.paths.image(disk.image, "disk image", spec)
+                    if base is not None:
                         created = hv.create_overlay(self.paths.overlay_dir, name, base,
                                                     disk.size_bytes or 0, _image_format(base))
                     else:
@@ -313,14 +339,14 @@ class Engine:
             self.progress(f"defined {vm.domain} ({spec.memory_mib} MiB, {spec.vcpus} vCPU) "
                           f"on {vm.uri}")
         except (SdError, OSError) as exc:
-            exc.vm_path = vm.path  # type: ignore[union-attr]
+            exc.failed_vm = vm  # type: ignore[union-attr]
             raise
 
     def _start_vm(self, vm: VMPlan) -> None:
         try:
             self.connect(vm.uri).start(vm.domain)
         except SdError as exc:
-            exc.vm_path = vm.path  # type: ignore[attr-defined]
+            exc.failed_vm = vm  # type: ignore[attr-defined]
             raise
         self._done += 1
         self.progress(f"[{self._done}/{self._total}] started {vm.domain}")

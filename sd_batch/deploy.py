@@ -12,8 +12,10 @@ May import: errors, lang, spec, domain_xml, ledger, hypervisor (types), config.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import enum
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -39,6 +41,8 @@ POOL_CLASS = "sd_batch.Pool"
 CLUSTER_CLASS = "sd_batch.VirtualCluster"
 #: Components that are configuration for others, never deployed themselves.
 NOT_DEPLOYED = frozenset({"sd_batch.Scheduler"})
+#: While waiting for guests to power off, press their power button again this often.
+PRESS_AGAIN_SECONDS = 2.0
 
 
 class Order(enum.Enum):
@@ -220,6 +224,7 @@ class Engine:
     paths: SitePaths
     progress: Progress = field(default=lambda _line: None)
     owner_kind: XmlOwnerKind = XmlOwnerKind.POOL
+    clock: Callable[[], float] = time.monotonic
 
     def start(self, owner: Owner, step: Step) -> None:
         """Deploy and start STEP; on any failure roll back everything OWNER has, then raise."""
@@ -326,6 +331,10 @@ class Engine:
             if self.paths.console_dir is not None and not spec.flavour.is_xen:
                 self.paths.console_dir.mkdir(parents=True, exist_ok=True)
                 console = PurePosixPath(self.paths.console_dir / f"{vm.domain}.log")
+                # virtlogd creates it when the domain starts; recorded so teardown removes it
+                self.ledger.mark_created(
+                    self.ledger.record_intent(owner, ResourceKind.FILE, str(console), vm.uri)
+                )
             files = HostFiles(
                 disks=tuple(sources),
                 extra_disks=extra_disks,
@@ -411,20 +420,35 @@ class Engine:
         return False
 
     def _shutdown_all(self, domains: list[Any], grace_seconds: float) -> None:
-        """Ask every guest to power off (ACPI) at once, then wait a bounded time for each."""
-        asked = []
-        for resource in reversed(domains):  # reverse of start order = oldest last
+        """Ask every guest to power off (ACPI) and wait, bounded by GRACE_SECONDS in all.
+
+        The power button is pressed again every few seconds: a press while a guest is still
+        booting is lost (sd_batch/guest/CONTRACT.md), and destroying a guest that would have
+        shut down cleanly a second later is rude to its disks.
+        """
+        pending = []
+        for resource in reversed(domains):  # reverse of start order
             try:
-                hv = self.connect(resource.host_uri)
-                hv.shutdown(resource.name)
-                asked.append((hv, resource.name))
+                pending.append((self.connect(resource.host_uri), resource.name))
             except SdError:
-                continue  # gone or unreachable: destroy below says what matters
-        for hv, name in asked:
-            try:
-                hv.wait_shutoff(name, grace_seconds)
-            except SdError:
-                log.info("%s did not power off within %.0f s; destroying it", name, grace_seconds)
+                continue  # unreachable: destroy below says what matters
+        deadline = self.clock() + grace_seconds
+        while pending and self.clock() < deadline:
+            for hv, name in pending:
+                with contextlib.suppress(SdError):
+                    hv.shutdown(name)
+            still = []
+            for hv, name in pending:
+                remaining = max(0.0, min(PRESS_AGAIN_SECONDS, deadline - self.clock()))
+                try:
+                    hv.wait_shutoff(name, remaining)
+                except DomainNotFound:
+                    continue
+                except SdError:
+                    still.append((hv, name))
+            pending = still
+        for _hv, name in pending:
+            log.info("%s did not power off within %.0f s; destroying it", name, grace_seconds)
 
 
 def _count(number: int, noun: str) -> str:

@@ -127,6 +127,8 @@ def prepare(
             with ledger.intent(owner, ResourceKind.FILE, str(input_path)):
                 _copy_bounded(input_stream, input_path, limits.max_input_bytes)
             description, name = _description(config, key, input_path, folder, limits)
+            owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, description=name,
+                                          pid=None)
             spec = _job_spec(description, key, limits)
             output_path = folder / "output.img"
             with ledger.intent(owner, ResourceKind.FILE, str(output_path)):

@@ -173,13 +173,14 @@ class OwnerReport:
     interrupted: bool
     vms: tuple[VMStatus, ...]
     volumes: tuple[str, ...]
+    files: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "name": self.name, "uri": self.uri, "status": self.status,
             "description": self.description, "interrupted": self.interrupted,
             "vms": [{"name": v.name, "uri": v.uri, "state": v.state} for v in self.vms],
-            "volumes": list(self.volumes),
+            "volumes": list(self.volumes), "files": list(self.files),
         }  # fmt: skip
 
 
@@ -195,16 +196,18 @@ def status(
         for owner in ledger.owners():
             if name is not None and owner.owner_id != name:
                 continue
-            vms, volumes = [], []
+            vms, volumes, files = [], [], []
             for resource in reversed(ledger.resources(owner)):
                 if resource.kind is ResourceKind.DOMAIN:
                     vms.append(VMStatus(resource.name, resource.host_uri,
                                         _live_state(connections, resource.host_uri, resource.name)))
-                else:
+                elif resource.kind is ResourceKind.VOLUME:
                     volumes.append(resource.name)
+                else:
+                    files.append(resource.name)
             reports.append(OwnerReport(
                 owner.kind.value, owner.owner_id, owner.host_uri, owner.status.value,
-                owner.description, owner.row_id in left, tuple(vms), tuple(volumes),
+                owner.description, owner.row_id in left, tuple(vms), tuple(volumes), tuple(files),
             ))  # fmt: skip
     if name is not None and not reports:
         raise DeployError(f"no pool or job named {name}", hint="sd status lists them all")

@@ -92,10 +92,13 @@ def show_status(args: argparse.Namespace, env: Environment) -> int:
     for report in reports:
         note = "  INTERRUPTED: its process died; sd terminate (or sd start again) cleans up" \
             if report.interrupted else ""
-        print(f"{report.kind} {report.name} on {report.uri}: {report.status} "
-              f"(from {report.description}){note}", file=env.stdout)
+        source = f" (from {report.description})" if report.description else ""
+        print(f"{report.kind} {report.name} on {report.uri}: {report.status}{source}{note}",
+              file=env.stdout)
         for vm in report.vms:
             print(f"  {vm.name:<30} {vm.state}", file=env.stdout)
         for volume in report.volumes:
             print(f"  disk {volume}", file=env.stdout)
+        for path in report.files:
+            print(f"  file {path}", file=env.stdout)
     return 0

@@ -138,14 +138,13 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         try:
             write_input_tar(sandbox, manifest, proc.stdin, job_ad_text=ad_text,
                             max_bytes=MAX_INPUT_BYTES)
-            proc.stdin.close()
         except BrokenPipeError:
             pass  # the helper stopped reading: its reply says why
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-        out, err = proc.communicate()
+        out, err = proc.communicate()  # flushes and closes stdin itself (a closed one raises)
         reply = _helper_reply(out, err, proc.returncode)
     except (SdError, OSError) as exc:
         if isinstance(exc, OSError):

@@ -28,6 +28,7 @@ examples:
   sd start localhost lab job_templates/pool.sf  start pool "lab" (sfStart localhost lab pool.sf)
   sd status                                     pools and jobs, each VM's state
   sd terminate localhost lab                    stop it and remove its VMs and disks
+  sd run examples/hello.sub                     a job through the HTCondor hooks, in a VM
 
 Descriptions are written in the SmartFrog language; see the README's language guide.
 Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor,
@@ -173,6 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name", metavar="NAME", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable list")
     status.set_defaults(handler="sd_batch.commands.pool:show_status")
+
+    run = sub.add_parser(
+        "run", help="run a submit file's jobs here through the HTCondor hooks (no daemons)",
+        description="Play condor_submit, the schedd and condor_starter for every proc of "
+        "JOB.sub: a scratch dir with the input files, PREPARE_JOB, the job's command, JOB_EXIT "
+        "and the outputs back next to JOB.sub, hooks and job as the slot user. One line per "
+        "job; exits with the job's exit code (128+N: signal N; 3: held; 4: back to idle). "
+        "SIGINT/SIGTERM removes the running job, SIGUSR1 holds it, SIGUSR2 evicts it.",
+    )  # fmt: skip
+    run.add_argument("submit_file", metavar="JOB.sub", help="an HTCondor submit description")
+    run.add_argument("--keep-going", action="store_true",
+                     help="after a held or failed job, go on with the next proc")
+    run.add_argument("--user", metavar="SLOTUSER",
+                     help="run hooks and job as this user (root only; default: sdslot1 for root)")
+    run.add_argument("--json", action="store_true", help="one JSON document instead of lines")
+    run.set_defaults(handler="sd_batch.commands.run:run")
     return parser
 
 

@@ -1,0 +1,34 @@
+"""`sd run JOB.sub`: run a job through our HTCondor hooks here, as a worker would (the parser
+is in cli.build_parser; the work in harness.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..cli import Environment
+from ..harness import Harness, Outcome, default_user
+
+
+def run(args: argparse.Namespace, env: Environment) -> int:
+    verbose = not args.json or bool(getattr(args, "debug", False))
+
+    def progress(line: str) -> None:
+        if verbose:
+            env.stderr.write(f"sd run: {line}\n")
+            env.stderr.flush()
+
+    def report(outcome: Outcome) -> None:
+        if not args.json:
+            env.stdout.write(outcome.summary() + "\n")
+            env.stdout.flush()
+
+    harness = Harness(Path(args.submit_file), default_user(env.environ, args.user),
+                      keep_going=args.keep_going, progress=progress, environ=env.environ)
+    outcomes = harness.run(report)
+    code = next((o.process_exit_code for o in outcomes if o.process_exit_code != 0), 0)
+    if args.json:
+        env.stdout.write(json.dumps({"jobs": [o.as_json() for o in outcomes],
+                                     "exit_code": code}, indent=2) + "\n")
+    return code

@@ -1,0 +1,607 @@
+"""`sd run`: a job through our hooks as condor_starter runs it, without any HTCondor daemon.
+
+Debian 12 has no HTCondor daemons, so this is both the user's "try my job here exactly as the
+worker will" and the end-to-end test harness. For each proc of the submit file it plays the
+schedd (`jobad.job_ad_from_submit`: condor_submit's own code, our job transform) and then the
+starter, step for step as the manual describes it:
+
+1. a fresh scratch dir (0700, owned by the slot user) holding the transferred input files and
+   the executable (under its own name, as current starters keep it), `.job.ad` and
+   `.machine.ad`; the ad's `Iwd` becomes the scratch dir, `Out`/`Err` become the starter's
+   `_condor_stdout`/`_condor_stderr`;
+2. PREPARE_JOB as a separate process: the ad on stdin, no argv, the starter's environment
+   (`_CONDOR_SCRATCH_DIR`, `_CONDOR_JOB_AD`, `_CONDOR_SLOT`...), cwd = the scratch dir, as the
+   slot user; its stdout updates the ad; `HookStatusCode` 1-299 holds the job, >= 300 sends it
+   back to Idle;
+3. the (rewritten) `Cmd` with its `Arguments`, as the slot user, in its own session, stdout and
+   stderr into the starter's files; UPDATE_JOB_INFO after 8 s (advisory, not waited for);
+4. JOB_EXIT with argv `exit` (or `remove`/`hold`/`evict` when we were told to stop the job:
+   SIGINT/SIGTERM, SIGUSR1, SIGUSR2), the ad plus the exit attributes, waited for (30 s);
+5. output transfer to the submit dir: `transfer_output_files`, else every new or changed
+   top-level file; stdout/stderr to the ad's original `Out`/`Err`; the scratch dir removed.
+
+May import: errors, jobad, the standard library. Never libvirt: that is the hooks' business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pwd
+import resource
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .errors import SdError
+from .jobad import JobAd, format_updates, job_ad_from_submit, parse_job_ad
+
+HOOKS_DIR = Path(__file__).resolve().parent.parent / "condor_hooks"
+EXECUTE_DIR = Path("/var/lib/sd-batch/execute")  # root's runs; others use $TMPDIR
+STDOUT_NAME, STDERR_NAME = "_condor_stdout", "_condor_stderr"  # the starter's names
+JOB_AD_FILE, MACHINE_AD_FILE = ".job.ad", ".machine.ad"
+STARTER_FILES = frozenset({STDOUT_NAME, STDERR_NAME, JOB_AD_FILE, MACHINE_AD_FILE})
+#: sd run's exit code for a held job and for one sent back to Idle (else the payload's own).
+EXIT_HELD, EXIT_IDLE = 3, 4
+STOP_SIGNALS = {signal.SIGINT: "remove", signal.SIGTERM: "remove", signal.SIGUSR1: "hold",
+                signal.SIGUSR2: "evict"}  # fmt: skip
+PASSED_THROUGH = ("CONDOR_CONFIG", "SD_BATCH_CONFIG", "SD_BATCH_PYTHON")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class HarnessError(SdError):
+    """The submit file or the local set-up does not allow running the job here."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SlotUser:
+    """Who the hooks and the job run as (HTCondor's slot user)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> SlotUser:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise HarnessError(f"no user {name!r} on this machine",
+                               hint="scripts/setup-host creates the slot user sdslot1") from None
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+    @classmethod
+    def current(cls) -> SlotUser:
+        entry = pwd.getpwuid(os.getuid())
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+    def process_options(self) -> dict[str, Any]:
+        """Popen keywords that drop root to this user (setgroups, setgid, setuid in the child)."""
+        if self.uid == os.geteuid():
+            return {}
+        groups = os.getgrouplist(self.name, self.gid)
+        return {"user": self.uid, "group": self.gid, "extra_groups": groups}
+
+    def own(self, path: Path) -> None:
+        if self.uid != os.geteuid():
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+
+
+@dataclass
+class Outcome:
+    """How one proc ended, for the summary line, `--json` and the exit code."""
+
+    job: str
+    global_job_id: str
+    state: str  # exited | signaled | held | idle | removed | evicted | error
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    message: str = ""
+    duration: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def process_exit_code(self) -> int:
+        if self.state == "exited":
+            return self.exit_code or 0
+        if self.state == "signaled":
+            return 128 + (self.exit_signal or 0)
+        if self.state in ("held", "error"):
+            return EXIT_HELD
+        return EXIT_IDLE if self.state in ("idle", "evicted") else 128 + signal.SIGTERM
+
+    def summary(self) -> str:
+        took = f" in {self.duration:.1f} s"
+        outputs = f"; outputs: {', '.join(self.outputs)}" if self.outputs else "; no outputs"
+        if self.state == "exited":
+            return f"job {self.job}: exit {self.exit_code}{took}{outputs}"
+        if self.state == "signaled":
+            return f"job {self.job}: killed by signal {self.exit_signal}{took}{outputs}"
+        if self.state == "held":
+            return f"job {self.job}: held: {self.message}"
+        if self.state == "idle":
+            return f"job {self.job}: back to idle: {self.message}"
+        if self.state == "error":
+            return f"job {self.job}: error: {self.message}"
+        return f"job {self.job}: {self.state}{took}: {self.message}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "duration": round(self.duration, 3),
+                "process_exit_code": self.process_exit_code}  # fmt: skip
+
+
+@dataclass
+class _Hook:
+    """One finished hook process: what the starter looks at."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class _Stop:
+    """SIGINT/SIGTERM/SIGUSR1/SIGUSR2 to `sd run`: the condor_rm / condor_hold / vacate of it."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.runner: subprocess.Popen[bytes] | None = None
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self.saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.reason is None:
+            self.reason = STOP_SIGNALS[signal.Signals(signum)]
+        if self.runner is not None and self.runner.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.runner.send_signal(signal.SIGTERM)  # the job's KillSig, as the starter
+
+
+@dataclass
+class Harness:
+    """Runs every proc of one submit file, one after the other."""
+
+    submit_file: Path
+    user: SlotUser
+    keep_going: bool = False
+    progress: Callable[[str], None] = lambda line: None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    hooks_dir: Path = HOOKS_DIR
+    kill_grace: float = 20.0  # seconds between the runner's SIGTERM and SIGKILL
+    update_interval: tuple[float, float] = (8.0, 300.0)  # STARTER_(INITIAL_)UPDATE_INTERVAL
+
+    def job_ads(self) -> list[str]:
+        try:
+            text = self.submit_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise HarnessError(f"cannot read {self.submit_file}: {exc.strerror}") from exc
+        host = socket.gethostname() or "localhost"
+        owner = pwd.getpwuid(os.getuid()).pw_name
+        return job_ad_from_submit(
+            text, submit_dir=self.submit_file.resolve().parent, owner=owner,
+            schedd_name=f"sd-run-{os.getpid()}@{host}", qdate=int(time.time()),
+        )  # fmt: skip
+
+    def run(self, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        with _Stop() as stop:
+            for text in self.job_ads():
+                outcome = self.run_one(parse_job_ad(text), stop)
+                outcomes.append(outcome)
+                on_outcome(outcome)
+                if stop.reason is not None:
+                    break
+                if outcome.state not in ("exited", "signaled") and not self.keep_going:
+                    break
+        return outcomes
+
+    # -- one proc, as the starter -------------------------------------------------------------
+    def run_one(self, ad: JobAd, stop: _Stop) -> Outcome:
+        label = f"{ad.cluster_id}.{ad.proc_id}"
+        outcome = Outcome(label, ad.global_job_id, "error")
+        submit_iwd = Path(ad.iwd or self.submit_file.resolve().parent)
+        std_files = {STDOUT_NAME: ad.out, STDERR_NAME: ad.err}  # where they go back to
+        with self._scratch() as scratch:
+            try:
+                ad, before = self._stage_in(ad, submit_iwd, scratch)
+            except HarnessError as exc:  # the shadow's input transfer failed: a hold
+                outcome.state, outcome.message = "held", f"transfer input files failure: {exc}"
+                return outcome
+            env = self._starter_env(ad, scratch)
+            self.progress(f"job {label}: PREPARE_JOB")
+            prepared = self._hook("prepare_job", [], ad.text, env, scratch, timeout=600.0)
+            ad, verdict = self._apply_prepare(ad, prepared)
+            if verdict is not None:
+                outcome.state, outcome.message = verdict
+                if prepared.stderr.strip():
+                    self.progress(f"job {label}: PREPARE_JOB stderr:\n{prepared.stderr.rstrip()}")
+                return outcome
+            self._write_ad(scratch / JOB_AD_FILE, ad.text)
+            if stop.reason is not None:  # stopped while preparing: never start it
+                self._job_exit(ad, stop.reason, env, scratch, {})
+                outcome.state, outcome.message = _stopped_state(stop.reason), "before it started"
+                return outcome
+            self.progress(f"job {label}: running {Path(ad.cmd).name} {' '.join(ad.arguments)}"
+                          .rstrip())
+            exit_attrs, outcome.duration = self._run_payload(ad, env, scratch, stop)
+            reason = stop.reason or "exit"
+            self._job_exit(ad, reason, env, scratch, exit_attrs)
+            if reason != "exit":
+                outcome.state = _stopped_state(reason)
+                outcome.message = f"{reason} requested; the runner was stopped and JOB_EXIT run"
+                return outcome
+            if exit_attrs["ExitBySignal"]:
+                outcome.state, outcome.exit_signal = "signaled", int(exit_attrs["ExitSignal"])
+            else:
+                outcome.state, outcome.exit_code = "exited", int(exit_attrs["ExitCode"])
+            try:
+                outcome.outputs = _stage_out(ad, submit_iwd, scratch, before, std_files)
+            except HarnessError as exc:  # the starter holds a job whose outputs cannot move
+                outcome.state, outcome.message = "held", str(exc)
+        return outcome
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        if os.geteuid() == 0:
+            EXECUTE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+            base: Path | None = EXECUTE_DIR
+        else:
+            base = None
+        scratch = Path(tempfile.mkdtemp(prefix="dir_", dir=base))
+        try:
+            scratch.chmod(0o700)
+            self.user.own(scratch)
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _stage_in(self, ad: JobAd, iwd: Path, scratch: Path) -> tuple[JobAd, _Catalogue]:
+        """The shadow's input transfer: inputs and the executable into the scratch dir."""
+        updates: dict[str, str | int | float | bool] = {"Iwd": str(scratch)}
+        for entry in _file_list(ad.get("TransferInput")):
+            if "://" in entry:
+                raise HarnessError(f"{entry}: URL transfers are not supported by sd run")
+            source = iwd / entry
+            target = scratch / Path(entry.rstrip("/")).name
+            if entry.endswith("/") and source.is_dir():
+                for child in source.iterdir():
+                    self._copy_in(child, scratch / child.name)
+            else:
+                self._copy_in(source, target)
+        if ad.get("TransferExecutable", True) is not False:
+            executable = iwd / ad.cmd
+            target = scratch / executable.name
+            self._copy_in(executable, target)
+            target.chmod(0o755)
+            updates["Cmd"] = executable.name
+        stdin = ad.get("In")
+        if isinstance(stdin, str) and stdin != "/dev/null" and ad.get("TransferIn", True):
+            self._copy_in(iwd / stdin, scratch / Path(stdin).name)
+            updates["In"] = Path(stdin).name
+        for attr, name in (("Out", STDOUT_NAME), ("Err", STDERR_NAME)):
+            original = ad.get(attr)
+            updates[attr] = name if isinstance(original, str) and original != "/dev/null" \
+                else "/dev/null"
+        ad = _updated(ad, format_updates(updates))
+        self._write_ad(scratch / JOB_AD_FILE, ad.text)
+        self._write_ad(scratch / MACHINE_AD_FILE, format_updates({
+            "Name": f"slot1@{socket.gethostname()}", "SlotID": 1, "Cpus": ad.request_cpus or 1,
+            "Memory": ad.request_memory_mib or 0, "HasSmartDomains": True,
+        }))  # fmt: skip
+        return ad, _catalogue(scratch)
+
+    def _copy_in(self, source: Path, target: Path) -> None:
+        try:
+            if source.is_dir():
+                shutil.copytree(source, target)
+                for path in [target, *target.rglob("*")]:
+                    self.user.own(path)
+            else:
+                shutil.copyfile(source, target)
+                shutil.copymode(source, target)
+                self.user.own(target)
+        except OSError as exc:
+            raise HarnessError(f"{source}: {exc.strerror or exc}") from exc
+
+    def _write_ad(self, path: Path, text: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        self.user.own(path)
+
+    def _starter_env(self, ad: JobAd, scratch: Path) -> dict[str, str]:
+        """What the starter publishes to hooks and jobs (the manual's "Extra Environment
+        Variables HTCondor sets for Jobs"), plus our own knobs as a site's config would."""
+        cpus = str(ad.request_cpus or 1)
+        env = {
+            "PATH": DEFAULT_PATH, "HOME": self.user.home, "USER": self.user.name,
+            "LOGNAME": self.user.name, "BATCH_SYSTEM": "HTCondor",
+            "_CONDOR_SCRATCH_DIR": str(scratch), "_CONDOR_SLOT": "slot1",
+            "_CONDOR_JOB_AD": str(scratch / JOB_AD_FILE),
+            "_CONDOR_MACHINE_AD": str(scratch / MACHINE_AD_FILE),
+            "_CONDOR_JOB_IWD": str(scratch), "TMPDIR": str(scratch), "TEMP": str(scratch),
+            "TMP": str(scratch), "OMP_NUM_THREADS": cpus,
+        }  # fmt: skip
+        for name, value in self.environ.items():
+            if name in PASSED_THROUGH or name.startswith("_CONDOR_SMARTDOMAINS_"):
+                env[name] = value
+        env.setdefault("CONDOR_CONFIG", "/dev/null")
+        return env
+
+    def _hook(self, name: str, argv: list[str], stdin: str, env: Mapping[str, str],
+              cwd: Path, *, timeout: float) -> _Hook:
+        """Run one hook executable as a separate process, as the slot user; wait for it."""
+        try:
+            done = subprocess.run(
+                [str(self.hooks_dir / name), *argv], input=stdin.encode(), capture_output=True,
+                cwd=cwd, env=dict(env), timeout=timeout, check=False,
+                **self.user.process_options(),
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            err = (exc.stderr or b"").decode(errors="replace")
+            return _Hook(-signal.SIGKILL, "", f"{err}\n{name} timed out after {timeout:.0f} s")
+        except OSError as exc:
+            return _Hook(127, "", f"cannot run {name}: {exc}")
+        return _Hook(done.returncode, done.stdout.decode(errors="replace"),
+                     done.stderr.decode(errors="replace"))
+
+    def _apply_prepare(self, ad: JobAd, hook: _Hook) -> tuple[JobAd, tuple[str, str] | None]:
+        """The starter's reading of PREPARE_JOB: updates, HookStatusCode, else the exit status."""
+        try:
+            updated = _updated(ad, hook.stdout)
+        except SdError as exc:
+            return ad, ("held", f"PREPARE_JOB printed an unreadable ad update: {exc}")
+        code = updated.get("HookStatusCode")
+        message = str(updated.get("HookStatusMessage") or "")
+        if hook.returncode < 0:  # died of a signal: the status code does not count
+            return updated, ("held", message or f"PREPARE_JOB killed by signal {-hook.returncode}")
+        if not isinstance(code, int) or code < 0:
+            code = hook.returncode
+        if code == 0:
+            if message:
+                self.progress(f"job {ad.cluster_id}.{ad.proc_id}: {message}")
+            return updated, None
+        if code >= 300:
+            return updated, ("idle", message or f"PREPARE_JOB failed with status {code}")
+        return updated, ("held", message or f"PREPARE_JOB failed with status {code} "
+                                            "(HookPrepareJobFailure)")
+
+    def _run_payload(self, ad: JobAd, env: dict[str, str], scratch: Path,
+                     stop: _Stop) -> tuple[dict[str, Any], float]:
+        job_env = {**env, **dict(ad.environment)}
+        cmd = ad.cmd if Path(ad.cmd).is_absolute() else str(scratch / ad.cmd)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.time()
+        with self._std(scratch, ad.get("In"), reading=True) as stdin, \
+                self._std(scratch, ad.out) as stdout, self._std(scratch, ad.err) as stderr:
+            runner = subprocess.Popen(
+                [cmd, *ad.arguments], cwd=scratch, env=job_env, stdin=stdin, stdout=stdout,
+                stderr=stderr, start_new_session=True, **self.user.process_options(),
+            )  # fmt: skip
+        stop.runner = runner
+        if stop.reason is not None:  # a signal came while we were starting it
+            runner.send_signal(signal.SIGTERM)
+        updater = _Updater(self, ad, env, scratch, runner.pid, started)
+        updater.start()
+        try:
+            status = self._wait(runner, stop)
+        finally:
+            stop.runner = None
+            updater.stop()
+        duration = time.time() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        attrs: dict[str, Any] = {
+            "JobState": "Running", "JobPid": runner.pid, "NumPids": 0,
+            "JobStartDate": int(started), "ImageSize": 0,
+            "RemoteUserCpu": round(after.ru_utime - before.ru_utime, 3),
+            "RemoteSysCpu": round(after.ru_stime - before.ru_stime, 3),
+            "JobDuration": round(duration, 3), "ExitBySignal": status < 0,
+        }  # fmt: skip
+        if status < 0:
+            attrs["ExitSignal"] = -status
+            attrs["ExitReason"] = f"died on signal {-status}"
+        else:
+            attrs["ExitCode"] = status
+            attrs["ExitReason"] = f"exited normally with status {status}"
+        return attrs, duration
+
+    def _wait(self, runner: subprocess.Popen[bytes], stop: _Stop) -> int:
+        """Wait for the runner; after a stop request, SIGKILL its session after the grace."""
+        deadline: float | None = None
+        while True:
+            try:
+                return runner.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            if stop.reason is not None and deadline is None:
+                deadline = time.monotonic() + self.kill_grace
+            if deadline is not None and time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(runner.pid, signal.SIGKILL)
+
+    @contextlib.contextmanager
+    def _std(self, scratch: Path, name: Any, *, reading: bool = False) -> Iterator[int]:
+        """A file descriptor for the job's stdin/stdout/stderr, opened as the starter would."""
+        if not isinstance(name, str) or name == "/dev/null":
+            fd = os.open(os.devnull, os.O_RDONLY if reading else os.O_WRONLY)
+        elif reading:
+            fd = os.open(scratch / name, os.O_RDONLY | os.O_NOFOLLOW)
+        else:
+            fd = os.open(scratch / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o644)
+            if os.geteuid() == 0:
+                os.fchown(fd, self.user.uid, self.user.gid)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _job_exit(self, ad: JobAd, reason: str, env: Mapping[str, str], scratch: Path,
+                  attrs: Mapping[str, Any]) -> None:
+        final = ad.text if not attrs else _updated(ad, format_updates(attrs)).text
+        label = f"{ad.cluster_id}.{ad.proc_id}"
+        self.progress(f"job {label}: JOB_EXIT {reason}")
+        started = time.monotonic()
+        done = self._hook("job_exit", [reason], final, env, scratch, timeout=30.0)
+        took = time.monotonic() - started
+        if done.returncode != 0 or took > 25.0:
+            self.progress(f"job {label}: JOB_EXIT {reason}: status {done.returncode} after "
+                          f"{took:.1f} s\n{done.stderr.rstrip()}")
+
+
+class _Updater:
+    """UPDATE_JOB_INFO after 8 s, then every 300 s; advisory: nobody waits for it."""
+
+    def __init__(self, harness: Harness, ad: JobAd, env: Mapping[str, str], scratch: Path,
+                 pid: int, started: float) -> None:
+        self.harness, self.ad, self.env, self.scratch = harness, ad, env, scratch
+        self.pid, self.started = pid, started
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="update-job-info", daemon=True)
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        first, every = self.harness.update_interval
+        wait = first
+        while not self.done.wait(wait):
+            text = _updated(self.ad, format_updates({
+                "JobState": "Running", "JobPid": self.pid, "NumPids": 1,
+                "JobStartDate": int(self.started), "RemoteSysCpu": 0.0, "RemoteUserCpu": 0.0,
+                "ImageSize": 0,
+            })).text  # fmt: skip
+            with contextlib.suppress(OSError):
+                child = subprocess.Popen(
+                    [str(self.harness.hooks_dir / "update_job_info")], stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.scratch,
+                    env=dict(self.env), **self.harness.user.process_options(),
+                )  # fmt: skip
+                self.children.append(child)
+                with contextlib.suppress(OSError):
+                    assert child.stdin is not None
+                    child.stdin.write(text.encode())
+                    child.stdin.close()
+            wait = every
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _stopped_state(reason: str) -> str:
+    return {"remove": "removed", "hold": "held", "evict": "evicted"}.get(reason, reason)
+
+
+def _updated(ad: JobAd, updates: str) -> JobAd:
+    """The ad with a hook's `Attr = value` lines applied (later lines win, as in the starter)."""
+    if not updates.strip():
+        return ad
+    merged = parse_job_ad(ad.text.rstrip("\n") + "\n" + updates)
+    names: dict[str, str] = {}
+    for line in merged.text.splitlines():
+        name = line.partition("=")[0].strip()
+        if name and not name.startswith("#"):
+            names.setdefault(name.lower(), name)
+    lines = [f"{name} = {merged.expression(name)}" for name in names.values()]
+    return parse_job_ad("".join(line + "\n" for line in lines))
+
+
+def _file_list(value: Any) -> list[str]:
+    """A comma-separated TransferInput/TransferOutput list."""
+    if not isinstance(value, str):
+        return []
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+def _stage_out(ad: JobAd, iwd: Path, scratch: Path, before: _Catalogue,
+               std_files: Mapping[str, str | None]) -> list[str]:
+    """The starter's output transfer back to the submit dir: stdout/stderr to the submit
+    file's output/error, then transfer_output_files or every new or changed top-level file."""
+    moved: list[str] = []
+    for name, target in std_files.items():
+        if target and target != "/dev/null" and (scratch / name).exists():
+            _copy_out(scratch / name, iwd / target)
+            moved.append(target)
+    listed = _file_list(ad.get("TransferOutput"))
+    if listed:
+        names = [Path(entry.rstrip("/")).name for entry in listed]
+    else:
+        now = _catalogue(scratch)
+        names = sorted(n for n, key in now.items() if n not in STARTER_FILES
+                       and before.get(n) != key)  # fmt: skip
+    for name in names:
+        _copy_out(scratch / name, iwd / name)
+        moved.append(name)
+    return moved
+
+
+_Catalogue = dict[str, tuple[int, int, int]]
+
+
+def _catalogue(scratch: Path) -> _Catalogue:
+    """Top-level files by (inode, size, mtime ns): what 'new or changed' is measured against."""
+    found: dict[str, tuple[int, int, int]] = {}
+    for entry in os.scandir(scratch):
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISREG(info.st_mode):
+            found[entry.name] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return found
+
+
+def _copy_out(source: Path, target: Path) -> None:
+    """Copy a file the job made to the submit side, never following its links (we are root)."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise HarnessError(f"transfer output files failure: {source.name}: {exc.strerror}") \
+            from exc
+    with os.fdopen(fd, "rb") as src:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HarnessError(f"transfer output files failure: {source.name} is not a file")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def default_user(environ: Mapping[str, str], requested: str | None) -> SlotUser:
+    """`--user`, else sdslot1 when root (hooks never run as root on a worker), else ourselves."""
+    if requested:
+        return SlotUser.lookup(requested)
+    if os.geteuid() == 0:
+        return SlotUser.lookup(environ.get("SD_RUN_USER", "sdslot1"))
+    return SlotUser.current()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: sd run JOB.sub")

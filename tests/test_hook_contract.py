@@ -1,0 +1,263 @@
+"""The HTCondor hook contract, hook by hook, as separate processes on libvirt's test driver.
+
+condor_starter runs `condor_hooks/*` as programs: the job ad on stdin, argv, the scratch dir as
+cwd, ad updates on stdout. These tests do the same and pin what the starter reads back:
+PREPARE_JOB's updates and HookStatusCode/HookStatusMessage (0 runs the job, 1-299 holds it,
+>= 300 sends it back to Idle), JOB_EXIT always 0 and fast (even twice, even first),
+UPDATE_JOB_INFO 0 and silent, the startd cron's attributes. The hypervisor is
+`test:///TMP/node.xml` from a private site config; every process gets a fresh simulated host,
+so only the ledger and the job folder carry state between hooks, as across real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config
+from sd_batch.hooks import HOOKS_DIR
+from sd_batch.jobad import job_ad_from_submit
+from sd_batch.jobs import JobKey
+from sd_batch.ledger import Ledger
+
+pytestmark = pytest.mark.libvirt
+pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+classad2 = pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
+
+NODE_XML = """<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
+    <active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>
+  <memory>4194304</memory>
+</node>
+"""
+SUBMIT = """executable = hello.sh
+arguments = "a 'b c'"
+transfer_input_files = input.txt{extra_inputs}
+output = out.txt
+error = err.txt
+{description}
+queue
+"""
+#: A user description whose error is at a place we know: line 3, column 18.
+BROKEN_SF = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    memory (512 +);\n}\n'
+PREPARE_UPDATES = ["SDOriginalCmd", "SDOriginalArguments", "SDVMDomain", "SDVMMemoryMiB",
+                   "SDVMCpus", "Cmd", "Arguments", "Args", "HookStatusCode",
+                   "HookStatusMessage"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Done:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def updates(self) -> dict[str, object]:
+        """The hook's stdout as the starter reads it: an old-syntax ad, one line each."""
+        names = [line.partition("=")[0].strip() for line in self.stdout.splitlines() if line]
+        ad = classad2.parseOne(self.stdout, classad2.ParserType.Old)
+        assert sorted(n.lower() for n in names) == sorted(k.lower() for k in ad), self.stdout
+        return {name: ad.eval(name) for name in names}
+
+
+@dataclass
+class Site:
+    root: Path
+    sandbox: Path
+    environ: dict[str, str]
+
+    def job_ad(self, description: str | None = '"minimal"', extra_inputs: str = "") -> str:
+        line = f"+SDVMDescription = {description}" if description else '+HookKeyword = "X"'
+        text = SUBMIT.format(description=line, extra_inputs=extra_inputs)
+        (ad,) = job_ad_from_submit(text, submit_dir=self.sandbox, owner="tester",
+                                   schedd_name=f"contract-{os.getpid()}@test", qdate=1700000000)
+        return ad
+
+    def hook(self, name: str, *argv: str, stdin: str = "") -> Done:
+        started = time.monotonic()
+        done = subprocess.run([str(HOOKS_DIR / name), *argv], input=stdin.encode(),
+                              capture_output=True, cwd=self.sandbox, env=self.environ,
+                              timeout=60, check=False)  # fmt: skip
+        return Done(done.returncode, done.stdout.decode(), done.stderr.decode(),
+                    time.monotonic() - started)
+
+    def leftovers(self) -> list[str]:
+        """Ledger rows and job folders: what a finished job must not leave."""
+        config = load_config(Path(self.environ["SD_BATCH_CONFIG"]))
+        with Ledger.for_site(config) as ledger:
+            rows = [f"{o.kind.value} {o.owner_id}" for o in ledger.owners()]
+        jobs = config.state_dir / "jobs"
+        return rows + sorted(str(p) for p in jobs.iterdir()) if jobs.is_dir() else rows
+
+
+def write_site(root: Path, uri: str, *, kernel: bool = True) -> Path:
+    images = root / "images"
+    (images / "minimal").mkdir(parents=True, exist_ok=True)
+    if kernel:
+        (images / "minimal" / "vmlinux").write_bytes(b"kernel")
+        (images / "minimal" / "initrd.img").write_bytes(b"initrd")
+    config = root / "site.toml"
+    config.write_text(
+        f'image_dir = "{images}"\nstate_dir = "{root / "state"}"\ndefault_uri = "{uri}"\n'
+        f'template_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n[properties]\n"sd.flavour" = "qemu"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    node = tmp_path / "node.xml"
+    node.write_text(NODE_XML, encoding="utf-8")
+    config = write_site(tmp_path, f"test://{node}")
+    sandbox = tmp_path / "scratch"
+    sandbox.mkdir()
+    (sandbox / "hello.sh").write_text("#!/bin/sh\ncat input.txt\n", encoding="utf-8")
+    (sandbox / "hello.sh").chmod(0o755)
+    (sandbox / "input.txt").write_text("hello\n", encoding="utf-8")
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+        "SD_BATCH_CONFIG": str(config), "CONDOR_CONFIG": "/dev/null",
+        "SD_BATCH_PYTHON": sys.executable, "_CONDOR_SCRATCH_DIR": str(sandbox),
+        "_CONDOR_JOB_AD": str(sandbox / ".job.ad"), "_CONDOR_SLOT": "slot1",
+        # the helper in-process as this user: no sudo, our private site config
+        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.privileged",
+    }  # fmt: skip
+    made = Site(tmp_path, sandbox, environ)
+    yield made
+    assert made.leftovers() == [], "the test left a ledger row or a job folder"
+
+
+def global_job_id(ad_text: str) -> str:
+    match = re.search(r'^GlobalJobId = "(.*)"$', ad_text, re.MULTILINE)
+    assert match is not None
+    return match.group(1)
+
+
+# --- PREPARE_JOB ------------------------------------------------------------------------------
+def test_prepare_job_rewrites_cmd_to_our_runner_and_keeps_the_original(site: Site) -> None:
+    ad = site.job_ad()
+    job_id = global_job_id(ad)
+    done = site.hook("prepare_job", stdin=ad)
+    assert done.code == 0, done.stderr
+    updates = done.updates()
+    assert list(updates) == PREPARE_UPDATES
+    domain = JobKey(os.getuid(), job_id).domain
+    assert updates["SDOriginalCmd"] == str(site.sandbox / "hello.sh")
+    assert updates["SDOriginalArguments"] == "a 'b c'"
+    assert updates["SDVMDomain"] == domain
+    assert (updates["SDVMMemoryMiB"], updates["SDVMCpus"]) == (256, 1)
+    assert updates["Cmd"] == str(HOOKS_DIR / "runner")
+    assert updates["Arguments"] == updates["Args"] == f"--job {job_id}"
+    assert updates["HookStatusCode"] == 0
+    assert updates["HookStatusMessage"] == f"sd-batch: VM {domain} ready (minimal, 256 MiB)"
+    assert site.leftovers() != []  # the ledger and the job folder hold the prepared VM
+    exited = site.hook("job_exit", "exit", stdin=ad)
+    assert (exited.code, exited.stdout) == (0, "")
+
+
+def test_prepare_job_holds_a_job_naming_an_unknown_template(site: Site) -> None:
+    done = site.hook("prepare_job", stdin=site.job_ad('"no-such-template"'))
+    assert done.code == 0, done.stderr
+    updates = done.updates()
+    assert list(updates) == ["HookStatusCode", "HookStatusMessage"]
+    assert 1 <= int(updates["HookStatusCode"]) <= 299  # type: ignore[call-overload]
+    assert "no-such-template" in str(updates["HookStatusMessage"])
+    assert str(updates["HookStatusMessage"]).startswith("sd-batch: ")
+
+
+def test_prepare_job_holds_a_broken_user_description_with_file_line_column(site: Site) -> None:
+    (site.sandbox / "my.sf").write_text(BROKEN_SF, encoding="utf-8")
+    done = site.hook("prepare_job", stdin=site.job_ad('"my.sf"', extra_inputs=", my.sf"))
+    updates = done.updates()
+    assert 1 <= int(updates["HookStatusCode"]) <= 299  # type: ignore[call-overload]
+    message = str(updates["HookStatusMessage"])
+    assert re.search(r"my\.sf:3:18: unexpected '\)'", message), message
+    assert "\n" not in message
+
+
+@pytest.mark.xfail(strict=True, reason="jobs.py names the helper's root-side copy of the file")
+def test_prepare_job_hold_reason_names_the_file_as_the_user_wrote_it(site: Site) -> None:
+    (site.sandbox / "my.sf").write_text(BROKEN_SF, encoding="utf-8")
+    done = site.hook("prepare_job", stdin=site.job_ad('"my.sf"', extra_inputs=", my.sf"))
+    message = str(done.updates()["HookStatusMessage"])
+    assert message.startswith("sd-batch: my.sf:3:18: "), message
+
+
+def test_prepare_job_holds_a_job_without_sdvmdescription(site: Site) -> None:
+    done = site.hook("prepare_job", stdin=site.job_ad(None))
+    updates = done.updates()
+    assert 1 <= int(updates["HookStatusCode"]) <= 299  # type: ignore[call-overload]
+    assert "SDVMDescription" in str(updates["HookStatusMessage"])
+
+
+def test_prepare_job_requeues_when_the_hypervisor_is_unreachable(site: Site) -> None:
+    write_site(site.root, "qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    done = site.hook("prepare_job", stdin=site.job_ad())
+    assert done.code == 0, done.stderr
+    updates = done.updates()
+    assert int(updates["HookStatusCode"]) >= 300, updates  # type: ignore[call-overload]
+    assert "libvirt-sock" in str(updates["HookStatusMessage"])
+    assert done.seconds < 25.0  # retries stay inside the starter's patience
+
+
+# --- JOB_EXIT, UPDATE_JOB_INFO --------------------------------------------------------------
+def test_job_exit_is_idempotent_and_fast(site: Site) -> None:
+    ad = site.job_ad()
+    assert site.hook("prepare_job", stdin=ad).updates()["HookStatusCode"] == 0
+    for reason in ("exit", "exit", "remove"):
+        done = site.hook("job_exit", reason, stdin=ad)
+        assert (done.code, done.stdout) == (0, ""), done.stderr
+        assert done.seconds < 10.0
+        assert site.leftovers() == []
+
+
+@pytest.mark.parametrize("reason", ["exit", "remove", "hold", "evict"])
+def test_job_exit_before_prepare_job_exits_zero(site: Site, reason: str) -> None:
+    done = site.hook("job_exit", reason, stdin=site.job_ad())
+    assert (done.code, done.stdout) == (0, ""), done.stderr
+    assert done.seconds < 10.0
+
+
+def test_job_exit_exits_zero_even_on_garbage(site: Site) -> None:
+    done = site.hook("job_exit", "exit", stdin="this is not a job ad\n")
+    assert (done.code, done.stdout) == (0, "")
+    assert "cleanup incomplete" in done.stderr
+
+
+def test_update_job_info_exits_zero_silently(site: Site) -> None:
+    ad = site.job_ad() + 'JobState = "Running"\nJobPid = 4242\nNumPids = 1\n'
+    done = site.hook("update_job_info", stdin=ad)
+    assert (done.code, done.stdout) == (0, "")
+
+
+# --- the startd cron ------------------------------------------------------------------------
+def test_startd_cron_advertises_smartdomains(site: Site) -> None:
+    done = site.hook("startd_cron")
+    assert done.code == 0, done.stderr
+    updates = done.updates()
+    assert list(updates) == ["HasSmartDomains", "SmartDomainsTemplates",
+                             "SmartDomainsFreeVMMemory", "SmartDomainsOfflineReason"]
+    assert updates["HasSmartDomains"] is True
+    assert "minimal" in str(updates["SmartDomainsTemplates"]).split(",")
+    assert isinstance(updates["SmartDomainsFreeVMMemory"], int)
+    assert int(updates["SmartDomainsFreeVMMemory"]) > 0
+    assert updates["SmartDomainsOfflineReason"] == ""
+
+
+def test_startd_cron_goes_offline_without_the_guest_image(site: Site, tmp_path: Path) -> None:
+    other = tmp_path / "no-image"
+    other.mkdir()
+    write_site(other, f"test://{site.root / 'node.xml'}", kernel=False)
+    site.environ["SD_BATCH_CONFIG"] = str(other / "site.toml")
+    updates = site.hook("startd_cron").updates()
+    assert updates["HasSmartDomains"] is False
+    assert "scripts/build-guest" in str(updates["SmartDomainsOfflineReason"])

@@ -33,9 +33,7 @@ import resource
 import shutil
 import signal
 import socket
-import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,60 +44,28 @@ from types import FrameType
 from typing import Any
 
 from .errors import SdError
+from .harness_files import (
+    JOB_AD_FILE,
+    MACHINE_AD_FILE,
+    STDERR_NAME,
+    STDOUT_NAME,
+    Catalogue,
+    HarnessError,
+    SlotUser,
+    catalogue,
+    file_list,
+    stage_out,
+)
 from .jobad import JobAd, format_updates, job_ad_from_submit, parse_job_ad
 
 HOOKS_DIR = Path(__file__).resolve().parent.parent / "condor_hooks"
 EXECUTE_DIR = Path("/var/lib/sd-batch/execute")  # root's runs; others use $TMPDIR
-STDOUT_NAME, STDERR_NAME = "_condor_stdout", "_condor_stderr"  # the starter's names
-JOB_AD_FILE, MACHINE_AD_FILE = ".job.ad", ".machine.ad"
-STARTER_FILES = frozenset({STDOUT_NAME, STDERR_NAME, JOB_AD_FILE, MACHINE_AD_FILE})
 #: sd run's exit code for a held job and for one sent back to Idle (else the payload's own).
 EXIT_HELD, EXIT_IDLE = 3, 4
 STOP_SIGNALS = {signal.SIGINT: "remove", signal.SIGTERM: "remove", signal.SIGUSR1: "hold",
                 signal.SIGUSR2: "evict"}  # fmt: skip
 PASSED_THROUGH = ("CONDOR_CONFIG", "SD_BATCH_CONFIG", "SD_BATCH_PYTHON")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-class HarnessError(SdError):
-    """The submit file or the local set-up does not allow running the job here."""
-
-    exit_code = 1
-
-
-@dataclass(frozen=True, slots=True)
-class SlotUser:
-    """Who the hooks and the job run as (HTCondor's slot user)."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-    @classmethod
-    def lookup(cls, name: str) -> SlotUser:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise HarnessError(f"no user {name!r} on this machine",
-                               hint="scripts/setup-host creates the slot user sdslot1") from None
-        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
-
-    @classmethod
-    def current(cls) -> SlotUser:
-        entry = pwd.getpwuid(os.getuid())
-        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
-
-    def process_options(self) -> dict[str, Any]:
-        """Popen keywords that drop root to this user (setgroups, setgid, setuid in the child)."""
-        if self.uid == os.geteuid():
-            return {}
-        groups = os.getgrouplist(self.name, self.gid)
-        return {"user": self.uid, "group": self.gid, "extra_groups": groups}
-
-    def own(self, path: Path) -> None:
-        if self.uid != os.geteuid():
-            os.chown(path, self.uid, self.gid, follow_symlinks=False)
 
 
 @dataclass
@@ -114,6 +80,7 @@ class Outcome:
     message: str = ""
     duration: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    stopped_by: int | None = None  # the signal that told sd run to remove/hold/evict it
 
     @property
     def process_exit_code(self) -> int:
@@ -121,9 +88,11 @@ class Outcome:
             return self.exit_code or 0
         if self.state == "signaled":
             return 128 + (self.exit_signal or 0)
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
         if self.state in ("held", "error"):
             return EXIT_HELD
-        return EXIT_IDLE if self.state in ("idle", "evicted") else 128 + signal.SIGTERM
+        return EXIT_IDLE
 
     def summary(self) -> str:
         took = f" in {self.duration:.1f} s"
@@ -159,6 +128,7 @@ class _Stop:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.signum: int | None = None
         self.runner: subprocess.Popen[bytes] | None = None
         self.saved: dict[int, Any] = {}
 
@@ -174,7 +144,7 @@ class _Stop:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.reason is None:
-            self.reason = STOP_SIGNALS[signal.Signals(signum)]
+            self.reason, self.signum = STOP_SIGNALS[signal.Signals(signum)], signum
         if self.runner is not None and self.runner.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.runner.send_signal(signal.SIGTERM)  # the job's KillSig, as the starter
@@ -239,10 +209,11 @@ class Harness:
                 if prepared.stderr.strip():
                     self.progress(f"job {label}: PREPARE_JOB stderr:\n{prepared.stderr.rstrip()}")
                 return outcome
-            self._write_ad(scratch / JOB_AD_FILE, ad.text)
+            self.user.write_file(scratch / JOB_AD_FILE, ad.text)
             if stop.reason is not None:  # stopped while preparing: never start it
                 self._job_exit(ad, stop.reason, env, scratch, {})
                 outcome.state, outcome.message = _stopped_state(stop.reason), "before it started"
+                outcome.stopped_by = stop.signum
                 return outcome
             self.progress(f"job {label}: running {Path(ad.cmd).name} {' '.join(ad.arguments)}"
                           .rstrip())
@@ -252,13 +223,15 @@ class Harness:
             if reason != "exit":
                 outcome.state = _stopped_state(reason)
                 outcome.message = f"{reason} requested; the runner was stopped and JOB_EXIT run"
+                outcome.stopped_by = stop.signum
                 return outcome
             if exit_attrs["ExitBySignal"]:
                 outcome.state, outcome.exit_signal = "signaled", int(exit_attrs["ExitSignal"])
             else:
                 outcome.state, outcome.exit_code = "exited", int(exit_attrs["ExitCode"])
             try:
-                outcome.outputs = _stage_out(ad, submit_iwd, scratch, before, std_files)
+                outcome.outputs = stage_out(ad.get("TransferOutput"), submit_iwd, scratch,
+                                            before, std_files)
             except HarnessError as exc:  # the starter holds a job whose outputs cannot move
                 outcome.state, outcome.message = "held", str(exc)
         return outcome
@@ -278,61 +251,40 @@ class Harness:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _stage_in(self, ad: JobAd, iwd: Path, scratch: Path) -> tuple[JobAd, _Catalogue]:
+    def _stage_in(self, ad: JobAd, iwd: Path, scratch: Path) -> tuple[JobAd, Catalogue]:
         """The shadow's input transfer: inputs and the executable into the scratch dir."""
         updates: dict[str, str | int | float | bool] = {"Iwd": str(scratch)}
-        for entry in _file_list(ad.get("TransferInput")):
+        for entry in file_list(ad.get("TransferInput")):
             if "://" in entry:
                 raise HarnessError(f"{entry}: URL transfers are not supported by sd run")
             source = iwd / entry
             target = scratch / Path(entry.rstrip("/")).name
             if entry.endswith("/") and source.is_dir():
                 for child in source.iterdir():
-                    self._copy_in(child, scratch / child.name)
+                    self.user.copy_in(child, scratch / child.name)
             else:
-                self._copy_in(source, target)
+                self.user.copy_in(source, target)
         if ad.get("TransferExecutable", True) is not False:
             executable = iwd / ad.cmd
             target = scratch / executable.name
-            self._copy_in(executable, target)
+            self.user.copy_in(executable, target)
             target.chmod(0o755)
             updates["Cmd"] = executable.name
         stdin = ad.get("In")
         if isinstance(stdin, str) and stdin != "/dev/null" and ad.get("TransferIn", True):
-            self._copy_in(iwd / stdin, scratch / Path(stdin).name)
+            self.user.copy_in(iwd / stdin, scratch / Path(stdin).name)
             updates["In"] = Path(stdin).name
         for attr, name in (("Out", STDOUT_NAME), ("Err", STDERR_NAME)):
             original = ad.get(attr)
             updates[attr] = name if isinstance(original, str) and original != "/dev/null" \
                 else "/dev/null"
         ad = _updated(ad, format_updates(updates))
-        self._write_ad(scratch / JOB_AD_FILE, ad.text)
-        self._write_ad(scratch / MACHINE_AD_FILE, format_updates({
+        self.user.write_file(scratch / JOB_AD_FILE, ad.text)
+        self.user.write_file(scratch / MACHINE_AD_FILE, format_updates({
             "Name": f"slot1@{socket.gethostname()}", "SlotID": 1, "Cpus": ad.request_cpus or 1,
             "Memory": ad.request_memory_mib or 0, "HasSmartDomains": True,
         }))  # fmt: skip
-        return ad, _catalogue(scratch)
-
-    def _copy_in(self, source: Path, target: Path) -> None:
-        try:
-            if source.is_dir():
-                shutil.copytree(source, target)
-                for path in [target, *target.rglob("*")]:
-                    self.user.own(path)
-            else:
-                shutil.copyfile(source, target)
-                shutil.copymode(source, target)
-                self.user.own(target)
-        except OSError as exc:
-            raise HarnessError(f"{source}: {exc.strerror or exc}") from exc
-
-    def _write_ad(self, path: Path, text: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        self.user.own(path)
+        return ad, catalogue(scratch)
 
     def _starter_env(self, ad: JobAd, scratch: Path) -> dict[str, str]:
         """What the starter publishes to hooks and jobs (the manual's "Extra Environment
@@ -537,71 +489,13 @@ def _updated(ad: JobAd, updates: str) -> JobAd:
     return parse_job_ad("".join(line + "\n" for line in lines))
 
 
-def _file_list(value: Any) -> list[str]:
-    """A comma-separated TransferInput/TransferOutput list."""
-    if not isinstance(value, str):
-        return []
-    return [entry.strip() for entry in value.split(",") if entry.strip()]
-
-
-def _stage_out(ad: JobAd, iwd: Path, scratch: Path, before: _Catalogue,
-               std_files: Mapping[str, str | None]) -> list[str]:
-    """The starter's output transfer back to the submit dir: stdout/stderr to the submit
-    file's output/error, then transfer_output_files or every new or changed top-level file."""
-    moved: list[str] = []
-    for name, target in std_files.items():
-        if target and target != "/dev/null" and (scratch / name).exists():
-            _copy_out(scratch / name, iwd / target)
-            moved.append(target)
-    listed = _file_list(ad.get("TransferOutput"))
-    if listed:
-        names = [Path(entry.rstrip("/")).name for entry in listed]
-    else:
-        now = _catalogue(scratch)
-        names = sorted(n for n, key in now.items() if n not in STARTER_FILES
-                       and before.get(n) != key)  # fmt: skip
-    for name in names:
-        _copy_out(scratch / name, iwd / name)
-        moved.append(name)
-    return moved
-
-
-_Catalogue = dict[str, tuple[int, int, int]]
-
-
-def _catalogue(scratch: Path) -> _Catalogue:
-    """Top-level files by (inode, size, mtime ns): what 'new or changed' is measured against."""
-    found: dict[str, tuple[int, int, int]] = {}
-    for entry in os.scandir(scratch):
-        info = entry.stat(follow_symlinks=False)
-        if stat.S_ISREG(info.st_mode):
-            found[entry.name] = (info.st_ino, info.st_size, info.st_mtime_ns)
-    return found
-
-
-def _copy_out(source: Path, target: Path) -> None:
-    """Copy a file the job made to the submit side, never following its links (we are root)."""
-    try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        raise HarnessError(f"transfer output files failure: {source.name}: {exc.strerror}") \
-            from exc
-    with os.fdopen(fd, "rb") as src:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise HarnessError(f"transfer output files failure: {source.name} is not a file")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-
-
 def default_user(environ: Mapping[str, str], requested: str | None) -> SlotUser:
     """`--user`, else sdslot1 when root (hooks never run as root on a worker), else ourselves."""
     if requested:
-        return SlotUser.lookup(requested)
+        user = SlotUser.lookup(requested)
+        if os.geteuid() != 0 and user.uid != os.getuid():
+            raise HarnessError(f"--user {requested}: only root can run jobs as another user")
+        return user
     if os.geteuid() == 0:
         return SlotUser.lookup(environ.get("SD_RUN_USER", "sdslot1"))
     return SlotUser.current()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: sd run JOB.sub")

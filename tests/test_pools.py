@@ -178,9 +178,9 @@ def test_start_status_terminate_a_pool_on_the_default_test_host(site: Site) -> N
     assert vm_lines == [["rt-vm1", "running"], ["rt-vm2", "running"]]
 
     [report] = json.loads(site.sd("status", "rt", "--json").out)
-    assert {k: v for k, v in report.items() if k != "volumes"} == {
+    assert {k: v for k, v in report.items() if k != "files"} == {
         "kind": "pool", "name": "rt", "uri": "test:///default", "status": "active",
-        "description": str(POOL_SF), "interrupted": False,
+        "description": str(POOL_SF), "interrupted": False, "volumes": [],
         "vms": [{"name": "rt-vm1", "uri": "test:///default", "state": "running"},
                 {"name": "rt-vm2", "uri": "test:///default", "state": "running"}],
     }  # fmt: skip
@@ -201,8 +201,11 @@ def test_a_pool_with_overlays_lists_and_removes_its_disks(site: Site) -> None:
     assert started.err == ""  # --json: no progress lines
     overlays = [str(site.overlay_dir / f"lab-{n}-root.qcow2") for n in range(1, 5)]
     assert volumes(site.uri, site.overlay_dir) == overlays
-    listed = json.loads(site.sd("status", "--json").out)[0]["volumes"]
-    assert [v for v in listed if v.endswith(".qcow2")] == overlays
+    [report] = json.loads(site.sd("status", "--json").out)
+    assert report["volumes"] == overlays
+    assert report["files"] == [
+        str(site.root / "state" / "consoles" / f"lab-{n}.log") for n in range(1, 5)
+    ]
     assert f"  disk {overlays[0]}" in site.sd("status").out.splitlines()
 
     stopped = site.sd("terminate", "localhost", "lab", "--json")

@@ -1,0 +1,130 @@
+"""The output disk: a sparse raw file with the contract's magic, and the result tar on it.
+
+May import: errors, guest.contract, staging._common, the standard library.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import StagingError
+from ..guest import contract
+from ._common import CHUNK, SECTOR, TEXT_LIMIT, blocks
+
+_ZERO_BLOCK = bytes(SECTOR)
+
+
+def create_output_disk(path: Path, size_bytes: int) -> None:
+    """A new sparse raw disk of `size_bytes` (rounded up to whole sectors), magic in sector 0.
+
+    Never replaces an existing file nor follows a link (O_EXCL, O_NOFOLLOW): callers may be root.
+    """
+    if size_bytes < contract.MIN_OUTPUT_DISK_BYTES:
+        raise StagingError(
+            f"an output disk of {size_bytes} bytes is too small: the guest needs "
+            f"{contract.MIN_OUTPUT_DISK_BYTES} bytes at least to report an error"
+        )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise StagingError(f"cannot create the output disk {path}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as disk:
+            disk.write(contract.output_disk_header())
+            disk.truncate(blocks(size_bytes))
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise StagingError(f"cannot write the output disk {path}: {exc}") from exc
+
+
+def result_tar_from_disk(path: Path) -> BinaryIO:
+    """A reader of exactly the result tar on an output disk, through its end-of-archive blocks.
+
+    The tar's extent is found first, header by header as tarfile reads them (no data is read
+    except PAX records), so a disk the guest never wrote (sector 0 still holds the output
+    magic: its console log says why), garbage, or a tar running past the end of the disk is a
+    StagingError here, before anything is streamed.
+    """
+    try:
+        disk = open(path, "rb", buffering=0, opener=_nofollow)  # noqa: SIM115 - returned
+    except OSError as exc:
+        raise StagingError(f"cannot open the output disk {path}: {exc}") from exc
+    try:
+        if disk.read(SECTOR).startswith(contract.OUTPUT_MAGIC):
+            raise StagingError(
+                f"the guest wrote nothing on its output disk {path.name} (sector 0 still "
+                f"holds {contract.OUTPUT_MAGIC.decode()})",
+                hint="the VM's console log says why",
+            )
+        end = _tar_end(disk.fileno(), os.fstat(disk.fileno()).st_size)
+    except BaseException:
+        disk.close()
+        raise
+    return io.BufferedReader(_Prefix(disk, end), CHUNK)
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _tar_end(fd: int, size: int) -> int:
+    """Where the tar at the start of the file ends (after its zero blocks)."""
+    pos, pax_size = 0, None
+    while True:
+        header = os.pread(fd, SECTOR, pos)
+        if len(header) < SECTOR:
+            raise StagingError(f"the result tar is cut short at byte {pos} (disk of {size} bytes)")
+        pos += SECTOR
+        if header == _ZERO_BLOCK:  # end of archive; include the second zero block if there
+            return pos + SECTOR if os.pread(fd, SECTOR, pos) == _ZERO_BLOCK else pos
+        try:
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise StagingError(f"the output disk holds no valid tar at byte {pos}: {exc}") from exc
+        if info.type == tarfile.GNUTYPE_SPARSE:
+            raise StagingError("the result tar has a sparse member, which the contract excludes")
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+            records = os.pread(fd, min(info.size, TEXT_LIMIT), pos)
+            if b"GNU.sparse" in records:
+                raise StagingError(
+                    "the result tar has a sparse member, which the contract excludes"
+                )
+            match = re.search(rb"(?:^|\n)\d+ size=(\d+)\n", records)
+            if match and info.type == tarfile.XHDTYPE:
+                pax_size = int(match.group(1))
+            length = info.size
+        elif info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+            length = info.size
+        elif info.isreg() or info.type not in tarfile.SUPPORTED_TYPES:  # as tarfile skips data
+            length, pax_size = info.size if pax_size is None else pax_size, None
+        else:
+            length, pax_size = 0, None
+        pos += blocks(length)
+        if pos > size:
+            raise StagingError("the result tar runs past the end of the output disk")
+
+
+class _Prefix(io.RawIOBase):
+    """The first `end` bytes of a file."""
+
+    def __init__(self, raw: io.FileIO, end: int) -> None:
+        super().__init__()
+        self.raw, self.end, self.pos = raw, end, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = os.preadv(self.raw.fileno(), [memoryview(buffer)[: self.end - self.pos]], self.pos)
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import signal
 import stat
+import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -505,3 +507,53 @@ def test_an_unreadable_sandbox_file_is_named(sandbox: Path) -> None:
     (sandbox / "work" / "data.txt").chmod(0)
     with pytest.raises(StagingError, match="cannot read 'work/data.txt' in the sandbox"):
         input_tar(sandbox)
+
+
+# -- the guest's own tar, run here (the .deb scripts/build-guest caches) ------------------------
+@pytest.fixture(scope="module")
+def busybox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sd_batch.guest.build import default_cache_dir
+
+    debs = sorted(default_cache_dir().glob("busybox-static_*.deb"))
+    if not debs or shutil.which("dpkg-deb") is None:
+        pytest.skip("no busybox-static .deb cached (scripts/build-guest fetches it)")
+    root = tmp_path_factory.mktemp("busybox")
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(root)], check=True)
+    return root / "bin" / "busybox"
+
+
+def test_the_guests_busybox_tar_unpacks_the_input_tar(sandbox: Path, busybox: Path) -> None:
+    long_name = "n" * 150
+    (sandbox / "work" / long_name).write_text("long")
+    (sandbox / "café").write_text("utf-8")
+    (sandbox / "latest").symlink_to("work/data.txt")
+    tar = sandbox.parent / "in.tar"
+    tar.write_bytes(input_tar(sandbox))
+    unpacked = sandbox.parent / "in"
+    unpacked.mkdir()
+    subprocess.run([busybox, "tar", "-x", "-o", "-f", tar, "-C", unpacked], check=True)
+    assert (unpacked / contract.INPUT_MARKER).read_bytes() == contract.INPUT_MARKER_TEXT
+    assert (unpacked / "sandbox" / "work" / long_name).read_text() == "long"
+    assert (unpacked / "sandbox" / "café").read_text() == "utf-8"
+    assert str((unpacked / "sandbox" / "latest").readlink()) == "work/data.txt"
+    assert (unpacked / "sandbox" / "run.sh").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_result_tar_written_by_the_guests_busybox_is_read_from_the_disk(
+    sandbox: Path, busybox: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "result"
+    (out / "outputs" / "deep" / ("d" * 120)).mkdir(parents=True)
+    (out / "outputs" / "deep" / ("d" * 120) / "r.txt").write_text("result")
+    (out / contract.RESULT_MARKER).write_text("sd-batch job result, format 1\n")
+    (out / "exit_status").write_text("signal 15\n")
+    (out / "stdout").write_text("out")
+    disk = tmp_path / "out.img"
+    create_output_disk(disk, 2 * MiB)
+    names = [contract.RESULT_MARKER, "exit_status", "stdout", "outputs"]
+    subprocess.run([busybox, "tar", "-cf", disk, *names], cwd=out, check=True)  # as init.sh
+    with result_tar_from_disk(disk) as stream:
+        result = read_result(stream, sandbox, max_bytes=MiB, max_files=100)
+    assert result.exit_status == ExitStatus("signal", 15)
+    assert result.stdout == b"out"
+    assert (sandbox / "deep" / ("d" * 120) / "r.txt").read_text() == "result"

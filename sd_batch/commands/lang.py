@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from ..cli import Environment
-from ..config import SiteConfig, load_config
+from ..config import SiteConfig
 from ..errors import DescriptionError, DescriptionErrors, UsageError
 from ..lang import Component, Description, load_file, parse_file
-
-
-def site_config(args: argparse.Namespace) -> SiteConfig:
-    return load_config(Path(args.config) if getattr(args, "config", None) else None)
+from . import site_config
 
 
 def _properties(args: argparse.Namespace, config: SiteConfig) -> dict[str, str]:
@@ -28,7 +24,7 @@ def _properties(args: argparse.Namespace, config: SiteConfig) -> dict[str, str]:
 
 
 def _load(args: argparse.Namespace, env: Environment, *, complete: bool) -> Description:
-    config = site_config(args)
+    config = site_config(args, env)
     include_dirs = [*args.include_dirs, *config.include_dirs, *config.template_dirs]
     return load_file(
         args.file,
@@ -143,7 +139,7 @@ def render(args: argparse.Namespace, env: Environment) -> int:
 def templates(args: argparse.Namespace, env: Environment) -> int:
     from ..templates import describe_templates
 
-    config = site_config(args)
+    config = site_config(args, env)
     infos = describe_templates(config)
     if args.json:
         data = [

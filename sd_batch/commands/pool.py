@@ -7,17 +7,9 @@ import json
 from pathlib import Path
 
 from ..cli import Environment
-from ..commands.lang import _properties
-from ..config import SiteConfig, config_path, load_config
 from ..pools import start_pool, status, terminate_pool
-
-
-def site_config(args: argparse.Namespace, env: Environment) -> SiteConfig:
-    """--config, else $SD_BATCH_CONFIG of the command's environment (not this process's)."""
-    if getattr(args, "config", None):
-        return load_config(Path(args.config))
-    path = config_path(env.environ)
-    return load_config(path) if path is not None else SiteConfig()
+from . import site_config
+from .lang import _properties
 
 
 class _Progress:

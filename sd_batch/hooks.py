@@ -210,7 +210,8 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
         print("sd-batch: the payload did not run", file=sys.stderr)
         return 1
     if status.kind == "signal":
-        signal.signal(status.code, signal.SIG_DFL)
+        if status.code not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught anyway
+            signal.signal(status.code, signal.SIG_DFL)
         os.kill(os.getpid(), status.code)  # die of it, so HTCondor records ExitBySignal
         return 128 + status.code  # only reached for signals that do not end a process
     return status.code

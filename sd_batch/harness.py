@@ -97,6 +97,8 @@ class Outcome:
     def summary(self) -> str:
         took = f" in {self.duration:.1f} s"
         outputs = f"; outputs: {', '.join(self.outputs)}" if self.outputs else "; no outputs"
+        if self.stopped_by is not None:  # removed, held or evicted by a signal to sd run
+            return f"job {self.job}: {self.state}{took}: {self.message}"
         if self.state == "exited":
             return f"job {self.job}: exit {self.exit_code}{took}{outputs}"
         if self.state == "signaled":

@@ -12,12 +12,9 @@ from ..harness import Harness, Outcome, default_user
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
-    verbose = not args.json or bool(getattr(args, "debug", False))
-
-    def progress(line: str) -> None:
-        if verbose:
-            env.stderr.write(f"sd run: {line}\n")
-            env.stderr.flush()
+    def progress(line: str) -> None:  # always on stderr: --json only changes stdout
+        env.stderr.write(f"sd run: {line}\n")
+        env.stderr.flush()
 
     def report(outcome: Outcome) -> None:
         if not args.json:

@@ -1,0 +1,247 @@
+"""End to end: `sd run` (a subprocess, as root) runs jobs as the slot user in real QEMU VMs.
+
+Everything is real: condor_submit's code makes the job ads, the hooks run as `sdslot1` and
+reach libvirtd only through `sudo -n condor_hooks/helper`, the guest is the `minimal` image.
+After every job the VM and its files must be gone: `virsh list --all` has no domain of it and
+the state dir has no job folder. Each test boots as few VMs as it can (about 4 s each under
+TCG); a job that must fail before booting (a broken .sf) boots none. Needs `scripts/setup-host`
+(root, libvirtd, the guest, sudo, the slot user and the sudoers rule); skips otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_batch.config import SYSTEM_CONFIG, load_config
+from sd_batch.hooks import HOOKS_DIR
+
+pytestmark = pytest.mark.qemu
+
+ROOT = Path(__file__).resolve().parent.parent
+SD = ROOT / ".venv" / "bin" / "sd"
+SUDOERS = Path("/etc/sudoers.d/sd-batch")
+SLOT_USER = "sdslot1"
+TIMEOUT = 240.0  # one job on a busy 2-core host: boot ~4 s, allow a lot of contention
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "CONDOR_CONFIG": "/dev/null"}
+
+
+def _missing() -> str | None:
+    """Why this machine cannot run the tests, or None."""
+    if os.geteuid() != 0:
+        return "needs root (sd run drops to the slot user)"
+    if shutil.which("sudo") is None or not SUDOERS.is_file():
+        return "sudo or /etc/sudoers.d/sd-batch missing: run scripts/setup-host"
+    if str(HOOKS_DIR / "helper") not in SUDOERS.read_text(encoding="utf-8"):
+        return f"{SUDOERS} is for another checkout: run scripts/setup-host here"
+    if subprocess.run(["id", SLOT_USER], capture_output=True, check=False).returncode != 0:
+        return f"no slot user {SLOT_USER}: run scripts/setup-host"
+    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    if not (config.image_dir / "minimal" / "vmlinux").is_file():
+        return "the minimal guest is not built (scripts/build-guest)"
+    probe = subprocess.run(["virsh", "-q", "-c", config.default_uri, "version"],
+                           capture_output=True, check=False)  # fmt: skip
+    if probe.returncode != 0:
+        return f"{config.default_uri} does not answer (scripts/setup-host starts libvirtd)"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def host_ready() -> None:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def domains(self) -> list[str]:
+        """The VMs sd run's PREPARE_JOB made (named in its progress lines)."""
+        return re.findall(r"VM (sd-job-[0-9a-f]+) ready", self.err)
+
+
+def sd_run(submit: Path, *args: str) -> Run:
+    done = subprocess.run([str(SD), "run", str(submit), *args], capture_output=True, text=True,
+                          cwd=submit.parent, env=ENV, timeout=TIMEOUT, check=False)  # fmt: skip
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def assert_nothing_left(domains: list[str]) -> None:
+    """No domain, no job folder (input/output disks, console) of these jobs anywhere."""
+    assert domains, "the run named no VM"
+    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    listed = subprocess.run(["virsh", "-c", config.default_uri, "list", "--all", "--name"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert not set(domains) & set(listed), f"domains left: {set(domains) & set(listed)}"
+    for domain in domains:
+        folder = config.state_dir / "jobs" / domain.removeprefix("sd-job-")
+        assert not folder.exists(), f"job folder left: {sorted(folder.rglob('*'))}"
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+ECHO_SUB = """executable = echo.sh
+arguments = "first 'second arg'"
+transfer_input_files = input.txt, my.sf
+output = job.out
+error = job.err
++SDVMDescription = "my.sf"
+queue
+"""
+ECHO_SH = """#!/bin/sh
+cat input.txt
+echo "args: $# [$1] [$2]"
+echo "to stderr" >&2
+awk '/MemTotal/ { print int($2 / 1024) }' /proc/meminfo > memory.txt
+tr a-z A-Z < input.txt > upper.txt
+"""
+#: A user's own description: the site's minimal guest with more memory.
+MY_SF = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    memory 384;\n}\n'
+
+
+def test_a_job_with_its_own_sf_echoes_its_input_and_returns_its_files(job_dir: Path) -> None:
+    (job_dir / "echo.sub").write_text(ECHO_SUB, encoding="utf-8")
+    (job_dir / "echo.sh").write_text(ECHO_SH, encoding="utf-8")
+    (job_dir / "input.txt").write_text("hello from the submit side\n", encoding="utf-8")
+    (job_dir / "my.sf").write_text(MY_SF, encoding="utf-8")
+    run = sd_run(job_dir / "echo.sub")
+    assert run.code == 0, run.err
+    summary = re.fullmatch(r"job 1\.0: exit 0 in [\d.]+ s; outputs: (.*)\n", run.out)
+    assert summary is not None, run.out
+    assert summary.group(1).split(", ") == ["job.out", "job.err", "memory.txt", "upper.txt"]
+    assert (job_dir / "job.out").read_text() == \
+        "hello from the submit side\nargs: 2 [first] [second arg]\n"
+    assert (job_dir / "job.err").read_text() == "to stderr\n"
+    assert (job_dir / "upper.txt").read_text() == "HELLO FROM THE SUBMIT SIDE\n"
+    assert 300 < int((job_dir / "memory.txt").read_text()) <= 384  # my.sf's memory, not 256
+    assert "(my.sf, 384 MiB)" in run.err
+    assert_nothing_left(run.domains)
+
+
+CODES_SUB = """executable = codes.sh
+arguments = $(Process)
+output = out.$(Process)
+error = err.$(Process)
++SDVMDescription = "minimal"
+queue 2
+"""
+CODES_SH = """#!/bin/sh
+case $1 in
+0) echo "proc 0 fails"; echo "bad things" >&2; exit 3 ;;
+1) echo "proc 1 is killed"; kill -KILL $$ ;;
+esac
+"""
+
+
+def test_exit_codes_and_signals_come_back_as_htcondor_reports_them(job_dir: Path) -> None:
+    (job_dir / "codes.sub").write_text(CODES_SUB, encoding="utf-8")
+    (job_dir / "codes.sh").write_text(CODES_SH, encoding="utf-8")
+    run = sd_run(job_dir / "codes.sub", "--keep-going", "--json")
+    assert run.code == 3, run.err  # the first non-zero: proc 0's own exit code
+    report = json.loads(run.out)
+    first, second = report["jobs"]
+    assert (first["state"], first["exit_code"], first["exit_signal"]) == ("exited", 3, None)
+    assert (second["state"], second["exit_code"], second["exit_signal"]) == ("signaled", None, 9)
+    assert second["process_exit_code"] == 128 + 9
+    assert (job_dir / "out.0").read_text() == "proc 0 fails\n"
+    assert (job_dir / "err.0").read_text() == "bad things\n"
+    assert (job_dir / "out.1").read_text() == "proc 1 is killed\n"
+    assert_nothing_left(run.domains)
+    assert len(run.domains) == 2
+
+
+BROKEN_SUB = """executable = /bin/true
+transfer_executable = false
+transfer_input_files = broken.sf
++SDVMDescription = "broken.sf"
+queue
+"""
+
+
+def test_a_broken_user_sf_holds_the_job_with_file_line_column(job_dir: Path) -> None:
+    (job_dir / "broken.sub").write_text(BROKEN_SUB, encoding="utf-8")
+    (job_dir / "broken.sf").write_text(
+        '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    memory (512 +);\n}\n',
+        encoding="utf-8",
+    )
+    run = sd_run(job_dir / "broken.sub")
+    assert run.code == 3, run.err
+    assert re.fullmatch(r"job 1\.0: held: sd-batch: \S*broken\.sf:3:18: unexpected '\)'.*\n",
+                        run.out), run.out  # fmt: skip
+    assert run.domains == []
+
+
+SLEEP_SUB = """executable = /bin/sh
+transfer_executable = false
+arguments = "-c 'echo started; sleep 120; echo never'"
+output = out.txt
++SDVMDescription = "minimal"
+queue
+"""
+
+
+@pytest.mark.parametrize(("signum", "reason", "state"), [
+    (signal.SIGINT, "remove", "removed"),
+    (signal.SIGUSR1, "hold", "held"),
+    (signal.SIGUSR2, "evict", "evicted"),
+])  # fmt: skip
+def test_a_job_stopped_mid_run_is_torn_down(job_dir: Path, signum: int, reason: str,
+                                            state: str) -> None:
+    """condor_rm / condor_hold / condor_vacate: the runner gets SIGTERM, then JOB_EXIT REASON."""
+    (job_dir / "sleep.sub").write_text(SLEEP_SUB, encoding="utf-8")
+    proc = subprocess.Popen([str(SD), "run", "sleep.sub"], cwd=job_dir, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        domain = None
+        for line in proc.stderr:  # progress lines, until the payload runs
+            err_lines.append(line)
+            if found := re.search(r"VM (sd-job-[0-9a-f]+) ready", line):
+                domain = found.group(1)
+            if ": running " in line:
+                break
+        assert domain is not None, "".join(err_lines)
+        _wait_running(domain)
+        time.sleep(1.0)  # the guest is booting or sleeping: either way mid-run
+        proc.send_signal(signum)
+        out, rest = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(err_lines) + rest
+    assert proc.returncode == 128 + signum, err
+    assert out.startswith(f"job 1.0: {state} in "), out
+    assert f"JOB_EXIT {reason}" in err
+    assert not (job_dir / "out.txt").exists()  # a stopped job's outputs do not come back
+    assert_nothing_left([domain])
+
+
+def _wait_running(domain: str, timeout: float = 60.0) -> None:
+    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = subprocess.run(["virsh", "-c", config.default_uri, "domstate", domain],
+                               capture_output=True, text=True, check=False).stdout.strip()
+        if state == "running":
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{domain} never ran")

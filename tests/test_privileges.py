@@ -1,0 +1,237 @@
+"""The privilege boundary: what a job's slot user can and cannot do on a worker.
+
+Hooks and jobs run as a slot user. After `scripts/setup-host` that user cannot open libvirt
+(the sockets are root's alone), may run exactly one command as root through sudo
+(`condor_hooks/helper`), and the helper acts only on the caller's own jobs: the VM's name and
+folder derive from (caller uid, job id), so a second slot user naming the first one's job id
+reaches nothing. The helper refuses malformed arguments and ignores the caller's environment.
+No VM boots here: PREPARE_JOB only defines one. Needs root, sudo and setup-host's rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_batch.config import SYSTEM_CONFIG, load_config
+from sd_batch.hooks import HOOKS_DIR
+from sd_batch.jobad import job_ad_from_submit
+from sd_batch.jobs import JobKey
+
+pytestmark = pytest.mark.qemu
+
+HELPER = str(HOOKS_DIR / "helper")
+SUDOERS = Path("/etc/sudoers.d/sd-batch")
+GROUP = "sd-slots"
+USER_A, USER_B = "sdslot1", "sdtest-b"  # B exists only while this module runs
+SUBMIT = """executable = /bin/true
+transfer_executable = false
++SDVMDescription = "minimal"
+queue
+"""
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (to act as two slot users)"
+    if shutil.which("sudo") is None or not SUDOERS.is_file():
+        return "sudo or /etc/sudoers.d/sd-batch missing: run scripts/setup-host"
+    if HELPER not in SUDOERS.read_text(encoding="utf-8"):
+        return f"{SUDOERS} is for another checkout: run scripts/setup-host here"
+    try:
+        pwd.getpwnam(USER_A)
+    except KeyError:
+        return f"no slot user {USER_A}: run scripts/setup-host"
+    if not Path("/run/libvirt/libvirt-sock").exists():
+        return "libvirtd is not running (scripts/setup-host)"
+    return None
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    uid: int
+    gid: int
+
+    def run(self, argv: list[str], *, stdin: bytes = b"", cwd: str = "/",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """ARGV as this user, with the starter's kind of minimal environment."""
+        environ = {"PATH": "/usr/bin:/bin", "HOME": "/", "CONDOR_CONFIG": "/dev/null",
+                   **(env or {})}  # fmt: skip
+        done = subprocess.run(argv, input=stdin, capture_output=True, cwd=cwd, env=environ,
+                              user=self.uid, group=self.gid,
+                              extra_groups=os.getgrouplist(self.name, self.gid),
+                              timeout=120, check=False)  # fmt: skip
+        return subprocess.CompletedProcess(done.args, done.returncode,
+                                           done.stdout.decode(errors="replace"),
+                                           done.stderr.decode(errors="replace"))
+
+    def helper(self, *args: str,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run(["sudo", "-n", HELPER, *args], env=env)
+
+
+def _slot(name: str) -> Slot:
+    entry = pwd.getpwnam(name)
+    return Slot(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+@pytest.fixture(scope="module")
+def slots() -> Iterator[tuple[Slot, Slot]]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    subprocess.run(["useradd", "-r", "-g", GROUP, "-M", "-d", "/nonexistent", "-s",
+                    "/usr/sbin/nologin", USER_B], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield _slot(USER_A), _slot(USER_B)
+    finally:
+        subprocess.run(["userdel", USER_B], check=False, capture_output=True)
+
+
+def domains() -> set[str]:
+    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    listed = subprocess.run(["virsh", "-c", config.default_uri, "list", "--all", "--name"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return set(listed.stdout.split())
+
+
+@pytest.fixture
+def prepared(slots: tuple[Slot, Slot]) -> Iterator[tuple[str, str]]:
+    """A job PREPARE_JOB made for slot user A: (its GlobalJobId, its VM's name)."""
+    a, _ = slots
+    scratch = tempfile.mkdtemp(prefix="sd-priv-")
+    os.chown(scratch, a.uid, a.gid)
+    (ad,) = job_ad_from_submit(SUBMIT, submit_dir=Path(scratch), owner=a.name,
+                               schedd_name=f"privileges-{os.getpid()}@test", qdate=1700000000)
+    job_id = next(line.split('"')[1] for line in ad.splitlines()
+                  if line.startswith("GlobalJobId = "))  # fmt: skip
+    domain = JobKey(a.uid, job_id).domain
+    try:
+        done = a.run([str(HOOKS_DIR / "prepare_job")], stdin=ad.encode(), cwd=scratch,
+                     env={"_CONDOR_SCRATCH_DIR": scratch})  # fmt: skip
+        assert "HookStatusCode = 0" in done.stdout, done.stdout + done.stderr
+        assert domain in domains()
+        yield job_id, domain
+    finally:
+        a.run([str(HOOKS_DIR / "job_exit"), "exit"], stdin=ad.encode(), cwd=scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
+        assert domain not in domains()
+
+
+# --- libvirt itself ------------------------------------------------------------------------
+def test_libvirt_sockets_are_root_only(slots: tuple[Slot, Slot]) -> None:
+    for sock in ("/run/libvirt/libvirt-sock", "/run/libvirt/libvirt-sock-ro"):
+        info = Path(sock).stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode) & 0o077) == (0, 0), sock
+
+
+def test_a_slot_user_cannot_open_qemu_system(slots: tuple[Slot, Slot]) -> None:
+    a, _ = slots
+    for uri in ("qemu:///system", "qemu:///system?socket=/run/libvirt/libvirt-sock-ro"):
+        done = a.run(["virsh", "-c", uri, "list", "--all"])
+        assert done.returncode != 0
+        assert "Permission denied" in done.stderr, done.stderr
+
+
+# --- sudo allows the helper, nothing else ------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["/bin/true"],
+    ["/bin/sh", "-c", "id"],
+    [str(HOOKS_DIR / "prepare_job")],
+    [str(HOOKS_DIR.parent / ".venv" / "bin" / "python"), "-m", "sd_batch.privileged", "probe"],
+    ["-u", "root", "/usr/bin/virsh", "list"],
+])  # fmt: skip
+def test_sudo_refuses_anything_but_the_helper(slots: tuple[Slot, Slot], argv: list[str]) -> None:
+    a, _ = slots
+    done = a.run(["sudo", "-n", *argv])
+    assert done.returncode == 1
+    assert "password is required" in done.stderr or "not allowed" in done.stderr, done.stderr
+
+
+def test_sudo_lets_a_slot_user_probe_through_the_helper(slots: tuple[Slot, Slot]) -> None:
+    a, _ = slots
+    done = a.helper("probe")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+
+
+# --- the helper's arguments ----------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    [], ["probe", "extra"], ["rm", "-rf", "/"], ["cleanup"], ["cleanup", "a", "b"],
+    ["--job", "x"], ["run", "1.0", "--force"],
+])  # fmt: skip
+def test_the_helper_refuses_extra_or_unknown_arguments(slots: tuple[Slot, Slot],
+                                                       args: list[str]) -> None:
+    a, _ = slots
+    done = a.helper(*args)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert "usage: helper" in done.stderr
+
+
+@pytest.mark.parametrize("job_id", ["../../etc/passwd", "a b", "", "x" * 300, "1.0;reboot",
+                                    "$(id)", "job\nid"])
+def test_the_helper_refuses_malformed_job_ids(slots: tuple[Slot, Slot], job_id: str) -> None:
+    a, _ = slots
+    done = a.helper("cleanup", job_id)
+    assert done.returncode == 1, done.stderr
+    reply = json.loads(done.stdout)
+    assert (reply["ok"], reply["disposition"]) == (False, "hold")
+    assert "is not an HTCondor job id" in reply["message"]
+
+
+def test_the_helper_ignores_the_callers_environment(slots: tuple[Slot, Slot],
+                                                    tmp_path: Path) -> None:
+    """SD_BATCH_CONFIG and PYTHONPATH of the caller never reach the root side."""
+    a, _ = slots
+    evil = Path(tempfile.mkdtemp(prefix="sd-evil-"))
+    try:
+        (evil / "templates").mkdir()
+        (evil / "templates" / "evil.sf").write_text('#include "minimal.sf"\nsfConfig extends '
+                                                    "MinimalVM;\n", encoding="utf-8")
+        (evil / "site.toml").write_text(f'template_dirs = ["{evil / "templates"}"]\n'
+                                        'default_uri = "test:///default"\n', encoding="utf-8")
+        marker = evil / "pwned"
+        (evil / "sd_batch").mkdir()
+        (evil / "sd_batch" / "__init__.py").write_text(
+            f"open({str(marker)!r}, 'w').write('root ran my code')\n", encoding="utf-8")
+        for path in [evil, *evil.rglob("*")]:
+            os.chown(path, a.uid, a.gid)
+        env = {"SD_BATCH_CONFIG": str(evil / "site.toml"), "PYTHONPATH": str(evil),
+               "PYTHONSTARTUP": str(evil / "sd_batch" / "__init__.py")}  # fmt: skip
+        done = a.helper("probe", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "evil" not in json.loads(done.stdout)["templates"]
+        assert not marker.exists()
+        refused = a.run(["sudo", "-n", f"SD_BATCH_CONFIG={evil / 'site.toml'}", HELPER, "probe"])
+        assert refused.returncode == 1 and "not allowed" in refused.stderr, refused.stderr
+    finally:
+        shutil.rmtree(evil, ignore_errors=True)
+
+
+# --- one slot user against another's job --------------------------------------------------
+def test_another_slot_user_cannot_touch_a_prepared_job(slots: tuple[Slot, Slot],
+                                                       prepared: tuple[str, str]) -> None:
+    _, b = slots
+    job_id, domain = prepared
+    cleaned = b.helper("cleanup", job_id)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert json.loads(cleaned.stdout) == {"ok": True, "removed": "nothing (already clean)"}
+    ran = b.helper("run", job_id)
+    assert ran.returncode != 0
+    assert "has no prepared VM" in ran.stderr
+    assert ran.stdout == ""
+    assert domain in domains()  # A's VM: still defined, never started by B
+    state = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", domain],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert state == "shut off"

@@ -453,7 +453,8 @@ def job_ad_from_submit(
             with contextlib.chdir(submit_dir):
                 ads = list(submit.jobs(clusterid=cluster_id, qdate=qdate))
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise JobAdError(f"the submit description is not valid: {exc}".strip()) from exc
+            reason = str(exc).strip() or f"HTCondor's {type(exc).__name__}, without a reason"
+            raise JobAdError(f"the submit description is not valid: {reason}") from exc
     schedd = schedd_name or platform.node() or "localhost"
     texts = []
     for v1_ad in ads:
@@ -487,7 +488,7 @@ def _transform(ad: Any, rules: str) -> Any:
         keyword, _, rest = line.partition(" ")
         keyword = keyword.upper()
         if keyword == "REQUIREMENTS":
-            if _evaluate_text(original, _expand(rest, original)) is not True:
+            if not _requirements_hold(original, _expand(rest, original), line):
                 return ad
         elif keyword in ("SET", "DEFAULT"):
             attr, _, expr = rest.strip().partition(" ")
@@ -527,9 +528,16 @@ def _expand(text: str, ad: Any) -> str:
     return re.sub(r"\$\(MY\.([A-Za-z_][A-Za-z0-9_]*)\)", one, text)
 
 
-def _evaluate_text(ad: Any, expr: str) -> Any:
-    probe = _parse_old_ad(ad.printOld() + f"SdTransformRequirements_ = {expr}\n")
-    return _evaluate(probe, "SdTransformRequirements_")
+def _requirements_hold(ad: Any, expr: str, line: str) -> bool:
+    """True only when the expression evaluates to true in the ad; undefined or error: false."""
+    try:
+        probe = _parse_old_ad(ad.printOld() + f"SdTransformRequirements_ = {expr}\n")
+    except JobAdError:
+        raise JobAdError(f"transform: cannot parse {line!r}") from None
+    try:
+        return _evaluate(probe, "SdTransformRequirements_") is True
+    except JobAdError:  # an error value: the transform does not apply, as in the schedd
+        return False
 
 
 # -- the machine's HTCondor configuration -----------------------------------------------------

@@ -202,6 +202,15 @@ def test_transform_refuses_statements_it_does_not_implement() -> None:
 def test_a_bad_submit_description_is_a_job_ad_error(tmp_path: Path) -> None:
     with pytest.raises(JobAdError, match="Unbalanced quote"):
         submit(tmp_path, 'arguments = "one \'two"\nqueue\n')
+    with pytest.raises(JobAdError, match="not valid: HTCondor's HTCondorValueError"):
+        submit(tmp_path, "this is not a submit command\nqueue\n")
+
+
+def test_transform_requirements_that_error_do_not_apply() -> None:
+    ad = 'ClusterId = 1\nProcId = 0\nCmd = "x"\n'
+    assert apply_job_transform(ad, "REQUIREMENTS 1/0 == 1\nSET A 1") == apply_job_transform(ad, "")
+    with pytest.raises(JobAdError, match="cannot parse 'REQUIREMENTS \\('"):
+        apply_job_transform(ad, "REQUIREMENTS (\nSET A 1")
 
 
 @pytest.mark.parametrize(

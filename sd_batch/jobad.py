@@ -56,8 +56,8 @@ def _classad2() -> Any:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import classad2
-        import htcondor2  # noqa: F401
+        import classad2  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        import htcondor2  # type: ignore[import-untyped,import-not-found,unused-ignore] # noqa: F401
 
     return classad2
 
@@ -397,7 +397,7 @@ def _old_syntax_expr(ad: Any, name: str) -> str | None:
         return None
     one = _classad2().ClassAd()
     one["X"] = expr
-    return one.printOld().strip()[len("X = ") :]
+    return str(one.printOld()).strip()[len("X = ") :]
 
 
 # -- what hooks print -------------------------------------------------------------------------
@@ -446,7 +446,8 @@ def job_ad_from_submit(
     os.environ.setdefault("CONDOR_CONFIG", "/dev/null")  # no site config: a neutral ad
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import htcondor  # v1: the only API that still makes job ads without a schedd
+        # v1: the only API that still makes job ads without a schedd
+        import htcondor  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
         try:
             submit = htcondor.Submit(submit_text)
@@ -475,7 +476,7 @@ def apply_job_transform(ad_text: str, rules: str) -> str:
     `DEFAULT <attr> <expr>`, `#` comments, and `$(MY.<attr>)` expansion (a string value
     without its quotes, any other value as its unevaluated expression). Anything else is refused.
     """
-    return _transform(_parse_old_ad(ad_text), rules).printOld()
+    return str(_transform(_parse_old_ad(ad_text), rules).printOld())
 
 
 def _transform(ad: Any, rules: str) -> Any:
@@ -549,7 +550,7 @@ def condor_param(name: str, default: str | None = None) -> str | None:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import htcondor2
+        import htcondor2  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
         value = htcondor2.param.get(name)
     return default if value is None else str(value)

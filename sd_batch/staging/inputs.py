@@ -13,7 +13,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from ..errors import StagingError
 from ..guest import contract
@@ -30,7 +30,7 @@ _MAX_DEPTH = 512
 def write_input_tar(
     sandbox: Path,
     manifest: contract.Manifest,
-    out: BinaryIO,
+    out: IO[bytes],
     *,
     job_ad_text: str | None = None,
     max_bytes: int,
@@ -46,7 +46,7 @@ def write_input_tar(
     """
     sink = _BoundedWriter(out, max_bytes)
     try:
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             for name, data in manifest.members():
                 _add_bytes(tar, name, data, max_bytes)
             if job_ad_text is not None:
@@ -61,7 +61,7 @@ class _BoundedWriter:
     """The file object tarfile writes to: counts, refuses to grow past the limit, and remembers
     a failed write so that it is not mistaken for a sandbox problem."""
 
-    def __init__(self, out: BinaryIO, limit: int) -> None:
+    def __init__(self, out: IO[bytes], limit: int) -> None:
         self.out, self.limit, self.count, self.failed = out, limit, 0, False
 
     def write(self, data: bytes) -> int:

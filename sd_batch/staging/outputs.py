@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from ..errors import StagingError
 from ..guest import contract
@@ -42,7 +42,7 @@ class JobResult:
 
 
 def read_result(
-    stream: BinaryIO,
+    stream: IO[bytes],
     sandbox: Path,
     *,
     max_bytes: int,
@@ -114,7 +114,7 @@ class _LimitedReader:
     """The file object tarfile reads from: refuses a stream past the limit, which also bounds
     what tarfile holds in memory for PAX and GNU long-name headers."""
 
-    def __init__(self, raw: BinaryIO, limit: int) -> None:
+    def __init__(self, raw: IO[bytes], limit: int) -> None:
         self.raw, self.limit, self.count = raw, limit, 0
 
     def read(self, size: int = -1) -> bytes:

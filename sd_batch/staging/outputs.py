@@ -39,6 +39,7 @@ class JobResult:
     error: str | None
     files: tuple[str, ...]  # sandbox-relative paths of the regular files written, sorted
     guest_log: str
+    skipped: tuple[str, ...] = ()  # sandbox-relative paths of links the job made (not returned)
 
 
 def read_result(
@@ -107,6 +108,7 @@ def read_result(
         error=None if error is None else error.decode("utf-8", "replace"),
         files=tuple(sorted(extraction.written)),
         guest_log=small.get(contract.RESULT_GUEST_LOG, b"").decode("utf-8", "replace"),
+        skipped=tuple(sorted(extraction.skipped)),
     )
 
 
@@ -185,11 +187,17 @@ class _Extraction:
         self.new_dirs: dict[str, int] = {}  # directories to create -> their mode
         self.staged: list[tuple[str, str]] = []  # (sandbox-relative path, staged file name)
         self.written: list[str] = []
+        self.skipped: list[str] = []  # links the job made: not extracted, reported
         self._staging: Path | None = None
         self._staging_fd: int | None = None
 
     def add(self, member: tarfile.TarInfo, rel: str, tar: tarfile.TarFile) -> None:
         where = f"result member {member.name!r}"
+        if member.issym() or member.islnk():
+            # A job may well make links; they are not returned (never created on the host),
+            # and the rest of the result is: losing a whole result to an `ln -s` helps nobody.
+            self.skipped.append(rel)
+            return
         if not (member.isreg() or member.isdir()):
             what = {tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hard link"}.get(
                 member.type, "a device, FIFO or other special file"

@@ -204,6 +204,8 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     sys.stderr.buffer.write(result.stderr)
     if result.error:
         sys.stderr.write(f"sd-batch: {result.error.strip()}\n")
+    for link in result.skipped:
+        sys.stderr.write(f"sd-batch: {link} is a link the job made: links are not returned\n")
     sys.stderr.flush()
     status = result.exit_status
     if status is None:

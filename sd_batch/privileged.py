@@ -18,14 +18,16 @@ May import: config, errors, jobs, pools, templates, json, os, sys.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .config import SiteConfig, load_config
 from .errors import Disposition, SdError
 
 EX_TEMPFAIL = 75
@@ -38,6 +40,28 @@ def caller_uid(environ: dict[str, str] | None = None) -> int:
     if os.geteuid() == 0 and env.get("SUDO_UID", "").isdigit():
         return int(env["SUDO_UID"])
     return os.getuid()
+
+
+def site_config() -> SiteConfig:
+    """The site config file, then the HTCondor knobs SMARTDOMAINS_HYPERVISOR_URI and
+    SMARTDOMAINS_TEMPLATE_DIRS where this machine has an HTCondor configuration.
+
+    Only configuration root controls counts here: sudo resets the caller's environment, so a
+    job cannot point the helper at its own config, URI or templates.
+    """
+    config = load_config()
+    if not (os.environ.get("CONDOR_CONFIG") or Path("/etc/condor/condor_config").exists()):
+        return config
+    from .jobad import condor_param
+
+    changes: dict[str, Any] = {}
+    uri = condor_param("SMARTDOMAINS_HYPERVISOR_URI")
+    if uri:
+        changes["default_uri"] = uri.strip()
+    folders = condor_param("SMARTDOMAINS_TEMPLATE_DIRS")
+    if folders:
+        changes["template_dirs"] = tuple(Path(f) for f in folders.replace(",", " ").split())
+    return dataclasses.replace(config, **changes)
 
 
 def _reply(data: dict[str, Any]) -> None:
@@ -65,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     action, job_id = args
     try:
         key = jobs.JobKey(caller_uid(), job_id)
-        config = load_config()
+        config = site_config()
         if action == "prepare":
             prepared = jobs.prepare(config, key, sys.stdin.buffer)
             _reply({"ok": True, "domain": prepared.domain, "uri": prepared.uri,
@@ -91,7 +115,7 @@ def _probe() -> int:
     from .hypervisor import connect
     from .templates import describe_templates
 
-    config = load_config()
+    config = site_config()
     report: dict[str, Any] = {"ok": True, "templates": [], "free_memory_mib": None, "reason": ""}
     try:
         with connect(config.default_uri, attempts=2, max_delay=3.0) as hv:

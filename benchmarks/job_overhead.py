@@ -1,0 +1,275 @@
+"""What sd-batch adds to one job, measured: `sd run` against raw QEMU, and the hook cycle.
+
+Run as `.venv/bin/python benchmarks/job_overhead.py [--runs N]` (as root; a few minutes;
+never inside the tests).
+
+1. The same payload (a shell script reading an input file and writing a result) through
+   `sd run` (job ad, scratch dir, PREPARE_JOB, the runner booting the VM through sudo and
+   libvirtd, JOB_EXIT, outputs back; everything a user waits for) and through raw
+   `qemu-system-x86_64` booting the same kernel, initramfs, command line, memory and vCPUs with
+   the same input and output disks (built by `sd_batch.staging` from the same sandbox), `-accel
+   tcg -nodefaults`, serial to a file, timed from spawn until QEMU exits when the guest powers
+   off. Rounds alternate which goes first. Both medians and their ratio (target <= 1.05), and
+   where sd run's time goes (its progress lines, timestamped as they arrive).
+2. A full PREPARE_JOB + JOB_EXIT cycle on libvirt's test driver, each hook a separate process
+   as the starter runs it (target <= 150 ms wall each, Python start included), and what a hook
+   process spends on interpreter start and imports (`python -X importtime`).
+
+Numbers are measured, never adjusted: medians with min-max and n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sd_batch.config import SYSTEM_CONFIG, load_config  # noqa: E402
+from sd_batch.guest.contract import SECTOR, Manifest  # noqa: E402
+from sd_batch.hooks import HOOKS_DIR  # noqa: E402
+from sd_batch.jobad import job_ad_from_submit  # noqa: E402
+from sd_batch.jobs import JobLimits  # noqa: E402
+from sd_batch.lang import load_file  # noqa: E402
+from sd_batch.spec import KernelBoot, vm_spec  # noqa: E402
+from sd_batch.staging import create_output_disk, result_tar_from_disk, write_input_tar  # noqa: E402
+from sd_batch.templates import find_template  # noqa: E402
+
+SD = REPO / ".venv" / "bin" / "sd"
+PYTHON = REPO / ".venv" / "bin" / "python"
+PAYLOAD = "#!/bin/sh\ntr a-z A-Z < input.txt > result.txt\necho done\n"
+SUBMIT = """executable = job.sh
+transfer_input_files = input.txt
+output = job.out
+error = job.err
++SDVMDescription = "minimal"
+queue
+"""
+NODE_XML = """<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
+<active>2</active><mhz>2400</mhz><model>x86_64</model></cpu><memory>4194304</memory></node>
+"""
+
+
+def stats(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
+    v = [x * scale for x in values]
+    return (f"{statistics.median(v):7.3f} {unit} (min {min(v):.3f}, max {max(v):.3f}, "
+            f"n={len(v)})")  # fmt: skip
+
+
+def make_job(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "job.sh").write_text(PAYLOAD, encoding="utf-8")
+    (folder / "job.sh").chmod(0o755)
+    (folder / "input.txt").write_text("the same input for both\n" * 100, encoding="utf-8")
+    (folder / "job.sub").write_text(SUBMIT, encoding="utf-8")
+    return folder / "job.sub"
+
+
+# -- 1. sd run against raw QEMU ---------------------------------------------------------------
+def run_sd(submit: Path) -> tuple[float, dict[str, float]]:
+    """Wall seconds of one `sd run`, and the seconds between its progress lines."""
+    for name in ("job.out", "job.err", "result.txt"):
+        (submit.parent / name).unlink(missing_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "CONDOR_CONFIG": "/dev/null"}
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(SD), "run", submit.name], cwd=submit.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marks: list[tuple[float, str]] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        marks.append((time.perf_counter(), line.strip()))
+    out = proc.stdout.read() if proc.stdout else ""
+    code = proc.wait()
+    total = time.perf_counter() - started
+    if code != 0 or (submit.parent / "result.txt").read_text()[:3] != "THE":
+        raise SystemExit(f"sd run failed ({code}):\n{out}\n" + "\n".join(m for _, m in marks))
+    phases: dict[str, float] = {}
+    names = ["until PREPARE_JOB starts (sd start, job ad, scratch dir)",
+             "PREPARE_JOB (hook + helper: input disk, resolve, define)",
+             "starting the runner",
+             "runner (helper boots the VM, waits for power-off, result tar out)",
+             "JOB_EXIT + output transfer + scratch cleanup"]  # fmt: skip
+    times = [started, *(t for t, _ in marks), time.perf_counter()]
+    for name, (a, b) in zip(names, zip(times, times[1:], strict=False), strict=False):
+        phases[name] = b - a
+    return total, phases
+
+
+def raw_boot() -> dict[str, str]:
+    """The kernel, initrd, command line, memory and vCPUs sd gives a `minimal` job VM."""
+    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    description = load_file(find_template("minimal", config),
+                            include_dirs=[*config.include_dirs, *config.template_dirs],
+                            properties=dict(config.properties), environ=None)  # fmt: skip
+    assert description.sfconfig is not None
+    spec = vm_spec(description.sfconfig, default_name="bench")
+    assert isinstance(spec.boot, KernelBoot)
+    return {"kernel": str(config.image_dir / str(spec.boot.kernel)),
+            "initrd": str(config.image_dir / str(spec.boot.initrd)),
+            "cmdline": spec.boot.cmdline or "", "memory": str(spec.memory_mib),
+            "vcpus": str(spec.vcpus)}  # fmt: skip
+
+
+def run_raw(sandbox: Path, work: Path, boot: dict[str, str], round_no: int) -> tuple[float, float]:
+    """(seconds from QEMU's spawn to its exit, seconds to build both disks)."""
+    built = time.perf_counter()
+    input_img, output_img = work / f"in-{round_no}.img", work / f"out-{round_no}.img"
+    with open(input_img, "wb") as out:
+        size = write_input_tar(sandbox, Manifest(("./job.sh",), {}, "."), out,
+                               max_bytes=JobLimits().max_input_bytes)  # fmt: skip
+        out.write(b"\0" * (-size % SECTOR))
+    create_output_disk(output_img, JobLimits().output_disk_bytes)
+    built = time.perf_counter() - built
+    argv = [
+        "qemu-system-x86_64", "-machine", "pc,usb=off", "-accel", "tcg", "-cpu", "qemu64",
+        "-m", boot["memory"], "-smp", boot["vcpus"], "-nodefaults", "-no-user-config",
+        "-display", "none", "-kernel", boot["kernel"], "-initrd", boot["initrd"],
+        "-append", boot["cmdline"], "-serial", f"file:{work / f'console-{round_no}.log'}",
+        "-blockdev", f"driver=file,filename={input_img},node-name=in,read-only=on",
+        "-device", "virtio-blk-pci,drive=in,serial=sd-input",
+        "-blockdev", f"driver=file,filename={output_img},node-name=out",
+        "-device", "virtio-blk-pci,drive=out,serial=sd-output",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
+    took = time.perf_counter() - started
+    with tarfile.open(fileobj=result_tar_from_disk(output_img), mode="r|") as tar:
+        members = {m.name: tar.extractfile(m).read() if m.isfile() else b"" for m in tar}  # type: ignore[union-attr]
+    if done.returncode != 0 or members.get("exit_status") != b"exit 0\n":
+        raise SystemExit(f"raw QEMU run failed: {done.stderr.decode()} {members.keys()}")
+    input_img.unlink()
+    output_img.unlink()
+    return took, built
+
+
+def bench_vs_qemu(work: Path, runs: int) -> None:
+    print(f"== 1. one job: sd run vs raw qemu-system-x86_64 ({runs} runs each, alternating)")
+    if os.geteuid() != 0:
+        print("   skipped: run me as root (sd run drops to the slot user)")
+        return
+    submit = make_job(work / "job")
+    sandbox = work / "sandbox"
+    sandbox.mkdir()
+    for name in ("job.sh", "input.txt"):
+        shutil.copy2(submit.parent / name, sandbox / name)
+    boot = raw_boot()
+    sd_times: list[float] = []
+    raw_times: list[float] = []
+    disk_times: list[float] = []
+    phases: dict[str, list[float]] = {}
+    run_sd(submit)  # warm the page cache for both (kernel, initrd, venv)
+    run_raw(sandbox, work, boot, -1)
+    for i in range(runs):
+        order = ("sd", "raw") if i % 2 == 0 else ("raw", "sd")
+        for which in order:
+            if which == "sd":
+                total, parts = run_sd(submit)
+                sd_times.append(total)
+                for name, value in parts.items():
+                    phases.setdefault(name, []).append(value)
+            else:
+                took, built = run_raw(sandbox, work, boot, i)
+                raw_times.append(took)
+                disk_times.append(built)
+    sd_median, raw_median = statistics.median(sd_times), statistics.median(raw_times)
+    print(f"   sd run (whole job, as the user waits): {stats(sd_times)}")
+    print(f"   raw QEMU (spawn to exit):             {stats(raw_times)}")
+    print(f"   raw: building both disks (staging):   {stats(disk_times, 'ms', 1000)}")
+    ratio = sd_median / raw_median
+    print(f"   ratio sd run / raw QEMU: {ratio:.3f} (we add {100 * (ratio - 1):+.1f} %, "
+          f"{sd_median - raw_median:+.2f} s; target <= 1.05): "
+          f"{'MET' if ratio <= 1.05 else 'NOT MET'}")
+    print("   where sd run's time goes (medians):")
+    for name, values in phases.items():
+        print(f"     {statistics.median(values):6.3f} s  {name}")
+
+
+# -- 2. the hook cycle on the test driver ------------------------------------------------------
+def bench_hooks(work: Path, runs: int) -> None:
+    print(f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles)")
+    site = work / "site"
+    (site / "images" / "minimal").mkdir(parents=True)
+    for name in ("vmlinux", "initrd.img"):
+        (site / "images" / "minimal" / name).write_bytes(b"x")
+    (site / "node.xml").write_text(NODE_XML, encoding="utf-8")
+    (site / "site.toml").write_text(
+        f'image_dir = "{site / "images"}"\nstate_dir = "{site / "state"}"\n'
+        f'default_uri = "test://{site / "node.xml"}"\n[properties]\n"sd.flavour" = "qemu"\n',
+        encoding="utf-8")  # fmt: skip
+    submit = make_job(work / "hookjob")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "CONDOR_CONFIG": "/dev/null",
+           "SD_BATCH_CONFIG": str(site / "site.toml"), "_CONDOR_SCRATCH_DIR": str(submit.parent),
+           "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.privileged"}  # fmt: skip
+    prepare, exit_ = [], []
+    for i in range(runs + 1):
+        (ad,) = job_ad_from_submit(SUBMIT, submit_dir=submit.parent, owner="bench",
+                                   schedd_name=f"bench{os.getpid()}-{i}@x", qdate=1)
+        for name, bucket in (("prepare_job", prepare), ("job_exit", exit_)):
+            argv = [str(HOOKS_DIR / name)] + (["exit"] if name == "job_exit" else [])
+            started = time.perf_counter()
+            done = subprocess.run(argv, input=ad.encode(), capture_output=True, env=env,
+                                  cwd=submit.parent, check=False)  # fmt: skip
+            took = time.perf_counter() - started
+            if name == "prepare_job" and b"HookStatusCode = 0" not in done.stdout:
+                raise SystemExit(f"PREPARE_JOB failed: {done.stdout!r} {done.stderr!r}")
+            if i:  # the first cycle warms the page cache
+                bucket.append(took)
+    for name, values in (("PREPARE_JOB", prepare), ("JOB_EXIT", exit_)):
+        verdict = "MET" if statistics.median(values) <= 0.150 else "NOT MET"
+        print(f"   {name:12s} {stats(values, 'ms', 1000)}  target <= 150 ms: {verdict}")
+    bare = [_timed([str(PYTHON), "-c", "pass"]) for _ in range(runs)]
+    isolated = [_timed([str(PYTHON), "-I", "-S", "-c", "pass"]) for _ in range(runs)]
+    print(f"   python start alone (venv):      {stats(bare, 'ms', 1000)}")
+    print(f"   python -I -S start (no site):   {stats(isolated, 'ms', 1000)}")
+    for module, args in (("sd_batch.hooks", ["prepare-job"]), ("sd_batch.privileged", ["probe"])):
+        print(f"   imports of `python -m {module}` (-X importtime, self+children, top 8):")
+        for line in _importtime(module, args, env, submit.parent)[:8]:
+            print(f"     {line}")
+    print("   a PREPARE_JOB is two Python processes (the hook, then the helper it runs through "
+          "sudo or directly), so interpreter start and imports count twice.")
+
+
+def _timed(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def _importtime(module: str, args: list[str], env: dict[str, str], cwd: Path) -> list[str]:
+    done = subprocess.run([str(PYTHON), "-X", "importtime", "-m", module, *args], input=b"",
+                          capture_output=True, env=env, cwd=cwd, check=False)  # fmt: skip
+    rows = []
+    for line in done.stderr.decode().splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if match and len(match.group(3)) <= 2:  # top-level imports only
+            rows.append((int(match.group(2)), match.group(4)))
+    total = sum(c for c, _ in rows)
+    out = [f"{c / 1000:7.1f} ms  {name}" for c, name in sorted(rows, reverse=True)]
+    return [f"{total / 1000:7.1f} ms  (all top-level imports)", *out]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="repetitions of each (default 5)")
+    parser.add_argument("--hook-runs", type=int, default=20, help="hook cycles (default 20)")
+    args = parser.parse_args()
+    os.environ.setdefault("CONDOR_CONFIG", "/dev/null")
+    with tempfile.TemporaryDirectory(prefix="sd-bench-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)  # noqa: PTH101 - the slot user reads the job folder
+        bench_vs_qemu(work, args.runs)
+        bench_hooks(work, args.hook_runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -77,10 +77,12 @@ def load_file(
 ) -> Description:
     """Parse and resolve a description file. `include_dirs` come before our component library."""
     from .includes import SourceSet
+    from .parser import gc_paused
 
     sources = SourceSet(_search_path(include_dirs))
-    parsed = sources.read(Path(path), display=str(path))
-    return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
+    with gc_paused():
+        parsed = sources.read(Path(path), display=str(path))
+        return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
 
 
 def load_text(
@@ -94,10 +96,12 @@ def load_text(
 ) -> Description:
     """Parse and resolve description text; FILENAME only names it in messages and includes."""
     from .includes import SourceSet
+    from .parser import gc_paused
 
     sources = SourceSet(_search_path(include_dirs))
-    parsed = sources.parse(text, filename)
-    return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
+    with gc_paused():
+        parsed = sources.parse(text, filename)
+        return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
 
 
 def _resolve(parsed, sources, **options):  # type: ignore[no-untyped-def]

@@ -28,6 +28,8 @@ from .resolve import Node, ancestors, copy_node, suggest
 from .syntax import ApplyRef, IfExpr, ListExpr, OpExpr
 
 Result = tuple[Any, bool]  # (value, deferred)
+#: The values evaluation may change; every other value is already final.
+_EXPRESSIONS = (Reference, ListExpr, OpExpr, IfExpr, ApplyRef)
 
 
 def _is_number(value: Any) -> bool:
@@ -114,6 +116,9 @@ class Evaluator:
             self.in_progress.discard(id(node))
 
     def value_of(self, node: Component, name: str) -> Result:
+        value = node.attributes[name].value
+        if not isinstance(value, _EXPRESSIONS):  # literals and components: nothing to evaluate
+            return value, False
         key = (id(node), name)
         if key in self.results:
             return self.results[key]

@@ -153,8 +153,15 @@ def copy_node(node: Node) -> Node:
         state=node.state,
         error=node.error,
     )
+    attributes = clone.attributes
     for name, attr in node.attributes.items():
-        clone.set(name, copy_value(attr.value), attr.loc)
+        value = attr.value
+        if isinstance(value, Node):
+            clone.set(name, copy_node(value), attr.loc)
+        elif isinstance(value, list):
+            attributes[name] = Attribute(name, copy_value(value), attr.loc)
+        else:  # immutable: the (frozen) attribute itself can be shared
+            attributes[name] = attr
     clone.placements = [AttrDef(p.name, copy_value(p.value), p.loc) for p in node.placements]
     return clone
 
@@ -218,9 +225,10 @@ class TypeResolver:
                     source = copy_node(self.prototype(proto, node))
                 merged.update(source.attributes)
                 placements.extend(source.placements)
-            node.attributes = {}
+            node.attributes = merged
             for name, attr in merged.items():
-                node.set(name, attr.value, attr.loc)
+                if isinstance(attr.value, Component):
+                    attr.value.parent, attr.value.name = node, name
             node.placements = placements + node.placements
             node.protos = ()
             node.state = State.APPLIED
@@ -388,13 +396,14 @@ class TypeResolver:
 
 
 def walk_nodes(node: Node) -> Iterator[Node]:
-    yield node
-    for _name, child in list(node.children()):
-        if isinstance(child, Node):
-            yield from walk_nodes(child)
-    for placement in node.placements:
-        if isinstance(placement.value, Node):
-            yield from walk_nodes(placement.value)
+    """NODE and every Node under it (placed values too), depth first, parents first."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current  # the caller may add to current before its children are listed
+        nested = [a.value for a in current.attributes.values() if isinstance(a.value, Node)]
+        nested.extend(p.value for p in current.placements if isinstance(p.value, Node))
+        stack.extend(reversed(nested))
 
 
 def node_at(node: Component, path: tuple[str, ...]) -> Component | None:

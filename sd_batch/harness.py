@@ -219,7 +219,12 @@ class Harness:
                 return outcome
             self.progress(f"job {label}: running {Path(ad.cmd).name} {' '.join(ad.arguments)}"
                           .rstrip())
-            exit_attrs, outcome.duration = self._run_payload(ad, env, scratch, stop)
+            try:
+                exit_attrs, outcome.duration = self._run_payload(ad, env, scratch, stop)
+            except OSError as exc:  # the starter cannot exec Cmd: it holds the job
+                self._job_exit(ad, "exit", env, scratch, {})
+                outcome.state, outcome.message = "held", f"failed to execute {ad.cmd}: {exc}"
+                return outcome
             reason = stop.reason or "exit"
             self._job_exit(ad, reason, env, scratch, exit_attrs)
             if reason != "exit":

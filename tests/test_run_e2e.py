@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,3 +246,61 @@ def _wait_running(domain: str, timeout: float = 60.0) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"{domain} never ran")
+
+
+RECORDER = """#!/bin/sh
+# records how it was called, then runs the real hook with the same stdin, argv and environment
+log={record}/$(basename "$0").$$
+{{ echo "argv=$*"; echo "cwd=$(pwd)"; echo "uid=$(id -un)"; env | sort; }} > "$log.env"
+cat > "$log.stdin"
+exec {real}/$(basename "$0") "$@" < "$log.stdin"
+"""
+
+
+def test_hooks_run_as_condor_starter_runs_them(job_dir: Path) -> None:
+    """Each hook is a process of the slot user in the scratch dir, with the starter's argv,
+    stdin and environment; UPDATE_JOB_INFO comes while the job runs, JOB_EXIT after it."""
+    from sd_batch.harness import Harness, SlotUser
+
+    record = Path(tempfile.mkdtemp(prefix="sd-record-"))
+    try:
+        user = SlotUser.lookup(SLOT_USER)
+        os.chown(record, user.uid, user.gid)
+        hooks = record / "hooks"
+        hooks.mkdir()
+        for name in ("prepare_job", "update_job_info", "job_exit"):
+            (hooks / name).write_text(RECORDER.format(record=record, real=HOOKS_DIR))
+            (hooks / name).chmod(0o755)
+        submit = job_dir / "sleep.sub"
+        submit.write_text(SLEEP_SUB.replace("sleep 120; echo never", "sleep 3"))
+        harness = Harness(submit, user, hooks_dir=hooks, update_interval=(1.0, 300.0),
+                          environ=ENV)  # fmt: skip
+        (outcome,) = harness.run(lambda _outcome: None)
+        assert (outcome.state, outcome.exit_code) == ("exited", 0), outcome
+        calls = {p.name.split(".")[0]: p for p in record.glob("*.env")}
+        assert sorted(calls) == ["job_exit", "prepare_job", "update_job_info"]
+        seen = {name: _recorded(path) for name, path in calls.items()}
+        scratch = seen["prepare_job"]["cwd"]
+        assert scratch.startswith("/var/lib/sd-batch/execute/dir_")
+        for name, env in seen.items():
+            assert (env["uid"], env["cwd"]) == (SLOT_USER, scratch), name
+            assert env["_CONDOR_SCRATCH_DIR"] == env["_CONDOR_JOB_IWD"] == scratch
+            assert env["_CONDOR_JOB_AD"] == f"{scratch}/.job.ad"
+            assert env["_CONDOR_SLOT"] == "slot1" and env["BATCH_SYSTEM"] == "HTCondor"
+        assert seen["prepare_job"]["argv"] == seen["update_job_info"]["argv"] == ""
+        assert seen["job_exit"]["argv"] == "exit"
+        stdin = {name: path.with_suffix(".stdin").read_text() for name, path in calls.items()}
+        assert f'Iwd = "{scratch}"' in stdin["prepare_job"]
+        assert 'Out = "_condor_stdout"' in stdin["prepare_job"]
+        assert 'JobState = "Running"' in stdin["update_job_info"]
+        assert f'Cmd = "{HOOKS_DIR / "runner"}"' in stdin["update_job_info"]
+        for line in ("ExitCode = 0", "ExitBySignal = false", "JobDuration = "):
+            assert line in stdin["job_exit"], stdin["job_exit"]
+        assert (job_dir / "out.txt").read_text() == "started\n"
+        assert not Path(scratch).exists()
+    finally:
+        shutil.rmtree(record, ignore_errors=True)
+
+
+def _recorded(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)

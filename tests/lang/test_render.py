@@ -98,6 +98,7 @@ def test_rendered_text_always_has_semicolons_so_smartfrogs_own_parser_reads_it()
         (Reference((RefPart("ATTRIB", "x"), RefPart("HERE", "y"))), "x:y"),
         (Reference((RefPart("PARENT"), RefPart("ATTRIB", "y")), lazy=True), "LAZY PARENT:ATTRIB y"),
         (Reference((RefPart("HERE", "a b"),)), 'HERE "a b"'),
+        (Reference((RefPart("ATTRIB", "a b"), RefPart("HERE", "c"))), 'ATTRIB "a b":c'),
         (Reference((RefPart("ROOT"), RefPart("HERE", "x")), data=True), "DATA ROOT:x"),
     ],
 )

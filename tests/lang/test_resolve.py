@@ -342,6 +342,22 @@ def test_a_leading_slash_searches_the_search_path_never_the_host_root(tmp_path: 
     assert load_file(main, include_dirs=[tmp_path / "lib"]).root["fromLib"] == 1
 
 
+def test_loading_leaves_the_cycle_collector_as_it_found_it():
+    import gc
+
+    load_text("sfConfig extends { a 1; }")
+    assert gc.isenabled()
+    with pytest.raises(UnresolvedReference):
+        load_text("sfConfig extends { a b; }")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_text("sfConfig extends { a 1; }")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_an_include_may_not_climb_out_of_its_folder(tmp_path: Path):
     write(tmp_path, "secret.sf", "secret 1;\n")
     main = write(tmp_path / "job", "main.sf", '#include "../secret.sf"\nsfConfig extends { }\n')

@@ -107,7 +107,7 @@ def validate(args: argparse.Namespace, env: Environment) -> int:
         return 0
     extras = [f"{len(description.files)} file{'s' if len(description.files) > 1 else ''}"]
     if tbds:
-        extras.append(f"{len(tbds)} TBD: " + ", ".join(t["path"] for t in tbds))
+        extras.append(f"{len(tbds)} TBD: " + ", ".join(path for path, _loc in description.tbds))
     if warnings:
         extras.append(f"{len(warnings)} warning{'s' if len(warnings) > 1 else ''}")
     print(f"{args.file}: valid; {what}; {'; '.join(extras)}", file=env.stdout)

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DescriptionError, DescriptionErrors, ResolutionError, SourceLocation
 from .model import TBD, Attribute, Component, Double, Long, Reference, RefPart
+
+if TYPE_CHECKING:  # imported lazily at run time: they bring in lark
+    from .includes import SourceSet
+    from .syntax import SourceFile
 
 __all__ = [
     "TBD",
@@ -104,7 +109,7 @@ def load_text(
         return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
 
 
-def _resolve(parsed, sources, **options):  # type: ignore[no-untyped-def]
+def _resolve(parsed: SourceFile, sources: SourceSet, **options: Any) -> Description:
     try:
         return _resolve_phases(parsed, sources, **options)
     except RecursionError:
@@ -117,7 +122,14 @@ def _resolve(parsed, sources, **options):  # type: ignore[no-untyped-def]
         ) from None
 
 
-def _resolve_phases(parsed, sources, *, environ, properties, complete):  # type: ignore[no-untyped-def]
+def _resolve_phases(
+    parsed: SourceFile,
+    sources: SourceSet,
+    *,
+    environ: Mapping[str, str] | None,
+    properties: Mapping[str, str] | None,
+    complete: bool,
+) -> Description:
     from .evaluate import Evaluator, find_tbds, tbd_errors
     from .resolve import Node, TreeBuilder, TypeResolver
 

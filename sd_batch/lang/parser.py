@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -452,7 +452,8 @@ def _syntax_error(exc: UnexpectedInput, filename: str, text: str) -> Description
             hint = f"expected {expected}"
         end = (token.end_line, token.end_column) if token.type != "$END" else (None, None)
     elif isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        pos = exc.pos_in_stream or 0
+        char = text[pos] if pos < len(text) else ""
         message = f"unexpected character {char!r}"
         if char == '"':
             message = "unterminated or malformed string"
@@ -565,7 +566,7 @@ def parse_text(
         ) from None
     except _BadLiteral as exc:
         raise _token_error(exc.token, filename, text, exc.message) from None
-    return SourceFile(filename, items, text)
+    return SourceFile(filename, cast("tuple[AttrDef | Include, ...]", items), text)
 
 
 def _token_error(

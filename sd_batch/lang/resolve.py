@@ -12,7 +12,6 @@ May import: errors, lang.model, lang.syntax, lang.includes.
 
 from __future__ import annotations
 
-import difflib
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -174,6 +173,8 @@ def ancestors(node: Component | None) -> Iterator[Component]:
 
 def suggest(name: str, scope: Component | None) -> str | None:
     """`did you mean X?` from the names visible from SCOPE upwards."""
+    import difflib  # here: only a failing description pays for it
+
     names: list[str] = []
     for node in ancestors(scope):
         if name in node.attributes:  # a later part (HERE) missed it: it is further up

@@ -207,7 +207,8 @@ def _description(
             raise PolicyError(f"SDVMDescription {name} is not among the job's input files",
                               hint="list the .sf file in transfer_input_files")
     # user files may include each other (from their own folder) and site templates, nothing else
-    return load_file(path, include_dirs=search, properties=props, environ=None), name
+    return load_file(path, include_dirs=search, properties=props, environ=None,
+                     display_root=root), name
 
 
 def _read_member(tar: tarfile.TarFile, name: str, limit: int) -> bytes | None:

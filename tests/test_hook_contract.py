@@ -184,7 +184,6 @@ def test_prepare_job_holds_a_broken_user_description_with_file_line_column(site:
     assert "\n" not in message
 
 
-@pytest.mark.xfail(strict=True, reason="jobs.py names the helper's root-side copy of the file")
 def test_prepare_job_hold_reason_names_the_file_as_the_user_wrote_it(site: Site) -> None:
     (site.sandbox / "my.sf").write_text(BROKEN_SF, encoding="utf-8")
     done = site.hook("prepare_job", stdin=site.job_ad('"my.sf"', extra_inputs=", my.sf"))

@@ -79,14 +79,19 @@ def load_file(
     environ: Mapping[str, str] | None = None,
     properties: Mapping[str, str] | None = None,
     complete: bool = True,
+    display_root: Path | None = None,
 ) -> Description:
-    """Parse and resolve a description file. `include_dirs` come before our component library."""
+    """Parse and resolve a description file. `include_dirs` come before our component library.
+
+    Files under DISPLAY_ROOT are named relative to it in messages.
+    """
     from .includes import SourceSet
     from .parser import gc_paused
 
-    sources = SourceSet(_search_path(include_dirs))
+    sources = SourceSet(_search_path(include_dirs), display_root=display_root)
     with gc_paused():
-        parsed = sources.read(Path(path), display=str(path))
+        shown = None if display_root is not None else str(path)
+        parsed = sources.read(Path(path), display=shown)
         return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
 
 

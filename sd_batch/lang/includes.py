@@ -26,6 +26,11 @@ class SourceSet:
 
     search_path: tuple[Path, ...]
     files: dict[str, SourceFile] = field(default_factory=dict)
+    #: Files under this folder are named relative to it in messages (a job's own files, which
+    #: the helper reads from a root-side copy, keep the names their author knows).
+    display_root: Path | None = None
+    #: Shown name -> the real file, so includes are searched beside the real file.
+    origins: dict[str, Path] = field(default_factory=dict)
     anonymous: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def parse(self, text: str, name: str) -> SourceFile:
@@ -34,7 +39,8 @@ class SourceSet:
         return parsed
 
     def read(self, path: Path, *, display: str | None = None) -> SourceFile:
-        name = display or str(path)
+        name = display or self.display_name(path)
+        self.origins[name] = path
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -42,6 +48,17 @@ class SourceSet:
         except OSError as exc:
             raise DescriptionError(f"cannot read {name}: {exc.strerror or exc}") from exc
         return self.parse(text, name)
+
+    def display_name(self, path: Path) -> str:
+        if self.display_root is not None:
+            try:
+                return str(path.resolve().relative_to(self.display_root.resolve()))
+            except (OSError, ValueError):
+                pass
+        return str(path)
+
+    def _folder_of(self, shown: str) -> Path:
+        return self.origins.get(shown, Path(shown)).parent
 
     def source_line(self, loc: SourceLocation | None) -> str | None:
         if loc is None or loc.file not in self.files:
@@ -51,7 +68,7 @@ class SourceSet:
     def locate(self, include: Include) -> Path | None:
         """The file an include names, or None if no search folder has it."""
         relative = include.path.lstrip("/")
-        including_dir = Path(include.loc.file).parent
+        including_dir = self._folder_of(include.loc.file)
         roots: list[Path] = []
         if not include.path.startswith("/") and include.loc.file not in ("<text>", "<stdin>"):
             roots.append(including_dir)
@@ -68,7 +85,7 @@ class SourceSet:
         return None
 
     def searched(self, include: Include) -> str:
-        roots = [str(Path(include.loc.file).parent)] if not include.path.startswith("/") else []
+        roots = [str(self._folder_of(include.loc.file))] if not include.path.startswith("/") else []
         roots += [str(p) for p in self.search_path]
         return ", ".join(dict.fromkeys(roots))
 

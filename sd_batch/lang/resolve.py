@@ -92,7 +92,7 @@ class TreeBuilder:
             if include.optional:
                 return
             raise include_error(include, self.sources)
-        name = str(path)
+        name = self.sources.display_name(path)
         real = [key for key, _shown in self.chain]
         if self._real(name) in real:
             start = real.index(self._real(name))

@@ -68,7 +68,7 @@ def data(component: Component) -> dict:
 def test_the_corpus_holds_the_files_this_test_knows():
     known = {"org/smartfrog/components.sf", "org/smartfrog/sfcore/prim/prim.sf"}
     known |= {"org/smartfrog/sfcore/compound/compound.sf", *MISSING_INCLUDES}
-    assert {rel(f) for f in FILES} == known
+    assert known <= {rel(f) for f in FILES}  # files added later still run in the tests below
 
 
 @pytest.mark.parametrize("path", FILES, ids=rel)

@@ -184,7 +184,7 @@ def test_a_broken_user_sf_holds_the_job_with_file_line_column(job_dir: Path) -> 
     )
     run = sd_run(job_dir / "broken.sub")
     assert run.code == 3, run.err
-    assert re.fullmatch(r"job 1\.0: held: sd-batch: \S*broken\.sf:3:18: unexpected '\)'.*\n",
+    assert re.fullmatch(r"job 1\.0: held: sd-batch: broken\.sf:3:18: unexpected '\)'.*\n",
                         run.out), run.out  # fmt: skip
     assert run.domains == []
 

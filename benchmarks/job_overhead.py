@@ -10,7 +10,8 @@ never inside the tests).
    the same input and output disks (built by `sd_batch.staging` from the same sandbox), `-accel
    tcg -nodefaults`, serial to a file, timed from spawn until QEMU exits when the guest powers
    off. Rounds alternate which goes first. Both medians and their ratio (target <= 1.05), and
-   where sd run's time goes (its progress lines, timestamped as they arrive).
+   where sd run's time goes: its progress lines and libvirt's lifecycle events (`virsh event`),
+   so the guest's own run time is told apart from what we add around it.
 2. A full PREPARE_JOB + JOB_EXIT cycle on libvirt's test driver, each hook a separate process
    as the starter runs it (target <= 150 ms wall each, Python start included), and what a hook
    process spends on interpreter start and imports (`python -X importtime`).
@@ -30,6 +31,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +62,9 @@ NODE_XML = """<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><th
 """
 
 
+GUEST = "the guest (boot, payload, power-off), as libvirt saw it"
+
+
 def stats(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
     v = [x * scale for x in values]
     return (f"{statistics.median(v):7.3f} {unit} (min {min(v):.3f}, max {max(v):.3f}, "
@@ -77,32 +82,52 @@ def make_job(folder: Path) -> Path:
 
 # -- 1. sd run against raw QEMU ---------------------------------------------------------------
 def run_sd(submit: Path) -> tuple[float, dict[str, float]]:
-    """Wall seconds of one `sd run`, and the seconds between its progress lines."""
+    """Wall seconds of one `sd run`, and where they went: its progress lines and libvirt's
+    lifecycle events (`virsh event`), all timestamped on the wall clock."""
     for name in ("job.out", "job.err", "result.txt"):
         (submit.parent / name).unlink(missing_ok=True)
     env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "CONDOR_CONFIG": "/dev/null"}
-    started = time.perf_counter()
+    events = subprocess.Popen(["virsh", "-c", "qemu:///system", "event", "--loop", "--timestamp",
+                               "--event", "lifecycle"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # let virsh register before the domain exists
+    started, wall0 = time.perf_counter(), time.time()
     proc = subprocess.Popen([str(SD), "run", submit.name], cwd=submit.parent, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marks: list[tuple[float, str]] = []
     assert proc.stderr is not None
     for line in proc.stderr:
-        marks.append((time.perf_counter(), line.strip()))
+        marks.append((time.time(), line.strip()))
     out = proc.stdout.read() if proc.stdout else ""
     code = proc.wait()
-    total = time.perf_counter() - started
+    total, wall1 = time.perf_counter() - started, time.time()
+    events.terminate()
+    lifecycle = events.communicate()[0]
     if code != 0 or (submit.parent / "result.txt").read_text()[:3] != "THE":
         raise SystemExit(f"sd run failed ({code}):\n{out}\n" + "\n".join(m for _, m in marks))
-    phases: dict[str, float] = {}
-    names = ["until PREPARE_JOB starts (sd start, job ad, scratch dir)",
-             "PREPARE_JOB (hook + helper: input disk, resolve, define)",
-             "starting the runner",
-             "runner (helper boots the VM, waits for power-off, result tar out)",
-             "JOB_EXIT + output transfer + scratch cleanup"]  # fmt: skip
-    times = [started, *(t for t, _ in marks), time.perf_counter()]
-    for name, (a, b) in zip(names, zip(times, times[1:], strict=False), strict=False):
-        phases[name] = b - a
-    return total, phases
+    domain = re.search(r"VM (sd-job-[0-9a-f]+) ready", "\n".join(m for _, m in marks))
+    booted = _event_time(lifecycle, domain.group(1) if domain else "", "Started")
+    off = _event_time(lifecycle, domain.group(1) if domain else "", "Shutdown")
+    t = [wall0, *(w for w, _ in marks), wall1]  # start, PREPARE, ready, running, JOB_EXIT, end
+    if len(t) != 6 or booted is None or off is None:
+        raise SystemExit(f"unexpected progress: {marks} / {lifecycle}")
+    return total, {
+        "sd start, job ad, scratch dir, inputs": t[1] - t[0],
+        "PREPARE_JOB (hook + helper: input disk, resolve, define)": t[2] - t[1],
+        "runner until the VM runs (runner, sudo, helper, libvirt start)": booted - t[3],
+        "the guest (boot, payload, power-off), as libvirt saw it": off - booted,
+        "runner after power-off (teardown event, result tar, extraction)": t[4] - off,
+        "JOB_EXIT + output transfer + scratch cleanup + exit": t[5] - t[4],
+    }
+
+
+def _event_time(text: str, domain: str, event: str) -> float | None:
+    """The wall time of `virsh event --timestamp`'s first EVENT line for DOMAIN."""
+    for line in text.splitlines():
+        if f"'{domain}': {event}" in line:
+            stamp = line.split("+0000")[0]
+            return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(
+                tzinfo=UTC).timestamp()  # fmt: skip
+    return None
 
 
 def raw_boot() -> dict[str, str]:
@@ -184,11 +209,14 @@ def bench_vs_qemu(work: Path, runs: int) -> None:
     sd_median, raw_median = statistics.median(sd_times), statistics.median(raw_times)
     print(f"   sd run (whole job, as the user waits): {stats(sd_times)}")
     print(f"   raw QEMU (spawn to exit):             {stats(raw_times)}")
+    print(f"   sd run's guest alone (libvirt events): {stats(phases[GUEST])}")
     print(f"   raw: building both disks (staging):   {stats(disk_times, 'ms', 1000)}")
     ratio = sd_median / raw_median
     print(f"   ratio sd run / raw QEMU: {ratio:.3f} (we add {100 * (ratio - 1):+.1f} %, "
           f"{sd_median - raw_median:+.2f} s; target <= 1.05): "
           f"{'MET' if ratio <= 1.05 else 'NOT MET'}")
+    added = sd_median - statistics.median(phases[GUEST])
+    print(f"   sd run minus its own guest time: {added:.2f} s (what we add around a boot)")
     print("   where sd run's time goes (medians):")
     for name, values in phases.items():
         print(f"     {statistics.median(values):6.3f} s  {name}")

@@ -197,3 +197,13 @@ class StagingError(SdError):
     """Moving a job's files into or out of its VM failed or was refused as unsafe."""
 
     exit_code = 9
+
+
+class NoHostHasCapacity(DeployError):
+    """Placement found no host for some VMs (`vms`), so nothing was started."""
+
+    def __init__(self, message: str, *, vms: tuple[str, ...] = (), tightest: str = "",
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.vms = vms
+        self.tightest = tightest

@@ -29,7 +29,8 @@ HOMES: dict[str, str] = {
     "classad2": "sd_batch/jobad.py",
 }
 #: The pure core: no processes, no network, and no edge module behind its back.
-PURE = ("sd_batch/lang/*.py", "sd_batch/spec.py", "sd_batch/domain_xml.py")
+PURE = ("sd_batch/lang/*.py", "sd_batch/spec.py", "sd_batch/domain_xml.py",
+        "sd_batch/placement*.py", "sd_batch/planning.py")
 IMPURE_STDLIB = frozenset({"subprocess", "socket"})
 EDGES = frozenset({"sd_batch.hypervisor", "sd_batch.ledger", "sd_batch.staging", "sd_batch.cli"})
 

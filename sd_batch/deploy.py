@@ -3,10 +3,12 @@
 `plan` (pure) turns a resolved `sfConfig` into a tree of `Step`s: a `Compound` deploys all its
 children, then starts them in order; a `Sequence` deploys and starts each child before the next;
 a `Parallel` starts its children at once; a `Pool` is its named VMs plus `count` copies of its
-`template`; a `VirtualCluster` is its head, then its workers. `Engine` carries a plan out on a
+`template`; a `VirtualCluster` is its head, then its workers. A component with a `scheduler`
+attribute has its VMs placed by that Scheduler (`planning.schedule` puts each on its host's
+URI; until then they carry the URI `plan` was given). `Engine` carries a plan out on a
 hypervisor, recording every disk and domain in the ledger *before* creating it, and rolls
 everything back when any step fails, so a half-started pool never stays behind.
-May import: errors, lang, spec, domain_xml, ledger, hypervisor (types), config.
+May import: errors, lang, spec, domain_xml, planning, ledger, hypervisor (types), config.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from .domain_xml import Owner as XmlOwner
 from .domain_xml import OwnerKind as XmlOwnerKind
 from .errors import DeployError, DescriptionError, DomainNotFound, SdError, SpecError
 from .lang import Component, Description
+from .planning import Scheduled, Scheduling, cluster_apart, demand_of, scheduling_of
 from .spec import DiskFormat, KernelBoot, VMSpec, vm_spec
 
 if TYPE_CHECKING:
     from .hypervisor import HypervisorAPI
-    from .ledger import Ledger, Owner
+    from .ledger import Ledger, Owner, Resource
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +58,11 @@ class Order(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class VMPlan:
-    """One VM to create: its checked spec and the domain name it gets on its host."""
+    """One VM to create: its checked spec, its host, and (if scheduled) its placement request."""
 
     spec: VMSpec
     uri: str
+    placement: Scheduled | None = None
 
     @property
     def domain(self) -> str:
@@ -95,7 +99,7 @@ def plan(description: Description, pool: str, uri: str) -> Step:
             "the description has no sfConfig: nothing to start",
             hint="write sfConfig extends Pool { ... } (or Compound, VM, VirtualCluster)",
         )
-    step = _plan(root, pool, uri, ())
+    step = _plan(root, pool, uri, (), scheduling_of(root, None))
     names = [vm.domain for vm in step.vms()]
     if not names:
         raise DescriptionError(
@@ -115,13 +119,17 @@ def plan(description: Description, pool: str, uri: str) -> Step:
     return step
 
 
-def _plan(node: Component, pool: str, uri: str, where: tuple[str, ...]) -> Step:
+def _plan(
+    node: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
+) -> Step:
     sf_class = node.get("sfClass")
     path = node.path
     if sf_class == VM_CLASS:
-        return Step(path, vm=VMPlan(vm_spec(node, default_name=_vm_name(pool, where)), uri))
+        spec = vm_spec(node, default_name=_vm_name(pool, where))
+        placed = None if sched is None else Scheduled(sched.scheduler, demand_of(node, spec, sched))
+        return Step(path, vm=VMPlan(spec, uri, placed))
     if sf_class == POOL_CLASS:
-        children = list(_child_steps(node, pool, uri, where))
+        children = list(_child_steps(node, pool, uri, where, sched))
         template = node.get("template")
         count = node.get("count", 0)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -135,7 +143,7 @@ def _plan(node: Component, pool: str, uri: str, where: tuple[str, ...]) -> Step:
             )
         for index in range(1, count + 1):
             assert isinstance(template, Component)
-            children.append(_copy_step(template, pool, uri, (*where, f"{index}")))
+            children.append(_copy_step(template, pool, uri, (*where, f"{index}"), sched))
         return Step(path, Order.COMPOUND, tuple(children))
     if sf_class == CLUSTER_CLASS:
         head = node.get("head")
@@ -150,30 +158,36 @@ def _plan(node: Component, pool: str, uri: str, where: tuple[str, ...]) -> Step:
         if workers and not isinstance(worker, Component):
             raise SpecError(f"{node.attribute_path('worker')}: workers need a worker template",
                             loc=node.location_of("worker"), hint="worker extends LAZY VM { ... }")
-        head_step = _plan(head, pool, uri, (*where, "head"))
+        if sched is not None:  # head and workers apart, as the cluster's `apart` says
+            sched = sched.within_cluster(node, cluster_apart(node))
+        head_step = _plan(head, pool, uri, (*where, "head"), scheduling_of(head, sched))
         worker_steps = tuple(
-            _copy_step(worker, pool, uri, (*where, f"worker{i}"))  # type: ignore[arg-type]
+            _copy_step(worker, pool, uri, (*where, f"worker{i}"), sched)
             for i in range(1, workers + 1)
         )
         return Step(path, Order.SEQUENCE, (head_step, Step(path, Order.PARALLEL, worker_steps)))
     order = {SEQUENCE_CLASS: Order.SEQUENCE, PARALLEL_CLASS: Order.PARALLEL}.get(
         sf_class if isinstance(sf_class, str) else "", Order.COMPOUND
     )
-    return Step(path, order, tuple(_child_steps(node, pool, uri, where)))
+    return Step(path, order, tuple(_child_steps(node, pool, uri, where, sched)))
 
 
-def _child_steps(node: Component, pool: str, uri: str, where: tuple[str, ...]) -> Iterator[Step]:
+def _child_steps(
+    node: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
+) -> Iterator[Step]:
     for name, child in node.children():
         if child.is_data or child.is_lazy or child.get("sfClass") in NOT_DEPLOYED:
             continue  # data, templates for counted copies, schedulers: not deployed themselves
         if "sfClass" not in child:
             continue
-        yield _plan(child, pool, uri, (*where, _short(name)))
+        yield _plan(child, pool, uri, (*where, _short(name)), scheduling_of(child, sched))
 
 
-def _copy_step(template: Component, pool: str, uri: str, where: tuple[str, ...]) -> Step:
+def _copy_step(
+    template: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
+) -> Step:
     """A counted copy of a LAZY template (Pool, VirtualCluster workers)."""
-    return _plan(template, pool, uri, where)
+    return _plan(template, pool, uri, where, scheduling_of(template, sched))
 
 
 def _short(name: str) -> str:
@@ -361,12 +375,14 @@ class Engine:
         self.progress(f"[{self._done}/{self._total}] started {vm.domain}")
 
     # terminate: the ledger is the truth about what exists, newest first
-    def teardown(self, owner: Owner, *, graceful: bool = True, grace_seconds: float = 10.0) -> str:
-        """Remove every resource OWNER has, newest first; idempotent. Returns what was removed."""
+    def teardown(self, owner: Owner, *, graceful: bool = True, grace_seconds: float = 10.0,
+                 only: Callable[[Resource], bool] | None = None) -> str:  # fmt: skip
+        """Remove every resource OWNER has (or ONLY those), newest first; idempotent.
+        Returns what was removed."""
         from .ledger import ResourceKind, ResourceState
 
         domains = volumes = files = 0
-        resources = self.ledger.resources(owner)
+        resources = tuple(r for r in self.ledger.resources(owner) if only is None or only(r))
         if graceful:
             self._shutdown_all(
                 [r for r in resources if r.kind is ResourceKind.DOMAIN], grace_seconds
@@ -403,7 +419,8 @@ class Engine:
                 + "; ".join(errors),
                 hint="the ledger keeps what is left: run the same command again",
             )
-        self.ledger.forget_owner(owner)
+        if only is None:
+            self.ledger.forget_owner(owner)
         parts = [_count(domains, "domain"), _count(volumes, "volume")]
         if files:
             parts.append(_count(files, "file"))

@@ -318,8 +318,8 @@ class Harness:
         try:
             done = subprocess.run(
                 [str(self.hooks_dir / name), *argv], input=stdin.encode(), capture_output=True,
-                cwd=cwd, env=dict(env), timeout=timeout, check=False,
-                **self.user.process_options(),
+                cwd=cwd, env=dict(env), timeout=timeout, check=False, start_new_session=True,
+                **self.user.process_options(),  # a terminal's Ctrl-C is for sd run alone
             )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
             err = (exc.stderr or b"").decode(errors="replace")
@@ -460,7 +460,8 @@ class _Updater:
                 child = subprocess.Popen(
                     [str(self.harness.hooks_dir / "update_job_info")], stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.scratch,
-                    env=dict(self.env), **self.harness.user.process_options(),
+                    env=dict(self.env), start_new_session=True,
+                    **self.harness.user.process_options(),
                 )  # fmt: skip
                 self.children.append(child)
                 with contextlib.suppress(OSError):

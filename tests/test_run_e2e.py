@@ -205,10 +205,14 @@ queue
 ])  # fmt: skip
 def test_a_job_stopped_mid_run_is_torn_down(job_dir: Path, signum: int, reason: str,
                                             state: str) -> None:
-    """condor_rm / condor_hold / condor_vacate: the runner gets SIGTERM, then JOB_EXIT REASON."""
+    """condor_rm / condor_hold / condor_vacate: the runner gets SIGTERM, then JOB_EXIT REASON.
+
+    SIGINT goes to sd run's whole process group, as a terminal's Ctrl-C does: the hooks and the
+    runner must not see it (the starter's children are never in the user's terminal group)."""
     (job_dir / "sleep.sub").write_text(SLEEP_SUB, encoding="utf-8")
     proc = subprocess.Popen([str(SD), "run", "sleep.sub"], cwd=job_dir, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
     err_lines: list[str] = []
     try:
         assert proc.stderr is not None
@@ -222,7 +226,10 @@ def test_a_job_stopped_mid_run_is_torn_down(job_dir: Path, signum: int, reason: 
         assert domain is not None, "".join(err_lines)
         _wait_running(domain)
         time.sleep(1.0)  # the guest is booting or sleeping: either way mid-run
-        proc.send_signal(signum)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         out, rest = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:

@@ -497,7 +497,7 @@ def _updated(ad: JobAd, updates: str) -> JobAd:
     return parse_job_ad("".join(line + "\n" for line in lines))
 
 
-def default_user(environ: Mapping[str, str], requested: str | None) -> SlotUser:
+def default_user(requested: str | None) -> SlotUser:
     """`--user`, else sdslot1 when root (hooks never run as root on a worker), else ourselves."""
     if requested:
         user = SlotUser.lookup(requested)
@@ -505,5 +505,5 @@ def default_user(environ: Mapping[str, str], requested: str | None) -> SlotUser:
             raise HarnessError(f"--user {requested}: only root can run jobs as another user")
         return user
     if os.geteuid() == 0:
-        return SlotUser.lookup(environ.get("SD_RUN_USER", "sdslot1"))
+        return SlotUser.lookup("sdslot1")
     return SlotUser.current()

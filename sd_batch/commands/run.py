@@ -21,7 +21,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             env.stdout.write(outcome.summary() + "\n")
             env.stdout.flush()
 
-    harness = Harness(Path(args.submit_file), default_user(env.environ, args.user),
+    harness = Harness(Path(args.submit_file), default_user(args.user),
                       keep_going=args.keep_going, progress=progress, environ=env.environ)
     outcomes = harness.run(report)
     code = next((o.process_exit_code for o in outcomes if o.process_exit_code != 0), 0)

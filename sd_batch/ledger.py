@@ -61,6 +61,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX resource_by_owner ON resource (owner_row);
     """,
+    # 2: high availability's record of VMs moved off failed hosts (sd status shows them)
+    """
+    CREATE TABLE move (
+        row_id      INTEGER PRIMARY KEY,
+        owner_row   INTEGER NOT NULL REFERENCES owner (row_id) ON DELETE CASCADE,
+        domain      TEXT NOT NULL,
+        from_uri    TEXT NOT NULL,
+        to_uri      TEXT,
+        reason      TEXT NOT NULL,
+        at          REAL NOT NULL
+    );
+    CREATE INDEX move_by_owner ON move (owner_row);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -147,6 +160,17 @@ class Resource:
     state: ResourceState
     created_at: float
     process: ProcessRef
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A VM high availability moved off a failed host (`to_uri` None: it found no room)."""
+
+    domain: str
+    from_uri: str
+    to_uri: str | None
+    reason: str
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +443,31 @@ class Ledger:
                 (owner.row_id,),
             ).fetchall()
         return tuple(_resource(row) for row in rows)
+
+    # --- moves ---
+
+    def record_move(
+        self, owner: Owner, domain: str, from_uri: str, to_uri: str | None, reason: str
+    ) -> Move:
+        """Write down that DOMAIN left FROM_URI (for TO_URI, or for nowhere) and why."""
+        move = Move(domain, from_uri, to_uri, reason, self._clock())
+        with self._write("record a move") as db:
+            db.execute(
+                "INSERT INTO move (owner_row, domain, from_uri, to_uri, reason, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (owner.row_id, domain, from_uri, to_uri, reason, move.at),
+            )
+        return move
+
+    def moves(self, owner: Owner) -> tuple[Move, ...]:
+        """OWNER's moves, oldest first (they go when the owner is forgotten)."""
+        with self._errors("read moves"):
+            rows = self._db.execute(
+                "SELECT domain, from_uri, to_uri, reason, at FROM move WHERE owner_row = ?"
+                " ORDER BY row_id",
+                (owner.row_id,),
+            ).fetchall()
+        return tuple(Move(*row) for row in rows)
 
     def leftovers(self) -> Leftovers:
         """Owners whose process died (or whose machine rebooted), rows whose creator died."""

@@ -91,7 +91,7 @@ def test_a_ledger_from_a_newer_sd_batch_is_refused(path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 99")
     db.close()
-    with pytest.raises(LedgerError, match="schema 99, newer than 1; upgrade sd-batch"):
+    with pytest.raises(LedgerError, match=f"schema 99, newer than {SCHEMA_VERSION}; upgrade sd"):
         Ledger.open(path)
 
 

@@ -27,6 +27,9 @@ examples:
   sd templates                                  the site's VM templates and their TBD fields
   sd start localhost lab job_templates/pool.sf  start pool "lab" (sfStart localhost lab pool.sf)
   sd status                                     pools and jobs, each VM's state
+  sd plan job_templates/qa-testbed.sf --hosts inventory.toml
+                                                where a Scheduler would place the VMs
+  sd watch localhost lab                        move VMs off hosts that stop answering
   sd terminate localhost lab                    stop it and remove its VMs and disks
   sd run examples/hello.sub                     a job through the HTCondor hooks, in a VM
 
@@ -147,10 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("host", metavar="HOST")
     start.add_argument("name", metavar="NAME", help="the pool's name, unique on HOST")
-    start.add_argument("file", metavar="FILE", help="a .sf description (e.g. job_templates/pool.sf)")
+    start.add_argument("file", metavar="FILE",
+                       help="a .sf description (e.g. job_templates/pool.sf)")  # fmt: skip
     _add_include_options(start)
     start.add_argument("--json", action="store_true", help="machine-readable result, no progress")
-    start.set_defaults(handler="sd_batch.commands.pool:start")
+    start.add_argument("--watch", action="store_true",
+                       help="then stay and watch it, as sd watch does (high availability)")
+    start.set_defaults(handler="sd_batch.commands.pool:start", rounds=None)
 
     terminate = sub.add_parser(
         "terminate", help="stop pool NAME on HOST and remove its VMs and disks",
@@ -174,6 +180,38 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name", metavar="NAME", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable list")
     status.set_defaults(handler="sd_batch.commands.pool:show_status")
+
+    plan = sub.add_parser(
+        "plan", help="show where a description's VMs would be placed (a dry run)",
+        description="Place FILE's VMs as sd start would, creating nothing: which VM goes to "
+        "which host, what each host has left, and why anything does not fit. Hosts come from "
+        "--hosts INVENTORY (a TOML file of hosts on paper: name, uri, memory, vcpus, disk, "
+        "tags, count) or, without it, from the site's live hypervisors. Exits 8 when some VM "
+        "fits nowhere.",
+    )  # fmt: skip
+    plan.add_argument("file", metavar="FILE", help="a .sf description with a Scheduler")
+    _add_include_options(plan)
+    plan.add_argument("--hosts", metavar="INVENTORY", help="hosts from this TOML inventory")
+    plan.add_argument("--name", metavar="NAME", help="pool name for the VM names (default: "
+                      "the file's name)")  # fmt: skip
+    plan.add_argument("--all-hosts", action="store_true",
+                      help="list every host, not only those that get VMs")
+    plan.add_argument("--json", action="store_true", help="machine-readable plan")
+    plan.set_defaults(handler="sd_batch.commands.plan:plan")
+
+    watch = sub.add_parser(
+        "watch", help="high availability: ping pool NAME's hosts, move VMs off failed ones",
+        description="Every sfLivenessDelay seconds (the pool's Scheduler), ping each host "
+        "running the pool's VMs and each VM. A host missing sfLivenessFactor pings in a row "
+        "has failed: its VMs are placed again on the Scheduler's other hosts and started; "
+        "sd status shows the moves. A VM found shut off is started again. Runs until "
+        "interrupted, or until the pool is terminated.",
+    )  # fmt: skip
+    watch.add_argument("host", metavar="HOST")
+    watch.add_argument("name", metavar="NAME")
+    _add_include_options(watch)
+    watch.add_argument("--rounds", type=int, metavar="N", help="stop after N rounds of pings")
+    watch.set_defaults(handler="sd_batch.commands.plan:watch")
 
     run = sub.add_parser(
         "run", help="run a submit file's jobs here through the HTCondor hooks (no daemons)",

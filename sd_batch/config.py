@@ -3,7 +3,7 @@
 A site config is a TOML file (`/etc/sd-batch/site.toml`, or `$XDG_CONFIG_HOME/sd-batch/site.toml`,
 or the file named by `SD_BATCH_CONFIG`). Every knob has a safe default, so a fresh machine works
 without one. `parse_config` is pure; `load_config` is the one place that reads the file.
-May import: errors, pyxdg, tomllib.
+May import: errors, placement (Policy), pyxdg, tomllib.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .placement import SITE_DEFAULT, Policy
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Templates shipped with the source tree; the built-in default template folder.
@@ -56,6 +57,10 @@ class SiteConfig:
     hosts: Mapping[str, str] = field(default_factory=dict)
     #: Site properties, read by descriptions as `PROPERTY name` (e.g. `sd.flavour = "qemu"`).
     properties: Mapping[str, str] = field(default_factory=dict)
+    #: [placement]: overcommit ratios and limits every Scheduler works within.
+    placement: Policy = SITE_DEFAULT
+    #: [placement.tags]: site host name (or URI) -> the tags its VMs may require.
+    host_tags: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def uri_for(self, host: str) -> str:
         """A libvirt URI for HOST: a URI as it is, a mapped site host name, or `localhost`."""
@@ -68,7 +73,8 @@ class SiteConfig:
         known = ", ".join(sorted({"localhost", *self.hosts})) or "localhost"
         raise ConfigError(
             f"unknown host {host!r}",
-            hint=f"use a libvirt URI (qemu:///system) or a host from the site config [hosts]: {known}",
+            hint="use a libvirt URI (qemu:///system) or a host from the site config [hosts]: "
+            + known,
         )
 
 
@@ -82,6 +88,7 @@ def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteCo
         "default_uri",
         "hosts",
         "properties",
+        "placement",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -116,7 +123,42 @@ def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteCo
         kwargs["properties"] = {
             k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in props.items()
         }
+    if "placement" in data:
+        kwargs["placement"], kwargs["host_tags"] = _placement(data["placement"], origin)
     return SiteConfig(**kwargs)
+
+
+_RATIOS = ("cpu_overcommit", "memory_overcommit", "disk_overcommit")
+
+
+def _placement(table: Any, origin: str) -> tuple[Policy, dict[str, frozenset[str]]]:
+    """[placement]: Nova-like allocation ratios, memory kept for the host, VMs per host, tags."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{origin}: [placement] must be a table")
+    known = (*_RATIOS, "reserved_memory_mib", "max_vms_per_host", "tags")
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown [placement] setting {unknown[0]!r}",
+                          hint=f"known: {', '.join(known)}")  # fmt: skip
+    values: dict[str, Any] = {}
+    for key in _RATIOS:
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{origin}: [placement] {key} must be a number above 0")
+            values[key] = float(value)
+    for key, least in (("reserved_memory_mib", 0), ("max_vms_per_host", 1)):
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{origin}: [placement] {key} must be a whole number >= {least}")
+            values[key] = value
+    tags = table.get("tags", {})
+    if not isinstance(tags, dict) or not all(
+        isinstance(v, list) and all(isinstance(t, str) for t in v) for v in tags.values()
+    ):
+        raise ConfigError(f"{origin}: [placement.tags] maps host names to lists of tags")
+    return Policy(**values), {host: frozenset(v) for host, v in tags.items()}
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> Path | None:

@@ -3,7 +3,11 @@
 The seed's promise ("Users submit a description to launch the pool of VMs", `sfStart localhost
 pool virtualPoolDesc.sf`). A pool is a ledger owner named NAME on a host URI; its VMs and disks
 are ledger resources. Starting a pool that exists is an error; one that a crashed run left
-half-made is cleaned up first. May import: config, deploy, errors, lang, ledger, hypervisor.
+half-made is cleaned up first. A description with a Scheduler has its VMs placed first (on
+the hosts its Scheduler names, their capacity and load read live) and each VM created on its
+own host; the pool is still one owner, registered on HOST, and its rollback and teardown reach
+every host.
+May import: config, deploy, errors, inventory, lang, ledger, planning, placement, hypervisor.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import SiteConfig
-from .deploy import Engine, Progress, SitePaths, plan
+from .deploy import Engine, Progress, SitePaths, Step, plan
 from .errors import DeployError, DomainNotFound, SdError, UsageError
 from .lang import load_file
 
 if TYPE_CHECKING:
     from .hypervisor import HypervisorAPI
+    from .inventory import Unreachable
     from .ledger import Ledger, Owner
+    from .placement import Demand, HostState, Placement
+    from .planning import SchedulerSpec
 
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 
@@ -42,6 +49,12 @@ class Connections:
             else:
                 self._open[uri] = self._opener(uri)
         return self._open[uri]
+
+    def forget(self, uri: str) -> None:
+        """Drop URI's connection (it failed): the next call opens a new one."""
+        hv = self._open.pop(uri, None)
+        if hv is not None:
+            hv.close()
 
     def close(self) -> None:
         for hv in self._open.values():
@@ -80,6 +93,33 @@ class StartResult:
     name: str
     uri: str
     domains: tuple[str, ...]
+    #: (domain, host URI) of each VM a Scheduler placed.
+    placed: tuple[tuple[str, str], ...] = ()
+
+
+def place_plan(
+    step: Step, config: SiteConfig, connections: Connections, progress: Progress
+) -> Step:
+    """STEP with each scheduled VM on the host its Scheduler chose, from the hosts' live
+    capacity and load; hosts that do not answer are left out (and said so)."""
+    from .inventory import live_hosts
+    from .planning import schedule
+
+    if all(vm.placement is None for vm in step.vms()):
+        return step
+
+    def hosts_for(spec: SchedulerSpec) -> list[HostState]:
+        hosts, unreachable = live_hosts(spec.hosts, config, connections)
+        for host in unreachable:
+            progress(f"{spec.path}: left out host {host.name}: {host.reason}")
+        return hosts
+
+    scheduled = schedule(step, hosts_for, config.placement).require()
+    for spec, placement in scheduled.placements:
+        count = len(placement.assignment)
+        progress(f"{spec.path} ({spec.strategy}) placed {count} VM{'s' * (count != 1)} on "
+                 f"{placement.hosts_used()} of {len(placement.hosts)} hosts")  # fmt: skip
+    return scheduled.step
 
 
 def start_pool(
@@ -105,7 +145,7 @@ def start_pool(
         include_dirs=[*include_dirs, *config.include_dirs, *config.template_dirs],
         properties=props,
     )
-    step = plan(description, name, uri)
+    step = place_plan(plan(description, name, uri), config, connections, progress)
     with Ledger.for_site(config) as ledger:
         engine = _engine(config, ledger, connections, progress)
         existing = ledger.owner(OwnerKind.POOL, name, uri)
@@ -122,7 +162,63 @@ def start_pool(
         progress(f"starting pool {name} on {uri}: {len(vms)} VM{'s' * (len(vms) != 1)}")
         engine.start(owner, step)
         ledger.set_status(owner, OwnerStatus.ACTIVE, pid=None)
-    return StartResult(name, uri, vms)
+    placed = tuple((vm.domain, vm.uri) for vm in step.vms() if vm.placement is not None)
+    return StartResult(name, uri, vms, placed)
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """`sd plan`: where each scheduled VM would go, what hosts keep, what fits nowhere."""
+
+    placements: tuple[tuple[SchedulerSpec, Placement], ...]
+    demands: Mapping[str, Demand]  # domain -> what it needs
+    unscheduled: tuple[str, ...]  # VMs no Scheduler places: they go to sd start's HOST
+    unreachable: tuple[Unreachable, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return all(p.complete for _s, p in self.placements)
+
+
+def plan_pool(
+    config: SiteConfig,
+    file: Path,
+    *,
+    name: str = "plan",
+    inventory: Path | None = None,
+    include_dirs: Sequence[Path] = (),
+    properties: Mapping[str, str] | None = None,
+    connections: Connections = SHARED_CONNECTIONS,
+) -> DryRun:
+    """Place FILE's VMs as `sd start` would, creating nothing: on the hosts of INVENTORY
+    (a TOML file of hosts on paper), or on the site's live hosts."""
+    from .inventory import live_hosts, load_inventory, select
+    from .planning import schedule
+
+    check_pool_name(name)
+    props = {**config.properties, **(properties or {})}
+    description = load_file(
+        file, include_dirs=[*include_dirs, *config.include_dirs, *config.template_dirs],
+        properties=props,
+    )  # fmt: skip
+    step = plan(description, name, config.default_uri)
+    paper = load_inventory(inventory) if inventory is not None else None
+    unreachable: list[Unreachable] = []
+
+    def hosts_for(spec: SchedulerSpec) -> list[HostState]:
+        if paper is not None:
+            return select(spec.hosts, paper, str(inventory))
+        hosts, missing = live_hosts(spec.hosts, config, connections)
+        unreachable.extend(missing)
+        return hosts
+
+    scheduled = schedule(step, hosts_for, config.placement)
+    return DryRun(
+        scheduled.placements,
+        {vm.domain: vm.placement.demand for vm in step.vms() if vm.placement is not None},
+        tuple(vm.domain for vm in step.vms() if vm.placement is None),
+        tuple(unreachable),
+    )
 
 
 def _alive(owner: Owner) -> bool:
@@ -174,14 +270,20 @@ class OwnerReport:
     vms: tuple[VMStatus, ...]
     volumes: tuple[str, ...]
     files: tuple[str, ...] = ()
+    #: VMs high availability moved off failed hosts (ledger.Move), oldest first.
+    moves: tuple[Any, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "kind": self.kind, "name": self.name, "uri": self.uri, "status": self.status,
             "description": self.description, "interrupted": self.interrupted,
             "vms": [{"name": v.name, "uri": v.uri, "state": v.state} for v in self.vms],
             "volumes": list(self.volumes), "files": list(self.files),
         }  # fmt: skip
+        if self.moves:  # only pools a watcher moved VMs of have the key
+            data["moves"] = [{"vm": m.domain, "from": m.from_uri, "to": m.to_uri,
+                              "reason": m.reason, "at": m.at} for m in self.moves]  # fmt: skip
+        return data
 
 
 def status(
@@ -208,6 +310,7 @@ def status(
             reports.append(OwnerReport(
                 owner.kind.value, owner.owner_id, owner.host_uri, owner.status.value,
                 owner.description, owner.row_id in left, tuple(vms), tuple(volumes), tuple(files),
+                ledger.moves(owner),
             ))  # fmt: skip
     if name is not None and not reports:
         raise DeployError(f"no pool or job named {name}", hint="sd status lists them all")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from ..cli import Environment
@@ -49,12 +50,22 @@ def start(args: argparse.Namespace, env: Environment) -> int:
     finally:
         progress.done()
     if args.json:
-        print(json.dumps({"pool": result.name, "uri": result.uri, "vms": list(result.domains)}),
-              file=env.stdout)
+        data: dict[str, object] = {"pool": result.name, "uri": result.uri,
+                                   "vms": list(result.domains)}  # fmt: skip
+        if result.placed:  # only when a Scheduler placed VMs
+            data["placed"] = dict(result.placed)
+        print(json.dumps(data), file=env.stdout)
     else:
         count = len(result.domains)
         print(f"pool {result.name} started on {result.uri}: {count} VM{'s' * (count != 1)} "
               f"running ({', '.join(result.domains)})", file=env.stdout)
+        for domain, uri in result.placed:
+            print(f"  {domain} on {uri}", file=env.stdout)
+    if getattr(args, "watch", False):
+        from .plan import watch
+
+        env.stdout.flush()
+        return watch(args, env)
     return 0
 
 
@@ -88,9 +99,14 @@ def show_status(args: argparse.Namespace, env: Environment) -> int:
         print(f"{report.kind} {report.name} on {report.uri}: {report.status}{source}{note}",
               file=env.stdout)
         for vm in report.vms:
-            print(f"  {vm.name:<30} {vm.state}", file=env.stdout)
+            where = f"  on {vm.uri}" if vm.uri != report.uri else ""
+            print(f"  {vm.name:<30} {vm.state}{where}", file=env.stdout)
         for volume in report.volumes:
             print(f"  disk {volume}", file=env.stdout)
         for path in report.files:
             print(f"  file {path}", file=env.stdout)
+        for move in report.moves:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(move.at))
+            print(f"  moved {move.domain} from {move.from_uri} to {move.to_uri or 'nowhere'} "
+                  f"at {when}: {move.reason}", file=env.stdout)
     return 0

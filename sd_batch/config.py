@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .placement import SITE_DEFAULT, Policy
+from .placement import Policy
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Templates shipped with the source tree; the built-in default template folder.
@@ -24,6 +24,9 @@ BUILTIN_TEMPLATE_DIR = PACKAGE_DIR.parent / "job_templates"
 COMPONENT_LIBRARY_DIR = PACKAGE_DIR / "lang"
 SYSTEM_CONFIG = Path("/etc/sd-batch/site.toml")
 DEFAULT_URI = "qemu:///system"
+#: [placement] when a site sets nothing: OpenStack Nova's initial allocation ratios (4 vCPUs
+#: per host CPU; memory and disk not overcommitted), no memory reserved, no VM limit.
+DEFAULT_PLACEMENT = Policy(cpu_overcommit=4.0)
 
 
 def default_state_dir() -> Path:
@@ -58,7 +61,7 @@ class SiteConfig:
     #: Site properties, read by descriptions as `PROPERTY name` (e.g. `sd.flavour = "qemu"`).
     properties: Mapping[str, str] = field(default_factory=dict)
     #: [placement]: overcommit ratios and limits every Scheduler works within.
-    placement: Policy = SITE_DEFAULT
+    placement: Policy = DEFAULT_PLACEMENT
     #: [placement.tags]: site host name (or URI) -> the tags its VMs may require.
     host_tags: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
@@ -140,7 +143,7 @@ def _placement(table: Any, origin: str) -> tuple[Policy, dict[str, frozenset[str
     if unknown:
         raise ConfigError(f"{origin}: unknown [placement] setting {unknown[0]!r}",
                           hint=f"known: {', '.join(known)}")  # fmt: skip
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"cpu_overcommit": DEFAULT_PLACEMENT.cpu_overcommit}
     for key in _RATIOS:
         if key in table:
             value = table[key]

@@ -50,8 +50,8 @@ class Policy:
         assert self.max_vms_per_host is None or self.max_vms_per_host >= 0
 
 
-#: A site that sets nothing: no overcommit, nothing reserved, no VM limit.
-SITE_DEFAULT = Policy()
+#: No overcommit, nothing reserved, no VM limit: what placement assumes unless told.
+STRICT = Policy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +273,7 @@ def place(
     hosts: Sequence[HostState],
     demands: Sequence[Demand],
     strategy: str | Strategy = "pack",
-    policy: Policy = SITE_DEFAULT,
+    policy: Policy = STRICT,
     *,
     seed: int = 0,
 ) -> Placement:
@@ -404,7 +404,7 @@ def _what(item: _Item) -> str:
 
 
 def lower_bound(
-    hosts: Sequence[HostState], demands: Sequence[Demand], policy: Policy = SITE_DEFAULT
+    hosts: Sequence[HostState], demands: Sequence[Demand], policy: Policy = STRICT
 ) -> int:
     """Hosts any placement needs at least: max over resources of ceil(total need / capacity of
     the average host), the bin-packing bound benchmarks compare against."""

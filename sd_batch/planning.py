@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PolicyError, SpecError, UnresolvedReference
 from .lang import Component, Reference
-from .placement import SITE_DEFAULT, Demand, HostState, Placement, Policy, place
+from .placement import STRICT, Demand, HostState, Placement, Policy, place
 from .placement_strategies import STRATEGIES, Weights, strategy_named
 
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ def schedulers(step: Step) -> Iterator[SchedulerSpec]:
             yield vm.placement.scheduler
 
 
-def schedule(step: Step, hosts_for: HostsFor, site: Policy = SITE_DEFAULT) -> ScheduledPlan:
+def schedule(step: Step, hosts_for: HostsFor, site: Policy = STRICT) -> ScheduledPlan:
     """Place every scheduled VM of STEP and put its host's URI on it. Schedulers run in turn;
     each sees what the ones before it placed on hosts they share (by URI)."""
     placed: dict[str, list[Demand]] = {}  # uri -> demands placed by earlier schedulers

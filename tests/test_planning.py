@@ -203,3 +203,80 @@ def test_a_scheduler_may_tighten_site_policy_but_not_loosen_it() -> None:
     with pytest.raises(PolicyError, match=r"s:cpuOvercommit 8 is more than site policy allows "
                                           r"\(4\); ask for at most 4"):  # fmt: skip
         SchedulerSpec("s", ("h",), cpu_overcommit=8.0).policy(site)
+
+
+# --- site policy and inventories (the data placement runs on) ------------------------------
+def test_the_site_config_placement_table_sets_policy_and_host_tags() -> None:
+    from sd_batch.config import SiteConfig, parse_config
+
+    table = {"memory_overcommit": 1.5, "reserved_memory_mib": 2048, "max_vms_per_host": 20,
+             "tags": {"n1": ["ssd"]}}  # fmt: skip
+    config = parse_config({"placement": table})
+    assert config.placement == Policy(cpu_overcommit=4.0, memory_overcommit=1.5,
+                                      reserved_memory_mib=2048, max_vms_per_host=20)  # fmt: skip
+    assert config.host_tags == {"n1": frozenset({"ssd"})}
+    assert SiteConfig().placement == Policy(cpu_overcommit=4.0)  # Nova's initial ratios
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"cpu_ratio": 2}, "site.toml: unknown [placement] setting 'cpu_ratio'; known: "
+         "cpu_overcommit, memory_overcommit, disk_overcommit, reserved_memory_mib, "
+         "max_vms_per_host, tags"),
+        ({"cpu_overcommit": 0}, "site.toml: [placement] cpu_overcommit must be a number above 0"),
+        ({"max_vms_per_host": 0}, "site.toml: [placement] max_vms_per_host must be a whole "
+         "number >= 1"),
+        ({"tags": {"n1": "ssd"}}, "site.toml: [placement.tags] maps host names to lists of tags"),
+    ],
+)  # fmt: skip
+def test_placement_settings_that_make_no_sense_are_refused(table: dict, message: str) -> None:
+    from sd_batch.config import parse_config
+    from sd_batch.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"placement": table}, origin="site.toml")
+    assert str(info.value) == message
+
+
+def test_an_inventory_counts_hosts_alike_and_reads_sizes() -> None:
+    from sd_batch.inventory import parse_inventory, select
+
+    hosts = parse_inventory({"host": [
+        {"name": "r{n:02}", "count": 3, "uri": "qemu+ssh://r{n:02}/system", "memory": "64G",
+         "vcpus": 16, "disk": "1T", "tags": ["ssd"]},
+        {"name": "old", "memory": 8192, "vcpus": 4, "used_memory": "2G", "vms": 1},
+    ]})  # fmt: skip
+    assert [(h.name, h.uri) for h in hosts] == [
+        ("r01", "qemu+ssh://r01/system"), ("r02", "qemu+ssh://r02/system"),
+        ("r03", "qemu+ssh://r03/system"), ("old", "old")]  # fmt: skip
+    assert (hosts[0].memory_mib, hosts[0].disk_mib, hosts[0].tags) == (
+        64 * GiB, 1024 * GiB, frozenset({"ssd"}))
+    assert (hosts[3].used_memory_mib, hosts[3].vms, hosts[3].disk_mib) == (2 * GiB, 1, None)
+    assert [h.name for h in select(["r0[13]", "qemu+ssh://r02/system", "r01"], hosts, "inv")] == [
+        "r01", "r03", "r02"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "inv.toml: no hosts; write one [[host]] table per host (or kind)"),
+        ({"host": [{"name": "a", "vcpus": 2}]},
+         "inv.toml: host entry 1: memory is missing; write memory = \"64G\""),
+        ({"host": [{"name": "a", "memory": "1G", "vcpus": 2, "count": 2}]},
+         "inv.toml: host entry 1: count needs {n} in the name, or every host has one name"),
+        ({"host": [{"name": "a", "memory": "1G", "vcpus": 2, "cpus": 2}]},
+         "inv.toml: host entry 1: unknown key 'cpus'; keys: name, count, uri, memory, vcpus, "
+         "disk, tags, used_memory, used_vcpus, used_disk, vms"),
+        ({"host": [{"name": "a", "memory": "1G", "vcpus": 2}] * 2},
+         "inv.toml: two hosts are named 'a'; with count, put {n} in the name: name = "
+         "\"node-{n:03}\""),
+    ],
+)  # fmt: skip
+def test_inventory_mistakes_name_the_entry_and_the_key(data: dict, message: str) -> None:
+    from sd_batch.errors import ConfigError
+    from sd_batch.inventory import parse_inventory
+
+    with pytest.raises(ConfigError) as info:
+        parse_inventory(data, "inv.toml")
+    assert str(info.value) == message

@@ -93,8 +93,11 @@ class Demand:
 
 
 def size_text(mib: int) -> str:
-    """MiB as a person writes it: `512 MiB`, `40 GiB`."""
-    return f"{mib // 1024} GiB" if mib and mib % 1024 == 0 else f"{mib} MiB"
+    """MiB as a person writes it: `512 MiB`, `40 GiB`, `2 TiB`."""
+    for unit, size in (("TiB", 1 << 20), ("GiB", 1 << 10)):
+        if mib and mib % size == 0:
+            return f"{mib // size} {unit}"
+    return f"{mib} MiB"
 
 
 def _needs(memory: int, vcpus: int, disk: int) -> str:
@@ -383,8 +386,8 @@ def _diagnose(item: _Item, table: _Table) -> Unplaced:
         most = table.free[r][best]
         if r == SLOTS:
             limit = table.policy.max_vms_per_host
-            reason = (f"{what}: every host already has the most VMs site policy allows "
-                      f"({limit} per host)")  # fmt: skip
+            reason = (f"{what}: every host already has as many VMs as allowed ({limit} per "
+                      "host: maxVMsPerHost, or the site's max_vms_per_host)")  # fmt: skip
         else:
             shown = size_text if r in (MEMORY, DISK) else str
             reason = (f"{what}: {tightest} is the tightest: it needs {shown(item.need[r])}, the "

@@ -113,13 +113,13 @@ class Watcher:
         here = [vm for vm in self.watched if vm.uri == uri and vm.placement is not None]
         factor = min((vm.placement.scheduler.liveness_factor for vm in here
                       if vm.placement is not None), default=3)  # fmt: skip
-        self.progress(f"host {uri} missed ping {missed} of {factor}: {exc.message}")
+        why = exc.message.removeprefix(f"{uri}: ")
+        self.progress(f"host {uri} missed ping {missed} of {factor}: {why}")
         if missed < factor or uri in self.failed:
             return
         self.failed.add(uri)
         delay = min(vm.placement.scheduler.liveness_delay for vm in here if vm.placement)
-        reason = (f"host {uri} missed {missed} pings in a row ({delay:g} s apart): "
-                  f"{exc.message}")  # fmt: skip
+        reason = f"host {uri} missed {missed} pings in a row ({delay:g} s apart): {why}"
         by_scheduler: dict[SchedulerSpec, list[VMPlan]] = {}
         for vm in here:
             assert vm.placement is not None
@@ -158,7 +158,10 @@ class Watcher:
 
     def _record(self, vm: VMPlan, from_uri: str, to_uri: str | None, reason: str) -> None:
         self.ledger.record_move(self.owner, vm.domain, from_uri, to_uri, reason)
-        self.progress(f"moved {vm.domain} from {from_uri} to {to_uri or 'nowhere'}: {reason}")
+        if to_uri is None:
+            self.progress(f"could not move {vm.domain} off {from_uri}: {reason}")
+        else:
+            self.progress(f"moved {vm.domain} from {from_uri} to {to_uri}: {reason}")
 
     def _check_vm(self, vm: VMPlan, state: object) -> None:
         from .hypervisor import DomainState
@@ -196,14 +199,13 @@ class Watcher:
 
 
 def _resource_names(vms: Mapping[str, VMPlan], engine: Engine) -> set[str]:
-    """Every ledger name a VM's creation records: domain, overlay paths, console log."""
+    """The ledger names of an old copy: its domain and overlays. Not its console log: that
+    path on this machine is the new copy's too (its row goes with `sd terminate`)."""
     names = set()
     for domain, vm in vms.items():
         names.add(domain)
         for disk in vm.spec.disks:
             names.add(str(engine.paths.overlay_dir / f"{domain}-{disk.name}.{disk.format.value}"))
-        if engine.paths.console_dir is not None:
-            names.add(str(engine.paths.console_dir / f"{domain}.log"))
     return names
 
 

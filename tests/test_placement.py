@@ -188,8 +188,8 @@ def test_disk_counts_only_on_hosts_that_report_it() -> None:
          "w2 (1 GiB, 1 vCPU): every host with room already runs a VM of anti-affinity group "
          "workers"),
         ([host("a", vms=2)], [vm("v")], Policy(max_vms_per_host=2), "VM slots",
-         "v (1 GiB, 1 vCPU): every host already has the most VMs site policy allows (2 per "
-         "host)"),
+         "v (1 GiB, 1 vCPU): every host already has as many VMs as allowed (2 per host: "
+         "maxVMsPerHost, or the site's max_vms_per_host)"),
         ([host("a", 4 * GiB), host("b", 4 * GiB)],
          [vm("d1", 3 * GiB, affinity="db"), vm("d2", 3 * GiB, affinity="db")], Policy(),
          "memory", "affinity group db (d1, d2: 6 GiB, 2 vCPUs together): memory is the "

@@ -107,6 +107,7 @@ def show_status(args: argparse.Namespace, env: Environment) -> int:
             print(f"  file {path}", file=env.stdout)
         for move in report.moves:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(move.at))
-            print(f"  moved {move.domain} from {move.from_uri} to {move.to_uri or 'nowhere'} "
-                  f"at {when}: {move.reason}", file=env.stdout)
+            what = (f"moved {move.domain} from {move.from_uri} to {move.to_uri}" if move.to_uri
+                    else f"could not move {move.domain} off {move.from_uri}")  # fmt: skip
+            print(f"  {what} at {when}: {move.reason}", file=env.stdout)
     return 0

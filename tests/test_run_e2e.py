@@ -123,7 +123,7 @@ def test_a_job_with_its_own_sf_echoes_its_input_and_returns_its_files(job_dir: P
     (job_dir / "input.txt").write_text("hello from the submit side\n", encoding="utf-8")
     (job_dir / "my.sf").write_text(MY_SF, encoding="utf-8")
     run = sd_run(job_dir / "echo.sub")
-    assert run.code == 0, run.err
+    assert run.code == 0, run.out + run.err + _read(job_dir / "job.err")  # the runner's stderr
     summary = re.fullmatch(r"job 1\.0: exit 0 in [\d.]+ s; outputs: (.*)\n", run.out)
     assert summary is not None, run.out
     assert summary.group(1).split(", ") == ["job.out", "job.err", "memory.txt", "upper.txt"]
@@ -307,6 +307,10 @@ def test_hooks_run_as_condor_starter_runs_them(job_dir: Path) -> None:
         assert not Path(scratch).exists()
     finally:
         shutil.rmtree(record, ignore_errors=True)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
 
 
 def _recorded(path: Path) -> dict[str, str]:

@@ -163,17 +163,18 @@ class PolicyError(SdError):
 
 
 class HypervisorError(SdError):
-    """libvirt refused or failed. `transient` errors (daemon down, timeouts) requeue a job."""
+    """libvirt refused or failed. `transient` errors (daemon down, timeouts) are worth retrying.
 
+    Either way it is the worker's problem, not the user's: a job goes back to Idle to run on
+    another node (whose startd cron still says HasSmartDomains), never on hold.
+    """
+
+    disposition = Disposition.REQUEUE
     exit_code = 6
 
     def __init__(self, message: str, *, transient: bool = False, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.transient = transient
-
-    @property
-    def disposition(self) -> Disposition:  # type: ignore[override]
-        return Disposition.REQUEUE if self.transient else Disposition.HOLD
 
 
 class DomainNotFound(HypervisorError):

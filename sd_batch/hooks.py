@@ -131,6 +131,11 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
     ad_text = stdin.read()
     try:
         ad = parse_job_ad(ad_text)
+        if not ad.sd_description:
+            # Our hook keyword without SDVMDescription (a site-wide default keyword, say):
+            # the job did not ask for a VM, so it runs as it would without sd-batch.
+            log.info("job %s has no SDVMDescription: it runs natively", ad.global_job_id)
+            return 0
         manifest = Manifest(tuple(_argv_in_guest(ad, sandbox)), dict(ad.environment), ".")
         proc = _helper(["prepare", ad.global_job_id], stdin=subprocess.PIPE,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -211,11 +216,14 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     if status is None:
         print("sd-batch: the payload did not run", file=sys.stderr)
         return 1
-    if status.kind == "signal":
-        if status.code not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot be caught anyway
+    stops = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+    if status.kind == "signal" and status.code not in stops:  # a stop would stop the runner
+        if status.code != signal.SIGKILL:  # SIGKILL's handler cannot be set (nor needs to be)
             signal.signal(status.code, signal.SIG_DFL)
         os.kill(os.getpid(), status.code)  # die of it, so HTCondor records ExitBySignal
-        return 128 + status.code  # only reached for signals that do not end a process
+        return 128 + status.code  # only reached for signals whose default is to carry on
+    if status.kind == "signal":
+        return 128 + status.code
     return status.code
 
 

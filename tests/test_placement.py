@@ -5,6 +5,8 @@ Pure: hosts and VMs are built in one line each (`host(...)`, `vm(...)`), no hype
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -317,7 +319,6 @@ def test_the_same_input_gives_the_same_plan(
     case: tuple[list[HostState], list[Demand], Policy, str, int],
 ) -> None:
     hosts, demands, policy, strategy, seed = case
-    again = ([HostState(**{f: getattr(h, f) for f in h.__slots__}) for h in hosts],  # type: ignore[attr-defined]
-             [Demand(**{f: getattr(d, f) for f in d.__slots__}) for d in demands])  # type: ignore[attr-defined]  # fmt: skip
-    assert place(hosts, demands, strategy, policy, seed=seed) == place(*again, strategy, policy,
-                                                                        seed=seed)  # fmt: skip
+    first = place(hosts, demands, strategy, policy, seed=seed)
+    copies = [dataclasses.replace(h) for h in hosts], [dataclasses.replace(d) for d in demands]
+    assert place(*copies, strategy, policy, seed=seed) == first

@@ -230,7 +230,9 @@ def test_the_site_config_placement_table_sets_policy_and_host_tags() -> None:
         ({"tags": {"n1": "ssd"}}, "site.toml: [placement.tags] maps host names to lists of tags"),
     ],
 )  # fmt: skip
-def test_placement_settings_that_make_no_sense_are_refused(table: dict, message: str) -> None:
+def test_placement_settings_that_make_no_sense_are_refused(
+    table: dict[str, object], message: str
+) -> None:
     from sd_batch.config import parse_config
     from sd_batch.errors import ConfigError
 
@@ -273,7 +275,9 @@ def test_an_inventory_counts_hosts_alike_and_reads_sizes() -> None:
          "\"node-{n:03}\""),
     ],
 )  # fmt: skip
-def test_inventory_mistakes_name_the_entry_and_the_key(data: dict, message: str) -> None:
+def test_inventory_mistakes_name_the_entry_and_the_key(
+    data: dict[str, object], message: str
+) -> None:
     from sd_batch.errors import ConfigError
     from sd_batch.inventory import parse_inventory
 

@@ -157,7 +157,9 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         code, message = status_for(exc)
         log.warning("prepare job failed: %s", message)
         stdout.write(format_updates({"HookStatusCode": int(code), "HookStatusMessage": message}))
-        return 0
+        # Non-zero as well: a starter that predates HookStatusCode then still aborts the job
+        # (held, HoldReasonCode 19) instead of running it natively with Cmd unchanged.
+        return 1
     updates: dict[str, Any] = {
         "SDOriginalCmd": ad.cmd,
         "SDOriginalArguments": " ".join(shlex.quote(a) for a in ad.arguments),

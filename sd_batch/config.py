@@ -12,10 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .placement import Policy
+
+if TYPE_CHECKING:
+    from .placement import Policy
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Templates shipped with the source tree; the built-in default template folder.
@@ -26,7 +28,14 @@ SYSTEM_CONFIG = Path("/etc/sd-batch/site.toml")
 DEFAULT_URI = "qemu:///system"
 #: [placement] when a site sets nothing: OpenStack Nova's initial allocation ratios (4 vCPUs
 #: per host CPU; memory and disk not overcommitted), no memory reserved, no VM limit.
-DEFAULT_PLACEMENT = Policy(cpu_overcommit=4.0)
+DEFAULT_CPU_OVERCOMMIT = 4.0
+
+
+def default_placement() -> Policy:
+    """Imported late: only scheduling commands pay for the placement module."""
+    from .placement import Policy
+
+    return Policy(cpu_overcommit=DEFAULT_CPU_OVERCOMMIT)
 
 
 def default_state_dir() -> Path:
@@ -61,7 +70,7 @@ class SiteConfig:
     #: Site properties, read by descriptions as `PROPERTY name` (e.g. `sd.flavour = "qemu"`).
     properties: Mapping[str, str] = field(default_factory=dict)
     #: [placement]: overcommit ratios and limits every Scheduler works within.
-    placement: Policy = DEFAULT_PLACEMENT
+    placement: Policy = field(default_factory=default_placement)
     #: [placement.tags]: site host name (or URI) -> the tags its VMs may require.
     host_tags: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
@@ -143,7 +152,9 @@ def _placement(table: Any, origin: str) -> tuple[Policy, dict[str, frozenset[str
     if unknown:
         raise ConfigError(f"{origin}: unknown [placement] setting {unknown[0]!r}",
                           hint=f"known: {', '.join(known)}")  # fmt: skip
-    values: dict[str, Any] = {"cpu_overcommit": DEFAULT_PLACEMENT.cpu_overcommit}
+    from .placement import Policy
+
+    values: dict[str, Any] = {"cpu_overcommit": DEFAULT_CPU_OVERCOMMIT}
     for key in _RATIOS:
         if key in table:
             value = table[key]

@@ -548,9 +548,22 @@ def condor_param(name: str, default: str | None = None) -> str | None:
     Reads the config `CONDOR_CONFIG` (or HTCondor's default places) names; with none at all the
     bindings fall back to an empty config and this returns `default`.
     """
+    if f"_CONDOR_{name}" in os.environ:
+        return os.environ[f"_CONDOR_{name}"]
+    if not _has_condor_config():
+        return default  # no HTCondor here (sd run, tests): skip the bindings' import cost
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import htcondor2  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
         value = htcondor2.param.get(name)
     return default if value is None else str(value)
+
+
+def _has_condor_config() -> bool:
+    """Whether HTCondor would find a config: $CONDOR_CONFIG or its usual places."""
+    if os.environ.get("CONDOR_CONFIG"):
+        return os.environ["CONDOR_CONFIG"] != "/dev/null"
+    places = (Path("/etc/condor/condor_config"), Path("/usr/local/etc/condor_config"),
+              Path("~condor/condor_config").expanduser())
+    return any(p.exists() for p in places)

@@ -3,7 +3,7 @@
 A site config is a TOML file (`/etc/sd-batch/site.toml`, or `$XDG_CONFIG_HOME/sd-batch/site.toml`,
 or the file named by `SD_BATCH_CONFIG`). Every knob has a safe default, so a fresh machine works
 without one. `parse_config` is pure; `load_config` is the one place that reads the file.
-May import: errors, placement (Policy), pyxdg, tomllib.
+May import: errors, placement (Policy), policy (SitePolicy), pyxdg, tomllib.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .placement import Policy
+    from .policy import SitePolicy
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Templates shipped with the source tree; the built-in default template folder.
@@ -36,6 +37,13 @@ def default_placement() -> Policy:
     from .placement import Policy
 
     return Policy(cpu_overcommit=DEFAULT_CPU_OVERCOMMIT)
+
+
+def default_policy() -> SitePolicy:
+    """[policy] when a site sets nothing: `SitePolicy`'s safe defaults (imported late, too)."""
+    from .policy import SitePolicy
+
+    return SitePolicy()
 
 
 def default_state_dir() -> Path:
@@ -73,6 +81,8 @@ class SiteConfig:
     placement: Policy = field(default_factory=default_placement)
     #: [placement.tags]: site host name (or URI) -> the tags its VMs may require.
     host_tags: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: [policy]: what a batch job's VM may be (limits, overrides, networks, VMs per user/host).
+    policy: SitePolicy = field(default_factory=default_policy)
 
     def uri_for(self, host: str) -> str:
         """A libvirt URI for HOST: a URI as it is, a mapped site host name, or `localhost`."""
@@ -101,6 +111,7 @@ def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteCo
         "hosts",
         "properties",
         "placement",
+        "policy",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -137,6 +148,10 @@ def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteCo
         }
     if "placement" in data:
         kwargs["placement"], kwargs["host_tags"] = _placement(data["placement"], origin)
+    if "policy" in data:
+        from .policy import policy_from_table
+
+        kwargs["policy"] = policy_from_table(data["policy"], origin)
     return SiteConfig(**kwargs)
 
 

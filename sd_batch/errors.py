@@ -162,6 +162,12 @@ class PolicyError(SdError):
     exit_code = 5
 
 
+class PolicyLimitReached(PolicyError):
+    """The caller or the host already runs as many job VMs as the site allows: try later."""
+
+    disposition = Disposition.REQUEUE
+
+
 class HypervisorError(SdError):
     """libvirt refused or failed. `transient` errors (daemon down, timeouts) are worth retrying.
 

@@ -6,8 +6,8 @@ disk, site limits are applied to the resolved VM, names are derived from (caller
 so one user can never name, see or touch another user's VM, and every file the VM uses lives in
 a root-owned job folder, never at a path the user chose. Each creation is recorded in the
 ledger first, so a crash is finished by the next cleanup (or the reaper).
-May import: config, deploy, domain_xml, errors, guest.contract, jobad, lang, ledger, pools,
-spec, staging, templates.
+May import: config, deploy, domain_xml, errors, guest.contract, jobad, lang, ledger, policy,
+pools, spec, staging, templates.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import shutil
 import signal
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -33,6 +33,7 @@ from .domain_xml import OwnerKind as XmlOwnerKind
 from .errors import DeployError, HypervisorError, PolicyError, SdError, StagingError
 from .guest import contract
 from .lang import Description, load_file
+from .policy import SitePolicy, check_capacity, check_job, closest_template
 from .pools import Connections
 from .spec import DiskFormat, VMSpec, vm_spec
 
@@ -44,17 +45,20 @@ SF_PATH = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+/-]{0,254}\.sf")
 
 @dataclass(frozen=True, slots=True)
 class JobLimits:
-    """What one job may ask for. Defaults suit a small worker; site policy (issue 6) sets them."""
+    """What one job may ask for: the site's [policy] (`JobLimits.of(config.policy)`), plus
+    bounds on the helper's own work. The defaults are `SitePolicy()`'s."""
 
-    max_memory_mib: int = 8192
-    max_vcpus: int = 8
+    policy: SitePolicy = field(default_factory=SitePolicy)
     max_input_bytes: int = 2 * 1024**3
     output_disk_bytes: int = 256 * 1024**2
     max_description_files: int = 64
     max_description_bytes: int = 1024**2
     run_timeout_seconds: float = 24 * 3600.0
-    allow_user_descriptions: bool = True
-    allow_network: bool = False
+
+    @classmethod
+    def of(cls, policy: SitePolicy) -> JobLimits:
+        return cls(policy, max_input_bytes=policy.max_input_bytes,
+                   output_disk_bytes=policy.output_disk_bytes)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +109,25 @@ def prepare(
     key: JobKey,
     input_stream: BinaryIO,
     *,
-    limits: JobLimits = JobLimits(),
+    limits: JobLimits | None = None,
     connections: Connections | None = None,
 ) -> PreparedJob:
-    """Store the job's input disk, resolve its description, define its VM (not started)."""
+    """Store the job's input disk, resolve its description, define its VM (not started).
+
+    LIMITS default to the site's [policy]; every refusal is a `PolicyError` (a hold), but too
+    many VMs already (per user, per host) is `PolicyLimitReached` (back to Idle).
+    """
     from .ledger import Ledger, OwnerKind, ResourceKind
 
+    limits = limits or JobLimits.of(config.policy)
     connections = connections or Connections()
     uri = config.default_uri
     folder = key.folder(config)
     with Ledger.for_site(config) as ledger:
+        others = [o for o in ledger.owners() if o.kind is OwnerKind.JOB and o.host_uri == uri
+                  and o.owner_id != key.owner_id]  # fmt: skip
+        mine = sum(1 for o in others if o.owner_id.startswith(f"{key.uid}:"))
+        check_capacity(mine, len(others), limits.policy)
         existing = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
         engine = _engine(config, ledger, connections, key)
         if existing is not None:  # a retried PREPARE_JOB: start from nothing again
@@ -129,7 +142,7 @@ def prepare(
             description, name = _description(config, key, input_path, folder, limits)
             owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, description=name,
                                           pid=None)
-            spec = _job_spec(description, key, limits)
+            spec = _job_spec(config, description, name, key, limits.policy)
             output_path = folder / "output.img"
             with ledger.intent(owner, ResourceKind.FILE, str(output_path)):
                 from .staging import create_output_disk
@@ -192,7 +205,7 @@ def _description(
         if not name.endswith(".sf"):
             return load_file(find_template(name, config), include_dirs=search,
                              properties=props, environ=None), name
-        if not limits.allow_user_descriptions:
+        if not limits.policy.allow_user_descriptions:
             raise PolicyError(
                 f"this site does not run job descriptions of their own ({name})",
                 hint="name a site template instead (sd templates lists them)",
@@ -245,7 +258,10 @@ def _extract_descriptions(tar: tarfile.TarFile, root: Path, limits: JobLimits) -
             out.write(handle.read())
 
 
-def _job_spec(description: Description, key: JobKey, limits: JobLimits) -> VMSpec:
+def _job_spec(
+    config: SiteConfig, description: Description, name: str, key: JobKey, policy: SitePolicy
+) -> VMSpec:
+    """The job's VM, checked against site policy on the resolved tree (`policy.check_job`)."""
     vm = description.sfconfig
     if vm is None or vm.get("sfClass") != "sd_batch.VM":
         raise PolicyError(
@@ -253,17 +269,35 @@ def _job_spec(description: Description, key: JobKey, limits: JobLimits) -> VMSpe
             hint="write sfConfig extends VM { ... } (or extend a site template's VM)",
         )
     spec = dataclasses.replace(vm_spec(vm, default_name=key.domain), name=key.domain)
-    where = f" ({spec.loc})" if spec.loc else ""
-    if spec.memory_mib > limits.max_memory_mib:
-        raise PolicyError(f"{spec.path}:memory {spec.memory_mib} MiB is over the site limit of "
-                          f"{limits.max_memory_mib} MiB{where}", hint="ask for less memory")
-    if spec.vcpus > limits.max_vcpus:
-        raise PolicyError(f"{spec.path}:vcpus {spec.vcpus} is over the site limit of "
-                          f"{limits.max_vcpus}{where}", hint="ask for fewer vCPUs")
-    if spec.network is not None and not limits.allow_network:
-        raise PolicyError(f"{spec.path}:network {spec.network!r}: jobs get no network on this "
-                          f"site{where}", hint="set network NULL")
+    own = name.endswith(".sf")  # else a site template: its own VM is the template's
+    template = _extended_template(config, description, spec, key) if own else spec
+    check_job(description, spec, template, policy)
     return spec
+
+
+def _extended_template(
+    config: SiteConfig, description: Description, spec: VMSpec, key: JobKey
+) -> VMSpec | None:
+    """The VM of the site template a job's own description includes (the closest, if several).
+
+    Each is resolved again from the site's own folder, as a job naming it would get it; a job's
+    files are named relative to its sandbox, so only absolute names can be site templates.
+    """
+    folders = [folder.resolve() for folder in config.template_dirs]
+    found: list[VMSpec] = []
+    for shown in description.files:
+        path = Path(shown)
+        if not path.is_absolute() or path.suffix != ".sf":
+            continue
+        real = path.resolve()
+        if not real.is_file() or not any(real.is_relative_to(f) for f in folders):
+            continue
+        template = load_file(real, include_dirs=[*config.include_dirs, *config.template_dirs],
+                             properties=dict(config.properties), environ=None).sfconfig
+        if template is not None and template.get("sfClass") == "sd_batch.VM":
+            found.append(dataclasses.replace(vm_spec(template, default_name=key.domain),
+                                             name=key.domain))  # fmt: skip
+    return closest_template(spec, found)
 
 
 def run(
@@ -280,14 +314,16 @@ def run(
     INSTALL_SIGNALS receives a callback that destroys the VM at once: the helper wires it to
     SIGTERM (HTCondor's hold, remove and evict kill the runner, and sudo relays the signal).
     """
-    from .ledger import Ledger, OwnerKind
+    from .ledger import Ledger, OwnerKind, OwnerStatus
 
     connections = connections or Connections()
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
-        if ledger.owner(OwnerKind.JOB, key.owner_id, uri) is None:
+        owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+        if owner is None:
             raise DeployError(f"job {key.job_id} has no prepared VM on this host",
                               hint="PREPARE_JOB did not run or failed")
+        ledger.set_status(owner, OwnerStatus.ACTIVE)  # the reaper's sign of life: this process
     hv = connections(uri)
 
     def destroy_now() -> None:

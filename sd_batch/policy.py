@@ -122,6 +122,7 @@ def check_job(
 ) -> None:
     """Refuse a job's VM that site policy does not allow; the first problem found wins.
 
+    Limits and host paths hold for every job; the template rule where the site requires it.
     DESCRIPTION is the resolved `lang.Description` whose `sfconfig` is the VM SPEC was read
     from. TEMPLATE_SPEC is the resolved VM of the site template the description extends (the
     job's own SPEC when the job names a site template), or None when it extends none.
@@ -130,22 +131,22 @@ def check_job(
     assert isinstance(vm, Component), "check_job needs the VM component spec was read from"
     _check_limits(vm, spec, policy)
     _check_paths(vm, spec)
+    if not policy.require_site_template:
+        return  # the site trusts its users' own VMs within the limits and paths above
     if template_spec is None:
-        if policy.require_site_template:
-            raise PolicyError(
-                f"{_where(vm.loc)}{vm.path or 'sfConfig'} does not extend a site template",
-                hint='#include one (sd templates lists them) and extend its VM, e.g. '
-                     '#include "minimal.sf" then sfConfig extends MinimalVM { memory 1024; }',
-            )  # fmt: skip
-        return
+        raise PolicyError(
+            f"{_where(vm.loc)}{vm.path or 'sfConfig'} does not extend a site template",
+            hint="#include one (sd templates lists them) and extend its VM, e.g. "
+            '#include "minimal.sf" then sfConfig extends MinimalVM { memory 1024; }',
+        )
     for name, where, ours, theirs in _differences(vm, spec, template_spec, policy):
         template = Path(template_spec.loc.file).stem if template_spec.loc else "its template"
         raise PolicyError(
             f"{_where(where)}{name} {_show(ours)} differs from the site template "
             f"{template} ({_show(theirs)})",
             hint=f"a job's own description may change only {', '.join(OVERRIDABLE)}: "
-                 "remove the override or name another site template",
-        )  # fmt: skip
+            "remove the override or name another site template",
+        )
 
 
 def closest_template(spec: VMSpec, templates: Sequence[VMSpec]) -> VMSpec | None:

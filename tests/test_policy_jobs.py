@@ -1,0 +1,319 @@
+"""Site policy where it is enforced: `jobs.prepare` (root side) on libvirt's test driver.
+
+Each test builds a job's input disk as PREPARE_JOB does (the job ad, the sandbox with its .sf
+files) and hands it to `jobs.prepare` with a private site config on `test:///ABS/node.xml`: what
+a job tries through its own description is refused with a message the user can act on (a hold),
+and nothing is left behind. One test runs the real hook process to pin the HoldReason text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_batch import jobs
+from sd_batch.config import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.errors import DescriptionError, Disposition, PolicyError, PolicyLimitReached, SdError
+from sd_batch.guest.contract import Manifest
+from sd_batch.hooks import HOOKS_DIR
+from sd_batch.jobad import job_ad_from_submit
+from sd_batch.ledger import Ledger
+from sd_batch.pools import Connections
+from sd_batch.staging import write_input_tar
+
+pytestmark = pytest.mark.libvirt
+pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+classad2 = pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
+
+NODE_XML = """<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
+    <active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>
+  <memory>4194304</memory>
+</node>
+"""
+MINIMAL = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    '
+
+
+@dataclass
+class Site:
+    root: Path
+    sandbox: Path
+    connections: Connections
+    count: int = 0
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "site.toml"
+
+    def write_config(self, policy: str = "") -> SiteConfig:
+        self.config_path.write_text(
+            f'image_dir = "{self.root / "images"}"\nstate_dir = "{self.root / "state"}"\n'
+            f'default_uri = "test://{self.root / "node.xml"}"\n'
+            f'template_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n[properties]\n"sd.flavour" = "qemu"\n'
+            f"[policy]\n{policy}",
+            encoding="utf-8",
+        )
+        return load_config(self.config_path)
+
+    def job(self, description: str, sf_text: str | None = None) -> tuple[jobs.JobKey, bytes]:
+        """A job asking for DESCRIPTION (with my.sf holding SF_TEXT): its key and input disk."""
+        inputs = ""
+        if sf_text is not None:
+            (self.sandbox / "my.sf").write_text(sf_text, encoding="utf-8")
+            inputs = "transfer_input_files = my.sf\n"
+        self.count += 1
+        submit = (f"executable = /bin/true\n{inputs}+SDVMDescription = {description}\n"
+                  "queue\n")  # fmt: skip
+        (ad,) = job_ad_from_submit(submit, submit_dir=self.sandbox, owner="tester",
+                                   schedd_name=f"policy-{os.getpid()}-{self.count}@test",
+                                   qdate=1700000000)  # fmt: skip
+        job_id = next(line.split('"')[1] for line in ad.splitlines()
+                      if line.startswith("GlobalJobId = "))  # fmt: skip
+        out = io.BytesIO()
+        write_input_tar(self.sandbox, Manifest(("/bin/true",), {}, "."), out, job_ad_text=ad,
+                        max_bytes=1 << 30)  # fmt: skip
+        return jobs.JobKey(os.getuid(), job_id), out.getvalue()
+
+    def prepare(self, config: SiteConfig, description: str, sf_text: str | None = None,
+                key: jobs.JobKey | None = None) -> jobs.PreparedJob:  # fmt: skip
+        made_key, disk = self.job(description, sf_text)
+        return jobs.prepare(config, key or made_key, io.BytesIO(disk),
+                            connections=self.connections)  # fmt: skip
+
+    def refusal(self, sf_text: str, policy: str = "") -> SdError:
+        config = self.write_config(policy)
+        with pytest.raises(SdError) as caught:
+            self.prepare(config, '"my.sf"', sf_text)
+        assert caught.value.disposition is Disposition.HOLD
+        assert self.leftovers(config) == []
+        return caught.value
+
+    def leftovers(self, config: SiteConfig) -> list[str]:
+        with Ledger.for_site(config) as ledger:
+            rows = [f"{o.kind.value} {o.owner_id}" for o in ledger.owners()]
+        folder = config.state_dir / "jobs"
+        return rows + (sorted(str(p) for p in folder.iterdir()) if folder.is_dir() else [])
+
+    def domain_xml(self, config: SiteConfig, domain: str) -> ET.Element:
+        hv = self.connections(config.default_uri)
+        return ET.fromstring(hv._lookup(domain).XMLDesc(0))  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    (tmp_path / "node.xml").write_text(NODE_XML, encoding="utf-8")
+    kernel = tmp_path / "images" / "minimal"
+    kernel.mkdir(parents=True)
+    (kernel / "vmlinux").write_bytes(b"kernel")
+    (kernel / "initrd.img").write_bytes(b"initrd")
+    sandbox = tmp_path / "scratch"
+    sandbox.mkdir()
+    made = Site(tmp_path, sandbox, Connections())
+    yield made
+    made.connections.close()
+
+
+def held(error: SdError) -> str:
+    """The HoldReason's text, as the hook writes it (one line, file:line:col first)."""
+    text = error.headline() if isinstance(error, DescriptionError) else str(error)
+    assert "\n" not in text
+    return text
+
+
+# --- limits -------------------------------------------------------------------------------------
+def test_a_terabyte_of_memory_is_held_with_the_users_file_line_column(site: Site) -> None:
+    error = site.refusal(MINIMAL + 'memory "1T";\n}\n')
+    assert isinstance(error, PolicyError)
+    assert held(error) == ("my.sf:3:5: sfConfig:memory 1048576 MiB is over the site limit of "
+                           "8192 MiB; ask for less memory")  # fmt: skip
+
+
+def test_the_site_limit_comes_from_the_policy_table(site: Site) -> None:
+    error = site.refusal(MINIMAL + "vcpus 3;\n}\n", policy="max_vcpus = 2\n")
+    assert held(error).startswith("my.sf:3:5: sfConfig:vcpus 3 is over the site limit of 2 vCPUs")
+
+
+def test_a_site_template_over_the_site_limit_is_held_too(site: Site) -> None:
+    config = site.write_config("max_memory_mib = 128\n")
+    with pytest.raises(PolicyError, match="sfConfig:memory 256 MiB is over the site limit of 128"):
+        site.prepare(config, '"minimal"')
+    assert site.leftovers(config) == []
+
+
+@pytest.mark.parametrize("vcpus", ["0", "-1"])
+def test_zero_or_negative_vcpus_are_held(site: Site, vcpus: str) -> None:
+    error = site.refusal(MINIMAL + f"vcpus {vcpus};\n}}\n")
+    assert held(error).startswith(f"my.sf:3:5: sfConfig:vcpus: {vcpus} is not a vCPU count")
+
+
+def test_a_petabyte_disk_is_held(site: Site) -> None:
+    text = ('#include "components.sf"\nsfConfig extends VM {\n  kernel "minimal/vmlinux";\n'
+            '  disks extends DATA { scratch extends Disk { size "1048576G"; } }\n}\n')  # fmt: skip
+    error = site.refusal(text, policy="require_site_template = false\n")
+    assert "sfConfig:disks:scratch:size 1 PiB is over the site limit of 64 GiB" in held(error)
+
+
+# --- host files and devices ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('kernel "/boot/vmlinuz";', 'sfConfig:kernel "/boot/vmlinuz" is outside the site image'),
+        ('initrd "../../etc/shadow";', 'sfConfig:initrd "../../etc/shadow" is outside the site'),
+        ('disks extends DATA { root extends Disk { image "/dev/sda"; } }',
+         'sfConfig:disks:root:image "/dev/sda" is outside the site image folder'),
+        ('disks extends DATA { root extends Disk { image "../../etc/shadow"; } }',
+         'sfConfig:disks:root:image "../../etc/shadow" is outside the site image folder'),
+    ],
+)  # fmt: skip
+def test_host_paths_and_devices_are_held(site: Site, line: str, message: str) -> None:
+    for policy in ("", "require_site_template = false\n"):
+        assert message in held(site.refusal(MINIMAL + line + "\n}\n", policy))
+
+
+def test_include_of_a_host_file_is_not_found(site: Site) -> None:
+    error = site.refusal('#include "/etc/shadow"\n' + MINIMAL + "}\n")
+    assert held(error).startswith('my.sf:1:1: cannot find include "/etc/shadow"; searched: ')
+    assert "/etc" not in held(error).partition("searched: ")[2].split(", ")
+
+
+def test_envproperty_is_held_and_the_environment_never_read(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SD_POLICY_SECRET", "leak")
+    error = site.refusal(MINIMAL + 'cmdline OPTIONAL("x") ENVPROPERTY SD_POLICY_SECRET;\n}\n')
+    assert "environment variables are not available" in held(error)
+    error = site.refusal(MINIMAL + "cmdline PROPERTY SD_POLICY_SECRET;\n}\n")
+    assert "property SD_POLICY_SECRET is not set" in held(error)
+
+
+# --- the template rule, networks ----------------------------------------------------------------
+def test_a_network_is_held_when_the_site_allows_none(site: Site) -> None:
+    error = site.refusal(MINIMAL + 'network "default";\n}\n')
+    assert held(error) == ('my.sf:3:5: sfConfig:network "default": jobs get no network on this '
+                           "site; set network NULL")  # fmt: skip
+
+
+def test_a_description_extending_no_site_template_is_held(site: Site) -> None:
+    text = '#include "components.sf"\nsfConfig extends VM {\n  kernel "minimal/vmlinux";\n}\n'
+    assert "sfConfig does not extend a site template" in held(site.refusal(text))
+
+
+def test_a_users_own_copy_of_a_template_is_not_the_site_template(site: Site) -> None:
+    (site.sandbox / "minimal.sf").write_text(
+        '#include "components.sf"\nMinimalVM extends VM { kernel "minimal/vmlinux"; }\n'
+        "sfConfig extends MinimalVM;\n", encoding="utf-8")  # fmt: skip
+    config = site.write_config()
+    with pytest.raises(PolicyError, match="does not extend a site template"):
+        site.prepare(config, '"my.sf"', MINIMAL + "}\n")
+    (site.sandbox / "minimal.sf").unlink()
+
+
+@pytest.mark.parametrize("line", ['kernel "minimal/initrd.img";', 'cmdline "init=/bin/sh";'])
+def test_overriding_the_templates_kernel_or_cmdline_is_held(site: Site, line: str) -> None:
+    assert "differs from the site template minimal" in held(site.refusal(MINIMAL + line + "\n}\n"))
+
+
+def test_allowed_overrides_prepare_a_vm(site: Site) -> None:
+    config = site.write_config()
+    prepared = site.prepare(config, '"my.sf"', MINIMAL + 'memory "1G";\n    vcpus 2;\n}\n')
+    assert (prepared.memory_mib, prepared.vcpus, prepared.description) == (1024, 2, "my.sf")
+    jobs.cleanup(config, jobs.JobKey(os.getuid(), _job_of(site, config)),
+                 connections=site.connections)  # fmt: skip
+    assert site.leftovers(config) == []
+
+
+# --- injection, names ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["a<b", "it's", "x&y"])
+def test_a_vm_name_with_markup_is_held(site: Site, name: str) -> None:
+    error = site.refusal(MINIMAL + f'name "{name}";\n}}\n')
+    assert held(error).startswith(f"my.sf:3:5: sfConfig:name: {json.dumps(name)} is not a VM name")
+
+
+def test_a_cmdline_closing_its_element_reaches_libvirt_as_plain_text(site: Site) -> None:
+    cmdline = "console=ttyS0 </cmdline><kernel>/etc/shadow</kernel> &amp; 'x'"
+    text = (
+        MINIMAL.replace("MinimalVM {", "VM {")
+        + f'kernel "minimal/vmlinux";\n    cmdline "{cmdline}";\n}}\n'
+    )
+    config = site.write_config("require_site_template = false\n")
+    prepared = site.prepare(config, '"my.sf"', text)
+    os_element = site.domain_xml(config, prepared.domain).find("os")
+    assert os_element is not None
+    assert os_element.findtext("cmdline") == cmdline
+    assert os_element.findtext("kernel") == str(site.root / "images" / "minimal" / "vmlinux")
+    jobs.cleanup(config, jobs.JobKey(os.getuid(), _job_of(site, config)),
+                 connections=site.connections)  # fmt: skip
+
+
+def test_two_jobs_asking_for_the_same_name_get_different_domains(site: Site) -> None:
+    config = site.write_config()
+    text = MINIMAL + 'name "same";\n}\n'
+    first = site.prepare(config, '"my.sf"', text)
+    second = site.prepare(config, '"my.sf"', text)
+    assert first.domain != second.domain
+    assert {first.domain, second.domain} <= {
+        d.name for d in site.connections(config.default_uri).list_domains()
+    }
+    assert "same" not in {d.name for d in site.connections(config.default_uri).list_domains()}
+    for owner in _jobs(config):
+        jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+    assert site.leftovers(config) == []
+
+
+# --- VM counts ----------------------------------------------------------------------------------
+def test_a_users_vm_limit_sends_the_next_job_back_to_idle(site: Site) -> None:
+    config = site.write_config("max_vms_per_user = 1\n")
+    site.prepare(config, '"minimal"')
+    with pytest.raises(PolicyLimitReached, match="site limit per user is 1") as caught:
+        site.prepare(config, '"minimal"')
+    assert caught.value.disposition is Disposition.REQUEUE
+    (owner,) = _jobs(config)
+    jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+    site.prepare(config, '"minimal"')  # room again
+    for owner in _jobs(config):
+        jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+
+
+def _jobs(config: SiteConfig) -> list[str]:
+    """The job ids of the job owners in the ledger."""
+    with Ledger.for_site(config) as ledger:
+        return [o.owner_id.partition(":")[2] for o in ledger.owners()]
+
+
+def _job_of(site: Site, config: SiteConfig) -> str:
+    (job,) = _jobs(config)
+    return job
+
+
+# --- the HoldReason, through the real hook ------------------------------------------------------
+def test_prepare_job_hook_holds_with_the_policy_message(site: Site) -> None:
+    config = site.write_config()
+    (site.sandbox / "my.sf").write_text(MINIMAL + 'memory "1T";\n}\n', encoding="utf-8")
+    ad = job_ad_from_submit(
+        "executable = /bin/true\ntransfer_input_files = my.sf\n+SDVMDescription = \"my.sf\"\n"
+        "queue\n", submit_dir=site.sandbox, owner="tester", schedd_name="hook@test",
+        qdate=1700000000)[0]  # fmt: skip
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(site.root),
+        "SD_BATCH_CONFIG": str(site.config_path),
+        "CONDOR_CONFIG": "/dev/null",
+        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.privileged",
+    }
+    done = subprocess.run([str(HOOKS_DIR / "prepare_job")], input=ad.encode(), cwd=site.sandbox,
+                          env=environ, capture_output=True, timeout=60, check=False)  # fmt: skip
+    updates = classad2.parseOne(done.stdout.decode(), classad2.ParserType.Old)
+    assert 1 <= updates.eval("HookStatusCode") <= 299, done.stderr
+    assert updates.eval("HookStatusMessage") == (
+        "sd-batch: my.sf:3:5: sfConfig:memory 1048576 MiB is over the site limit of 8192 MiB; "
+        "ask for less memory")  # fmt: skip
+    assert site.leftovers(config) == []

@@ -290,7 +290,8 @@ The disks and manifest a job VM needs: sd_batch/guest/CONTRACT.md.""",
 examples:
   scripts/build-guest                       # into the site image folder
   scripts/build-guest --image-dir /tmp/img  # somewhere else (no root needed)
-  scripts/build-guest --force               # rebuild even if the stamp matches""",
+  scripts/build-guest --force               # rebuild even if the stamp matches
+  scripts/build-guest --full                # the debian-batch image instead (root, ~1 min)""",
     )
     parser.add_argument(
         "--image-dir",
@@ -310,6 +311,13 @@ examples:
         help="meta package naming the kernel to use (default: %(default)s)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="build IMAGE_DIR/debian-batch/ instead: a whole Debian 12 root (mmdebstrap, "
+        "ext4, qcow2) running the same job runner, for job_templates/debian-batch.sf "
+        "(needs root; sd_batch/guest/full.py)",
+    )
     return parser
 
 
@@ -318,6 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         image_dir = args.image_dir or load_config().image_dir
         cache_dir = args.cache_dir or default_cache_dir()
+        if args.full:
+            from .full import main as full_main
+
+            return full_main(image_dir.absolute(), cache_dir.absolute(), force=args.force,
+                             kernel_meta=args.kernel_package)  # fmt: skip
         result = build(
             image_dir.absolute(),
             cache_dir.absolute(),

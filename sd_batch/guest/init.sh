@@ -8,8 +8,13 @@
 # Text from the input disk is never evaluated: argv and environment arrive as NUL-terminated
 # entries read into "$@" with `read -d ''`, and reach the payload through execve only.
 # The same file runs as helper for acpid (--power-button) and for find (--collect).
+# The debian-batch guest runs this file from a full Debian root (full.py), with busybox and its
+# applets in a private folder: SD_BATCH_BIN names that folder, SD_BATCH_SELF this script's
+# launcher (defaults: the minimal initramfs's /bin and /init).
 
-PATH=/bin
+BIN=${SD_BATCH_BIN:-/bin}
+SELF=${SD_BATCH_SELF:-/init}
+PATH=$BIN
 export PATH
 RUN=/run/sd-batch          # our own scratch: mode, catalogue, exit status
 OUT=$RUN/result            # what becomes the result tar
@@ -39,8 +44,8 @@ power_off() {
 # ---------------------------------------------------------------- boot
 
 mount_basics() {
-	/bin/busybox mount -t proc proc /proc
-	/bin/busybox --install -s /bin
+	"$BIN/busybox" mount -t proc proc /proc
+	"$BIN/busybox" --install -s "$BIN"
 	mount -t sysfs sysfs /sys
 	mount -t devtmpfs devtmpfs /dev
 	exec </dev/console >/dev/console 2>&1
@@ -49,6 +54,7 @@ mount_basics() {
 }
 
 load_modules() {
+	[ -f /lib/modules/load-order ] || return 0   # a full root: its initramfs loaded them
 	failed=
 	xen=no
 	if [ "$(cat /sys/hypervisor/type 2>/dev/null)" = xen ]; then xen=yes; fi
@@ -114,7 +120,7 @@ find_disks() {
 # busybox acpid runs <confdir>/PWRF/00000080 when the power button (libvirt's shutdown) fires.
 start_acpid() {
 	mkdir -p /etc/acpi/PWRF
-	printf '#!/bin/sh\nexec /init --power-button\n' > /etc/acpi/PWRF/00000080
+	printf '#!%s/sh\nexec %s --power-button\n' "$BIN" "$SELF" > /etc/acpi/PWRF/00000080
 	chmod 755 /etc/acpi/PWRF/00000080
 	acpid -c /etc/acpi -l "$RUN/acpid.log" -p "$RUN/acpid.pid"
 }
@@ -125,7 +131,7 @@ power_button() {
 	if [ "$(cat "$RUN/mode" 2>/dev/null)" = job ]; then
 		: > "$RUN/stop-requested"
 		echo "sd-batch: power button: sending SIGTERM to the job" > /dev/console
-		su -s /bin/sh "$JOB_USER" -c 'kill -s TERM -1' 2>/dev/null
+		su -s "$BIN/sh" "$JOB_USER" -c 'kill -s TERM -1' 2>/dev/null
 	else
 		kill -s TERM 1
 	fi
@@ -176,7 +182,7 @@ unpack_input() {
 # Run the payload: time(1) -> su (uid/gid/groups of `job`) -> env -i (exactly the manifest's
 # environment over a few defaults) -> execvp(argv). Nothing but execve sees the user's text.
 run_payload() {
-	set -- su -p -s /bin/env "$JOB_USER" -- -i "PATH=$JOB_PATH" HOME=/home/job \
+	set -- su -p -s "$BIN/env" "$JOB_USER" -- -i "PATH=$JOB_PATH" HOME=/home/job \
 		"USER=$JOB_USER" "LOGNAME=$JOB_USER" SHELL=/bin/sh TMPDIR=/tmp
 	if [ -f "$IN/meta/env" ]; then
 		while IFS= read -r -d '' entry; do
@@ -193,7 +199,7 @@ run_payload() {
 	time -o "$RUN/status" -f 'sd-exit=%x' "$@" </dev/null >"$OUT/stdout" 2>"$OUT/stderr"
 	cd /
 	# Whatever the job left running in the background ends with it.
-	su -s /bin/sh "$JOB_USER" -c 'kill -s KILL -1' 2>/dev/null
+	su -s "$BIN/sh" "$JOB_USER" -c 'kill -s KILL -1' 2>/dev/null
 	[ -f "$RUN/status" ] || fail "the payload's exit status was not recorded"
 	sig=$(sed -n 's/^Command terminated by signal \([0-9]*\)$/\1/p' "$RUN/status")
 	if [ -n "$sig" ]; then
@@ -242,7 +248,7 @@ take() {
 
 collect_outputs() {
 	mkdir -p "$OUT/outputs"
-	(cd "$SANDBOX" && find . -mindepth 1 -exec /init --collect {} +)
+	(cd "$SANDBOX" && find . -mindepth 1 -exec "$SELF" --collect {} +)
 }
 
 result_members() {

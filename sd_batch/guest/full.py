@@ -1,0 +1,234 @@
+"""Build the `debian-batch` guest: a full Debian 12 root on a qcow2 disk (`build-guest --full`).
+
+The same job runner as the minimal guest, on a whole Debian userland:
+- the root: `mmdebstrap --variant=minbase` (installed with apt if missing; needs root) plus
+  busybox-static and python3-minimal, the user `job` (uid 1000), the minimal guest's `init.sh`
+  as `/usr/lib/sd-batch/init.sh` and its launcher `/usr/local/sbin/sd-batch-init`, which runs
+  it with busybox applets from `/usr/lib/sd-batch/bin` (the Debian tools are the job's);
+- the disk: `mke2fs -t ext4 -d ROOT` (no loop mount) into a sparse raw file, then
+  `qemu-img convert -O qcow2` -> `root.qcow2` (jobs boot from copy-on-write overlays of it);
+- the kernel: the one the minimal guest uses (same .deb cache), no modules in the root;
+- the initramfs: busybox, `root-init.sh` as /init and the minimal guest's modules plus ext4.
+  It mounts `root=/dev/vda` and `switch_root`s to the launcher, which runs the job and powers off.
+`build-stamp.json` names the package versions, the suite and a hash of these sources: an
+unchanged image is not rebuilt (Debian point releases are picked up with --force).
+May import: errors, config, guest, the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import GuestBuildError
+from .build import (
+    KERNEL_META_PACKAGE,
+    PACKAGE_DIR,
+    _run,
+    _say,
+    _write,
+    fetch,
+    read_stamp,
+    resolve_packages,
+    source_digest,
+    vmlinux_from_bzimage,
+)
+from .initramfs import DEFAULT_MODULES, assemble, load_modules, scan_module_tree
+
+GUEST_NAME = "debian-batch"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+#: Besides minbase: busybox runs the runner; python3-minimal makes the userland useful.
+PACKAGES = ("busybox-static", "python3-minimal")
+#: ext4 and the checksum driver it asks for by name (a softdep, absent from modinfo depends).
+MODULES = (*DEFAULT_MODULES, "crc32c_generic", "ext4")
+ROOT_INIT = PACKAGE_DIR / "root-init.sh"
+INIT_SCRIPT = PACKAGE_DIR / "init.sh"
+SOURCES = (
+    INIT_SCRIPT, ROOT_INIT, PACKAGE_DIR / "full.py", PACKAGE_DIR / "build.py",
+    PACKAGE_DIR / "initramfs.py",
+)  # fmt: skip
+STAMP = "build-stamp.json"
+OUTPUT_FILES = ("vmlinux", "vmlinuz", "initrd.img", "root.qcow2")
+#: Virtual size of the root disk: sparse, so only what is written costs space. Jobs' files
+#: live on it (in the job's overlay), so leave room.
+DISK_BYTES = 8 * 1024**3
+#: Inside the root.
+RUNNER_DIR = "usr/lib/sd-batch"
+LAUNCHER = "usr/local/sbin/sd-batch-init"
+LAUNCHER_TEXT = f"""#!/{RUNNER_DIR}/bin/sh
+# sd-batch's job runner (PID 1 of the debian-batch guest, after its initramfs's switch_root):
+# the minimal guest's init.sh, run by busybox with its applets in /{RUNNER_DIR}/bin.
+SD_BATCH_BIN=/{RUNNER_DIR}/bin
+SD_BATCH_SELF=/{LAUNCHER}
+export SD_BATCH_BIN SD_BATCH_SELF
+exec /{RUNNER_DIR}/bin/sh /{RUNNER_DIR}/init.sh "$@"
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FullStamp:
+    """What a built debian-batch image was made from; equal stamps mean no rebuild."""
+
+    suite: str
+    mirror: str
+    packages: tuple[str, ...]
+    kernel_package: str
+    kernel_version: str
+    busybox_version: str
+    source_sha256: str
+    modules: tuple[str, ...] = MODULES
+
+    def key(self) -> dict[str, object]:
+        data = asdict(self)
+        data["packages"] = list(self.packages)
+        data["modules"] = list(self.modules)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class FullResult:
+    directory: Path
+    built: bool
+    kernel_release: str
+    seconds: float
+    steps: dict[str, float]
+
+
+def up_to_date(directory: Path, stamp: FullStamp) -> bool:
+    recorded = read_stamp(directory)
+    if recorded is None or any(not (directory / f).is_file() for f in OUTPUT_FILES):
+        return False
+    return {k: recorded.get(k) for k in stamp.key()} == stamp.key()
+
+
+def ensure_mmdebstrap() -> str:
+    """mmdebstrap's path, installing Debian's package first if it is missing."""
+    found = shutil.which("mmdebstrap")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise GuestBuildError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
+    _say("installing mmdebstrap with apt-get")
+    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "mmdebstrap"])
+    found = shutil.which("mmdebstrap")
+    if not found:
+        raise GuestBuildError("apt-get installed mmdebstrap but it is not on PATH")
+    return found
+
+
+def make_root(root: Path, mirror: str, suite: str = SUITE) -> None:
+    """The Debian root in ROOT (must not exist): minbase + PACKAGES + job user + the runner."""
+    _run([
+        ensure_mmdebstrap(), "--quiet", "--mode=root", "--variant=minbase",
+        f"--include={','.join(PACKAGES)}", suite, str(root), mirror,
+    ])  # fmt: skip
+    _run(["chroot", str(root), "useradd", "--uid", "1000", "--user-group", "--create-home",
+          "--shell", "/bin/sh", "job"])  # fmt: skip
+    runner = root / RUNNER_DIR
+    (runner / "bin").mkdir(parents=True, exist_ok=True)
+    for name in ("busybox", "sh"):  # the rest of the applets: init.sh's busybox --install
+        (runner / "bin" / name).symlink_to("/usr/bin/busybox")
+    shutil.copyfile(INIT_SCRIPT, runner / "init.sh")
+    (runner / "init.sh").chmod(0o755)
+    launcher = root / LAUNCHER
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    launcher.write_text(LAUNCHER_TEXT)
+    launcher.chmod(0o755)
+    (root / "etc/hostname").write_text("sd-batch-job\n")
+
+
+def make_disk(root: Path, raw: Path, qcow2: Path, size: int = DISK_BYTES) -> None:
+    """ext4 from ROOT's tree (mke2fs -d: no mount), then qcow2 (zeros are not stored)."""
+    with raw.open("wb") as handle:
+        handle.truncate(size)
+    _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "sd-root", "-m", "0", "-d", str(root),
+          str(raw)])  # fmt: skip
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)])
+
+
+def build(
+    image_dir: Path,
+    cache_dir: Path,
+    *,
+    force: bool = False,
+    kernel_meta: str = KERNEL_META_PACKAGE,
+    mirror: str = MIRROR,
+) -> FullResult:
+    """Make `<image_dir>/debian-batch` current: root, disk, kernel, initramfs, stamp."""
+    started = time.monotonic()
+    steps: dict[str, float] = {}
+    directory = image_dir / GUEST_NAME
+    kernel, busybox = resolve_packages(kernel_meta)
+    release = kernel.name.removeprefix("linux-image-")
+    stamp = FullStamp(SUITE, mirror, PACKAGES, kernel.name, kernel.version, busybox.version,
+                      source_digest(SOURCES))  # fmt: skip
+    if not force and up_to_date(directory, stamp):
+        return FullResult(directory, False, release, time.monotonic() - started, steps)
+    if os.geteuid() != 0:
+        raise GuestBuildError(
+            "building debian-batch needs root", hint="mmdebstrap and the file owners in the image"
+        )
+
+    kernel_deb = fetch(kernel, cache_dir)
+    busybox_deb = fetch(busybox, cache_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sd-full-", dir=cache_dir) as tmp:
+        work = Path(tmp)
+        mark = time.monotonic()
+        _say(f"mmdebstrap {SUITE} (minbase + {', '.join(PACKAGES)}) from {mirror}")
+        make_root(work / "root", mirror)
+        steps["mmdebstrap"] = time.monotonic() - mark
+
+        mark = time.monotonic()
+        _say(f"mke2fs -t ext4 -d (virtual size {DISK_BYTES // 1024**3} GiB), qemu-img convert")
+        partial = directory / "root.qcow2.tmp"  # renamed into place: running VMs keep theirs
+        make_disk(work / "root", work / "root.raw", partial)
+        shutil.rmtree(work / "root")
+        (work / "root.raw").unlink()
+        steps["disk"] = time.monotonic() - mark
+
+        mark = time.monotonic()
+        _say(f"extracting {kernel_deb.name}")
+        _run(["dpkg-deb", "-x", str(kernel_deb), str(work / "kernel")])
+        _run(["dpkg-deb", "-x", str(busybox_deb), str(work / "busybox")])
+        moddirs = sorted((work / "kernel/lib/modules").glob("*/kernel"))
+        if not moddirs:
+            raise GuestBuildError(f"{kernel_deb.name} holds no lib/modules/<release>/kernel")
+        release = moddirs[-1].parent.name
+        modules = load_modules(scan_module_tree(moddirs[-1].parent), MODULES)
+        bzimage = (work / f"kernel/boot/vmlinuz-{release}").read_bytes()
+        initrd = assemble((work / "busybox/bin/busybox").read_bytes(), ROOT_INIT.read_bytes(),
+                          modules)  # fmt: skip
+        steps["kernel+initramfs"] = time.monotonic() - mark
+
+        partial.chmod(0o644)
+        partial.replace(directory / "root.qcow2")
+    _write(directory / "vmlinuz", bzimage)
+    _write(directory / "vmlinux", vmlinux_from_bzimage(bzimage))
+    _write(directory / "initrd.img", initrd)
+    record = {**stamp.key(), "kernel_release": release,
+              "loaded_modules": [name for name, _ in modules]}  # fmt: skip
+    _write(directory / STAMP, (json.dumps(record, indent=2) + "\n").encode())
+    return FullResult(directory, True, release, time.monotonic() - started, steps)
+
+
+def main(image_dir: Path, cache_dir: Path, *, force: bool, kernel_meta: str) -> int:
+    """`build-guest --full`: build (or keep) the image and say where it is."""
+    result = build(image_dir, cache_dir, force=force, kernel_meta=kernel_meta)
+    where = result.directory
+    if result.built:
+        size = (where / "root.qcow2").stat().st_size / 1e6
+        timings = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.steps.items())
+        _say(f"built guest {GUEST_NAME!r} (kernel {result.kernel_release}, root.qcow2 "
+             f"{size:.0f} MB) in {result.seconds:.0f} s ({timings})")  # fmt: skip
+    else:
+        _say(f"guest {GUEST_NAME!r} is up to date (kernel {result.kernel_release})")
+    for name in OUTPUT_FILES:
+        _say(f"  {where / name}")
+    return 0

@@ -143,7 +143,7 @@ def check_job(
         template = Path(template_spec.loc.file).stem if template_spec.loc else "its template"
         raise PolicyError(
             f"{_where(where)}{name} {_show(ours)} differs from the site template "
-            f"{template} ({_show(theirs)})",
+            f"{template} ({_clip(_show(theirs))})",
             hint=f"a job's own description may change only {', '.join(OVERRIDABLE)}: "
             "remove the override or name another site template",
         )
@@ -294,6 +294,11 @@ def _size(size_bytes: int) -> str:
             value = size_bytes / (1 << shift)
             return f"{value:g} {unit}"
     return f"{size_bytes} bytes"
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """A template's value, shortened: the user needs to see which it is, not all of it."""
+    return text if len(text) <= limit else text[: limit - 4] + '..."'
 
 
 def _show(value: Any) -> str:

@@ -32,6 +32,7 @@ examples:
   sd watch localhost lab                        move VMs off hosts that stop answering
   sd terminate localhost lab                    stop it and remove its VMs and disks
   sd run examples/hello.sub                     a job through the HTCondor hooks, in a VM
+  sd reap --dry-run                             what crashed runs left, and why
 
 Descriptions are written in the SmartFrog language; see the README's language guide.
 Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor,
@@ -228,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run hooks and job as this user (root only; default: sdslot1 for root)")
     run.add_argument("--json", action="store_true", help="one JSON document instead of lines")
     run.set_defaults(handler="sd_batch.commands.run:run")
+
+    reap = sub.add_parser(
+        "reap", help="remove what crashed runs left: dead jobs' VMs, interrupted pools, orphans",
+        description="Compare the ledger and the hypervisors with the jobs and pools still alive "
+        "and remove what belongs to none: jobs whose runner died (or prepared and never run "
+        "for --prepared-grace seconds), pools whose start or terminate was interrupted, rows "
+        "stuck `creating`, domains carrying our metadata that no ledger owner has, job folders "
+        "with no owner. One line per action. Never touches a domain without our metadata, an "
+        "active pool, or a job whose process lives. The startd cron runs it.",
+    )  # fmt: skip
+    reap.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    reap.add_argument("--prepared-grace", type=float, default=3600.0, metavar="SECONDS",
+                      help="a prepared job never run is abandoned after this long (default 3600)")
+    reap.add_argument("--json", action="store_true", help="machine-readable list of actions")
+    reap.set_defaults(handler="sd_batch.commands.reap:run")
     return parser
 
 

@@ -258,6 +258,7 @@ def startd_cron(stdout: IO[str]) -> int:
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
         report = {"ok": False, "reason": f"the privileged helper cannot be run: {exc}",
                   "templates": [], "free_memory_mib": None}
+    _reap_quietly()
     updates: dict[str, Any] = {
         "HasSmartDomains": bool(report.get("ok")),
         "SmartDomainsTemplates": ",".join(report.get("templates") or []),
@@ -266,6 +267,20 @@ def startd_cron(stdout: IO[str]) -> int:
     }
     stdout.write(format_updates(updates))
     return 0
+
+
+def _reap_quietly(timeout: float = 20.0) -> None:
+    """The reaper, every cron run (cheap when nothing is left): its failures are logged on
+    stderr, never published, so they cannot take the node out (HasSmartDomains)."""
+    try:
+        done = subprocess.run([*helper_argv(), "reap"], capture_output=True, timeout=timeout,
+                              check=False)
+        reply = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        for line in reply.get("actions") or [reply.get("message", "")]:
+            if line:
+                log.info("reaper: %s", line)
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
+        log.warning("reaper could not run: %s", exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

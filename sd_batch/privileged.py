@@ -8,12 +8,13 @@ this command through sudo (`condor_hooks/helper`, a sudoers drop-in from `script
     helper run JOB_ID         stdout: the result tar                exit 0, or see below
     helper cleanup JOB_ID     stdout: one JSON line (idempotent)
     helper probe              stdout: one JSON line (for the startd cron)
+    helper reap               stdout: one JSON line: what the reaper removed (startd cron)
 
 The caller is who sudo says (`SUDO_UID`), never an argument: every VM is keyed by (caller uid,
 job id), so a user can neither name nor touch another user's job. Arguments are validated; the
 description is resolved here, from the job's own input, against the site's config and limits.
 `run` exits 75 (EX_TEMPFAIL) for host problems, 1 for anything else, with a message on stderr.
-May import: config, errors, jobs, pools, templates, json, os, sys.
+May import: config, errors, jobs, pools, reaper, templates, json, os, sys.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .config import SiteConfig, load_config
 from .errors import Disposition, SdError
 
 EX_TEMPFAIL = 75
-USAGE = "usage: helper {prepare,run,cleanup} JOB_ID | helper probe"
+USAGE = "usage: helper {prepare,run,cleanup} JOB_ID | helper {probe,reap}"
 
 
 def caller_uid(environ: dict[str, str] | None = None) -> int:
@@ -83,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="sd-batch helper: %(levelname)s %(message)s")
     if args == ["probe"]:
         return _probe()
+    if args == ["reap"]:
+        return _reap()
     if len(args) != 2 or args[0] not in ("prepare", "run", "cleanup"):
         print(USAGE, file=sys.stderr)
         return 2
@@ -132,6 +135,21 @@ def _probe() -> int:
     except SdError as exc:
         report.update(ok=False, reason=str(exc))
     _reply(report)
+    return 0
+
+
+def _reap() -> int:
+    """Remove what dead jobs and interrupted pools left (`sd_batch.reaper`); it acts only on
+    what no live process owns, so any caller may trigger it."""
+    from .reaper import reap
+
+    try:
+        outcomes = reap(site_config())
+    except SdError as exc:
+        _reply(_failure(exc))
+        return 1
+    _reply({"ok": all(not o.error for o in outcomes),
+            "actions": [o.line(dry_run=False) for o in outcomes]})  # fmt: skip
     return 0
 
 

@@ -1,0 +1,399 @@
+"""The reaper: pure decisions table-tested, then `sd reap` on libvirt's test driver.
+
+The libvirt tests get a private site (tmp state and image folders, a site.toml) whose
+`localhost` is `test:///TMP/host.xml`; `sd reap` runs in this process and shares its
+connections (`pools.SHARED_CONNECTIONS`), so the domains it sees are the ones the test made.
+A process "dies" for real: a `sleep` is recorded as the owner's process, then killed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_batch import jobs
+from sd_batch.cli import Environment, main
+from sd_batch.config import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.domain_xml import SD_NAMESPACE
+from sd_batch.hypervisor import DomainInfo, DomainOwner, DomainState, Hypervisor
+from sd_batch.ledger import (
+    Ledger,
+    Owner,
+    OwnerKind,
+    OwnerStatus,
+    ProcessRef,
+    Resource,
+    ResourceKind,
+    ResourceState,
+)
+from sd_batch.pools import SHARED_CONNECTIONS, start_pool, terminate_pool
+from sd_batch.reaper import (
+    ActionKind,
+    LedgerView,
+    Owned,
+    ReapPolicy,
+    decide,
+    job_digest,
+    reap,
+)
+
+URI = "test:///default"
+BOOT = "boot-1"
+NOW = 1_000_000.0
+LIVE = {100, 200}
+
+
+def process(pid: int, boot: str = BOOT) -> ProcessRef:
+    return ProcessRef(pid, 1, boot)
+
+
+def alive(ref: ProcessRef) -> bool:
+    return ref.boot_id == BOOT and ref.pid in LIVE
+
+
+def owner(kind: OwnerKind, oid: str, status: OwnerStatus, pid: int | None, *, row: int = 1,
+          age: float = 60.0, boot: str = BOOT) -> Owner:  # fmt: skip
+    ref = None if pid is None else process(pid, boot)
+    return Owner(row, kind, oid, URI, "", status, NOW - age, ref, boot)
+
+
+def resource(of: Owner, name: str, state: ResourceState = ResourceState.CREATED,
+             pid: int = 100) -> Resource:  # fmt: skip
+    return Resource(1, of.kind, of.owner_id, ResourceKind.DOMAIN, name, URI, state, NOW,
+                    process(pid))  # fmt: skip
+
+
+POOL, JOB = OwnerKind.POOL, OwnerKind.JOB
+STARTING, ACTIVE, TERMINATING = OwnerStatus.STARTING, OwnerStatus.ACTIVE, OwnerStatus.TERMINATING
+
+
+# --- decisions (pure) -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("who", "reason"),
+    [
+        (owner(POOL, "lab", ACTIVE, None), None),
+        (owner(POOL, "lab", ACTIVE, None, boot="boot-0"), None),  # rebooted: still the user's
+        (owner(POOL, "lab", STARTING, 100), None),
+        (owner(POOL, "lab", STARTING, 999), "pool start interrupted (process 999 died)"),
+        (owner(POOL, "lab", TERMINATING, 999), "pool terminate interrupted (process 999 died)"),
+        (owner(POOL, "lab", STARTING, None, boot="boot-0"),
+         "pool start interrupted (the machine rebooted)"),
+        (owner(JOB, "0:j#1", ACTIVE, 200), None),
+        (owner(JOB, "0:j#1", ACTIVE, 999), "job 0:j#1: its runner (process 999) died"),
+        (owner(JOB, "0:j#1", ACTIVE, 200, boot="boot-0"),
+         "job 0:j#1: its runner (process 200) died"),  # same pid, an earlier boot
+        (owner(JOB, "0:j#1", STARTING, None, age=600), None),
+        (owner(JOB, "0:j#1", STARTING, None, age=7200),
+         "job 0:j#1: prepared 120 min ago and never run (grace 60 min)"),
+        (owner(JOB, "0:j#1", STARTING, None, boot="boot-0"),
+         "job 0:j#1: prepared before this machine rebooted, never run"),
+    ],
+)  # fmt: skip
+def test_who_is_reaped_and_why(who: Owner, reason: str | None) -> None:
+    actions = decide(LedgerView((Owned(who),), {}, BOOT), {}, alive, now=NOW)
+    assert [a.reason for a in actions] == ([] if reason is None else [reason])
+    assert all(a.kind is ActionKind.OWNER and a.owner == who for a in actions)
+
+
+def test_the_prepared_grace_is_the_policys() -> None:
+    who = owner(JOB, "0:j#1", STARTING, None, age=120)
+    view = LedgerView((Owned(who),), {}, BOOT)
+    assert decide(view, {}, alive, now=NOW, policy=ReapPolicy(prepared_grace_seconds=300)) == []
+    [action] = decide(view, {}, alive, now=NOW, policy=ReapPolicy(prepared_grace_seconds=60))
+    assert action.reason == "job 0:j#1: prepared 2 min ago and never run (grace 1 min)"
+
+
+def test_rows_stuck_creating_go_alone_but_never_under_an_active_pool() -> None:
+    job = owner(JOB, "0:j#1", STARTING, None)
+    pool = owner(POOL, "lab", ACTIVE, None, row=2)
+    dead_row = resource(job, "sd-job-x", ResourceState.CREATING, pid=999)
+    rows = (resource(job, "a"), dead_row, resource(job, "b", ResourceState.CREATING, pid=100))
+    view = LedgerView((Owned(job, rows), Owned(pool, (resource(pool, "lab-1",
+                       ResourceState.CREATING, pid=999),))), {}, BOOT)  # fmt: skip
+    [action] = decide(view, {}, alive, now=NOW)
+    assert (action.kind, action.resources) == (ActionKind.STUCK, (dead_row,))
+    assert action.reason == "ledger row stuck `creating`, its process died (999)"
+    assert action.describe() == f"1 stuck row of job 0:j#1 on {URI}"
+
+
+def test_only_our_job_domains_with_a_folder_here_and_no_owner_are_reaped(tmp_path: Path) -> None:
+    pool = owner(POOL, "lab", ACTIVE, None)
+    ghost, elsewhere = job_digest("0:g#2"), job_digest("0:elsewhere#1")
+    on_host = (
+        DomainInfo("lab-1", DomainState.RUNNING, DomainOwner("pool", "lab")),
+        DomainInfo("sd-job-0123456789abcdef", DomainState.SHUTOFF, None),
+        DomainInfo("other", DomainState.RUNNING, DomainOwner("cluster", "x")),  # newer kind
+        DomainInfo(f"sd-job-{ghost}", DomainState.SHUTOFF, DomainOwner("job", "0:g#2")),
+        DomainInfo("renamed", DomainState.SHUTOFF, DomainOwner("job", "0:g#2")),
+        DomainInfo(f"sd-job-{elsewhere}", DomainState.RUNNING,
+                   DomainOwner("job", "0:elsewhere#1")),  # another site's: no folder here
+        DomainInfo("old-1", DomainState.RUNNING, DomainOwner("pool", "old")),  # no proof: left
+    )  # fmt: skip
+    view = LedgerView((Owned(pool),), {ghost: tmp_path / ghost}, BOOT)
+    assert [(a.kind, a.target, a.reason) for a in decide(view, {URI: on_host}, alive, now=NOW)] == [
+        (ActionKind.DOMAIN, f"sd-job-{ghost}",
+         "domain carries our metadata for job 0:g#2 but no ledger owner"),
+        (ActionKind.FOLDER, str(tmp_path / ghost), "job folder with no ledger owner"),
+    ]  # fmt: skip
+
+
+def test_job_folders_go_with_their_job_or_when_nobody_owns_them(tmp_path: Path) -> None:
+    dead = owner(JOB, "0:dead#1", ACTIVE, 999)
+    live = owner(JOB, "0:live#1", ACTIVE, 100, row=2)
+    folders = {job_digest(o.owner_id): tmp_path / job_digest(o.owner_id) for o in (dead, live)}
+    folders["0000000000000000"] = tmp_path / "0000000000000000"
+    view = LedgerView((Owned(dead), Owned(live)), folders, BOOT)
+    assert [(a.kind, a.target, a.reason) for a in decide(view, {}, alive, now=NOW)] == [
+        (ActionKind.OWNER, "job 0:dead#1", "job 0:dead#1: its runner (process 999) died"),
+        (ActionKind.FOLDER, str(tmp_path / "0000000000000000"), "job folder with no ledger owner"),
+        (ActionKind.FOLDER, str(folders[job_digest("0:dead#1")]), "its job is reaped"),
+    ]  # fmt: skip
+
+
+def test_the_job_digest_is_the_helpers() -> None:
+    key = jobs.JobKey(1000, "sched#12.0#1700000000")
+    assert job_digest(key.owner_id) == key.digest and key.domain.endswith(key.digest)
+
+
+# --- on libvirt's test driver ---------------------------------------------------------------------
+HOST_XML = """<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
+    <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
+  <memory>8388608</memory>
+  <pool type='dir'><name>images</name><target><path>{images}</path></target>
+    <volume type='file'><name>base.qcow2</name><capacity unit='MiB'>64</capacity>
+      <target><format type='qcow2'/></target></volume></pool>
+</node>
+"""
+TWO_WITH_OVERLAYS = """#include "minimal.sf"
+sfConfig extends Pool {
+    count 2;
+    template extends LAZY MinimalVM {
+        disks extends DATA { root extends Disk { image "base.qcow2"; } }
+    }
+}
+"""
+FOREIGN = """<domain type='test'><name>{name}</name><memory>1024</memory>
+  <os><type>hvm</type></os>{metadata}</domain>"""
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Site:
+    root: Path
+    uri: str
+    environ: dict[str, str]
+
+    def config(self) -> SiteConfig:
+        return load_config(self.root / "site.toml")
+
+    def sd(self, *argv: str) -> Run:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), Environment(stdout=out, stderr=err, environ=self.environ))
+        return Run(code, out.getvalue(), err.getvalue())
+
+    def hv(self) -> Hypervisor:
+        hv = SHARED_CONNECTIONS(self.uri)
+        assert isinstance(hv, Hypervisor)
+        return hv
+
+    def domains(self) -> dict[str, DomainState]:
+        return {d.name: d.state for d in self.hv().list_domains()}
+
+    def volumes(self) -> list[str]:
+        conn = self.hv()._conn
+        return sorted(v.path() for p in conn.listAllStoragePools(0) for v in p.listAllVolumes(0)
+                      if str(self.root / "state") in v.path())  # fmt: skip
+
+    def rows(self) -> tuple[list[str], list[str]]:
+        with Ledger.for_site(self.config()) as ledger:
+            owners = ledger.owners()
+            resources = [r for o in owners for r in ledger.resources(o)]
+        return ([f"{o.kind.value} {o.owner_id}" for o in owners],
+                [f"{r.kind.value} {r.name}" for r in resources])  # fmt: skip
+
+    def die_as(self, kind: OwnerKind, owner_id: str, status: OwnerStatus) -> int:
+        """Make OWNER's recorded process one that then dies (a real pid, really gone)."""
+        proc = subprocess.Popen(["sleep", "60"])
+        with Ledger.for_site(self.config()) as ledger:
+            found = ledger.owner(kind, owner_id, self.uri)
+            assert found is not None
+            ledger.set_status(found, status, pid=proc.pid)
+        proc.kill()
+        proc.wait()
+        return proc.pid
+
+    def job(self, name: str) -> jobs.JobKey:
+        """A job prepared by the helper's own code (input disk, output disk, VM defined)."""
+        from sd_batch.guest.contract import Manifest
+        from sd_batch.jobad import job_ad_from_submit
+        from sd_batch.staging import write_input_tar
+
+        sandbox = self.root / "scratch"
+        sandbox.mkdir(exist_ok=True)
+        (ad,) = job_ad_from_submit("executable = /bin/true\n+SDVMDescription = \"minimal\"\n"
+                                   "queue\n", submit_dir=sandbox, owner="tester",
+                                   schedd_name=f"{name}@reaper", qdate=1700000000)  # fmt: skip
+        job_id = next(line.split('"')[1] for line in ad.splitlines()
+                      if line.startswith("GlobalJobId = "))  # fmt: skip
+        disk = io.BytesIO()
+        write_input_tar(sandbox, Manifest(("/bin/true",), {}, "."), disk, job_ad_text=ad,
+                        max_bytes=1 << 30)  # fmt: skip
+        key = jobs.JobKey(os.getuid(), job_id)
+        jobs.prepare(self.config(), key, io.BytesIO(disk.getvalue()),
+                     connections=SHARED_CONNECTIONS)  # fmt: skip
+        return key
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+    images = tmp_path / "images"
+    (images / "minimal").mkdir(parents=True)
+    (images / "minimal" / "vmlinux").write_bytes(b"kernel")
+    (images / "minimal" / "initrd.img").write_bytes(b"initrd")
+    (images / "base.qcow2").write_bytes(b"QFI\xfb" + bytes(508))
+    (tmp_path / "host.xml").write_text(HOST_XML.format(images=images), encoding="utf-8")
+    uri = f"test://{tmp_path / 'host.xml'}"
+    (tmp_path / "site.toml").write_text(
+        f'image_dir = "{images}"\nstate_dir = "{tmp_path / "state"}"\ndefault_uri = "{uri}"\n'
+        f'template_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n[properties]\n"sd.flavour" = "qemu"\n',
+        encoding="utf-8",
+    )
+    environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
+    made = Site(tmp_path, uri, environ)
+    yield made
+    SHARED_CONNECTIONS._open.pop(uri).close()  # this host file dies with the test
+
+
+libvirt_test = pytest.mark.libvirt
+
+
+@libvirt_test
+def test_a_pool_start_killed_half_way_is_reaped_and_a_second_reap_finds_nothing(
+    site: Site,
+) -> None:
+    start_pool(site.config(), "localhost", "lab", Path(site.root / "pool.sf"))
+    assert sorted(site.domains()) == ["lab-1", "lab-2"] and len(site.volumes()) == 2
+    pid = site.die_as(OwnerKind.POOL, "lab", OwnerStatus.STARTING)  # as if killed mid-start
+
+    dry = site.sd("reap", "--dry-run")
+    assert (dry.code, dry.out) == (0, f"would remove pool lab on {site.uri}: pool start "
+                                      f"interrupted (process {pid} died)\n")  # fmt: skip
+    assert sorted(site.domains()) == ["lab-1", "lab-2"] and site.rows()[0] == ["pool lab"]
+
+    done = site.sd("reap")
+    assert (done.code, done.out) == (0, f"removed pool lab on {site.uri} (2 domains, 2 volumes, "
+                                        f"2 files): pool start interrupted (process {pid} "
+                                        "died)\n")  # fmt: skip
+    assert site.domains() == {} and site.volumes() == [] and site.rows() == ([], [])
+    assert site.sd("reap").out == "nothing to reap\n"
+
+
+@libvirt_test
+def test_a_healthy_active_pool_is_untouched(site: Site) -> None:
+    start_pool(site.config(), "localhost", "lab", Path(site.root / "pool.sf"))
+    assert site.sd("reap").out == "nothing to reap\n"
+    assert site.domains() == {"lab-1": DomainState.RUNNING, "lab-2": DomainState.RUNNING}
+    assert terminate_pool(site.config(), "localhost", "lab", grace_seconds=0).startswith("2 dom")
+
+
+@libvirt_test
+def test_a_job_whose_runner_died_loses_its_domain_disks_and_folder(site: Site) -> None:
+    key = site.job("dead")
+    folder = key.folder(site.config())
+    assert sorted(p.name for p in folder.iterdir()) == ["input.img", "output.img"]
+    assert key.domain in site.domains()
+    pid = site.die_as(OwnerKind.JOB, key.owner_id, OwnerStatus.ACTIVE)
+
+    [data] = [json.loads(site.sd("reap", "--json").out)]
+    assert data["dry_run"] is False
+    assert [(a["action"], a["target"], a["reason"], a["done"]) for a in data["actions"]] == [
+        ("owner", f"job {key.owner_id}", f"job {key.owner_id}: its runner (process {pid}) died",
+         True),
+        ("folder", str(folder), "its job is reaped", True),
+    ]  # fmt: skip
+    assert data["actions"][0]["removed"] == "1 domain, 0 volumes, 3 files"
+    assert key.domain not in site.domains() and not folder.exists()
+    assert site.rows() == ([], []) and site.sd("reap").out == "nothing to reap\n"
+
+
+@libvirt_test
+def test_a_running_job_is_untouched_and_a_prepared_one_only_after_its_grace(site: Site) -> None:
+    running, prepared = site.job("running"), site.job("prepared")
+    with pytest.raises(Exception, match="did not power off"):  # the test driver never does
+        jobs.run(site.config(), running, io.BytesIO(), connections=SHARED_CONNECTIONS,
+                 limits=jobs.JobLimits(run_timeout_seconds=0.2))  # fmt: skip
+    with Ledger.for_site(site.config()) as ledger:
+        row = ledger.owner(OwnerKind.JOB, running.owner_id, site.uri)
+    assert row is not None and row.status is OwnerStatus.ACTIVE
+    assert row.process == ProcessRef.of(os.getpid())  # jobs.run answers for its job
+    assert site.sd("reap").out == "nothing to reap\n"
+
+    later = reap(site.config(), clock=lambda: time.time() + 2 * 3600)
+    assert [o.line(dry_run=False).split(": ")[0] for o in later] == [
+        f"removed job {prepared.owner_id} on {site.uri} (1 domain, 0 volumes, 3 files)",
+        f"removed job folder {prepared.folder(site.config())}",
+    ]
+    assert later[0].action.reason.endswith("prepared 120 min ago and never run (grace 60 min)")
+    assert sorted(site.domains()) == [running.domain]
+    jobs.cleanup(site.config(), running, connections=SHARED_CONNECTIONS)
+    assert site.domains() == {} and site.rows() == ([], [])
+
+
+@libvirt_test
+def test_domains_we_did_not_create_are_never_touched(site: Site) -> None:
+    hv = site.hv()
+    other_tool = "<metadata><x:owner xmlns:x='urn:other' kind='job' id='1:a#1'/></metadata>"
+    ours = "<metadata><sd:owner xmlns:sd='{ns}' kind='job' id='{id}'/></metadata>"
+    ghost, elsewhere = job_digest("1:ghost#1"), job_digest("1:elsewhere#1")
+    hv.define(FOREIGN.format(name="sd-job-0123456789abcdef", metadata=""))
+    hv.define(FOREIGN.format(name="sd-job-1111111111111111", metadata=other_tool))
+    hv.define(FOREIGN.format(name=f"sd-job-{ghost}",
+                             metadata=ours.format(ns=SD_NAMESPACE, id="1:ghost#1")))
+    hv.define(FOREIGN.format(name=f"sd-job-{elsewhere}",  # another site's job on this host
+                             metadata=ours.format(ns=SD_NAMESPACE, id="1:elsewhere#1")))
+    hv.start("sd-job-0123456789abcdef")
+    jobs_dir = site.root / "state" / "jobs"
+    (jobs_dir / ghost).mkdir(parents=True)
+    (jobs_dir / "0000000000000000").mkdir()
+
+    done = site.sd("reap")
+    assert done.out.splitlines() == [
+        f"removed domain sd-job-{ghost} on {site.uri}: domain carries our metadata for "
+        "job 1:ghost#1 but no ledger owner",
+        f"removed job folder {jobs_dir / '0000000000000000'}: job folder with no ledger owner",
+        f"removed job folder {jobs_dir / ghost}: job folder with no ledger owner",
+    ]  # fmt: skip
+    assert site.domains() == {"sd-job-0123456789abcdef": DomainState.RUNNING,
+                              "sd-job-1111111111111111": DomainState.SHUTOFF,
+                              f"sd-job-{elsewhere}": DomainState.SHUTOFF}  # fmt: skip
+    assert site.sd("reap").out == "nothing to reap\n"
+    for name in ("sd-job-0123456789abcdef", "sd-job-1111111111111111", f"sd-job-{elsewhere}"):
+        hv.destroy(name)
+        hv.undefine(name)
+
+
+def _write_pool(site: Site) -> None:
+    (site.root / "pool.sf").write_text(TWO_WITH_OVERLAYS, encoding="utf-8")
+
+
+@pytest.fixture(autouse=True)
+def _pool_file(request: pytest.FixtureRequest) -> None:
+    if "site" in request.fixturenames:
+        _write_pool(request.getfixturevalue("site"))
+

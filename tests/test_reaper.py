@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch import jobs
+from sd_batch import hooks, jobs
 from sd_batch.cli import Environment, main
 from sd_batch.config import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
 from sd_batch.domain_xml import SD_NAMESPACE
@@ -277,7 +280,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
     environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
     made = Site(tmp_path, uri, environ)
     yield made
-    SHARED_CONNECTIONS._open.pop(uri).close()  # this host file dies with the test
+    hv = SHARED_CONNECTIONS._open.pop(uri, None)  # this host file dies with the test
+    if hv is not None:
+        hv.close()
 
 
 libvirt_test = pytest.mark.libvirt
@@ -397,3 +402,56 @@ def _pool_file(request: pytest.FixtureRequest) -> None:
     if "site" in request.fixturenames:
         _write_pool(request.getfixturevalue("site"))
 
+
+
+def start_and_die(config_file: str, file: str) -> None:
+    """Child process: start pool `lab` and be killed (SIGKILL) once its first VM has started."""
+
+    def progress(line: str) -> None:
+        if line.startswith("[1/"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    start_pool(load_config(Path(config_file)), "localhost", "lab", Path(file), progress=progress)
+
+
+@libvirt_test
+def test_a_pool_start_really_killed_half_way_leaves_nothing_after_a_reap(site: Site) -> None:
+    child = multiprocessing.get_context("spawn").Process(
+        target=start_and_die, args=(str(site.root / "site.toml"), str(site.root / "pool.sf"))
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert site.rows()[0] == ["pool lab"]
+    [line] = site.sd("reap").out.splitlines()  # its test:/// host died with it: rows only
+    assert line.startswith(f"removed pool lab on {site.uri} (2 domains, 2 volumes")
+    assert line.endswith(f"pool start interrupted (process {child.pid} died)")
+    assert site.rows() == ([], [])
+
+
+@libvirt_test
+def test_the_helper_reaps_and_answers_one_json_line(site: Site) -> None:
+    orphan = site.root / "state" / "jobs" / "0000000000000000"
+    orphan.mkdir(parents=True)
+    env = {**site.environ, "CONDOR_CONFIG": "/dev/null"}
+    done = subprocess.run([sys.executable, "-m", "sd_batch.privileged", "reap"], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "ok": True, "actions": [f"removed job folder {orphan}: job folder with no ledger owner"],
+    }  # fmt: skip
+    assert not orphan.exists()
+
+
+def test_a_failing_reaper_never_takes_the_node_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper = tmp_path / "helper"
+    helper.write_text('#!/bin/sh\n[ "$1" = probe ] || { echo "reap broke" >&2; exit 3; }\n'
+                      'echo \'{"ok": true, "templates": ["minimal"], "free_memory_mib": 512}\'\n',
+                      encoding="utf-8")  # fmt: skip
+    helper.chmod(0o755)
+    monkeypatch.setenv("_CONDOR_SMARTDOMAINS_HELPER", str(helper))
+    out = io.StringIO()
+    assert hooks.startd_cron(out) == 0
+    assert "HasSmartDomains = true" in out.getvalue()

@@ -197,12 +197,12 @@ def _dead(owner: Owner, boot_id: str, alive: Callable[[ProcessRef], bool], now: 
         if alive(process):
             return None
         runner = "runner" if owner.status is OwnerStatus.ACTIVE else "process"
-        return f"job {owner.owner_id}: its {runner} (process {process.pid}) died"
+        return f"its {runner} (process {process.pid}) died"
     if owner.boot_id != boot_id:
-        return f"job {owner.owner_id}: prepared before this machine rebooted, never run"
+        return "prepared before this machine rebooted, never run"
     waited = now - owner.created_at
     if owner.status is OwnerStatus.STARTING and waited > policy.prepared_grace_seconds:
-        return (f"job {owner.owner_id}: prepared {waited / 60:.0f} min ago and never run "
+        return (f"prepared {waited / 60:.0f} min ago and never run "
                 f"(grace {policy.prepared_grace_seconds / 60:.0f} min)")  # fmt: skip
     return None
 

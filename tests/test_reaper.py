@@ -90,14 +90,14 @@ STARTING, ACTIVE, TERMINATING = OwnerStatus.STARTING, OwnerStatus.ACTIVE, OwnerS
         (owner(POOL, "lab", STARTING, None, boot="boot-0"),
          "pool start interrupted (the machine rebooted)"),
         (owner(JOB, "0:j#1", ACTIVE, 200), None),
-        (owner(JOB, "0:j#1", ACTIVE, 999), "job 0:j#1: its runner (process 999) died"),
+        (owner(JOB, "0:j#1", ACTIVE, 999), "its runner (process 999) died"),
         (owner(JOB, "0:j#1", ACTIVE, 200, boot="boot-0"),
-         "job 0:j#1: its runner (process 200) died"),  # same pid, an earlier boot
+         "its runner (process 200) died"),  # same pid, an earlier boot
         (owner(JOB, "0:j#1", STARTING, None, age=600), None),
         (owner(JOB, "0:j#1", STARTING, None, age=7200),
-         "job 0:j#1: prepared 120 min ago and never run (grace 60 min)"),
+         "prepared 120 min ago and never run (grace 60 min)"),
         (owner(JOB, "0:j#1", STARTING, None, boot="boot-0"),
-         "job 0:j#1: prepared before this machine rebooted, never run"),
+         "prepared before this machine rebooted, never run"),
     ],
 )  # fmt: skip
 def test_who_is_reaped_and_why(who: Owner, reason: str | None) -> None:
@@ -111,7 +111,7 @@ def test_the_prepared_grace_is_the_policys() -> None:
     view = LedgerView((Owned(who),), {}, BOOT)
     assert decide(view, {}, alive, now=NOW, policy=ReapPolicy(prepared_grace_seconds=300)) == []
     [action] = decide(view, {}, alive, now=NOW, policy=ReapPolicy(prepared_grace_seconds=60))
-    assert action.reason == "job 0:j#1: prepared 2 min ago and never run (grace 1 min)"
+    assert action.reason == "prepared 2 min ago and never run (grace 1 min)"
 
 
 def test_rows_stuck_creating_go_alone_but_never_under_an_active_pool() -> None:
@@ -155,7 +155,7 @@ def test_job_folders_go_with_their_job_or_when_nobody_owns_them(tmp_path: Path) 
     folders["0000000000000000"] = tmp_path / "0000000000000000"
     view = LedgerView((Owned(dead), Owned(live)), folders, BOOT)
     assert [(a.kind, a.target, a.reason) for a in decide(view, {}, alive, now=NOW)] == [
-        (ActionKind.OWNER, "job 0:dead#1", "job 0:dead#1: its runner (process 999) died"),
+        (ActionKind.OWNER, "job 0:dead#1", "its runner (process 999) died"),
         (ActionKind.FOLDER, str(tmp_path / "0000000000000000"), "job folder with no ledger owner"),
         (ActionKind.FOLDER, str(folders[job_digest("0:dead#1")]), "its job is reaped"),
     ]  # fmt: skip
@@ -328,7 +328,7 @@ def test_a_job_whose_runner_died_loses_its_domain_disks_and_folder(site: Site) -
     [data] = [json.loads(site.sd("reap", "--json").out)]
     assert data["dry_run"] is False
     assert [(a["action"], a["target"], a["reason"], a["done"]) for a in data["actions"]] == [
-        ("owner", f"job {key.owner_id}", f"job {key.owner_id}: its runner (process {pid}) died",
+        ("owner", f"job {key.owner_id}", f"its runner (process {pid}) died",
          True),
         ("folder", str(folder), "its job is reaped", True),
     ]  # fmt: skip

@@ -32,7 +32,7 @@ from .domain_xml import DiskSource, ExtraDisk
 from .domain_xml import OwnerKind as XmlOwnerKind
 from .errors import DeployError, HypervisorError, PolicyError, SdError, StagingError
 from .guest import contract
-from .lang import Description, load_file
+from .lang import Attribute, Component, Description, load_file
 from .policy import SitePolicy, check_capacity, check_job, closest_template
 from .pools import Connections
 from .spec import DiskFormat, VMSpec, vm_spec
@@ -281,7 +281,8 @@ def _extended_template(
     """The VM of the site template a job's own description includes (the closest, if several).
 
     Each is resolved again from the site's own folder, as a job naming it would get it; a job's
-    files are named relative to its sandbox, so only absolute names can be site templates.
+    files are named relative to its sandbox, so only absolute names can be site templates. A
+    template's TBD fields are the user's to fill: they take the job's values before comparing.
     """
     folders = [folder.resolve() for folder in config.template_dirs]
     found: list[VMSpec] = []
@@ -292,12 +293,28 @@ def _extended_template(
         real = path.resolve()
         if not real.is_file() or not any(real.is_relative_to(f) for f in folders):
             continue
-        template = load_file(real, include_dirs=[*config.include_dirs, *config.template_dirs],
-                             properties=dict(config.properties), environ=None).sfconfig
-        if template is not None and template.get("sfClass") == "sd_batch.VM":
-            found.append(dataclasses.replace(vm_spec(template, default_name=key.domain),
-                                             name=key.domain))  # fmt: skip
+        loaded = load_file(real, include_dirs=[*config.include_dirs, *config.template_dirs],
+                           properties=dict(config.properties), environ=None, complete=False)
+        template = loaded.sfconfig
+        if template is None or template.get("sfClass") != "sd_batch.VM":
+            continue
+        for tbd, _loc in loaded.tbds:  # the fields the template leaves to its users
+            _fill(template, description.sfconfig, tbd)
+        found.append(dataclasses.replace(vm_spec(template, default_name=key.domain),
+                                         name=key.domain))  # fmt: skip
     return closest_template(spec, found)
+
+
+def _fill(template: Component, job: Component | None, path: str) -> None:
+    """Give the template's TBD attribute PATH the job's value (the job's tree is not touched)."""
+    *parents, name = path.split(":")
+    holder: object = template.root()
+    source: object = job.root() if job is not None else None
+    for part in parents:
+        holder = holder.get(part) if isinstance(holder, Component) else None
+        source = source.get(part) if isinstance(source, Component) else None
+    if isinstance(holder, Component) and isinstance(source, Component) and name in source:
+        holder.attributes[name] = Attribute(name, source[name], source.location_of(name))
 
 
 def run(

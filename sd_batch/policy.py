@@ -20,11 +20,14 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, PolicyError, PolicyLimitReached, SourceLocation
 from .lang.model import Component
 from .spec import DiskSpec, KernelBoot, VMSpec
+
+if TYPE_CHECKING:
+    from .lang import Description
 
 GIB = 1024**3
 MIB = 1024**2
@@ -118,7 +121,7 @@ def check_capacity(user_vms: int, host_vms: int, policy: SitePolicy) -> None:
 
 
 def check_job(
-    description: Any, spec: VMSpec, template_spec: VMSpec | None, policy: SitePolicy
+    description: Description, spec: VMSpec, template_spec: VMSpec | None, policy: SitePolicy
 ) -> None:
     """Refuse a job's VM that site policy does not allow; the first problem found wins.
 

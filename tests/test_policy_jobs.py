@@ -54,11 +54,12 @@ class Site:
     def config_path(self) -> Path:
         return self.root / "site.toml"
 
-    def write_config(self, policy: str = "") -> SiteConfig:
+    def write_config(self, policy: str = "", templates: str = "") -> SiteConfig:
         self.config_path.write_text(
             f'image_dir = "{self.root / "images"}"\nstate_dir = "{self.root / "state"}"\n'
             f'default_uri = "test://{self.root / "node.xml"}"\n'
-            f'template_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n[properties]\n"sd.flavour" = "qemu"\n'
+            f'template_dirs = [{templates}"{BUILTIN_TEMPLATE_DIR}"]\n'
+            '[properties]\n"sd.flavour" = "qemu"\n'
             f"[policy]\n{policy}",
             encoding="utf-8",
         )
@@ -228,6 +229,24 @@ def test_allowed_overrides_prepare_a_vm(site: Site) -> None:
     assert (prepared.memory_mib, prepared.vcpus, prepared.description) == (1024, 2, "my.sf")
     jobs.cleanup(config, jobs.JobKey(os.getuid(), _job_of(site, config)),
                  connections=site.connections)  # fmt: skip
+    assert site.leftovers(config) == []
+
+
+def test_a_templates_tbd_fields_are_the_users_to_fill(site: Site) -> None:
+    folder = site.root / "templates"
+    folder.mkdir()
+    (folder / "custom.sf").write_text(
+        '#include "minimal.sf"\nCustomVM extends MinimalVM {\n    cmdline TBD;\n}\n'
+        "sfConfig extends CustomVM;\n", encoding="utf-8")  # fmt: skip
+    config = site.write_config(templates=f'"{folder}", ')
+    text = '#include "custom.sf"\nsfConfig extends CustomVM {\n    cmdline "console=ttyS0";\n'
+    prepared = site.prepare(config, '"my.sf"', text + "    memory 512;\n}\n")
+    assert prepared.memory_mib == 512
+    jobs.cleanup(config, jobs.JobKey(os.getuid(), _job_of(site, config)),
+                 connections=site.connections)  # fmt: skip
+    with pytest.raises(PolicyError, match='sfConfig:kernel "minimal/initrd.img" differs from the '
+                       "site template custom"):  # fmt: skip
+        site.prepare(config, '"my.sf"', text + '    kernel "minimal/initrd.img";\n}\n')
     assert site.leftovers(config) == []
 
 

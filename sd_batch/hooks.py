@@ -258,7 +258,6 @@ def startd_cron(stdout: IO[str]) -> int:
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
         report = {"ok": False, "reason": f"the privileged helper cannot be run: {exc}",
                   "templates": [], "free_memory_mib": None}
-    _reap_quietly()
     updates: dict[str, Any] = {
         "HasSmartDomains": bool(report.get("ok")),
         "SmartDomainsTemplates": ",".join(report.get("templates") or []),
@@ -266,10 +265,12 @@ def startd_cron(stdout: IO[str]) -> int:
         "SmartDomainsOfflineReason": str(report.get("reason") or ""),
     }
     stdout.write(format_updates(updates))
+    stdout.flush()  # the node's state first: a slow reap must not hold it back
+    _reap_quietly()
     return 0
 
 
-def _reap_quietly(timeout: float = 20.0) -> None:
+def _reap_quietly(timeout: float = 60.0) -> None:
     """The reaper, every cron run (cheap when nothing is left): its failures are logged on
     stderr, never published, so they cannot take the node out (HasSmartDomains)."""
     try:

@@ -455,3 +455,21 @@ def test_a_failing_reaper_never_takes_the_node_offline(
     out = io.StringIO()
     assert hooks.startd_cron(out) == 0
     assert "HasSmartDomains = true" in out.getvalue()
+
+
+@libvirt_test
+def test_sd_reap_takes_the_prepared_grace_and_a_dry_run_in_json_changes_nothing(
+    site: Site,
+) -> None:
+    key = site.job("waiting")
+    assert site.sd("reap").out == "nothing to reap\n"  # prepared a moment ago: within the hour
+    dry = site.sd("reap", "--prepared-grace", "0", "--dry-run", "--json")
+    data = json.loads(dry.out)
+    assert data["dry_run"] is True
+    assert [(a["target"], a["reason"], a["done"]) for a in data["actions"]] == [
+        (f"job {key.owner_id}", "prepared 0 min ago and never run (grace 0 min)", False),
+        (str(key.folder(site.config())), "its job is reaped", False),
+    ]
+    assert key.domain in site.domains() and key.folder(site.config()).is_dir()
+    assert site.sd("reap", "--prepared-grace", "0").code == 0
+    assert site.domains() == {} and site.rows() == ([], [])

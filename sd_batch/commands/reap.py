@@ -11,14 +11,17 @@ from . import site_config
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
+    """One line per action ("would remove" in a dry run); exit 0 even when one failed (its
+    line says so, and the next reap tries again)."""
     config = site_config(args, env)
     policy = ReapPolicy(prepared_grace_seconds=args.prepared_grace)
     outcomes = reap(config, dry_run=args.dry_run, policy=policy)
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "actions": [o.as_dict() for o in outcomes]},
-                         indent=2), file=env.stdout)  # fmt: skip
-    elif not outcomes:
-        print("nothing to reap", file=env.stdout)
-    for outcome in [] if args.json else outcomes:
+        data = {"dry_run": args.dry_run, "actions": [o.as_dict() for o in outcomes]}
+        print(json.dumps(data, indent=2), file=env.stdout)
+        return 0
+    for outcome in outcomes:
         print(outcome.line(args.dry_run), file=env.stdout)
+    if not outcomes:
+        print("nothing to reap", file=env.stdout)
     return 0

@@ -21,7 +21,7 @@ import re
 import shutil
 import signal
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -123,7 +123,7 @@ def prepare(
     connections = connections or Connections()
     uri = config.default_uri
     folder = key.folder(config)
-    with Ledger.for_site(config) as ledger:
+    with Ledger.for_site(config) as ledger, _counting_lock(ledger.path.parent) as counted:
         others = [o for o in ledger.owners() if o.kind is OwnerKind.JOB and o.host_uri == uri
                   and o.owner_id != key.owner_id]  # fmt: skip
         mine = sum(1 for o in others if o.owner_id.startswith(f"{key.uid}:"))
@@ -133,6 +133,7 @@ def prepare(
         if existing is not None:  # a retried PREPARE_JOB: start from nothing again
             engine.teardown(existing, graceful=False)
         owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, pid=None)
+        counted.release()
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.chmod(0o700)
@@ -161,6 +162,31 @@ def prepare(
             shutil.rmtree(folder, ignore_errors=True)
             raise
     return PreparedJob(key.domain, uri, spec.memory_mib, spec.vcpus, name)
+
+
+class _CountingLock:
+    """Counting a host's job VMs and registering one more is one step across processes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+@contextlib.contextmanager
+def _counting_lock(folder: Path) -> Iterator[_CountingLock]:
+    import fcntl
+
+    fd = os.open(folder / "prepare.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    lock = _CountingLock(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield lock
+    finally:
+        lock.release()
 
 
 def _copy_bounded(source: BinaryIO, target: Path, limit: int) -> None:

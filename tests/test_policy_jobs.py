@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -300,6 +301,33 @@ def test_a_users_vm_limit_sends_the_next_job_back_to_idle(site: Site) -> None:
     site.prepare(config, '"minimal"')  # room again
     for owner in _jobs(config):
         jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+
+
+def test_concurrent_prepares_never_pass_the_vm_limit_together(site: Site) -> None:
+    config = site.write_config("max_vms_per_user = 1\n")
+    disks = [site.job('"minimal"') for _ in range(4)]
+    start = threading.Barrier(len(disks))
+    outcomes: list[str] = []
+
+    def prepare(key: jobs.JobKey, disk: bytes) -> None:
+        connections = Connections()
+        start.wait()
+        try:
+            jobs.prepare(config, key, io.BytesIO(disk), connections=connections)
+            outcomes.append("prepared")
+        except PolicyLimitReached:
+            outcomes.append("requeued")
+        finally:
+            connections.close()
+
+    threads = [threading.Thread(target=prepare, args=job) for job in disks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["prepared", "requeued", "requeued", "requeued"]
+    (owner,) = _jobs(config)
+    jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
 
 
 def _jobs(config: SiteConfig) -> list[str]:

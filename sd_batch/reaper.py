@@ -237,11 +237,13 @@ class Outcome:
 
 
 def _hosts(config: SiteConfig, view: LedgerView) -> list[str]:
-    uris = {config.default_uri}
-    for owned in view.owners:
-        uris.add(owned.owner.host_uri)
-        uris.update(r.host_uri for r in owned.resources)
-    return sorted(uris)
+    """Hosts whose domains matter: a job's domain is reaped only with its ownerless folder, so
+    without such a folder (most runs) no hypervisor is asked at all; else the jobs' hosts."""
+    jobs = [o.owner for o in view.owners if o.owner.kind is OwnerKind.JOB]
+    owned = {job_digest(o.owner_id) for o in jobs}
+    if all(digest in owned for digest in view.job_folders):
+        return []
+    return sorted({config.default_uri, *(o.host_uri for o in jobs)})
 
 
 def read_view(config: SiteConfig, ledger: Ledger) -> LedgerView:

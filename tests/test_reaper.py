@@ -37,7 +37,7 @@ from sd_batch.ledger import (
     ResourceKind,
     ResourceState,
 )
-from sd_batch.pools import SHARED_CONNECTIONS, start_pool, terminate_pool
+from sd_batch.pools import SHARED_CONNECTIONS, Connections, start_pool, terminate_pool
 from sd_batch.reaper import (
     ActionKind,
     LedgerView,
@@ -473,3 +473,12 @@ def test_sd_reap_takes_the_prepared_grace_and_a_dry_run_in_json_changes_nothing(
     assert key.domain in site.domains() and key.folder(site.config()).is_dir()
     assert site.sd("reap", "--prepared-grace", "0").code == 0
     assert site.domains() == {} and site.rows() == ([], [])
+
+
+def test_with_nothing_left_the_reaper_asks_no_hypervisor(tmp_path: Path) -> None:
+    config = SiteConfig(state_dir=tmp_path / "state", default_uri="qemu:///nowhere")
+
+    def no_connection(uri: str) -> Hypervisor:
+        raise AssertionError(f"the reaper opened {uri}")
+
+    assert reap(config, connections=Connections(no_connection)) == []

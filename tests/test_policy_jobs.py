@@ -204,6 +204,12 @@ def test_a_network_is_held_when_the_site_allows_none(site: Site) -> None:
                            "site; set network NULL")  # fmt: skip
 
 
+def test_a_site_without_user_descriptions_holds_them(site: Site) -> None:
+    error = site.refusal(MINIMAL + "}\n", policy="allow_user_descriptions = false\n")
+    assert held(error) == ("this site does not run job descriptions of their own (my.sf); "
+                           "name a site template instead (sd templates lists them)")  # fmt: skip
+
+
 def test_a_description_extending_no_site_template_is_held(site: Site) -> None:
     text = '#include "components.sf"\nsfConfig extends VM {\n  kernel "minimal/vmlinux";\n}\n'
     assert "sfConfig does not extend a site template" in held(site.refusal(text))

@@ -197,6 +197,18 @@ def test_init_sh_parses() -> None:
     subprocess.run(["sh", "-n", str(INIT_SH)], check=True)
 
 
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no /bin/sh to parse root-init.sh")
+def test_root_init_sh_parses() -> None:
+    subprocess.run(["sh", "-n", str(INIT_SH.with_name("root-init.sh"))], check=True)
+
+
+def test_init_sh_reaches_busybox_and_itself_only_through_bin_and_self() -> None:
+    """debian-batch runs init.sh from a Debian root, busybox in a private folder (full.py)."""
+    code = [line for line in INIT_SH.read_text().splitlines() if not line.lstrip().startswith("#")]
+    for line in code:
+        assert not re.search(r"/bin/(busybox|env)\b|(exec|-exec) /init\b|-s /bin/sh\b", line), line
+
+
 def test_init_sh_uses_the_contract_names() -> None:
     text = INIT_SH.read_text()
     for name in (INPUT_MARKER, OUTPUT_MAGIC.decode(), "sd-input", "sd-output", "meta/argv"):

@@ -33,6 +33,7 @@ examples:
   sd terminate localhost lab                    stop it and remove its VMs and disks
   sd run examples/hello.sub                     a job through the HTCondor hooks, in a VM
   sd reap --dry-run                             what crashed runs left, and why
+  sd web                                        the template web form on 127.0.0.1:8080
 
 Descriptions are written in the SmartFrog language; see the README's language guide.
 Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor,
@@ -244,6 +245,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a prepared job never run is abandoned after this long (default 3600)")
     reap.add_argument("--json", action="store_true", help="machine-readable list of actions")
     reap.set_defaults(handler="sd_batch.commands.reap:run")
+
+    web = sub.add_parser(
+        "web", help="serve the template web form (list, fill, preview, start, status)",
+        description="Serve a small site: the site's templates, a form per template (its TBD "
+        "fields and what site policy lets users change), a submit file for job templates, and "
+        "start / status / terminate for pools. Bound to 127.0.0.1 it asks no login; bound "
+        "elsewhere it needs --passwords or --remote-user-header.",
+    )  # fmt: skip
+    web.add_argument("--bind", default="127.0.0.1:8080", metavar="HOST:PORT",
+                     help="where to listen (default 127.0.0.1:8080)")
+    web.add_argument("--passwords", metavar="FILE",
+                     help="HTTP basic users: USER:HASH lines from sd web --hash-password USER")
+    web.add_argument("--remote-user-header", metavar="NAME",
+                     help="trust this header (set by a reverse proxy) as the user's name")
+    web.add_argument("--hash-password", metavar="USER",
+                     help="print a password file line for USER (password from stdin) and exit")
+    web.set_defaults(handler="sd_batch.commands.web:web")
     return parser
 
 

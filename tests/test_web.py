@@ -1,0 +1,340 @@
+"""`sd web` through Starlette's test client: every route, each error, the access rules.
+
+Pools start on libvirt's test driver: each test's site (tmp site.toml) has, as `localhost`, a
+private `test:///TMP/host.xml`, shared in-process (`pools.SHARED_CONNECTIONS`) so `sd status`
+sees what the web form started. Real resolver, real site policy, real ledger.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.libvirt
+pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+pytest.importorskip("starlette", reason="the web extra is not installed")
+pytest.importorskip("httpx", reason="starlette's test client needs httpx")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from sd_batch.cli import Environment, main  # noqa: E402
+from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
+from sd_batch.errors import ConfigError  # noqa: E402
+from sd_batch.pools import SHARED_CONNECTIONS  # noqa: E402
+from sd_batch.web.access import Access, hash_password, verify_password  # noqa: E402
+from sd_batch.web.app import WebSite, create_app  # noqa: E402
+
+HOST_XML = """<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
+    <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
+  <memory>8388608</memory>
+</node>
+"""
+ROLE_SF = """#include "minimal.sf"
+templateDescription "a minimal VM whose role you choose";
+sfConfig extends MinimalVM { role TBD; }
+"""
+
+
+@dataclass
+class WebSiteDir:
+    root: Path
+    uri: str
+    environ: dict[str, str]
+
+    def site(self, access: Access | None = None) -> WebSite:
+        return WebSite(load_config(self.root / "site.toml"), access or Access(local_user="alice"),
+                       grace_seconds=0)  # fmt: skip
+
+    def client(self, access: Access | None = None) -> TestClient:
+        return TestClient(create_app(self.site(access)), follow_redirects=False)
+
+    def sd(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), Environment(stdout=out, stderr=err, environ=self.environ))
+        return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[WebSiteDir]:
+    images = tmp_path / "images" / "minimal"
+    images.mkdir(parents=True)
+    (images / "vmlinux").write_bytes(b"kernel")
+    (images / "initrd.img").write_bytes(b"initrd")
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "role.sf").write_text(ROLE_SF, encoding="utf-8")
+    host_file = tmp_path / "host.xml"
+    host_file.write_text(HOST_XML, encoding="utf-8")
+    (tmp_path / "site.toml").write_text(
+        f'image_dir = "{tmp_path / "images"}"\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'default_uri = "test://{host_file}"\n'
+        f'template_dirs = ["{templates}", "{BUILTIN_TEMPLATE_DIR}"]\n'
+        "[properties]\n"
+        '"sd.flavour" = "qemu"\n'
+        "[policy]\n"
+        "max_memory_mib = 2048\n"
+        "max_vcpus = 4\n",
+        encoding="utf-8",
+    )
+    environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
+    made = WebSiteDir(tmp_path, f"test://{host_file}", environ)
+    yield made
+    code, out, _err = made.sd("status")
+    assert out == "no pools or jobs\n", "the test left pools behind"
+    hv = SHARED_CONNECTIONS._open.pop(made.uri, None)
+    if hv is not None:
+        hv.close()
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert match, "the page has no CSRF token"
+    return match[1]
+
+
+def error_by(html: str, path: str) -> str:
+    """The error shown inside the field of attribute PATH ('' when none)."""
+    match = re.search(r'<div class="field invalid" data-path="' + re.escape(path) +
+                      r'">.*?<p class="error"[^>]*>([^<]*)</p>', html, re.S)  # fmt: skip
+    return match[1] if match else ""
+
+
+QA = {"pool": "qa", "sfConfig:head:memory": "384", "sfConfig:head:vcpus": "1",
+      "sfConfig:worker:memory": "256", "sfConfig:worker:vcpus": "1"}  # fmt: skip
+
+
+# --- the list and the forms -----------------------------------------------------------------------
+def test_the_list_shows_each_template_with_its_cost_and_fields(web: WebSiteDir) -> None:
+    page = web.client().get("/")
+    assert page.status_code == 200
+    text = re.sub(r"\s+", " ", page.text)
+    assert 'href="/templates/qa-testbed"' in text
+    assert "virtual cluster for QA: one head and two workers" in text
+    assert "3 VMs: 896 MiB, 3 vCPUs" in text
+    assert "sfConfig:role (required); 2 you may change" in text
+    assert web.client().get("/static/app.js").status_code == 200
+
+
+def test_a_form_has_one_typed_input_per_tbd_and_overridable_value(web: WebSiteDir) -> None:
+    page = web.client().get("/templates/qa-testbed").text
+    names = re.findall(r'<input id="f-[^"]+" name="([^"]+)" type="(\w+)"', page)
+    assert names == [("pool", "text"), ("sfConfig:head:memory", "number"),
+                     ("sfConfig:head:vcpus", "number"), ("sfConfig:worker:memory", "number"),
+                     ("sfConfig:worker:vcpus", "number")]  # fmt: skip
+    assert 'min="32" max="2048" value="384"' in page  # the site's limit, the template's value
+    assert 'max="4" value="1"' in page
+    role = web.client().get("/templates/role").text
+    assert re.search(r'name="sfConfig:role" type="text" required value=""', role)
+
+
+def test_a_form_offers_the_networks_the_site_allows_as_a_choice(web: WebSiteDir) -> None:
+    config = web.root / "site.toml"
+    config.write_text(config.read_text() + 'networks = ["default"]\n', encoding="utf-8")
+    page = web.client().get("/templates/minimal").text
+    assert (
+        '<select id="f-3" name="sfConfig:network"><option selected>NULL</option>'
+        "<option>default</option></select>" in page
+    )
+
+
+def test_an_unknown_template_is_not_found(web: WebSiteDir) -> None:
+    page = web.client().get("/templates/nope")
+    assert page.status_code == 404
+    assert "no site template named &#39;nope&#39;; templates offered: debian-batch" in page.text
+
+
+# --- checking values ------------------------------------------------------------------------------
+def test_a_value_over_the_site_limit_is_shown_by_its_field(web: WebSiteDir) -> None:
+    client = web.client()
+    token = csrf_of(client.get("/templates/qa-testbed").text)
+    page = client.post(
+        "/templates/qa-testbed", data={**QA, "csrf": token, "sfConfig:head:memory": "99999"}
+    )
+    assert page.status_code == 400
+    assert error_by(page.text, "sfConfig:head:memory") == (
+        "sfConfig:head:memory 99999 MiB is over the site limit of 2048 MiB; ask for less memory"
+    )
+    assert error_by(page.text, "sfConfig:worker:vcpus") == ""
+    assert 'value="99999"' in page.text  # the user's value stays, to be fixed
+
+
+def test_values_of_the_wrong_type_and_missing_fields_are_refused(web: WebSiteDir) -> None:
+    client = web.client()
+    token = csrf_of(client.get("/templates/role").text)
+    page = client.post("/templates/role", data={"csrf": token, "sfConfig:memory": "lots",
+                                                "sfConfig:role": ""})  # fmt: skip
+    assert page.status_code == 400
+    assert error_by(page.text, "sfConfig:memory") == "enter a whole number"
+    assert error_by(page.text, "sfConfig:role") == "fill this field: the template leaves it to you"
+    page = client.post("/templates/qa-testbed", data={**QA, "csrf": token, "pool": "no way"})
+    assert error_by(page.text, "pool").startswith("&#39;no way&#39; is not a pool name")
+    page = client.post(
+        "/templates/qa-testbed", data={**QA, "csrf": token, "sfConfig:worker:vcpus": "9"}
+    )
+    assert error_by(page.text, "sfConfig:worker:vcpus") == (
+        "sfConfig:worker:vcpus 9 is over the site limit of 4 vCPUs; ask for fewer vCPUs"
+    )
+
+
+def test_a_job_template_previews_its_sf_and_submit_file_and_downloads_them(
+    web: WebSiteDir,
+) -> None:
+    client = web.client()
+    token = csrf_of(client.get("/templates/role").text)
+    page = client.post(
+        "/templates/role",
+        data={
+            "csrf": token,
+            "sfConfig:memory": "512",
+            "sfConfig:vcpus": "1",
+            "sfConfig:role": 'a"b',
+        },
+    )
+    assert page.status_code == 200, page.text
+    sf = ('// my.sf: the site template role with your values (sd web)\n#include "role.sf"\n\n'
+          'sfConfig:role "a\\"b";\nsfConfig:memory 512;\n')  # fmt: skip
+    assert sf.replace('"', "&#34;") in page.text
+    assert "+SDVMDescription        = &#34;my.sf&#34;" in page.text
+    query = {"sfConfig:memory": "512", "sfConfig:role": 'a"b'}
+    download = client.get("/templates/role/files/my.sf", params=query)
+    assert download.status_code == 200 and download.text == sf
+    assert download.headers["content-disposition"] == 'attachment; filename="my.sf"'
+    submit = client.get("/templates/role/files/job.sub", params=query).text
+    assert "transfer_input_files    = my.sf\n" in submit
+    assert '+SDVMDescription        = "my.sf"\n' in submit
+    bad = client.get("/templates/role/files/my.sf", params={**query, "sfConfig:memory": "4096"})
+    assert bad.status_code == 400
+    assert bad.text == ("sfConfig:memory: sfConfig:memory 4096 MiB is over the site limit of "
+                        "2048 MiB; ask for less memory")  # fmt: skip
+    assert client.get("/templates/role/files/other.txt", params=query).status_code == 404
+    refused = client.post("/templates/role/start", data={**query, "csrf": token})
+    assert refused.status_code == 400 and "is a job template" in refused.text
+
+
+# --- pools ----------------------------------------------------------------------------------------
+def test_a_pool_previews_its_placement_starts_shows_status_and_terminates(web: WebSiteDir) -> None:
+    client = web.client()
+    token = csrf_of(client.get("/templates/qa-testbed").text)
+    preview = client.post(
+        "/templates/qa-testbed", data={**QA, "csrf": token, "sfConfig:worker:memory": "512"}
+    )
+    assert preview.status_code == 200
+    assert "sfConfig:worker:memory 512;" in preview.text
+    assert "testbedScheduler: spread, 3 VMs on 1 of 1 hosts" in preview.text
+    assert web.sd("status")[1] == "no pools or jobs\n"  # nothing starts before the button
+
+    started = client.post("/templates/qa-testbed/start", data={**QA, "csrf": token})
+    assert (started.status_code, started.headers["location"]) == (303, "/pools/qa")
+    page = client.get("/pools/qa")
+    assert page.status_code == 200 and 'data-poll="/api/pools/qa"' in page.text
+    report = client.get("/api/pools/qa").json()
+    assert [(vm["name"], vm["host"], vm["state"]) for vm in report["vms"]] == [
+        ("qa-head", "localhost", "running"), ("qa-worker1", "localhost", "running"),
+        ("qa-worker2", "localhost", "running")]  # fmt: skip
+    assert 'href="/pools/qa"' in client.get("/pools").text
+    code, out, _ = web.sd("status", "qa", "--json")
+    assert code == 0 and [vm["state"] for vm in json.loads(out)[0]["vms"]] == ["running"] * 3
+
+    again = client.post("/templates/qa-testbed/start", data={**QA, "csrf": token})
+    assert again.status_code == 400
+    assert error_by(again.text, "pool").startswith(f"pool qa already exists on {web.uri}")
+
+    gone = client.post("/pools/qa/terminate", data={"csrf": token})
+    assert (gone.status_code, gone.headers["location"]) == (303, "/pools")
+    assert web.sd("status")[1] == "no pools or jobs\n"
+    assert client.get("/api/pools/qa").status_code == 404
+    assert "You have no pools" in client.get("/pools").text
+
+
+def test_a_pool_terminated_elsewhere_is_gone_from_the_page(web: WebSiteDir) -> None:
+    client = web.client()
+    token = csrf_of(client.get("/templates/pool").text)
+    assert client.post("/templates/pool/start", data={"csrf": token, "pool": "p1"}
+                       ).status_code == 303  # fmt: skip
+    assert web.sd("terminate", "localhost", "p1", "--grace", "0")[0] == 0
+    page = client.get("/pools/p1")
+    assert page.status_code == 404 and "pool p1 is gone (terminated)" in page.text
+
+
+# --- access ---------------------------------------------------------------------------------------
+def test_a_post_without_the_csrf_token_is_refused(web: WebSiteDir) -> None:
+    client = web.client()
+    for data in ({**QA}, {**QA, "csrf": "0" * 64}):
+        refused = client.post("/templates/qa-testbed/start", data=data)
+        assert refused.status_code == 403 and "CSRF token missing or wrong" in refused.text
+    bob = web.client(Access(local_user="bob"))
+    token_of_bob = csrf_of(bob.get("/templates/pool").text)
+    assert client.post("/templates/qa-testbed", data={**QA, "csrf": token_of_bob}
+                       ).status_code == 403  # fmt: skip
+    assert web.sd("status")[1] == "no pools or jobs\n"
+
+
+def test_another_users_pool_cannot_be_seen_or_terminated(web: WebSiteDir) -> None:
+    secret = b"s" * 32
+    alice = web.client(Access(local_user="alice", secret=secret))
+    bob = web.client(Access(local_user="bob", secret=secret))
+    token = csrf_of(alice.get("/templates/pool").text)
+    assert alice.post("/templates/pool/start", data={"csrf": token, "pool": "mine"}
+                      ).status_code == 303  # fmt: skip
+    bob_token = csrf_of(bob.get("/templates/pool").text)
+    assert bob.get("/pools/mine").status_code == 404
+    assert bob.get("/api/pools/mine").json() == {
+        "error": "you have no pool named mine; your pools are under /pools"
+    }
+    assert bob.post("/pools/mine/terminate", data={"csrf": bob_token}).status_code == 404
+    assert 'href="/pools/mine"' not in bob.get("/pools").text
+    assert alice.get("/api/pools/mine").status_code == 200  # still there, still alice's
+    assert alice.post("/pools/mine/terminate", data={"csrf": token}).status_code == 303
+
+
+def test_basic_auth_against_scrypt_hashes(web: WebSiteDir) -> None:
+    stored = hash_password("correct horse")
+    assert stored.startswith("scrypt$16384$8$1$") and verify_password("correct horse", stored)
+    assert not verify_password("wrong", stored) and not verify_password("x", "md5$1")
+    passwords = web.root / "passwords"
+    passwords.write_text(f"# users of sd web\nalice:{stored}\n", encoding="utf-8")
+    access = Access.for_bind("0.0.0.0", passwords, None)
+    client = web.client(access)
+    assert client.get("/").status_code == 401
+    assert client.get("/").headers["www-authenticate"] == 'Basic realm="sd web"'
+    assert client.get("/", auth=("alice", "wrong")).status_code == 401
+    assert client.get("/", auth=("mallory", "correct horse")).status_code == 401
+    broken = {"Authorization": "Basic " + base64.b64encode(b"\xff").decode()}
+    assert client.get("/", headers=broken).status_code == 401
+    page = client.get("/", auth=("alice", "correct horse"))
+    assert page.status_code == 200 and '<span class="user">alice</span>' in page.text
+
+
+def test_a_reverse_proxys_user_header_when_the_admin_says_so(web: WebSiteDir) -> None:
+    client = web.client(Access.for_bind("10.0.0.5", None, "X-Remote-User"))
+    assert client.get("/").status_code == 401
+    page = client.get("/pools", headers={"X-Remote-User": "carol"})
+    assert page.status_code == 200 and '<span class="user">carol</span>' in page.text
+
+
+def test_binding_beyond_this_machine_needs_authentication(web: WebSiteDir) -> None:
+    assert not Access.for_bind("127.0.0.1", None, None).require_auth
+    assert not Access.for_bind("::1", None, None).require_auth
+    with pytest.raises(ConfigError, match="needs authentication"):
+        Access.for_bind("0.0.0.0", None, None)
+    bad = web.root / "bad-passwords"
+    bad.write_text("alice plain\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="bad-passwords:1: expected USER:scrypt"):
+        Access.for_bind("0.0.0.0", bad, None)
+    code, _out, err = web.sd("web", "--bind", "0.0.0.0:8080")
+    assert (
+        code == 3
+        and "sd: error: sd web bound to 0.0.0.0 (not this machine only) needs authentication" in err
+    )
+    code, _out, err = web.sd("web", "--bind", "nowhere")
+    assert code == 2 and "--bind 'nowhere' is not HOST:PORT" in err

@@ -20,6 +20,7 @@ if (table) {
       return;
     }
     const pool = await reply.json();
+    table.dataset.polled = String(Number(table.dataset.polled || 0) + 1);
     document.getElementById("pool-status").textContent = pool.status;
     const body = table.querySelector("tbody");
     body.replaceChildren(...pool.vms.map((vm) => {

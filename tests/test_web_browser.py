@@ -1,0 +1,176 @@
+"""`sd web` in a real headless Chromium (Debian's chromium + chromium-driver, Selenium).
+
+The qa-testbed form with one wrong value (its error shown by the field), fixed, previewed,
+started on libvirt's test driver, watched until running (the page polls the JSON endpoint),
+terminated; `sd status` agrees at each step. Served on 127.0.0.1 only, from a thread of this
+process (the test driver's host lives in this process's shared connection). Screenshots go
+to the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.libvirt]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
+pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+pytest.importorskip("selenium", reason="selenium is not installed (test extra)")
+uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from sd_batch.cli import Environment, main  # noqa: E402
+from sd_batch.config import load_config  # noqa: E402
+from sd_batch.pools import SHARED_CONNECTIONS  # noqa: E402
+from sd_batch.web.access import Access  # noqa: E402
+from sd_batch.web.app import WebSite, create_app  # noqa: E402
+
+HOST_XML = """<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
+    <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
+  <memory>8388608</memory>
+</node>
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """(base URL, environment for `sd`) of a site served on 127.0.0.1 from this process."""
+    images = tmp_path / "images" / "minimal"
+    images.mkdir(parents=True)
+    (images / "vmlinux").write_bytes(b"kernel")
+    (images / "initrd.img").write_bytes(b"initrd")
+    host_file = tmp_path / "host.xml"
+    host_file.write_text(HOST_XML, encoding="utf-8")
+    (tmp_path / "site.toml").write_text(
+        f'image_dir = "{tmp_path / "images"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'default_uri = "test://{host_file}"\n[properties]\n"sd.flavour" = "qemu"\n'
+        "[policy]\nmax_memory_mib = 2048\n",
+        encoding="utf-8",
+    )
+    site = WebSite(load_config(tmp_path / "site.toml"), Access(local_user="tester"),
+                   grace_seconds=0)  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(site), host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
+    yield f"http://127.0.0.1:{port}", environ
+    server.should_exit = True
+    thread.join(10)
+    hv = SHARED_CONNECTIONS._open.pop(f"test://{host_file}", None)
+    if hv is not None:
+        hv.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=1100,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.implicitly_wait(2)
+    yield driver
+    driver.quit()
+
+
+def sd_status(environ: dict[str, str], *argv: str) -> str:
+    out = io.StringIO()
+    assert main(["status", *argv], Environment(stdout=out, stderr=io.StringIO(),
+                                               environ=environ)) == 0  # fmt: skip
+    return out.getvalue()
+
+
+def test_fill_the_qa_testbed_form_start_watch_and_terminate_it(
+    served: tuple[str, dict[str, str]], browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    base, environ = served
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    browser.get(base + "/")
+    assert "virtual cluster for QA" in browser.find_element(By.ID, "template-qa-testbed").text
+    browser.save_screenshot(str(shots / "1-templates.png"))
+
+    browser.find_element(By.LINK_TEXT, "qa-testbed").click()
+    pool = browser.find_element(By.NAME, "pool")
+    pool.clear()
+    pool.send_keys("qa")
+    memory = browser.find_element(By.NAME, "sfConfig:head:memory")
+    memory.clear()
+    memory.send_keys("99999")
+    browser.find_element(By.ID, "preview").click()
+    field = browser.find_element(
+        By.CSS_SELECTOR, '.field.invalid[data-path="sfConfig:head:memory"]'
+    )
+    assert field.find_element(By.CLASS_NAME, "error").text == (
+        "sfConfig:head:memory 99999 MiB is over the site limit of 2048 MiB; ask for less memory"
+    )
+    browser.save_screenshot(str(shots / "2-form-error.png"))
+
+    memory = browser.find_element(By.NAME, "sfConfig:head:memory")
+    memory.clear()
+    memory.send_keys("512")
+    browser.find_element(By.ID, "preview").click()
+    assert "sfConfig:head:memory 512;" in browser.find_element(By.ID, "sf-text").text
+    assert "qa-worker2" in browser.find_element(By.ID, "placement").text
+    browser.save_screenshot(str(shots / "3-preview.png"))
+    assert sd_status(environ) == "no pools or jobs\n"  # nothing runs before the button
+
+    browser.find_element(By.ID, "start").click()
+    table = browser.find_element(By.ID, "vms")
+    WebDriverWait(browser, 15).until(lambda _d: int(table.get_attribute("data-polled") or 0) >= 1)
+    states = WebDriverWait(browser, 15).until(
+        lambda d: (
+            [s.text for s in d.find_elements(By.CSS_SELECTOR, "#vms td.state")] == ["running"] * 3
+        )
+    )
+    assert states
+    rows = [r.text.split() for r in browser.find_elements(By.CSS_SELECTOR, "#vms tbody tr")]
+    assert rows == [["qa-head", "localhost", "running"], ["qa-worker1", "localhost", "running"],
+                    ["qa-worker2", "localhost", "running"]]  # fmt: skip
+    browser.save_screenshot(str(shots / "4-running.png"))
+    assert [line.split() for line in sd_status(environ, "qa").splitlines()[1:4]] == [
+        ["qa-head", "running"],
+        ["qa-worker1", "running"],
+        ["qa-worker2", "running"],
+    ]
+
+    browser.find_element(By.ID, "terminate").click()
+    assert "You have no pools" in browser.find_element(By.ID, "no-pools").text
+    browser.save_screenshot(str(shots / "5-terminated.png"))
+    assert sd_status(environ) == "no pools or jobs\n"

@@ -52,6 +52,15 @@ class _Tbd:
 
 TBD = _Tbd()
 
+#: Words SmartFrog reserves that sd-batch has no use for; they must be quoted to be names.
+RESERVED_WORDS = frozenset({"SWITCH", "ENDSWITCH", "VAR"})
+#: Every keyword of the language: a name spelt like one must be quoted (parser and renderer).
+KEYWORDS = frozenset({
+    "extends", "true", "false", "NULL", "TBD", "LAZY", "DATA", "ATTRIB", "HERE", "THIS",
+    "PARENT", "ROOT", "HOST", "PROCESS", "PROPERTY", "IPROPERTY", "ENVPROPERTY", "IENVPROPERTY",
+    "CONSTANT", "OPTIONAL", "APPLY", "ASSERT", "IF", "THEN", "ELSE", "FI",
+}) | RESERVED_WORDS  # fmt: skip
+
 #: Reference part kinds, as SmartFrog's grammar names them.
 PART_KINDS = (
     "ROOT",

@@ -24,7 +24,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ..errors import DescriptionSyntaxError, SourceLocation
 from . import model
-from .model import Double, Long, Reference, RefPart
+from .model import KEYWORDS, RESERVED_WORDS, Double, Long, Reference, RefPart
 from .syntax import (
     ApplyRef,
     AttrDef,
@@ -39,42 +39,6 @@ from .syntax import (
 )
 
 GRAMMAR = Path(__file__).with_name("sf.lark")
-#: Words SmartFrog reserves that sd-batch has no use for; they must be quoted to be names.
-RESERVED_WORDS = frozenset({"SWITCH", "ENDSWITCH", "VAR"})
-KEYWORDS = (
-    frozenset(
-        {
-            "extends",
-            "true",
-            "false",
-            "NULL",
-            "TBD",
-            "LAZY",
-            "DATA",
-            "ATTRIB",
-            "HERE",
-            "THIS",
-            "PARENT",
-            "ROOT",
-            "HOST",
-            "PROCESS",
-            "PROPERTY",
-            "IPROPERTY",
-            "ENVPROPERTY",
-            "IENVPROPERTY",
-            "CONSTANT",
-            "OPTIONAL",
-            "APPLY",
-            "ASSERT",
-            "IF",
-            "THEN",
-            "ELSE",
-            "FI",
-        }
-    )
-    | RESERVED_WORDS
-)
-#: Keyword -> its terminal in sf.lark (`extends` -> EXTENDS). The lexer reads keywords as WORDs.
 KEYWORD_TYPES = {word: word.upper() for word in KEYWORDS - RESERVED_WORDS}
 
 _ESCAPES = {"n": "\n", "t": "\t", "b": "\b", "r": "\r", "f": "\f"}

@@ -10,45 +10,12 @@ import math
 import re
 from typing import Any
 
-from .model import TBD, Component, Double, Long, Reference
+from .model import KEYWORDS, TBD, Component, Double, Long, Reference
 from .syntax import IfExpr, ListExpr, OpExpr
 
 _WORD = re.compile(
     r"[$A-Z_a-z\u00a2-\u00a5\u00aa\u00b5\u00ba\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff]"
     r"[$A-Z_a-z\u00a2-\u00a5\u00aa\u00b5\u00ba\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff0-9._\-+@#~$%^&]*"
-)
-_KEYWORDS = frozenset(
-    [
-        "extends",
-        "true",
-        "false",
-        "NULL",
-        "TBD",
-        "LAZY",
-        "DATA",
-        "ATTRIB",
-        "HERE",
-        "THIS",
-        "PARENT",
-        "ROOT",
-        "HOST",
-        "PROCESS",
-        "PROPERTY",
-        "IPROPERTY",
-        "ENVPROPERTY",
-        "IENVPROPERTY",
-        "CONSTANT",
-        "OPTIONAL",
-        "APPLY",
-        "ASSERT",
-        "IF",
-        "THEN",
-        "ELSE",
-        "FI",
-        "SWITCH",
-        "ENDSWITCH",
-        "VAR",
-    ]
 )
 _STRING_ESCAPES = {
     "\\": "\\\\",
@@ -67,7 +34,7 @@ def is_anonymous(name: str) -> bool:
 
 def format_name(name: str) -> str:
     """A name as the grammar accepts it: bare when it is a WORD, quoted otherwise."""
-    if _WORD.fullmatch(name) and name not in _KEYWORDS:
+    if _WORD.fullmatch(name) and name not in KEYWORDS:
         return name
     return format_string(name)
 

@@ -43,7 +43,7 @@ def web(args: argparse.Namespace, env: Environment) -> int:
     access = Access.for_bind(host, Path(args.passwords) if args.passwords else None,
                              args.remote_user_header)  # fmt: skip
     app = create_app(WebSite(site_config(args, env), access))
-    who = "no login (this machine only)" if not access.require_auth else (
+    who = "no login: this machine only" if not access.require_auth else (
         f"user name from the {args.remote_user_header} header" if args.remote_user_header
         else f"HTTP basic against {args.passwords}")  # fmt: skip
     print(f"sd web: serving http://{args.bind}/ ({who})", file=env.stderr, flush=True)

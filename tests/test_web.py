@@ -338,3 +338,65 @@ def test_binding_beyond_this_machine_needs_authentication(web: WebSiteDir) -> No
     )
     code, _out, err = web.sd("web", "--bind", "nowhere")
     assert code == 2 and "--bind 'nowhere' is not HOST:PORT" in err
+
+
+SCRATCH_SF = """#include "minimal.sf"
+templateDescription "a minimal VM with a blank scratch disk";
+sfConfig extends MinimalVM {
+    disks extends DATA { scratch extends Disk { size 1024; } }
+}
+"""
+
+
+def test_a_blank_disk_size_is_a_field_within_the_site_disk_limit(web: WebSiteDir) -> None:
+    (web.root / "templates" / "scratch.sf").write_text(SCRATCH_SF, encoding="utf-8")
+    client = web.client()
+    page = client.get("/templates/scratch").text
+    assert 'name="sfConfig:disks:scratch:size" type="number"' in page
+    token = csrf_of(page)
+    too_big = client.post(
+        "/templates/scratch", data={"csrf": token, "sfConfig:disks:scratch:size": "99999999"}
+    )
+    assert too_big.status_code == 400
+    assert error_by(too_big.text, "sfConfig:disks:scratch:size").startswith(
+        "sfConfig:disks:scratch:size 97656.2 GiB is over the site limit of 64 GiB per disk"
+    )
+    fine = client.post(
+        "/templates/scratch", data={"csrf": token, "sfConfig:disks:scratch:size": "2048"}
+    )
+    assert fine.status_code == 200 and "sfConfig:disks:scratch:size 2048;" in fine.text
+
+
+def test_boolean_and_choice_fields_become_sf_literals() -> None:
+    from sd_batch.web.forms import Field, TemplateForm, user_sf
+
+    form = TemplateForm(
+        "t", Path("/site/t.sf"), "", "job",
+        (Field("sfConfig:debug", "debug", "boolean", "false"),
+         Field("sfConfig:network", "network", "choice", "NULL", choices=("NULL", "default")),
+         Field("sfConfig:note", "note", "text", "", required=True)),
+        None, ("sfConfig:note",),
+    )  # fmt: skip
+    text, errors, line_of = user_sf(
+        form, {"sfConfig:debug": "true", "sfConfig:network": "default", "sfConfig:note": "a\nb"}
+    )
+    assert text.splitlines()[3:] == [
+        "sfConfig:debug true;",
+        'sfConfig:network "default";',
+        'sfConfig:note "a\\nb";',
+    ]
+    assert errors == {} and line_of == {4: "sfConfig:debug", 5: "sfConfig:network",
+                                        6: "sfConfig:note"}  # fmt: skip
+    _text, errors, _ = user_sf(form, {"sfConfig:network": "evil", "sfConfig:note": "x"})
+    assert errors == {"sfConfig:network": "choose one of NULL, default"}
+
+
+def test_hash_password_prints_a_password_file_line(
+    web: WebSiteDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse\n"))
+    code, out, _err = web.sd("web", "--hash-password", "alice")
+    user, _, stored = out.strip().partition(":")
+    assert code == 0 and user == "alice" and verify_password("correct horse", stored)

@@ -247,7 +247,13 @@ def test_a_pool_previews_its_placement_starts_shows_status_and_terminates(web: W
 
     again = client.post("/templates/qa-testbed/start", data={**QA, "csrf": token})
     assert again.status_code == 400
-    assert error_by(again.text, "pool").startswith(f"pool qa already exists on {web.uri}")
+    assert error_by(again.text, "pool") == "you already have a pool named qa (see /pools/qa)"
+    carol = web.client(Access(local_user="carol"))
+    taken = carol.post(
+        "/templates/qa-testbed/start",
+        data={**QA, "csrf": csrf_of(carol.get("/templates/pool").text)},
+    )
+    assert error_by(taken.text, "pool") == "the pool name qa is taken: choose another"
 
     gone = client.post("/pools/qa/terminate", data={"csrf": token})
     assert (gone.status_code, gone.headers["location"]) == (303, "/pools")

@@ -152,7 +152,14 @@ def create_app(site: WebSite) -> Starlette:
                 site.config, "localhost", name, file, include_dirs=[form.path.parent],
                 connections=site.connections))  # fmt: skip
         except SdError as exc:
-            errors = {POOL_FIELD if "already exists" in exc.message else GENERAL: str(exc)}
+            errors = {GENERAL: str(exc)}
+            if "already exists" in exc.message:  # never say whose, nor from which file
+                mine = site.owners.owner(site.config.default_uri, name) == user
+                errors = {
+                    POOL_FIELD: f"you already have a pool named {name} (see /pools/{name})"
+                    if mine
+                    else f"the pool name {name} is taken: choose another"
+                }
             return render(request, user, "form.html", 400, form=form, values=checked.values,
                           errors=errors)  # fmt: skip
         site.owners.record(site.config.default_uri, name, user)

@@ -243,7 +243,7 @@ class Ledger:
         ledger = cls(db, path, clock)
         with ledger._errors("set up"):
             db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+            _use_wal(db, timeout)  # readers never block the writer
             db.execute("PRAGMA synchronous = FULL")  # an intent must survive a power cut
             db.execute("PRAGMA foreign_keys = ON")
             ledger._migrate()
@@ -478,6 +478,24 @@ class Ledger:
             ).fetchall()
         stuck = tuple(r for r in map(_resource, rows) if not r.process.is_alive())
         return Leftovers(owners, stuck)
+
+
+def _use_wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Switch a new ledger to WAL. Several processes opening a fresh file at once can get
+    SQLITE_BUSY from the switch without sqlite's busy handler ever waiting, so retry it."""
+    if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return  # the usual case: WAL is a property of the file, set once
+    import tenacity
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_exponential(multiplier=0.01, max=0.25),
+        retry=tenacity.retry_if_exception(
+            lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+        ),
+        reraise=True,
+    )
+    retrying(db.execute, "PRAGMA journal_mode = WAL")
 
 
 _HINT = "check the state folder (state_dir in the site config) is writable by this user"

@@ -133,6 +133,7 @@ class HypervisorAPI(Protocol):
     def host_capacity(self) -> HostCapacity: ...
     def host_load(self) -> HostLoad: ...
     def close(self) -> None: ...
+    def is_alive(self) -> bool: ...
 
 
 # --- libvirt, loaded once ----------------------------------------------------------------------
@@ -279,6 +280,13 @@ class Hypervisor:
     def close(self) -> None:
         with contextlib.suppress(self._lv.libvirtError):
             self._conn.close()
+
+    def is_alive(self) -> bool:
+        """Whether the connection still works (libvirtd restarted, ssh dropped: it does not)."""
+        try:
+            return bool(self._conn.isAlive())
+        except self._lv.libvirtError:
+            return False
 
     def __enter__(self) -> Hypervisor:
         return self

@@ -41,6 +41,9 @@ class Connections:
         self._open: dict[str, HypervisorAPI] = {}
 
     def __call__(self, uri: str) -> HypervisorAPI:
+        cached = self._open.get(uri)
+        if cached is not None and not cached.is_alive():
+            self.forget(uri)  # a long-lived process (sd watch, sd web) outlives libvirtd restarts
         if uri not in self._open:
             if self._opener is None:
                 from .hypervisor import connect

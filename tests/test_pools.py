@@ -341,12 +341,24 @@ def test_a_missing_base_image_is_refused_before_anything_is_recorded(site: Site)
 
 
 def test_a_failed_rollback_still_says_why_the_start_failed(site: Site) -> None:
-    """The host connection breaks after the 1st VM: the start and its rollback both fail."""
-    config, connections = site.config(), Connections()
+    """The host goes away after the 1st VM: the start and its rollback both fail."""
+    from sd_batch.errors import HypervisorError
+    from sd_batch.hypervisor import connect
+
+    config, gone = site.config(), False
+
+    def opener(uri: str) -> Hypervisor:
+        if gone:
+            raise HypervisorError(f"{uri}: cannot connect: the host is gone", transient=True)
+        return connect(uri)
+
+    connections = Connections(opener)
 
     def break_connection(line: str) -> None:
+        nonlocal gone
         if line.startswith("[1/5] started"):
-            connections(site.uri).close()
+            connections(site.uri).close()  # a dead connection is reopened: and that fails too
+            gone = True
 
     with pytest.raises(DeployError) as info:
         start_pool(config, "localhost", "lab", Path(site.description(FIVE_IN_SEQUENCE)),
@@ -495,3 +507,16 @@ def test_a_start_killed_half_way_is_cleaned_by_the_next_command(site: Site, clea
         run = site.sd("terminate", "localhost", "lab", "--grace", "0")
     assert run.code == 0, run.err
     assert site.ledger_rows() == ([], [])
+
+
+def test_a_dead_cached_connection_is_reopened_on_next_use() -> None:
+    """sd watch and sd web live longer than a libvirtd restart: a closed connection is replaced."""
+    from sd_batch.pools import Connections
+
+    connections = Connections()
+    first = connections("test:///default")
+    first.close()  # what a daemon restart does to a client connection
+    second = connections("test:///default")
+    assert second is not first
+    assert second.is_alive()
+    connections.close()

@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import SiteConfig
 from .domain_xml import OwnerKind as OwnerKind  # one job/pool enum, the one domains carry
-from .errors import LedgerError
+from .errors import Disposition, LedgerError
 
 LEDGER_FILE = "ledger.sqlite3"
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
@@ -76,6 +76,12 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class OwnerExists(LedgerError):
+    """An owner that must be new (a pool being started) is already recorded."""
+
+    disposition = Disposition.HOLD
 
 
 class OwnerStatus(enum.Enum):
@@ -306,25 +312,38 @@ class Ledger:
         description: str = "",
         status: OwnerStatus = OwnerStatus.STARTING,
         pid: int | None | _This = THIS_PROCESS,
+        new_only: bool = False,
     ) -> Owner:
         """Record an owner, or take over an existing one (a requeued job, a restarted pool).
 
         PID is the process whose death leaves the owner's resources behind: the HTCondor
         starter for a job; None for a started pool, which lives until `sd terminate`.
+        NEW_ONLY refuses an owner that exists (OwnerExists), in the same transaction as the
+        write: two `sd start NAME` at once cannot both win.
         """
         process = _process(pid)
         now = self._clock()
-        with self._write("record an owner") as db:
-            db.execute(
-                "INSERT INTO owner (kind, owner_id, host_uri, description, status, created_at,"
-                " updated_at, pid, pid_start, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (kind, owner_id, host_uri) DO UPDATE SET"
-                " description = excluded.description, status = excluded.status,"
-                " updated_at = excluded.updated_at, pid = excluded.pid,"
-                " pid_start = excluded.pid_start, boot_id = excluded.boot_id",
-                (kind.value, owner_id, host_uri, description, status.value, now, now,
-                 *_process_columns(process)),
-            )  # fmt: skip
+        upsert = (
+            " ON CONFLICT (kind, owner_id, host_uri) DO UPDATE SET"
+            " description = excluded.description, status = excluded.status,"
+            " updated_at = excluded.updated_at, pid = excluded.pid,"
+            " pid_start = excluded.pid_start, boot_id = excluded.boot_id"
+        )
+        try:
+            with self._write("record an owner") as db:
+                db.execute(
+                    "INSERT INTO owner (kind, owner_id, host_uri, description, status, created_at,"
+                    " updated_at, pid, pid_start, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    + ("" if new_only else upsert),
+                    (kind.value, owner_id, host_uri, description, status.value, now, now,
+                     *_process_columns(process)),
+                )  # fmt: skip
+        except LedgerError as exc:
+            if new_only and isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise OwnerExists(
+                    f"{kind.value} {owner_id} already exists on {host_uri}"
+                ) from exc.__cause__
+            raise
         found = self.owner(kind, owner_id, host_uri)
         assert found is not None, "an owner just written must read back"
         return found

@@ -137,7 +137,7 @@ def start_pool(
     progress: Progress = lambda _line: None,
 ) -> StartResult:
     """Resolve FILE, then create and start its VMs on HOST as pool NAME (all or nothing)."""
-    from .ledger import Ledger, OwnerKind, OwnerStatus
+    from .ledger import Ledger, OwnerExists, OwnerKind, OwnerStatus
 
     check_pool_name(name)
     uri = config.uri_for(host)
@@ -160,7 +160,14 @@ def start_pool(
                 )
             progress(f"cleaning up what an interrupted run of pool {name} left")
             engine.teardown(existing, graceful=False)
-        owner = ledger.register_owner(OwnerKind.POOL, name, uri, description=str(file))
+        try:
+            owner = ledger.register_owner(OwnerKind.POOL, name, uri, description=str(file),
+                                          new_only=True)
+        except OwnerExists:
+            raise DeployError(
+                f"pool {name} already exists on {uri} (another `sd start` is creating it)",
+                hint=f"wait for it, or sd terminate {host} {name}",
+            ) from None
         vms = tuple(vm.domain for vm in step.vms())
         progress(f"starting pool {name} on {uri}: {len(vms)} VM{'s' * (len(vms) != 1)}")
         engine.start(owner, step)

@@ -262,3 +262,11 @@ def test_several_processes_write_at_once(path: Path) -> None:
             assert len(kept) == count // 2
             assert {r.state for r in kept} == {ResourceState.CREATED}
         assert not ledger.leftovers()
+
+
+def test_an_owner_that_must_be_new_is_refused_when_it_exists(ledger: Ledger) -> None:
+    """Two `sd start NAME` at once: the second one's claim fails in the same transaction."""
+    first = ledger.register_owner(OwnerKind.POOL, "lab", "test:///default", new_only=True)
+    with pytest.raises(ledger_module.OwnerExists, match="pool lab already exists"):
+        ledger.register_owner(OwnerKind.POOL, "lab", "test:///default", new_only=True)
+    assert ledger.owners() == (first,)

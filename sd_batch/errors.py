@@ -214,3 +214,17 @@ class NoHostHasCapacity(DeployError):
         super().__init__(message, hint=hint)
         self.vms = vms
         self.tightest = tightest
+
+
+#: The runner's exit codes for a job whose VM failed (PREPARE_JOB's OnExitHold holds on them).
+VM_TIMEOUT_EXIT = 170
+VM_LOST_EXIT = 171
+
+
+class VMFailed(DeployError):
+    """The job's VM never powered off in time (`VM_TIMEOUT_EXIT`), or stopped without writing a
+    result: it crashed or was destroyed from outside (`VM_LOST_EXIT`). The job is held."""
+
+    def __init__(self, message: str, *, run_exit: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.run_exit = run_exit

@@ -241,6 +241,10 @@ class Harness:
                                             before, std_files)
             except HarnessError as exc:  # the starter holds a job whose outputs cannot move
                 outcome.state, outcome.message = "held", str(exc)
+                return outcome
+            held = _on_exit_hold(_updated(ad, format_updates(exit_attrs)))
+            if held is not None:  # the shadow's job policy, after the output transfer
+                outcome.state, outcome.message = "held", held
         return outcome
 
     @contextlib.contextmanager
@@ -481,6 +485,17 @@ class _Updater:
 # -- helpers ----------------------------------------------------------------------------------
 def _stopped_state(reason: str) -> str:
     return {"remove": "removed", "hold": "held", "evict": "evicted"}.get(reason, reason)
+
+
+def _on_exit_hold(ad: JobAd) -> str | None:
+    """The hold reason when the job's OnExitHold is true once it exited, as the shadow does."""
+    try:
+        if ad.get("OnExitHold") is not True:
+            return None
+        reason = ad.get("OnExitHoldReason")
+    except SdError as exc:  # an expression evaluating to an error: the shadow holds too
+        return f"the job's OnExitHold policy could not be evaluated: {exc}"
+    return str(reason) if reason else "The job attribute OnExitHold expression evaluated to TRUE"
 
 
 def _updated(ad: JobAd, updates: str) -> JobAd:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import Disposition, SdError, StagingError
+from .errors import VM_LOST_EXIT, VM_TIMEOUT_EXIT, Disposition, SdError, StagingError
 
 log = logging.getLogger("sd_batch.hooks")
 
@@ -125,7 +125,7 @@ def _argv_in_guest(ad: Any, sandbox: Path) -> list[str]:
 
 def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
     from .guest.contract import Manifest
-    from .jobad import format_updates, parse_job_ad
+    from .jobad import format_expressions, format_updates, parse_job_ad
     from .staging import write_input_tar
 
     ad_text = stdin.read()
@@ -173,8 +173,32 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
                              f"({reply['description']}, {reply['memory_mib']} MiB)",
     }
-    stdout.write(format_updates(updates))
+    stdout.write(format_updates(updates) + format_expressions(on_exit_hold(ad)))
     return 0
+
+
+def on_exit_hold(ad: Any) -> dict[str, str]:
+    """OnExitHold / OnExitHoldReason / OnExitHoldSubCode that hold the job when the runner
+    exits with VM_TIMEOUT_EXIT or VM_LOST_EXIT (the runner cannot hold a job itself), each
+    combined with the job's own (`||`, its own reason otherwise), as ClassAd expression
+    texts; a retried PREPARE_JOB does not wrap them twice."""
+    own_hold = ad.expression("OnExitHold")
+    if own_hold and f"ExitCode =?= {VM_LOST_EXIT}" in own_hold:
+        return {}  # ours already (PREPARE_JOB ran before on this ad)
+    timeout = f"(ExitBySignal =?= false && ExitCode =?= {VM_TIMEOUT_EXIT})"
+    lost = f"(ExitBySignal =?= false && ExitCode =?= {VM_LOST_EXIT})"
+    own_reason = ad.expression("OnExitHoldReason") or "undefined"
+    own_code = ad.expression("OnExitHoldSubCode") or "undefined"
+    said_timeout = json.dumps("sd-batch: the job's VM did not power off within the site's run "
+                              "time limit ([policy] max_run_seconds) and was destroyed")
+    said_lost = json.dumps("sd-batch: the job's VM stopped without a result (it crashed or was "
+                           "destroyed); the job's stderr has the details")
+    return {
+        "OnExitHold": f"({own_hold or 'false'}) || {timeout} || {lost}",
+        "OnExitHoldReason": f"ifThenElse({timeout}, {said_timeout}, "
+                            f"ifThenElse({lost}, {said_lost}, {own_reason}))",
+        "OnExitHoldSubCode": f"ifThenElse({timeout} || {lost}, ExitCode, {own_code})",
+    }
 
 
 # -- the runner ----------------------------------------------------------------------------------
@@ -196,8 +220,13 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
         result = read_result(proc.stdout, sandbox, max_bytes=MAX_RESULT_BYTES,
                              max_files=MAX_RESULT_FILES)
     except SdError as exc:
-        proc.kill()
-        proc.wait()
+        try:  # a helper that sent nothing is exiting: its code may say the VM failed
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        if code in (VM_TIMEOUT_EXIT, VM_LOST_EXIT):
+            return code  # the helper said why on our stderr; OnExitHold holds the job
         print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
         return 1
     finally:

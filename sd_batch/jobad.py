@@ -425,6 +425,24 @@ def format_updates(updates: Mapping[str, str | int | float | bool]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def format_expressions(expressions: Mapping[str, str]) -> str:
+    """`Attr = expression` lines for a hook's stdout: each expression is parsed by classad2
+    (a syntax error raises ValueError here, not in the starter) and printed in old syntax."""
+    classad2 = _classad2()
+    lines = []
+    for name, text in expressions.items():
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a ClassAd attribute name")
+        try:
+            expr = classad2.ExprTree(text)
+        except (classad2.ClassAdException, ValueError) as exc:
+            raise ValueError(f"{name}: not a ClassAd expression: {text!r}") from exc
+        one = classad2.ClassAd()
+        one[name] = expr
+        lines.append(one.printOld().strip())
+    return "".join(line + "\n" for line in lines)
+
+
 # -- the schedd's side, for `sd run` ----------------------------------------------------------
 def job_ad_from_submit(
     submit_text: str,

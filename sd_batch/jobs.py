@@ -30,7 +30,16 @@ from .config import SiteConfig
 from .deploy import Engine, SitePaths, VMPlan
 from .domain_xml import DiskSource, ExtraDisk
 from .domain_xml import OwnerKind as XmlOwnerKind
-from .errors import DeployError, HypervisorError, PolicyError, SdError, StagingError
+from .errors import (
+    VM_LOST_EXIT,
+    VM_TIMEOUT_EXIT,
+    DeployError,
+    HypervisorError,
+    PolicyError,
+    SdError,
+    StagingError,
+    VMFailed,
+)
 from .guest import contract
 from .lang import Attribute, Component, Description, load_file
 from .policy import SitePolicy, check_capacity, check_job, closest_template
@@ -58,7 +67,8 @@ class JobLimits:
     @classmethod
     def of(cls, policy: SitePolicy) -> JobLimits:
         return cls(policy, max_input_bytes=policy.max_input_bytes,
-                   output_disk_bytes=policy.output_disk_bytes)  # fmt: skip
+                   output_disk_bytes=policy.output_disk_bytes,
+                   run_timeout_seconds=float(policy.max_run_seconds))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,14 +393,20 @@ def run(
 
         destroy_now()
         if isinstance(exc, ShutoffTimeout):
-            raise DeployError(
-                f"the job's VM did not power off within {limits.run_timeout_seconds:.0f} s; "
-                "it was destroyed",
+            raise VMFailed(
+                f"the job's VM did not power off within {limits.run_timeout_seconds:.0f} s "
+                "(the site's [policy] max_run_seconds); it was destroyed",
+                run_exit=VM_TIMEOUT_EXIT, hint="make the payload finish sooner, or ask the site",
             ) from exc
         raise
     from .staging import result_tar_from_disk
 
-    with result_tar_from_disk(key.folder(config) / "output.img") as result:
+    try:
+        result = result_tar_from_disk(key.folder(config) / "output.img")
+    except StagingError as exc:  # off, but nothing written: it crashed or was destroyed
+        raise VMFailed(f"the job's VM stopped without a result (it crashed or was destroyed "
+                       f"from outside): {exc}", run_exit=VM_LOST_EXIT) from exc
+    with result:
         shutil.copyfileobj(result, out)
 
 

@@ -55,6 +55,8 @@ class SitePolicy:
     #: The job's input (its sandbox tar) and the output disk the guest writes its results to.
     max_input_bytes: int = 2 * GIB
     output_disk_bytes: int = 256 * MIB
+    #: How long a job's VM may run before it is destroyed and the job held.
+    max_run_seconds: int = 24 * 3600
 
 
 _BOOLS = ("allow_user_descriptions", "require_site_template")
@@ -67,6 +69,7 @@ _NUMBERS = {
     "max_vms_per_host": ("max_vms_per_host", 1, 1),
     "max_input_mib": ("max_input_bytes", MIB, 1),
     "output_disk_mib": ("output_disk_bytes", MIB, 1),
+    "max_run_seconds": ("max_run_seconds", 1, 1),
 }
 
 

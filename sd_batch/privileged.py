@@ -13,7 +13,8 @@ this command through sudo (`condor_hooks/helper`, a sudoers drop-in from `script
 The caller is who sudo says (`SUDO_UID`), never an argument: every VM is keyed by (caller uid,
 job id), so a user can neither name nor touch another user's job. Arguments are validated; the
 description is resolved here, from the job's own input, against the site's config and limits.
-`run` exits 75 (EX_TEMPFAIL) for host problems, 1 for anything else, with a message on stderr.
+`run` exits 75 (EX_TEMPFAIL) for host problems, 170/171 when the VM timed out / stopped without a
+result (`errors.VMFailed`), 1 for anything else, with a message on stderr.
 May import: config, errors, jobs, pools, reaper, templates, json, os, sys.
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SiteConfig, load_config
-from .errors import Disposition, SdError
+from .errors import Disposition, SdError, VMFailed
 
 EX_TEMPFAIL = 75
 USAGE = "usage: helper {prepare,run,cleanup} JOB_ID | helper {probe,reap}"
@@ -101,13 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif action == "cleanup":
             _reply({"ok": True, "removed": jobs.cleanup(config, key)})
         else:
-            jobs.run(config, key, sys.stdout.buffer,
+            jobs.run(config, key, sys.stdout.buffer, limits=jobs.JobLimits.of(config.policy),
                      install_signals=jobs.default_signal_installer)
             sys.stdout.buffer.flush()
         return 0
     except SdError as exc:
         if action == "run":
             print(f"sd-batch: {exc}", file=sys.stderr)
+            if isinstance(exc, VMFailed):
+                return exc.run_exit  # the runner exits with it: OnExitHold holds the job
             return EX_TEMPFAIL if exc.disposition is Disposition.REQUEUE else 1
         _reply(_failure(exc))
         return 1

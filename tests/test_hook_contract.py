@@ -50,7 +50,8 @@ queue
 BROKEN_SF = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    memory (512 +);\n}\n'
 PREPARE_UPDATES = ["SDOriginalCmd", "SDOriginalArguments", "SDVMDomain", "SDVMMemoryMiB",
                    "SDVMCpus", "Cmd", "Arguments", "Args", "HookStatusCode",
-                   "HookStatusMessage"]  # fmt: skip
+                   "HookStatusMessage", "OnExitHold", "OnExitHoldReason",
+                   "OnExitHoldSubCode"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,60 @@ def test_prepare_job_rewrites_cmd_to_our_runner_and_keeps_the_original(site: Sit
     assert site.leftovers() != []  # the ledger and the job folder hold the prepared VM
     exited = site.hook("job_exit", "exit", stdin=ad)
     assert (exited.code, exited.stdout) == (0, "")
+
+
+@pytest.mark.parametrize(("code", "held", "says"), [
+    (0, False, None), (170, True, "did not power off"), (171, True, "without a result"),
+    (3, True, "my own reason"),
+])  # fmt: skip
+def test_prepare_job_holds_on_the_runners_vm_failure_codes_and_keeps_the_jobs_own(
+    site: Site, code: int, held: bool, says: str | None
+) -> None:
+    ad = site.job_ad().replace("queue\n", "")
+    ad += 'OnExitHold = ExitCode =?= 3\nOnExitHoldReason = "my own reason"\n'
+    done = site.hook("prepare_job", stdin=ad)
+    assert done.code == 0, done.stderr
+    exited = f"ExitBySignal = false\nExitCode = {code}\n"
+    after = classad2.parseOne(ad + done.stdout + exited, classad2.ParserType.Old)
+    assert after.eval("OnExitHold") is held
+    if says is not None:
+        assert says in str(after.eval("OnExitHoldReason"))
+    if code in (170, 171):
+        assert after.eval("OnExitHoldSubCode") == code
+    signaled = classad2.parseOne(ad + done.stdout + "ExitBySignal = true\nExitSignal = 9\n",
+                                 classad2.ParserType.Old)  # fmt: skip
+    assert signaled.eval("OnExitHold") is False
+    assert site.hook("job_exit", "exit", stdin=ad).code == 0
+
+
+def test_sd_run_holds_a_job_whose_on_exit_hold_is_true_after_moving_its_outputs(
+    tmp_path: Path,
+) -> None:
+    """The harness honours OnExitHold / OnExitHoldReason as the shadow would (exit 3)."""
+    from sd_batch.harness import EXIT_HELD, Harness, SlotUser
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "prepare_job").write_text(
+        "#!/bin/sh\ncat >/dev/null\necho 'OnExitHold = ExitCode =?= 171'\n"
+        "echo 'OnExitHoldReason = \"sd-batch: the VM stopped without a result\"'\n")
+    (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
+    for hook in hooks.iterdir():
+        hook.chmod(0o755)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.sh").write_text("#!/bin/sh\necho partial > part.txt\nexit \"$1\"\n")
+    outcomes = {}
+    for code in (0, 171):
+        submit = job / f"job{code}.sub"
+        submit.write_text(f"executable = job.sh\narguments = {code}\nqueue\n")
+        harness = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={})
+        (outcomes[code],) = harness.run(lambda _outcome: None)
+    assert (outcomes[0].state, outcomes[0].process_exit_code) == ("exited", 0)
+    held = outcomes[171]
+    assert (held.state, held.process_exit_code) == ("held", EXIT_HELD)
+    assert held.summary() == "job 1.0: held: sd-batch: the VM stopped without a result"
+    assert (job / "part.txt").read_text() == "partial\n"  # the outputs came back first
 
 
 def test_prepare_job_holds_a_job_naming_an_unknown_template(site: Site) -> None:

@@ -294,3 +294,13 @@ def test_policy_is_pure() -> None:
     }
     assert modules <= {"__future__", "json", "collections.abc", "dataclasses", "pathlib",
                        "typing", "errors", "lang", "lang.model", "spec"}, modules  # fmt: skip
+
+
+def test_the_run_time_limit_is_the_sites_and_reaches_the_helpers_limits() -> None:
+    from sd_batch.jobs import JobLimits
+
+    config = parse_config({"policy": {"max_run_seconds": 5}})
+    assert JobLimits.of(config.policy).run_timeout_seconds == 5.0
+    assert JobLimits.of(SitePolicy()).run_timeout_seconds == 24 * 3600.0
+    with pytest.raises(ConfigError, match="max_run_seconds must be a whole number >= 1"):
+        parse_config({"policy": {"max_run_seconds": 0}})

@@ -206,6 +206,13 @@ class StagingError(SdError):
     exit_code = 9
 
 
+class HostStorageError(StagingError):
+    """The worker cannot write a job's files (its state dir is full, read-only, failing):
+    the host's problem, so the job goes back to Idle."""
+
+    disposition = Disposition.REQUEUE
+
+
 class NoHostHasCapacity(DeployError):
     """Placement found no host for some VMs (`vms`), so nothing was started."""
 
@@ -219,6 +226,8 @@ class NoHostHasCapacity(DeployError):
 #: The runner's exit codes for a job whose VM failed (PREPARE_JOB's OnExitHold holds on them).
 VM_TIMEOUT_EXIT = 170
 VM_LOST_EXIT = 171
+#: ... and for "the host could not run the VM" (libvirtd down): OnExitRemove sends it back to Idle.
+VM_REQUEUE_EXIT = 172
 
 
 class VMFailed(DeployError):

@@ -245,6 +245,9 @@ class Harness:
             held = _on_exit_hold(_updated(ad, format_updates(exit_attrs)))
             if held is not None:  # the shadow's job policy, after the output transfer
                 outcome.state, outcome.message = "held", held
+            elif not _on_exit_remove(_updated(ad, format_updates(exit_attrs))):
+                outcome.state = "idle"
+                outcome.message = "OnExitRemove is false: the job runs again (its stderr says why)"
         return outcome
 
     @contextlib.contextmanager
@@ -496,6 +499,14 @@ def _on_exit_hold(ad: JobAd) -> str | None:
     except SdError as exc:  # an expression evaluating to an error: the shadow holds too
         return f"the job's OnExitHold policy could not be evaluated: {exc}"
     return str(reason) if reason else "The job attribute OnExitHold expression evaluated to TRUE"
+
+
+def _on_exit_remove(ad: JobAd) -> bool:
+    """OnExitRemove once the job exited (absent: true); false puts the job back to Idle."""
+    try:
+        return ad.get("OnExitRemove", True) is not False
+    except SdError:
+        return True
 
 
 def _updated(ad: JobAd, updates: str) -> JobAd:

@@ -33,7 +33,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import VM_LOST_EXIT, VM_TIMEOUT_EXIT, Disposition, SdError, StagingError
+from .errors import (
+    VM_LOST_EXIT,
+    VM_REQUEUE_EXIT,
+    VM_TIMEOUT_EXIT,
+    Disposition,
+    SdError,
+    StagingError,
+)
 
 log = logging.getLogger("sd_batch.hooks")
 
@@ -102,7 +109,8 @@ def _helper_reply(out: bytes, err: bytes, code: int) -> dict[str, Any]:
     try:
         reply: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
-        detail = err.decode(errors="replace").strip()[-500:] or f"exit status {code}"
+        lines = err.decode(errors="replace").strip().splitlines()  # one line: an ad value
+        detail = lines[-1][-300:] if lines else f"exit status {code}"
         raise HelperFailed(
             f"the privileged helper failed ({detail}); is sudo configured for it "
             "(scripts/setup-host)?", Disposition.REQUEUE,
@@ -173,15 +181,16 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
                              f"({reply['description']}, {reply['memory_mib']} MiB)",
     }
-    stdout.write(format_updates(updates) + format_expressions(on_exit_hold(ad)))
+    stdout.write(format_updates(updates) + format_expressions(on_exit_policy(ad)))
     return 0
 
 
-def on_exit_hold(ad: Any) -> dict[str, str]:
+def on_exit_policy(ad: Any) -> dict[str, str]:
     """OnExitHold / OnExitHoldReason / OnExitHoldSubCode that hold the job when the runner
-    exits with VM_TIMEOUT_EXIT or VM_LOST_EXIT (the runner cannot hold a job itself), each
-    combined with the job's own (`||`, its own reason otherwise), as ClassAd expression
-    texts; a retried PREPARE_JOB does not wrap them twice."""
+    exits with VM_TIMEOUT_EXIT or VM_LOST_EXIT (the runner cannot hold a job itself), and
+    OnExitRemove false (back to Idle, to run again) when it exits with VM_REQUEUE_EXIT (the
+    host could not run the VM); each combined with the job's own, as ClassAd expression
+    texts. A retried PREPARE_JOB does not wrap them twice."""
     own_hold = ad.expression("OnExitHold")
     if own_hold and f"ExitCode =?= {VM_LOST_EXIT}" in own_hold:
         return {}  # ours already (PREPARE_JOB ran before on this ad)
@@ -193,7 +202,10 @@ def on_exit_hold(ad: Any) -> dict[str, str]:
                               "time limit ([policy] max_run_seconds) and was destroyed")
     said_lost = json.dumps("sd-batch: the job's VM stopped without a result (it crashed or was "
                            "destroyed); the job's stderr has the details")
+    requeue = f"(ExitBySignal =?= false && ExitCode =?= {VM_REQUEUE_EXIT})"
+    own_remove = ad.expression("OnExitRemove") or "true"
     return {
+        "OnExitRemove": f"({own_remove}) && !{requeue}",
         "OnExitHold": f"({own_hold or 'false'}) || {timeout} || {lost}",
         "OnExitHoldReason": f"ifThenElse({timeout}, {said_timeout}, "
                             f"ifThenElse({lost}, {said_lost}, {own_reason}))",
@@ -227,11 +239,15 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
             code = proc.wait()
         if code in (VM_TIMEOUT_EXIT, VM_LOST_EXIT):
             return code  # the helper said why on our stderr; OnExitHold holds the job
+        if code == os.EX_TEMPFAIL:
+            return _requeue()
         print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
         return 1
     finally:
         proc.stdout.close()
     code = proc.wait()
+    if code == os.EX_TEMPFAIL:
+        return _requeue()
     if code != 0:
         print(f"sd-batch: the VM did not complete (helper exit {code})", file=sys.stderr)
         return code if code > 0 else 128 - code
@@ -256,6 +272,12 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     if status.kind == "signal":
         return 128 + status.code
     return status.code
+
+
+def _requeue() -> int:
+    print("sd-batch: this worker could not run the job's VM (the message above says why); "
+          "the job goes back to Idle and runs again", file=sys.stderr)
+    return VM_REQUEUE_EXIT  # PREPARE_JOB's OnExitRemove is false for it
 
 
 # -- JOB_EXIT, UPDATE_JOB_INFO, startd cron ---------------------------------------------------

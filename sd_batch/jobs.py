@@ -34,6 +34,7 @@ from .errors import (
     VM_LOST_EXIT,
     VM_TIMEOUT_EXIT,
     DeployError,
+    HostStorageError,
     HypervisorError,
     PolicyError,
     SdError,
@@ -167,11 +168,33 @@ def prepare(
                           serial=contract.OUTPUT_SERIAL if serials else None),
             )  # fmt: skip
             engine.deploy_vm(owner, VMPlan(spec, uri), extra)
-        except BaseException:
+        except BaseException as exc:
             engine.teardown(owner, graceful=False)
             shutil.rmtree(folder, ignore_errors=True)
+            storage = _storage_failure(exc, folder)
+            if storage is not None:
+                raise storage from exc
             raise
     return PreparedJob(key.domain, uri, spec.memory_mib, spec.vcpus, name)
+
+
+def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:
+    """An OSError writing the job's files (or a StagingError caused by a full or failing
+    disk) as the host problem it is: the job goes back to Idle, with a message for the site."""
+    import errno
+
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(exc, StagingError) and not (
+        isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                                       errno.EIO)):  # fmt: skip
+        return None
+    if not isinstance(cause, OSError):
+        return None
+    return HostStorageError(
+        f"the worker cannot write the job's files in {folder.parent}: "
+        f"{cause.strerror or cause}",
+        hint="the site must free space in its state_dir (the job runs again, here or elsewhere)",
+    )
 
 
 class _CountingLock:

@@ -50,7 +50,7 @@ queue
 BROKEN_SF = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    memory (512 +);\n}\n'
 PREPARE_UPDATES = ["SDOriginalCmd", "SDOriginalArguments", "SDVMDomain", "SDVMMemoryMiB",
                    "SDVMCpus", "Cmd", "Arguments", "Args", "HookStatusCode",
-                   "HookStatusMessage", "OnExitHold", "OnExitHoldReason",
+                   "HookStatusMessage", "OnExitRemove", "OnExitHold", "OnExitHoldReason",
                    "OnExitHoldSubCode"]  # fmt: skip
 
 
@@ -167,7 +167,7 @@ def test_prepare_job_rewrites_cmd_to_our_runner_and_keeps_the_original(site: Sit
 
 @pytest.mark.parametrize(("code", "held", "says"), [
     (0, False, None), (170, True, "did not power off"), (171, True, "without a result"),
-    (3, True, "my own reason"),
+    (3, True, "my own reason"), (172, False, None),
 ])  # fmt: skip
 def test_prepare_job_holds_on_the_runners_vm_failure_codes_and_keeps_the_jobs_own(
     site: Site, code: int, held: bool, says: str | None
@@ -179,6 +179,7 @@ def test_prepare_job_holds_on_the_runners_vm_failure_codes_and_keeps_the_jobs_ow
     exited = f"ExitBySignal = false\nExitCode = {code}\n"
     after = classad2.parseOne(ad + done.stdout + exited, classad2.ParserType.Old)
     assert after.eval("OnExitHold") is held
+    assert after.eval("OnExitRemove") is (code != 172)  # 172: the host failed, back to Idle
     if says is not None:
         assert says in str(after.eval("OnExitHoldReason"))
     if code in (170, 171):
@@ -192,14 +193,16 @@ def test_prepare_job_holds_on_the_runners_vm_failure_codes_and_keeps_the_jobs_ow
 def test_sd_run_holds_a_job_whose_on_exit_hold_is_true_after_moving_its_outputs(
     tmp_path: Path,
 ) -> None:
-    """The harness honours OnExitHold / OnExitHoldReason as the shadow would (exit 3)."""
-    from sd_batch.harness import EXIT_HELD, Harness, SlotUser
+    """The harness honours OnExitHold / OnExitHoldReason (exit 3) and OnExitRemove (exit 4)
+    as the shadow would."""
+    from sd_batch.harness import EXIT_HELD, EXIT_IDLE, Harness, SlotUser
 
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "prepare_job").write_text(
         "#!/bin/sh\ncat >/dev/null\necho 'OnExitHold = ExitCode =?= 171'\n"
-        "echo 'OnExitHoldReason = \"sd-batch: the VM stopped without a result\"'\n")
+        "echo 'OnExitHoldReason = \"sd-batch: the VM stopped without a result\"'\n"
+        "echo 'OnExitRemove = ExitCode =!= 172'\n")
     (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
     for hook in hooks.iterdir():
         hook.chmod(0o755)
@@ -207,7 +210,7 @@ def test_sd_run_holds_a_job_whose_on_exit_hold_is_true_after_moving_its_outputs(
     job.mkdir()
     (job / "job.sh").write_text("#!/bin/sh\necho partial > part.txt\nexit \"$1\"\n")
     outcomes = {}
-    for code in (0, 171):
+    for code in (0, 171, 172):
         submit = job / f"job{code}.sub"
         submit.write_text(f"executable = job.sh\narguments = {code}\nqueue\n")
         harness = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={})
@@ -217,6 +220,7 @@ def test_sd_run_holds_a_job_whose_on_exit_hold_is_true_after_moving_its_outputs(
     assert (held.state, held.process_exit_code) == ("held", EXIT_HELD)
     assert held.summary() == "job 1.0: held: sd-batch: the VM stopped without a result"
     assert (job / "part.txt").read_text() == "partial\n"  # the outputs came back first
+    assert (outcomes[172].state, outcomes[172].process_exit_code) == ("idle", EXIT_IDLE)
 
 
 def test_prepare_job_holds_a_job_naming_an_unknown_template(site: Site) -> None:

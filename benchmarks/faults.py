@@ -1,0 +1,420 @@
+"""The fault matrix (issue 6): each fault at each step, its outcome, and what it leaked.
+
+Run as root: `.venv/bin/python benchmarks/faults.py [--quick]` (a few minutes; real libvirtd,
+real QEMU, the `minimal` guest; never inside the timed tests). Prints one row per fault and
+step: the outcome as HTCondor would see it (requeued / held / exit N, with the message) and
+what is left once the step's recovery ran (JOB_EXIT, or `sd reap --prepared-grace 0`): our
+domains in `virsh list --all`, ledger rows plus files under the state dir. Last line:
+`leaks: 0` or the count.
+
+Each scenario but the last has a private site (a fresh state dir, SD_BATCH_CONFIG) and runs
+the hooks and the runner as separate processes as condor_starter does, as root, so the helper
+runs without sudo and reads that config; libvirtd "down" is a URI whose socket does not exist.
+"Four jobs at once" is four real `sd run` (the slot user, sudo, the real site) in parallel,
+compared before and after. `--quick` skips the kill points but one, and the four jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sd_batch.config import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, load_config  # noqa: E402
+from sd_batch.jobad import JobAd, job_ad_from_submit, parse_job_ad  # noqa: E402
+from sd_batch.jobs import JobKey  # noqa: E402
+from sd_batch.ledger import Ledger  # noqa: E402
+
+HOOKS = ROOT / "condor_hooks"
+SD = ROOT / ".venv" / "bin" / "sd"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+IMAGES = Path("/var/lib/sd-batch/images")
+GOOD_URI = "qemu:///system"
+SOCKET = Path("/run/libvirt/libvirt-sock")
+ECHO = "#!/bin/sh\necho done > result.txt\ncat input.txt\n"
+SLEEP = "#!/bin/sh\nsleep 600\n"
+SUBMIT = """executable = job.sh
+transfer_input_files = input.txt
++SDVMDescription = "minimal"
+queue
+"""
+
+
+@dataclass
+class Row:
+    fault: str
+    step: str
+    outcome: str
+    domains: int
+    files: int
+
+
+class Site:
+    """A private site: its own state dir and config; jobs are driven hook by hook."""
+
+    def __init__(self, root: Path, *, max_run: int = 300) -> None:
+        self.root, self.max_run = root, max_run
+        self.state = root / "state"
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.config = root / "site.toml"
+        self.jobs: list[str] = []
+        # the site's URI names its socket through a link: "libvirtd down" removes the link,
+        # so every process gets ENOENT as from a stopped daemon, and the URI (the ledger's
+        # key) never changes
+        self.socket = root / "libvirt-sock"
+        self.libvirtd(up=True)
+        uri = f"qemu+unix:///system?socket={self.socket}"
+        self.config.write_text(
+            f'image_dir = "{IMAGES}"\nstate_dir = "{self.state}"\ndefault_uri = "{uri}"\n'
+            f'template_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n[properties]\n"sd.flavour" = "qemu"\n'
+            f"[policy]\nmax_run_seconds = {self.max_run}\n", encoding="utf-8")  # fmt: skip
+
+    def libvirtd(self, *, up: bool) -> None:
+        self.socket.unlink(missing_ok=True)
+        if up:
+            self.socket.symlink_to(SOCKET)
+
+    def job(self, payload: str = ECHO, input_bytes: int = 0) -> Job:
+        sandbox = Path(tempfile.mkdtemp(prefix="job-", dir=self.root))
+        (sandbox / "job.sh").write_text(payload)
+        (sandbox / "job.sh").chmod(0o755)
+        (sandbox / "input.txt").write_text("hello\n" + "x" * input_bytes)
+        (text,) = job_ad_from_submit(SUBMIT, submit_dir=sandbox, owner="root",
+                                     schedd_name=f"faults-{os.getpid()}-{len(self.jobs)}@host",
+                                     qdate=int(time.time()))  # fmt: skip
+        job = Job(self, sandbox, parse_job_ad(text))
+        self.jobs.append(job.domain)
+        return job
+
+    def env(self, sandbox: Path) -> dict[str, str]:
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
+                "SD_BATCH_CONFIG": str(self.config), "CONDOR_CONFIG": "/dev/null",
+                "_CONDOR_SCRATCH_DIR": str(sandbox), "SD_BATCH_PYTHON": str(PYTHON),
+                "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.privileged"}  # fmt: skip
+
+    def reap(self) -> str:
+        done = subprocess.run([str(SD), "reap", "--prepared-grace", "0"], capture_output=True,
+                              text=True, env=self.env(self.root), timeout=120, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        return f"reap exit {done.returncode}, {len(lines)} line(s)"
+
+    def leaks(self) -> tuple[int, int]:
+        """(our domains libvirt still has, ledger rows + files under the state dir)."""
+        listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
+                                capture_output=True, text=True, check=False).stdout.split()
+        domains = len(set(self.jobs) & set(listed))
+        config = load_config(self.config)
+        with Ledger.for_site(config) as ledger:
+            rows = len(ledger.owners())
+        jobs = self.state / "jobs"
+        files = sum(1 for _ in jobs.rglob("*")) if jobs.is_dir() else 0
+        return domains, rows + files
+
+
+class Job:
+    def __init__(self, site: Site, sandbox: Path, ad: JobAd) -> None:
+        self.site, self.sandbox, self.ad = site, sandbox, ad
+        self.domain = JobKey(os.getuid(), ad.global_job_id).domain
+        self.folder = site.state / "jobs" / self.domain.removeprefix("sd-job-")
+        self.updates = ""
+
+    def spawn(self, hook: str, *argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([str(HOOKS / hook), *argv], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=self.sandbox, env=self.site.env(self.sandbox),
+                                start_new_session=True)  # fmt: skip
+
+    def prepare(self) -> str:
+        proc = self.spawn("prepare_job")
+        out, err = proc.communicate(self.ad.text, timeout=300)
+        return self.read_prepare(proc.returncode, out, err)
+
+    def read_prepare(self, code: int, out: str, err: str) -> str:
+        if code < 0:
+            return f"PREPARE_JOB killed by signal {-code}"
+        self.updates = out
+        ad = parse_job_ad(self.ad.text + out)
+        status, message = ad.get("HookStatusCode"), ad.get("HookStatusMessage") or err[-200:]
+        status = code if status is None else status
+        if status == 0:
+            return "prepared"
+        return f"{'requeued' if status >= 300 else 'held'} ({status}): {message}"
+
+    def run(self, during: Callable[[], None] | None = None) -> str:
+        """The runner (the job's new Cmd), then the shadow's OnExitHold on its exit status."""
+        ad = parse_job_ad(self.ad.text + self.updates)
+        proc = self.spawn(Path(ad.cmd).name, *ad.arguments)
+        close_stdin(proc)
+        if during is not None:
+            threading.Thread(target=during, daemon=True).start()
+        out, err = proc.communicate(timeout=900)
+        if proc.returncode < 0:
+            return f"runner killed by signal {-proc.returncode}"
+        exited = f"ExitBySignal = false\nExitCode = {proc.returncode}\n"
+        final = parse_job_ad(self.ad.text + self.updates + exited)
+        if final.get("OnExitHold") is True:
+            return f"held: {final.get('OnExitHoldReason')}"
+        said = (err.strip().splitlines() or [""])[-1]
+        if final.get("OnExitRemove") is False:
+            lines = [line for line in err.splitlines() if line.startswith("sd-batch:")]
+            return f"requeued (OnExitRemove false): {lines[0] if lines else said}"
+        result = self.sandbox / "result.txt"
+        kept = " (output ok)" if result.is_file() and result.read_text() == "done\n" else ""
+        return f"exit {proc.returncode}{kept}" + (f": {said}" if proc.returncode else "")
+
+    def exit_hook(self, reason: str = "exit") -> str:
+        proc = self.spawn("job_exit", reason)
+        started = time.monotonic()
+        _out, err = proc.communicate(self.ad.text, timeout=60)
+        said = (err.strip().splitlines() or [""])[-1] if "incomplete" in err else "clean"
+        return f"JOB_EXIT exit {proc.returncode} in {time.monotonic() - started:.1f} s ({said})"
+
+
+def close_stdin(proc: subprocess.Popen[str], text: str = "") -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(text)
+    proc.stdin.close()
+    proc.stdin = None  # communicate() then only reads
+
+
+def remove_leftovers(root: Path) -> None:
+    """Undefine what a failed scenario left (domains whose disks are under ROOT), after the
+    count: the next run of the matrix starts clean."""
+    listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
+                            capture_output=True, text=True, check=False).stdout.split()
+    for name in (n for n in listed if n.startswith("sd-job-")):
+        xml = subprocess.run(["virsh", "-c", GOOD_URI, "dumpxml", name], capture_output=True,
+                             text=True, check=False).stdout
+        if str(root) in xml:
+            for verb in ("destroy", "undefine"):
+                subprocess.run(["virsh", "-c", GOOD_URI, verb, name], capture_output=True,
+                               check=False)  # fmt: skip
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def domstate(domain: str) -> str:
+    done = subprocess.run(["virsh", "-c", GOOD_URI, "domstate", domain], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+# -- the scenarios: each returns (outcome, site) ----------------------------------------------
+def libvirtd_down(site: Site, step: str) -> str:
+    job = site.job()
+    if step == "PREPARE_JOB":
+        site.libvirtd(up=False)
+        return job.prepare()
+    if step == "PREPARE_JOB, restarting (down 2 s)":
+        site.libvirtd(up=False)
+        threading.Timer(2.0, lambda: site.libvirtd(up=True)).start()
+        said = job.prepare()
+        if said == "prepared":
+            said = f"prepared; {job.run()}"
+        return f"{said}; {job.exit_hook()}"
+    said = job.prepare()
+    if step == "runner":
+        site.libvirtd(up=False)
+        said = job.run()
+        site.libvirtd(up=True)
+        return f"{said}; {job.exit_hook()}"
+    said = job.run()
+    site.libvirtd(up=False)
+    left = job.exit_hook()
+    rows = site.leaks()[1]
+    site.libvirtd(up=True)
+    return f"{said}; {left}, {rows} row(s)/file(s) left; {site.reap()}"
+
+
+def killed(site: Site, step: str) -> str:
+    job = site.job()
+    if step.startswith("PREPARE_JOB"):
+        proc = job.spawn("prepare_job")
+        close_stdin(proc, job.ad.text)
+        point = ((lambda: (job.folder / "output.img").exists()) if "input" in step
+                 else (lambda: domstate(job.domain) != ""))  # fmt: skip
+        reached = wait_for(point)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return f"killed ({'at' if reached else 'NOT at'} the point); {site.reap()}"
+    job.prepare()
+
+    def kill_when_running() -> None:
+        wait_for(lambda: domstate(job.domain) == "running")
+        time.sleep(0.5)
+        for proc_dir in Path("/proc").iterdir():  # the runner's session: runner and helper
+            if proc_dir.name.isdigit():
+                try:
+                    if os.getsid(int(proc_dir.name)) == runner_sid[0]:
+                        os.kill(int(proc_dir.name), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    runner_sid: list[int] = []
+    ad = parse_job_ad(job.ad.text + job.updates)
+    proc = job.spawn(Path(ad.cmd).name, *ad.arguments)
+    close_stdin(proc)
+    runner_sid.append(proc.pid)
+    kill_when_running()
+    proc.communicate(timeout=60)
+    return f"runner killed ({proc.returncode}); {site.reap()}"
+
+
+def never_off(site: Site, _step: str) -> str:
+    job = site.job(SLEEP)
+    job.prepare()
+    return f"{job.run()}; {job.exit_hook()}"
+
+
+def crashed(site: Site, _step: str) -> str:
+    job = site.job(SLEEP)
+    job.prepare()
+
+    def destroy() -> None:
+        wait_for(lambda: domstate(job.domain) == "running")
+        time.sleep(1.0)
+        subprocess.run(["virsh", "-c", GOOD_URI, "destroy", job.domain], capture_output=True,
+                       check=False)  # fmt: skip
+
+    return f"{job.run(destroy)}; {job.exit_hook()}"
+
+
+def disk_full(site: Site, step: str) -> str:
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "sd-faults", str(site.state)],
+                   check=True)  # fmt: skip
+    try:
+        job = site.job(input_bytes=3 * 1024**2)
+        said = job.prepare()
+        return f"{said}; {job.exit_hook()}"
+    finally:
+        site.leaked = site.leaks()  # type: ignore[attr-defined]
+        subprocess.run(["umount", str(site.state)], check=False)
+
+
+def exit_twice(site: Site, step: str) -> str:
+    job = site.job()
+    if step == "before PREPARE_JOB":
+        return job.exit_hook()
+    if step == "during PREPARE_JOB":
+        proc = job.spawn("prepare_job")
+        close_stdin(proc, job.ad.text)
+        wait_for(lambda: (job.folder / "input.img").exists())
+        first = job.exit_hook()
+        out, err = proc.communicate(timeout=300)
+        said = job.read_prepare(proc.returncode, out, err)
+        return f"{first}; then {said}; {site.reap()}"
+    job.prepare()
+    said = job.run()
+    return f"{said}; {job.exit_hook()}; {job.exit_hook()}"
+
+
+def four_at_once(root: Path) -> Row:
+    """Four real `sd run` in parallel (slot user, sudo, the real site)."""
+    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    runs = []
+    for n in range(4):
+        folder = root / f"sd-run-{n}"
+        folder.mkdir(mode=0o755)
+        (folder / "job.sh").write_text(ECHO)
+        (folder / "input.txt").write_text(f"hello {n}\n")
+        (folder / "job.sub").write_text(SUBMIT.replace("queue", "output = out.txt\n"
+                                                       "transfer_output_files = result.txt\nqueue"))
+        runs.append(subprocess.Popen([str(SD), "run", "job.sub"], cwd=folder, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
+                                          "CONDOR_CONFIG": "/dev/null"}))  # fmt: skip
+    codes, domains = [], []
+    for n, proc in enumerate(runs):
+        _out, err = proc.communicate(timeout=600)
+        codes.append(proc.returncode)
+        domains += [w.rstrip(",") for w in err.split() if w.startswith("sd-job-")]
+        result = root / f"sd-run-{n}" / "result.txt"
+        if not (result.is_file() and result.read_text() == "done\n"):
+            codes[-1] = f"{proc.returncode} (no output)"  # type: ignore[call-overload]
+    listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
+                            capture_output=True, text=True, check=False).stdout.split()
+    digests = {d.removeprefix("sd-job-") for d in domains}
+    with Ledger.for_site(config) as ledger:
+        rows = sum(1 for o in ledger.owners()
+                   if hashlib.sha256(o.owner_id.encode()).hexdigest()[:16] in digests)
+    files = sum(1 for d in digests if (config.state_dir / "jobs" / d).exists())
+    outcome = "exits " + " ".join(map(str, codes)) + f" ({len(set(domains))} VMs)"
+    return Row("four jobs at once", "sd run x4", outcome, len(set(domains) & set(listed)),
+               rows + files)
+
+
+SCENARIOS: list[tuple[str, list[str], Callable[[Site, str], str], int]] = [
+    ("libvirtd down", ["PREPARE_JOB", "PREPARE_JOB, restarting (down 2 s)", "runner",
+                       "JOB_EXIT"], libvirtd_down, 300),
+    ("hook/runner SIGKILL", ["PREPARE_JOB after input copy", "PREPARE_JOB after define",
+                             "runner after start"], killed, 300),
+    ("VM never powers off", ["runner (max_run_seconds 5)"], never_off, 5),
+    ("VM crashes", ["runner (virsh destroy)"], crashed, 300),
+    ("disk full (2 MiB tmpfs)", ["PREPARE_JOB input copy"], disk_full, 300),
+    ("JOB_EXIT twice/early", ["before PREPARE_JOB", "during PREPARE_JOB", "twice after run"],
+     exit_twice, 300),
+]  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one kill point, no four jobs")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (the helper runs without sudo, on private state dirs)")
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="sd-faults-"))
+    root.chmod(0o755)
+    rows: list[Row] = []
+    try:
+        for fault, steps, scenario, max_run in SCENARIOS:
+            for step in steps:
+                if args.quick and fault.startswith("hook") and "define" not in step:
+                    continue
+                site = Site(root / f"site-{len(rows)}", max_run=max_run)
+                try:
+                    outcome = scenario(site, step)
+                except Exception as exc:  # noqa: BLE001 - the matrix reports, never stops
+                    outcome = f"ERROR {exc!r}"
+                domains, files = getattr(site, "leaked", None) or site.leaks()
+                rows.append(Row(fault, step, outcome, domains, files))
+                print_row(rows[-1], first=len(rows) == 1)
+        if not args.quick:
+            rows.append(four_at_once(root))
+            print_row(rows[-1], first=False)
+    finally:
+        remove_leftovers(root)
+        shutil.rmtree(root, ignore_errors=True)
+    leaks = sum(r.domains + r.files for r in rows)
+    print(f"leaks: {leaks}")
+    return 0 if leaks == 0 else 1
+
+
+def print_row(row: Row, *, first: bool) -> None:
+    if first:
+        print("fault | step | outcome | leaked domains | leaked rows+files")
+    print(f"{row.fault} | {row.step} | {row.outcome} | {row.domains} | {row.files}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -199,12 +199,16 @@ def current_boot_id() -> str:
 
 
 def _start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks after boot); None if unreadable."""
+    """Field 22 of /proc/PID/stat (start time in clock ticks after boot); None if unreadable
+    or the process is a zombie (dead, only not yet waited for: its parent was killed too and
+    the init of some containers reaps late)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and ')'
+    if fields[:1] in (["Z"], ["X"]):
+        return None
     return int(fields[19]) if len(fields) > 19 else None
 
 

@@ -267,6 +267,26 @@ def test_prepare_job_requeues_when_the_hypervisor_is_unreachable(site: Site) -> 
 
 
 # --- JOB_EXIT, UPDATE_JOB_INFO --------------------------------------------------------------
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_prepare_job_requeues_when_the_state_dir_is_full_and_leaves_nothing(site: Site) -> None:
+    state = site.root / "state"
+    state.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "sd-full", str(state)], check=True)
+    try:
+        (site.sandbox / "input.txt").write_bytes(b"x" * 3 * 1024**2)  # more than the disk
+        ad = site.job_ad()
+        done = site.hook("prepare_job", stdin=ad)
+        assert done.code == 1
+        updates = done.updates()
+        assert updates["HookStatusCode"] == 380, done.stdout
+        assert "cannot write the job's files" in str(updates["HookStatusMessage"])
+        assert "No space left on device" in str(updates["HookStatusMessage"])
+        assert site.hook("job_exit", "exit", stdin=ad).code == 0
+        assert site.leftovers() == []
+    finally:
+        subprocess.run(["umount", str(state)], check=False)
+
+
 def test_job_exit_is_idempotent_and_fast(site: Site) -> None:
     ad = site.job_ad()
     assert site.hook("prepare_job", stdin=ad).updates()["HookStatusCode"] == 0

@@ -245,6 +245,25 @@ def test_a_reused_pid_is_not_the_recorded_process() -> None:
     assert not ProcessRef(me.pid, me.start_ticks + 1, me.boot_id).is_alive()
 
 
+def test_a_killed_process_not_yet_waited_for_is_dead() -> None:
+    """A zombie (killed, its parent not waiting yet) still has /proc/PID: it is dead anyway."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        recorded = ProcessRef.of(child.pid)
+        assert recorded.is_alive()
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline, "the child never died"
+            time.sleep(0.01)
+        assert not recorded.is_alive()
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_several_processes_write_at_once(path: Path) -> None:
     Ledger.open(path).close()
     workers, count = 4, 40

@@ -243,6 +243,42 @@ def test_a_job_stopped_mid_run_is_torn_down(job_dir: Path, signum: int, reason: 
     assert_nothing_left([domain])
 
 
+def test_a_vm_destroyed_from_outside_holds_the_job_and_says_so(job_dir: Path) -> None:
+    """The VM crashing mid-run (here: `virsh destroy`): the runner exits 171, PREPARE_JOB's
+    OnExitHold holds the job with a reason that says the VM stopped without a result."""
+    (job_dir / "sleep.sub").write_text(SLEEP_SUB, encoding="utf-8")
+    proc = subprocess.Popen([str(SD), "run", "sleep.sub"], cwd=job_dir, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    err_lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        domain = None
+        for line in proc.stderr:
+            err_lines.append(line)
+            if found := re.search(r"VM (sd-job-[0-9a-f]+) ready", line):
+                domain = found.group(1)
+            if ": running " in line:
+                break
+        assert domain is not None, "".join(err_lines)
+        _wait_running(domain)
+        time.sleep(1.0)
+        config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+        subprocess.run(["virsh", "-c", config.default_uri, "destroy", domain],
+                       capture_output=True, check=True)  # fmt: skip
+        out, rest = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(err_lines) + rest
+    assert proc.returncode == 3, out + err
+    assert out == ("job 1.0: held: sd-batch: the job's VM stopped without a result (it crashed "
+                   "or was destroyed); the job's stderr has the details\n"), out + err
+    assert "JOB_EXIT exit" in err
+    assert_nothing_left([domain])
+
+
 def _wait_running(domain: str, timeout: float = 60.0) -> None:
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
     deadline = time.monotonic() + timeout

@@ -115,7 +115,7 @@ class Site:
         """(our domains libvirt still has, ledger rows + files under the state dir)."""
         listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
                                 capture_output=True, text=True, check=False).stdout.split()
-        domains = len(set(self.jobs) & set(listed))
+        domains = len((set(self.jobs) & set(listed)) | set(domains_under(self.root)))
         config = load_config(self.config)
         with Ledger.for_site(config) as ledger:
             rows = len(ledger.owners())
@@ -190,18 +190,26 @@ def close_stdin(proc: subprocess.Popen[str], text: str = "") -> None:
     proc.stdin = None  # communicate() then only reads
 
 
+def domains_under(root: Path) -> list[str]:
+    """libvirt's domains (any name) whose XML names a path under ROOT: a site's own."""
+    listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
+                            capture_output=True, text=True, check=False).stdout.split()
+    found = []
+    for name in listed:
+        xml = subprocess.run(["virsh", "-c", GOOD_URI, "dumpxml", name], capture_output=True,
+                             text=True, check=False).stdout
+        if f"{root}/" in xml:
+            found.append(name)
+    return found
+
+
 def remove_leftovers(root: Path) -> None:
     """Undefine what a failed scenario left (domains whose disks are under ROOT), after the
     count: the next run of the matrix starts clean."""
-    listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
-                            capture_output=True, text=True, check=False).stdout.split()
-    for name in (n for n in listed if n.startswith("sd-job-")):
-        xml = subprocess.run(["virsh", "-c", GOOD_URI, "dumpxml", name], capture_output=True,
-                             text=True, check=False).stdout
-        if str(root) in xml:
-            for verb in ("destroy", "undefine"):
-                subprocess.run(["virsh", "-c", GOOD_URI, verb, name], capture_output=True,
-                               check=False)  # fmt: skip
+    for name in domains_under(root):
+        for verb in ("destroy", "undefine"):
+            subprocess.run(["virsh", "-c", GOOD_URI, verb, name], capture_output=True,
+                           check=False)  # fmt: skip
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 120.0) -> bool:
@@ -300,10 +308,14 @@ def crashed(site: Site, _step: str) -> str:
 
 
 def disk_full(site: Site, step: str) -> str:
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "sd-faults", str(site.state)],
+    """A 2 MiB tmpfs as the state dir: a 3 MiB input fills it while the input disk is copied;
+    with room to spare but 8 inodes (the ledger's 4, jobs/, the job's folder, input.img), the
+    output disk is the file that cannot be made."""
+    size = "size=2M" if "input" in step else "size=8M,nr_inodes=8"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", size, "sd-faults", str(site.state)],
                    check=True)  # fmt: skip
     try:
-        job = site.job(input_bytes=3 * 1024**2)
+        job = site.job(input_bytes=3 * 1024**2 if "input" in step else 0)
         said = job.prepare()
         return f"{said}; {job.exit_hook()}"
     finally:
@@ -370,7 +382,8 @@ SCENARIOS: list[tuple[str, list[str], Callable[[Site, str], str], int]] = [
                              "runner after start"], killed, 300),
     ("VM never powers off", ["runner (max_run_seconds 5)"], never_off, 5),
     ("VM crashes", ["runner (virsh destroy)"], crashed, 300),
-    ("disk full (2 MiB tmpfs)", ["PREPARE_JOB input copy"], disk_full, 300),
+    ("disk full (tmpfs state dir)", ["PREPARE_JOB input disk", "PREPARE_JOB output disk"],
+     disk_full, 300),
     ("JOB_EXIT twice/early", ["before PREPARE_JOB", "during PREPARE_JOB", "twice after run"],
      exit_twice, 300),
 ]  # fmt: skip

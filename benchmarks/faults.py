@@ -108,8 +108,9 @@ class Site:
     def reap(self) -> str:
         done = subprocess.run([str(SD), "reap", "--prepared-grace", "0"], capture_output=True,
                               text=True, env=self.env(self.root), timeout=120, check=False)
-        lines = [line for line in done.stdout.splitlines() if line.strip()]
-        return f"reap exit {done.returncode}, {len(lines)} line(s)"
+        lines = [line.split(" on ")[0].split(": ")[0] for line in done.stdout.splitlines()
+                 if line.strip()]  # fmt: skip
+        return f"reap exit {done.returncode}: {'; '.join(lines)}"
 
     def leaks(self) -> tuple[int, int]:
         """(our domains libvirt still has, ledger rows + files under the state dir)."""
@@ -338,17 +339,18 @@ def disk_full(site: Site, step: str) -> str:
 
 
 def exit_twice(site: Site, step: str) -> str:
-    job = site.job()
+    # during: a 200 MiB input, so that JOB_EXIT comes while the input disk is being copied
+    job = site.job(input_bytes=200 * 1024**2 if step.startswith("during") else 0)
     if step == "before PREPARE_JOB":
         return job.exit_hook()
-    if step == "during PREPARE_JOB":
+    if step.startswith("during PREPARE_JOB"):
         proc = job.spawn("prepare_job")
         close_stdin(proc, job.ad.text)
         wait_for(lambda: (job.folder / "input.img").exists())
         first = job.exit_hook()
         out, err = proc.communicate(timeout=300)
         said = job.read_prepare(proc.returncode, out, err)
-        return f"{first}; then {said}; {site.reap()}"
+        return f"{first}; then PREPARE_JOB {said}; {site.reap()}"
     job.prepare()
     said = job.run()
     return f"{said}; {job.exit_hook()}; {job.exit_hook()}"
@@ -400,7 +402,8 @@ SCENARIOS: list[tuple[str, list[str], Callable[[Site, str], str], int]] = [
     ("VM crashes", ["runner (virsh destroy)"], crashed, 300),
     ("disk full (tmpfs state dir)", ["PREPARE_JOB input disk", "PREPARE_JOB output disk"],
      disk_full, 300),
-    ("JOB_EXIT twice/early", ["before PREPARE_JOB", "during PREPARE_JOB", "twice after run"],
+    ("JOB_EXIT twice/early", ["before PREPARE_JOB", "during PREPARE_JOB (input copy)",
+                              "twice after run"],
      exit_twice, 300),
 ]  # fmt: skip
 

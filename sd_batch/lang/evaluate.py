@@ -24,7 +24,7 @@ from ..errors import (
 )
 from .includes import SourceSet
 from .model import INT_RANGE, TBD, Attribute, Component, Long, Reference
-from .resolve import Node, ancestors, copy_node, suggest
+from .resolve import AttributeSlot, Node, ancestors, copy_node, locate_part
 from .syntax import ApplyRef, IfExpr, ListExpr, OpExpr
 
 Result = tuple[Any, bool]  # (value, deferred)
@@ -249,40 +249,12 @@ class Evaluator:
         return current, False
 
     def _step(self, node: Component, part: Any, ref: Reference, *, first: bool) -> Result:
+        found = locate_part(node, part, ref, self.root, self._error, here_hint=True)
+        if isinstance(found, AttributeSlot):
+            return self.value_of(found.scope, found.name)
+        if found is not None:
+            return found, False
         kind, name = part.kind, part.name
-        if kind == "ATTRIB":
-            for scope in ancestors(node):
-                if name in scope.attributes:
-                    return self.value_of(scope, name)
-            raise self._error(
-                UnresolvedReference,
-                f"unknown reference ATTRIB {name}",
-                ref.loc,
-                hint=suggest(name, node),
-            )
-        if kind == "HERE":
-            if name in node.attributes:
-                return self.value_of(node, name)
-            where = node.path or "the top level"
-            raise self._error(
-                UnresolvedReference,
-                f"unknown reference {ref.path_text()}: no attribute {name} in {where}",
-                ref.loc,
-                hint=suggest(name, node),
-            )
-        if kind == "PARENT":
-            if node.parent is None:
-                raise self._error(
-                    UnresolvedReference,
-                    f"reference {ref} has no parent",
-                    ref.loc,
-                    hint="the top level has no PARENT",
-                )
-            return node.parent, False
-        if kind == "ROOT":
-            return self.root, False
-        if kind == "THIS":
-            return node, False
         if kind in ("PROPERTY", "IPROPERTY"):
             return self._lookup(self.properties, "property", kind, name, ref), False
         if kind in ("ENVPROPERTY", "IENVPROPERTY"):

@@ -13,7 +13,7 @@ May import: errors, lang.model, lang.syntax, lang.includes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,69 @@ def suggest(name: str, scope: Component | None) -> str | None:
     return f"did you mean {close[0]}?" if close else None
 
 
+@dataclass(frozen=True, slots=True)
+class AttributeSlot:
+    """Where a reference part landed on an attribute: its name in the component holding it."""
+
+    scope: Component
+    name: str
+
+
+ErrorFactory = Callable[..., DescriptionError]
+
+
+def locate_part(
+    node: Component,
+    part: Any,
+    ref: Reference,
+    root: Component,
+    error: ErrorFactory,
+    *,
+    here_hint: bool,
+) -> AttributeSlot | Component | None:
+    """The tree walk of one reference part, shared by type resolution and evaluation.
+
+    ATTRIB and HERE land on an attribute (returned as its slot: the caller reads the raw value
+    or evaluates it); PARENT, ROOT and THIS land on a component; other kinds (PROPERTY, HOST...)
+    are the caller's (None). Unknown names raise UnresolvedReference with a hint.
+    """
+    kind, name = part.kind, part.name
+    if kind == "ATTRIB":
+        for scope in ancestors(node):
+            if name in scope.attributes:
+                return AttributeSlot(scope, name)
+        raise error(
+            UnresolvedReference,
+            f"unknown reference ATTRIB {name}",
+            ref.loc,
+            hint=suggest(name, node),
+        )
+    if kind == "HERE":
+        if name in node.attributes:
+            return AttributeSlot(node, name)
+        where = node.path or "the top level"
+        raise error(
+            UnresolvedReference,
+            f"unknown reference {ref.path_text()}: no attribute {name} in {where}",
+            ref.loc,
+            hint=suggest(name, node) if here_hint else None,
+        )
+    if kind == "PARENT":
+        if node.parent is None:
+            raise error(
+                UnresolvedReference,
+                f"reference {ref} has no parent",
+                ref.loc,
+                hint="the top level has no PARENT",
+            )
+        return node.parent
+    if kind == "ROOT":
+        return root
+    if kind == "THIS":
+        return node
+    return None
+
+
 # -- type and place resolution (phases 2 and 3) ---------------------------------------------------
 class TypeResolver:
     def __init__(self, root: Node, sources: SourceSet) -> None:
@@ -337,41 +400,14 @@ class TypeResolver:
         self, node: Component, part: Any, ref: Reference, *, first: bool
     ) -> tuple[Any, Component]:
         """One reference part from NODE: the value found and the component holding it."""
-        kind, name = part.kind, part.name
-        if kind == "ATTRIB":
-            for scope in ancestors(node):
-                if name in scope.attributes:
-                    return scope.attributes[name].value, scope
+        found = locate_part(node, part, ref, self.root, self._error, here_hint=first)
+        if isinstance(found, AttributeSlot):
+            return found.scope.attributes[found.name].value, found.scope
+        if found is None:
             raise self._error(
-                UnresolvedReference,
-                f"unknown reference ATTRIB {name}",
-                ref.loc,
-                hint=suggest(name, node),
+                ResolutionError, f"{part.kind} references cannot name a prototype", ref.loc
             )
-        if kind == "HERE":
-            if name in node.attributes:
-                return node.attributes[name].value, node
-            where = node.path or "the top level"
-            raise self._error(
-                UnresolvedReference,
-                f"unknown reference {ref.path_text()}: no attribute {name} in {where}",
-                ref.loc,
-                hint=suggest(name, node) if first else None,
-            )
-        if kind == "PARENT":
-            if node.parent is None:
-                raise self._error(
-                    UnresolvedReference,
-                    f"reference {ref} has no parent",
-                    ref.loc,
-                    hint="the top level has no PARENT",
-                )
-            return node.parent, node.parent
-        if kind == "ROOT":
-            return self.root, self.root
-        if kind == "THIS":
-            return node, node
-        raise self._error(ResolutionError, f"{kind} references cannot name a prototype", ref.loc)
+        return found, found
 
     # ---- phase 3 ----
     def place(self, scope: Node) -> list[tuple[Node, AttrDef]]:

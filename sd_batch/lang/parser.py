@@ -24,7 +24,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ..errors import DescriptionSyntaxError, SourceLocation
 from . import model
-from .model import KEYWORDS, RESERVED_WORDS, Double, Long, Reference, RefPart
+from .model import KEYWORDS, PART_KINDS, RESERVED_WORDS, Double, Long, Reference, RefPart
 from .syntax import (
     ApplyRef,
     AttrDef,
@@ -356,18 +356,7 @@ def _describe_expected(expected: set[str]) -> str:
                 "APPLY",
                 "ASSERT",
                 "IF",
-                "ROOT",
-                "PARENT",
-                "THIS",
-                "PROCESS",
-                "ATTRIB",
-                "HERE",
-                "HOST",
-                "PROPERTY",
-                "IPROPERTY",
-                "ENVPROPERTY",
-                "IENVPROPERTY",
-                "CONSTANT",
+                *PART_KINDS,  # a reference may start any value
                 "WORD",
                 "MINUS",
             }

@@ -20,13 +20,16 @@ starter, step for step as the manual describes it:
 5. output transfer to the submit dir: `transfer_output_files`, else every new or changed
    top-level file; stdout/stderr to the ad's original `Out`/`Err`; the scratch dir removed.
 
-May import: errors, jobad, the standard library. Never libvirt: that is the hooks' business.
+Here: the starter's steps in order (`Harness`) and the signals that stop a run. The files and
+users are in `harness_files`, the hook processes and their environment in `harness_hooks`, how a
+proc ended (`Outcome`) and the job policy that decides it in `harness_outcome`; this module
+re-exports their public names. May import: errors, harness_files, harness_hooks,
+harness_outcome, jobad, the standard library. Never libvirt: that is the hooks' business.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import pwd
 import resource
@@ -53,76 +56,40 @@ from .harness_files import (
     HarnessError,
     SlotUser,
     catalogue,
+    default_user,
     file_list,
     stage_out,
 )
+from .harness_hooks import (
+    DEFAULT_PATH,
+    PASSED_THROUGH,
+    HookRun,
+    Updater,
+    run_hook,
+    starter_env,
+)
+from .harness_outcome import (
+    EXIT_HELD,
+    EXIT_IDLE,
+    Outcome,
+    on_exit_hold,
+    on_exit_remove,
+    stopped_state,
+    updated_ad,
+)
 from .jobad import JobAd, format_updates, job_ad_from_submit, parse_job_ad
+
+#: Outcome and the exit codes live in harness_outcome, the slot user in harness_files, the hooks'
+#: environment in harness_hooks; callers import them from here too.
+__all__ = [
+    "DEFAULT_PATH", "EXECUTE_DIR", "EXIT_HELD", "EXIT_IDLE", "HOOKS_DIR", "PASSED_THROUGH",
+    "STOP_SIGNALS", "Harness", "HarnessError", "Outcome", "SlotUser", "default_user",
+]  # fmt: skip
 
 HOOKS_DIR = Path(__file__).resolve().parent.parent / "condor_hooks"
 EXECUTE_DIR = Path("/var/lib/sd-batch/execute")  # root's runs; others use $TMPDIR
-#: sd run's exit code for a held job and for one sent back to Idle (else the payload's own).
-EXIT_HELD, EXIT_IDLE = 3, 4
 STOP_SIGNALS = {signal.SIGINT: "remove", signal.SIGTERM: "remove", signal.SIGUSR1: "hold",
                 signal.SIGUSR2: "evict"}  # fmt: skip
-PASSED_THROUGH = ("CONDOR_CONFIG", "SD_BATCH_CONFIG", "SD_BATCH_PYTHON")
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-@dataclass
-class Outcome:
-    """How one proc ended, for the summary line, `--json` and the exit code."""
-
-    job: str
-    global_job_id: str
-    state: str  # exited | signaled | held | idle | removed | evicted | error
-    exit_code: int | None = None
-    exit_signal: int | None = None
-    message: str = ""
-    duration: float = 0.0
-    outputs: list[str] = field(default_factory=list)
-    stopped_by: int | None = None  # the signal that told sd run to remove/hold/evict it
-
-    @property
-    def process_exit_code(self) -> int:
-        if self.state == "exited":
-            return self.exit_code or 0
-        if self.state == "signaled":
-            return 128 + (self.exit_signal or 0)
-        if self.stopped_by is not None:
-            return 128 + self.stopped_by
-        if self.state in ("held", "error"):
-            return EXIT_HELD
-        return EXIT_IDLE
-
-    def summary(self) -> str:
-        took = f" in {self.duration:.1f} s"
-        outputs = f"; outputs: {', '.join(self.outputs)}" if self.outputs else "; no outputs"
-        if self.stopped_by is not None:  # removed, held or evicted by a signal to sd run
-            return f"job {self.job}: {self.state}{took}: {self.message}"
-        if self.state == "exited":
-            return f"job {self.job}: exit {self.exit_code}{took}{outputs}"
-        if self.state == "signaled":
-            return f"job {self.job}: killed by signal {self.exit_signal}{took}{outputs}"
-        if self.state == "held":
-            return f"job {self.job}: held: {self.message}"
-        if self.state == "idle":
-            return f"job {self.job}: back to idle: {self.message}"
-        if self.state == "error":
-            return f"job {self.job}: error: {self.message}"
-        return f"job {self.job}: {self.state}{took}: {self.message}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "duration": round(self.duration, 3),
-                "process_exit_code": self.process_exit_code}  # fmt: skip
-
-
-@dataclass
-class _Hook:
-    """One finished hook process: what the starter looks at."""
-
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 class _Stop:
@@ -202,9 +169,11 @@ class Harness:
             except HarnessError as exc:  # the shadow's input transfer failed: a hold
                 outcome.state, outcome.message = "held", f"transfer input files failure: {exc}"
                 return outcome
-            env = self._starter_env(ad, scratch)
+            env = starter_env(ad, scratch, self.user, self.environ)
             self.progress(f"job {label}: PREPARE_JOB")
-            prepared = self._hook("prepare_job", [], ad.text, env, scratch, timeout=600.0)
+            prepared = run_hook(
+                self.hooks_dir, self.user, "prepare_job", [], ad.text, env, scratch, timeout=600.0
+            )
             ad, verdict = self._apply_prepare(ad, prepared)
             if verdict is not None:
                 outcome.state, outcome.message = verdict
@@ -214,11 +183,12 @@ class Harness:
             self.user.write_file(scratch / JOB_AD_FILE, ad.text)
             if stop.reason is not None:  # stopped while preparing: never start it
                 self._job_exit(ad, stop.reason, env, scratch, {})
-                outcome.state, outcome.message = _stopped_state(stop.reason), "before it started"
+                outcome.state, outcome.message = stopped_state(stop.reason), "before it started"
                 outcome.stopped_by = stop.signum
                 return outcome
-            self.progress(f"job {label}: running {Path(ad.cmd).name} {' '.join(ad.arguments)}"
-                          .rstrip())
+            self.progress(
+                f"job {label}: running {Path(ad.cmd).name} {' '.join(ad.arguments)}".rstrip()
+            )
             try:
                 exit_attrs, outcome.duration = self._run_payload(ad, env, scratch, stop)
             except OSError as exc:  # the starter cannot exec Cmd: it holds the job
@@ -228,7 +198,7 @@ class Harness:
             reason = stop.reason or "exit"
             self._job_exit(ad, reason, env, scratch, exit_attrs)
             if reason != "exit":
-                outcome.state = _stopped_state(reason)
+                outcome.state = stopped_state(reason)
                 outcome.message = f"{reason} requested; the runner was stopped and JOB_EXIT run"
                 outcome.stopped_by = stop.signum
                 return outcome
@@ -237,15 +207,16 @@ class Harness:
             else:
                 outcome.state, outcome.exit_code = "exited", int(exit_attrs["ExitCode"])
             try:
-                outcome.outputs = stage_out(ad.get("TransferOutput"), submit_iwd, scratch,
-                                            before, std_files)
+                outcome.outputs = stage_out(
+                    ad.get("TransferOutput"), submit_iwd, scratch, before, std_files
+                )
             except HarnessError as exc:  # the starter holds a job whose outputs cannot move
                 outcome.state, outcome.message = "held", str(exc)
                 return outcome
-            held = _on_exit_hold(_updated(ad, format_updates(exit_attrs)))
+            held = on_exit_hold(updated_ad(ad, format_updates(exit_attrs)))
             if held is not None:  # the shadow's job policy, after the output transfer
                 outcome.state, outcome.message = "held", held
-            elif not _on_exit_remove(_updated(ad, format_updates(exit_attrs))):
+            elif not on_exit_remove(updated_ad(ad, format_updates(exit_attrs))):
                 outcome.state = "idle"
                 outcome.message = "OnExitRemove is false: the job runs again (its stderr says why)"
         return outcome
@@ -290,9 +261,10 @@ class Harness:
             updates["In"] = Path(stdin).name
         for attr, name in (("Out", STDOUT_NAME), ("Err", STDERR_NAME)):
             original = ad.get(attr)
-            updates[attr] = name if isinstance(original, str) and original != "/dev/null" \
-                else "/dev/null"
-        ad = _updated(ad, format_updates(updates))
+            updates[attr] = (
+                name if isinstance(original, str) and original != "/dev/null" else "/dev/null"
+            )
+        ad = updated_ad(ad, format_updates(updates))
         self.user.write_file(scratch / JOB_AD_FILE, ad.text)
         self.user.write_file(scratch / MACHINE_AD_FILE, format_updates({
             "Name": f"slot1@{socket.gethostname()}", "SlotID": 1, "Cpus": ad.request_cpus or 1,
@@ -300,46 +272,10 @@ class Harness:
         }))  # fmt: skip
         return ad, catalogue(scratch)
 
-    def _starter_env(self, ad: JobAd, scratch: Path) -> dict[str, str]:
-        """What the starter publishes to hooks and jobs (the manual's "Extra Environment
-        Variables HTCondor sets for Jobs"), plus our own knobs as a site's config would."""
-        cpus = str(ad.request_cpus or 1)
-        env = {
-            "PATH": DEFAULT_PATH, "HOME": self.user.home, "USER": self.user.name,
-            "LOGNAME": self.user.name, "BATCH_SYSTEM": "HTCondor",
-            "_CONDOR_SCRATCH_DIR": str(scratch), "_CONDOR_SLOT": "slot1",
-            "_CONDOR_JOB_AD": str(scratch / JOB_AD_FILE),
-            "_CONDOR_MACHINE_AD": str(scratch / MACHINE_AD_FILE),
-            "_CONDOR_JOB_IWD": str(scratch), "TMPDIR": str(scratch), "TEMP": str(scratch),
-            "TMP": str(scratch), "OMP_NUM_THREADS": cpus,
-        }  # fmt: skip
-        for name, value in self.environ.items():
-            if name in PASSED_THROUGH or name.startswith("_CONDOR_SMARTDOMAINS_"):
-                env[name] = value
-        env.setdefault("CONDOR_CONFIG", "/dev/null")
-        return env
-
-    def _hook(self, name: str, argv: list[str], stdin: str, env: Mapping[str, str],
-              cwd: Path, *, timeout: float) -> _Hook:
-        """Run one hook executable as a separate process, as the slot user; wait for it."""
-        try:
-            done = subprocess.run(
-                [str(self.hooks_dir / name), *argv], input=stdin.encode(), capture_output=True,
-                cwd=cwd, env=dict(env), timeout=timeout, check=False, start_new_session=True,
-                **self.user.process_options(),  # a terminal's Ctrl-C is for sd run alone
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            err = (exc.stderr or b"").decode(errors="replace")
-            return _Hook(-signal.SIGKILL, "", f"{err}\n{name} timed out after {timeout:.0f} s")
-        except OSError as exc:
-            return _Hook(127, "", f"cannot run {name}: {exc}")
-        return _Hook(done.returncode, done.stdout.decode(errors="replace"),
-                     done.stderr.decode(errors="replace"))
-
-    def _apply_prepare(self, ad: JobAd, hook: _Hook) -> tuple[JobAd, tuple[str, str] | None]:
+    def _apply_prepare(self, ad: JobAd, hook: HookRun) -> tuple[JobAd, tuple[str, str] | None]:
         """The starter's reading of PREPARE_JOB: updates, HookStatusCode, else the exit status."""
         try:
-            updated = _updated(ad, hook.stdout)
+            updated = updated_ad(ad, hook.stdout)
         except SdError as exc:
             return ad, ("held", f"PREPARE_JOB printed an unreadable ad update: {exc}")
         code = updated.get("HookStatusCode")
@@ -354,17 +290,23 @@ class Harness:
             return updated, None
         if code >= 300:
             return updated, ("idle", message or f"PREPARE_JOB failed with status {code}")
-        return updated, ("held", message or f"PREPARE_JOB failed with status {code} "
-                                            "(HookPrepareJobFailure)")
+        return updated, (
+            "held",
+            message or f"PREPARE_JOB failed with status {code} (HookPrepareJobFailure)",
+        )
 
-    def _run_payload(self, ad: JobAd, env: dict[str, str], scratch: Path,
-                     stop: _Stop) -> tuple[dict[str, Any], float]:
+    def _run_payload(
+        self, ad: JobAd, env: dict[str, str], scratch: Path, stop: _Stop
+    ) -> tuple[dict[str, Any], float]:
         job_env = {**env, **dict(ad.environment)}
         cmd = ad.cmd if Path(ad.cmd).is_absolute() else str(scratch / ad.cmd)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.time()
-        with self._std(scratch, ad.get("In"), reading=True) as stdin, \
-                self._std(scratch, ad.out) as stdout, self._std(scratch, ad.err) as stderr:
+        with (
+            self._std(scratch, ad.get("In"), reading=True) as stdin,
+            self._std(scratch, ad.out) as stdout,
+            self._std(scratch, ad.err) as stderr,
+        ):
             runner = subprocess.Popen(
                 [cmd, *ad.arguments], cwd=scratch, env=job_env, stdin=stdin, stdout=stdout,
                 stderr=stderr, start_new_session=True, **self.user.process_options(),
@@ -372,7 +314,9 @@ class Harness:
         stop.runner = runner
         if stop.reason is not None:  # a signal came while we were starting it
             runner.send_signal(signal.SIGTERM)
-        updater = _Updater(self, ad, env, scratch, runner.pid, started)
+        updater = Updater(
+            self.hooks_dir, self.user, self.update_interval, ad, env, scratch, runner.pid, started
+        )
         updater.start()
         try:
             status = self._wait(runner, stop)
@@ -418,8 +362,9 @@ class Harness:
         elif reading:
             fd = os.open(scratch / name, os.O_RDONLY | os.O_NOFOLLOW)
         else:
-            fd = os.open(scratch / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                         0o644)
+            fd = os.open(
+                scratch / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644
+            )
             if os.geteuid() == 0:
                 os.fchown(fd, self.user.uid, self.user.gid)
         try:
@@ -427,109 +372,24 @@ class Harness:
         finally:
             os.close(fd)
 
-    def _job_exit(self, ad: JobAd, reason: str, env: Mapping[str, str], scratch: Path,
-                  attrs: Mapping[str, Any]) -> None:
-        final = ad.text if not attrs else _updated(ad, format_updates(attrs)).text
+    def _job_exit(
+        self,
+        ad: JobAd,
+        reason: str,
+        env: Mapping[str, str],
+        scratch: Path,
+        attrs: Mapping[str, Any],
+    ) -> None:
+        final = ad.text if not attrs else updated_ad(ad, format_updates(attrs)).text
         label = f"{ad.cluster_id}.{ad.proc_id}"
         self.progress(f"job {label}: JOB_EXIT {reason}")
         started = time.monotonic()
-        done = self._hook("job_exit", [reason], final, env, scratch, timeout=30.0)
+        done = run_hook(
+            self.hooks_dir, self.user, "job_exit", [reason], final, env, scratch, timeout=30.0
+        )
         took = time.monotonic() - started
         if done.returncode != 0 or took > 25.0:
-            self.progress(f"job {label}: JOB_EXIT {reason}: status {done.returncode} after "
-                          f"{took:.1f} s\n{done.stderr.rstrip()}")
-
-
-class _Updater:
-    """UPDATE_JOB_INFO after 8 s, then every 300 s; advisory: nobody waits for it."""
-
-    def __init__(self, harness: Harness, ad: JobAd, env: Mapping[str, str], scratch: Path,
-                 pid: int, started: float) -> None:
-        self.harness, self.ad, self.env, self.scratch = harness, ad, env, scratch
-        self.pid, self.started = pid, started
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="update-job-info", daemon=True)
-        self.children: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _loop(self) -> None:
-        first, every = self.harness.update_interval
-        wait = first
-        while not self.done.wait(wait):
-            text = _updated(self.ad, format_updates({
-                "JobState": "Running", "JobPid": self.pid, "NumPids": 1,
-                "JobStartDate": int(self.started), "RemoteSysCpu": 0.0, "RemoteUserCpu": 0.0,
-                "ImageSize": 0,
-            })).text  # fmt: skip
-            with contextlib.suppress(OSError):
-                child = subprocess.Popen(
-                    [str(self.harness.hooks_dir / "update_job_info")], stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.scratch,
-                    env=dict(self.env), start_new_session=True,
-                    **self.harness.user.process_options(),
-                )  # fmt: skip
-                self.children.append(child)
-                with contextlib.suppress(OSError):
-                    assert child.stdin is not None
-                    child.stdin.write(text.encode())
-                    child.stdin.close()
-            wait = every
-
-    def stop(self) -> None:
-        self.done.set()
-        self.thread.join()
-        for child in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=5)
-
-
-# -- helpers ----------------------------------------------------------------------------------
-def _stopped_state(reason: str) -> str:
-    return {"remove": "removed", "hold": "held", "evict": "evicted"}.get(reason, reason)
-
-
-def _on_exit_hold(ad: JobAd) -> str | None:
-    """The hold reason when the job's OnExitHold is true once it exited, as the shadow does."""
-    try:
-        if ad.get("OnExitHold") is not True:
-            return None
-        reason = ad.get("OnExitHoldReason")
-    except SdError as exc:  # an expression evaluating to an error: the shadow holds too
-        return f"the job's OnExitHold policy could not be evaluated: {exc}"
-    return str(reason) if reason else "The job attribute OnExitHold expression evaluated to TRUE"
-
-
-def _on_exit_remove(ad: JobAd) -> bool:
-    """OnExitRemove once the job exited (absent: true); false puts the job back to Idle."""
-    try:
-        return ad.get("OnExitRemove", True) is not False
-    except SdError:
-        return True
-
-
-def _updated(ad: JobAd, updates: str) -> JobAd:
-    """The ad with a hook's `Attr = value` lines applied (later lines win, as in the starter)."""
-    if not updates.strip():
-        return ad
-    merged = parse_job_ad(ad.text.rstrip("\n") + "\n" + updates)
-    names: dict[str, str] = {}
-    for line in merged.text.splitlines():
-        name = line.partition("=")[0].strip()
-        if name and not name.startswith("#"):
-            names.setdefault(name.lower(), name)
-    lines = [f"{name} = {merged.expression(name)}" for name in names.values()]
-    return parse_job_ad("".join(line + "\n" for line in lines))
-
-
-def default_user(requested: str | None) -> SlotUser:
-    """`--user`, else sdslot1 when root (hooks never run as root on a worker), else ourselves."""
-    if requested:
-        user = SlotUser.lookup(requested)
-        if os.geteuid() != 0 and user.uid != os.getuid():
-            raise HarnessError(f"--user {requested}: only root can run jobs as another user")
-        return user
-    if os.geteuid() == 0:
-        return SlotUser.lookup("sdslot1")
-    return SlotUser.current()
+            self.progress(
+                f"job {label}: JOB_EXIT {reason}: status {done.returncode} after "
+                f"{took:.1f} s\n{done.stderr.rstrip()}"
+            )

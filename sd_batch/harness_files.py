@@ -3,6 +3,7 @@
 The starter (as root) copies a job's inputs into a scratch dir owned by the slot user and,
 when the job is done, copies what it made back to the submit dir. Everything the job touched is
 untrusted by then: outputs are opened without following links and must be regular files.
+Who the hooks and the job run as is here too (`SlotUser`, `default_user`).
 May import: errors, the standard library.
 """
 
@@ -46,8 +47,10 @@ class SlotUser:
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
-            raise HarnessError(f"no user {name!r} on this machine",
-                               hint="scripts/setup-host creates the slot user sdslot1") from None
+            raise HarnessError(
+                f"no user {name!r} on this machine",
+                hint="scripts/setup-host creates the slot user sdslot1",
+            ) from None
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
     @classmethod
@@ -90,6 +93,18 @@ class SlotUser:
         self.own(path)
 
 
+def default_user(requested: str | None) -> SlotUser:
+    """`--user`, else sdslot1 when root (hooks never run as root on a worker), else ourselves."""
+    if requested:
+        user = SlotUser.lookup(requested)
+        if os.geteuid() != 0 and user.uid != os.getuid():
+            raise HarnessError(f"--user {requested}: only root can run jobs as another user")
+        return user
+    if os.geteuid() == 0:
+        return SlotUser.lookup("sdslot1")
+    return SlotUser.current()
+
+
 def file_list(value: Any) -> list[str]:
     """A comma-separated TransferInput/TransferOutput list."""
     if not isinstance(value, str):
@@ -97,8 +112,13 @@ def file_list(value: Any) -> list[str]:
     return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
-def stage_out(transfer_output: Any, iwd: Path, scratch: Path, before: Catalogue,
-               std_files: Mapping[str, str | None]) -> list[str]:
+def stage_out(
+    transfer_output: Any,
+    iwd: Path,
+    scratch: Path,
+    before: Catalogue,
+    std_files: Mapping[str, str | None],
+) -> list[str]:
     """The starter's output transfer back to the submit dir: stdout/stderr to the submit
     file's output/error, then transfer_output_files or every new or changed top-level file."""
     moved: list[str] = []
@@ -134,8 +154,7 @@ def copy_out(source: Path, target: Path) -> None:
     try:
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        raise HarnessError(f"transfer output files failure: {source.name}: {exc.strerror}") \
-            from exc
+        raise HarnessError(f"transfer output files failure: {source.name}: {exc.strerror}") from exc
     with os.fdopen(fd, "rb") as src:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise HarnessError(f"transfer output files failure: {source.name} is not a file")

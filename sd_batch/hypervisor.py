@@ -28,7 +28,9 @@ from .errors import DomainNotFound, HypervisorError
 from .hypervisor_types import (
     DAEMON_HINT,
     MIB,
+    PAUSED_REASONS,
     SHUTOFF_REASONS,
+    DiskWriteError,
     DomainInfo,
     DomainOwner,
     DomainState,
@@ -43,9 +45,9 @@ log = logging.getLogger(__name__)
 
 #: The value types live in hypervisor_types (pure); callers import them from here too.
 __all__ = [
-    "DAEMON_HINT", "MIB", "DomainInfo", "DomainOwner", "DomainState", "DomainStatus",
-    "HostCapacity", "HostLoad", "Hypervisor", "HypervisorAPI", "ShutoffTimeout", "connect",
-    "dir_pool_xml", "is_transient", "translate_error",
+    "DAEMON_HINT", "MIB", "DiskWriteError", "DomainInfo", "DomainOwner", "DomainState",
+    "DomainStatus", "HostCapacity", "HostLoad", "Hypervisor", "HypervisorAPI", "ShutoffTimeout",
+    "connect", "dir_pool_xml", "is_transient", "translate_error",
 ]  # fmt: skip
 
 
@@ -292,7 +294,8 @@ class Hypervisor:
         changed = threading.Event()
 
         def on_lifecycle(_c: object, _d: object, event: int, _detail: int, _o: object) -> None:
-            if event in (lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_UNDEFINED):
+            if event in (lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_UNDEFINED,
+                         lv.VIR_DOMAIN_EVENT_SUSPENDED):  # fmt: skip
                 changed.set()
 
         deadline = clock() + timeout
@@ -306,6 +309,11 @@ class Hypervisor:
                 status = self.state(name)
                 if status.state.is_off:
                     return status
+                if status.state is DomainState.PAUSED and status.reason == "ioerror":
+                    raise DiskWriteError(f"{self._uri}: domain {name} was paused: "
+                                         f"{self._disk_errors(dom)}",
+                                         hint="free space on the host's disk (overlays, "
+                                              "output disks live in the state dir)")  # fmt: skip
                 remaining = deadline - clock()
                 if remaining <= 0:
                     still = f"still {status.state.name.lower()} after {timeout:g} s"
@@ -314,6 +322,19 @@ class Hypervisor:
         finally:
             with contextlib.suppress(lv.libvirtError):
                 self._conn.domainEventDeregisterAny(callback_id)
+
+    def _disk_errors(self, dom: Any) -> str:
+        """Which disks failed and how, in words ("vdc: no space left on the host's disk")."""
+        lv = self._lv
+        words = {lv.VIR_DOMAIN_DISK_ERROR_NO_SPACE: "no space left on the host's disk",
+                 lv.VIR_DOMAIN_DISK_ERROR_UNSPEC: "the host's disk failed a write"}  # fmt: skip
+        try:
+            errors = dom.diskErrors() or {}
+        except lv.libvirtError:
+            errors = {}
+        said = [f"{disk}: {words.get(code, f'error {code}')}"
+                for disk, code in sorted(errors.items()) if code != lv.VIR_DOMAIN_DISK_ERROR_NONE]
+        return "; ".join(said) or "a disk write failed on the host"
 
     def list_domains(self) -> tuple[DomainInfo, ...]:
         """All domains, with our owner metadata; domains vanishing meanwhile are skipped."""
@@ -543,10 +564,10 @@ def _status(state: int, reason: int) -> DomainStatus:
         kind = DomainState(state)
     except ValueError:
         kind = DomainState.NOSTATE
-    text = ""
-    if kind is DomainState.SHUTOFF:
-        text = SHUTOFF_REASONS[reason] if 0 <= reason < len(SHUTOFF_REASONS) else str(reason)
-    return DomainStatus(kind, text)
+    names = {DomainState.SHUTOFF: SHUTOFF_REASONS, DomainState.PAUSED: PAUSED_REASONS}.get(kind)
+    if names is None:
+        return DomainStatus(kind)
+    return DomainStatus(kind, names[reason] if 0 <= reason < len(names) else str(reason))
 
 
 def _parse_owner(meta: str | None) -> DomainOwner | None:

@@ -39,11 +39,15 @@ class DomainState(enum.Enum):
 # virDomainShutoffReason, by index: tells a clean poweroff from a crash or a kill.
 SHUTOFF_REASONS = ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
                     "from-snapshot", "daemon")  # fmt: skip
+# virDomainPausedReason, by index: "ioerror" is a host disk that refused a write (full, failing).
+PAUSED_REASONS = ("unknown", "user", "migration", "save", "dump", "ioerror", "watchdog",
+                  "from-snapshot", "shutdown", "snapshot", "api-error", "starting-up", "postcopy",
+                  "postcopy-failed")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class DomainStatus:
-    """A domain's state and, when shut off, why (`shutdown`, `destroyed`, `crashed`...)."""
+    """A domain's state and, when off or paused, why (`shutdown`, `destroyed`, `ioerror`...)."""
 
     state: DomainState
     reason: str = ""
@@ -93,6 +97,11 @@ class HostLoad:
 
 class ShutoffTimeout(HypervisorError):
     """A domain still runs after the time we were willing to wait."""
+
+
+class DiskWriteError(HypervisorError):
+    """The hypervisor paused a domain because a host disk refused its writes (full, failing):
+    QEMU's default on ENOSPC. Nothing the guest does resumes it, so waiting would hang."""
 
 
 class HypervisorAPI(Protocol):

@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -34,6 +35,7 @@ from .errors import (
     VM_LOST_EXIT,
     VM_TIMEOUT_EXIT,
     DeployError,
+    DomainNotFound,
     HostStorageError,
     HypervisorError,
     PolicyError,
@@ -42,6 +44,7 @@ from .errors import (
     VMFailed,
 )
 from .guest import contract
+from .hypervisor_types import DAEMON_HINT, DiskWriteError, HypervisorAPI, ShutoffTimeout
 from .lang import Attribute, Component, Description, load_file
 from .policy import SitePolicy, check_capacity, check_job, closest_template
 from .pools import Connections
@@ -400,20 +403,17 @@ def run(
             raise DeployError(f"job {key.job_id} has no prepared VM on this host",
                               hint="PREPARE_JOB did not run or failed")
         ledger.set_status(owner, OwnerStatus.ACTIVE)  # the reaper's sign of life: this process
-    hv = connections(uri)
 
     def destroy_now() -> None:
         with contextlib.suppress(SdError):
-            hv.destroy(key.domain)
+            connections(uri).destroy(key.domain)  # a new connection if libvirtd restarted
 
     if install_signals is not None:
         install_signals(destroy_now)
-    hv.start(key.domain)
+    connections(uri).start(key.domain)
     try:
-        hv.wait_shutoff(key.domain, limits.run_timeout_seconds)
+        wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)
     except HypervisorError as exc:
-        from .hypervisor import ShutoffTimeout
-
         destroy_now()
         if isinstance(exc, ShutoffTimeout):
             raise VMFailed(
@@ -431,6 +431,49 @@ def run(
                        f"from outside): {exc}", run_exit=VM_LOST_EXIT) from exc
     with result:
         shutil.copyfileobj(result, out)
+
+
+#: How long a runner keeps trying to reach libvirtd again while its VM runs on without it.
+DAEMON_AWAY_SECONDS = 300.0
+
+
+def wait_off_across_restarts(
+    connections: Connections,
+    uri: str,
+    name: str,
+    timeout: float,
+    *,
+    away_limit: float = DAEMON_AWAY_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Wait until NAME powers off, reconnecting when libvirtd restarts under us.
+
+    QEMU keeps a VM running while libvirtd is away (an upgrade, a crash, `systemctl restart`),
+    and the new daemon takes it back: a runner that gave up on the dropped connection would
+    throw away a healthy job. Gives up (the error, a requeue) once the daemon stayed
+    unreachable for AWAY_LIMIT seconds; TIMEOUT counts on through the outage.
+    """
+    deadline = clock() + timeout
+    away_since: float | None = None
+    while True:
+        hv: HypervisorAPI | None = None
+        try:
+            hv = connections(uri)
+            hv.wait_shutoff(name, max(0.0, deadline - clock()))
+            return
+        except HypervisorError as exc:
+            answered = isinstance(exc, (ShutoffTimeout, DiskWriteError, DomainNotFound))
+            if answered or (hv is not None and hv.is_alive()):
+                raise  # an answer from a live daemon, not a lost connection
+            connections.forget(uri)
+            away_since = clock() if away_since is None else away_since
+            if clock() - away_since >= away_limit:
+                raise HypervisorError(f"{uri}: lost libvirtd while the job's VM ran, and it "
+                                      f"did not come back within {away_limit:.0f} s: {exc}",
+                                      transient=True, hint=DAEMON_HINT) from exc  # fmt: skip
+            log.warning("lost %s while %s runs (%s): reconnecting", uri, name, exc)
+            sleep(1.0)
 
 
 def cleanup(config: SiteConfig, key: JobKey, *, connections: Connections | None = None) -> str:

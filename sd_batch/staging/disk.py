@@ -1,4 +1,4 @@
-"""The output disk: a sparse raw file with the contract's magic, and the result tar on it.
+"""The output disk (a raw file, blocks reserved, the contract's magic) and the result tar on it.
 
 May import: errors, guest.contract, staging._common, the standard library.
 """
@@ -20,8 +20,12 @@ _ZERO_BLOCK = bytes(SECTOR)
 
 
 def create_output_disk(path: Path, size_bytes: int) -> None:
-    """A new sparse raw disk of `size_bytes` (rounded up to whole sectors), magic in sector 0.
+    """A new raw disk of `size_bytes` (rounded up to whole sectors), magic in sector 0, its
+    blocks reserved on the host (fallocate: a millisecond on ext4/xfs).
 
+    Reserved, not sparse: a host disk that fills up while the job runs would make QEMU pause
+    the VM on the guest's first result write, after all the job's work; now there is no room
+    it is found before the VM boots, and the job goes back to Idle at no cost.
     Never replaces an existing file nor follows a link (O_EXCL, O_NOFOLLOW): callers may be root.
     """
     if size_bytes < contract.MIN_OUTPUT_DISK_BYTES:
@@ -38,6 +42,8 @@ def create_output_disk(path: Path, size_bytes: int) -> None:
         with os.fdopen(fd, "wb") as disk:
             disk.write(contract.output_disk_header())
             disk.truncate(blocks(size_bytes))
+            disk.flush()
+            os.posix_fallocate(disk.fileno(), 0, blocks(size_bytes))
     except OSError as exc:
         path.unlink(missing_ok=True)
         raise StagingError(f"cannot write the output disk {path}: {exc}") from exc

@@ -1,12 +1,14 @@
 """The state ledger: an sqlite record of everything sd-batch creates, so a crash is cleaned later.
 
-Owns the ledger file (default `SiteConfig.state_dir / "ledger.sqlite3"`), its schema and its
-migrations (`PRAGMA user_version`). Protocol: record a resource (domain, volume, file) as
+Owns the ledger file (default `SiteConfig.state_dir / "ledger.sqlite3"`); its schema and its
+migrations (`PRAGMA user_version`) are in `ledger_schema`, the values that carry no process in
+`ledger_types` (both re-exported here). Protocol: record a resource (domain, volume, file) as
 `creating` BEFORE creating it, mark it `created` after, forget the row once the thing is gone.
 A row left `creating` by a process that died, or an owner whose process died, is a leftover
 for the next run to finish. Several processes (two hooks on one worker) share the file: WAL
 mode, a busy timeout, and `BEGIN IMMEDIATE` for every write so no two writers deadlock.
-May import: errors, config, domain_xml (OwnerKind), sqlite3 and the standard library.
+May import: errors, config, domain_xml (OwnerKind), ledger_schema, ledger_types, sqlite3 and
+the standard library.
 """
 
 from __future__ import annotations
@@ -24,83 +26,27 @@ from typing import Any
 
 from .config import SiteConfig
 from .domain_xml import OwnerKind as OwnerKind  # one job/pool enum, the one domains carry
-from .errors import Disposition, LedgerError
+from .errors import LedgerError
+from .ledger_schema import (
+    MIGRATIONS,
+    OWNER_COLUMNS,
+    RESOURCE_COLUMNS,
+    SCHEMA_VERSION,
+    migrate,
+    use_wal,
+)
+from .ledger_types import Move, OwnerExists, OwnerStatus, ResourceKind, ResourceState
+
+#: The schema lives in ledger_schema, the process-free values in ledger_types; callers import
+#: them from here too.
+__all__ = [
+    "BOOT_ID_FILE", "LEDGER_FILE", "MIGRATIONS", "SCHEMA_VERSION", "THIS_PROCESS", "Ledger",
+    "Leftovers", "Move", "Owner", "OwnerExists", "OwnerKind", "OwnerStatus", "ProcessRef",
+    "Resource", "ResourceKind", "ResourceState", "current_boot_id", "default_path",
+]  # fmt: skip
 
 LEDGER_FILE = "ledger.sqlite3"
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
-
-#: Schema migrations: entry N takes the file from user_version N to N + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE owner (
-        row_id      INTEGER PRIMARY KEY,
-        kind        TEXT NOT NULL CHECK (kind IN ('pool', 'job')),
-        owner_id    TEXT NOT NULL,
-        host_uri    TEXT NOT NULL,
-        description TEXT NOT NULL DEFAULT '',
-        status      TEXT NOT NULL,
-        created_at  REAL NOT NULL,
-        updated_at  REAL NOT NULL,
-        pid         INTEGER,
-        pid_start   INTEGER,
-        boot_id     TEXT NOT NULL,
-        UNIQUE (kind, owner_id, host_uri)
-    );
-    CREATE TABLE resource (
-        row_id      INTEGER PRIMARY KEY,
-        owner_row   INTEGER NOT NULL REFERENCES owner (row_id) ON DELETE RESTRICT,
-        kind        TEXT NOT NULL CHECK (kind IN ('domain', 'volume', 'file')),
-        name        TEXT NOT NULL,
-        host_uri    TEXT NOT NULL,
-        state       TEXT NOT NULL CHECK (state IN ('creating', 'created')),
-        created_at  REAL NOT NULL,
-        pid         INTEGER NOT NULL,
-        pid_start   INTEGER,
-        boot_id     TEXT NOT NULL,
-        UNIQUE (host_uri, kind, name)
-    );
-    CREATE INDEX resource_by_owner ON resource (owner_row);
-    """,
-    # 2: high availability's record of VMs moved off failed hosts (sd status shows them)
-    """
-    CREATE TABLE move (
-        row_id      INTEGER PRIMARY KEY,
-        owner_row   INTEGER NOT NULL REFERENCES owner (row_id) ON DELETE CASCADE,
-        domain      TEXT NOT NULL,
-        from_uri    TEXT NOT NULL,
-        to_uri      TEXT,
-        reason      TEXT NOT NULL,
-        at          REAL NOT NULL
-    );
-    CREATE INDEX move_by_owner ON move (owner_row);
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class OwnerExists(LedgerError):
-    """An owner that must be new (a pool being started) is already recorded."""
-
-    disposition = Disposition.HOLD
-
-
-class OwnerStatus(enum.Enum):
-    """Where an owner is in its life; STARTING and TERMINATING mean a process is at work."""
-
-    STARTING = "starting"
-    ACTIVE = "active"
-    TERMINATING = "terminating"
-
-
-class ResourceKind(enum.Enum):
-    DOMAIN = "domain"  # name: the domain name
-    VOLUME = "volume"  # name: the volume's path on the host
-    FILE = "file"  # name: a path on this machine (input/output disk images)
-
-
-class ResourceState(enum.Enum):
-    CREATING = "creating"  # recorded, maybe (half) made: teardown must look
-    CREATED = "created"
 
 
 class _This(enum.Enum):
@@ -169,17 +115,6 @@ class Resource:
 
 
 @dataclass(frozen=True, slots=True)
-class Move:
-    """A VM high availability moved off a failed host (`to_uri` None: it found no room)."""
-
-    domain: str
-    from_uri: str
-    to_uri: str | None
-    reason: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
 class Leftovers:
     """What crashed runs left: owners whose process died, rows stuck in `creating`."""
 
@@ -217,15 +152,6 @@ def default_path(config: SiteConfig | None = None) -> Path:
     return (config or SiteConfig()).state_dir / LEDGER_FILE
 
 
-_OWNER_COLUMNS = (
-    "row_id, kind, owner_id, host_uri, description, status, created_at, pid, pid_start, boot_id"
-)
-_RESOURCE_COLUMNS = (
-    "r.row_id, o.kind, o.owner_id, r.kind, r.name, r.host_uri, r.state, r.created_at, "
-    "r.pid, r.pid_start, r.boot_id FROM resource AS r JOIN owner AS o ON o.row_id = r.owner_row"
-)
-
-
 class Ledger:
     """One open ledger file. Each method is one transaction; nothing is cached in memory."""
 
@@ -253,7 +179,7 @@ class Ledger:
         ledger = cls(db, path, clock)
         with ledger._errors("set up"):
             db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            _use_wal(db, timeout)  # readers never block the writer
+            use_wal(db, timeout)  # readers never block the writer
             db.execute("PRAGMA synchronous = FULL")  # an intent must survive a power cut
             db.execute("PRAGMA foreign_keys = ON")
             ledger._migrate()
@@ -293,17 +219,7 @@ class Ledger:
 
     def _migrate(self) -> None:
         with self._write("migrate the schema") as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"ledger {self.path} has schema {version}, newer than {SCHEMA_VERSION}",
-                    hint="upgrade sd-batch on this machine",
-                )
-            for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(db, self.path)
 
     # --- owners ---
 
@@ -370,7 +286,7 @@ class Ledger:
     def owner(self, kind: OwnerKind, owner_id: str, host_uri: str) -> Owner | None:
         with self._errors("read owners"):
             row = self._db.execute(
-                f"SELECT {_OWNER_COLUMNS} FROM owner"
+                f"SELECT {OWNER_COLUMNS} FROM owner"
                 " WHERE kind = ? AND owner_id = ? AND host_uri = ?",
                 (kind.value, owner_id, host_uri),
             ).fetchone()
@@ -378,9 +294,7 @@ class Ledger:
 
     def owners(self) -> tuple[Owner, ...]:
         with self._errors("read owners"):
-            rows = self._db.execute(
-                f"SELECT {_OWNER_COLUMNS} FROM owner ORDER BY row_id"
-            ).fetchall()
+            rows = self._db.execute(f"SELECT {OWNER_COLUMNS} FROM owner ORDER BY row_id").fetchall()
         return tuple(_owner(row) for row in rows)
 
     def forget_owner(self, owner: Owner) -> None:
@@ -426,7 +340,7 @@ class Ledger:
                 (owner.row_id, kind.value, name, uri, self._clock(), *_process_columns(process)),
             )
             found = db.execute(
-                f"SELECT {_RESOURCE_COLUMNS} WHERE r.host_uri = ? AND r.kind = ? AND r.name = ?",
+                f"SELECT {RESOURCE_COLUMNS} WHERE r.host_uri = ? AND r.kind = ? AND r.name = ?",
                 (uri, kind.value, name),
             ).fetchone()
         return _resource(found)
@@ -462,7 +376,7 @@ class Ledger:
         """OWNER's resources, newest first: the order to tear them down in."""
         with self._errors("read resources"):
             rows = self._db.execute(
-                f"SELECT {_RESOURCE_COLUMNS} WHERE r.owner_row = ? ORDER BY r.row_id DESC",
+                f"SELECT {RESOURCE_COLUMNS} WHERE r.owner_row = ? ORDER BY r.row_id DESC",
                 (owner.row_id,),
             ).fetchall()
         return tuple(_resource(row) for row in rows)
@@ -497,28 +411,10 @@ class Ledger:
         owners = tuple(o for o in self.owners() if _owner_is_left(o))
         with self._errors("read resources"):
             rows = self._db.execute(
-                f"SELECT {_RESOURCE_COLUMNS} WHERE r.state = 'creating' ORDER BY r.row_id"
+                f"SELECT {RESOURCE_COLUMNS} WHERE r.state = 'creating' ORDER BY r.row_id"
             ).fetchall()
         stuck = tuple(r for r in map(_resource, rows) if not r.process.is_alive())
         return Leftovers(owners, stuck)
-
-
-def _use_wal(db: sqlite3.Connection, timeout: float) -> None:
-    """Switch a new ledger to WAL. Several processes opening a fresh file at once can get
-    SQLITE_BUSY from the switch without sqlite's busy handler ever waiting, so retry it."""
-    if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-        return  # the usual case: WAL is a property of the file, set once
-    import tenacity
-
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_delay(timeout),
-        wait=tenacity.wait_exponential(multiplier=0.01, max=0.25),
-        retry=tenacity.retry_if_exception(
-            lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-        ),
-        reraise=True,
-    )
-    retrying(db.execute, "PRAGMA journal_mode = WAL")
 
 
 _HINT = "check the state folder (state_dir in the site config) is writable by this user"

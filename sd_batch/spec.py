@@ -5,21 +5,28 @@ Owns: `VMSpec` and its parts (`Flavour`, `DiskBus`, `DiskFormat`, `LifecycleActi
 defaults, accepted forms such as `"2GiB"`), and the `SpecError`s for bad values, each naming the
 attribute path and where it was written. Pure: paths stay as written (`PurePosixPath`); resolving
 them against the site's folders and checking them is site policy's job, later. Upper limits
-(memory, vCPUs, disk sizes) are site policy too. May import: `lang.model`, `errors`, stdlib.
+(memory, vCPUs, disk sizes) are site policy too. The reading of values (`Attrs`, sizes with
+units, values shown in messages) is `spec_values`'; `parse_size_bytes` is re-exported here.
+May import: `lang.model`, `errors`, `spec_values`, stdlib.
 """
 
 from __future__ import annotations
 
-import difflib
 import enum
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, TypeVar
 
 from .errors import SourceLocation, SpecError
-from .lang.model import TBD, Component, Double, Long, Reference
+from .lang.model import Component
+from .spec_values import SIZE_FORMS, Attrs, parse_size_bytes, show
+
+#: The value reading lives in spec_values; callers import parse_size_bytes from here too.
+__all__ = [
+    "DEFAULT_MEMORY_MIB", "MAX_CMDLINE_BYTES", "MIN_MEMORY_MIB", "NAME_PATTERN", "SERIAL_PATTERN",
+    "DiskBoot", "DiskBus", "DiskFormat", "DiskSpec", "Flavour", "KernelBoot", "LifecycleAction",
+    "VMSpec", "parse_size_bytes", "vm_spec",
+]  # fmt: skip
 
 #: libvirt accepts far more in a name; this is what is safe in file names, logs and `virsh`.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
@@ -29,11 +36,6 @@ DEFAULT_MEMORY_MIB = 512
 MAX_CMDLINE_BYTES = 2048
 #: libvirt's schema pattern for a disk serial; virtio-blk carries at most 20 bytes of it.
 SERIAL_PATTERN = re.compile(r"[A-Za-z0-9_.+\- ]{1,20}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SIZE = re.compile(r"(?P<number>[0-9]+) *(?P<unit>[KMGT](?:iB)?)?", re.IGNORECASE)
-_UNIT_SHIFT = {"": 20, "k": 10, "m": 20, "g": 30, "t": 40}
-_E = TypeVar("_E", bound=enum.Enum)
-_SIZE_FORMS = 'a number of MiB (512) or a size with a unit ("512M", "512MiB", "2G", "1048576K")'
 _NAME_RULE = 'a letter or digit, then up to 63 letters, digits, "_", ".", "+" or "-"'
 
 
@@ -167,7 +169,7 @@ def vm_spec(component: Component, *, default_name: str) -> VMSpec:
     `default_name` is used when `name` is NULL (the caller derives it, e.g. pool + attribute
     name). Raises `SpecError` for the first bad value, citing its path and location.
     """
-    attrs = _Attrs(component)
+    attrs = Attrs(component)
     flavour = attrs.choice("flavour", Flavour, Flavour.KVM, kind="flavour")
     disks = _disks(attrs, flavour)
     return VMSpec(
@@ -187,131 +189,49 @@ def vm_spec(component: Component, *, default_name: str) -> VMSpec:
     )
 
 
-class _Attrs:
-    """One component's attributes, read so that every bad value becomes a SpecError citing it."""
-
-    def __init__(self, component: Component) -> None:
-        self.component = component
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The value, or `default` when absent; TBD and LAZY references are refused here."""
-        if name not in self.component:
-            return default
-        value = self.component[name]
-        if value is TBD:
-            raise self.error(
-                name,
-                "is still TBD (to be defined)",
-                "give it a value here or in a description that extends this one",
-            )
-        if isinstance(value, Reference):
-            kind = "a LAZY reference" if value.lazy else "a reference that depends on a LAZY one"
-            raise self.error(
-                name,
-                f"is {kind}, resolved only at deploy time",
-                "a VM attribute needs its value when the VM is built: drop LAZY",
-            )
-        return value
-
-    def error(self, name: str, problem: str, hint: str | None = None) -> SpecError:
-        """`path: problem`, or `path is ...` when the problem is a predicate of the attribute."""
-        path = self.component.attribute_path(name)
-        return SpecError(
-            f"{path} {problem}" if problem.startswith("is ") else f"{path}: {problem}",
-            loc=self.component.location_of(name),
-            path=path,
-            hint=hint,
-        )
-
-    def text(self, name: str, *, what: str) -> str | None:
-        """A string or NULL, printable (control characters cannot reach libvirt safely)."""
-        value = self.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.error(name, f"{_show(value)} is not a string", f"write {what}")
-        if _CONTROL.search(value):
-            raise self.error(name, f"{_show(value)} contains a control character", f"write {what}")
-        return value
-
-    def path(self, name: str, *, what: str) -> PurePosixPath | None:
-        value = self.text(name, what=what)
-        if value is None:
-            return None
-        if not value.strip():
-            raise self.error(name, '"" is not a path', f"write {what}, or NULL to leave it unset")
-        return PurePosixPath(value)
-
-    def choice(self, name: str, enum_type: type[_E], default: _E, *, kind: str) -> _E:
-        value = self.get(name, default.value)
-        names = [member.value for member in enum_type]
-        if isinstance(value, str) and value in names:
-            return enum_type(value)
-        listing = f"{kind}s: {', '.join(names)}"
-        if not isinstance(value, str):
-            raise self.error(name, f"{_show(value)} is not a {kind}", listing)
-        raise self.error(
-            name, f"unknown {kind} {_show(value)}", _did_you_mean(value, names, listing)
-        )
-
-
-def _name(attrs: _Attrs, default_name: str) -> str:
+def _name(attrs: Attrs, default_name: str) -> str:
     value = attrs.text("name", what=f"a VM name: {_NAME_RULE}")
     if value is None:
         if not NAME_PATTERN.fullmatch(default_name):
             raise attrs.error(
                 "name",
-                f"is NULL and the name derived for it, {_show(default_name)}, is not a VM name",
+                f"is NULL and the name derived for it, {show(default_name)}, is not a VM name",
                 f"set name: {_NAME_RULE}",
             )
         return default_name
     if not NAME_PATTERN.fullmatch(value):
-        raise attrs.error("name", f"{_show(value)} is not a VM name", f"write {_NAME_RULE}")
+        raise attrs.error("name", f"{show(value)} is not a VM name", f"write {_NAME_RULE}")
     return value
 
 
-def parse_size_bytes(value: Any) -> int | None:
-    """`512`, `512L`, `"512"` (MiB), `"512M"`, `"2GiB"`, `"1048576K"` -> bytes, else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return int(value) << 20
-    if isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip())
-        if match:
-            unit = (match["unit"] or "")[:1].lower()
-            return int(match["number"]) << _UNIT_SHIFT[unit]
-    return None
-
-
-def _memory_mib(attrs: _Attrs) -> int:
+def _memory_mib(attrs: Attrs) -> int:
     value = attrs.get("memory", DEFAULT_MEMORY_MIB)
     size = parse_size_bytes(value)
     if size is None:
-        raise attrs.error("memory", f"{_show(value)} is not a memory size", f"write {_SIZE_FORMS}")
+        raise attrs.error("memory", f"{show(value)} is not a memory size", f"write {SIZE_FORMS}")
     if size % (1 << 20):
         raise attrs.error(
-            "memory", f"{_show(value)} is not a whole number of MiB", "round it to MiB"
+            "memory", f"{show(value)} is not a whole number of MiB", "round it to MiB"
         )
     if size < MIN_MEMORY_MIB << 20:
         raise attrs.error(
             "memory",
-            f"{_show(value)} is too little memory",
+            f"{show(value)} is too little memory",
             f"a VM needs at least {MIN_MEMORY_MIB} MiB",
         )
     return size >> 20
 
 
-def _vcpus(attrs: _Attrs) -> int:
+def _vcpus(attrs: Attrs) -> int:
     value = attrs.get("vcpus", 1)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise attrs.error(
-            "vcpus", f"{_show(value)} is not a vCPU count", "write a whole number, at least 1"
+            "vcpus", f"{show(value)} is not a vCPU count", "write a whole number, at least 1"
         )
     return int(value)
 
 
-def _boot(attrs: _Attrs, flavour: Flavour, disks: tuple[DiskSpec, ...]) -> KernelBoot | DiskBoot:
+def _boot(attrs: Attrs, flavour: Flavour, disks: tuple[DiskSpec, ...]) -> KernelBoot | DiskBoot:
     what = 'a path such as "/var/lib/sd-batch/vmlinuz"'
     kernel = attrs.path("kernel", what=what)
     initrd = attrs.path("initrd", what=what)
@@ -368,26 +288,26 @@ def _boot(attrs: _Attrs, flavour: Flavour, disks: tuple[DiskSpec, ...]) -> Kerne
     return DiskBoot(bootloader)
 
 
-def _disks(attrs: _Attrs, flavour: Flavour) -> tuple[DiskSpec, ...]:
+def _disks(attrs: Attrs, flavour: Flavour) -> tuple[DiskSpec, ...]:
     value = attrs.get("disks")
     if value is None:
         return ()
     shape = 'disks extends DATA { root extends DATA { image "debian.qcow2"; } }'
     if not isinstance(value, Component):
-        raise attrs.error("disks", f"{_show(value)} is not a component of disks", f"write {shape}")
-    holder = _Attrs(value)
+        raise attrs.error("disks", f"{show(value)} is not a component of disks", f"write {shape}")
+    holder = Attrs(value)
     specs = []
     for index, name in enumerate(value):
         disk = holder.get(name)
         if not isinstance(disk, Component):
             raise holder.error(
-                name, f"{_show(disk)} is not a disk", '{ image "debian.qcow2"; } or { size "10G"; }'
+                name, f"{show(disk)} is not a disk", '{ image "debian.qcow2"; } or { size "10G"; }'
             )
-        specs.append(_disk(_Attrs(disk), name, flavour.disk_bus.device_name(index), flavour))
+        specs.append(_disk(Attrs(disk), name, flavour.disk_bus.device_name(index), flavour))
     return tuple(specs)
 
 
-def _disk(attrs: _Attrs, name: str, device: str, flavour: Flavour) -> DiskSpec:
+def _disk(attrs: Attrs, name: str, device: str, flavour: Flavour) -> DiskSpec:
     either = "image makes a copy-on-write overlay on an image; size makes a blank disk"
     image = attrs.path("image", what='a base image path such as "debian-12.qcow2"')
     size_value = attrs.get("size")
@@ -397,14 +317,14 @@ def _disk(attrs: _Attrs, name: str, device: str, flavour: Flavour) -> DiskSpec:
     if size_value is not None:
         size_bytes = parse_size_bytes(size_value)
         if size_bytes is None:
-            raise attrs.error("size", f"{_show(size_value)} is not a disk size", _SIZE_FORMS)
+            raise attrs.error("size", f"{show(size_value)} is not a disk size", SIZE_FORMS)
         if size_bytes < 1 << 20:
-            raise attrs.error("size", f"{_show(size_value)} is too small", "at least 1 MiB")
+            raise attrs.error("size", f"{show(size_value)} is too small", "at least 1 MiB")
     elif image is None:
         raise attrs.error("image", "is NULL and so is size", either)
     readonly = attrs.get("readonly", False)
     if not isinstance(readonly, bool):
-        raise attrs.error("readonly", f"{_show(readonly)} is not a boolean", "write true or false")
+        raise attrs.error("readonly", f"{show(readonly)} is not a boolean", "write true or false")
     if readonly and image is None:
         raise attrs.error("readonly", "a blank disk cannot be read-only", "write false")
     serial_form = "up to 20 letters, digits, spaces, _ . + -"
@@ -416,7 +336,7 @@ def _disk(attrs: _Attrs, name: str, device: str, flavour: Flavour) -> DiskSpec:
             "libxl ignores it: write NULL",
         )
     if serial is not None and not SERIAL_PATTERN.fullmatch(serial):
-        raise attrs.error("serial", f"{_show(serial)} is not a disk serial", f"write {serial_form}")
+        raise attrs.error("serial", f"{show(serial)} is not a disk serial", f"write {serial_form}")
     return DiskSpec(
         name=name,
         device=device,
@@ -431,11 +351,11 @@ def _disk(attrs: _Attrs, name: str, device: str, flavour: Flavour) -> DiskSpec:
     )
 
 
-def _network(attrs: _Attrs) -> str | None:
+def _network(attrs: Attrs) -> str | None:
     network = attrs.text("network", what='a libvirt network name such as "default", or NULL')
     if network is not None and not NAME_PATTERN.fullmatch(network):
         raise attrs.error(
-            "network", f"{_show(network)} is not a network name", f"write {_NAME_RULE}"
+            "network", f"{show(network)} is not a network name", f"write {_NAME_RULE}"
         )
     return network
 
@@ -447,7 +367,7 @@ _QEMU_REFUSES = {
 }
 
 
-def _lifecycle(attrs: _Attrs, name: str, flavour: Flavour) -> LifecycleAction:
+def _lifecycle(attrs: Attrs, name: str, flavour: Flavour) -> LifecycleAction:
     action = attrs.choice(name, LifecycleAction, LifecycleAction.DESTROY, kind="action")
     if name != "onCrash" and action in _CRASH_ONLY:
         allowed = ", ".join(a.value for a in LifecycleAction if a not in _CRASH_ONLY)
@@ -461,7 +381,7 @@ def _lifecycle(attrs: _Attrs, name: str, flavour: Flavour) -> LifecycleAction:
     return action
 
 
-def _console(attrs: _Attrs, flavour: Flavour) -> PurePosixPath | None:
+def _console(attrs: Attrs, flavour: Flavour) -> PurePosixPath | None:
     console = attrs.path("console", what='a log file path such as "console.log", or NULL')
     if console is not None and flavour in (Flavour.XEN_PV, Flavour.XEN_PVH):
         raise attrs.error(
@@ -470,35 +390,3 @@ def _console(attrs: _Attrs, flavour: Flavour) -> PurePosixPath | None:
             "its console goes through xenconsoled (XENCONSOLED_TRACE=guest logs it): write NULL",
         )
     return console
-
-
-def _did_you_mean(word: str, choices: list[str], listing: str) -> str:
-    close = difflib.get_close_matches(word.lower(), choices, n=1)
-    if close:
-        return f"did you mean {_show(close[0])}? {listing[:1].upper()}{listing[1:]}"
-    return listing
-
-
-def _show(value: Any) -> str:
-    """A value as a description would write it, for messages."""
-    if value is None:
-        return "NULL"
-    if value is TBD:
-        return "TBD"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Long):
-        return f"{int(value)}L"
-    if isinstance(value, Double):
-        return f"{float(value)!r}D"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Reference):
-        return "a reference"
-    if isinstance(value, Component):
-        return "a component"
-    if isinstance(value, list | tuple):
-        return "[| " + ", ".join(_show(item) for item in value) + " |]"
-    return repr(value)

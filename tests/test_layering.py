@@ -29,9 +29,10 @@ HOMES: dict[str, str] = {
     "classad2": "sd_batch/jobad.py",
 }
 #: The pure core: no processes, no network, and no edge module behind its back.
-PURE = ("sd_batch/lang/*.py", "sd_batch/spec.py", "sd_batch/domain_xml.py",
-        "sd_batch/placement*.py", "sd_batch/planning.py", "sd_batch/policy.py",
-        "sd_batch/hypervisor_types.py", "sd_batch/condor_syntax.py", "sd_batch/ledger_types.py")
+PURE = ("sd_batch/lang/*.py", "sd_batch/spec.py", "sd_batch/spec_values.py",
+        "sd_batch/domain_xml.py", "sd_batch/placement*.py", "sd_batch/planning.py",
+        "sd_batch/policy.py", "sd_batch/hypervisor_types.py", "sd_batch/condor_syntax.py",
+        "sd_batch/ledger_types.py")
 IMPURE_STDLIB = frozenset({"subprocess", "socket"})
 EDGES = frozenset({"sd_batch.hypervisor", "sd_batch.ledger", "sd_batch.ledger_schema",
                    "sd_batch.staging", "sd_batch.cli"})

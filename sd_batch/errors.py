@@ -223,10 +223,12 @@ class NoHostHasCapacity(DeployError):
         self.tightest = tightest
 
 
-#: The runner's exit codes for a job whose VM failed (PREPARE_JOB's OnExitHold holds on them).
+#: The runner's exit codes for a job whose VM failed: the site's job transform (OnExitHold in
+#: SMARTDOMAINS_TRANSFORM and 99-smartdomains.conf, evaluated by the shadow) holds on them.
 VM_TIMEOUT_EXIT = 170
 VM_LOST_EXIT = 171
-#: ... and for "the host could not run the VM" (libvirtd down): OnExitRemove sends it back to Idle.
+#: ... and for "the host could not run the VM" (libvirtd gone, disk full): OnExitRemove false,
+#: back to Idle.
 VM_REQUEUE_EXIT = 172
 
 

@@ -169,6 +169,7 @@ class Harness:
             except HarnessError as exc:  # the shadow's input transfer failed: a hold
                 outcome.state, outcome.message = "held", f"transfer input files failure: {exc}"
                 return outcome
+            shadow_ad = ad  # the shadow's copy: PREPARE_JOB's updates stay in the starter's
             env = starter_env(ad, scratch, self.user, self.environ)
             self.progress(f"job {label}: PREPARE_JOB")
             prepared = run_hook(
@@ -213,10 +214,13 @@ class Harness:
             except HarnessError as exc:  # the starter holds a job whose outputs cannot move
                 outcome.state, outcome.message = "held", str(exc)
                 return outcome
-            held = on_exit_hold(updated_ad(ad, format_updates(exit_attrs)))
-            if held is not None:  # the shadow's job policy, after the output transfer
+            # the shadow's job policy, after the output transfer, on the shadow's own ad (so
+            # an OnExitHold a hook printed has no effect, as in HTCondor)
+            judged = updated_ad(shadow_ad, format_updates(exit_attrs))
+            held = on_exit_hold(judged)
+            if held is not None:
                 outcome.state, outcome.message = "held", held
-            elif not on_exit_remove(updated_ad(ad, format_updates(exit_attrs))):
+            elif not on_exit_remove(judged):
                 outcome.state = "idle"
                 outcome.message = "OnExitRemove is false: the job runs again (its stderr says why)"
         return outcome

@@ -133,7 +133,7 @@ def _argv_in_guest(ad: Any, sandbox: Path) -> list[str]:
 
 def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
     from .guest.contract import Manifest
-    from .jobad import format_expressions, format_updates, parse_job_ad
+    from .jobad import format_updates, parse_job_ad
     from .staging import write_input_tar
 
     ad_text = stdin.read()
@@ -181,36 +181,8 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
                              f"({reply['description']}, {reply['memory_mib']} MiB)",
     }
-    stdout.write(format_updates(updates) + format_expressions(on_exit_policy(ad)))
+    stdout.write(format_updates(updates))
     return 0
-
-
-def on_exit_policy(ad: Any) -> dict[str, str]:
-    """OnExitHold / OnExitHoldReason / OnExitHoldSubCode that hold the job when the runner
-    exits with VM_TIMEOUT_EXIT or VM_LOST_EXIT (the runner cannot hold a job itself), and
-    OnExitRemove false (back to Idle, to run again) when it exits with VM_REQUEUE_EXIT (the
-    host could not run the VM); each combined with the job's own, as ClassAd expression
-    texts. A retried PREPARE_JOB does not wrap them twice."""
-    own_hold = ad.expression("OnExitHold")
-    if own_hold and f"ExitCode =?= {VM_LOST_EXIT}" in own_hold:
-        return {}  # ours already (PREPARE_JOB ran before on this ad)
-    timeout = f"(ExitBySignal =?= false && ExitCode =?= {VM_TIMEOUT_EXIT})"
-    lost = f"(ExitBySignal =?= false && ExitCode =?= {VM_LOST_EXIT})"
-    own_reason = ad.expression("OnExitHoldReason") or "undefined"
-    own_code = ad.expression("OnExitHoldSubCode") or "undefined"
-    said_timeout = json.dumps("sd-batch: the job's VM did not power off within the site's run "
-                              "time limit ([policy] max_run_seconds) and was destroyed")
-    said_lost = json.dumps("sd-batch: the job's VM stopped without a result (it crashed or was "
-                           "destroyed); the job's stderr has the details")
-    requeue = f"(ExitBySignal =?= false && ExitCode =?= {VM_REQUEUE_EXIT})"
-    own_remove = ad.expression("OnExitRemove") or "true"
-    return {
-        "OnExitRemove": f"({own_remove}) && !{requeue}",
-        "OnExitHold": f"({own_hold or 'false'}) || {timeout} || {lost}",
-        "OnExitHoldReason": f"ifThenElse({timeout}, {said_timeout}, "
-                            f"ifThenElse({lost}, {said_lost}, {own_reason}))",
-        "OnExitHoldSubCode": f"ifThenElse({timeout} || {lost}, ExitCode, {own_code})",
-    }
 
 
 # -- the runner ----------------------------------------------------------------------------------
@@ -238,7 +210,7 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
             proc.kill()
             code = proc.wait()
         if code in (VM_TIMEOUT_EXIT, VM_LOST_EXIT):
-            return code  # the helper said why on our stderr; OnExitHold holds the job
+            return code  # the helper said why on our stderr; the transform's OnExitHold holds
         if code == os.EX_TEMPFAIL:
             return _requeue()
         print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
@@ -277,7 +249,7 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
 def _requeue() -> int:
     print("sd-batch: this worker could not run the job's VM (the message above says why); "
           "the job goes back to Idle and runs again", file=sys.stderr)
-    return VM_REQUEUE_EXIT  # PREPARE_JOB's OnExitRemove is false for it
+    return VM_REQUEUE_EXIT  # the site's job transform makes OnExitRemove false for it
 
 
 # -- JOB_EXIT, UPDATE_JOB_INFO, startd cron ---------------------------------------------------

@@ -43,7 +43,7 @@ from .condor_syntax import (
 #: The argument/environment syntaxes live in condor_syntax (pure); callers import them from here.
 __all__ = [
     "SMARTDOMAINS_TRANSFORM", "JobAd", "JobAdError", "apply_job_transform", "condor_param",
-    "format_expressions", "format_updates", "job_ad_from_submit", "join_arguments",
+    "format_updates", "job_ad_from_submit", "join_arguments",
     "join_environment", "parse_job_ad", "parse_submit_arguments", "parse_submit_environment",
     "split_arguments", "split_arguments_v1", "split_environment", "split_environment_v1",
     "unquote_submit_value",
@@ -55,7 +55,15 @@ SMARTDOMAINS_TRANSFORM = """\
 REQUIREMENTS SDVMDescription isnt undefined
 SET HookKeyword "SMARTDOMAINS"
 SET Requirements ($(MY.Requirements)) && (TARGET.HasSmartDomains =?= true)
-"""
+COPY OnExitHold SDJobOnExitHold
+COPY OnExitHoldReason SDJobOnExitHoldReason
+COPY OnExitHoldSubCode SDJobOnExitHoldSubCode
+COPY OnExitRemove SDJobOnExitRemove
+SET OnExitHold (SDJobOnExitHold =?= true) || (ExitBySignal =?= false && (ExitCode =?= 170 || ExitCode =?= 171))
+SET OnExitHoldReason ifThenElse(ExitBySignal =?= false && ExitCode =?= 170, "sd-batch: the job's VM did not power off within the site's run time limit ([policy] max_run_seconds) and was destroyed", ifThenElse(ExitBySignal =?= false && ExitCode =?= 171, "sd-batch: the job's VM stopped without a result (it crashed or was destroyed); the job's stderr has the details", SDJobOnExitHoldReason))
+SET OnExitHoldSubCode ifThenElse(ExitBySignal =?= false && (ExitCode =?= 170 || ExitCode =?= 171), ExitCode, SDJobOnExitHoldSubCode)
+SET OnExitRemove (SDJobOnExitRemove =!= false) && !(ExitBySignal =?= false && ExitCode =?= 172)
+"""  # noqa: E501 - a transform statement is one line
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _AD_LINE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -274,24 +282,6 @@ def format_updates(updates: Mapping[str, str | int | float | bool]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def format_expressions(expressions: Mapping[str, str]) -> str:
-    """`Attr = expression` lines for a hook's stdout: each expression is parsed by classad2
-    (a syntax error raises ValueError here, not in the starter) and printed in old syntax."""
-    classad2 = _classad2()
-    lines = []
-    for name, text in expressions.items():
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"{name!r} is not a ClassAd attribute name")
-        try:
-            expr = classad2.ExprTree(text)
-        except (classad2.ClassAdException, ValueError) as exc:
-            raise ValueError(f"{name}: not a ClassAd expression: {text!r}") from exc
-        one = classad2.ClassAd()
-        one[name] = expr
-        lines.append(one.printOld().strip())
-    return "".join(line + "\n" for line in lines)
-
-
 # -- the schedd's side, for `sd run` ----------------------------------------------------------
 def job_ad_from_submit(
     submit_text: str,
@@ -340,8 +330,9 @@ def apply_job_transform(ad_text: str, rules: str) -> str:
 
     Supported, per the manual's "ClassAd Transforms" section: `REQUIREMENTS <expr>` (all of them
     must be true of the untransformed ad, or nothing changes), `SET <attr> <expr>`,
-    `DEFAULT <attr> <expr>`, `#` comments, and `$(MY.<attr>)` expansion (a string value
-    without its quotes, any other value as its unevaluated expression). Anything else is refused.
+    `DEFAULT <attr> <expr>`, `COPY <attr> <newattr>`, `#` comments, and `$(MY.<attr>)`
+    expansion (a string value without its quotes, any other value as its unevaluated
+    expression). Anything else is refused.
     """
     return str(_transform(_parse_old_ad(ad_text), rules).printOld())
 
@@ -358,6 +349,12 @@ def _transform(ad: Any, rules: str) -> Any:
         if keyword == "REQUIREMENTS":
             if not _requirements_hold(original, _expand(rest, original), line):
                 return ad
+        elif keyword == "COPY":
+            source, _, target = rest.strip().partition(" ")
+            target = target.strip()
+            if not _NAME.fullmatch(source) or not _NAME.fullmatch(target):
+                raise JobAdError(f"transform: COPY needs two attribute names: {line!r}")
+            steps.append((keyword, source, target))
         elif keyword in ("SET", "DEFAULT"):
             attr, _, expr = rest.strip().partition(" ")
             attr = attr.rstrip("=,")
@@ -370,6 +367,10 @@ def _transform(ad: Any, rules: str) -> Any:
         else:
             raise JobAdError(f"transform statement not supported here: {line!r}")
     for keyword, attr, expr in steps:
+        if keyword == "COPY":  # the expression, unevaluated; nothing when the job has none
+            if attr in ad:
+                ad[expr] = ad.lookup(attr)
+            continue
         if keyword == "DEFAULT" and attr in ad:
             continue
         parsed = _parse_old_ad(f"{attr} = {_expand(expr, ad)}\n")

@@ -149,6 +149,31 @@ def test_the_transforms_effect_on_a_submitted_job(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(("code", "held", "says"), [
+    (0, False, None), (170, True, "did not power off"), (171, True, "without a result"),
+    (3, True, "my own reason"), (172, False, None),
+])  # fmt: skip
+def test_the_transforms_exit_policy_holds_on_the_runners_codes_and_keeps_the_jobs_own(
+    tmp_path: Path, code: int, held: bool, says: str | None
+) -> None:
+    """The shadow evaluates the job's exit policy on its own ad: the transform sets it at
+    submit (a hook's updates never reach the shadow), or'd with the job's own."""
+    submit = ('executable = run.sh\n+SDVMDescription = "minimal"\non_exit_hold = ExitCode == 3\n'
+              'on_exit_hold_reason = "my own reason"\nqueue\n')  # fmt: skip
+    common = {"submit_dir": tmp_path, "owner": "alice", "schedd_name": "ap", "qdate": 1}
+    [plain] = job_ad_from_submit(submit, transform=None, **common)  # type: ignore[arg-type]
+    by_config = apply_job_transform(plain, raw_block("JOB_TRANSFORM_SmartDomains"))
+    after = parse_job_ad(by_config + f"ExitBySignal = false\nExitCode = {code}\n")
+    assert after.get("OnExitHold") is held
+    assert after.get("OnExitRemove") is (code != 172)  # 172: the host failed, back to Idle
+    if says is not None:
+        assert says in str(after.get("OnExitHoldReason"))
+    if code in (170, 171):
+        assert after.get("OnExitHoldSubCode") == code
+    signaled = parse_job_ad(by_config + "ExitBySignal = true\nExitSignal = 9\n")
+    assert signaled.get("OnExitHold") is False and signaled.get("OnExitRemove") is True
+
+
 def test_a_job_without_sdvmdescription_is_untouched_by_the_configs_transform(
     tmp_path: Path,
 ) -> None:

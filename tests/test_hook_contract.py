@@ -50,8 +50,7 @@ queue
 BROKEN_SF = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    memory (512 +);\n}\n'
 PREPARE_UPDATES = ["SDOriginalCmd", "SDOriginalArguments", "SDVMDomain", "SDVMMemoryMiB",
                    "SDVMCpus", "Cmd", "Arguments", "Args", "HookStatusCode",
-                   "HookStatusMessage", "OnExitRemove", "OnExitHold", "OnExitHoldReason",
-                   "OnExitHoldSubCode"]  # fmt: skip
+                   "HookStatusMessage"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -165,44 +164,18 @@ def test_prepare_job_rewrites_cmd_to_our_runner_and_keeps_the_original(site: Sit
     assert (exited.code, exited.stdout) == (0, "")
 
 
-@pytest.mark.parametrize(("code", "held", "says"), [
-    (0, False, None), (170, True, "did not power off"), (171, True, "without a result"),
-    (3, True, "my own reason"), (172, False, None),
-])  # fmt: skip
-def test_prepare_job_holds_on_the_runners_vm_failure_codes_and_keeps_the_jobs_own(
-    site: Site, code: int, held: bool, says: str | None
-) -> None:
-    ad = site.job_ad().replace("queue\n", "")
-    ad += 'OnExitHold = ExitCode =?= 3\nOnExitHoldReason = "my own reason"\n'
-    done = site.hook("prepare_job", stdin=ad)
-    assert done.code == 0, done.stderr
-    exited = f"ExitBySignal = false\nExitCode = {code}\n"
-    after = classad2.parseOne(ad + done.stdout + exited, classad2.ParserType.Old)
-    assert after.eval("OnExitHold") is held
-    assert after.eval("OnExitRemove") is (code != 172)  # 172: the host failed, back to Idle
-    if says is not None:
-        assert says in str(after.eval("OnExitHoldReason"))
-    if code in (170, 171):
-        assert after.eval("OnExitHoldSubCode") == code
-    signaled = classad2.parseOne(ad + done.stdout + "ExitBySignal = true\nExitSignal = 9\n",
-                                 classad2.ParserType.Old)  # fmt: skip
-    assert signaled.eval("OnExitHold") is False
-    assert site.hook("job_exit", "exit", stdin=ad).code == 0
-
-
-def test_sd_run_holds_a_job_whose_on_exit_hold_is_true_after_moving_its_outputs(
+def test_sd_run_judges_the_exit_on_the_shadows_ad_after_moving_the_outputs(
     tmp_path: Path,
 ) -> None:
-    """The harness honours OnExitHold / OnExitHoldReason (exit 3) and OnExitRemove (exit 4)
-    as the shadow would."""
+    """The harness evaluates OnExitHold / OnExitRemove as the shadow does: on the submitted
+    ad, transformed by the site (171 held, 172 back to Idle, the job's own exit 3 held), never
+    on what PREPARE_JOB printed (its `OnExitHold = true` stays in the starter's copy)."""
     from sd_batch.harness import EXIT_HELD, EXIT_IDLE, Harness, SlotUser
 
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "prepare_job").write_text(
-        "#!/bin/sh\ncat >/dev/null\necho 'OnExitHold = ExitCode =?= 171'\n"
-        "echo 'OnExitHoldReason = \"sd-batch: the VM stopped without a result\"'\n"
-        "echo 'OnExitRemove = ExitCode =!= 172'\n")
+        "#!/bin/sh\ncat >/dev/null\necho 'OnExitHold = true'\necho 'OnExitRemove = false'\n")
     (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
     for hook in hooks.iterdir():
         hook.chmod(0o755)
@@ -210,16 +183,20 @@ def test_sd_run_holds_a_job_whose_on_exit_hold_is_true_after_moving_its_outputs(
     job.mkdir()
     (job / "job.sh").write_text("#!/bin/sh\necho partial > part.txt\nexit \"$1\"\n")
     outcomes = {}
-    for code in (0, 171, 172):
+    for code in (0, 3, 171, 172):
         submit = job / f"job{code}.sub"
-        submit.write_text(f"executable = job.sh\narguments = {code}\nqueue\n")
+        submit.write_text(f"executable = job.sh\narguments = {code}\n+SDVMDescription = \"x\"\n"
+                          "on_exit_hold = ExitCode == 3\n"
+                          "on_exit_hold_reason = \"my own reason\"\nqueue\n")  # fmt: skip
         harness = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={})
         (outcomes[code],) = harness.run(lambda _outcome: None)
     assert (outcomes[0].state, outcomes[0].process_exit_code) == ("exited", 0)
     held = outcomes[171]
     assert (held.state, held.process_exit_code) == ("held", EXIT_HELD)
-    assert held.summary() == "job 1.0: held: sd-batch: the VM stopped without a result"
+    assert held.summary().startswith("job 1.0: held: sd-batch: the job's VM stopped without a "
+                                     "result")  # fmt: skip
     assert (job / "part.txt").read_text() == "partial\n"  # the outputs came back first
+    assert outcomes[3].summary() == "job 1.0: held: my own reason"
     assert (outcomes[172].state, outcomes[172].process_exit_code) == ("idle", EXIT_IDLE)
 
 

@@ -11,7 +11,8 @@ Each scenario but the last has a private site (a fresh state dir, SD_BATCH_CONFI
 the hooks and the runner as separate processes as condor_starter does, as root, so the helper
 runs without sudo and reads that config; libvirtd "down" is a URI whose socket does not exist.
 "Four jobs at once" is four real `sd run` (the slot user, sudo, the real site) in parallel,
-compared before and after. `--quick` skips the kill points but one, and the four jobs.
+compared before and after. `--quick` skips the kill points but one, and the four jobs;
+`--only TEXT` runs the rows naming TEXT.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ GOOD_URI = "qemu:///system"
 SOCKET = Path("/run/libvirt/libvirt-sock")
 ECHO = "#!/bin/sh\necho done > result.txt\ncat input.txt\n"
 SLEEP = "#!/bin/sh\nsleep 600\n"
+SLOW_ECHO = "#!/bin/sh\nsleep 8\necho done > result.txt\n"
+OUTPUT_MIB = 16  # the private sites' output disks ([policy] output_disk_mib): tmpfs-sized
+SCRATCH_TEMPLATE = """#include "minimal.sf"
+sfConfig extends MinimalVM {
+    disks extends DATA {
+        scratch extends Disk { image "scratch.qcow2"; }
+    }
+}
+"""
 SUBMIT = """executable = job.sh
 transfer_input_files = input.txt
 +SDVMDescription = "minimal"
@@ -65,34 +75,51 @@ class Row:
 class Site:
     """A private site: its own state dir and config; jobs are driven hook by hook."""
 
-    def __init__(self, root: Path, *, max_run: int = 300) -> None:
+    def __init__(self, root: Path, *, max_run: int = 300, scratch: bool = False) -> None:
         self.root, self.max_run = root, max_run
         self.state = root / "state"
         self.state.mkdir(parents=True, exist_ok=True)
         self.config = root / "site.toml"
         self.jobs: list[str] = []
+        images, templates = IMAGES, [BUILTIN_TEMPLATE_DIR]
+        if scratch:  # a `scratch` template: minimal plus a copy-on-write disk (an overlay)
+            images, templates = self.scratch_site()
         # the site's URI names its socket through a link: "libvirtd down" removes the link,
         # so every process gets ENOENT as from a stopped daemon, and the URI (the ledger's
         # key) never changes
         self.socket = root / "libvirt-sock"
         self.libvirtd(up=True)
         uri = f"qemu+unix:///system?socket={self.socket}"
+        dirs = ", ".join(f'"{d}"' for d in templates)
         self.config.write_text(
-            f'image_dir = "{IMAGES}"\nstate_dir = "{self.state}"\ndefault_uri = "{uri}"\n'
-            f'template_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n[properties]\n"sd.flavour" = "qemu"\n'
-            f"[policy]\nmax_run_seconds = {self.max_run}\n", encoding="utf-8")  # fmt: skip
+            f'image_dir = "{images}"\nstate_dir = "{self.state}"\ndefault_uri = "{uri}"\n'
+            f'template_dirs = [{dirs}]\n[properties]\n"sd.flavour" = "qemu"\n'
+            f"[policy]\nmax_run_seconds = {self.max_run}\noutput_disk_mib = {OUTPUT_MIB}\n",
+            encoding="utf-8")  # fmt: skip
+
+    def scratch_site(self) -> tuple[Path, list[Path]]:
+        """A private image folder (the minimal guest, hard-linked, and a 64 MiB qcow2 base)
+        and a template folder with scratch.sf."""
+        images, templates = self.root / "images", self.root / "templates"
+        shutil.copytree(IMAGES / "minimal", images / "minimal", copy_function=os.link)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "scratch.qcow2"),
+                        "64M"], check=True)  # fmt: skip
+        templates.mkdir()
+        (templates / "scratch.sf").write_text(SCRATCH_TEMPLATE)
+        return images, [templates, BUILTIN_TEMPLATE_DIR]
 
     def libvirtd(self, *, up: bool) -> None:
         self.socket.unlink(missing_ok=True)
         if up:
             self.socket.symlink_to(SOCKET)
 
-    def job(self, payload: str = ECHO, input_bytes: int = 0) -> Job:
+    def job(self, payload: str = ECHO, input_bytes: int = 0, vm: str = "minimal") -> Job:
         sandbox = Path(tempfile.mkdtemp(prefix="job-", dir=self.root))
         (sandbox / "job.sh").write_text(payload)
         (sandbox / "job.sh").chmod(0o755)
         (sandbox / "input.txt").write_text("hello\n" + "x" * input_bytes)
-        (text,) = job_ad_from_submit(SUBMIT, submit_dir=sandbox, owner="root",
+        (text,) = job_ad_from_submit(SUBMIT.replace('"minimal"', f'"{vm}"'), submit_dir=sandbox,
+                                     owner="root",
                                      schedd_name=f"faults-{os.getpid()}-{len(self.jobs)}@host",
                                      qdate=int(time.time()))  # fmt: skip
         job = Job(self, sandbox, parse_job_ad(text))
@@ -165,15 +192,19 @@ class Job:
         if proc.returncode < 0:
             return f"runner killed by signal {-proc.returncode}"
         exited = f"ExitBySignal = false\nExitCode = {proc.returncode}\n"
-        final = parse_job_ad(self.ad.text + self.updates + exited)
+        # the shadow judges the exit on its own ad (the submitted one, transformed by the
+        # schedd): PREPARE_JOB's updates never reach it
+        final = parse_job_ad(self.ad.text + exited)
         if final.get("OnExitHold") is True:
             return f"held: {final.get('OnExitHoldReason')}"
-        said = (err.strip().splitlines() or [""])[-1]
+        ours = [line for line in err.splitlines() if line.startswith("sd-batch:")]
+        said = ours[0] if ours else (err.strip().splitlines() or [""])[-1]
         if final.get("OnExitRemove") is False:
-            lines = [line for line in err.splitlines() if line.startswith("sd-batch:")]
-            return f"requeued (OnExitRemove false): {lines[0] if lines else said}"
+            return f"requeued (OnExitRemove false): {said}"
         result = self.sandbox / "result.txt"
         kept = " (output ok)" if result.is_file() and result.read_text() == "done\n" else ""
+        if "reconnecting" in err:  # the helper's warning when libvirtd went away mid-wait
+            kept += " (the runner reconnected)"
         return f"exit {proc.returncode}{kept}" + (f": {said}" if proc.returncode else "")
 
     def exit_hook(self, reason: str = "exit") -> str:
@@ -266,6 +297,48 @@ def libvirtd_down(site: Site, step: str) -> str:
     return f"{said}; {left}, {rows} row(s)/file(s) left; {site.reap()}"
 
 
+def stop_libvirtd() -> None:
+    """Stop the real libvirtd (QEMU keeps its VMs running: libvirtd takes them back at start)."""
+    if subprocess.run(["systemctl", "is-active", "--quiet", "libvirtd"], capture_output=True,
+                      check=False).returncode == 0:  # fmt: skip
+        subprocess.run(["systemctl", "stop", "libvirtd.service"], check=True)
+        return
+    pid = int(Path("/run/libvirtd.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    if not wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30):
+        raise RuntimeError(f"libvirtd (pid {pid}) did not stop within 30 s")
+
+
+def start_libvirtd() -> None:
+    """Start libvirtd the project's way: scripts/setup-host starts it when it is not running."""
+    if subprocess.run(["systemctl", "is-enabled", "--quiet", "libvirtd"], capture_output=True,
+                      check=False).returncode == 0:  # fmt: skip
+        subprocess.run(["systemctl", "start", "libvirtd.service"], check=True)
+        return
+    subprocess.run([str(ROOT / "scripts" / "setup-host")], capture_output=True, check=True)
+
+
+def libvirtd_restart(site: Site, step: str) -> str:
+    """The real daemon stops and starts again (~3 s) while a job's VM runs, or under JOB_EXIT."""
+    job = site.job(SLOW_ECHO)
+    said = job.prepare()
+    if step.startswith("runner"):
+        def restart_while_running() -> None:
+            wait_for(lambda: domstate(job.domain) == "running")
+            time.sleep(1.0)
+            stop_libvirtd()
+            start_libvirtd()
+
+        return f"{said}; {job.run(restart_while_running)}; {job.exit_hook()}"
+    said = f"{said}; {job.run()}"
+    stop_libvirtd()
+    starting = threading.Thread(target=start_libvirtd)
+    starting.start()  # JOB_EXIT begins with the daemon away
+    left = job.exit_hook()
+    starting.join()
+    return f"{said}; {left}"
+
+
 def killed(site: Site, step: str) -> str:
     job = site.job()
     if step.startswith("PREPARE_JOB"):
@@ -323,19 +396,50 @@ def crashed(site: Site, _step: str) -> str:
 
 
 def disk_full(site: Site, step: str) -> str:
-    """A 2 MiB tmpfs as the state dir: a 3 MiB input fills it while the input disk is copied;
-    with room to spare but 8 inodes (the ledger's 4, jobs/, the job's folder, input.img), the
-    output disk is the file that cannot be made."""
-    size = "size=2M" if "input" in step else "size=8M,nr_inodes=8"
+    """A small tmpfs as the state dir. Input: 2 MiB, and a 3 MiB input fills it while the input
+    disk is copied. Output: 8 MiB, smaller than the output disk's reservation. Overlay: room
+    for the output disk, but 9 inodes (the tmpfs, the ledger's 4 files, jobs/, the job's
+    folder, input.img, output.img): the scratch disk's overlay is the file that cannot be
+    made. VM running: the output disk's blocks released again (as on a filesystem without
+    fallocate) and the rest of the tmpfs filled, so the guest's result write finds no room."""
+    size = {"PREPARE_JOB input disk": "size=2M", "PREPARE_JOB output disk": "size=8M",
+            "PREPARE_JOB overlay": f"size={OUTPUT_MIB + 8}M,nr_inodes=9"}.get(
+                step, f"size={OUTPUT_MIB + 8}M")  # fmt: skip
     subprocess.run(["mount", "-t", "tmpfs", "-o", size, "sd-faults", str(site.state)],
                    check=True)  # fmt: skip
     try:
-        job = site.job(input_bytes=3 * 1024**2 if "input" in step else 0)
+        running = step.startswith("VM running")
+        job = site.job(SLOW_ECHO if running else ECHO,
+                       input_bytes=3 * 1024**2 if "input" in step else 0,
+                       vm="scratch" if "overlay" in step else "minimal")  # fmt: skip
         said = job.prepare()
+        if running and said == "prepared":
+            output, filler = job.folder / "output.img", site.state / "filler"
+            size = output.stat().st_size
+            subprocess.run(["fallocate", "--punch-hole", "--offset", "4096", "--length",
+                            str(size - 4096), str(output)], check=True)  # fmt: skip
+
+            def fill_when_running() -> None:  # the payload writes its result 8 s after boot
+                wait_for(lambda: domstate(job.domain) == "running")
+                fill(filler)
+
+            said = f"{said}; {job.run(fill_when_running)}"
+            filler.unlink()  # the site frees space; JOB_EXIT (it writes the ledger) cleans up
         return f"{said}; {job.exit_hook()}"
     finally:
         site.leaked = site.leaks()  # type: ignore[attr-defined]
         subprocess.run(["umount", str(site.state)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write PATH until its filesystem has no byte left."""
+    with path.open("wb", buffering=0) as out:
+        for chunk in (bytes(1024**2), bytes(4096)):
+            try:
+                while True:
+                    out.write(chunk)
+            except OSError:
+                pass
 
 
 def exit_twice(site: Site, step: str) -> str:
@@ -395,12 +499,14 @@ SCENARIOS: list[tuple[str, list[str], Callable[[Site, str], str], int]] = [
     ("libvirtd down", ["PREPARE_JOB", "PREPARE_JOB, down after the input copy",
                        "PREPARE_JOB, restarting (down 2 s)", "runner", "JOB_EXIT"],
      libvirtd_down, 300),
+    ("libvirtd restarting", ["runner (VM running)", "JOB_EXIT"], libvirtd_restart, 300),
     ("hook/runner SIGKILL", ["PREPARE_JOB after input copy", "PREPARE_JOB after define",
                              "PREPARE_JOB after define, next run", "runner after start"],
      killed, 300),
     ("VM never powers off", ["runner (max_run_seconds 5)"], never_off, 5),
     ("VM crashes", ["runner (virsh destroy)"], crashed, 300),
-    ("disk full (tmpfs state dir)", ["PREPARE_JOB input disk", "PREPARE_JOB output disk"],
+    ("disk full (tmpfs state dir)", ["PREPARE_JOB input disk", "PREPARE_JOB output disk",
+                                     "PREPARE_JOB overlay", "VM running (result write)"],
      disk_full, 300),
     ("JOB_EXIT twice/early", ["before PREPARE_JOB", "during PREPARE_JOB (input copy)",
                               "twice after run"],
@@ -411,6 +517,8 @@ SCENARIOS: list[tuple[str, list[str], Callable[[Site, str], str], int]] = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one kill point, no four jobs")
+    parser.add_argument("--only", metavar="TEXT", default="",
+                        help="only the rows whose fault or step contains TEXT (e.g. restarting)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (the helper runs without sudo, on private state dirs)")
@@ -423,7 +531,10 @@ def main() -> int:
             for step in steps:
                 if args.quick and fault.startswith("hook") and "define" not in step:
                     continue
-                site = Site(root / f"site-{len(rows)}", max_run=max_run)
+                if args.only not in f"{fault} | {step}":
+                    continue
+                site = Site(root / f"site-{len(rows)}", max_run=max_run,
+                            scratch="overlay" in step)
                 try:
                     outcome = scenario(site, step)
                 except Exception as exc:  # noqa: BLE001 - the matrix reports, never stops
@@ -431,7 +542,7 @@ def main() -> int:
                 domains, files = getattr(site, "leaked", None) or site.leaks()
                 rows.append(Row(fault, step, outcome, domains, files))
                 print_row(rows[-1], first=len(rows) == 1)
-        if not args.quick:
+        if not args.quick and args.only in "four jobs at once":
             rows.append(four_at_once(root))
             print_row(rows[-1], first=False)
     finally:

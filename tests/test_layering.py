@@ -34,8 +34,8 @@ PURE = ("sd_batch/lang/*.py", "sd_batch/spec.py", "sd_batch/spec_values.py",
         "sd_batch/policy.py", "sd_batch/hypervisor_types.py", "sd_batch/condor_syntax.py",
         "sd_batch/ledger_types.py")
 IMPURE_STDLIB = frozenset({"subprocess", "socket"})
-EDGES = frozenset({"sd_batch.hypervisor", "sd_batch.ledger", "sd_batch.ledger_schema",
-                   "sd_batch.staging", "sd_batch.cli"})
+EDGES = frozenset({"sd_batch.hypervisor", "sd_batch.hypervisor_storage", "sd_batch.ledger",
+                   "sd_batch.ledger_schema", "sd_batch.staging", "sd_batch.cli"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,8 @@ disk, site limits are applied to the resolved VM, names are derived from (caller
 so one user can never name, see or touch another user's VM, and every file the VM uses lives in
 a root-owned job folder, never at a path the user chose. Each creation is recorded in the
 ledger first, so a crash is finished by the next cleanup (or the reaper).
-May import: config, deploy, domain_xml, errors, guest.contract, hypervisor_types, job_description,
-jobad, lang, ledger, policy,
-pools, spec, staging, templates.
+May import: config, deploy, domain_xml, errors, guest.contract, hypervisor_types,
+job_description, ledger, policy, pools, spec, staging.
 """
 
 from __future__ import annotations

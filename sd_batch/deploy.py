@@ -27,6 +27,7 @@ from .domain_xml import DiskSource, ExtraDisk, HostFiles, build_domain_xml
 from .domain_xml import Owner as XmlOwner
 from .domain_xml import OwnerKind as XmlOwnerKind
 from .errors import DeployError, DescriptionError, DomainNotFound, SdError, SpecError
+from .hypervisor_types import DiskWriteError
 from .lang import Component, Description
 from .planning import Scheduled, Scheduling, cluster_apart, demand_of, scheduling_of
 from .spec import DiskFormat, KernelBoot, VMSpec, vm_spec
@@ -459,8 +460,8 @@ class Engine:
                 remaining = max(0.0, min(PRESS_AGAIN_SECONDS, deadline - self.clock()))
                 try:
                     hv.wait_shutoff(name, remaining)
-                except DomainNotFound:
-                    continue
+                except (DomainNotFound, DiskWriteError):
+                    continue  # gone, or paused for good by a host disk: destroyed below
                 except SdError:
                     still.append((hv, name))
             pending = still

@@ -1,13 +1,12 @@
 """Sandbox <-> tar streams and disk images: the one package that moves a job's files.
 
 Owns the input tar (the job's sandbox plus the manifest, streamed to the privileged helper:
-`inputs`), the output disk (a sparse raw file starting with the contract's magic) and finding
-the result tar the guest wrote on it (`disk`), and the safe extraction of that untrusted tar
-into the sandbox (`outputs`). The formats are `guest/CONTRACT.md`'s. Nothing here follows a
+`inputs`), the output disk (a raw file, blocks reserved, starting with the contract's magic) and
+finding the result tar the guest wrote on it (`disk`), and the safe extraction of that untrusted
+tar into the sandbox (`outputs`). The formats are `guest/CONTRACT.md`'s. Nothing here follows a
 symlink on the host: directories are walked through descriptors opened with O_NOFOLLOW, and
-special files are never opened. Import the API from here, not from the submodules.
-May import: errors, guest.contract, the standard library.
-"""
+special files are never opened. Import the API from here, not from the submodules. May import:
+errors, guest.contract, the standard library."""
 
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ Owns the input tar (the job's sandbox plus the manifest, streamed to the privile
 finding the result tar the guest wrote on it (`disk`), and the safe extraction of that untrusted
 tar into the sandbox (`outputs`). The formats are `guest/CONTRACT.md`'s. Nothing here follows a
 symlink on the host: directories are walked through descriptors opened with O_NOFOLLOW, and
-special files are never opened. Import the API from here, not from the submodules. May import:
-errors, guest.contract, the standard library."""
+special files are never opened. Import the API from here, not from the submodules.
+May import: errors, guest.contract, the standard library.
+"""
 
 from __future__ import annotations
 

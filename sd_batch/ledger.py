@@ -5,8 +5,10 @@ migrations (`PRAGMA user_version`) are in `ledger_schema`, the values that carry
 `ledger_types` (both re-exported here). Protocol: record a resource (domain, volume, file) as
 `creating` BEFORE creating it, mark it `created` after, forget the row once the thing is gone.
 A row left `creating` by a process that died, or an owner whose process died, is a leftover
-for the next run to finish. Several processes (two hooks on one worker) share the file: WAL
-mode, a busy timeout, and `BEGIN IMMEDIATE` for every write so no two writers deadlock.
+for the next run to finish. A pool being started records a claim per placed VM (its host,
+memory, vCPUs), so that other starts count that room before the VM runs. Several processes
+(two hooks on one worker) share the file: WAL mode, a busy timeout, and `BEGIN IMMEDIATE` for
+every write so no two writers deadlock.
 May import: errors, config, domain_xml (OwnerKind), ledger_schema, ledger_types, sqlite3 and
 the standard library.
 """
@@ -19,7 +21,7 @@ import enum
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +37,14 @@ from .ledger_schema import (
     migrate,
     use_wal,
 )
-from .ledger_types import Move, OwnerExists, OwnerStatus, ResourceKind, ResourceState
+from .ledger_types import Claim, Move, OwnerExists, OwnerStatus, ResourceKind, ResourceState
 
 #: The schema lives in ledger_schema, the process-free values in ledger_types; callers import
 #: them from here too.
 __all__ = [
-    "BOOT_ID_FILE", "LEDGER_FILE", "MIGRATIONS", "SCHEMA_VERSION", "THIS_PROCESS", "Ledger",
-    "Leftovers", "Move", "Owner", "OwnerExists", "OwnerKind", "OwnerStatus", "ProcessRef",
-    "Resource", "ResourceKind", "ResourceState", "current_boot_id", "default_path",
+    "BOOT_ID_FILE", "LEDGER_FILE", "MIGRATIONS", "SCHEMA_VERSION", "THIS_PROCESS", "Claim",
+    "Ledger", "Leftovers", "Move", "Owner", "OwnerExists", "OwnerKind", "OwnerStatus",
+    "ProcessRef", "Resource", "ResourceKind", "ResourceState", "current_boot_id", "default_path",
 ]  # fmt: skip
 
 LEDGER_FILE = "ledger.sqlite3"
@@ -405,6 +407,35 @@ class Ledger:
                 (owner.row_id,),
             ).fetchall()
         return tuple(Move(*row) for row in rows)
+
+    # --- claims ---
+
+    def record_claims(self, owner: Owner, claims: Iterable[Claim]) -> None:
+        """Write down the room OWNER's placed VMs take on their hosts before any of them
+        exists (replacing OWNER's earlier claims), for placements made meanwhile to count."""
+        with self._write("record claims") as db:
+            db.execute("DELETE FROM claim WHERE owner_row = ?", (owner.row_id,))
+            db.executemany(
+                "INSERT INTO claim (owner_row, domain, host_uri, memory_mib, vcpus)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(owner.row_id, c.domain, c.host_uri, c.memory_mib, c.vcpus) for c in claims],
+            )
+
+    def drop_claims(self, owner: Owner) -> None:
+        """OWNER's start is over: its VMs run (libvirt counts them) or are gone."""
+        with self._write("drop claims") as db:
+            db.execute("DELETE FROM claim WHERE owner_row = ?", (owner.row_id,))
+
+    def claims(self) -> tuple[Claim, ...]:
+        """The claims that hold room: those of owners still starting in a live process. A
+        start whose process died (or ran before this boot) holds nothing, as for the reaper."""
+        with self._errors("read claims"):
+            rows = self._db.execute(
+                "SELECT c.domain, c.host_uri, c.memory_mib, c.vcpus, o.pid, o.pid_start,"
+                " o.boot_id FROM claim AS c JOIN owner AS o ON o.row_id = c.owner_row"
+                " WHERE o.status = 'starting' AND o.pid IS NOT NULL ORDER BY c.row_id"
+            ).fetchall()
+        return tuple(Claim(*row[:4]) for row in rows if ProcessRef(*row[4:]).is_alive())
 
     def leftovers(self) -> Leftovers:
         """Owners whose process died (or whose machine rebooted), rows whose creator died."""

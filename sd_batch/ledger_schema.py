@@ -58,6 +58,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX move_by_owner ON move (owner_row);
     """,
+    # 3: the room a starting pool's placed VMs take before they run (concurrent `sd start`s)
+    """
+    CREATE TABLE claim (
+        row_id      INTEGER PRIMARY KEY,
+        owner_row   INTEGER NOT NULL REFERENCES owner (row_id) ON DELETE CASCADE,
+        domain      TEXT NOT NULL,
+        host_uri    TEXT NOT NULL,
+        memory_mib  INTEGER NOT NULL,
+        vcpus       INTEGER NOT NULL,
+        UNIQUE (owner_row, domain)
+    );
+    CREATE INDEX claim_by_owner ON claim (owner_row);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,5 +1,6 @@
 """The ledger's values that carry no process: an owner's status, a resource's kind and state
-(what the ledger's columns may hold), a recorded move, and `OwnerExists`. `ledger` re-exports
+(what the ledger's columns may hold), a recorded move, a pool's claim on a host, and
+`OwnerExists`. `ledger` re-exports
 them all. `ProcessRef` and the rows that hold one (`Owner`, `Resource`, `Leftovers`) stay in
 `ledger`, beside this boot's id, which says whether a recorded process can still be alive.
 Pure: no sqlite, no processes. May import: errors, the standard library.
@@ -47,3 +48,14 @@ class Move:
     to_uri: str | None
     reason: str
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Room a starting pool took on a host for one VM, recorded when it was placed: placement
+    counts it as the host's load until libvirt shows the VM active."""
+
+    domain: str
+    host_uri: str
+    memory_mib: int
+    vcpus: int

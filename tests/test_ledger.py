@@ -18,7 +18,9 @@ from sd_batch.config import SiteConfig
 from sd_batch.domain_xml import OwnerKind
 from sd_batch.errors import LedgerError
 from sd_batch.ledger import (
+    MIGRATIONS,
     SCHEMA_VERSION,
+    Claim,
     Ledger,
     OwnerStatus,
     ProcessRef,
@@ -61,6 +63,14 @@ def _create_then_wait(path: Path, recorded: EventType) -> None:
     ledger.record_intent(owner, ResourceKind.VOLUME, "/overlays/job-14-0.qcow2")
     recorded.set()
     time.sleep(60)  # the parent kills us
+
+
+def _claim_then_die(path: Path) -> None:
+    """An `sd start` killed after placing its VMs, before creating any."""
+    ledger = Ledger.open(path)
+    owner = ledger.register_owner(OwnerKind.POOL, "crashed", URI, new_only=True)
+    ledger.record_claims(owner, [Claim("crashed-vm1", URI, 512, 1)])
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _churn(path: Path, worker: int, count: int) -> None:
@@ -289,3 +299,80 @@ def test_an_owner_that_must_be_new_is_refused_when_it_exists(ledger: Ledger) -> 
     with pytest.raises(ledger_module.OwnerExists, match="pool lab already exists"):
         ledger.register_owner(OwnerKind.POOL, "lab", "test:///default", new_only=True)
     assert ledger.owners() == (first,)
+
+
+# --- claims: the room of VMs placed, not yet running ---
+
+
+def test_a_starting_pool_claims_room_until_its_start_is_over(ledger: Ledger, path: Path) -> None:
+    owner = ledger.register_owner(OwnerKind.POOL, "lab", URI, new_only=True)
+    claims = [Claim("lab-v1", URI, 384, 1), Claim("lab-v2", "test:///other", 768, 2)]
+    ledger.record_claims(owner, claims)
+    with Ledger.open(path) as other:  # what another `sd start` sees while placing
+        assert other.claims() == tuple(claims)
+    ledger.record_claims(owner, claims[:1])  # placed again: replaced, never doubled
+    assert ledger.claims() == tuple(claims[:1])
+    ledger.set_status(owner, OwnerStatus.ACTIVE, pid=None)
+    assert ledger.claims() == ()  # running now: libvirt counts its VMs
+    ledger.drop_claims(owner)
+    ledger.forget_owner(owner)
+
+
+def test_claims_go_with_their_owner(ledger: Ledger) -> None:
+    owner = ledger.register_owner(OwnerKind.POOL, "lab", URI)
+    ledger.record_claims(owner, [Claim("lab-v1", URI, 384, 1)])
+    ledger.forget_owner(owner)  # a rolled-back start
+    assert ledger.claims() == ()
+    again = ledger.register_owner(OwnerKind.POOL, "lab", URI)  # may reuse the row id
+    assert ledger.claims() == ()
+    ledger.forget_owner(again)
+
+
+def test_the_claims_of_a_killed_start_hold_no_room(path: Path) -> None:
+    Ledger.open(path).close()
+    child = SPAWN.Process(target=_claim_then_die, args=(path,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    with Ledger.open(path) as ledger:
+        assert ledger.claims() == ()
+        [crashed] = ledger.leftovers().owners  # the reaper's view agrees: it is a leftover
+        assert crashed.owner_id == "crashed"
+
+
+def test_a_ledger_of_schema_2_is_upgraded_and_keeps_its_rows(path: Path) -> None:
+    """A ledger written before claims existed: its owners, resources and moves stay."""
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 2")
+    db.execute(
+        "INSERT INTO owner (kind, owner_id, host_uri, description, status, created_at,"
+        " updated_at, pid, pid_start, boot_id) VALUES ('pool', 'old', ?, 'old.sf', 'active',"
+        " 1.0, 1.0, NULL, NULL, ?)",
+        (URI, ledger_module.current_boot_id()),
+    )
+    db.execute(
+        "INSERT INTO resource (owner_row, kind, name, host_uri, state, created_at, pid,"
+        " pid_start, boot_id) VALUES (1, 'domain', 'old-vm1', ?, 'created', 1.0, 1, NULL, '')",
+        (URI,),
+    )
+    db.execute("INSERT INTO move (owner_row, domain, from_uri, to_uri, reason, at)"
+               " VALUES (1, 'old-vm1', 'test:///a', ?, 'host a died', 2.0)", (URI,))  # fmt: skip
+    db.commit()
+    db.close()
+    assert SCHEMA_VERSION >= 3  # claims came with 3
+    with Ledger.open(path) as ledger:
+        [owner] = ledger.owners()
+        assert (owner.owner_id, owner.status, owner.description) == (
+            "old", OwnerStatus.ACTIVE, "old.sf")
+        assert [r.name for r in ledger.resources(owner)] == ["old-vm1"]
+        assert [m.reason for m in ledger.moves(owner)] == ["host a died"]
+        assert ledger.claims() == ()
+        starting = ledger.register_owner(OwnerKind.POOL, "new", URI, new_only=True)
+        ledger.record_claims(starting, [Claim("new-vm1", URI, 256, 1)])
+        assert ledger.claims() == (Claim("new-vm1", URI, 256, 1),)
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    check.close()

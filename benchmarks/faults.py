@@ -297,10 +297,17 @@ def libvirtd_down(site: Site, step: str) -> str:
     return f"{said}; {left}, {rows} row(s)/file(s) left; {site.reap()}"
 
 
+def systemd_runs(question: str) -> bool:
+    """Whether systemd manages libvirtd here (`systemctl is-active`/`is-enabled`)."""
+    if shutil.which("systemctl") is None:
+        return False
+    return subprocess.run(["systemctl", question, "--quiet", "libvirtd"], capture_output=True,
+                          check=False).returncode == 0  # fmt: skip
+
+
 def stop_libvirtd() -> None:
     """Stop the real libvirtd (QEMU keeps its VMs running: libvirtd takes them back at start)."""
-    if subprocess.run(["systemctl", "is-active", "--quiet", "libvirtd"], capture_output=True,
-                      check=False).returncode == 0:  # fmt: skip
+    if systemd_runs("is-active"):
         subprocess.run(["systemctl", "stop", "libvirtd.service"], check=True)
         return
     pid = int(Path("/run/libvirtd.pid").read_text())
@@ -311,8 +318,7 @@ def stop_libvirtd() -> None:
 
 def start_libvirtd() -> None:
     """Start libvirtd the project's way: scripts/setup-host starts it when it is not running."""
-    if subprocess.run(["systemctl", "is-enabled", "--quiet", "libvirtd"], capture_output=True,
-                      check=False).returncode == 0:  # fmt: skip
+    if systemd_runs("is-enabled"):
         subprocess.run(["systemctl", "start", "libvirtd.service"], check=True)
         return
     subprocess.run([str(ROOT / "scripts" / "setup-host")], capture_output=True, check=True)

@@ -422,9 +422,14 @@ class Ledger:
             )
 
     def drop_claims(self, owner: Owner) -> None:
-        """OWNER's start is over: its VMs run (libvirt counts them) or are gone."""
+        """OWNER's start is over: its VMs run (libvirt counts them) or are gone. Safe once
+        OWNER is forgotten: a new owner given its row id (another created_at) keeps its own."""
         with self._write("drop claims") as db:
-            db.execute("DELETE FROM claim WHERE owner_row = ?", (owner.row_id,))
+            db.execute(
+                "DELETE FROM claim WHERE owner_row IN"
+                " (SELECT row_id FROM owner WHERE row_id = ? AND created_at = ?)",
+                (owner.row_id, owner.created_at),
+            )
 
     def claims(self) -> tuple[Claim, ...]:
         """The claims that hold room: those of owners still starting in a live process. A

@@ -323,8 +323,12 @@ def test_claims_go_with_their_owner(ledger: Ledger) -> None:
     ledger.record_claims(owner, [Claim("lab-v1", URI, 384, 1)])
     ledger.forget_owner(owner)  # a rolled-back start
     assert ledger.claims() == ()
-    again = ledger.register_owner(OwnerKind.POOL, "lab", URI)  # may reuse the row id
-    assert ledger.claims() == ()
+    again = ledger.register_owner(OwnerKind.POOL, "lab", URI)
+    assert again.row_id == owner.row_id and ledger.claims() == ()  # sqlite reuses the row id
+    ledger.record_claims(again, [Claim("lab-v1", URI, 384, 1)])
+    ledger.drop_claims(owner)  # the first start, late: the new owner keeps its claim
+    assert ledger.claims() == (Claim("lab-v1", URI, 384, 1),)
+    ledger.drop_claims(again)
     ledger.forget_owner(again)
 
 

@@ -13,8 +13,11 @@ An inventory is TOML, so admins can try strategies on a site that does not exist
     used_memory = "16G"      # optional: what already runs there (used_vcpus, used_disk, vms)
 
 A Scheduler's `hosts` entries are names, URIs, or globs of names (`"rack1-*"`), matched
-against the inventory, or against the site config's [hosts] for live hosts.
-May import: errors, config, placement, spec (sizes), hypervisor (types, through connect).
+against the inventory, or against the site config's [hosts] for live hosts. A live host's
+load is what libvirt runs there, plus the claims (the ledger's, handed in by the caller) of
+VMs placed there by starts still under way that libvirt does not show active yet.
+May import: errors, config, placement, spec (sizes), hypervisor (types, through connect),
+ledger_types (Claim).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .spec import parse_size_bytes
 if TYPE_CHECKING:
     from .config import SiteConfig
     from .hypervisor import HypervisorAPI
+    from .ledger_types import Claim
 
 _KEYS = ("name", "count", "uri", "memory", "vcpus", "disk", "tags", "used_memory", "used_vcpus",
          "used_disk", "vms")  # fmt: skip
@@ -173,15 +177,24 @@ def site_host_names(written: Iterable[str], config: SiteConfig) -> list[tuple[st
 
 
 def live_host(
-    name: str, uri: str, hv: HypervisorAPI, config: SiteConfig, groups: tuple[str, ...] = ()
-) -> HostState:
-    """A host as its hypervisor reports it: CPUs and memory, and the active domains' load."""
+    name: str, uri: str, hv: HypervisorAPI, config: SiteConfig, groups: tuple[str, ...] = (),
+    claims: Sequence[Claim] = (),
+) -> HostState:  # fmt: skip
+    """A host as its hypervisor reports it: CPUs and memory, and the active domains' load,
+    plus the CLAIMS on it whose VM is not active yet (placed, not yet running)."""
     capacity = hv.host_capacity()
+    pending: list[Claim] = []
+    if claims:  # read before the load: a VM starting in between counts twice, never not at all
+        active = {d.name for d in hv.list_domains() if not d.state.is_off}
+        pending = [c for c in claims if c.domain not in active]
     load = hv.host_load()
     tags = config.host_tags.get(name) or config.host_tags.get(uri) or frozenset()
-    return HostState(name=name, uri=uri, memory_mib=capacity.memory_mib, vcpus=capacity.cpus,
-                     tags=tags, used_memory_mib=load.memory_mib, used_vcpus=load.vcpus,
-                     vms=load.domains, groups=groups)  # fmt: skip
+    return HostState(
+        name=name, uri=uri, memory_mib=capacity.memory_mib, vcpus=capacity.cpus, tags=tags,
+        used_memory_mib=load.memory_mib + sum(c.memory_mib for c in pending),
+        used_vcpus=load.vcpus + sum(c.vcpus for c in pending),
+        vms=load.domains + len(pending), groups=groups,
+    )  # fmt: skip
 
 
 def live_hosts(
@@ -191,16 +204,19 @@ def live_hosts(
     *,
     skip: Iterable[str] = (),
     groups: Mapping[str, tuple[str, ...]] | None = None,
+    claims: Mapping[str, Sequence[Claim]] | None = None,
 ) -> tuple[list[HostState], list[Unreachable]]:
-    """A Scheduler's hosts, read live. A host that does not answer is left out and reported:
-    one host down must not stop a site from placing on the others."""
+    """A Scheduler's hosts, read live (with CLAIMS, by host URI, counted as load). A host that
+    does not answer is left out and reported: one host down must not stop a site from placing
+    on the others."""
     hosts, unreachable = [], []
     skipped = set(skip)
     for name, uri in site_host_names(written, config):
         if uri in skipped:
             continue
         try:
-            hosts.append(live_host(name, uri, connect(uri), config, (groups or {}).get(uri, ())))
+            hosts.append(live_host(name, uri, connect(uri), config, (groups or {}).get(uri, ()),
+                                   (claims or {}).get(uri, ())))  # fmt: skip
         except SdError as exc:
             unreachable.append(Unreachable(name, uri, exc.message))
     return hosts, unreachable

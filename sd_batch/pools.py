@@ -7,30 +7,41 @@ half-made is cleaned up first. A description with a Scheduler has its VMs placed
 the hosts its Scheduler names, their capacity and load read live) and each VM created on its
 own host; the pool is still one owner, registered on HOST, and its rollback and teardown reach
 every host.
+Starts run at once safely (processes, and `sd web`'s threads): placing holds the site's
+placing lock (`placing_lock`) from reading the hosts' load until the placed VMs are claimed in
+the ledger, and placement counts the claims of other starts still under way as load.
 May import: config, deploy, errors, inventory, lang, ledger, planning, placement, hypervisor.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import SiteConfig
 from .deploy import Engine, Progress, SitePaths, Step, plan
-from .errors import DeployError, DomainNotFound, SdError, UsageError
+from .errors import DeployError, DomainNotFound, LedgerError, SdError, UsageError
 from .lang import load_file
 
 if TYPE_CHECKING:
     from .hypervisor import HypervisorAPI
     from .inventory import Unreachable
-    from .ledger import Ledger, Owner
+    from .ledger import Claim, Ledger, Owner
     from .placement import Demand, HostState, Placement
     from .planning import SchedulerSpec
 
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+#: The site's placing lock, next to the ledger in the state folder.
+PLACING_LOCK = "placing.lock"
+#: How long a start waits for another one to finish placing (reading hosts, claiming room).
+PLACING_WAIT_SECONDS = 60.0
 
 
 class Connections:
@@ -100,19 +111,63 @@ class StartResult:
     placed: tuple[tuple[str, str], ...] = ()
 
 
+@contextlib.contextmanager
+def placing_lock(config: SiteConfig, *, wait: float | None = None) -> Iterator[None]:
+    """Hold the site's placing lock (an exclusive flock: one holder among processes and
+    threads alike); give up with a clear error after WAIT seconds (default
+    PLACING_WAIT_SECONDS) of another start holding it."""
+    wait = PLACING_WAIT_SECONDS if wait is None else wait
+    path = config.state_dir / PLACING_LOCK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DeployError(f"cannot open the placing lock {path}: {exc.strerror}",
+                          hint="check the state folder (state_dir in the site config) is "
+                               "writable by this user") from exc  # fmt: skip
+    try:
+        deadline, pause = time.monotonic() + wait, 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DeployError(
+                        f"another sd start has been placing VMs on this site for more than "
+                        f"{wait:g} s (it holds {path}); nothing was started",
+                        hint="it may wait on a host that does not answer: try again later",
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def claims_of(step: Step) -> list[Claim]:
+    """The room each VM of STEP takes on its host, as libvirt will count it once it runs."""
+    from .ledger import Claim
+
+    return [Claim(vm.domain, vm.uri, vm.spec.memory_mib, vm.spec.vcpus) for vm in step.vms()]
+
+
 def place_plan(
-    step: Step, config: SiteConfig, connections: Connections, progress: Progress
-) -> Step:
+    step: Step, config: SiteConfig, connections: Connections, progress: Progress,
+    claims: Sequence[Claim] = (),
+) -> Step:  # fmt: skip
     """STEP with each scheduled VM on the host its Scheduler chose, from the hosts' live
-    capacity and load; hosts that do not answer are left out (and said so)."""
+    capacity and load, and the CLAIMS of other starts counted as load; hosts that do not
+    answer are left out (and said so)."""
     from .inventory import live_hosts
     from .planning import schedule
 
     if all(vm.placement is None for vm in step.vms()):
         return step
+    by_uri = _by_host(claims)
 
     def hosts_for(spec: SchedulerSpec) -> list[HostState]:
-        hosts, unreachable = live_hosts(spec.hosts, config, connections)
+        hosts, unreachable = live_hosts(spec.hosts, config, connections, claims=by_uri)
         for host in unreachable:
             progress(f"{spec.path}: left out host {host.name}: {host.reason}")
         return hosts
@@ -123,6 +178,27 @@ def place_plan(
         progress(f"{spec.path} ({spec.strategy}) placed {count} VM{'s' * (count != 1)} on "
                  f"{placement.hosts_used()} of {len(placement.hosts)} hosts")  # fmt: skip
     return scheduled.step
+
+
+def _by_host(claims: Sequence[Claim]) -> dict[str, list[Claim]]:
+    by_uri: dict[str, list[Claim]] = {}
+    for claim in claims:
+        by_uri.setdefault(claim.host_uri, []).append(claim)
+    return by_uri
+
+
+def _site_claims(config: SiteConfig) -> Sequence[Claim]:
+    """The claims of starts under way, for a plan: none where the ledger cannot be read (a
+    plan is advice; `sd start` reads them under the placing lock, and fails if it cannot)."""
+    from .ledger import Ledger, default_path
+
+    if not default_path(config).exists():
+        return ()
+    try:
+        with Ledger.for_site(config) as ledger:
+            return ledger.claims()
+    except LedgerError:
+        return ()
 
 
 def start_pool(
@@ -148,7 +224,7 @@ def start_pool(
         include_dirs=[*include_dirs, *config.include_dirs, *config.template_dirs],
         properties=props,
     )
-    step = place_plan(plan(description, name, uri), config, connections, progress)
+    step = plan(description, name, uri)
     with Ledger.for_site(config) as ledger:
         engine = _engine(config, ledger, connections, progress)
         existing = ledger.owner(OwnerKind.POOL, name, uri)
@@ -160,18 +236,29 @@ def start_pool(
                 )
             progress(f"cleaning up what an interrupted run of pool {name} left")
             engine.teardown(existing, graceful=False)
+        held: list[str] = []  # said once the lock is free: a slow reader must not hold it
         try:
-            owner = ledger.register_owner(OwnerKind.POOL, name, uri, description=str(file),
-                                          new_only=True)
-        except OwnerExists:
-            raise DeployError(
-                f"pool {name} already exists on {uri} (another `sd start` is creating it)",
-                hint=f"wait for it, or sd terminate {host} {name}",
-            ) from None
+            with placing_lock(config):  # read load, place, claim: one start at a time
+                step = place_plan(step, config, connections, held.append, ledger.claims())
+                try:
+                    owner = ledger.register_owner(OwnerKind.POOL, name, uri,
+                                                  description=str(file), new_only=True)
+                except OwnerExists:
+                    raise DeployError(
+                        f"pool {name} already exists on {uri} (another `sd start` is creating "
+                        "it)", hint=f"wait for it, or sd terminate {host} {name}",
+                    ) from None  # fmt: skip
+                ledger.record_claims(owner, claims_of(step))
+        finally:
+            for line in held:
+                progress(line)
         vms = tuple(vm.domain for vm in step.vms())
         progress(f"starting pool {name} on {uri}: {len(vms)} VM{'s' * (len(vms) != 1)}")
-        engine.start(owner, step)
-        ledger.set_status(owner, OwnerStatus.ACTIVE, pid=None)
+        try:
+            engine.start(owner, step)
+            ledger.set_status(owner, OwnerStatus.ACTIVE, pid=None)
+        finally:
+            ledger.drop_claims(owner)  # its VMs run (libvirt counts them), or are gone
     placed = tuple((vm.domain, vm.uri) for vm in step.vms() if vm.placement is not None)
     return StartResult(name, uri, vms, placed)
 
@@ -201,7 +288,7 @@ def plan_pool(
     connections: Connections = SHARED_CONNECTIONS,
 ) -> DryRun:
     """Place FILE's VMs as `sd start` would, creating nothing: on the hosts of INVENTORY
-    (a TOML file of hosts on paper), or on the site's live hosts."""
+    (a TOML file of hosts on paper), or on the site's live hosts (with other starts' claims)."""
     from .inventory import live_hosts, load_inventory, select
     from .planning import schedule
 
@@ -214,11 +301,12 @@ def plan_pool(
     step = plan(description, name, config.default_uri)
     paper = load_inventory(inventory) if inventory is not None else None
     unreachable: list[Unreachable] = []
+    claims = _by_host(_site_claims(config)) if paper is None else {}
 
     def hosts_for(spec: SchedulerSpec) -> list[HostState]:
         if paper is not None:
             return select(spec.hosts, paper, str(inventory))
-        hosts, missing = live_hosts(spec.hosts, config, connections)
+        hosts, missing = live_hosts(spec.hosts, config, connections, claims=claims)
         unreachable.extend(missing)
         return hosts
 

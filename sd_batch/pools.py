@@ -164,7 +164,7 @@ def place_plan(
 
     if all(vm.placement is None for vm in step.vms()):
         return step
-    by_uri = _by_host(claims)
+    by_uri = claims_by_host(claims)
 
     def hosts_for(spec: SchedulerSpec) -> list[HostState]:
         hosts, unreachable = live_hosts(spec.hosts, config, connections, claims=by_uri)
@@ -180,7 +180,8 @@ def place_plan(
     return scheduled.step
 
 
-def _by_host(claims: Sequence[Claim]) -> dict[str, list[Claim]]:
+def claims_by_host(claims: Sequence[Claim]) -> dict[str, list[Claim]]:
+    """CLAIMS grouped by host URI, as `inventory.live_hosts` takes them."""
     by_uri: dict[str, list[Claim]] = {}
     for claim in claims:
         by_uri.setdefault(claim.host_uri, []).append(claim)
@@ -301,7 +302,7 @@ def plan_pool(
     step = plan(description, name, config.default_uri)
     paper = load_inventory(inventory) if inventory is not None else None
     unreachable: list[Unreachable] = []
-    claims = _by_host(_site_claims(config)) if paper is None else {}
+    claims = claims_by_host(_site_claims(config)) if paper is None else {}
 
     def hosts_for(spec: SchedulerSpec) -> list[HostState]:
         if paper is not None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from .deploy import Engine, Progress, VMPlan, plan
 from .errors import DeployError, SdError
 from .inventory import live_hosts
-from .placement import place
+from .placement import Placement, place
 from .placement_strategies import strategy_named
 from .planning import SchedulerSpec, placement_groups
 
@@ -128,17 +128,33 @@ class Watcher:
             self._move(spec, vms, uri, reason)
 
     def _move(self, spec: SchedulerSpec, vms: list[VMPlan], uri: str, reason: str) -> None:
-        """Place VMS again (without the failed hosts) and start each where it lands."""
+        """Place VMS again (without the failed hosts) and start each where it lands.
+
+        Under the site's placing lock, counting the claims of `sd start`s under way, as a
+        start does: a move and a start never take the same room. The lock is held until the
+        moved VMs run (libvirt then counts them), which is quick: nothing waits for a boot."""
+        from .pools import claims_by_host, placing_lock
+
         groups: dict[str, tuple[str, ...]] = {}
         for vm in self.vms.values():
             if vm.placement is not None and vm.placement.scheduler == spec and vm.uri != uri:
                 groups[vm.uri] = (*groups.get(vm.uri, ()), *placement_groups(vm.placement.demand))
-        hosts, _unreachable = live_hosts(spec.hosts, self.config, self.connections,
-                                         skip={uri, *self.failed}, groups=groups)  # fmt: skip
-        demands = [vm.placement.demand for vm in vms if vm.placement is not None]
-        placement = place(hosts, demands, strategy_named(spec.strategy, spec.weights),
-                          spec.policy(self.config.placement), seed=spec.seed)  # fmt: skip
-        uri_of = {h.name: h.uri for h in hosts}
+        try:
+            with placing_lock(self.config):
+                claims = claims_by_host(self.ledger.claims())
+                hosts, _unreachable = live_hosts(spec.hosts, self.config, self.connections,
+                                                 skip={uri, *self.failed}, groups=groups,
+                                                 claims=claims)  # fmt: skip
+                demands = [vm.placement.demand for vm in vms if vm.placement is not None]
+                placement = place(hosts, demands, strategy_named(spec.strategy, spec.weights),
+                                  spec.policy(self.config.placement), seed=spec.seed)  # fmt: skip
+                self._start_moved(vms, placement, {h.name: h.uri for h in hosts}, uri, reason)
+        except SdError as exc:  # the lock stayed busy: the next missed ping tries again
+            self.failed.discard(uri)
+            self.progress(f"could not move the VMs off {uri} yet: {exc}")
+
+    def _start_moved(self, vms: list[VMPlan], placement: Placement, uri_of: Mapping[str, str],
+                     uri: str, reason: str) -> None:  # fmt: skip
         why_not = {name: u.reason for u in placement.unplaced for name in u.names}
         for vm in vms:
             host = placement.host_of(vm.domain)

@@ -353,6 +353,40 @@ def test_vms_with_nowhere_to_go_are_recorded_as_such(site: Site) -> None:
         conns.close()
 
 
+def test_a_move_waits_for_the_placing_lock_and_moves_at_a_later_ping(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move places under the same lock as `sd start` (and counts its claims): while a start
+    holds it, the VMs stay where they are, and the next missed ping moves them."""
+    import sd_batch.pools
+
+    monkeypatch.setattr(sd_batch.pools, "PLACING_WAIT_SECONDS", 0.05)
+    config, conns = load_config(site.root / "site.toml"), Connections()
+    try:
+        result = start_pool(config, "n4", "ha", Path(site.write(description(HA, vms(1)))),
+                            connections=conns)  # fmt: skip
+        [(domain, uri)] = result.placed
+        host_file = Path(uri.removeprefix("test://"))
+        saved = host_file.read_text()
+        conns.forget(uri)
+        host_file.unlink()
+        lines: list[str] = []
+        with sd_batch.pools.placing_lock(config):  # a start is placing meanwhile
+            watcher = watch_pool(config, "n4", "ha", connections=conns, progress=lines.append,
+                                 sleep=lambda _s: None, rounds=2)  # fmt: skip
+        assert watcher.vms[domain].uri == uri  # not moved while the lock was held
+        assert lines[-1].startswith(f"could not move the VMs off {uri} yet: another sd start "
+                                    "has been placing VMs on this site for more than 0.05 s")
+        watcher = watch_pool(config, "n4", "ha", connections=conns, progress=lines.append,
+                             sleep=lambda _s: None, rounds=2)  # fmt: skip
+        assert watcher.vms[domain].uri != uri
+        assert lines[-1].startswith(f"moved {domain} from {uri} to ")
+        host_file.write_text(saved)
+        terminate_pool(config, "n4", "ha", grace_seconds=0, connections=conns)
+    finally:
+        conns.close()
+
+
 def test_watching_stops_when_the_pool_is_being_terminated(site: Site) -> None:
     config, conns = load_config(site.root / "site.toml"), Connections()
     try:

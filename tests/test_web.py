@@ -2,7 +2,9 @@
 
 Pools start on libvirt's test driver: each test's site (tmp site.toml) has, as `localhost`, a
 private `test:///TMP/host.xml`, shared in-process (`pools.SHARED_CONNECTIONS`) so `sd status`
-sees what the web form started. Real resolver, real site policy, real ledger.
+sees what the web form started. Real resolver, real site policy, real ledger. A start runs in
+the background: tests follow `/api/pools/NAME` until it is no longer "starting"; a slow start
+is the real `start_pool` behind a gate (a threading.Event) the test opens.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ import io
 import json
 import os
 import re
+import socket
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +34,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from sd_batch.cli import Environment, main  # noqa: E402
 from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
 from sd_batch.errors import ConfigError  # noqa: E402
-from sd_batch.pools import SHARED_CONNECTIONS  # noqa: E402
+from sd_batch.pools import SHARED_CONNECTIONS, start_pool  # noqa: E402
 from sd_batch.web.access import Access, hash_password, verify_password  # noqa: E402
 from sd_batch.web.app import WebSite, create_app  # noqa: E402
 
@@ -45,17 +51,43 @@ sfConfig extends MinimalVM { role TBD; }
 
 
 @dataclass
+class Gate:
+    """The real `start_pool`, once the test opens the gate: a start as slow as the test wants."""
+
+    opened: threading.Event = field(default_factory=threading.Event)
+
+    def start_pool(self, *args: Any, **kwargs: Any) -> object:
+        assert self.opened.wait(30), "the test never opened the gate"
+        return start_pool(*args, **kwargs)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """A gate for a site's starts (`WebSiteDir.site(gate=...)`), opened when the test ends."""
+    made = Gate()
+    yield made
+    made.opened.set()  # a failed test must not leave a start waiting
+
+
+@dataclass
 class WebSiteDir:
     root: Path
     uri: str
     environ: dict[str, str]
 
-    def site(self, access: Access | None = None) -> WebSite:
+    def site(self, access: Access | None = None, gate: Gate | None = None) -> WebSite:
         return WebSite(load_config(self.root / "site.toml"), access or Access(local_user="alice"),
-                       grace_seconds=0)  # fmt: skip
+                       grace_seconds=0,
+                       start_pool=gate.start_pool if gate is not None else start_pool)  # fmt: skip
 
     def client(self, access: Access | None = None) -> TestClient:
         return TestClient(create_app(self.site(access)), follow_redirects=False)
+
+    def clients(self, site: WebSite, *users: str) -> list[TestClient]:
+        """One app for SITE, a client per user (named by a trusted proxy's header)."""
+        app = create_app(site)
+        return [TestClient(app, follow_redirects=False, headers={"X-Remote-User": user})
+                for user in users]  # fmt: skip
 
     def sd(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -107,6 +139,34 @@ def error_by(html: str, path: str) -> str:
     match = re.search(r'<div class="field invalid" data-path="' + re.escape(path) +
                       r'">.*?<p class="error"[^>]*>([^<]*)</p>', html, re.S)  # fmt: skip
     return match[1] if match else ""
+
+
+def serve(app: Any) -> tuple[Any, int, threading.Thread]:
+    """Serve APP with uvicorn on a free port of 127.0.0.1 from a thread: (server, port, the
+    thread). Set `server.should_exit` to stop it."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    return server, port, thread
+
+
+def until_started(client: TestClient, name: str, seconds: float = 15) -> dict[str, Any]:
+    """Pool NAME's JSON once its start has ended (it runs in the background)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        report: dict[str, Any] = client.get(f"/api/pools/{name}").json()
+        if report.get("status") != "starting" or time.monotonic() > deadline:
+            return report
+        time.sleep(0.05)
 
 
 QA = {"pool": "qa", "sfConfig:head:memory": "384", "sfConfig:head:vcpus": "1",
@@ -235,9 +295,11 @@ def test_a_pool_previews_its_placement_starts_shows_status_and_terminates(web: W
 
     started = client.post("/templates/qa-testbed/start", data={**QA, "csrf": token})
     assert (started.status_code, started.headers["location"]) == (303, "/pools/qa")
+    report = until_started(client, "qa")
+    assert report["status"] == "active"
     page = client.get("/pools/qa")
     assert page.status_code == 200 and 'data-poll="/api/pools/qa"' in page.text
-    report = client.get("/api/pools/qa").json()
+    assert 'id="terminate"' in page.text
     assert [(vm["name"], vm["host"], vm["state"]) for vm in report["vms"]] == [
         ("qa-head", "localhost", "running"), ("qa-worker1", "localhost", "running"),
         ("qa-worker2", "localhost", "running")]  # fmt: skip
@@ -267,6 +329,7 @@ def test_a_pool_terminated_elsewhere_is_gone_from_the_page(web: WebSiteDir) -> N
     token = csrf_of(client.get("/templates/pool").text)
     assert client.post("/templates/pool/start", data={"csrf": token, "pool": "p1"}
                        ).status_code == 303  # fmt: skip
+    assert until_started(client, "p1")["status"] == "active"
     assert web.sd("terminate", "localhost", "p1", "--grace", "0")[0] == 0
     page = client.get("/pools/p1")
     assert page.status_code == 404 and "pool p1 is gone (terminated)" in page.text
@@ -292,6 +355,7 @@ def test_another_users_pool_cannot_be_seen_or_terminated(web: WebSiteDir) -> Non
     token = csrf_of(alice.get("/templates/pool").text)
     assert alice.post("/templates/pool/start", data={"csrf": token, "pool": "mine"}
                       ).status_code == 303  # fmt: skip
+    assert until_started(alice, "mine")["status"] == "active"
     bob_token = csrf_of(bob.get("/templates/pool").text)
     assert bob.get("/pools/mine").status_code == 404
     assert bob.get("/api/pools/mine").json() == {

@@ -1,19 +1,17 @@
 """`sd web` in a real headless Chromium (Debian's chromium + chromium-driver, Selenium).
 
 The qa-testbed form with one wrong value (its error shown by the field), fixed, previewed,
-started on libvirt's test driver, watched until running (the page polls the JSON endpoint),
-terminated; `sd status` agrees at each step. Served on 127.0.0.1 only, from a thread of this
-process (the test driver's host lives in this process's shared connection). Screenshots go
-to the test's tmp folder.
+started on libvirt's test driver (in the background: the page says "starting" while the start
+waits on a gate the test then opens), watched until running (the page polls the JSON
+endpoint), terminated; `sd status` agrees at each step. Served on 127.0.0.1 only, from a
+thread of this process (the test driver's host lives in this process's shared connection).
+Screenshots go to the test's tmp folder.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,18 +23,22 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 pytest.importorskip("selenium", reason="selenium is not installed (test extra)")
-uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
+pytest.importorskip("uvicorn", reason="the web extra is not installed")
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from test_web import Gate, gate, serve  # noqa: E402
 
 from sd_batch.cli import Environment, main  # noqa: E402
 from sd_batch.config import load_config  # noqa: E402
 from sd_batch.pools import SHARED_CONNECTIONS  # noqa: E402
 from sd_batch.web.access import Access  # noqa: E402
 from sd_batch.web.app import WebSite, create_app  # noqa: E402
+
+__all__ = ["gate"]  # the fixture, shared with test_web
 
 HOST_XML = """<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
@@ -46,15 +48,10 @@ HOST_XML = """<node>
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """(base URL, environment for `sd`) of a site served on 127.0.0.1 from this process."""
+def served(tmp_path: Path, gate: Gate) -> Iterator[tuple[str, dict[str, str]]]:
+    """(base URL, environment for `sd`) of a site served on 127.0.0.1 from this process,
+    whose pool starts wait for GATE."""
     images = tmp_path / "images" / "minimal"
     images.mkdir(parents=True)
     (images / "vmlinux").write_bytes(b"kernel")
@@ -68,18 +65,11 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         encoding="utf-8",
     )
     site = WebSite(load_config(tmp_path / "site.toml"), Access(local_user="tester"),
-                   grace_seconds=0)  # fmt: skip
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(site), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
+                   grace_seconds=0, start_pool=gate.start_pool)  # fmt: skip
+    server, port, thread = serve(create_app(site))
     environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
     yield f"http://127.0.0.1:{port}", environ
+    gate.opened.set()  # a failed test must not leave the server waiting for a start at shutdown
     server.should_exit = True
     thread.join(10)
     hv = SHARED_CONNECTIONS._open.pop(f"test://{host_file}", None)
@@ -117,7 +107,10 @@ def sd_status(environ: dict[str, str], *argv: str) -> str:
 
 
 def test_fill_the_qa_testbed_form_start_watch_and_terminate_it(
-    served: tuple[str, dict[str, str]], browser: webdriver.Chrome, tmp_path: Path
+    served: tuple[str, dict[str, str]],
+    browser: webdriver.Chrome,
+    gate: Gate,
+    tmp_path: Path,
 ) -> None:
     base, environ = served
     shots = tmp_path / "screenshots"
@@ -152,18 +145,28 @@ def test_fill_the_qa_testbed_form_start_watch_and_terminate_it(
     assert sd_status(environ) == "no pools or jobs\n"  # nothing runs before the button
 
     browser.find_element(By.ID, "start").click()
+    assert browser.find_element(By.ID, "pool-status").text == "starting"
+    note = browser.find_element(By.ID, "starting").text
+    assert note.endswith("You can terminate the pool once it is up.")
     table = browser.find_element(By.ID, "vms")
     WebDriverWait(browser, 15).until(lambda _d: int(table.get_attribute("data-polled") or 0) >= 1)
-    states = WebDriverWait(browser, 15).until(
+    assert browser.find_element(By.ID, "pool-status").text == "starting"  # polled, still so
+    assert not browser.find_elements(By.ID, "terminate")
+    browser.save_screenshot(str(shots / "4-starting.png"))
+    assert sd_status(environ) == "no pools or jobs\n"
+
+    gate.opened.set()  # the page reloads itself when the start ends
+    states = WebDriverWait(browser, 15, ignored_exceptions=[StaleElementReferenceException]).until(
         lambda d: (
             [s.text for s in d.find_elements(By.CSS_SELECTOR, "#vms td.state")] == ["running"] * 3
+            and d.find_element(By.ID, "pool-status").text == "active"
         )
     )
     assert states
     rows = [r.text.split() for r in browser.find_elements(By.CSS_SELECTOR, "#vms tbody tr")]
     assert rows == [["qa-head", "localhost", "running"], ["qa-worker1", "localhost", "running"],
                     ["qa-worker2", "localhost", "running"]]  # fmt: skip
-    browser.save_screenshot(str(shots / "4-running.png"))
+    browser.save_screenshot(str(shots / "5-running.png"))
     assert [line.split() for line in sd_status(environ, "qa").splitlines()[1:4]] == [
         ["qa-head", "running"],
         ["qa-worker1", "running"],
@@ -172,5 +175,5 @@ def test_fill_the_qa_testbed_form_start_watch_and_terminate_it(
 
     browser.find_element(By.ID, "terminate").click()
     assert "You have no pools" in browser.find_element(By.ID, "no-pools").text
-    browser.save_screenshot(str(shots / "5-terminated.png"))
+    browser.save_screenshot(str(shots / "6-terminated.png"))
     assert sd_status(environ) == "no pools or jobs\n"

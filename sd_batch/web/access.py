@@ -163,9 +163,11 @@ class Owners:
         with self._locked() as data:
             data[self._key(uri, name)] = user
 
-    def forget(self, uri: str, name: str) -> None:
+    def forget(self, uri: str, name: str, *, user: str | None = None) -> None:
+        """Forget pool NAME's owner (only if it is still USER, when given)."""
         with self._locked() as data:
-            data.pop(self._key(uri, name), None)
+            if user is None or data.get(self._key(uri, name)) == user:
+                data.pop(self._key(uri, name), None)
 
     def pools_of(self, user: str) -> list[tuple[str, str]]:
         """(uri, pool name) of every pool USER started here."""

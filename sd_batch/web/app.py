@@ -1,16 +1,20 @@
 """The Starlette application of `sd web`: pages, the JSON status endpoint, the access rules.
 
 Routes: `/` (the templates), `/templates/NAME` (its form; POST: check, then the preview),
-`/templates/NAME/start` (POST: start the pool), `/templates/NAME/files/{my.sf,job.sub}`
-(downloads), `/pools` and `/pools/NAME` (the user's pools, each VM's host and state),
-`/api/pools/NAME` (the same as JSON, polled by the status page), `/pools/NAME/terminate`
-(POST). Every POST needs the form's CSRF token; another user's pool is "not found".
-May import: config, errors, pools, templates, web.access, web.forms, starlette, jinja2.
+`/templates/NAME/start` (POST: check, then start the pool in the background and go to its
+page), `/templates/NAME/files/{my.sf,job.sub}` (downloads), `/pools` and `/pools/NAME` (the
+user's pools: "starting", then each VM's host and state, or why the start failed),
+`/api/pools/NAME` (the same as JSON, polled by the status page), `/pools/NAME/terminate` and
+`/pools/NAME/dismiss` (POST: a failed start's notice). Every POST needs the form's CSRF token;
+another user's pool is "not found". On shutdown the server waits for the starts in progress.
+May import: config, errors, pools, templates, web.access, web.forms, web.starts, starlette,
+jinja2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,8 @@ from ..errors import SdError
 from ..pools import SHARED_CONNECTIONS, Connections, plan_pool, start_pool, status, terminate_pool
 from ..templates import describe_templates
 from .access import Access, Owners
-from .forms import GENERAL, POOL_FIELD, USER_FILE, TemplateForm, build_form, check, submit_file
+from .forms import POOL_FIELD, USER_FILE, TemplateForm, build_form, check, submit_file
+from .starts import FAILED, LOG, STARTING, Start, Starts
 
 HERE = Path(__file__).resolve().parent
 Handler = Callable[[Request, str], Awaitable[Response]]
@@ -36,12 +41,15 @@ Handler = Callable[[Request, str], Awaitable[Response]]
 
 @dataclass(frozen=True)
 class WebSite:
-    """What the pages need: the site, how users are known, and the hypervisor connections."""
+    """What the pages need: the site, how users are known, the hypervisor connections, the
+    starts in progress, and what starts a pool (`pools.start_pool`; a test may wrap it)."""
 
     config: SiteConfig
     access: Access = field(default_factory=Access)
     connections: Connections = SHARED_CONNECTIONS
     grace_seconds: float = 10.0
+    starts: Starts = field(default_factory=Starts, compare=False)
+    start_pool: Callable[..., object] = start_pool
 
     @property
     def owners(self) -> Owners:
@@ -145,29 +153,43 @@ def create_app(site: WebSite) -> Starlette:
         if not checked.ok:
             return render(request, user, "form.html", 400, form=form, values=checked.values,
                           errors=checked.errors)  # fmt: skip
-        name = checked.values[POOL_FIELD]
-        file = _user_file(site, user, name, checked.sf_text)
-        try:
-            await run_in_threadpool(lambda: start_pool(
-                site.config, "localhost", name, file, include_dirs=[form.path.parent],
-                connections=site.connections))  # fmt: skip
-        except SdError as exc:
-            errors = {GENERAL: str(exc)}
-            if "already exists" in exc.message:  # never say whose, nor from which file
-                mine = site.owners.owner(site.config.default_uri, name) == user
-                errors = {
-                    POOL_FIELD: f"you already have a pool named {name} (see /pools/{name})"
-                    if mine
-                    else f"the pool name {name} is taken: choose another"
-                }
+        name, uri = checked.values[POOL_FIELD], site.config.default_uri
+
+        def taken(mine: bool) -> Response:  # never say whose, nor from which file
+            error = (f"you already have a pool named {name} (see /pools/{name})" if mine
+                     else f"the pool name {name} is taken: choose another")  # fmt: skip
             return render(request, user, "form.html", 400, form=form, values=checked.values,
-                          errors=errors)  # fmt: skip
-        site.owners.record(site.config.default_uri, name, user)
+                          errors={POOL_FIELD: error})  # fmt: skip
+
+        claim = site.starts.claim(uri, name, user, form.name)
+        if claim is None:  # being started here right now
+            busy = site.starts.get(uri, name)
+            return taken(busy is not None and busy.user == user)
+        running = False
+        try:
+            if await run_in_threadpool(_exists, site, name):
+                return taken(site.owners.owner(uri, name) == user)
+            file = _user_file(site, user, name, checked.sf_text)
+            site.owners.record(uri, name, user)
+            site.starts.run(
+                claim,
+                lambda: site.start_pool(site.config, "localhost", name, file,
+                                        include_dirs=[form.path.parent],
+                                        connections=site.connections),
+                lambda exc: _explain(exc, name),
+                lambda done: site.owners.forget(uri, name, user=done.user),
+            )  # fmt: skip
+            running = True
+        finally:
+            if not running:
+                site.starts.release(claim)
         return RedirectResponse(f"/pools/{name}", status_code=303)
 
     async def pool_list(request: Request, user: str) -> Response:
-        mine = [n for uri, n in site.owners.pools_of(user) if uri == site.config.default_uri]
-        return render(request, user, "pools.html", pools=mine)
+        uri = site.config.default_uri
+        mine = {n: "" for u, n in site.owners.pools_of(user) if u == uri}
+        mine.update({s.name: s.state for s in site.starts.of(user) if s.uri == uri})
+        return render(request, user, "pools.html", pools=sorted(mine.items()))
 
     async def pool_page(request: Request, user: str) -> Response:
         report = await run_in_threadpool(_report, site, user, request.path_params["name"])
@@ -182,12 +204,34 @@ def create_app(site: WebSite) -> Starlette:
 
     async def terminate(request: Request, user: str) -> Response:
         name = request.path_params["name"]
+        busy = site.starts.get(site.config.default_uri, name)
+        if busy is not None and busy.user == user and busy.state == STARTING:
+            return render(request, user, "error.html", 409,
+                          message=f"pool {name} is still starting: terminate it once it is up "
+                          f"(its page, /pools/{name}, shows when)")  # fmt: skip
+        if site.starts.dismiss(site.config.default_uri, name, user):
+            return RedirectResponse("/pools", status_code=303)  # it failed: nothing is left
         await run_in_threadpool(_report, site, user, name)  # 404 unless it is the user's
         await run_in_threadpool(lambda: terminate_pool(
             site.config, "localhost", name, grace_seconds=site.grace_seconds,
             connections=site.connections))  # fmt: skip
         site.owners.forget(site.config.default_uri, name)
         return RedirectResponse("/pools", status_code=303)
+
+    async def dismiss(request: Request, user: str) -> Response:
+        name = request.path_params["name"]
+        if not site.starts.dismiss(site.config.default_uri, name, user):
+            raise PoolNotFound(f"you have no failed start of a pool named {name}",
+                               hint="your pools are under /pools")  # fmt: skip
+        return RedirectResponse("/pools", status_code=303)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        busy = site.starts.in_progress()
+        if busy:  # each either starts or rolls back: no VM is left behind by the shutdown
+            LOG.warning("waiting for the pool starts in progress: %s", ", ".join(busy))
+            await run_in_threadpool(site.starts.wait)
 
     routes = [
         Route("/", page(index)),
@@ -199,9 +243,10 @@ def create_app(site: WebSite) -> Starlette:
         Route("/pools/{name}", page(pool_page)),
         Route("/api/pools/{name}", page(pool_json)),
         Route("/pools/{name}/terminate", page(terminate, post=True), methods=["POST"]),
+        Route("/pools/{name}/dismiss", page(dismiss, post=True), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 class PoolNotFound(SdError):
@@ -246,18 +291,50 @@ def _plan_lines(site: WebSite, form: TemplateForm, sf_text: str, name: str) -> l
     return _lines(result, all_hosts=True)
 
 
-def _report(site: WebSite, user: str, name: str) -> dict[str, Any]:
-    """Pool NAME as the status page shows it, if USER started it here; else PoolNotFound."""
+def _exists(site: WebSite, name: str) -> bool:
+    """Whether the ledger has pool NAME on the default host (a leftover of a dead run aside:
+    `start_pool` cleans that up first)."""
     uri = site.config.default_uri
-    if site.owners.owner(uri, name) != user:
+    return any(r.kind == "pool" and r.name == name and r.uri == uri and not r.interrupted
+               for r in status(site.config, connections=site.connections))  # fmt: skip
+
+
+def _explain(exc: SdError, name: str) -> str:
+    """A failed start's error as its user reads it."""
+    if exc.message.startswith(f"pool {name} already exists"):  # never say whose, nor which file
+        return f"the pool name {name} was taken elsewhere while yours was starting: choose another"
+    return str(exc)
+
+
+def _report(site: WebSite, user: str, name: str) -> dict[str, Any]:
+    """Pool NAME as the status page shows it, if USER started it here; else PoolNotFound.
+    While its start runs its status is "starting" (with the VMs made so far); a failed start
+    has status "failed", its error, and no VMs."""
+    uri = site.config.default_uri
+    start = site.starts.get(uri, name)
+    if start is not None and start.user == user and start.state == FAILED:
+        return _failed(start)
+    starting = start is not None and start.state == STARTING
+    owner = start.user if start is not None and starting else site.owners.owner(uri, name)
+    if owner != user:
         raise PoolNotFound(f"you have no pool named {name}", hint="your pools are under /pools")
     reports = [r for r in status(site.config, connections=site.connections)
                if r.kind == "pool" and r.name == name and r.uri == uri]  # fmt: skip
-    if not reports:
+    if not reports and not starting:
         site.owners.forget(uri, name)
         raise PoolNotFound(f"pool {name} is gone (terminated)", hint="your pools are under /pools")
     hosts = {u: h for h, u in site.config.hosts.items()}
-    report = reports[0].as_dict()
+    report: dict[str, Any] = {"kind": "pool", "name": name, "uri": uri, "vms": []}
+    if reports:  # while it starts: once start_pool has recorded it, with the VMs made so far
+        report = reports[0].as_dict()
+    if starting:  # (a leftover of a dead run it replaces is not "interrupted": it is on it)
+        report.update(status=STARTING, interrupted=False)
     for vm in report["vms"]:
         vm["host"] = "localhost" if vm["uri"] == uri else hosts.get(vm["uri"], vm["uri"])
     return report
+
+
+def _failed(start: Start) -> dict[str, Any]:
+    return {"kind": "pool", "name": start.name, "uri": start.uri, "status": FAILED,
+            "error": start.error, "left_behind": start.left_behind,
+            "template": start.template, "vms": []}  # fmt: skip

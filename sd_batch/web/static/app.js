@@ -10,7 +10,9 @@ document.querySelectorAll("button.copy").forEach((button) => {
   });
 });
 
-// The pool page: each VM's host and state, polled from the JSON endpoint.
+// The pool page: each VM's host and state, polled from the JSON endpoint. A pool that was
+// "starting" when the page was made is reloaded once its start ends (the page then has the
+// terminate button, or why the start failed).
 const table = document.querySelector("table[data-poll]");
 if (table) {
   const poll = async () => {
@@ -20,6 +22,10 @@ if (table) {
       return;
     }
     const pool = await reply.json();
+    if (table.dataset.status === "starting" && pool.status !== "starting") {
+      window.location.reload();
+      return;
+    }
     table.dataset.polled = String(Number(table.dataset.polled || 0) + 1);
     document.getElementById("pool-status").textContent = pool.status;
     const body = table.querySelector("tbody");

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 _KEYS = ("name", "count", "uri", "memory", "vcpus", "disk", "tags", "used_memory", "used_vcpus",
          "used_disk", "vms")  # fmt: skip
 GLOB = frozenset("*?[")
+#: Hosts read at the same time by `live_hosts` (each a thread with its libvirt calls).
+MAX_PARALLEL_READS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,17 +208,27 @@ def live_hosts(
     groups: Mapping[str, tuple[str, ...]] | None = None,
     claims: Mapping[str, Sequence[Claim]] | None = None,
 ) -> tuple[list[HostState], list[Unreachable]]:
-    """A Scheduler's hosts, read live (with CLAIMS, by host URI, counted as load). A host that
-    does not answer is left out and reported: one host down must not stop a site from placing
-    on the others."""
-    hosts, unreachable = [], []
+    """A Scheduler's hosts, read live (with CLAIMS, by host URI, counted as load), at the same
+    time (a host that does not answer costs its connection retries once, not once per host
+    before it). A host that does not answer is left out and reported: one host down must not
+    stop a site from placing on the others. CONNECT must be thread-safe (`pools.Connections`)."""
     skipped = set(skip)
-    for name, uri in site_host_names(written, config):
-        if uri in skipped:
-            continue
+    entries = [(n, u) for n, u in site_host_names(written, config) if u not in skipped]
+
+    def read(entry: tuple[str, str]) -> HostState | Unreachable:
+        name, uri = entry
         try:
-            hosts.append(live_host(name, uri, connect(uri), config, (groups or {}).get(uri, ()),
-                                   (claims or {}).get(uri, ())))  # fmt: skip
+            return live_host(name, uri, connect(uri), config, (groups or {}).get(uri, ()),
+                             (claims or {}).get(uri, ()))  # fmt: skip
         except SdError as exc:
-            unreachable.append(Unreachable(name, uri, exc.message))
-    return hosts, unreachable
+            return Unreachable(name, uri, exc.message)
+
+    if len(entries) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_READS, len(entries))) as pool:
+            read_all = list(pool.map(read, entries))
+    else:
+        read_all = [read(entry) for entry in entries]
+    hosts = [r for r in read_all if isinstance(r, HostState)]
+    return hosts, [r for r in read_all if isinstance(r, Unreachable)]

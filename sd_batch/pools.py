@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,35 +46,49 @@ PLACING_WAIT_SECONDS = 60.0
 
 
 class Connections:
-    """One hypervisor connection per URI for this process (test:/// state lives in it)."""
+    """One hypervisor connection per URI for this process (test:/// state lives in it).
+
+    Thread-safe: `sd web`'s threads and the live host reads share one; a URI being opened
+    (libvirtd down: ~8 s of retries) holds up only callers of that URI.
+    """
 
     def __init__(self, opener: Callable[[str], HypervisorAPI] | None = None) -> None:
         self._opener = opener
         self._open: dict[str, HypervisorAPI] = {}
+        self._guard = threading.Lock()  # the two dicts
+        self._opening: dict[str, threading.Lock] = {}  # one open at a time per URI
 
     def __call__(self, uri: str) -> HypervisorAPI:
-        cached = self._open.get(uri)
-        if cached is not None and not cached.is_alive():
-            self.forget(uri)  # a long-lived process (sd watch, sd web) outlives libvirtd restarts
-        if uri not in self._open:
+        with self._guard:
+            opening = self._opening.setdefault(uri, threading.Lock())
+        with opening:
+            cached = self._open.get(uri)
+            if cached is not None and cached.is_alive():
+                return cached
+            if cached is not None:
+                self.forget(uri)  # a long-lived process (sd watch, sd web) outlives restarts
             if self._opener is None:
                 from .hypervisor import connect
 
-                self._open[uri] = connect(uri)
+                hv = connect(uri)
             else:
-                self._open[uri] = self._opener(uri)
-        return self._open[uri]
+                hv = self._opener(uri)
+            with self._guard:
+                self._open[uri] = hv
+            return hv
 
     def forget(self, uri: str) -> None:
         """Drop URI's connection (it failed): the next call opens a new one."""
-        hv = self._open.pop(uri, None)
+        with self._guard:
+            hv = self._open.pop(uri, None)
         if hv is not None:
             hv.close()
 
     def close(self) -> None:
-        for hv in self._open.values():
+        with self._guard:
+            opened, self._open = list(self._open.values()), {}
+        for hv in opened:
             hv.close()
-        self._open.clear()
 
 
 #: Connections shared by every command run in this process (a test's in-process CLI calls).

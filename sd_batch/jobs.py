@@ -247,13 +247,16 @@ def run(
     limits: JobLimits = JobLimits(),
     connections: Connections | None = None,
     install_signals: Callable[[Callable[[], None]], None] | None = None,
+    runner_pid: int | None = None,
 ) -> None:
     """Boot the prepared VM, wait until it powers off, then stream its result tar to OUT.
 
-    INSTALL_SIGNALS receives a callback that destroys the VM at once: the helper wires it to
-    SIGTERM (HTCondor's hold, remove and evict kill the runner, and sudo relays the signal).
+    INSTALL_SIGNALS receives a callback that destroys the VM at once: the sudo helper wires it
+    to SIGTERM (HTCondor's hold, remove and evict kill the runner, and sudo relays the signal),
+    the helper service to the runner hanging up. RUNNER_PID is the process whose life is the
+    job's, recorded for the reaper (None: this one; the service names its caller, the runner).
     """
-    from .ledger import Ledger, OwnerKind, OwnerStatus
+    from .ledger import THIS_PROCESS, Ledger, OwnerKind, OwnerStatus
 
     connections = connections or Connections()
     uri = config.default_uri
@@ -262,7 +265,9 @@ def run(
         if owner is None:
             raise DeployError(f"job {key.job_id} has no prepared VM on this host",
                               hint="PREPARE_JOB did not run or failed")
-        ledger.set_status(owner, OwnerStatus.ACTIVE)  # the reaper's sign of life: this process
+        # the reaper's sign of life: while this process lives, the job does
+        ledger.set_status(owner, OwnerStatus.ACTIVE,
+                          pid=THIS_PROCESS if runner_pid is None else runner_pid)
 
     def destroy_now() -> None:
         with contextlib.suppress(SdError):

@@ -16,22 +16,27 @@
 - `update-job-info`: advisory; nothing to do.
 - `startd-cron`: publishes HasSmartDomains and friends for the startd.
 
-Nothing here talks to libvirt. May import: errors, guest.contract, jobad, staging, stdlib.
+Each verb reaches the privileged side through the helper service's socket when it answers
+(`sd_batch.helper_service`: one JSON line each way, the caller known by SO_PEERCRED), else
+through the helper command (`sudo -n condor_hooks/helper`). Nothing here talks to libvirt, and
+nothing heavy is imported: every hook is a fresh Python.
+May import: errors, guest.contract, jobad, staging, stdlib.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
 import os
+import re
 import shlex
 import signal
-import subprocess
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
 
 from .errors import (
     VM_LOST_EXIT,
@@ -42,11 +47,23 @@ from .errors import (
     StagingError,
 )
 
+TYPE_CHECKING = False  # typing itself costs a hook 5 ms
+if TYPE_CHECKING:
+    import subprocess
+    from typing import IO, Any, NoReturn
+
+    from .staging import JobResult
+
 log = logging.getLogger("sd_batch.hooks")
 
 HOOKS_DIR = Path(__file__).resolve().parent.parent / "condor_hooks"
 KEYWORD = "SMARTDOMAINS"
 JOB_EXIT_REASONS = ("exit", "remove", "hold", "evict")
+#: Where the helper service listens (`_CONDOR_SMARTDOMAINS_HELPER_SOCKET` or the HTCondor knob
+#: SMARTDOMAINS_HELPER_SOCKET move it; an empty value turns the service off).
+DEFAULT_SOCKET = "/run/sd-batch/helper.sock"
+MAX_REPLY_BYTES = 1 << 20
+PREPARE_SECONDS = 300.0  # the longest silence while PREPARE_JOB talks to the service
 #: Bounds on what a job moves in and out (site policy may lower them).
 MAX_INPUT_BYTES = 2 * 1024**3
 MAX_RESULT_BYTES = 1024**3
@@ -101,7 +118,81 @@ def helper_argv(environ: dict[str, str] | None = None) -> list[str]:
     return ["sudo", "-n", str(HOOKS_DIR / "helper")]
 
 
+def service_socket(environ: dict[str, str] | None = None) -> socket.socket | None:
+    """A connection to the helper service, or None: use the helper command (`helper_argv`).
+
+    None when `_CONDOR_SMARTDOMAINS_HELPER` names a command (it means: use that), when the
+    socket path is empty, or when nothing answers there; a socket that exists but refuses us is
+    said on stderr, then the command is tried (it may still work).
+    """
+    env = os.environ if environ is None else environ
+    if "_CONDOR_SMARTDOMAINS_HELPER" in env:
+        return None
+    path = env.get("_CONDOR_SMARTDOMAINS_HELPER_SOCKET")
+    if path is None:
+        from .jobad import condor_param
+
+        path = condor_param("SMARTDOMAINS_HELPER_SOCKET", DEFAULT_SOCKET)
+    if not path:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        if not isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+            log.warning("the helper service at %s cannot be used (%s): trying the helper "
+                        "command", path, exc.strerror or exc)  # fmt: skip
+        return None
+    return sock
+
+
+def _request(sock: socket.socket, action: str, job_id: str | None = None) -> None:
+    request: dict[str, str] = {"action": action}
+    if job_id is not None:
+        request["job"] = job_id
+    sock.sendall(json.dumps(request).encode() + b"\n")
+
+
+def _service_reply(stream: IO[bytes]) -> dict[str, Any]:
+    """The service's JSON line (a reply, or `run`'s status); its silence is a host problem."""
+    line = stream.readline(MAX_REPLY_BYTES)
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise HelperFailed("the helper service closed the connection without an answer (see "
+                           "its log; was it restarted?)", Disposition.REQUEUE)  # fmt: skip
+    return reply
+
+
+def _call(args: Sequence[str], timeout: float) -> dict[str, Any]:
+    """One short action (`cleanup JOB`, `probe`, `reap`): its JSON reply, as it came, through
+    the service or else the helper command."""
+    sock = service_socket()
+    if sock is not None:
+        with sock, sock.makefile("rb") as stream:
+            sock.settimeout(timeout)
+            _request(sock, *args)
+            return _service_reply(stream)
+    import subprocess  # the helper command's own cost (the service needs none of it)
+
+    try:
+        done = subprocess.run([*helper_argv(), *args], capture_output=True, timeout=timeout,
+                              check=False)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise TimeoutError(str(exc)) from None
+    try:
+        reply: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        _no_reply(done.stderr, done.returncode)
+    return reply
+
+
 def _helper(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    import subprocess
+
     return subprocess.Popen([*helper_argv(), *args], **kwargs)
 
 
@@ -109,12 +200,20 @@ def _helper_reply(out: bytes, err: bytes, code: int) -> dict[str, Any]:
     try:
         reply: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
-        lines = err.decode(errors="replace").strip().splitlines()  # one line: an ad value
-        detail = lines[-1][-300:] if lines else f"exit status {code}"
-        raise HelperFailed(
-            f"the privileged helper failed ({detail}); is sudo configured for it "
-            "(scripts/setup-host)?", Disposition.REQUEUE,
-        ) from None
+        _no_reply(err, code)
+    return _checked(reply)
+
+
+def _no_reply(err: bytes, code: int) -> NoReturn:
+    lines = err.decode(errors="replace").strip().splitlines()  # one line: an ad value
+    detail = lines[-1][-300:] if lines else f"exit status {code}"
+    raise HelperFailed(
+        f"the privileged helper failed ({detail}); is sudo configured for it "
+        "(scripts/setup-host)?", Disposition.REQUEUE,
+    ) from None
+
+
+def _checked(reply: dict[str, Any]) -> dict[str, Any]:
     if not reply.get("ok"):
         disposition = Disposition(reply.get("disposition", "requeue"))
         raise HelperFailed(str(reply.get("message", "refused")), disposition)
@@ -145,20 +244,12 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
             log.info("job %s has no SDVMDescription: it runs natively", ad.global_job_id)
             return 0
         manifest = Manifest(tuple(_argv_in_guest(ad, sandbox)), dict(ad.environment), ".")
-        proc = _helper(["prepare", ad.global_job_id], stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdin is not None
-        try:
-            write_input_tar(sandbox, manifest, proc.stdin, job_ad_text=ad_text,
-                            max_bytes=MAX_INPUT_BYTES)
-        except BrokenPipeError:
-            pass  # the helper stopped reading: its reply says why
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        out, err = proc.communicate()  # flushes and closes stdin itself (a closed one raises)
-        reply = _helper_reply(out, err, proc.returncode)
+
+        def write(out: IO[bytes]) -> None:
+            write_input_tar(sandbox, manifest, out, job_ad_text=ad_text,
+                            max_bytes=MAX_INPUT_BYTES)  # fmt: skip
+
+        reply = _prepare(ad.global_job_id, write)
     except (SdError, OSError) as exc:
         if isinstance(exc, OSError):
             exc = StagingError(f"cannot stage the job: {exc}")
@@ -185,14 +276,69 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
     return 0
 
 
+def _prepare(job_id: str, write: Callable[[IO[bytes]], None]) -> dict[str, Any]:
+    """`prepare JOB_ID` with the input disk WRITE writes: the checked reply."""
+    sock = service_socket()
+    if sock is not None:
+        with sock, sock.makefile("rb") as stream:
+            sock.settimeout(PREPARE_SECONDS)
+            _request(sock, "prepare", job_id)
+            # a service that stopped reading has said why in its reply
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError), \
+                    sock.makefile("wb") as sink:  # fmt: skip
+                write(sink)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)  # the input's end
+            return _checked(_service_reply(stream))
+    from subprocess import PIPE
+
+    proc = _helper(["prepare", job_id], stdin=PIPE, stdout=PIPE, stderr=PIPE)
+    assert proc.stdin is not None
+    try:
+        write(proc.stdin)
+    except BrokenPipeError:
+        pass  # the helper stopped reading: its reply says why
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    out, err = proc.communicate()  # flushes and closes stdin itself (a closed one raises)
+    return _helper_reply(out, err, proc.returncode)
+
+
 # -- the runner ----------------------------------------------------------------------------------
 def runner(argv: Sequence[str], sandbox: Path) -> int:
-    from .staging import read_result
-
     if len(argv) != 2 or argv[0] != "--job":
         print("usage: runner --job GLOBAL_JOB_ID", file=sys.stderr)
         return 2
-    proc = _helper(["run", argv[1]], stdout=subprocess.PIPE)
+    sock = service_socket()
+    if sock is None:
+        return _run_through_helper(argv[1], sandbox)
+    # HTCondor's SIGTERM kills us as it comes: the service sees us hang up and destroys the VM
+    with sock, sock.makefile("rb") as stream:
+        _request(sock, "run", argv[1])  # and our side stays open: closing it is hanging up
+        try:
+            status = _service_reply(stream)
+            if not status.get("ok"):
+                print(f"sd-batch: {status.get('message')}", file=sys.stderr)
+                code = int(status.get("exit", 1))
+                if code in (VM_TIMEOUT_EXIT, VM_LOST_EXIT):
+                    return code  # the transform's OnExitHold holds the job
+                return _requeue() if code == os.EX_TEMPFAIL else 1
+            result = _read_result(stream, sandbox)
+        except HelperFailed as exc:  # the service went away before the VM's end
+            print(f"sd-batch: {exc}", file=sys.stderr)
+            return _requeue()
+        except SdError as exc:
+            print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
+            return 1
+    return _finish(result)
+
+
+def _run_through_helper(job_id: str, sandbox: Path) -> int:
+    import subprocess
+
+    proc = _helper(["run", job_id], stdout=subprocess.PIPE)
     assert proc.stdout is not None
 
     def forward(signum: int, _frame: object) -> None:
@@ -201,8 +347,7 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     try:
-        result = read_result(proc.stdout, sandbox, max_bytes=MAX_RESULT_BYTES,
-                             max_files=MAX_RESULT_FILES)
+        result = _read_result(proc.stdout, sandbox)
     except SdError as exc:
         try:  # a helper that sent nothing is exiting: its code may say the VM failed
             code = proc.wait(timeout=10)
@@ -223,6 +368,17 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     if code != 0:
         print(f"sd-batch: the VM did not complete (helper exit {code})", file=sys.stderr)
         return code if code > 0 else 128 - code
+    return _finish(result)
+
+
+def _read_result(stream: IO[bytes], sandbox: Path) -> JobResult:
+    from .staging import read_result
+
+    return read_result(stream, sandbox, max_bytes=MAX_RESULT_BYTES, max_files=MAX_RESULT_FILES)
+
+
+def _finish(result: JobResult) -> int:
+    """The payload's stdout and stderr on ours, and its exit (or its signal) as ours."""
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(result.stderr)
@@ -254,31 +410,43 @@ def _requeue() -> int:
 
 # -- JOB_EXIT, UPDATE_JOB_INFO, startd cron ---------------------------------------------------
 def job_exit(argv: Sequence[str], stdin: IO[str], timeout: float = 25.0) -> int:
-    from .jobad import parse_job_ad
-
     reason = argv[0] if argv else "exit"
     if reason not in JOB_EXIT_REASONS:
         log.warning("unknown JOB_EXIT reason %r: cleaning up anyway", reason)
     try:
-        ad = parse_job_ad(stdin.read())
-        done = subprocess.run([*helper_argv(), "cleanup", ad.global_job_id], capture_output=True,
-                              timeout=timeout, check=False)
-        reply = _helper_reply(done.stdout, done.stderr, done.returncode)
-        log.info("job %s (%s): removed %s", ad.global_job_id, reason, reply.get("removed"))
-    except (SdError, OSError, subprocess.TimeoutExpired) as exc:
+        job_id = global_job_id(stdin.read())
+        reply = _checked(_call(["cleanup", job_id], timeout))
+        log.info("job %s (%s): removed %s", job_id, reason, reply.get("removed"))
+    except (SdError, OSError) as exc:
         print(f"sd-batch: JOB_EXIT {reason}: cleanup incomplete ({exc}); the reaper will "
               "finish it", file=sys.stderr)
     return 0  # HTCondor ignores JOB_EXIT's status; our own log says what happened
+
+
+_DEFINES_GLOBAL_JOB_ID = re.compile(r"^[ \t]*GlobalJobId[ \t]*=", re.IGNORECASE | re.MULTILINE)
+_GLOBAL_JOB_ID = re.compile(_DEFINES_GLOBAL_JOB_ID.pattern + r'[ \t]*"([A-Za-z0-9_.:@#+-]{1,255})"'
+                            r"[ \t]*$", re.IGNORECASE | re.MULTILINE)  # fmt: skip
+
+
+def global_job_id(ad_text: str) -> str:
+    """The job ad's GlobalJobId, as `jobad.parse_job_ad` reads it. Without the ClassAd
+    library (60 ms of a 150 ms hook) when the ad defines it once, as a plain string of a job
+    id's characters (what a schedd writes); any other ad is parsed. Either way the service acts
+    only on the caller's own jobs."""
+    found = _GLOBAL_JOB_ID.findall(ad_text)
+    if len(found) == 1 and len(_DEFINES_GLOBAL_JOB_ID.findall(ad_text)) == 1:
+        return str(found[0])
+    from .jobad import parse_job_ad
+
+    return parse_job_ad(ad_text).global_job_id
 
 
 def startd_cron(stdout: IO[str]) -> int:
     from .jobad import format_updates
 
     try:
-        done = subprocess.run([*helper_argv(), "probe"], capture_output=True, timeout=20,
-                              check=False)
-        report = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
+        report = _call(["probe"], 20.0)
+    except (SdError, OSError) as exc:
         report = {"ok": False, "reason": f"the privileged helper cannot be run: {exc}",
                   "templates": [], "free_memory_mib": None}
     updates: dict[str, Any] = {
@@ -297,13 +465,11 @@ def _reap_quietly(timeout: float = 60.0) -> None:
     """The reaper, every cron run (cheap when nothing is left): its failures are logged on
     stderr, never published, so they cannot take the node out (HasSmartDomains)."""
     try:
-        done = subprocess.run([*helper_argv(), "reap"], capture_output=True, timeout=timeout,
-                              check=False)
-        reply = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        reply = _call(["reap"], timeout)
         for line in reply.get("actions") or [reply.get("message", "")]:
             if line:
                 log.info("reaper: %s", line)
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
+    except (SdError, OSError) as exc:
         log.warning("reaper could not run: %s", exc)
 
 

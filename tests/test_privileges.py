@@ -5,11 +5,14 @@ Hooks and jobs run as a slot user. After `scripts/setup-host` that user cannot o
 (`condor_hooks/helper`), and the helper acts only on the caller's own jobs: the VM's name and
 folder derive from (caller uid, job id), so a second slot user naming the first one's job id
 reaches nothing. The helper refuses malformed arguments and ignores the caller's environment.
+The helper service (when setup-host started it) is the same door without sudo: its socket is
+the slot group's alone, and it knows the caller from the kernel, so the same holds through it.
 No VM boots here: PREPARE_JOB only defines one. Needs root, sudo and setup-host's rule.
 """
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -32,6 +35,8 @@ pytestmark = pytest.mark.qemu
 
 HELPER = str(HOOKS_DIR / "helper")
 SUDOERS = Path("/etc/sudoers.d/sd-batch")
+SERVICE_SOCKET = Path("/run/sd-batch/helper.sock")
+SERVICE_LOG = Path("/var/log/sd-batch/helper.log")
 GROUP = "sd-slots"
 USER_A, USER_B = "sdslot1", "sdtest-b"  # B exists only while this module runs
 SUBMIT = """executable = /bin/true
@@ -235,3 +240,39 @@ def test_another_slot_user_cannot_touch_a_prepared_job(slots: tuple[Slot, Slot],
     state = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", domain],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert state == "shut off"
+
+
+# --- the same through the helper service ----------------------------------------------------
+@pytest.fixture
+def service(slots: tuple[Slot, Slot]) -> Path:
+    if not SERVICE_SOCKET.is_socket():
+        pytest.skip("the helper service is not running (scripts/setup-host starts it)")
+    return SERVICE_SOCKET
+
+
+def test_the_helper_services_socket_is_root_and_the_slot_groups_alone(service: Path) -> None:
+    info, folder = service.stat(), service.parent.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
+        0, grp.getgrnam(GROUP).gr_gid, 0o660)  # fmt: skip
+    assert (folder.st_uid, stat.S_IMODE(folder.st_mode)) == (0, 0o755)
+
+
+def test_another_slot_user_cannot_touch_a_prepared_job_through_the_service(
+    slots: tuple[Slot, Slot], prepared: tuple[str, str], service: Path
+) -> None:
+    _, b = slots
+    job_id, domain = prepared
+    ad = f'GlobalJobId = "{job_id}"\n'.encode()
+    env = {"_CONDOR_SCRATCH_DIR": "/nonexistent"}
+    cleaned = b.run([str(HOOKS_DIR / "job_exit"), "remove"], stdin=ad, env=env)
+    assert "removed nothing (already clean)" in cleaned.stderr, cleaned.stderr
+    ran = b.run([str(HOOKS_DIR / "runner"), "--job", job_id], env=env)
+    assert (ran.returncode, ran.stdout) == (1, "")
+    assert "has no prepared VM" in ran.stderr, ran.stderr
+    if os.access(SERVICE_LOG, os.R_OK):  # both went through the service, as B
+        log = SERVICE_LOG.read_text(encoding="utf-8", errors="replace")
+        for action in ("cleanup", "run"):
+            assert f"{action} {job_id} for uid {b.uid} (pid" in log
+    state = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", domain],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert state == "shut off"  # A's VM: still defined, never started by B

@@ -1,0 +1,490 @@
+"""The helper service: the hooks' one interpreter per hook, and the same privilege boundary.
+
+A private service runs as root (`python -I -m sd_batch.helper_service --socket TMP`), on a
+site config whose hypervisor is libvirt's test driver (`test:///TMP/node.xml`, one simulated
+host for the service's whole life). The hooks (`condor_hooks/*`) run as separate processes as
+slot users and find it through `_CONDOR_SMARTDOMAINS_HELPER_SOCKET`; their PATH holds no
+`sudo`, so a hook that fell back to the helper command would fail instead of reaching the real
+libvirt. The test driver's VMs never power off by themselves: a run ends by the site's
+`max_run_seconds` (170), or by the runner hanging up (171: the VM was destroyed).
+Needs root, the group sd-slots and the slot user sdslot1 (scripts/setup-host).
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config
+from sd_batch.hooks import HOOKS_DIR, global_job_id
+from sd_batch.jobad import job_ad_from_submit, parse_job_ad
+from sd_batch.jobs import JobKey
+from sd_batch.ledger import Ledger, Owner, OwnerKind, OwnerStatus
+
+pytestmark = pytest.mark.libvirt
+pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
+
+GROUP, USER_A, USER_B, OUTSIDER = "sd-slots", "sdslot1", "sdtest-svc-b", "sdtest-svc-x"
+NODE_XML = ("<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>"
+            "<active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>"
+            "<memory>4194304</memory></node>\n")  # fmt: skip
+SUBMIT = """executable = hello.sh
+transfer_input_files = input.txt
++SDVMDescription = "minimal"
+queue
+"""
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (a root service, slot users)"
+    try:
+        grp.getgrnam(GROUP)
+        pwd.getpwnam(USER_A)
+    except KeyError:
+        return f"no group {GROUP} or user {USER_A}: run scripts/setup-host"
+    return None
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def named(cls, name: str) -> User:
+        entry = pwd.getpwnam(name)
+        return cls(name, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class Service:
+    root: Path
+    socket: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "site.toml"
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8")
+
+    def ask(self, raw: bytes, *, shut: bool = True) -> dict[str, object]:
+        """One raw request as root; the reply line."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(self.socket))
+            try:
+                sock.sendall(raw)
+                if shut:
+                    sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # it stopped reading: its reply is still there to read
+            reply: dict[str, object] = json.loads(sock.makefile("rb").readline())
+            return reply
+
+    def leftovers(self) -> list[str]:
+        config = load_config(self.config)
+        with Ledger.for_site(config) as ledger:
+            rows = [f"{o.kind.value} {o.owner_id}" for o in ledger.owners()]
+        jobs = config.state_dir / "jobs"
+        return rows + (sorted(str(p) for p in jobs.iterdir()) if jobs.is_dir() else [])
+
+
+def start_service(root: Path, sock: Path) -> Service:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SD_BATCH_CONFIG": str(root / "site.toml"),
+           "CONDOR_CONFIG": "/dev/null"}  # fmt: skip
+    log = root / "service.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-I", "-m", "sd_batch.helper_service",
+                                 "--socket", str(sock)], env=env, stdout=out, stderr=out)
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise AssertionError(f"the service exited: {log.read_text()}")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(sock))
+            return Service(root, sock, proc, log)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the service never listened: {log.read_text()}")
+
+
+def useradd(*args: str) -> None:
+    """A system user with no home; again while another test holds /etc/passwd's lock."""
+    for _ in range(20):
+        made = subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s",
+                               "/usr/sbin/nologin", *args], capture_output=True, text=True)
+        if made.returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"useradd {' '.join(args)}: {made.stderr}")
+
+
+@pytest.fixture(scope="module")
+def users() -> Iterator[tuple[User, User]]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    subprocess.run(["userdel", USER_B], check=False, capture_output=True)  # an interrupted run's
+    useradd("-g", GROUP, USER_B)
+    try:
+        yield User.named(USER_A), User.named(USER_B)
+    finally:
+        subprocess.run(["userdel", USER_B], check=False, capture_output=True)
+
+
+@pytest.fixture
+def service(users: tuple[User, User]) -> Iterator[Service]:
+    root = Path(tempfile.mkdtemp(prefix="sd-svc-"))
+    root.chmod(0o755)  # slot users pass through to the socket and their scratch dirs
+    (root / "node.xml").write_text(NODE_XML, encoding="utf-8")
+    (root / "images" / "minimal").mkdir(parents=True)
+    for name in ("vmlinux", "initrd.img"):
+        (root / "images" / "minimal" / name).write_bytes(b"x")
+    (root / "site.toml").write_text(
+        f'image_dir = "{root / "images"}"\nstate_dir = "{root / "state"}"\n'
+        f'default_uri = "test://{root / "node.xml"}"\ntemplate_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n'
+        '[properties]\n"sd.flavour" = "qemu"\n[policy]\nmax_run_seconds = 2\n',
+        encoding="utf-8")  # fmt: skip
+    (root / "bin").mkdir()  # what the hook scripts need on PATH, and no sudo
+    for tool in ("dirname", "readlink"):
+        (root / "bin" / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    made = start_service(root, root / "run" / "helper.sock")
+    try:
+        yield made
+        assert made.leftovers() == [], "a test left a ledger row or a job folder"
+    finally:
+        made.proc.terminate()
+        made.proc.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Job:
+    """One job of USER's: its scratch dir, job ad and id, and the hooks run as USER."""
+
+    service: Service
+    user: User
+    scratch: Path
+    ad: str
+
+    @property
+    def id(self) -> str:
+        return global_job_id(self.ad)
+
+    @property
+    def key(self) -> JobKey:
+        return JobKey(self.user.uid, self.id)
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": str(self.service.root / "bin"), "HOME": "/", "CONDOR_CONFIG": "/dev/null",
+                "_CONDOR_SCRATCH_DIR": str(self.scratch),
+                "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.service.socket)}  # fmt: skip
+
+    def start(self, hook: str, *argv: str, user: User | None = None) -> subprocess.Popen[bytes]:
+        who = user or self.user
+        return subprocess.Popen(
+            [str(HOOKS_DIR / hook), *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=self.scratch, env=self.env(), user=who.uid, group=who.gid,
+            extra_groups=os.getgrouplist(who.name, who.gid),
+        )  # fmt: skip
+
+    def hook(self, hook: str, *argv: str, user: User | None = None) -> tuple[int, str, str]:
+        proc = self.start(hook, *argv, user=user)
+        out, err = proc.communicate(self.ad.encode(), timeout=60)
+        return proc.returncode, out.decode(), err.decode()
+
+    def prepare(self) -> None:
+        code, out, err = self.hook("prepare_job")
+        assert (code, "HookStatusCode = 0" in out) == (0, True), out + err
+
+    def owner(self) -> Owner | None:
+        with Ledger.for_site(load_config(self.service.config)) as ledger:
+            return ledger.owner(OwnerKind.JOB, self.key.owner_id, f"test://{self.service.root}"
+                                "/node.xml")
+
+
+def new_job(service: Service, user: User, name: str) -> Job:
+    scratch = service.root / f"scratch-{name}"
+    scratch.mkdir()
+    (scratch / "hello.sh").write_text("#!/bin/sh\necho hello\n", encoding="utf-8")
+    (scratch / "hello.sh").chmod(0o755)
+    (scratch / "input.txt").write_text("input\n", encoding="utf-8")
+    for path in (scratch, *scratch.iterdir()):
+        os.chown(path, user.uid, user.gid)
+    (ad,) = job_ad_from_submit(SUBMIT, submit_dir=scratch, owner=user.name,
+                               schedd_name=f"svc-{name}-{os.getpid()}@test", qdate=1700000000)
+    return Job(service, user, scratch, ad)
+
+
+def until(check: Callable[[], object], seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def running_under(job: Job, pid: int) -> Callable[[], bool]:
+    def check() -> bool:
+        owner = job.owner()
+        return (owner is not None and owner.status is OwnerStatus.ACTIVE
+                and owner.process is not None and owner.process.pid == pid)  # fmt: skip
+
+    return check
+
+
+# --- the hooks through the service --------------------------------------------------------------
+def test_prepare_run_and_job_exit_go_through_the_service(service: Service,
+                                                         users: tuple[User, User]) -> None:
+    job = new_job(service, users[0], "life")
+    job.prepare()
+    code, out, err = job.hook("runner", "--job", job.id)
+    assert code == 170, err  # the site's max_run_seconds: the test driver's VM never stops
+    assert "did not power off within 2 s" in err and out == ""
+    code, out, err = job.hook("job_exit", "exit")
+    assert (code, out) == (0, ""), err
+    assert "removed 1 domain, 0 volumes, 3 files" in err
+    log = service.log_text()
+    for action in ("prepare", "run", "cleanup"):
+        assert f"{action} {job.id} for uid {job.user.uid} (pid " in log, log
+
+
+def test_the_service_reads_the_site_config_for_each_request(service: Service,
+                                                            users: tuple[User, User]) -> None:
+    job = new_job(service, users[0], "config")
+    with open(service.config, "a", encoding="utf-8") as config:  # under [policy]
+        config.write("max_memory_mib = 128\n")
+    code, out, _ = job.hook("prepare_job")
+    assert code == 1 and "HookStatusCode = 180" in out and "128" in out, out
+    assert service.leftovers() == []
+
+
+def test_another_slot_user_can_neither_run_nor_clean_the_first_users_job(
+    service: Service, users: tuple[User, User]
+) -> None:
+    a, b = users
+    job = new_job(service, a, "mine")
+    job.prepare()
+    code, out, err = job.hook("runner", "--job", job.id, user=b)
+    assert code == 1 and out == "" and "has no prepared VM" in err, err
+    code, _, err = job.hook("job_exit", "exit", user=b)
+    assert code == 0 and "removed nothing (already clean)" in err, err
+    assert job.owner() is not None  # A's job is still there, never started
+    code, _, err = job.hook("job_exit", "exit")
+    assert "removed 1 domain, 0 volumes, 3 files" in err, err
+
+
+# --- who may connect -----------------------------------------------------------------------------
+@pytest.fixture
+def outsider(users: tuple[User, User]) -> Iterator[User]:
+    for leftover in (["userdel", OUTSIDER], ["groupdel", OUTSIDER]):  # of an interrupted run
+        subprocess.run(leftover, check=False, capture_output=True)
+    useradd("-U", OUTSIDER)
+    try:
+        yield User.named(OUTSIDER)
+    finally:
+        subprocess.run(["userdel", OUTSIDER], check=False, capture_output=True)
+        subprocess.run(["groupdel", OUTSIDER], check=False, capture_output=True)
+
+
+CONNECT = """import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as exc:
+    print(json.dumps({"errno": exc.errno}))
+    raise SystemExit
+s.sendall(b'{"action": "probe"}\\n')
+print(s.makefile("rb").readline().decode().strip())
+"""
+
+
+def as_outsider(user: User, sock: Path) -> dict[str, object]:
+    done = subprocess.run(["setpriv", "--reuid", str(user.uid), "--regid", str(user.gid),
+                           "--clear-groups", "/usr/bin/python3", "-I", "-c", CONNECT, str(sock)],
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reply: dict[str, object] = json.loads(done.stdout)
+    return reply
+
+
+def test_the_socket_is_root_and_the_slot_groups_alone(service: Service, outsider: User) -> None:
+    info = service.socket.stat()
+    assert (info.st_uid, info.st_gid, oct(info.st_mode & 0o777)) == (
+        0, grp.getgrnam(GROUP).gr_gid, "0o660")
+    assert as_outsider(outsider, service.socket) == {"errno": 13}  # EACCES, from the kernel
+    service.socket.chmod(0o666)  # an admin's mistake: the service still asks the kernel who
+    reply = as_outsider(outsider, service.socket)
+    assert reply["ok"] is False and "only root and the slot group" in str(reply["message"])
+    assert f"refused uid {outsider.uid}" in service.log_text()
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json\n", b"[1, 2]\n", b'{"action": "rm -rf /"}\n', b'{"action": "probe", "job": "x"}\n',
+    b'{"action": "run"}\n', b'{"action": "cleanup", "job": 7}\n',
+    b'{"action": "cleanup", "job": "x", "uid": 0}\n', b"x" * 10_000, b'{"action": "probe"}',
+])  # fmt: skip
+def test_a_malformed_request_gets_a_json_error_and_the_service_carries_on(
+    service: Service, raw: bytes
+) -> None:
+    reply = service.ask(raw)
+    assert (reply["ok"], reply["error"], reply["disposition"]) == (False, "BadRequest", "requeue")
+    assert service.ask(b'{"action": "probe"}\n')["ok"] is True
+
+
+def test_a_malformed_job_id_is_refused_as_the_helper_refuses_it(service: Service) -> None:
+    reply = service.ask(b'{"action": "cleanup", "job": "../../etc/passwd"}\n')
+    assert (reply["ok"], reply["disposition"]) == (False, "hold")
+    assert "is not an HTCondor job id" in str(reply["message"])
+
+
+# --- the runner's life is the job's ---------------------------------------------------------------
+def test_the_runner_hanging_up_destroys_its_vm_at_once(service: Service,
+                                                       users: tuple[User, User]) -> None:
+    job = new_job(service, users[0], "hangup")
+    job.prepare()
+    runner = job.start("runner", "--job", job.id)
+    until(running_under(job, runner.pid))
+    time.sleep(0.5)  # well into the wait (the VM's start came just before it)
+    runner.send_signal(signal.SIGTERM)  # HTCondor's hold, remove or evict
+    assert runner.wait(timeout=10) == -signal.SIGTERM
+    until(lambda: "exit 171" in service.log_text(), 5.0)  # not the 2 s run limit's 170
+    log = service.log_text()
+    assert f"run {job.id} for uid {job.user.uid} (pid {runner.pid}): the runner hung up" in log
+    assert "stopped without a result" in log  # destroyed: the test driver's VM never stops
+    assert job.hook("job_exit", "remove")[0] == 0
+
+
+def test_a_runner_that_died_while_the_service_ran_its_vm_is_reaped(
+    service: Service, users: tuple[User, User]
+) -> None:
+    job = new_job(service, users[0], "reaped")
+    job.prepare()
+    runner = job.start("runner", "--job", job.id)
+    until(running_under(job, runner.pid))  # the runner's pid, not the service's, is recorded
+    assert service.ask(b'{"action": "reap"}\n') == {"ok": True, "actions": []}
+    runner.kill()
+    runner.wait(timeout=10)
+    reply = service.ask(b'{"action": "reap"}\n')
+    assert reply["ok"] is True
+    assert reply["actions"] == [
+        f"removed job {job.key.owner_id} on test://{service.root}/node.xml (1 domain, 0 volumes,"
+        f" 3 files): its runner (process {runner.pid}) died",
+        f"removed job folder {service.root}/state/jobs/{job.key.digest}: its job is reaped",
+    ]  # fmt: skip
+
+
+# --- many at once, and without the service ------------------------------------------------------
+def test_concurrent_jobs_through_one_service(service: Service, users: tuple[User, User]) -> None:
+    a, b = users
+    jobs = [new_job(service, (a, b)[i % 2], f"many{i}") for i in range(6)]
+    blocked = jobs[0]
+    blocked.prepare()
+    runner = blocked.start("runner", "--job", blocked.id)  # holds a request for 2 s
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(Job.prepare, jobs[1:]))
+        probes = list(pool.map(lambda _: service.ask(b'{"action": "probe"}\n'), range(6)))
+    assert all(p["ok"] for p in probes)
+    assert runner.wait(timeout=30) == 170
+    with ThreadPoolExecutor(6) as pool:
+        exits = list(pool.map(lambda j: j.hook("job_exit", "exit"), jobs))
+    assert all("removed 1 domain, 0 volumes, 3 files" in err for _, _, err in exits), exits
+
+
+def test_without_a_socket_the_hooks_use_the_helper_command(service: Service,
+                                                           tmp_path: Path) -> None:
+    """As root the helper command is the helper module itself (a slot user's is sudo)."""
+    job = new_job(service, User.named("root"), "fallback")
+    env = {**job.env(), "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(tmp_path / "none.sock"),
+           "SD_BATCH_CONFIG": str(service.config), "PATH": "/usr/bin:/bin"}  # fmt: skip
+    outputs = [subprocess.run([str(HOOKS_DIR / hook), *argv], input=job.ad, env=env,
+                              cwd=job.scratch, capture_output=True, text=True, timeout=60,
+                              check=True)  # fmt: skip
+               for hook, argv in (("prepare_job", []), ("job_exit", ["exit"]))]
+    assert "HookStatusCode = 0" in outputs[0].stdout, outputs[0].stderr
+    assert f"job {job.id} (exit): removed" in outputs[1].stderr
+    assert job.id not in service.log_text()  # the service never saw it
+
+
+def test_a_helper_command_named_explicitly_wins_over_the_socket(service: Service,
+                                                                tmp_path: Path) -> None:
+    helper = tmp_path / "helper"
+    helper.write_text("#!/bin/sh\necho '{\"ok\": true, \"templates\": [\"fake\"], "
+                      "\"free_memory_mib\": 1, \"reason\": \"\"}'\n", encoding="utf-8")
+    helper.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "CONDOR_CONFIG": "/dev/null",
+           "_CONDOR_SMARTDOMAINS_HELPER": str(helper),
+           "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(service.socket)}  # fmt: skip
+    done = subprocess.run([str(HOOKS_DIR / "startd_cron")], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)  # fmt: skip
+    assert 'SmartDomainsTemplates = "fake"' in done.stdout, done.stderr
+
+
+def test_sigterm_stops_listening_at_once_and_the_service_exits_when_idle(
+    service: Service,
+) -> None:
+    service.proc.send_signal(signal.SIGTERM)
+    assert service.proc.wait(timeout=10) == 0
+    assert not service.socket.exists()
+    assert "no new requests" in service.log_text()
+
+
+# --- the cheap GlobalJobId of JOB_EXIT ----------------------------------------------------------
+def test_job_exit_reads_the_global_job_id_as_the_classad_library_does(tmp_path: Path) -> None:
+    (ad,) = job_ad_from_submit(SUBMIT, submit_dir=tmp_path, owner="u", schedd_name="s@h",
+                               qdate=1700000000)  # fmt: skip
+    assert global_job_id(ad) == parse_job_ad(ad).global_job_id == "s@h#1.0#1700000000"
+    twice = ad + 'GLOBALJOBID = "other#1.0#1"\n'  # the last one counts: left to the library
+    assert global_job_id(twice) == parse_job_ad(twice).global_job_id == "other#1.0#1"
+    built = re.sub(r"^GlobalJobId = .*$", 'GlobalJobId = strcat("a", "b")', ad, flags=re.M)
+    assert global_job_id(built) == parse_job_ad(built).global_job_id == "ab"
+
+
+def test_an_input_over_the_site_limit_is_refused_with_the_limits_message(
+    service: Service, users: tuple[User, User]
+) -> None:
+    with open(service.config, "a", encoding="utf-8") as config:  # under [policy]
+        config.write("max_input_mib = 1\n")
+    job = new_job(service, users[0], "big")
+    (job.scratch / "input.txt").write_bytes(b"x" * 3 * 1024**2)
+    code, out, err = job.hook("prepare_job")
+    assert code == 1 and "HookStatusCode = 180" in out, out + err
+    assert "larger than the site limit of 1 MiB" in out
+
+
+def test_one_caller_cannot_take_every_request_thread(service: Service) -> None:
+    from sd_batch.helper_service import MAX_PER_USER
+
+    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_PER_USER)]
+    try:
+        for sock in idle:
+            sock.connect(str(service.socket))  # and say nothing (the service waits 10 s)
+        until(lambda: service.ask(b'{"action": "probe"}\n').get("error") == "Busy", 5.0)
+        reply = service.ask(b'{"action": "probe"}\n')
+        assert (reply["ok"], reply["exit"], reply["disposition"]) == (False, 75, "requeue")
+    finally:
+        for sock in idle:
+            sock.close()
+    until(lambda: service.ask(b'{"action": "probe"}\n')["ok"] is True, 5.0)

@@ -16,26 +16,22 @@
 - `update-job-info`: advisory; nothing to do.
 - `startd-cron`: publishes HasSmartDomains and friends for the startd.
 
-Each verb reaches the privileged side through the helper service's socket when it answers
-(`sd_batch.helper_service`: one JSON line each way, the caller known by SO_PEERCRED), else
-through the helper command (`sudo -n condor_hooks/helper`). Nothing here talks to libvirt, and
-nothing heavy is imported: every hook is a fresh Python.
-May import: errors, guest.contract, jobad, staging, stdlib.
+Each verb reaches the privileged side through the helper service's socket when it answers,
+else through the helper command (`sudo -n condor_hooks/helper`): `helper_client`. Nothing here
+talks to libvirt, and nothing heavy is imported: every hook is a fresh Python.
+May import: errors, guest.contract, helper_client, jobad, staging, stdlib.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import json
 import logging
 import os
 import re
 import shlex
 import signal
-import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import (
@@ -46,24 +42,29 @@ from .errors import (
     SdError,
     StagingError,
 )
+from .helper_client import (
+    HOOKS_DIR,
+    HelperFailed,
+    call,
+    checked,
+    helper,
+    prepare,
+    request,
+    service_reply,
+    service_socket,
+)
 
 TYPE_CHECKING = False  # typing itself costs a hook 5 ms
 if TYPE_CHECKING:
-    import subprocess
-    from typing import IO, Any, NoReturn
+    from typing import IO, Any
 
     from .staging import JobResult
 
 log = logging.getLogger("sd_batch.hooks")
 
-HOOKS_DIR = Path(__file__).resolve().parent.parent / "condor_hooks"
 KEYWORD = "SMARTDOMAINS"
 JOB_EXIT_REASONS = ("exit", "remove", "hold", "evict")
-#: Where the helper service listens (`_CONDOR_SMARTDOMAINS_HELPER_SOCKET` or the HTCondor knob
-#: SMARTDOMAINS_HELPER_SOCKET move it; an empty value turns the service off).
-DEFAULT_SOCKET = "/run/sd-batch/helper.sock"
-MAX_REPLY_BYTES = 1 << 20
-PREPARE_SECONDS = 300.0  # the longest silence while PREPARE_JOB talks to the service
+SOCKET_ATTRIBUTE = "SDHelperSocket"  # in PREPARE_JOB's updates when it used the service
 #: Bounds on what a job moves in and out (site policy may lower them).
 MAX_INPUT_BYTES = 2 * 1024**3
 MAX_RESULT_BYTES = 1024**3
@@ -85,139 +86,6 @@ def status_for(exc: BaseException) -> tuple[HookStatus, str]:
         code = HookStatus.REQUEUE if exc.disposition is Disposition.REQUEUE else HookStatus.HOLD
         return code, f"sd-batch: {text}"
     return HookStatus.REQUEUE, f"sd-batch: internal error on the worker: {exc!r}"
-
-
-class HelperFailed(SdError):
-    """The privileged helper refused or failed; carries its disposition."""
-
-    def __init__(self, message: str, disposition: Disposition) -> None:
-        super().__init__(message)
-        self._disposition = disposition
-
-    @property
-    def disposition(self) -> Disposition:  # type: ignore[override]
-        return self._disposition
-
-
-def helper_argv(environ: dict[str, str] | None = None) -> list[str]:
-    """How to reach the privileged helper: `sudo -n condor_hooks/helper` for slot users.
-
-    `_CONDOR_SMARTDOMAINS_HELPER` (or SMARTDOMAINS_HELPER in the HTCondor config) overrides;
-    root needs no sudo and runs the helper module directly.
-    """
-    env = os.environ if environ is None else environ
-    configured = env.get("_CONDOR_SMARTDOMAINS_HELPER")
-    if configured is None:
-        from .jobad import condor_param
-
-        configured = condor_param("SMARTDOMAINS_HELPER")
-    if configured:
-        return shlex.split(configured)
-    if os.geteuid() == 0:
-        return [sys.executable, "-m", "sd_batch.privileged"]
-    return ["sudo", "-n", str(HOOKS_DIR / "helper")]
-
-
-def service_socket(environ: dict[str, str] | None = None) -> socket.socket | None:
-    """A connection to the helper service, or None: use the helper command (`helper_argv`).
-
-    None when `_CONDOR_SMARTDOMAINS_HELPER` names a command (it means: use that), when the
-    socket path is empty, or when nothing answers there; a socket that exists but refuses us is
-    said on stderr, then the command is tried (it may still work).
-    """
-    env = os.environ if environ is None else environ
-    if "_CONDOR_SMARTDOMAINS_HELPER" in env:
-        return None
-    path = env.get("_CONDOR_SMARTDOMAINS_HELPER_SOCKET")
-    if path is None:
-        from .jobad import condor_param
-
-        path = condor_param("SMARTDOMAINS_HELPER_SOCKET", DEFAULT_SOCKET)
-    if not path:
-        return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        if not isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
-            log.warning("the helper service at %s cannot be used (%s): trying the helper "
-                        "command", path, exc.strerror or exc)  # fmt: skip
-        return None
-    return sock
-
-
-def _request(sock: socket.socket, action: str, job_id: str | None = None) -> None:
-    request: dict[str, str] = {"action": action}
-    if job_id is not None:
-        request["job"] = job_id
-    sock.sendall(json.dumps(request).encode() + b"\n")
-
-
-def _service_reply(stream: IO[bytes]) -> dict[str, Any]:
-    """The service's JSON line (a reply, or `run`'s status); its silence is a host problem."""
-    line = stream.readline(MAX_REPLY_BYTES)
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict):
-        raise HelperFailed("the helper service closed the connection without an answer (see "
-                           "its log; was it restarted?)", Disposition.REQUEUE)  # fmt: skip
-    return reply
-
-
-def _call(args: Sequence[str], timeout: float) -> dict[str, Any]:
-    """One short action (`cleanup JOB`, `probe`, `reap`): its JSON reply, as it came, through
-    the service or else the helper command."""
-    sock = service_socket()
-    if sock is not None:
-        with sock, sock.makefile("rb") as stream:
-            sock.settimeout(timeout)
-            _request(sock, *args)
-            return _service_reply(stream)
-    import subprocess  # the helper command's own cost (the service needs none of it)
-
-    try:
-        done = subprocess.run([*helper_argv(), *args], capture_output=True, timeout=timeout,
-                              check=False)  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        raise TimeoutError(str(exc)) from None
-    try:
-        reply: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        _no_reply(done.stderr, done.returncode)
-    return reply
-
-
-def _helper(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    import subprocess
-
-    return subprocess.Popen([*helper_argv(), *args], **kwargs)
-
-
-def _helper_reply(out: bytes, err: bytes, code: int) -> dict[str, Any]:
-    try:
-        reply: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        _no_reply(err, code)
-    return _checked(reply)
-
-
-def _no_reply(err: bytes, code: int) -> NoReturn:
-    lines = err.decode(errors="replace").strip().splitlines()  # one line: an ad value
-    detail = lines[-1][-300:] if lines else f"exit status {code}"
-    raise HelperFailed(
-        f"the privileged helper failed ({detail}); is sudo configured for it "
-        "(scripts/setup-host)?", Disposition.REQUEUE,
-    ) from None
-
-
-def _checked(reply: dict[str, Any]) -> dict[str, Any]:
-    if not reply.get("ok"):
-        disposition = Disposition(reply.get("disposition", "requeue"))
-        raise HelperFailed(str(reply.get("message", "refused")), disposition)
-    return reply
 
 
 # -- PREPARE_JOB -------------------------------------------------------------------------------
@@ -249,7 +117,7 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
             write_input_tar(sandbox, manifest, out, job_ad_text=ad_text,
                             max_bytes=MAX_INPUT_BYTES)  # fmt: skip
 
-        reply = _prepare(ad.global_job_id, write)
+        reply, socket_path = prepare(ad.global_job_id, write)
     except (SdError, OSError) as exc:
         if isinstance(exc, OSError):
             exc = StagingError(f"cannot stage the job: {exc}")
@@ -272,38 +140,10 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
                              f"({reply['description']}, {reply['memory_mib']} MiB)",
     }
+    if socket_path:  # for JOB_EXIT, which need not read the knob again (`known_socket`)
+        updates[SOCKET_ATTRIBUTE] = socket_path
     stdout.write(format_updates(updates))
     return 0
-
-
-def _prepare(job_id: str, write: Callable[[IO[bytes]], None]) -> dict[str, Any]:
-    """`prepare JOB_ID` with the input disk WRITE writes: the checked reply."""
-    sock = service_socket()
-    if sock is not None:
-        with sock, sock.makefile("rb") as stream:
-            sock.settimeout(PREPARE_SECONDS)
-            _request(sock, "prepare", job_id)
-            # a service that stopped reading has said why in its reply
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError), \
-                    sock.makefile("wb") as sink:  # fmt: skip
-                write(sink)
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)  # the input's end
-            return _checked(_service_reply(stream))
-    from subprocess import PIPE
-
-    proc = _helper(["prepare", job_id], stdin=PIPE, stdout=PIPE, stderr=PIPE)
-    assert proc.stdin is not None
-    try:
-        write(proc.stdin)
-    except BrokenPipeError:
-        pass  # the helper stopped reading: its reply says why
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    out, err = proc.communicate()  # flushes and closes stdin itself (a closed one raises)
-    return _helper_reply(out, err, proc.returncode)
 
 
 # -- the runner ----------------------------------------------------------------------------------
@@ -316,9 +156,9 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
         return _run_through_helper(argv[1], sandbox)
     # HTCondor's SIGTERM kills us as it comes: the service sees us hang up and destroys the VM
     with sock, sock.makefile("rb") as stream:
-        _request(sock, "run", argv[1])  # and our side stays open: closing it is hanging up
+        request(sock, "run", argv[1])  # and our side stays open: closing it is hanging up
         try:
-            status = _service_reply(stream)
+            status = service_reply(stream)
             if not status.get("ok"):
                 print(f"sd-batch: {status.get('message')}", file=sys.stderr)
                 code = int(status.get("exit", 1))
@@ -338,7 +178,7 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
 def _run_through_helper(job_id: str, sandbox: Path) -> int:
     import subprocess
 
-    proc = _helper(["run", job_id], stdout=subprocess.PIPE)
+    proc = helper(["run", job_id], stdout=subprocess.PIPE)
     assert proc.stdout is not None
 
     def forward(signum: int, _frame: object) -> None:
@@ -414,8 +254,9 @@ def job_exit(argv: Sequence[str], stdin: IO[str], timeout: float = 25.0) -> int:
     if reason not in JOB_EXIT_REASONS:
         log.warning("unknown JOB_EXIT reason %r: cleaning up anyway", reason)
     try:
-        job_id = global_job_id(stdin.read())
-        reply = _checked(_call(["cleanup", job_id], timeout))
+        ad_text = stdin.read()
+        job_id = global_job_id(ad_text)
+        reply = checked(call(["cleanup", job_id], timeout, known=known_socket(ad_text)))
         log.info("job %s (%s): removed %s", job_id, reason, reply.get("removed"))
     except (SdError, OSError) as exc:
         print(f"sd-batch: JOB_EXIT {reason}: cleanup incomplete ({exc}); the reaper will "
@@ -423,29 +264,43 @@ def job_exit(argv: Sequence[str], stdin: IO[str], timeout: float = 25.0) -> int:
     return 0  # HTCondor ignores JOB_EXIT's status; our own log says what happened
 
 
-_DEFINES_GLOBAL_JOB_ID = re.compile(r"^[ \t]*GlobalJobId[ \t]*=", re.IGNORECASE | re.MULTILINE)
-_GLOBAL_JOB_ID = re.compile(_DEFINES_GLOBAL_JOB_ID.pattern + r'[ \t]*"([A-Za-z0-9_.:@#+-]{1,255})"'
-                            r"[ \t]*$", re.IGNORECASE | re.MULTILINE)  # fmt: skip
+def plain_string(ad_text: str, name: str, chars: str) -> str | None:
+    """NAME's value in an old-syntax ad without the ClassAd library (60 ms of a 150 ms hook)
+    when the ad defines it once, as a plain string of CHARS (a regex class: no quote, no
+    backslash, so the text is the value); else None."""
+    defines = rf"^[ \t]*{name}[ \t]*="
+    found = re.findall(defines + rf'[ \t]*"({chars}{{1,255}})"[ \t]*$', ad_text,
+                       re.IGNORECASE | re.MULTILINE)  # fmt: skip
+    if len(found) == 1 and len(re.findall(defines, ad_text, re.IGNORECASE | re.MULTILINE)) == 1:
+        return str(found[0])
+    return None
 
 
 def global_job_id(ad_text: str) -> str:
-    """The job ad's GlobalJobId, as `jobad.parse_job_ad` reads it. Without the ClassAd
-    library (60 ms of a 150 ms hook) when the ad defines it once, as a plain string of a job
-    id's characters (what a schedd writes); any other ad is parsed. Either way the service acts
-    only on the caller's own jobs."""
-    found = _GLOBAL_JOB_ID.findall(ad_text)
-    if len(found) == 1 and len(_DEFINES_GLOBAL_JOB_ID.findall(ad_text)) == 1:
-        return str(found[0])
+    """The job ad's GlobalJobId, as `jobad.parse_job_ad` reads it: `plain_string` when it is
+    one (what a schedd writes), else the ad is parsed. Either way the service acts only on the
+    caller's own jobs."""
+    found = plain_string(ad_text, "GlobalJobId", "[A-Za-z0-9_.:@#+-]")
+    if found is not None:
+        return found
     from .jobad import parse_job_ad
 
     return parse_job_ad(ad_text).global_job_id
+
+
+def known_socket(ad_text: str) -> str | None:
+    """The service's socket PREPARE_JOB used (`SDHelperSocket` in the job ad), if it did.
+    Only the job's own user can have set it otherwise, and a hook runs as that user: the worst
+    a false one does is leave that user's VM to the reaper."""
+    found = plain_string(ad_text, SOCKET_ATTRIBUTE, "[A-Za-z0-9_./@+-]")
+    return found if found and found.startswith("/") else None
 
 
 def startd_cron(stdout: IO[str]) -> int:
     from .jobad import format_updates
 
     try:
-        report = _call(["probe"], 20.0)
+        report = call(["probe"], 20.0)
     except (SdError, OSError) as exc:
         report = {"ok": False, "reason": f"the privileged helper cannot be run: {exc}",
                   "templates": [], "free_memory_mib": None}
@@ -465,7 +320,7 @@ def _reap_quietly(timeout: float = 60.0) -> None:
     """The reaper, every cron run (cheap when nothing is left): its failures are logged on
     stderr, never published, so they cannot take the node out (HasSmartDomains)."""
     try:
-        reply = _call(["reap"], timeout)
+        reply = call(["reap"], timeout)
         for line in reply.get("actions") or [reply.get("message", "")]:
             if line:
                 log.info("reaper: %s", line)

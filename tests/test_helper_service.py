@@ -259,7 +259,9 @@ def running_under(job: Job, pid: int) -> Callable[[], bool]:
 def test_prepare_run_and_job_exit_go_through_the_service(service: Service,
                                                          users: tuple[User, User]) -> None:
     job = new_job(service, users[0], "life")
-    job.prepare()
+    code, out, err = job.hook("prepare_job")
+    assert code == 0 and "HookStatusCode = 0" in out, err
+    assert f'SDHelperSocket = "{service.socket}"' in out  # for JOB_EXIT: no knob to read
     code, out, err = job.hook("runner", "--job", job.id)
     assert code == 170, err  # the site's max_run_seconds: the test driver's VM never stops
     assert "did not power off within 2 s" in err and out == ""
@@ -426,6 +428,23 @@ def test_without_a_socket_the_hooks_use_the_helper_command(service: Service,
     assert "HookStatusCode = 0" in outputs[0].stdout, outputs[0].stderr
     assert f"job {job.id} (exit): removed" in outputs[1].stderr
     assert job.id not in service.log_text()  # the service never saw it
+
+
+def test_job_exit_finds_the_socket_prepare_job_used_in_the_job_ad(
+    service: Service, users: tuple[User, User]
+) -> None:
+    """Before the knob: reading it costs a hook HTCondor's bindings (~70 ms)."""
+    job = new_job(service, users[0], "known")
+    job.prepare()
+    config = service.root / "condor_config"  # a knob naming nowhere: only the ad leads home
+    config.write_text("SMARTDOMAINS_HELPER_SOCKET = /nonexistent/helper.sock\n")
+    env = {**job.env(), "CONDOR_CONFIG": str(config)}
+    del env["_CONDOR_SMARTDOMAINS_HELPER_SOCKET"]
+    ad = f'{job.ad}SDHelperSocket = "{service.socket}"\n'
+    done = subprocess.run([str(HOOKS_DIR / "job_exit"), "exit"], input=ad, env=env,
+                          cwd=job.scratch, capture_output=True, text=True, timeout=60,
+                          user=job.user.uid, group=job.user.gid, check=False)  # fmt: skip
+    assert "removed 1 domain, 0 volumes, 3 files" in done.stderr, done.stderr
 
 
 def test_a_helper_command_named_explicitly_wins_over_the_socket(service: Service,

@@ -36,7 +36,7 @@ PURE = ("sd_batch/lang/*.py", "sd_batch/spec.py", "sd_batch/spec_values.py",
 IMPURE_STDLIB = frozenset({"subprocess", "socket"})
 EDGES = frozenset({"sd_batch.hypervisor", "sd_batch.hypervisor_storage", "sd_batch.ledger",
                    "sd_batch.ledger_schema", "sd_batch.staging", "sd_batch.cli",
-                   "sd_batch.helper_service"})
+                   "sd_batch.helper_service", "sd_batch.helper_client"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,23 @@
 """What sd-batch adds to one job, measured: `sd run` against raw QEMU, and the hook cycle.
 
-Run as `.venv/bin/python benchmarks/job_overhead.py [--runs N]` (as root; a few minutes;
-never inside the tests).
+Run as `.venv/bin/python benchmarks/job_overhead.py [--runs N] [--only qemu|hooks]` (as root;
+a few minutes; never inside the tests).
 
-1. The same payload (a shell script reading an input file and writing a result) through
-   `sd run` (job ad, scratch dir, PREPARE_JOB, the runner booting the VM through sudo and
-   libvirtd, JOB_EXIT, outputs back; everything a user waits for) and through raw
-   `qemu-system-x86_64` booting the same kernel, initramfs, command line, memory and vCPUs with
-   the same input and output disks (built by `sd_batch.staging` from the same sandbox), `-accel
-   tcg -nodefaults`, serial to a file, timed from spawn until QEMU exits when the guest powers
-   off. Rounds alternate which goes first. Both medians and their ratio (target <= 1.05), and
-   where sd run's time goes: its progress lines and libvirt's lifecycle events (`virsh event`),
-   so the guest's own run time is told apart from what we add around it.
+1. The same payload (a shell script reading an input file and writing a result) through `sd run`
+   (job ad, scratch dir, PREPARE_JOB, the runner booting the VM through the helper service when
+   setup-host started it, else sudo and the helper, and libvirtd, JOB_EXIT, outputs back;
+   everything a user waits for) and through raw `qemu-system-x86_64` booting the same kernel,
+   initramfs, command line, memory and vCPUs with the same input and output disks (built by
+   `sd_batch.staging` from the same sandbox), `-accel tcg -nodefaults`, serial to a file, timed
+   from spawn until QEMU exits when the guest powers off. Rounds alternate which goes first.
+   Both medians and their ratio (target <= 1.05), and where sd run's time goes: its progress
+   lines and libvirt's lifecycle events (`virsh event`), so the guest's own run time is told
+   apart from what we add around it.
 2. A full PREPARE_JOB + JOB_EXIT cycle on libvirt's test driver, each hook a separate process
-   as the starter runs it (target <= 150 ms wall each, Python start included), and what a hook
-   process spends on interpreter start and imports (`python -X importtime`).
+   as the starter runs it (target <= 150 ms wall each, Python start included), through each
+   way to the privileged side: the helper service (a private one, on the same site), the
+   helper command run directly, and (as root, with sudo) the helper command through sudo; the
+   ratios; and what a hook process spends on interpreter start and imports (`-X importtime`).
 
 Numbers are measured, never adjusted: medians with min-max and n.
 """
@@ -39,8 +42,9 @@ sys.path.insert(0, str(REPO))
 
 from sd_batch.config import SYSTEM_CONFIG, load_config  # noqa: E402
 from sd_batch.guest.contract import SECTOR, Manifest  # noqa: E402
+from sd_batch.harness_outcome import updated_ad  # noqa: E402
 from sd_batch.hooks import HOOKS_DIR  # noqa: E402
-from sd_batch.jobad import job_ad_from_submit  # noqa: E402
+from sd_batch.jobad import job_ad_from_submit, parse_job_ad  # noqa: E402
 from sd_batch.jobs import JobLimits  # noqa: E402
 from sd_batch.lang import load_file  # noqa: E402
 from sd_batch.spec import KernelBoot, vm_spec  # noqa: E402
@@ -113,7 +117,7 @@ def run_sd(submit: Path) -> tuple[float, dict[str, float]]:
     return total, {
         "sd start, job ad, scratch dir, inputs": t[1] - t[0],
         "PREPARE_JOB (hook + helper: input disk, resolve, define)": t[2] - t[1],
-        "runner until the VM runs (runner, sudo, helper, libvirt start)": booted - t[3],
+        "runner until the VM runs (runner, helper service or sudo, libvirt start)": booted - t[3],
         "the guest (boot, payload, power-off), as libvirt saw it": off - booted,
         "runner after power-off (teardown event, result tar, extraction)": t[4] - off,
         "JOB_EXIT + output transfer + scratch cleanup + exit": t[5] - t[4],
@@ -224,47 +228,111 @@ def bench_vs_qemu(work: Path, runs: int) -> None:
 
 # -- 2. the hook cycle on the test driver ------------------------------------------------------
 def bench_hooks(work: Path, runs: int) -> None:
-    print(f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles)")
+    print(f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles "
+          "per way to the privileged side, interleaved)")
     site = work / "site"
     (site / "images" / "minimal").mkdir(parents=True)
     for name in ("vmlinux", "initrd.img"):
         (site / "images" / "minimal" / name).write_bytes(b"x")
     (site / "node.xml").write_text(NODE_XML, encoding="utf-8")
-    (site / "site.toml").write_text(
+    config = site / "site.toml"
+    config.write_text(
         f'image_dir = "{site / "images"}"\nstate_dir = "{site / "state"}"\n'
         f'default_uri = "test://{site / "node.xml"}"\n[properties]\n"sd.flavour" = "qemu"\n',
         encoding="utf-8")  # fmt: skip
     submit = make_job(work / "hookjob")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "CONDOR_CONFIG": "/dev/null",
-           "SD_BATCH_CONFIG": str(site / "site.toml"), "_CONDOR_SCRATCH_DIR": str(submit.parent),
-           "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.privileged"}  # fmt: skip
-    prepare, exit_ = [], []
-    for i in range(runs + 1):
-        (ad,) = job_ad_from_submit(SUBMIT, submit_dir=submit.parent, owner="bench",
-                                   schedd_name=f"bench{os.getpid()}-{i}@x", qdate=1)
-        for name, bucket in (("prepare_job", prepare), ("job_exit", exit_)):
-            argv = [str(HOOKS_DIR / name)] + (["exit"] if name == "job_exit" else [])
-            started = time.perf_counter()
-            done = subprocess.run(argv, input=ad.encode(), capture_output=True, env=env,
-                                  cwd=submit.parent, check=False)  # fmt: skip
-            took = time.perf_counter() - started
-            if name == "prepare_job" and b"HookStatusCode = 0" not in done.stdout:
-                raise SystemExit(f"PREPARE_JOB failed: {done.stdout!r} {done.stderr!r}")
-            if i:  # the first cycle warms the page cache
-                bucket.append(took)
-    for name, values in (("PREPARE_JOB", prepare), ("JOB_EXIT", exit_)):
-        verdict = "MET" if statistics.median(values) <= 0.150 else "NOT MET"
-        print(f"   {name:12s} {stats(values, 'ms', 1000)}  target <= 150 ms: {verdict}")
+           "SD_BATCH_CONFIG": str(config), "_CONDOR_SCRATCH_DIR": str(submit.parent)}
+    condor_config = site / "condor_config"  # a worker's: the hook reads the knob through it
+    condor_config.write_text(f"SMARTDOMAINS_HELPER_SOCKET = {site / 'run' / 'helper.sock'}\n",
+                             encoding="utf-8")  # fmt: skip
+    ways = {"helper service (one Python per hook)":
+            {**env, "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(site / "run" / "helper.sock")},
+            "helper service, its socket read from an HTCondor config (a worker's case)":
+            {**env, "CONDOR_CONFIG": str(condor_config)},
+            "helper command, run directly": {
+                **env, "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.privileged"}}
+    if os.geteuid() == 0 and shutil.which("sudo"):
+        ways["helper command through sudo"] = {**env, "_CONDOR_SMARTDOMAINS_HELPER": (
+            f"sudo -n /usr/bin/env SD_BATCH_CONFIG={config} CONDOR_CONFIG=/dev/null "
+            f"{PYTHON} -I -m sd_batch.privileged")}  # fmt: skip
+    service = _start_service(site, env)
+    times: dict[str, dict[str, list[float]]] = {w: {"PREPARE_JOB": [], "JOB_EXIT": []}
+                                                 for w in ways}  # fmt: skip
+    try:
+        for i in range(runs + 1):  # the first cycle of each warms the page cache
+            for n, way in enumerate(ways):
+                (ad,) = job_ad_from_submit(SUBMIT, submit_dir=submit.parent, owner="bench",
+                                           schedd_name=f"bench{os.getpid()}-{i}-{n}@x", qdate=1)
+                took = _hook_cycle(ad, ways[way], submit.parent)
+                for hook, seconds in took.items():
+                    if i:
+                        times[way][hook].append(seconds)
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    for way, hooks in times.items():
+        print(f"   {way}:")
+        for name, values in hooks.items():
+            verdict = "MET" if statistics.median(values) <= 0.150 else "NOT MET"
+            print(f"     {name:12s} {stats(values, 'ms', 1000)}  target <= 150 ms: {verdict}")
+    fast = times["helper service (one Python per hook)"]
+    for way in ways:
+        if not way.startswith("helper service"):
+            ratios = ", ".join(
+                f"{name} {statistics.median(times[way][name]) / statistics.median(v):.1f}x"
+                for name, v in fast.items())  # fmt: skip
+            print(f"   {way} / helper service: {ratios}")
     bare = [_timed([str(PYTHON), "-c", "pass"]) for _ in range(runs)]
     isolated = [_timed([str(PYTHON), "-I", "-S", "-c", "pass"]) for _ in range(runs)]
     print(f"   python start alone (venv):      {stats(bare, 'ms', 1000)}")
     print(f"   python -I -S start (no site):   {stats(isolated, 'ms', 1000)}")
-    for module, args in (("sd_batch.hooks", ["prepare-job"]), ("sd_batch.privileged", ["probe"])):
-        print(f"   imports of `python -m {module}` (-X importtime, self+children, top 8):")
-        for line in _importtime(module, args, env, submit.parent)[:8]:
+    service = _start_service(site, env)  # the hooks' imports as they run: through the service
+    ways_env = ways["helper service (one Python per hook)"]
+    for module, args in (("sd_batch.hooks", ["prepare-job"]), ("sd_batch.hooks", ["job-exit"]),
+                         ("sd_batch.privileged", ["probe"])):  # fmt: skip
+        print(f"   imports of `python -m {module} {args[0]}` (-X importtime, self+children, "
+              "top 8):")
+        for line in _importtime(module, args, ways_env, submit.parent, ad.encode())[:8]:
             print(f"     {line}")
-    print("   a PREPARE_JOB is two Python processes (the hook, then the helper it runs through "
-          "sudo or directly), so interpreter start and imports count twice.")
+    service.terminate()
+    service.wait(timeout=30)
+    print("   through the helper command a hook is two Python processes (the hook, then the "
+          "helper it runs), so interpreter start and imports count twice; through the service "
+          "once, and the service has libvirt's connection, lark's parser and its modules loaded.")
+
+
+def _start_service(site: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A private helper service (root) on SITE's config, listening under SITE/run."""
+    sock = site / "run" / "helper.sock"
+    log = open(site / "service.log", "ab")  # noqa: SIM115 - the service's, closed with it
+    proc = subprocess.Popen([str(PYTHON), "-I", "-m", "sd_batch.helper_service", "--socket",
+                             str(sock)], env=env, stdout=log, stderr=log)  # fmt: skip
+    for _ in range(200):
+        if sock.exists():
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SystemExit(f"the helper service did not start: {(site / 'service.log').read_text()}")
+
+
+def _hook_cycle(ad: str, env: dict[str, str], cwd: Path) -> dict[str, float]:
+    """Wall seconds of PREPARE_JOB, then of JOB_EXIT on the ad with its updates (as the
+    starter hands it on)."""
+    took = {}
+    for name, argv in (("PREPARE_JOB", ["prepare_job"]), ("JOB_EXIT", ["job_exit", "exit"])):
+        started = time.perf_counter()
+        done = subprocess.run([str(HOOKS_DIR / argv[0]), *argv[1:]], input=ad.encode(),
+                              capture_output=True, env=env, cwd=cwd, check=False)  # fmt: skip
+        took[name] = time.perf_counter() - started
+        if name == "PREPARE_JOB" and b"HookStatusCode = 0" not in done.stdout:
+            raise SystemExit(f"PREPARE_JOB failed: {done.stdout!r} {done.stderr!r}")
+        if name == "PREPARE_JOB":
+            ad = updated_ad(parse_job_ad(ad), done.stdout.decode()).text
+        if name == "JOB_EXIT" and b"(exit): removed" not in done.stderr:
+            raise SystemExit(f"JOB_EXIT did not clean up: {done.stderr!r}")
+    return took
 
 
 def _timed(argv: list[str]) -> float:
@@ -273,8 +341,9 @@ def _timed(argv: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _importtime(module: str, args: list[str], env: dict[str, str], cwd: Path) -> list[str]:
-    done = subprocess.run([str(PYTHON), "-X", "importtime", "-m", module, *args], input=b"",
+def _importtime(module: str, args: list[str], env: dict[str, str], cwd: Path,
+                stdin: bytes = b"") -> list[str]:  # fmt: skip
+    done = subprocess.run([str(PYTHON), "-X", "importtime", "-m", module, *args], input=stdin,
                           capture_output=True, env=env, cwd=cwd, check=False)  # fmt: skip
     rows = []
     for line in done.stderr.decode().splitlines():
@@ -289,14 +358,19 @@ def _importtime(module: str, args: list[str], env: dict[str, str], cwd: Path) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="repetitions of each (default 5)")
-    parser.add_argument("--hook-runs", type=int, default=20, help="hook cycles (default 20)")
+    parser.add_argument("--hook-runs", type=int, default=20,
+                        help="hook cycles per way to the privileged side (default 20)")
+    parser.add_argument("--only", choices=("qemu", "hooks"),
+                        help="run only part 1 (qemu) or part 2 (hooks)")
     args = parser.parse_args()
     os.environ.setdefault("CONDOR_CONFIG", "/dev/null")
     with tempfile.TemporaryDirectory(prefix="sd-bench-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)  # noqa: PTH101 - the slot user reads the job folder
-        bench_vs_qemu(work, args.runs)
-        bench_hooks(work, args.hook_runs)
+        if args.only != "hooks":
+            bench_vs_qemu(work, args.runs)
+        if args.only != "qemu":
+            bench_hooks(work, args.hook_runs)
 
 
 if __name__ == "__main__":

@@ -461,13 +461,43 @@ def test_a_helper_command_named_explicitly_wins_over_the_socket(service: Service
     assert 'SmartDomainsTemplates = "fake"' in done.stdout, done.stderr
 
 
-def test_sigterm_stops_listening_at_once_and_the_service_exits_when_idle(
-    service: Service,
+def test_sigterm_stops_listening_at_once_and_finishes_the_runs_under_way(
+    service: Service, users: tuple[User, User]
 ) -> None:
+    job = new_job(service, users[0], "drain")
+    job.prepare()
+    runner = job.start("runner", "--job", job.id)
+    until(running_under(job, runner.pid))
     service.proc.send_signal(signal.SIGTERM)
+    until(lambda: not service.socket.exists(), 5.0)  # new hooks go to sudo (or a new service)
+    assert service.proc.poll() is None  # while the run goes on
+    assert runner.wait(timeout=30) == 170  # its answer came: the site's 2 s run limit
     assert service.proc.wait(timeout=10) == 0
-    assert not service.socket.exists()
     assert "no new requests" in service.log_text()
+    cleanup_without_the_service(job)
+
+
+def test_a_runner_whose_service_dies_sends_its_job_back_to_idle(
+    service: Service, users: tuple[User, User]
+) -> None:
+    job = new_job(service, users[0], "died")
+    job.prepare()
+    runner = job.start("runner", "--job", job.id)
+    until(running_under(job, runner.pid))
+    service.proc.kill()
+    _, err = runner.communicate(timeout=30)
+    assert runner.returncode == 172, err  # the transform's OnExitRemove is false for it
+    assert "closed the connection without an answer" in err.decode()
+    cleanup_without_the_service(job)
+
+
+def cleanup_without_the_service(job: Job) -> None:
+    """JOB_EXIT's cleanup through the helper module, for the job's user (as sudo would)."""
+    env = {"PATH": "/usr/bin:/bin", "SD_BATCH_CONFIG": str(job.service.config),
+           "CONDOR_CONFIG": "/dev/null", "SUDO_UID": str(job.user.uid)}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "sd_batch.privileged", "cleanup", job.id],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert json.loads(done.stdout)["ok"] is True, done.stderr
 
 
 # --- the cheap GlobalJobId of JOB_EXIT ----------------------------------------------------------

@@ -16,7 +16,6 @@ import grp
 import json
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
@@ -33,7 +32,7 @@ import pytest
 
 from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config
 from sd_batch.hooks import HOOKS_DIR, global_job_id
-from sd_batch.jobad import job_ad_from_submit, parse_job_ad
+from sd_batch.jobad import job_ad_from_submit
 from sd_batch.jobs import JobKey
 from sd_batch.ledger import Ledger, Owner, OwnerKind, OwnerStatus
 
@@ -246,6 +245,14 @@ def until(check: Callable[[], object], seconds: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def started_run(job: Job) -> subprocess.Popen[bytes]:
+    """JOB prepared, its runner started, and the service waiting on its VM for it."""
+    job.prepare()
+    runner = job.start("runner", "--job", job.id)
+    until(running_under(job, runner.pid))  # the runner's pid, not the service's, is recorded
+    return runner
+
+
 def running_under(job: Job, pid: int) -> Callable[[], bool]:
     def check() -> bool:
         owner = job.owner()
@@ -298,77 +305,11 @@ def test_another_slot_user_can_neither_run_nor_clean_the_first_users_job(
     assert "removed 1 domain, 0 volumes, 3 files" in err, err
 
 
-# --- who may connect -----------------------------------------------------------------------------
-@pytest.fixture
-def outsider(users: tuple[User, User]) -> Iterator[User]:
-    for leftover in (["userdel", OUTSIDER], ["groupdel", OUTSIDER]):  # of an interrupted run
-        subprocess.run(leftover, check=False, capture_output=True)
-    useradd("-U", OUTSIDER)
-    try:
-        yield User.named(OUTSIDER)
-    finally:
-        subprocess.run(["userdel", OUTSIDER], check=False, capture_output=True)
-        subprocess.run(["groupdel", OUTSIDER], check=False, capture_output=True)
-
-
-CONNECT = """import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-try:
-    s.connect(sys.argv[1])
-except OSError as exc:
-    print(json.dumps({"errno": exc.errno}))
-    raise SystemExit
-s.sendall(b'{"action": "probe"}\\n')
-print(s.makefile("rb").readline().decode().strip())
-"""
-
-
-def as_outsider(user: User, sock: Path) -> dict[str, object]:
-    done = subprocess.run(["setpriv", "--reuid", str(user.uid), "--regid", str(user.gid),
-                           "--clear-groups", "/usr/bin/python3", "-I", "-c", CONNECT, str(sock)],
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    reply: dict[str, object] = json.loads(done.stdout)
-    return reply
-
-
-def test_the_socket_is_root_and_the_slot_groups_alone(service: Service, outsider: User) -> None:
-    info = service.socket.stat()
-    assert (info.st_uid, info.st_gid, oct(info.st_mode & 0o777)) == (
-        0, grp.getgrnam(GROUP).gr_gid, "0o660")
-    assert as_outsider(outsider, service.socket) == {"errno": 13}  # EACCES, from the kernel
-    service.socket.chmod(0o666)  # an admin's mistake: the service still asks the kernel who
-    reply = as_outsider(outsider, service.socket)
-    assert reply["ok"] is False and "only root and the slot group" in str(reply["message"])
-    assert f"refused uid {outsider.uid}" in service.log_text()
-
-
-@pytest.mark.parametrize("raw", [
-    b"not json\n", b"[1, 2]\n", b'{"action": "rm -rf /"}\n', b'{"action": "probe", "job": "x"}\n',
-    b'{"action": "run"}\n', b'{"action": "cleanup", "job": 7}\n',
-    b'{"action": "cleanup", "job": "x", "uid": 0}\n', b"x" * 10_000, b'{"action": "probe"}',
-])  # fmt: skip
-def test_a_malformed_request_gets_a_json_error_and_the_service_carries_on(
-    service: Service, raw: bytes
-) -> None:
-    reply = service.ask(raw)
-    assert (reply["ok"], reply["error"], reply["disposition"]) == (False, "BadRequest", "requeue")
-    assert service.ask(b'{"action": "probe"}\n')["ok"] is True
-
-
-def test_a_malformed_job_id_is_refused_as_the_helper_refuses_it(service: Service) -> None:
-    reply = service.ask(b'{"action": "cleanup", "job": "../../etc/passwd"}\n')
-    assert (reply["ok"], reply["disposition"]) == (False, "hold")
-    assert "is not an HTCondor job id" in str(reply["message"])
-
-
 # --- the runner's life is the job's ---------------------------------------------------------------
 def test_the_runner_hanging_up_destroys_its_vm_at_once(service: Service,
                                                        users: tuple[User, User]) -> None:
     job = new_job(service, users[0], "hangup")
-    job.prepare()
-    runner = job.start("runner", "--job", job.id)
-    until(running_under(job, runner.pid))
+    runner = started_run(job)
     time.sleep(0.5)  # well into the wait (the VM's start came just before it)
     runner.send_signal(signal.SIGTERM)  # HTCondor's hold, remove or evict
     assert runner.wait(timeout=10) == -signal.SIGTERM
@@ -383,9 +324,7 @@ def test_a_runner_that_died_while_the_service_ran_its_vm_is_reaped(
     service: Service, users: tuple[User, User]
 ) -> None:
     job = new_job(service, users[0], "reaped")
-    job.prepare()
-    runner = job.start("runner", "--job", job.id)
-    until(running_under(job, runner.pid))  # the runner's pid, not the service's, is recorded
+    runner = started_run(job)
     assert service.ask(b'{"action": "reap"}\n') == {"ok": True, "actions": []}
     runner.kill()
     runner.wait(timeout=10)
@@ -465,9 +404,7 @@ def test_sigterm_stops_listening_at_once_and_finishes_the_runs_under_way(
     service: Service, users: tuple[User, User]
 ) -> None:
     job = new_job(service, users[0], "drain")
-    job.prepare()
-    runner = job.start("runner", "--job", job.id)
-    until(running_under(job, runner.pid))
+    runner = started_run(job)
     service.proc.send_signal(signal.SIGTERM)
     until(lambda: not service.socket.exists(), 5.0)  # new hooks go to sudo (or a new service)
     assert service.proc.poll() is None  # while the run goes on
@@ -481,9 +418,7 @@ def test_a_runner_whose_service_dies_sends_its_job_back_to_idle(
     service: Service, users: tuple[User, User]
 ) -> None:
     job = new_job(service, users[0], "died")
-    job.prepare()
-    runner = job.start("runner", "--job", job.id)
-    until(running_under(job, runner.pid))
+    runner = started_run(job)
     service.proc.kill()
     _, err = runner.communicate(timeout=30)
     assert runner.returncode == 172, err  # the transform's OnExitRemove is false for it
@@ -500,17 +435,6 @@ def cleanup_without_the_service(job: Job) -> None:
     assert json.loads(done.stdout)["ok"] is True, done.stderr
 
 
-# --- the cheap GlobalJobId of JOB_EXIT ----------------------------------------------------------
-def test_job_exit_reads_the_global_job_id_as_the_classad_library_does(tmp_path: Path) -> None:
-    (ad,) = job_ad_from_submit(SUBMIT, submit_dir=tmp_path, owner="u", schedd_name="s@h",
-                               qdate=1700000000)  # fmt: skip
-    assert global_job_id(ad) == parse_job_ad(ad).global_job_id == "s@h#1.0#1700000000"
-    twice = ad + 'GLOBALJOBID = "other#1.0#1"\n'  # the last one counts: left to the library
-    assert global_job_id(twice) == parse_job_ad(twice).global_job_id == "other#1.0#1"
-    built = re.sub(r"^GlobalJobId = .*$", 'GlobalJobId = strcat("a", "b")', ad, flags=re.M)
-    assert global_job_id(built) == parse_job_ad(built).global_job_id == "ab"
-
-
 def test_an_input_over_the_site_limit_is_refused_with_the_limits_message(
     service: Service, users: tuple[User, User]
 ) -> None:
@@ -523,17 +447,3 @@ def test_an_input_over_the_site_limit_is_refused_with_the_limits_message(
     assert "larger than the site limit of 1 MiB" in out
 
 
-def test_one_caller_cannot_take_every_request_thread(service: Service) -> None:
-    from sd_batch.helper_service import MAX_PER_USER
-
-    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_PER_USER)]
-    try:
-        for sock in idle:
-            sock.connect(str(service.socket))  # and say nothing (the service waits 10 s)
-        until(lambda: service.ask(b'{"action": "probe"}\n').get("error") == "Busy", 5.0)
-        reply = service.ask(b'{"action": "probe"}\n')
-        assert (reply["ok"], reply["exit"], reply["disposition"]) == (False, 75, "requeue")
-    finally:
-        for sock in idle:
-            sock.close()
-    until(lambda: service.ask(b'{"action": "probe"}\n')["ok"] is True, 5.0)

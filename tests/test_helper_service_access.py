@@ -1,0 +1,122 @@
+"""The helper service's door: who may connect, what a request may be, how much one caller may
+hold, and JOB_EXIT's cheap reading of the job ad. A private service as in
+test_helper_service (root, a test:/// site); the outsider is a user outside the slot group,
+run through setpriv with Debian's own Python (the venv's is the slot group's alone).
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import re
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sd_batch.hooks import global_job_id
+from sd_batch.jobad import job_ad_from_submit, parse_job_ad
+
+pytestmark = pytest.mark.libvirt
+pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
+
+import test_helper_service as private  # noqa: E402
+from test_helper_service import GROUP, SUBMIT, Service, User, until, useradd  # noqa: E402
+
+users, service = private.users, private.service  # its fixtures: the slot users, the service
+OUTSIDER = "sdtest-svc-x"
+
+
+@pytest.fixture
+def outsider(users: tuple[User, User]) -> Iterator[User]:
+    for leftover in (["userdel", OUTSIDER], ["groupdel", OUTSIDER]):  # of an interrupted run
+        subprocess.run(leftover, check=False, capture_output=True)
+    useradd("-U", OUTSIDER)
+    try:
+        yield User.named(OUTSIDER)
+    finally:
+        subprocess.run(["userdel", OUTSIDER], check=False, capture_output=True)
+        subprocess.run(["groupdel", OUTSIDER], check=False, capture_output=True)
+
+
+CONNECT = """import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as exc:
+    print(json.dumps({"errno": exc.errno}))
+    raise SystemExit
+s.sendall(b'{"action": "probe"}\\n')
+print(s.makefile("rb").readline().decode().strip())
+"""
+
+
+def as_outsider(user: User, sock: Path) -> dict[str, object]:
+    done = subprocess.run(["setpriv", "--reuid", str(user.uid), "--regid", str(user.gid),
+                           "--clear-groups", "/usr/bin/python3", "-I", "-c", CONNECT, str(sock)],
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reply: dict[str, object] = json.loads(done.stdout)
+    return reply
+
+
+def test_the_socket_is_root_and_the_slot_groups_alone(service: Service, outsider: User) -> None:
+    info = service.socket.stat()
+    assert (info.st_uid, info.st_gid, oct(info.st_mode & 0o777)) == (
+        0, grp.getgrnam(GROUP).gr_gid, "0o660")
+    assert as_outsider(outsider, service.socket) == {"errno": 13}  # EACCES, from the kernel
+    service.socket.chmod(0o666)  # an admin's mistake: the service still asks the kernel who
+    reply = as_outsider(outsider, service.socket)
+    assert reply["ok"] is False and "only root and the slot group" in str(reply["message"])
+    assert f"refused uid {outsider.uid}" in service.log_text()
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json\n", b"[1, 2]\n", b'{"action": "rm -rf /"}\n', b'{"action": "probe", "job": "x"}\n',
+    b'{"action": "run"}\n', b'{"action": "cleanup", "job": 7}\n',
+    b'{"action": "cleanup", "job": "x", "uid": 0}\n', b"x" * 10_000, b'{"action": "probe"}',
+])  # fmt: skip
+def test_a_malformed_request_gets_a_json_error_and_the_service_carries_on(
+    service: Service, raw: bytes
+) -> None:
+    reply = service.ask(raw)
+    assert (reply["ok"], reply["error"], reply["disposition"]) == (False, "BadRequest", "requeue")
+    assert service.ask(b'{"action": "probe"}\n')["ok"] is True
+
+
+def test_a_malformed_job_id_is_refused_as_the_helper_refuses_it(service: Service) -> None:
+    reply = service.ask(b'{"action": "cleanup", "job": "../../etc/passwd"}\n')
+    assert (reply["ok"], reply["disposition"]) == (False, "hold")
+    assert "is not an HTCondor job id" in str(reply["message"])
+
+
+
+
+def test_one_caller_cannot_take_every_request_thread(service: Service) -> None:
+    from sd_batch.helper_service import MAX_PER_USER
+
+    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_PER_USER)]
+    try:
+        for sock in idle:
+            sock.connect(str(service.socket))  # and say nothing (the service waits 10 s)
+        until(lambda: service.ask(b'{"action": "probe"}\n').get("error") == "Busy", 5.0)
+        reply = service.ask(b'{"action": "probe"}\n')
+        assert (reply["ok"], reply["exit"], reply["disposition"]) == (False, 75, "requeue")
+    finally:
+        for sock in idle:
+            sock.close()
+    until(lambda: service.ask(b'{"action": "probe"}\n')["ok"] is True, 5.0)
+
+
+# --- the cheap GlobalJobId of JOB_EXIT ----------------------------------------------------------
+def test_job_exit_reads_the_global_job_id_as_the_classad_library_does(tmp_path: Path) -> None:
+    (ad,) = job_ad_from_submit(SUBMIT, submit_dir=tmp_path, owner="u", schedd_name="s@h",
+                               qdate=1700000000)  # fmt: skip
+    assert global_job_id(ad) == parse_job_ad(ad).global_job_id == "s@h#1.0#1700000000"
+    twice = ad + 'GLOBALJOBID = "other#1.0#1"\n'  # the last one counts: left to the library
+    assert global_job_id(twice) == parse_job_ad(twice).global_job_id == "other#1.0#1"
+    built = re.sub(r"^GlobalJobId = .*$", 'GlobalJobId = strcat("a", "b")', ad, flags=re.M)
+    assert global_job_id(built) == parse_job_ad(built).global_job_id == "ab"

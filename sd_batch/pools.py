@@ -67,6 +67,7 @@ class Connections:
                 return cached
             if cached is not None:
                 self.forget(uri)  # a long-lived process (sd watch, sd web) outlives restarts
+            hv: HypervisorAPI
             if self._opener is None:
                 from .hypervisor import connect
 

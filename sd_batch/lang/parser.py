@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,13 +92,28 @@ def _decode_bytes(token: Token) -> bytes:
     return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
 
 
+class _ParseState(threading.local):
+    """What one parse needs besides the text: per thread, so a long-lived process (the helper
+    service) parses descriptions in several threads at once through the one parser."""
+
+    filename = "<text>"
+    anonymous: Iterator[int] = itertools.count(1)
+
+
 class _ToSyntax(Transformer[Token, Any]):
     """Parse tree -> syntax objects. Shape only: no lookups, no checks (the resolver's job)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.filename = "<text>"
-        self.anonymous: Iterator[int] = itertools.count(1)
+        self.state = _ParseState()
+
+    @property
+    def filename(self) -> str:
+        return self.state.filename
+
+    @property
+    def anonymous(self) -> Iterator[int]:
+        return self.state.anonymous
 
     def _loc(self, token: Token) -> SourceLocation:
         return SourceLocation(
@@ -464,9 +480,14 @@ class _ReservedWord(Exception):
         self.token = token
 
 
+_PARSER_MADE = threading.Lock()
+
+
 def _parser() -> Lark:
     global _PARSER
-    if _PARSER is None:
+    with _PARSER_MADE:
+        if _PARSER is not None:
+            return _PARSER
         _PARSER = Lark.open(
             str(GRAMMAR),
             parser="lalr",
@@ -476,7 +497,7 @@ def _parser() -> Lark:
             lexer_callbacks={"WORD": _word},
             maybe_placeholders=False,
         )
-    return _PARSER
+        return _PARSER
 
 
 @contextmanager
@@ -502,8 +523,8 @@ def parse_text(
 ) -> SourceFile:
     """Parse one file's text. `anonymous` numbers `--` names across all files of one description."""
     parser = _parser()
-    _TRANSFORMER.filename = filename
-    _TRANSFORMER.anonymous = anonymous if anonymous is not None else itertools.count(1)
+    _TRANSFORMER.state.filename = filename
+    _TRANSFORMER.state.anonymous = anonymous if anonymous is not None else itertools.count(1)
     try:
         with gc_paused():
             items = parser.parse(text)

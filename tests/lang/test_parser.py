@@ -279,3 +279,23 @@ def test_lazy_and_data_references_parse_as_references():
     sfconfig = load_text("x 1; sfConfig extends { l LAZY x; d DATA x:y; }").sfconfig
     assert isinstance(sfconfig["l"], Reference) and sfconfig["l"].lazy
     assert isinstance(sfconfig["d"], Reference) and sfconfig["d"].data
+
+
+# -- threads ---------------------------------------------------------------------------------------
+def test_threads_parsing_at_once_each_keep_their_file_name_and_anonymous_numbers():
+    """The helper service parses descriptions in several threads through the one parser."""
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = "".join(f"a{i} {i};\n" for i in range(200)) + "-- extends { x 1; }\n-- 2;\n"
+
+    def parse(n: int) -> list[str]:
+        source = parse_text(body, f"f{n}.sf", anonymous=itertools.count(100 * n))
+        names = ["".join(i.name) for i in source.items if isinstance(i, AttrDef)]
+        files = {i.loc.file for i in source.items if isinstance(i, AttrDef)}
+        assert files == {f"f{n}.sf"}, files
+        return names[-2:]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(parse, range(64)))
+    assert results == [[f"--{100 * n}", f"--{100 * n + 1}"] for n in range(64)]

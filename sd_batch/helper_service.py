@@ -51,17 +51,14 @@ import socketserver
 import stat
 import struct
 import sys
-import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
-from .config import SiteConfig
-from .errors import SdError
 from .pools import Connections
-from .privileged import ACTIONS, EX_TEMPFAIL, JOB_ACTIONS, perform, site_config
+from .privileged import ACTIONS, EX_TEMPFAIL, JOB_ACTIONS, perform
 
 log = logging.getLogger("sd_batch.helper_service")
 
@@ -72,7 +69,6 @@ REQUEST_SECONDS = 10.0  # to send the request line
 DATA_SECONDS = 600.0  # the longest pause while an input disk or a result tar moves
 MAX_CLIENTS = 512  # requests at once; each running job holds one
 MAX_PER_USER = 32  # of those, one caller's: a slot user who hoards them starves only itself
-SPOOL_IN_MEMORY = 8 * 1024**2  # an input disk up to this size never touches the disk twice
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
 
 
@@ -270,12 +266,10 @@ class Handler(socketserver.BaseRequestHandler):
         if request.action == "run":
             self._run(sock, request, peer, what)
             return
-        with contextlib.ExitStack() as stack:
-            data_in = stack.enter_context(spool(rfile)) if request.action == "prepare" else None
-            if request.action in ("prepare", "probe"):  # they read descriptions
-                stack.enter_context(self.server.description_lock)
-            answer = perform(request.action, request.job, peer.uid, data_in=data_in,
-                             connections=self.server.connections)  # fmt: skip
+        # prepare streams the input disk from the socket into the job's folder (bounded there)
+        data_in = cast(BinaryIO, rfile) if request.action == "prepare" else None
+        answer = perform(request.action, request.job, peer.uid, data_in=data_in,
+                         connections=self.server.connections)  # fmt: skip
         log.info("%s: %s", what, _summary(answer.reply))
         self._send(answer.reply or {})
         if request.action == "prepare":
@@ -306,25 +300,6 @@ class Handler(socketserver.BaseRequestHandler):
         self.replied = True
         with contextlib.suppress(OSError):
             self.request.sendall(json.dumps(reply).encode() + b"\n")
-
-
-@contextlib.contextmanager
-def spool(rfile: IO[bytes]) -> Iterator[BinaryIO]:
-    """The input disk as the client sends it, into a root-only unnamed file (memory while
-    small), at most one byte over the site's limit (`jobs.prepare` then refuses it with the
-    limit's message): a slow client holds no lock."""
-    try:
-        config = site_config()
-    except SdError:
-        config = SiteConfig()  # prepare itself will say what is wrong with the config
-    folder = str(config.state_dir) if config.state_dir.is_dir() else None
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=folder) as held:
-        room = config.policy.max_input_bytes + 1
-        while room > 0 and (chunk := rfile.read(min(1 << 20, room))):
-            held.write(chunk)
-            room -= len(chunk)
-        held.seek(0)
-        yield cast(BinaryIO, held)
 
 
 def warm_up() -> None:
@@ -359,9 +334,6 @@ class HelperService(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.path, self.gid = path, gid
         self.under_way: dict[int, int] = {}  # uid -> requests
         self.counting = threading.Lock()
-        # The language's parser keeps per-parse state in one module-level transformer
-        # (sd_batch/lang/parser.py): descriptions are parsed one at a time.
-        self.description_lock = threading.Lock()
         self.connections = ServiceConnections()
         super().__init__(str(path), Handler, bind_and_activate=False)
 

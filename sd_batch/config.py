@@ -3,7 +3,7 @@
 A site config is a TOML file (`/etc/sd-batch/site.toml`, or `$XDG_CONFIG_HOME/sd-batch/site.toml`,
 or the file named by `SD_BATCH_CONFIG`). Every knob has a safe default, so a fresh machine works
 without one. `parse_config` is pure; `load_config` is the one place that reads the file.
-May import: errors, placement (Policy), policy (SitePolicy), pyxdg, tomllib.
+May import: errors, placement_policy (Policy), policy (SitePolicy), pyxdg, tomllib.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .placement import Policy
+    from .placement_policy import Policy
     from .policy import SitePolicy
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -33,8 +33,8 @@ DEFAULT_CPU_OVERCOMMIT = 4.0
 
 
 def default_placement() -> Policy:
-    """Imported late: only scheduling commands pay for the placement module."""
-    from .placement import Policy
+    """Imported late, from its own small module: reading a config does not load placement."""
+    from .placement_policy import Policy
 
     return Policy(cpu_overcommit=DEFAULT_CPU_OVERCOMMIT)
 
@@ -167,7 +167,7 @@ def _placement(table: Any, origin: str) -> tuple[Policy, dict[str, frozenset[str
     if unknown:
         raise ConfigError(f"{origin}: unknown [placement] setting {unknown[0]!r}",
                           hint=f"known: {', '.join(known)}")  # fmt: skip
-    from .placement import Policy
+    from .placement_policy import Policy
 
     values: dict[str, Any] = {"cpu_overcommit": DEFAULT_CPU_OVERCOMMIT}
     for key in _RATIOS:

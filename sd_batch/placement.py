@@ -7,8 +7,8 @@ does not fit, why (the tightest resource or constraint). A `Strategy` only decid
 hosts with room a VM goes to; the constraints (`filters`) decide which hosts have room.
 Deterministic: ties between equal hosts are broken by a seeded hash of their names, never by
 `hash()` or dict order, so the same input gives the same plan in every process.
-May import: errors, placement_constraints, placement_strategies (the constraints and the
-strategies have their own modules).
+May import: errors, placement_constraints, placement_policy, placement_strategies (the
+constraints, the site's Policy and the strategies have their own modules).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import NoHostHasCapacity
 from .placement_constraints import CONSTRAINTS, Check
+from .placement_policy import STRICT as STRICT  # re-exported: the site rules live there
+from .placement_policy import Policy as Policy
 
 if TYPE_CHECKING:
     from .placement_strategies import Strategy
@@ -30,28 +32,6 @@ UNLIMITED = 1 << 62
 #: Resource indexes into `_Table.free` and `_Item.need`.
 MEMORY, VCPUS, DISK, SLOTS = 0, 1, 2, 3
 RESOURCE_NAMES = ("memory", "vcpus", "disk", "VM slots")
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """The site's rules for every host: Nova's allocation ratios, reserved memory, VM limit."""
-
-    cpu_overcommit: float = 1.0
-    memory_overcommit: float = 1.0
-    disk_overcommit: float = 1.0
-    #: Memory kept for the host itself (Nova's reserved_host_memory_mb).
-    reserved_memory_mib: int = 0
-    max_vms_per_host: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("cpu_overcommit", "memory_overcommit", "disk_overcommit"):
-            assert getattr(self, name) > 0, f"{name} must be positive"
-        assert self.reserved_memory_mib >= 0
-        assert self.max_vms_per_host is None or self.max_vms_per_host >= 0
-
-
-#: No overcommit, nothing reserved, no VM limit: what placement assumes unless told.
-STRICT = Policy()
 
 
 @dataclass(frozen=True, slots=True)

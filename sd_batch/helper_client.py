@@ -178,8 +178,6 @@ def checked(reply: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-
-
 def prepare(job_id: str, write: Callable[[IO[bytes]], None]) -> tuple[dict[str, Any], str]:
     """`prepare JOB_ID` with the input disk WRITE writes: the checked reply, and the service's
     socket path ("" when the helper command did it)."""

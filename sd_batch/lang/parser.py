@@ -3,28 +3,27 @@
 The only module that imports lark: every lark exception is translated here into a
 `DescriptionSyntaxError` that names `file:line:column` and what was expected. The compiled
 grammar is cached on disk (lark's cache), because hooks start a fresh Python per job.
-May import: lark, errors, lang.model, lang.syntax.
+May import: lark, errors, lang.literals, lang.model, lang.syntax.
 """
 
 from __future__ import annotations
 
-import binascii
 import gc
 import itertools
-import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from ..errors import DescriptionSyntaxError, SourceLocation
 from . import model
+from .literals import decode_bytes, finite, integer, unescape
 from .model import KEYWORDS, PART_KINDS, RESERVED_WORDS, Double, Long, Reference, RefPart
 from .syntax import (
     ApplyRef,
@@ -41,31 +40,7 @@ from .syntax import (
 
 GRAMMAR = Path(__file__).with_name("sf.lark")
 KEYWORD_TYPES = {word: word.upper() for word in KEYWORDS - RESERVED_WORDS}
-
-_ESCAPES = {"n": "\n", "t": "\t", "b": "\b", "r": "\r", "f": "\f"}
-
-
-def unescape(body: str) -> str:
-    """Java escapes as SmartFrog's `fixEscapes` reads them (`\\n`, octal `\\101`, `\\"`)."""
-    if "\\" not in body:
-        return body
-    out: list[str] = []
-    i = 0
-    while i < len(body):
-        ch = body[i]
-        if ch == "\\" and i + 1 < len(body):
-            nxt = body[i + 1]
-            if nxt in "0123":  # the lexer only lets \[0-3][0-7][0-7] through
-                out.append(chr(int(body[i + 1 : i + 4], 8)))
-                i += 4
-                continue
-            out.append(_ESCAPES.get(nxt, nxt))
-            i += 2
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
-
+_T = TypeVar("_T")
 
 class _BadLiteral(Exception):
     """A literal the lexer accepts but no value matches (`1e999`, `#B64#a#`): a syntax error."""
@@ -74,22 +49,6 @@ class _BadLiteral(Exception):
         super().__init__(message)
         self.token = token
         self.message = message
-
-
-def _decode_bytes(token: Token) -> bytes:
-    kind, digits = token[1:4], "".join(token[5:-1].split())
-    if kind == "HEX":
-        return bytes.fromhex(digits if len(digits) % 2 == 0 else "0" + digits)
-    if kind == "B64":
-        import base64
-
-        try:
-            return base64.b64decode(digits + "=" * (-len(digits) % 4))
-        except binascii.Error as exc:
-            raise _BadLiteral(token, f"malformed #B64# byte array: {exc}") from None
-    base = {"DEC": 10, "OCT": 8, "BIN": 2}[kind]
-    value = int(digits, base) if digits else 0
-    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
 
 
 class _ParseState(threading.local):
@@ -206,17 +165,17 @@ class _ToSyntax(Transformer[Token, Any]):
         return unescape(token[2:-1])
 
     def integer(self, children: list[Token]) -> int:
-        return _in_range(children[0], children[0])
+        return _literal(children[0], lambda: integer(children[0], children[0]))
 
     def long(self, children: list[Token]) -> Long:
-        return Long(_in_range(children[0][:-1], children[0]))
+        return Long(_literal(children[0], lambda: integer(children[0][:-1], children[0])))
 
     def float(self, children: list[Token]) -> float:
         text = str(children[0])
-        return _finite(float(text[:-1] if text[-1] in "fF" else text), children[0])
+        return _literal(children[0], lambda: finite(text[:-1] if text[-1] in "fF" else text, text))
 
     def double(self, children: list[Token]) -> Double:
-        return Double(_finite(float(children[0][:-1]), children[0]))
+        return Double(_literal(children[0], lambda: finite(children[0][:-1], children[0])))
 
     def true(self, _children: list[Token]) -> bool:
         return True
@@ -231,7 +190,7 @@ class _ToSyntax(Transformer[Token, Any]):
         return model.TBD
 
     def bytearray(self, children: list[Token]) -> bytes:
-        return _decode_bytes(children[0])
+        return _literal(children[0], lambda: decode_bytes(children[0]))
 
     def vector(self, children: list[Any]) -> list[Any]:
         return list(children[1:])
@@ -298,22 +257,12 @@ class _ToSyntax(Transformer[Token, Any]):
         return ApplyRef("ASSERT", children[1], self._loc(children[0]))
 
 
-def _in_range(digits: str, token: Token) -> int:
-    # Checked on the text first: int() refuses more than 4300 digits with a ValueError.
-    value = int(digits) if len(digits) <= 21 else None
-    if value is None or value not in model.INT_RANGE:
-        raise _BadLiteral(token, f"number {_short(token)} is out of range (integers have 64 bits)")
-    return value
-
-
-def _short(token: Token) -> str:
-    return token if len(token) <= 30 else f"{token[:27]}..."
-
-
-def _finite(value: float, token: Token) -> float:
-    if not math.isfinite(value):
-        raise _BadLiteral(token, f"number {_short(token)} is out of range")
-    return value
+def _literal(token: Token, value: Callable[[], _T]) -> _T:
+    """VALUE() of a literal the lexer accepted; its ValueError is a syntax error at TOKEN."""
+    try:
+        return value()
+    except ValueError as exc:
+        raise _BadLiteral(token, str(exc)) from None
 
 
 # -- error messages ------------------------------------------------------------------------------

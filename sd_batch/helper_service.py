@@ -55,7 +55,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, cast
 
 from .pools import Connections
 from .privileged import ACTIONS, EX_TEMPFAIL, JOB_ACTIONS, perform
@@ -249,7 +249,11 @@ class Handler(socketserver.BaseRequestHandler):
 
     def _serve(self, sock: socket.socket, peer: Peer) -> None:
         sock.settimeout(REQUEST_SECONDS)
-        rfile = sock.makefile("rb")
+        # closed on the way out: while a makefile holds the socket, closing it keeps it open
+        with sock.makefile("rb") as rfile:
+            self._answer(sock, peer, rfile)
+
+    def _answer(self, sock: socket.socket, peer: Peer, rfile: IO[bytes]) -> None:
         try:
             line = rfile.readline(MAX_REQUEST_BYTES + 1)
             if not line:
@@ -273,8 +277,11 @@ class Handler(socketserver.BaseRequestHandler):
         log.info("%s: %s", what, _summary(answer.reply))
         self._send(answer.reply or {})
         if request.action == "prepare":
-            with contextlib.suppress(OSError):  # the reply is queued: the client reads it
-                sock.shutdown(socket.SHUT_WR)
+            # The reply is queued: the client reads it. Both ways, so that a client still
+            # writing an input disk prepare stopped reading (a refusal, a full disk) gets EPIPE
+            # at once instead of blocking on a full socket until its timeout.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _run(self, sock: socket.socket, request: Request, peer: Peer, what: str) -> None:
         if peer.pid <= 0:

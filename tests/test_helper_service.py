@@ -442,8 +442,12 @@ def test_an_input_over_the_site_limit_is_refused_with_the_limits_message(
         config.write("max_input_mib = 1\n")
     job = new_job(service, users[0], "big")
     (job.scratch / "input.txt").write_bytes(b"x" * 3 * 1024**2)
+    started = time.monotonic()
     code, out, err = job.hook("prepare_job")
     assert code == 1 and "HookStatusCode = 180" in out, out + err
     assert "larger than the site limit of 1 MiB" in out
+    # the service stopped reading at the limit and shut the connection both ways: the hook,
+    # still writing 2 MiB, got EPIPE at once rather than blocking until its 300 s timeout
+    assert time.monotonic() - started < 30
 
 

@@ -9,7 +9,8 @@ domains in `virsh list --all`, ledger rows plus files under the state dir. Last 
 
 Each scenario but the last has a private site (a fresh state dir, SD_BATCH_CONFIG) and runs
 the hooks and the runner as separate processes as condor_starter does, as root, so the helper
-runs without sudo and reads that config; libvirtd "down" is a URI whose socket does not exist.
+runs without sudo and reads that config (`--via service`: a private helper service per site
+instead, the production door); libvirtd "down" is a URI whose socket does not exist.
 "Four jobs at once" is four real `sd run` (the slot user, sudo, the real site) in parallel,
 compared before and after. `--quick` skips the kill points but one, and the four jobs;
 `--only TEXT` runs the rows naming TEXT.
@@ -75,8 +76,10 @@ class Row:
 class Site:
     """A private site: its own state dir and config; jobs are driven hook by hook."""
 
-    def __init__(self, root: Path, *, max_run: int = 300, scratch: bool = False) -> None:
-        self.root, self.max_run = root, max_run
+    def __init__(self, root: Path, *, max_run: int = 300, scratch: bool = False,
+                 via: str = "helper") -> None:  # fmt: skip
+        self.root, self.max_run, self.via = root, max_run, via
+        self.service: subprocess.Popen[bytes] | None = None
         self.state = root / "state"
         self.state.mkdir(parents=True, exist_ok=True)
         self.config = root / "site.toml"
@@ -96,6 +99,30 @@ class Site:
             f'template_dirs = [{dirs}]\n[properties]\n"sd.flavour" = "qemu"\n'
             f"[policy]\nmax_run_seconds = {self.max_run}\noutput_disk_mib = {OUTPUT_MIB}\n",
             encoding="utf-8")  # fmt: skip
+        if via == "service":
+            self.start_service()
+
+    def start_service(self) -> None:
+        """A private helper service on this site's config (root; its socket under the site)."""
+        sock = self.root / "run" / "helper.sock"
+        log = (self.root / "service.log").open("ab")
+        self.service = subprocess.Popen(
+            [str(PYTHON), "-I", "-m", "sd_batch.helper_service", "--socket", str(sock)],
+            env={"PATH": "/usr/bin:/bin", "HOME": "/root", "SD_BATCH_CONFIG": str(self.config),
+                 "CONDOR_CONFIG": "/dev/null"}, stdout=log, stderr=log)  # fmt: skip
+        log.close()
+        if not wait_for(sock.exists, 30):
+            raise RuntimeError(f"the helper service did not start: see {self.root}/service.log")
+
+    def service_log(self) -> str:
+        """What the private helper service said (its warnings go there, not to the runner)."""
+        log = self.root / "service.log"
+        return log.read_text(errors="replace") if log.is_file() else ""
+
+    def close(self) -> None:
+        if self.service is not None:
+            self.service.terminate()  # SIGTERM: runs under way finish, then it exits
+            self.service.wait(timeout=120)
 
     def scratch_site(self) -> tuple[Path, list[Path]]:
         """A private image folder (the minimal guest, hard-linked, and a 64 MiB qcow2 base)
@@ -127,10 +154,13 @@ class Site:
         return job
 
     def env(self, sandbox: Path) -> dict[str, str]:
+        door = ({"_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.root / "run" / "helper.sock")}
+                if self.via == "service"
+                else {"_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.privileged"})
         return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
                 "SD_BATCH_CONFIG": str(self.config), "CONDOR_CONFIG": "/dev/null",
                 "_CONDOR_SCRATCH_DIR": str(sandbox), "SD_BATCH_PYTHON": str(PYTHON),
-                "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.privileged"}  # fmt: skip
+                **door}  # fmt: skip
 
     def reap(self) -> str:
         done = subprocess.run([str(SD), "reap", "--prepared-grace", "0"], capture_output=True,
@@ -203,7 +233,7 @@ class Job:
             return f"requeued (OnExitRemove false): {said}"
         result = self.sandbox / "result.txt"
         kept = " (output ok)" if result.is_file() and result.read_text() == "done\n" else ""
-        if "reconnecting" in err:  # the helper's warning when libvirtd went away mid-wait
+        if "reconnecting" in err + self.site.service_log():  # libvirtd went away mid-wait
             kept += " (the runner reconnected)"
         return f"exit {proc.returncode}{kept}" + (f": {said}" if proc.returncode else "")
 
@@ -284,17 +314,19 @@ def libvirtd_down(site: Site, step: str) -> str:
             said = f"prepared; {job.run()}"
         return f"{said}; {job.exit_hook()}"
     said = job.prepare()
+    note = ("no fault through the service (the link goes, but the connection it opened at "
+            "PREPARE_JOB stays; see libvirtd restarting): " if site.via == "service" else "")
     if step == "runner":
         site.libvirtd(up=False)
         said = job.run()
         site.libvirtd(up=True)
-        return f"{said}; {job.exit_hook()}"
+        return f"{note}{said}; {job.exit_hook()}"
     said = job.run()
     site.libvirtd(up=False)
     left = job.exit_hook()
     rows = site.leaks()[1]
     site.libvirtd(up=True)
-    return f"{said}; {left}, {rows} row(s)/file(s) left; {site.reap()}"
+    return f"{note}{said}; {left}, {rows} row(s)/file(s) left; {site.reap()}"
 
 
 def systemd_runs(question: str) -> bool:
@@ -525,6 +557,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one kill point, no four jobs")
     parser.add_argument("--only", metavar="TEXT", default="",
                         help="only the rows whose fault or step contains TEXT (e.g. restarting)")
+    parser.add_argument("--via", choices=("helper", "service"), default="helper",
+                        help="the hooks' door to root: the helper command (default) or a "
+                             "private helper service per site")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (the helper runs without sudo, on private state dirs)")
@@ -540,11 +575,13 @@ def main() -> int:
                 if args.only not in f"{fault} | {step}":
                     continue
                 site = Site(root / f"site-{len(rows)}", max_run=max_run,
-                            scratch="overlay" in step)
+                            scratch="overlay" in step, via=args.via)  # fmt: skip
                 try:
                     outcome = scenario(site, step)
                 except Exception as exc:  # noqa: BLE001 - the matrix reports, never stops
                     outcome = f"ERROR {exc!r}"
+                finally:
+                    site.close()
                 domains, files = getattr(site, "leaked", None) or site.leaks()
                 rows.append(Row(fault, step, outcome, domains, files))
                 print_row(rows[-1], first=len(rows) == 1)

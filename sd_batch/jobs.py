@@ -331,7 +331,7 @@ def wait_off_across_restarts(
             answered = isinstance(exc, (ShutoffTimeout, DiskWriteError, DomainNotFound))
             if answered or (hv is not None and hv.is_alive()):
                 raise  # an answer from a live daemon, not a lost connection
-            connections.forget(uri)
+            # the next connections(uri) finds this one dead and opens another
             away_since = clock() if away_since is None else away_since
             if clock() - away_since >= away_limit:
                 raise HypervisorError(f"{uri}: lost libvirtd while the job's VM ran, and it "

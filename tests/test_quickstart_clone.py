@@ -50,14 +50,16 @@ def private_clone() -> Iterator[Path]:
         yield clone
     finally:
         # this checkout takes the host back: the sudoers rule and the helper service
-        subprocess.run([str(ROOT / "scripts" / "setup-host"), "--no-guest"], env=ENV,
-                       capture_output=True, check=False, timeout=TIMEOUT)  # fmt: skip
+        setup_host = [str(ROOT / "scripts" / "setup-host"), "--no-guest"]
+        subprocess.run(setup_host, env=ENV, capture_output=True, check=False, timeout=TIMEOUT)
         shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_quickstart_runs_the_job_from_a_clone_only_root_may_enter(private_clone: Path) -> None:
-    done = subprocess.run([str(private_clone / "scripts" / "quickstart")], cwd=private_clone,
-                          env=ENV, capture_output=True, text=True, timeout=TIMEOUT, check=False)  # fmt: skip
+    quickstart = [str(private_clone / "scripts" / "quickstart")]
+    done = subprocess.run(
+        quickstart, cwd=private_clone, env=ENV, capture_output=True, text=True, timeout=TIMEOUT
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert "hello, world: this ran in a VM" in done.stdout, output[-4000:]
@@ -66,6 +68,6 @@ def test_quickstart_runs_the_job_from_a_clone_only_root_may_enter(private_clone:
     parent = private_clone.parent
     assert f"granted sd-slots traversal (x only) of {parent}" in done.stdout
     assert parent.stat().st_mode & 0o777 == 0o700
-    acl = subprocess.run(["getfacl", "-cp", str(parent)], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    getfacl = ["getfacl", "-cp", str(parent)]
+    acl = subprocess.run(getfacl, capture_output=True, text=True, check=True).stdout
     assert "group:sd-slots:--x" in acl.split()

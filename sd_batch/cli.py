@@ -35,7 +35,7 @@ examples:
   sd reap --dry-run                             what crashed runs left, and why
   sd web                                        the template web form on 127.0.0.1:8080
 
-Descriptions are written in the SmartFrog language; see the README's language guide.
+Descriptions are written in the SmartFrog language; see docs/language.md.
 Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor,
 7 state ledger, 8 deployment (rolled back).
 """

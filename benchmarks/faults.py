@@ -35,10 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, load_config  # noqa: E402
-from sd_batch.jobad import JobAd, job_ad_from_submit, parse_job_ad  # noqa: E402
-from sd_batch.jobs import JobKey  # noqa: E402
-from sd_batch.ledger import Ledger  # noqa: E402
+from sd_batch.batch.jobs import JobKey  # noqa: E402
+from sd_batch.condor.jobad import JobAd, job_ad_from_submit, parse_job_ad  # noqa: E402
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, load_config  # noqa: E402
+from sd_batch.ledger.store import Ledger  # noqa: E402
 
 HOOKS = ROOT / "condor_hooks"
 SD = ROOT / ".venv" / "bin" / "sd"
@@ -107,7 +107,7 @@ class Site:
         sock = self.root / "run" / "helper.sock"
         log = (self.root / "service.log").open("ab")
         self.service = subprocess.Popen(
-            [str(PYTHON), "-I", "-m", "sd_batch.helper_service", "--socket", str(sock)],
+            [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
             env={"PATH": "/usr/bin:/bin", "HOME": "/root", "SD_BATCH_CONFIG": str(self.config),
                  "CONDOR_CONFIG": "/dev/null"}, stdout=log, stderr=log)  # fmt: skip
         log.close()
@@ -156,7 +156,7 @@ class Site:
     def env(self, sandbox: Path) -> dict[str, str]:
         door = ({"_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.root / "run" / "helper.sock")}
                 if self.via == "service"
-                else {"_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.privileged"})
+                else {"_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.batch.privileged"})
         return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
                 "SD_BATCH_CONFIG": str(self.config), "CONDOR_CONFIG": "/dev/null",
                 "_CONDOR_SCRATCH_DIR": str(sandbox), "SD_BATCH_PYTHON": str(PYTHON),

@@ -40,16 +40,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sd_batch.config import SYSTEM_CONFIG, load_config  # noqa: E402
+from sd_batch.batch.jobs import JobLimits  # noqa: E402
+from sd_batch.condor.jobad import job_ad_from_submit, parse_job_ad  # noqa: E402
+from sd_batch.config.site import SYSTEM_CONFIG, load_config  # noqa: E402
+from sd_batch.config.templates import find_template  # noqa: E402
 from sd_batch.guest.contract import SECTOR, Manifest  # noqa: E402
-from sd_batch.harness_outcome import updated_ad  # noqa: E402
-from sd_batch.hooks import HOOKS_DIR  # noqa: E402
-from sd_batch.jobad import job_ad_from_submit, parse_job_ad  # noqa: E402
-from sd_batch.jobs import JobLimits  # noqa: E402
+from sd_batch.helper.hooks import HOOKS_DIR  # noqa: E402
 from sd_batch.lang import load_file  # noqa: E402
-from sd_batch.spec import KernelBoot, vm_spec  # noqa: E402
+from sd_batch.localrun.outcome import updated_ad  # noqa: E402
 from sd_batch.staging import create_output_disk, result_tar_from_disk, write_input_tar  # noqa: E402
-from sd_batch.templates import find_template  # noqa: E402
+from sd_batch.vm.spec import KernelBoot, vm_spec  # noqa: E402
 
 SD = REPO / ".venv" / "bin" / "sd"
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -251,11 +251,11 @@ def bench_hooks(work: Path, runs: int) -> None:
             "helper service, its socket read from an HTCondor config (a worker's case)":
             {**env, "CONDOR_CONFIG": str(condor_config)},
             "helper command, run directly": {
-                **env, "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.privileged"}}
+                **env, "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.batch.privileged"}}
     if os.geteuid() == 0 and shutil.which("sudo"):
         ways["helper command through sudo"] = {**env, "_CONDOR_SMARTDOMAINS_HELPER": (
             f"sudo -n /usr/bin/env SD_BATCH_CONFIG={config} CONDOR_CONFIG=/dev/null "
-            f"{PYTHON} -I -m sd_batch.privileged")}  # fmt: skip
+            f"{PYTHON} -I -m sd_batch.batch.privileged")}  # fmt: skip
     service = _start_service(site, env)
     times: dict[str, dict[str, list[float]]] = {w: {"PREPARE_JOB": [], "JOB_EXIT": []}
                                                  for w in ways}  # fmt: skip
@@ -289,8 +289,9 @@ def bench_hooks(work: Path, runs: int) -> None:
     print(f"   python -I -S start (no site):   {stats(isolated, 'ms', 1000)}")
     service = _start_service(site, env)  # the hooks' imports as they run: through the service
     ways_env = ways["helper service (one Python per hook)"]
-    for module, args in (("sd_batch.hooks", ["prepare-job"]), ("sd_batch.hooks", ["job-exit"]),
-                         ("sd_batch.privileged", ["probe"])):  # fmt: skip
+    for module, args in (("sd_batch.helper.hooks", ["prepare-job"]),
+                         ("sd_batch.helper.hooks", ["job-exit"]),
+                         ("sd_batch.batch.privileged", ["probe"])):  # fmt: skip
         print(f"   imports of `python -m {module} {args[0]}` (-X importtime, self+children, "
               "top 8):")
         for line in _importtime(module, args, ways_env, submit.parent, ad.encode())[:8]:
@@ -306,7 +307,7 @@ def _start_service(site: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A private helper service (root) on SITE's config, listening under SITE/run."""
     sock = site / "run" / "helper.sock"
     log = open(site / "service.log", "ab")  # noqa: SIM115 - the service's, closed with it
-    proc = subprocess.Popen([str(PYTHON), "-I", "-m", "sd_batch.helper_service", "--socket",
+    proc = subprocess.Popen([str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket",
                              str(sock)], env=env, stdout=log, stderr=log)  # fmt: skip
     for _ in range(200):
         if sock.exists():

@@ -177,8 +177,8 @@ def cold_validate(runs: int) -> None:
         steps = {
             "python -c pass": "pass",
             "+ import lark": "import lark",
-            "+ import sd_batch.cli": "import lark, sd_batch.cli",
-            "+ sd validate's imports": "import lark, sd_batch.cli, sd_batch.commands.lang, "
+            "+ import sd_batch.cli.main": "import lark, sd_batch.cli.main",
+            "+ sd validate's imports": "import lark, sd_batch.cli.main, sd_batch.cli.lang, "
             "sd_batch.lang.evaluate",
         }
         floors = {

@@ -34,12 +34,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
-from sd_batch.deploy import plan  # noqa: E402
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
+from sd_batch.deploy.engine import plan  # noqa: E402
 from sd_batch.errors import SdError  # noqa: E402
-from sd_batch.hypervisor import Hypervisor  # noqa: E402
+from sd_batch.hypervisor.connection import Hypervisor  # noqa: E402
 from sd_batch.lang import load_file  # noqa: E402
-from sd_batch.spec import KernelBoot  # noqa: E402
+from sd_batch.vm.spec import KernelBoot  # noqa: E402
 
 SYSTEM_URI = "qemu:///system"
 SOCKET = Path("/run/libvirt/libvirt-sock")
@@ -88,7 +88,7 @@ def bench_overlays(work: Path, runs: int, no_daemon: str | None) -> None:
         def delete(path: Path) -> None:
             hv.delete_volume(path)
     else:
-        from sd_batch.hypervisor import _qemu_img_create
+        from sd_batch.hypervisor.connection import _qemu_img_create
 
         print(f"   libvirtd unavailable ({no_daemon}):")
         print("   timing our edge's qemu-img path instead (the one used without a storage driver)")
@@ -200,7 +200,7 @@ def sd_command() -> list[str]:
     script = Path(sys.executable).parent / "sd"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from sd_batch.cli import console_main; console_main()"]
+    return [sys.executable, "-c", "from sd_batch.cli.main import console_main; console_main()"]
 
 
 def run_sd_pool(site: Path, environ: dict[str, str], count: int, name: str) -> tuple[float, float]:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.cli import Environment, main
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, COMPONENT_LIBRARY_DIR
+from sd_batch.cli.main import Environment, main
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
+from sd_batch.lang import COMPONENT_LIBRARY_DIR
 from sd_batch.lang import load_file
 
 SEED = """#include "components.sf"

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch import pools
-from sd_batch.config import SiteConfig, load_config
+from sd_batch.config.site import SiteConfig, load_config
+from sd_batch.deploy import pools
+from sd_batch.deploy.pools import Connections, placing_lock, plan_pool, start_pool, terminate_pool
 from sd_batch.errors import DeployError, NoHostHasCapacity
-from sd_batch.inventory import live_host
-from sd_batch.ledger import Claim, Ledger
-from sd_batch.pools import Connections, placing_lock, plan_pool, start_pool, terminate_pool
+from sd_batch.hypervisor.inventory import live_host
+from sd_batch.ledger.store import Claim, Ledger
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -39,7 +39,7 @@ NODE = """<node>
   <memory>1048576</memory>
 </node>
 """
-SD = [sys.executable, "-c", "from sd_batch.cli import console_main; console_main()"]
+SD = [sys.executable, "-c", "from sd_batch.cli.main import console_main; console_main()"]
 
 
 @dataclass

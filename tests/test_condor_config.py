@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.jobad import (
+from sd_batch.condor.jobad import (
     SMARTDOMAINS_TRANSFORM,
     apply_job_transform,
     job_ad_from_submit,

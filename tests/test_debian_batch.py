@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_run_e2e import _missing, assert_nothing_left, sd_run
 
-from sd_batch.config import SYSTEM_CONFIG, load_config
+from sd_batch.config.site import SYSTEM_CONFIG, load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 

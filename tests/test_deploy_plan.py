@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from sd_batch.config import BUILTIN_TEMPLATE_DIR
-from sd_batch.deploy import Order, Step, plan
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
+from sd_batch.deploy.engine import Order, Step, plan
 from sd_batch.errors import DescriptionError, SpecError
 from sd_batch.lang import load_file, load_text
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sd_batch.domain_xml import (
+from sd_batch.vm.domain_xml import (
     SD_NAMESPACE,
     DiskSource,
     ExtraDisk,
@@ -24,7 +24,7 @@ from sd_batch.domain_xml import (
     to_xml,
     volume_xml,
 )
-from sd_batch.spec import (
+from sd_batch.vm.spec import (
     DiskBoot,
     DiskFormat,
     DiskSpec,
@@ -395,7 +395,7 @@ def test_a_description_becomes_a_valid_domain(
     tmp_path: Path, golden: Callable[[Path, str], None], virt_xml_validate: Validate
 ) -> None:
     from sd_batch.lang import load_text
-    from sd_batch.spec import vm_spec
+    from sd_batch.vm.spec import vm_spec
 
     description = load_text(DESCRIPTION, "job.sf")
     assert description.sfconfig is not None

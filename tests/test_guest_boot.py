@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.config import load_config
+from sd_batch.config.site import load_config
 from sd_batch.guest.contract import (
     CONSOLE_READY,
     INPUT_SERIAL,

@@ -1,6 +1,6 @@
 """The helper service: the hooks' one interpreter per hook, and the same privilege boundary.
 
-A private service runs as root (`python -I -m sd_batch.helper_service --socket TMP`), on a
+A private service runs as root (`python -I -m sd_batch.helper.service --socket TMP`), on a
 site config whose hypervisor is libvirt's test driver (`test:///TMP/node.xml`, one simulated
 host for the service's whole life). The hooks (`condor_hooks/*`) run as separate processes as
 slot users and find it through `_CONDOR_SMARTDOMAINS_HELPER_SOCKET`; their PATH holds no
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config
-from sd_batch.hooks import HOOKS_DIR, global_job_id
-from sd_batch.jobad import job_ad_from_submit
-from sd_batch.jobs import JobKey
-from sd_batch.ledger import Ledger, Owner, OwnerKind, OwnerStatus
+from sd_batch.batch.jobs import JobKey
+from sd_batch.condor.jobad import job_ad_from_submit
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
+from sd_batch.helper.hooks import HOOKS_DIR, global_job_id
+from sd_batch.ledger.store import Ledger, Owner, OwnerKind, OwnerStatus
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -115,7 +115,7 @@ def start_service(root: Path, sock: Path) -> Service:
            "CONDOR_CONFIG": "/dev/null"}  # fmt: skip
     log = root / "service.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-I", "-m", "sd_batch.helper_service",
+        proc = subprocess.Popen([sys.executable, "-I", "-m", "sd_batch.helper.service",
                                  "--socket", str(sock)], env=env, stdout=out, stderr=out)
     for _ in range(200):
         if proc.poll() is not None:
@@ -430,7 +430,7 @@ def cleanup_without_the_service(job: Job) -> None:
     """JOB_EXIT's cleanup through the helper module, for the job's user (as sudo would)."""
     env = {"PATH": "/usr/bin:/bin", "SD_BATCH_CONFIG": str(job.service.config),
            "CONDOR_CONFIG": "/dev/null", "SUDO_UID": str(job.user.uid)}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "sd_batch.privileged", "cleanup", job.id],
+    done = subprocess.run([sys.executable, "-m", "sd_batch.batch.privileged", "cleanup", job.id],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert json.loads(done.stdout)["ok"] is True, done.stderr
 

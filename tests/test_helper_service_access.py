@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.hooks import global_job_id
-from sd_batch.jobad import job_ad_from_submit, parse_job_ad
+from sd_batch.condor.jobad import job_ad_from_submit, parse_job_ad
+from sd_batch.helper.hooks import global_job_id
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -96,7 +96,7 @@ def test_a_malformed_job_id_is_refused_as_the_helper_refuses_it(service: Service
 
 
 def test_one_caller_cannot_take_every_request_thread(service: Service) -> None:
-    from sd_batch.helper_service import MAX_PER_USER
+    from sd_batch.helper.service import MAX_PER_USER
 
     idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_PER_USER)]
     try:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config
-from sd_batch.hooks import HOOKS_DIR
-from sd_batch.jobad import job_ad_from_submit
-from sd_batch.jobs import JobKey
-from sd_batch.ledger import Ledger
+from sd_batch.batch.jobs import JobKey
+from sd_batch.condor.jobad import job_ad_from_submit
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
+from sd_batch.helper.hooks import HOOKS_DIR
+from sd_batch.ledger.store import Ledger
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -129,7 +129,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         "SD_BATCH_PYTHON": sys.executable, "_CONDOR_SCRATCH_DIR": str(sandbox),
         "_CONDOR_JOB_AD": str(sandbox / ".job.ad"), "_CONDOR_SLOT": "slot1",
         # the helper in-process as this user: no sudo, our private site config
-        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.privileged",
+        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
     }  # fmt: skip
     made = Site(tmp_path, sandbox, environ)
     yield made
@@ -170,7 +170,7 @@ def test_sd_run_judges_the_exit_on_the_shadows_ad_after_moving_the_outputs(
     """The harness evaluates OnExitHold / OnExitRemove as the shadow does: on the submitted
     ad, transformed by the site (171 held, 172 back to Idle, the job's own exit 3 held), never
     on what PREPARE_JOB printed (its `OnExitHold = true` stays in the starter's copy)."""
-    from sd_batch.harness import EXIT_HELD, EXIT_IDLE, Harness, SlotUser
+    from sd_batch.localrun.harness import EXIT_HELD, EXIT_IDLE, Harness, SlotUser
 
     hooks = tmp_path / "hooks"
     hooks.mkdir()

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.domain_xml import SD_NAMESPACE, Owner, OwnerKind, build_metadata
 from sd_batch.errors import DomainNotFound, HypervisorError
-from sd_batch.hypervisor import (
+from sd_batch.hypervisor.connection import (
     DomainInfo,
     DomainOwner,
     DomainState,
@@ -28,6 +27,7 @@ from sd_batch.hypervisor import (
     HypervisorAPI,
     ShutoffTimeout,
 )
+from sd_batch.vm.domain_xml import SD_NAMESPACE, Owner, OwnerKind, build_metadata
 
 HOSTS = Path(__file__).resolve().parent / "data" / "hosts"
 UNREACHABLE = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
@@ -76,14 +76,14 @@ class FakeClock:
 
 def test_importing_the_module_loads_neither_libvirt_nor_tenacity() -> None:
     code = (
-        "import sys, sd_batch.hypervisor\n"
+        "import sys, sd_batch.hypervisor.connection\n"
         "assert 'libvirt' not in sys.modules and 'tenacity' not in sys.modules, sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_missing_libvirt_python_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sd_batch.hypervisor import _libvirt
+    from sd_batch.hypervisor.connection import _libvirt
 
     monkeypatch.setitem(sys.modules, "libvirt", None)
     _libvirt.cache_clear()  # forget a libvirt imported by earlier tests
@@ -304,7 +304,7 @@ def test_qemu_img_fallback_writes_volumes(tmp_path: Path) -> None:
     """The path taken where a URI has no storage driver (qemu:///embed)."""
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img is not installed")
-    from sd_batch.hypervisor import _qemu_img_create
+    from sd_batch.hypervisor.connection import _qemu_img_create
 
     base = tmp_path / "base.qcow2"
     _qemu_img_create(base, "qcow2", 1 << 30, None)

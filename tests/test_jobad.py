@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch import jobad
-from sd_batch.errors import SdError
-from sd_batch.jobad import (
+from sd_batch.condor import jobad
+from sd_batch.condor.jobad import (
     JobAdError,
     apply_job_transform,
     format_updates,
@@ -26,6 +25,7 @@ from sd_batch.jobad import (
     split_environment,
     split_environment_v1,
 )
+from sd_batch.errors import SdError
 
 # The condor_submit manual page (man-pages/htcondor-jdl "arguments" and "environment"): each
 # submit-file value and the arguments / environment entries the manual says it produces.
@@ -281,7 +281,7 @@ def test_format_updates_refuses_what_a_hook_line_cannot_carry(
 def test_hooks_parse_and_print_without_importing_the_v1_bindings() -> None:
     code = (
         "import sys\n"
-        "from sd_batch.jobad import parse_job_ad, format_updates\n"
+        "from sd_batch.condor.jobad import parse_job_ad, format_updates\n"
         "parse_job_ad('ClusterId = 1\\nProcId = 0\\nCmd = \"x\"\\n')\n"
         "format_updates({'A': 1})\n"
         "print(sorted(m for m in ('htcondor', 'classad') if m in sys.modules))\n"
@@ -297,7 +297,7 @@ def test_condor_param_reads_the_machines_config(tmp_path: Path) -> None:
     config = tmp_path / "condor_config"
     config.write_text("SMARTDOMAINS_HOME = /opt/x\nSMARTDOMAINS_HELPER = $(SMARTDOMAINS_HOME)/h\n")
     code = (
-        "from sd_batch.jobad import condor_param\n"
+        "from sd_batch.condor.jobad import condor_param\n"
         "print(condor_param('SMARTDOMAINS_HELPER'), condor_param('NOPE_NOT_SET', 'dflt'))\n"
     )
     done = subprocess.run(

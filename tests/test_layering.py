@@ -18,25 +18,25 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sd_batch"
 
 #: A foreign library -> the one module allowed to import it.
 HOMES: dict[str, str] = {
-    "libvirt": "sd_batch/hypervisor.py",
-    "libvirt_qemu": "sd_batch/hypervisor.py",
-    "libvirt_lxc": "sd_batch/hypervisor.py",
-    "libvirtaio": "sd_batch/hypervisor.py",
+    "libvirt": "sd_batch/hypervisor/connection.py",
+    "libvirt_qemu": "sd_batch/hypervisor/connection.py",
+    "libvirt_lxc": "sd_batch/hypervisor/connection.py",
+    "libvirtaio": "sd_batch/hypervisor/connection.py",
     "lark": "sd_batch/lang/parser.py",
-    "htcondor": "sd_batch/jobad.py",
-    "htcondor2": "sd_batch/jobad.py",
-    "classad": "sd_batch/jobad.py",
-    "classad2": "sd_batch/jobad.py",
+    "htcondor": "sd_batch/condor/jobad.py",
+    "htcondor2": "sd_batch/condor/jobad.py",
+    "classad": "sd_batch/condor/jobad.py",
+    "classad2": "sd_batch/condor/jobad.py",
 }
 #: The pure core: no processes, no network, and no edge module behind its back.
-PURE = ("sd_batch/lang/*.py", "sd_batch/spec.py", "sd_batch/spec_values.py",
-        "sd_batch/domain_xml.py", "sd_batch/placement*.py", "sd_batch/planning.py",
-        "sd_batch/policy.py", "sd_batch/hypervisor_types.py", "sd_batch/condor_syntax.py",
-        "sd_batch/ledger_types.py")
+PURE = ("sd_batch/lang/*.py", "sd_batch/vm/spec.py", "sd_batch/vm/values.py",
+        "sd_batch/vm/domain_xml.py", "sd_batch/placement*.py", "sd_batch/placement/plan.py",
+        "sd_batch/vm/site_policy.py", "sd_batch/hypervisor/types.py", "sd_batch/condor/syntax.py",
+        "sd_batch/ledger/types.py")
 IMPURE_STDLIB = frozenset({"subprocess", "socket"})
-EDGES = frozenset({"sd_batch.hypervisor", "sd_batch.hypervisor_storage", "sd_batch.ledger",
-                   "sd_batch.ledger_schema", "sd_batch.staging", "sd_batch.cli",
-                   "sd_batch.helper_service", "sd_batch.helper_client"})
+EDGES = frozenset({"sd_batch.hypervisor.connection", "sd_batch.hypervisor.storage", "sd_batch.ledger.store",
+                   "sd_batch.ledger.schema", "sd_batch.staging", "sd_batch.cli.main",
+                   "sd_batch.helper.service", "sd_batch.helper.client"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +141,7 @@ def test_the_walker_sees_lazy_relative_and_dynamic_imports() -> None:
     )
     found = [str(i) for i in imports_in(code, "sd_batch/lang/sample.py", "sd_batch.lang")]
     assert found == [
-        "sd_batch/lang/sample.py:1: import sd_batch.spec",
+        "sd_batch/lang/sample.py:1: import sd_batch.vm.spec",
         "sd_batch/lang/sample.py:2: import sd_batch.lang.model",
         "sd_batch/lang/sample.py:4: import importlib",
         "sd_batch/lang/sample.py:4: import subprocess",

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch import ledger as ledger_module
-from sd_batch.config import SiteConfig
-from sd_batch.domain_xml import OwnerKind
+from sd_batch.config.site import SiteConfig
 from sd_batch.errors import LedgerError
-from sd_batch.ledger import (
+from sd_batch.ledger import store as ledger_module
+from sd_batch.ledger.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Claim,
@@ -28,6 +27,7 @@ from sd_batch.ledger import (
     ResourceState,
     default_path,
 )
+from sd_batch.vm.domain_xml import OwnerKind
 
 URI = "test:///default"
 # Child processes start by "spawn": forking a pytest process that may run libvirt's event

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from sd_batch.config import BUILTIN_TEMPLATE_DIR
-from sd_batch.deploy import Step, plan
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
+from sd_batch.deploy.engine import Step, plan
 from sd_batch.errors import PolicyError, SpecError, UnresolvedReference
 from sd_batch.lang import load_text
-from sd_batch.placement import HostState, Policy
-from sd_batch.placement_strategies import Weights
-from sd_batch.planning import SchedulerSpec, schedule, schedulers
+from sd_batch.placement.place import HostState, Policy
+from sd_batch.placement.plan import SchedulerSpec, schedule, schedulers
+from sd_batch.placement.strategies import Weights
 
 GiB = 1024
 SEED = """#include "minimal.sf"
@@ -207,7 +207,7 @@ def test_a_scheduler_may_tighten_site_policy_but_not_loosen_it() -> None:
 
 # --- site policy and inventories (the data placement runs on) ------------------------------
 def test_the_site_config_placement_table_sets_policy_and_host_tags() -> None:
-    from sd_batch.config import SiteConfig, parse_config
+    from sd_batch.config.site import SiteConfig, parse_config
 
     table = {"memory_overcommit": 1.5, "reserved_memory_mib": 2048, "max_vms_per_host": 20,
              "tags": {"n1": ["ssd"]}}  # fmt: skip
@@ -233,7 +233,7 @@ def test_the_site_config_placement_table_sets_policy_and_host_tags() -> None:
 def test_placement_settings_that_make_no_sense_are_refused(
     table: dict[str, object], message: str
 ) -> None:
-    from sd_batch.config import parse_config
+    from sd_batch.config.site import parse_config
     from sd_batch.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
@@ -242,7 +242,7 @@ def test_placement_settings_that_make_no_sense_are_refused(
 
 
 def test_an_inventory_counts_hosts_alike_and_reads_sizes() -> None:
-    from sd_batch.inventory import parse_inventory, select
+    from sd_batch.hypervisor.inventory import parse_inventory, select
 
     hosts = parse_inventory({"host": [
         {"name": "r{n:02}", "count": 3, "uri": "qemu+ssh://r{n:02}/system", "memory": "64G",
@@ -279,7 +279,7 @@ def test_inventory_mistakes_name_the_entry_and_the_key(
     data: dict[str, object], message: str
 ) -> None:
     from sd_batch.errors import ConfigError
-    from sd_batch.inventory import parse_inventory
+    from sd_batch.hypervisor.inventory import parse_inventory
 
     with pytest.raises(ConfigError) as info:
         parse_inventory(data, "inv.toml")

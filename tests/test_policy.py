@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, SiteConfig, parse_config
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, parse_config
 from sd_batch.errors import (
     ConfigError,
     DescriptionError,
@@ -22,8 +22,8 @@ from sd_batch.errors import (
     PolicyLimitReached,
 )
 from sd_batch.lang import Description, load_file, load_text
-from sd_batch.policy import SitePolicy, check_capacity, check_job, closest_template
-from sd_batch.spec import VMSpec, vm_spec
+from sd_batch.vm.site_policy import SitePolicy, check_capacity, check_job, closest_template
+from sd_batch.vm.spec import VMSpec, vm_spec
 
 PROPS = {"sd.flavour": "qemu"}
 DOMAIN = "sd-job-0123456789abcdef"
@@ -285,7 +285,7 @@ def test_policy_table_mistakes_are_named(table: dict[str, object], message: str)
 
 
 def test_policy_is_pure() -> None:
-    source = (Path(__file__).resolve().parent.parent / "sd_batch" / "policy.py").read_text()
+    source = (Path(__file__).resolve().parent.parent / "sd_batch" / "vm" / "site_policy.py").read_text()
     modules = {
         (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
         for node in ast.walk(ast.parse(source))
@@ -297,7 +297,7 @@ def test_policy_is_pure() -> None:
 
 
 def test_the_run_time_limit_is_the_sites_and_reaches_the_helpers_limits() -> None:
-    from sd_batch.jobs import JobLimits
+    from sd_batch.batch.jobs import JobLimits
 
     config = parse_config({"policy": {"max_run_seconds": 5}})
     assert JobLimits.of(config.policy).run_timeout_seconds == 5.0

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch import jobs
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.batch import jobs
+from sd_batch.condor.jobad import job_ad_from_submit
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.deploy.pools import Connections
 from sd_batch.errors import DescriptionError, Disposition, PolicyError, PolicyLimitReached, SdError
 from sd_batch.guest.contract import Manifest
-from sd_batch.hooks import HOOKS_DIR
-from sd_batch.jobad import job_ad_from_submit
-from sd_batch.ledger import Ledger
-from sd_batch.pools import Connections
+from sd_batch.helper.hooks import HOOKS_DIR
+from sd_batch.ledger.store import Ledger
 from sd_batch.staging import write_input_tar
 
 pytestmark = pytest.mark.libvirt
@@ -360,7 +360,7 @@ def test_prepare_job_hook_holds_with_the_policy_message(site: Site) -> None:
         "HOME": str(site.root),
         "SD_BATCH_CONFIG": str(site.config_path),
         "CONDOR_CONFIG": "/dev/null",
-        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.privileged",
+        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
     }
     done = subprocess.run([str(HOOKS_DIR / "prepare_job")], input=ad.encode(), cwd=site.sandbox,
                           env=environ, capture_output=True, timeout=60, check=False)  # fmt: skip

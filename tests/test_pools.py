@@ -21,12 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.cli import Environment, main, sf_start, sf_terminate
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.cli.main import Environment, main, sf_start, sf_terminate
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.deploy.pools import (
+    SHARED_CONNECTIONS,
+    Connections,
+    start_pool,
+    status,
+    terminate_pool,
+)
 from sd_batch.errors import DeployError
-from sd_batch.hypervisor import DomainState, Hypervisor
-from sd_batch.ledger import Ledger, OwnerStatus
-from sd_batch.pools import SHARED_CONNECTIONS, Connections, start_pool, status, terminate_pool
+from sd_batch.hypervisor.connection import DomainState, Hypervisor
+from sd_batch.ledger.store import Ledger, OwnerStatus
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -343,7 +349,7 @@ def test_a_missing_base_image_is_refused_before_anything_is_recorded(site: Site)
 def test_a_failed_rollback_still_says_why_the_start_failed(site: Site) -> None:
     """The host goes away after the 1st VM: the start and its rollback both fail."""
     from sd_batch.errors import HypervisorError
-    from sd_batch.hypervisor import connect
+    from sd_batch.hypervisor.connection import connect
 
     config, gone = site.config(), False
 
@@ -462,8 +468,8 @@ def test_the_seed_spellings_are_installed_console_scripts() -> None:
     from importlib.metadata import entry_points
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
-    assert scripts["sfStart"] == "sd_batch.cli:sf_start"
-    assert scripts["sfTerminate"] == "sd_batch.cli:sf_terminate"
+    assert scripts["sfStart"] == "sd_batch.cli.main:sf_start"
+    assert scripts["sfTerminate"] == "sd_batch.cli.main:sf_terminate"
 
 
 # --- a crash in the middle of a start ----------------------------------------------------------
@@ -511,7 +517,7 @@ def test_a_start_killed_half_way_is_cleaned_by_the_next_command(site: Site, clea
 
 def test_a_dead_cached_connection_is_reopened_on_next_use() -> None:
     """sd watch and sd web live longer than a libvirtd restart: a closed connection is replaced."""
-    from sd_batch.pools import Connections
+    from sd_batch.deploy.pools import Connections
 
     connections = Connections()
     first = connections("test:///default")

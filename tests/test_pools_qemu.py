@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.cli import Environment, main
-from sd_batch.config import load_config
+from sd_batch.cli.main import Environment, main
+from sd_batch.config.site import load_config
+from sd_batch.deploy.pools import SHARED_CONNECTIONS, start_pool
 from sd_batch.errors import SdError
-from sd_batch.hypervisor import DomainState, Hypervisor
-from sd_batch.ledger import Ledger
-from sd_batch.pools import SHARED_CONNECTIONS, start_pool
+from sd_batch.hypervisor.connection import DomainState, Hypervisor
+from sd_batch.ledger.store import Ledger
 
 pytestmark = pytest.mark.qemu
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.config import SYSTEM_CONFIG, load_config
-from sd_batch.hooks import HOOKS_DIR
-from sd_batch.jobad import job_ad_from_submit
-from sd_batch.jobs import JobKey
+from sd_batch.batch.jobs import JobKey
+from sd_batch.condor.jobad import job_ad_from_submit
+from sd_batch.config.site import SYSTEM_CONFIG, load_config
+from sd_batch.helper.hooks import HOOKS_DIR
 
 pytestmark = pytest.mark.qemu
 
@@ -154,7 +154,8 @@ def test_a_slot_user_cannot_open_qemu_system(slots: tuple[Slot, Slot]) -> None:
     ["/bin/true"],
     ["/bin/sh", "-c", "id"],
     [str(HOOKS_DIR / "prepare_job")],
-    [str(HOOKS_DIR.parent / ".venv" / "bin" / "python"), "-m", "sd_batch.privileged", "probe"],
+    [str(HOOKS_DIR.parent / ".venv" / "bin" / "python"), "-m", "sd_batch.batch.privileged",
+     "probe"],
     ["-u", "root", "/usr/bin/virsh", "list"],
 ])  # fmt: skip
 def test_sudo_refuses_anything_but_the_helper(slots: tuple[Slot, Slot], argv: list[str]) -> None:

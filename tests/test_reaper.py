@@ -22,12 +22,22 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch import hooks, jobs
-from sd_batch.cli import Environment, main
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
-from sd_batch.domain_xml import SD_NAMESPACE
-from sd_batch.hypervisor import DomainInfo, DomainOwner, DomainState, Hypervisor
-from sd_batch.ledger import (
+from sd_batch.batch import jobs
+from sd_batch.cli.main import Environment, main
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.deploy.pools import SHARED_CONNECTIONS, Connections, start_pool, terminate_pool
+from sd_batch.deploy.reaper import (
+    ActionKind,
+    LedgerView,
+    Owned,
+    ReapPolicy,
+    decide,
+    job_digest,
+    reap,
+)
+from sd_batch.helper import hooks
+from sd_batch.hypervisor.connection import DomainInfo, DomainOwner, DomainState, Hypervisor
+from sd_batch.ledger.store import (
     Ledger,
     Owner,
     OwnerKind,
@@ -37,16 +47,7 @@ from sd_batch.ledger import (
     ResourceKind,
     ResourceState,
 )
-from sd_batch.pools import SHARED_CONNECTIONS, Connections, start_pool, terminate_pool
-from sd_batch.reaper import (
-    ActionKind,
-    LedgerView,
-    Owned,
-    ReapPolicy,
-    decide,
-    job_digest,
-    reap,
-)
+from sd_batch.vm.domain_xml import SD_NAMESPACE
 
 URI = "test:///default"
 BOOT = "boot-1"
@@ -242,8 +243,8 @@ class Site:
 
     def job(self, name: str) -> jobs.JobKey:
         """A job prepared by the helper's own code (input disk, output disk, VM defined)."""
+        from sd_batch.condor.jobad import job_ad_from_submit
         from sd_batch.guest.contract import Manifest
-        from sd_batch.jobad import job_ad_from_submit
         from sd_batch.staging import write_input_tar
 
         sandbox = self.root / "scratch"
@@ -434,7 +435,7 @@ def test_the_helper_reaps_and_answers_one_json_line(site: Site) -> None:
     orphan = site.root / "state" / "jobs" / "0000000000000000"
     orphan.mkdir(parents=True)
     env = {**site.environ, "CONDOR_CONFIG": "/dev/null"}
-    done = subprocess.run([sys.executable, "-m", "sd_batch.privileged", "reap"], env=env,
+    done = subprocess.run([sys.executable, "-m", "sd_batch.batch.privileged", "reap"], env=env,
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.config import SYSTEM_CONFIG, load_config
-from sd_batch.hooks import HOOKS_DIR
+from sd_batch.config.site import SYSTEM_CONFIG, load_config
+from sd_batch.helper.hooks import HOOKS_DIR
 
 pytestmark = pytest.mark.qemu
 
@@ -303,7 +303,7 @@ exec {real}/$(basename "$0") "$@" < "$log.stdin"
 def test_hooks_run_as_condor_starter_runs_them(job_dir: Path) -> None:
     """Each hook is a process of the slot user in the scratch dir, with the starter's argv,
     stdin and environment; UPDATE_JOB_INFO comes while the job runs, JOB_EXIT after it."""
-    from sd_batch.harness import Harness, SlotUser
+    from sd_batch.localrun.harness import Harness, SlotUser
 
     record = Path(tempfile.mkdtemp(prefix="sd-record-"))
     try:

@@ -18,12 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.cli import Environment, main
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config
-from sd_batch.hypervisor import DomainState
-from sd_batch.ledger import Ledger
-from sd_batch.pools import SHARED_CONNECTIONS, Connections, start_pool, status, terminate_pool
-from sd_batch.watch import watch_pool
+from sd_batch.cli.main import Environment, main
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
+from sd_batch.deploy.pools import (
+    SHARED_CONNECTIONS,
+    Connections,
+    start_pool,
+    status,
+    terminate_pool,
+)
+from sd_batch.deploy.watch import watch_pool
+from sd_batch.hypervisor.connection import DomainState
+from sd_batch.ledger.store import Ledger
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -271,8 +277,8 @@ def test_live_hosts_are_read_at_the_same_time_and_one_that_does_not_answer_is_re
     would take 1.6 s; an unreachable one costs its own retries, not the others'."""
     import time
 
-    from sd_batch.hypervisor import Hypervisor
-    from sd_batch.inventory import live_hosts
+    from sd_batch.hypervisor.connection import Hypervisor
+    from sd_batch.hypervisor.inventory import live_hosts
 
     config = load_config(site.root / "site.toml")
     gone = Path(site.hosts["n2"].removeprefix("test://"))
@@ -298,7 +304,7 @@ def test_threads_asking_for_one_uri_at_once_share_one_connection(site: Site) -> 
     import threading
     import time
 
-    from sd_batch.hypervisor import Hypervisor
+    from sd_batch.hypervisor.connection import Hypervisor
 
     opened: list[str] = []
 
@@ -415,9 +421,9 @@ def test_a_move_waits_for_the_placing_lock_and_moves_at_a_later_ping(
 ) -> None:
     """A move places under the same lock as `sd start` (and counts its claims): while a start
     holds it, the VMs stay where they are, and the next missed ping moves them."""
-    import sd_batch.pools
+    import sd_batch.deploy.pools
 
-    monkeypatch.setattr(sd_batch.pools, "PLACING_WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(sd_batch.deploy.pools, "PLACING_WAIT_SECONDS", 0.05)
     config, conns = load_config(site.root / "site.toml"), Connections()
     try:
         result = start_pool(config, "n4", "ha", Path(site.write(description(HA, vms(1)))),
@@ -428,7 +434,7 @@ def test_a_move_waits_for_the_placing_lock_and_moves_at_a_later_ping(
         conns.forget(uri)
         host_file.unlink()
         lines: list[str] = []
-        with sd_batch.pools.placing_lock(config):  # a start is placing meanwhile
+        with sd_batch.deploy.pools.placing_lock(config):  # a start is placing meanwhile
             watcher = watch_pool(config, "n4", "ha", connections=conns, progress=lines.append,
                                  sleep=lambda _s: None, rounds=2)  # fmt: skip
         assert watcher.vms[domain].uri == uri  # not moved while the lock was held
@@ -450,7 +456,7 @@ def test_watching_stops_when_the_pool_is_being_terminated(site: Site) -> None:
         start_pool(config, "n4", "ha", Path(site.write(description(HA, vms(1)))),
                    connections=conns)  # fmt: skip
         with Ledger.for_site(config) as ledger:
-            from sd_batch.ledger import OwnerKind, OwnerStatus
+            from sd_batch.ledger.store import OwnerKind, OwnerStatus
 
             owner = ledger.owner(OwnerKind.POOL, "ha", site.hosts["n4"])
             assert owner is not None

@@ -10,7 +10,7 @@ import pytest
 
 from sd_batch.errors import Disposition, SourceLocation, SpecError
 from sd_batch.lang.model import TBD, Component, Double, Long, Reference, RefPart
-from sd_batch.spec import (
+from sd_batch.vm.spec import (
     DiskBoot,
     DiskBus,
     DiskFormat,

@@ -31,10 +31,10 @@ pytest.importorskip("httpx", reason="starlette's test client needs httpx")
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from sd_batch.cli import Environment, main  # noqa: E402
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
+from sd_batch.cli.main import Environment, main  # noqa: E402
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
+from sd_batch.deploy.pools import SHARED_CONNECTIONS, start_pool  # noqa: E402
 from sd_batch.errors import ConfigError  # noqa: E402
-from sd_batch.pools import SHARED_CONNECTIONS, start_pool  # noqa: E402
 from sd_batch.web.access import Access, hash_password, verify_password  # noqa: E402
 from sd_batch.web.app import WebSite, create_app  # noqa: E402
 

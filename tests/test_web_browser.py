@@ -32,9 +32,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from test_web import Gate, gate, serve  # noqa: E402
 
-from sd_batch.cli import Environment, main  # noqa: E402
-from sd_batch.config import load_config  # noqa: E402
-from sd_batch.pools import SHARED_CONNECTIONS  # noqa: E402
+from sd_batch.cli.main import Environment, main  # noqa: E402
+from sd_batch.config.site import load_config  # noqa: E402
+from sd_batch.deploy.pools import SHARED_CONNECTIONS  # noqa: E402
 from sd_batch.web.access import Access  # noqa: E402
 from sd_batch.web.app import WebSite, create_app  # noqa: E402
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..config import load_config
+from ..config.site import load_config
 from ..errors import SdError
 from . import GuestBuildError
 from .initramfs import DEFAULT_MODULES, assemble, load_modules, scan_module_tree

@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DescriptionError, DescriptionErrors, ResolutionError, SourceLocation
 from .model import TBD, Attribute, Component, Double, Long, Reference, RefPart
 
+#: The component library shipped with the language (`components.sf`), searched after the
+#: caller's include folders. The language's own data, so no site config is needed to find it.
+COMPONENT_LIBRARY_DIR = Path(__file__).resolve().parent
+
 if TYPE_CHECKING:  # imported lazily at run time: they bring in lark
     from .includes import SourceSet
     from .syntax import SourceFile
@@ -67,8 +71,6 @@ def parse_file(path: str | Path) -> None:
 
 
 def _search_path(include_dirs: Sequence[Path | str]) -> tuple[Path, ...]:
-    from ..config import COMPONENT_LIBRARY_DIR
-
     return (*(Path(d) for d in include_dirs), COMPONENT_LIBRARY_DIR)
 
 

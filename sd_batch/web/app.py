@@ -27,10 +27,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..config import SiteConfig
+from ..config.site import SiteConfig
+from ..config.templates import describe_templates
+from ..deploy.pools import (
+    SHARED_CONNECTIONS,
+    Connections,
+    plan_pool,
+    start_pool,
+    status,
+    terminate_pool,
+)
 from ..errors import SdError
-from ..pools import SHARED_CONNECTIONS, Connections, plan_pool, start_pool, status, terminate_pool
-from ..templates import describe_templates
 from .access import Access, Owners
 from .forms import POOL_FIELD, USER_FILE, TemplateForm, build_form, check, submit_file
 from .starts import FAILED, LOG, STARTING, Start, Starts
@@ -278,7 +285,7 @@ def _plan_lines(site: WebSite, form: TemplateForm, sf_text: str, name: str) -> l
     """`sd plan`'s lines for the user's description (written to a scratch file first)."""
     import tempfile
 
-    from ..commands.plan import _lines
+    from ..cli.plan import _lines
 
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / USER_FILE

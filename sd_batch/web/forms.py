@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import SiteConfig
-from ..deploy import NOT_DEPLOYED, VM_CLASS, plan
+from ..config.site import SiteConfig
+from ..config.templates import find_template, load_template
+from ..deploy.engine import NOT_DEPLOYED, VM_CLASS, plan
+from ..deploy.pools import check_pool_name
 from ..errors import DescriptionError, DescriptionErrors, SdError
 from ..lang import Component, Description, load_text
-from ..policy import check_job
-from ..pools import check_pool_name
-from ..spec import VMSpec, vm_spec
-from ..templates import find_template, load_template
+from ..vm.site_policy import check_job
+from ..vm.spec import VMSpec, vm_spec
 
 USER_FILE = "my.sf"
 POOL_FIELD = "pool"

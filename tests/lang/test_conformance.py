@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.cli import Environment, main
+from sd_batch.cli.main import Environment, main
 from sd_batch.errors import IncludeError
 from sd_batch.lang import Component, load_file, parse_file
 

@@ -281,7 +281,7 @@ def test_a_missing_include_is_named_and_located_with_the_folders_searched(tmp_pa
     main.write_text('// jobs\n#include "org/smartfrog/none.sf"\nsfConfig extends { }\n')
     with pytest.raises(IncludeError) as info:
         load_file(main, include_dirs=[tmp_path / "lib"])
-    from sd_batch.config import COMPONENT_LIBRARY_DIR
+    from sd_batch.lang import COMPONENT_LIBRARY_DIR
 
     assert str(info.value) == (
         f'{main}:2:1: cannot find include "org/smartfrog/none.sf"; '

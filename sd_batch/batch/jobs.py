@@ -1,0 +1,368 @@
+"""A batch job's VM, on the privileged side: prepare it, run it, clean it up.
+
+These run as root (in the helper, `privileged.py`), on behalf of a caller uid that sudo vouches
+for. Nothing here trusts the caller: the description is resolved again from the job's own input
+disk, site limits are applied to the resolved VM, names are derived from (caller uid, job id)
+so one user can never name, see or touch another user's VM, and every file the VM uses lives in
+a root-owned job folder, never at a path the user chose. Each creation is recorded in the
+ledger first, so a crash is finished by the next cleanup (or the reaper).
+May import: config, deploy, domain_xml, errors, guest.contract, hypervisor_types,
+job_description, ledger, policy, pools, spec, staging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from ..config.site import SiteConfig
+from ..deploy.engine import Engine, SitePaths, VMPlan
+from ..deploy.pools import Connections
+from ..errors import (
+    VM_LOST_EXIT,
+    VM_TIMEOUT_EXIT,
+    DeployError,
+    DomainNotFound,
+    HostStorageError,
+    HypervisorError,
+    PolicyError,
+    SdError,
+    StagingError,
+    VMFailed,
+)
+from ..guest import contract
+from ..hypervisor.types import DAEMON_HINT, DiskWriteError, HypervisorAPI, ShutoffTimeout
+from ..vm.domain_xml import DiskSource, ExtraDisk
+from ..vm.domain_xml import OwnerKind as XmlOwnerKind
+from ..vm.site_policy import SitePolicy, check_capacity
+from ..vm.spec import DiskFormat
+from .description import job_description, job_spec
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"[A-Za-z0-9_.:@#+-]{1,255}")
+
+
+@dataclass(frozen=True, slots=True)
+class JobLimits:
+    """What one job may ask for: the site's [policy] (`JobLimits.of(config.policy)`), plus
+    bounds on the helper's own work. The defaults are `SitePolicy()`'s."""
+
+    policy: SitePolicy = field(default_factory=SitePolicy)
+    max_input_bytes: int = 2 * 1024**3
+    output_disk_bytes: int = 256 * 1024**2
+    max_description_files: int = 64
+    max_description_bytes: int = 1024**2
+    run_timeout_seconds: float = 24 * 3600.0
+
+    @classmethod
+    def of(cls, policy: SitePolicy) -> JobLimits:
+        return cls(policy, max_input_bytes=policy.max_input_bytes,
+                   output_disk_bytes=policy.output_disk_bytes,
+                   run_timeout_seconds=float(policy.max_run_seconds))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class JobKey:
+    """A job as the helper knows it: the caller's uid and HTCondor's GlobalJobId."""
+
+    uid: int
+    job_id: str
+
+    def __post_init__(self) -> None:
+        if not JOB_ID.fullmatch(self.job_id):
+            raise PolicyError(f"{self.job_id!r} is not an HTCondor job id")
+
+    @property
+    def owner_id(self) -> str:
+        return f"{self.uid}:{self.job_id}"
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.owner_id.encode()).hexdigest()[:16]
+
+    @property
+    def domain(self) -> str:
+        """The VM's name: derived, never chosen by the job (two jobs cannot collide)."""
+        return f"sd-job-{self.digest}"
+
+    def folder(self, config: SiteConfig) -> Path:
+        return config.state_dir / "jobs" / self.digest
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    domain: str
+    uri: str
+    memory_mib: int
+    vcpus: int
+    description: str
+
+
+def _engine(config: SiteConfig, ledger: object, connections: Connections, key: JobKey) -> Engine:
+    folder = key.folder(config)
+    paths = SitePaths(image_dir=config.image_dir, overlay_dir=folder, console_dir=folder)
+    return Engine(ledger, connections, paths, owner_kind=XmlOwnerKind.JOB)  # type: ignore[arg-type]
+
+
+def prepare(
+    config: SiteConfig,
+    key: JobKey,
+    input_stream: BinaryIO,
+    *,
+    limits: JobLimits | None = None,
+    connections: Connections | None = None,
+) -> PreparedJob:
+    """Store the job's input disk, resolve its description, define its VM (not started).
+
+    LIMITS default to the site's [policy]; every refusal is a `PolicyError` (a hold), but too
+    many VMs already (per user, per host) is `PolicyLimitReached` (back to Idle).
+    """
+    from ..ledger.store import Ledger, OwnerKind, ResourceKind
+
+    limits = limits or JobLimits.of(config.policy)
+    connections = connections or Connections()
+    uri = config.default_uri
+    folder = key.folder(config)
+    with Ledger.for_site(config) as ledger, _counting_lock(ledger.path.parent) as counted:
+        others = [o for o in ledger.owners() if o.kind is OwnerKind.JOB and o.host_uri == uri
+                  and o.owner_id != key.owner_id]  # fmt: skip
+        mine = sum(1 for o in others if o.owner_id.startswith(f"{key.uid}:"))
+        check_capacity(mine, len(others), limits.policy)
+        existing = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+        engine = _engine(config, ledger, connections, key)
+        if existing is not None:  # a retried PREPARE_JOB: start from nothing again
+            engine.teardown(existing, graceful=False)
+        owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, pid=None)
+        counted.release()
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
+            input_path = folder / "input.img"
+            with ledger.intent(owner, ResourceKind.FILE, str(input_path)):
+                _copy_bounded(input_stream, input_path, limits.max_input_bytes)
+            description, name = job_description(config, key, input_path, folder, limits)
+            owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, description=name,
+                                          pid=None)
+            spec = job_spec(config, description, name, key, limits.policy)
+            output_path = folder / "output.img"
+            with ledger.intent(owner, ResourceKind.FILE, str(output_path)):
+                from ..staging import create_output_disk
+
+                create_output_disk(output_path, limits.output_disk_bytes)
+            serials = not spec.flavour.is_xen  # Xen disks have no serial: the guest reads magic
+            extra = (
+                ExtraDisk(DiskSource(PurePosixPath(input_path), DiskFormat.RAW), readonly=True,
+                          serial=contract.INPUT_SERIAL if serials else None),
+                ExtraDisk(DiskSource(PurePosixPath(output_path), DiskFormat.RAW),
+                          serial=contract.OUTPUT_SERIAL if serials else None),
+            )  # fmt: skip
+            engine.deploy_vm(owner, VMPlan(spec, uri), extra)
+        except BaseException as exc:
+            engine.teardown(owner, graceful=False)
+            shutil.rmtree(folder, ignore_errors=True)
+            storage = _storage_failure(exc, folder)
+            if storage is not None:
+                raise storage from exc
+            raise
+    return PreparedJob(key.domain, uri, spec.memory_mib, spec.vcpus, name)
+
+
+def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:
+    """An OSError writing the job's files (or a StagingError caused by a full or failing
+    disk) as the host problem it is: the job goes back to Idle, with a message for the site."""
+    import errno
+
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(exc, StagingError) and not (
+        isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                                       errno.EIO)):  # fmt: skip
+        return None
+    if not isinstance(cause, OSError):
+        return None
+    return HostStorageError(
+        f"the worker cannot write the job's files in {folder.parent}: "
+        f"{cause.strerror or cause}",
+        hint="the site must free space in its state_dir (the job runs again, here or elsewhere)",
+    )
+
+
+class _CountingLock:
+    """Counting a host's job VMs and registering one more is one step across processes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+@contextlib.contextmanager
+def _counting_lock(folder: Path) -> Iterator[_CountingLock]:
+    import fcntl
+
+    fd = os.open(folder / "prepare.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    lock = _CountingLock(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield lock
+    finally:
+        lock.release()
+
+
+def _copy_bounded(source: BinaryIO, target: Path, limit: int) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    total = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := source.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise StagingError(
+                    f"the job's input is larger than the site limit of {limit // 1024**2} MiB",
+                    hint="transfer fewer or smaller input files",
+                )
+            out.write(chunk)
+        if total == 0:
+            raise StagingError("the job's input disk is empty")
+        out.write(b"\0" * (-total % contract.SECTOR))
+
+
+def run(
+    config: SiteConfig,
+    key: JobKey,
+    out: BinaryIO,
+    *,
+    limits: JobLimits = JobLimits(),
+    connections: Connections | None = None,
+    install_signals: Callable[[Callable[[], None]], None] | None = None,
+    runner_pid: int | None = None,
+) -> None:
+    """Boot the prepared VM, wait until it powers off, then stream its result tar to OUT.
+
+    INSTALL_SIGNALS receives a callback that destroys the VM at once: the sudo helper wires it
+    to SIGTERM (HTCondor's hold, remove and evict kill the runner, and sudo relays the signal),
+    the helper service to the runner hanging up. RUNNER_PID is the process whose life is the
+    job's, recorded for the reaper (None: this one; the service names its caller, the runner).
+    """
+    from ..ledger.store import THIS_PROCESS, Ledger, OwnerKind, OwnerStatus
+
+    connections = connections or Connections()
+    uri = config.default_uri
+    with Ledger.for_site(config) as ledger:
+        owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+        if owner is None:
+            raise DeployError(f"job {key.job_id} has no prepared VM on this host",
+                              hint="PREPARE_JOB did not run or failed")
+        # the reaper's sign of life: while this process lives, the job does
+        ledger.set_status(owner, OwnerStatus.ACTIVE,
+                          pid=THIS_PROCESS if runner_pid is None else runner_pid)
+
+    def destroy_now() -> None:
+        with contextlib.suppress(SdError):
+            connections(uri).destroy(key.domain)  # a new connection if libvirtd restarted
+
+    if install_signals is not None:
+        install_signals(destroy_now)
+    connections(uri).start(key.domain)
+    try:
+        wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)
+    except HypervisorError as exc:
+        destroy_now()
+        if isinstance(exc, ShutoffTimeout):
+            raise VMFailed(
+                f"the job's VM did not power off within {limits.run_timeout_seconds:.0f} s "
+                "(the site's [policy] max_run_seconds); it was destroyed",
+                run_exit=VM_TIMEOUT_EXIT, hint="make the payload finish sooner, or ask the site",
+            ) from exc
+        raise
+    from ..staging import result_tar_from_disk
+
+    try:
+        result = result_tar_from_disk(key.folder(config) / "output.img")
+    except StagingError as exc:  # off, but nothing written: it crashed or was destroyed
+        raise VMFailed(f"the job's VM stopped without a result (it crashed or was destroyed "
+                       f"from outside): {exc}", run_exit=VM_LOST_EXIT) from exc
+    with result:
+        shutil.copyfileobj(result, out)
+
+
+#: How long a runner keeps trying to reach libvirtd again while its VM runs on without it.
+DAEMON_AWAY_SECONDS = 300.0
+
+
+def wait_off_across_restarts(
+    connections: Connections,
+    uri: str,
+    name: str,
+    timeout: float,
+    *,
+    away_limit: float = DAEMON_AWAY_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Wait until NAME powers off, reconnecting when libvirtd restarts under us.
+
+    QEMU keeps a VM running while libvirtd is away (an upgrade, a crash, `systemctl restart`),
+    and the new daemon takes it back: a runner that gave up on the dropped connection would
+    throw away a healthy job. Gives up (the error, a requeue) once the daemon stayed
+    unreachable for AWAY_LIMIT seconds; TIMEOUT counts on through the outage.
+    """
+    deadline = clock() + timeout
+    away_since: float | None = None
+    while True:
+        hv: HypervisorAPI | None = None
+        try:
+            hv = connections(uri)
+            hv.wait_shutoff(name, max(0.0, deadline - clock()))
+            return
+        except HypervisorError as exc:
+            answered = isinstance(exc, (ShutoffTimeout, DiskWriteError, DomainNotFound))
+            if answered or (hv is not None and hv.is_alive()):
+                raise  # an answer from a live daemon, not a lost connection
+            # the next connections(uri) finds this one dead and opens another
+            away_since = clock() if away_since is None else away_since
+            if clock() - away_since >= away_limit:
+                raise HypervisorError(f"{uri}: lost libvirtd while the job's VM ran, and it "
+                                      f"did not come back within {away_limit:.0f} s: {exc}",
+                                      transient=True, hint=DAEMON_HINT) from exc  # fmt: skip
+            log.warning("lost %s while %s runs (%s): reconnecting", uri, name, exc)
+            sleep(1.0)
+
+
+def cleanup(config: SiteConfig, key: JobKey, *, connections: Connections | None = None) -> str:
+    """Destroy and undefine the job's VM, delete its disks and folder. Safe to run twice."""
+    from ..ledger.store import Ledger, OwnerKind
+
+    connections = connections or Connections()
+    uri = config.default_uri
+    removed = "nothing (already clean)"
+    with Ledger.for_site(config) as ledger:
+        owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+        if owner is not None:
+            removed = _engine(config, ledger, connections, key).teardown(owner, graceful=False)
+    shutil.rmtree(key.folder(config), ignore_errors=True)
+    return removed
+
+
+def default_signal_installer(callback: Callable[[], None]) -> None:
+    """SIGTERM, SIGINT, SIGHUP: destroy the VM, then die of the signal as HTCondor expects."""
+
+    def handler(signum: int, _frame: object) -> None:
+        callback()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)

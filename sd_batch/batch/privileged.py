@@ -1,0 +1,218 @@
+"""The privileged helper: the one narrow way an unprivileged job reaches libvirt.
+
+HTCondor runs our hooks and the runner as the job's slot user, who must never get libvirt's
+system socket (any domain with any host disk would be theirs). Two doors lead here, and both
+call `perform`, the one implementation of the five actions:
+
+- the helper service (`sd_batch.helper.service`, a root daemon on a unix socket only the slot
+  group may open; the caller's uid is the kernel's SO_PEERCRED), which the hooks use when it
+  runs, so a hook costs one interpreter, not two;
+- this module as a command, through sudo (`condor_hooks/helper`, a sudoers drop-in from
+  `scripts/setup-host`), the fallback when no service answers:
+
+    helper prepare JOB_ID     stdin: the job's input disk (a tar)   stdout: one JSON line
+    helper run JOB_ID         stdout: the result tar                exit 0, or see below
+    helper cleanup JOB_ID     stdout: one JSON line (idempotent)
+    helper probe              stdout: one JSON line (for the startd cron)
+    helper reap               stdout: one JSON line: what the reaper removed (startd cron)
+
+The caller is who sudo says (`SUDO_UID`), never an argument: every VM is keyed by (caller uid,
+job id), so a user can neither name nor touch another user's job. Arguments are validated; the
+description is resolved here, from the job's own input, against the site's config and limits.
+`run` exits 75 (EX_TEMPFAIL) for host problems, 170/171 when the VM timed out / stopped without a
+result (`errors.VMFailed`), 1 for anything else, with a message on stderr.
+May import: config, errors, hypervisor, jobad, jobs, pools, reaper, templates, stdlib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ..config.site import SiteConfig, load_config
+from ..errors import Disposition, SdError, VMFailed
+
+if TYPE_CHECKING:
+    from ..deploy.pools import Connections
+
+EX_TEMPFAIL = 75
+USAGE = "usage: helper {prepare,run,cleanup} JOB_ID | helper {probe,reap}"
+#: The actions, and those that name a job (the others take none).
+ACTIONS = ("prepare", "run", "cleanup", "probe", "reap")
+JOB_ACTIONS = frozenset({"prepare", "run", "cleanup"})
+
+
+def caller_uid(environ: dict[str, str] | None = None) -> int:
+    """The uid we act for: sudo's SUDO_UID when we run as root through sudo, else our own."""
+    env = os.environ if environ is None else environ
+    if os.geteuid() == 0 and env.get("SUDO_UID", "").isdigit():
+        return int(env["SUDO_UID"])
+    return os.getuid()
+
+
+def site_config() -> SiteConfig:
+    """The site config file, then the HTCondor knobs SMARTDOMAINS_HYPERVISOR_URI and
+    SMARTDOMAINS_TEMPLATE_DIRS where this machine has an HTCondor configuration.
+
+    Only configuration root controls counts here: sudo resets the caller's environment, and
+    the service's is root's own, so a job cannot point us at its own config, URI or templates.
+    """
+    config = load_config()
+    if not (os.environ.get("CONDOR_CONFIG") or Path("/etc/condor/condor_config").exists()):
+        return config
+    from ..condor.jobad import condor_param
+
+    changes: dict[str, Any] = {}
+    uri = condor_param("SMARTDOMAINS_HYPERVISOR_URI")
+    if uri:
+        changes["default_uri"] = uri.strip()
+    folders = condor_param("SMARTDOMAINS_TEMPLATE_DIRS")
+    if folders:
+        changes["template_dirs"] = tuple(Path(f) for f in folders.replace(",", " ").split())
+    return dataclasses.replace(config, **changes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """What an action came to: the helper's exit status and its JSON reply (None for a `run`
+    whose result tar went out; a failed `run`'s reply carries `exit` and the `message`)."""
+
+    code: int
+    reply: dict[str, Any] | None
+
+
+def perform(
+    action: str,
+    job_id: str | None,
+    uid: int,
+    *,
+    data_in: BinaryIO | None = None,
+    data_out: BinaryIO | None = None,
+    connections: Connections | None = None,
+    runner_pid: int | None = None,
+    install_signals: Callable[[Callable[[], None]], None] | None = None,
+) -> Answer:
+    """Carry out ACTION for UID (who the door vouched for) on JOB_ID.
+
+    `prepare` reads the input disk from DATA_IN, `run` writes the result tar to DATA_OUT and
+    records RUNNER_PID (None: this process) as the process whose life is the job's (the
+    reaper's sign of life); INSTALL_SIGNALS receives the callback that destroys the VM at once.
+    CONNECTIONS (None: new ones) are the hypervisor connections to use.
+    """
+    from . import jobs
+
+    if action == "probe":
+        return Answer(0, probe())
+    if action == "reap":
+        return reap_now(connections)
+    try:
+        key = jobs.JobKey(uid, str(job_id))
+        config = site_config()
+        if action == "prepare":
+            assert data_in is not None
+            prepared = jobs.prepare(config, key, data_in, connections=connections)
+            return Answer(0, {"ok": True, "domain": prepared.domain, "uri": prepared.uri,
+                              "memory_mib": prepared.memory_mib, "vcpus": prepared.vcpus,
+                              "description": prepared.description})  # fmt: skip
+        if action == "cleanup":
+            return Answer(0, {"ok": True, "removed": jobs.cleanup(config, key,
+                                                                  connections=connections)})
+        assert action == "run" and data_out is not None
+        jobs.run(config, key, data_out, limits=jobs.JobLimits.of(config.policy),
+                 connections=connections, install_signals=install_signals,
+                 runner_pid=runner_pid)  # fmt: skip
+        return Answer(0, None)
+    except SdError as exc:
+        if action != "run":
+            return Answer(1, failure(exc))
+        code = run_exit(exc)
+        return Answer(code, {**failure(exc), "exit": code, "message": str(exc)})
+
+
+def run_exit(exc: SdError) -> int:
+    """The exit status a failed `run` ends with (the runner exits with it or maps it)."""
+    if isinstance(exc, VMFailed):
+        return exc.run_exit  # the runner exits with it: OnExitHold holds the job
+    return EX_TEMPFAIL if exc.disposition is Disposition.REQUEUE else 1
+
+
+def failure(exc: SdError) -> dict[str, Any]:
+    text = exc.headline() if hasattr(exc, "headline") else str(exc)
+    return {"ok": False, "disposition": exc.disposition.value, "message": text,
+            "error": type(exc).__name__}
+
+
+def probe() -> dict[str, Any]:
+    """Can this node run jobs? Hypervisor reachable, templates resolvable, guest image there.
+
+    A connection of its own, short on retries (the startd cron's patience is short), so it
+    sees the daemon as it is now."""
+    from ..config.templates import describe_templates
+    from ..hypervisor.connection import connect
+
+    config = site_config()
+    report: dict[str, Any] = {"ok": True, "templates": [], "free_memory_mib": None, "reason": ""}
+    try:
+        with connect(config.default_uri, attempts=2, max_delay=3.0) as hv:
+            capacity = hv.host_capacity()
+        report["free_memory_mib"] = capacity.free_memory_mib or capacity.memory_mib
+        infos = describe_templates(config)
+        report["templates"] = [i.name for i in infos if i.error is None]
+        broken = [f"{i.name}: {i.error}" for i in infos if i.error]
+        kernel = config.image_dir / "minimal" / "vmlinux"
+        if not kernel.is_file():
+            report.update(ok=False, reason=f"guest image {kernel} missing (scripts/build-guest)")
+        elif not report["templates"]:
+            report.update(ok=False, reason="no usable template: " + "; ".join(broken))
+    except SdError as exc:
+        report.update(ok=False, reason=str(exc))
+    return report
+
+
+def reap_now(connections: Connections | None = None) -> Answer:
+    """Remove what dead jobs and interrupted pools left (`sd_batch.deploy.reaper`); it acts only on
+    what no live process owns, so any caller may trigger it."""
+    from ..deploy.reaper import reap
+
+    try:
+        outcomes = reap(site_config(), connections=connections)
+    except SdError as exc:
+        return Answer(1, failure(exc))
+    return Answer(0, {"ok": all(not o.error for o in outcomes),
+                      "actions": [o.line(dry_run=False) for o in outcomes]})  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="sd-batch helper: %(levelname)s %(message)s")
+    if len(args) == 1 and args[0] in ACTIONS and args[0] not in JOB_ACTIONS:
+        action, job_id = args[0], None
+    elif len(args) == 2 and args[0] in JOB_ACTIONS:
+        action, job_id = args
+    else:
+        print(USAGE, file=sys.stderr)
+        return 2
+    from .jobs import default_signal_installer
+
+    answer = perform(action, job_id, caller_uid(), data_in=sys.stdin.buffer,
+                     data_out=sys.stdout.buffer,
+                     install_signals=default_signal_installer if action == "run" else None)
+    if action != "run":
+        sys.stdout.write(json.dumps(answer.reply) + "\n")
+        sys.stdout.flush()
+    elif answer.reply is not None:
+        print(f"sd-batch: {answer.reply['message']}", file=sys.stderr)
+    else:
+        sys.stdout.buffer.flush()
+    return answer.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

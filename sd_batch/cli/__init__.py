@@ -1,0 +1,21 @@
+"""The `sd` subcommands, one module per area; each is imported only when its command runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config.site import SiteConfig
+    from .main import Environment
+
+
+def site_config(args: argparse.Namespace, env: Environment) -> SiteConfig:
+    """--config, else $SD_BATCH_CONFIG of the command's environment (not this process's)."""
+    from ..config.site import SiteConfig, config_path, load_config
+
+    if getattr(args, "config", None):
+        return load_config(Path(args.config))
+    path = config_path(env.environ)
+    return load_config(path) if path is not None else SiteConfig()

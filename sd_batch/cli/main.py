@@ -1,0 +1,315 @@
+"""The `sd` command: argument parsing, and the one place that turns errors into exit codes.
+
+Every subcommand lives in `sd_batch/cli/` and is imported only when it runs, so `sd validate`
+does not pay for libvirt or the HTCondor bindings. Below this module nothing prints to the user
+or exits; everything raises an `SdError`, which `main` shows as one clear message (with the
+source line and a caret for descriptions) and maps to the error's `exit_code`. `--debug` shows
+the traceback too. May import: everything in sd_batch, argparse, logging, sys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from ..errors import SdError, UsageError
+
+EPILOG = """\
+examples:
+  sd validate job_templates/minimal.sf          check a description, one-line summary
+  sd render job_templates/pool.sf --json        the resolved sfConfig tree as JSON
+  sd templates                                  the site's VM templates and their TBD fields
+  sd start localhost lab job_templates/pool.sf  start pool "lab" (sfStart localhost lab pool.sf)
+  sd status                                     pools and jobs, each VM's state
+  sd plan job_templates/qa-testbed.sf --hosts inventory.toml
+                                                where a Scheduler would place the VMs
+  sd watch localhost lab                        move VMs off hosts that stop answering
+  sd terminate localhost lab                    stop it and remove its VMs and disks
+  sd run examples/hello.sub                     a job through the HTCondor hooks, in a VM
+  sd reap --dry-run                             what crashed runs left, and why
+  sd web                                        the template web form on 127.0.0.1:8080
+
+Descriptions are written in the SmartFrog language; see docs/language.md.
+Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor,
+7 state ledger, 8 deployment (rolled back).
+"""
+
+
+@dataclass
+class Environment:
+    """Where a command reads and writes: injectable, so tests run commands in-process."""
+
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @property
+    def is_tty(self) -> bool:
+        return bool(getattr(self.stdout, "isatty", lambda: False)())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so `main` owns every exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}", hint=f"see {self.prog} --help")
+
+
+def _add_include_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-I",
+        "--include",
+        dest="include_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also search DIR for #include files (before the site templates and our library)",
+    )
+    parser.add_argument(
+        "-D",
+        "--property",
+        dest="properties",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a property that descriptions read with PROPERTY NAME",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sd",
+        description="SmartDomains for batch: VMs for HTCondor jobs and pools, described in the "
+        "SmartFrog language and run through libvirt.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="site config file (default: "
+        "$SD_BATCH_CONFIG, ~/.config/sd-batch/site.toml, /etc/sd-batch/site.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a description and print a one-line summary",
+        description="Parse and resolve FILE (includes, extends, references, TBDs). Prints one "
+        "summary line, or every located error with the source line and a caret.",
+    )
+    validate.add_argument("file", metavar="FILE", help="a .sf description")
+    _add_include_options(validate)
+    validate.add_argument(
+        "--syntax-only",
+        action="store_true",
+        help="only check the syntax of FILE itself (no includes, no resolution)",
+    )
+    validate.add_argument(
+        "--allow-tbd",
+        action="store_true",
+        help="accept attributes still TBD (site templates that users complete)",
+    )
+    validate.add_argument("--json", action="store_true", help="machine-readable result")
+    validate.set_defaults(handler="sd_batch.cli.lang:validate")
+
+    render = sub.add_parser(
+        "render",
+        help="print the resolved sfConfig tree",
+        description="Resolve FILE and print sfConfig as SmartFrog text (which parses again) or, "
+        'with --json, as one JSON object (LAZY references as {"$ref": "LAZY PARENT:x"}). '
+        "A file without sfConfig (a library) prints its resolved prototypes.",
+    )
+    render.add_argument("file", metavar="FILE", help="a .sf description")
+    _add_include_options(render)
+    render.add_argument("--allow-tbd", action="store_true", help="render even if TBDs remain")
+    render.add_argument("--json", action="store_true", help="JSON instead of SmartFrog text")
+    render.set_defaults(handler="sd_batch.cli.lang:render")
+
+    templates = sub.add_parser(
+        "templates",
+        help="list the site's VM templates",
+        description="The templates in the site template folders (site config `template_dirs`; "
+        "default: the job_templates/ shipped with sd-batch), each with its one-line "
+        "description and the fields a user must fill (TBD).",
+    )
+    templates.add_argument("--json", action="store_true", help="machine-readable list")
+    templates.set_defaults(handler="sd_batch.cli.lang:templates")
+    start = sub.add_parser(
+        "start", help="create and start the VMs of a description as pool NAME on HOST",
+        description="Resolve FILE and start every VM under its sfConfig on HOST, as pool NAME "
+        "(the seed's `sfStart HOST NAME FILE`). All or nothing: when one VM fails, the ones "
+        "already started are destroyed and their disks removed. HOST is a libvirt URI "
+        "(qemu:///system, test:///default) or a host name from the site config; `localhost` is "
+        "the site's default URI.",
+    )
+    start.add_argument("host", metavar="HOST")
+    start.add_argument("name", metavar="NAME", help="the pool's name, unique on HOST")
+    start.add_argument("file", metavar="FILE",
+                       help="a .sf description (e.g. job_templates/pool.sf)")  # fmt: skip
+    _add_include_options(start)
+    start.add_argument("--json", action="store_true", help="machine-readable result, no progress")
+    start.add_argument("--watch", action="store_true",
+                       help="then stay and watch it, as sd watch does (high availability)")
+    start.set_defaults(handler="sd_batch.cli.pool:start", rounds=None)
+
+    terminate = sub.add_parser(
+        "terminate", help="stop pool NAME on HOST and remove its VMs and disks",
+        description="Ask every VM of pool NAME to power off (ACPI), destroy those still running "
+        "after --grace seconds, undefine them and delete their disks, newest first (the seed's "
+        "`sfTerminate HOST NAME`). Safe to run again after an interruption.",
+    )
+    terminate.add_argument("host", metavar="HOST")
+    terminate.add_argument("name", metavar="NAME")
+    terminate.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                           help="how long guests get to power off before they are destroyed "
+                           "(default 10; 0 destroys at once)")
+    terminate.add_argument("--json", action="store_true", help="machine-readable result")
+    terminate.set_defaults(handler="sd_batch.cli.pool:terminate")
+
+    status = sub.add_parser(
+        "status", help="show pools and jobs, their VMs and disks",
+        description="Every pool and job the ledger records (or just NAME), each VM's live state "
+        "from its hypervisor, and leftovers of interrupted runs.",
+    )
+    status.add_argument("name", metavar="NAME", nargs="?")
+    status.add_argument("--json", action="store_true", help="machine-readable list")
+    status.set_defaults(handler="sd_batch.cli.pool:show_status")
+
+    plan = sub.add_parser(
+        "plan", help="show where a description's VMs would be placed (a dry run)",
+        description="Place FILE's VMs as sd start would, creating nothing: which VM goes to "
+        "which host, what each host has left, and why anything does not fit. Hosts come from "
+        "--hosts INVENTORY (a TOML file of hosts on paper: name, uri, memory, vcpus, disk, "
+        "tags, count) or, without it, from the site's live hypervisors. Exits 8 when some VM "
+        "fits nowhere.",
+    )  # fmt: skip
+    plan.add_argument("file", metavar="FILE", help="a .sf description with a Scheduler")
+    _add_include_options(plan)
+    plan.add_argument("--hosts", metavar="INVENTORY", help="hosts from this TOML inventory")
+    plan.add_argument("--name", metavar="NAME", help="pool name for the VM names (default: "
+                      "the file's name)")  # fmt: skip
+    plan.add_argument("--all-hosts", action="store_true",
+                      help="list every host, not only those that get VMs")
+    plan.add_argument("--json", action="store_true", help="machine-readable plan")
+    plan.set_defaults(handler="sd_batch.cli.plan:plan")
+
+    watch = sub.add_parser(
+        "watch", help="high availability: ping pool NAME's hosts, move VMs off failed ones",
+        description="Every sfLivenessDelay seconds (the pool's Scheduler), ping each host "
+        "running the pool's VMs and each VM. A host missing sfLivenessFactor pings in a row "
+        "has failed: its VMs are placed again on the Scheduler's other hosts and started; "
+        "sd status shows the moves. A VM found shut off is started again. Runs until "
+        "interrupted, or until the pool is terminated.",
+    )  # fmt: skip
+    watch.add_argument("host", metavar="HOST")
+    watch.add_argument("name", metavar="NAME")
+    _add_include_options(watch)
+    watch.add_argument("--rounds", type=int, metavar="N", help="stop after N rounds of pings")
+    watch.set_defaults(handler="sd_batch.cli.plan:watch")
+
+    run = sub.add_parser(
+        "run", help="run a submit file's jobs here through the HTCondor hooks (no daemons)",
+        description="Play condor_submit, the schedd and condor_starter for every proc of "
+        "JOB.sub: a scratch dir with the input files, PREPARE_JOB, the job's command, JOB_EXIT "
+        "and the outputs back next to JOB.sub, hooks and job as the slot user. One line per "
+        "job; exits with the job's exit code (128+N: signal N; 3: held; 4: back to idle). "
+        "SIGINT/SIGTERM removes the running job, SIGUSR1 holds it, SIGUSR2 evicts it.",
+    )  # fmt: skip
+    run.add_argument("submit_file", metavar="JOB.sub", help="an HTCondor submit description")
+    run.add_argument("--keep-going", action="store_true",
+                     help="after a held or failed job, go on with the next proc")
+    run.add_argument("--user", metavar="SLOTUSER",
+                     help="run hooks and job as this user (root only; default: sdslot1 for root)")
+    run.add_argument("--json", action="store_true", help="one JSON document instead of lines")
+    run.set_defaults(handler="sd_batch.cli.run:run")
+
+    reap = sub.add_parser(
+        "reap", help="remove what crashed runs left: dead jobs' VMs, interrupted pools, orphans",
+        description="Compare the ledger and the hypervisors with the jobs and pools still alive "
+        "and remove what belongs to none: jobs whose runner died (or prepared and never run "
+        "for --prepared-grace seconds), pools whose start or terminate was interrupted, rows "
+        "stuck `creating`, domains carrying our metadata that no ledger owner has, job folders "
+        "with no owner. One line per action. Never touches a domain without our metadata, an "
+        "active pool, or a job whose process lives. The startd cron runs it.",
+    )  # fmt: skip
+    reap.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    reap.add_argument("--prepared-grace", type=float, default=3600.0, metavar="SECONDS",
+                      help="a prepared job never run is abandoned after this long (default 3600)")
+    reap.add_argument("--json", action="store_true", help="machine-readable list of actions")
+    reap.set_defaults(handler="sd_batch.cli.reap:run")
+
+    web = sub.add_parser(
+        "web", help="serve the template web form (list, fill, preview, start, status)",
+        description="Serve a small site: the site's templates, a form per template (its TBD "
+        "fields and what site policy lets users change), a submit file for job templates, and "
+        "start / status / terminate for pools. Bound to 127.0.0.1 it asks no login; bound "
+        "elsewhere it needs --passwords or --remote-user-header.",
+    )  # fmt: skip
+    web.add_argument("--bind", default="127.0.0.1:8080", metavar="HOST:PORT",
+                     help="where to listen (default 127.0.0.1:8080)")
+    web.add_argument("--passwords", metavar="FILE",
+                     help="HTTP basic users: USER:HASH lines from sd web --hash-password USER")
+    web.add_argument("--remote-user-header", metavar="NAME",
+                     help="trust this header (set by a reverse proxy) as the user's name")
+    web.add_argument("--hash-password", metavar="USER",
+                     help="print a password file line for USER (password from stdin) and exit")
+    web.set_defaults(handler="sd_batch.cli.web:web")
+    return parser
+
+
+def sf_start() -> None:
+    """`sfStart HOST NAME FILE`: the seed's spelling of `sd start`."""
+    sys.exit(main(["start", *sys.argv[1:]]))
+
+
+def sf_terminate() -> None:
+    """`sfTerminate HOST NAME`: the seed's spelling of `sd terminate`."""
+    sys.exit(main(["terminate", *sys.argv[1:]]))
+
+
+def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
+    """Run one `sd` command; returns the exit code (the console script exits with it)."""
+    env = env or Environment()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        stream=env.stderr,
+        format="sd: %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        parser = build_parser()
+        if not args_list:
+            parser.print_help(env.stdout)
+            return 0
+        args = parser.parse_args(args_list)
+        if args.command is None:
+            parser.print_help(env.stdout)
+            return 0
+        module_name, _, function = args.handler.partition(":")
+        command = getattr(importlib.import_module(module_name), function)
+        return int(command(args, env))
+    except SdError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=env.stderr)
+        print(f"sd: error: {exc}", file=env.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sd: interrupted", file=env.stderr)
+        return 130
+    except SystemExit as exc:  # argparse's --help
+        return int(exc.code or 0)
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""The deployment engine: SmartFrog's lifecycle (deploy, start, ping, terminate) for our components.
+
+`plan` (pure) turns a resolved `sfConfig` into a tree of `Step`s: a `Compound` deploys all its
+children, then starts them in order; a `Sequence` deploys and starts each child before the next;
+a `Parallel` starts its children at once; a `Pool` is its named VMs plus `count` copies of its
+`template`; a `VirtualCluster` is its head, then its workers. A component with a `scheduler`
+attribute has its VMs placed by that Scheduler (`planning.schedule` puts each on its host's
+URI; until then they carry the URI `plan` was given). `Engine` carries a plan out on a
+hypervisor, recording every disk and domain in the ledger *before* creating it, and rolls
+everything back when any step fails, so a half-started pool never stays behind.
+May import: errors, lang, spec, domain_xml, planning, ledger, hypervisor (types), config.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DeployError, DescriptionError, DomainNotFound, SdError, SpecError
+from ..hypervisor.types import DiskWriteError
+from ..lang import Component, Description
+from ..placement.plan import Scheduled, Scheduling, cluster_apart, demand_of, scheduling_of
+from ..vm.domain_xml import DiskSource, ExtraDisk, HostFiles, build_domain_xml
+from ..vm.domain_xml import Owner as XmlOwner
+from ..vm.domain_xml import OwnerKind as XmlOwnerKind
+from ..vm.spec import DiskFormat, KernelBoot, VMSpec, vm_spec
+
+if TYPE_CHECKING:
+    from ..hypervisor.connection import HypervisorAPI
+    from ..ledger.store import Ledger, Owner, Resource
+
+log = logging.getLogger(__name__)
+
+VM_CLASS = "sd_batch.VM"
+SEQUENCE_CLASS = "sd_batch.Sequence"
+PARALLEL_CLASS = "sd_batch.Parallel"
+POOL_CLASS = "sd_batch.Pool"
+CLUSTER_CLASS = "sd_batch.VirtualCluster"
+#: Components that are configuration for others, never deployed themselves.
+NOT_DEPLOYED = frozenset({"sd_batch.Scheduler"})
+#: While waiting for guests to power off, press their power button again this often.
+PRESS_AGAIN_SECONDS = 2.0
+
+
+class Order(enum.Enum):
+    """How a step treats its children (SmartFrog's Compound, Sequence and Parallel)."""
+
+    COMPOUND = "compound"  # deploy all, then start in order; terminate in reverse
+    SEQUENCE = "sequence"  # deploy and start each before the next
+    PARALLEL = "parallel"  # deploy all, start all at once
+
+
+@dataclass(frozen=True, slots=True)
+class VMPlan:
+    """One VM to create: its checked spec, its host, and (if scheduled) its placement request."""
+
+    spec: VMSpec
+    uri: str
+    placement: Scheduled | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.spec.name
+
+    @property
+    def path(self) -> str:
+        return self.spec.path
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A node of the lifecycle tree: a VM, or an ordered group of steps."""
+
+    path: str
+    order: Order = Order.COMPOUND
+    children: tuple[Step, ...] = ()
+    vm: VMPlan | None = None
+
+    def vms(self) -> Iterator[VMPlan]:
+        """Every VM, in start order."""
+        if self.vm is not None:
+            yield self.vm
+        for child in self.children:
+            yield from child.vms()
+
+
+# -- planning (pure) -------------------------------------------------------------------------------
+def plan(description: Description, pool: str, uri: str) -> Step:
+    """The lifecycle tree of a description's sfConfig, every VM named `POOL-<where it is>`."""
+    root = description.sfconfig
+    if root is None:
+        raise DescriptionError(
+            "the description has no sfConfig: nothing to start",
+            hint="write sfConfig extends Pool { ... } (or Compound, VM, VirtualCluster)",
+        )
+    step = _plan(root, pool, uri, (), scheduling_of(root, None))
+    names = [vm.domain for vm in step.vms()]
+    if not names:
+        raise DescriptionError(
+            f"sfConfig ({root.loc}) contains no VM" if root.loc else "sfConfig contains no VM",
+            hint="a pool needs at least one component that extends VM",
+        )
+    seen: set[str] = set()
+    for vm in step.vms():
+        if vm.domain in seen:
+            raise SpecError(
+                f"{vm.path}: two VMs are both named {vm.domain!r}",
+                loc=vm.spec.loc,
+                path=vm.path,
+                hint="give each VM its own name (or leave name NULL)",
+            )
+        seen.add(vm.domain)
+    return step
+
+
+def _plan(
+    node: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
+) -> Step:
+    sf_class = node.get("sfClass")
+    path = node.path
+    if sf_class == VM_CLASS:
+        spec = vm_spec(node, default_name=_vm_name(pool, where))
+        placed = None if sched is None else Scheduled(sched.scheduler, demand_of(node, spec, sched))
+        return Step(path, vm=VMPlan(spec, uri, placed))
+    if sf_class == POOL_CLASS:
+        children = list(_child_steps(node, pool, uri, where, sched))
+        template = node.get("template")
+        count = node.get("count", 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise SpecError(f"{node.attribute_path('count')}: count must be a whole number >= 0",
+                            loc=node.location_of("count"), path=node.attribute_path("count"))
+        if count and not isinstance(template, Component):
+            raise SpecError(
+                f"{node.attribute_path('template')}: a Pool with count {count} needs a template",
+                loc=node.location_of("template"),
+                hint="write template extends LAZY VM { ... }",
+            )
+        for index in range(1, count + 1):
+            assert isinstance(template, Component)
+            children.append(_copy_step(template, pool, uri, (*where, f"{index}"), sched))
+        return Step(path, Order.COMPOUND, tuple(children))
+    if sf_class == CLUSTER_CLASS:
+        head = node.get("head")
+        worker = node.get("worker")
+        workers = node.get("workers", 0)
+        if not isinstance(head, Component):
+            raise SpecError(f"{node.attribute_path('head')}: a VirtualCluster needs a head VM",
+                            loc=node.location_of("head"), hint="write head extends VM { ... }")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise SpecError(f"{node.attribute_path('workers')}: workers must be a count >= 0",
+                            loc=node.location_of("workers"))
+        if workers and not isinstance(worker, Component):
+            raise SpecError(f"{node.attribute_path('worker')}: workers need a worker template",
+                            loc=node.location_of("worker"), hint="worker extends LAZY VM { ... }")
+        if sched is not None:  # head and workers apart, as the cluster's `apart` says
+            sched = sched.within_cluster(node, cluster_apart(node))
+        head_step = _plan(head, pool, uri, (*where, "head"), scheduling_of(head, sched))
+        worker_steps = tuple(
+            _copy_step(worker, pool, uri, (*where, f"worker{i}"), sched)
+            for i in range(1, workers + 1)
+        )
+        return Step(path, Order.SEQUENCE, (head_step, Step(path, Order.PARALLEL, worker_steps)))
+    order = {SEQUENCE_CLASS: Order.SEQUENCE, PARALLEL_CLASS: Order.PARALLEL}.get(
+        sf_class if isinstance(sf_class, str) else "", Order.COMPOUND
+    )
+    return Step(path, order, tuple(_child_steps(node, pool, uri, where, sched)))
+
+
+def _child_steps(
+    node: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
+) -> Iterator[Step]:
+    for name, child in node.children():
+        if child.is_data or child.is_lazy or child.get("sfClass") in NOT_DEPLOYED:
+            continue  # data, templates for counted copies, schedulers: not deployed themselves
+        if "sfClass" not in child:
+            continue
+        yield _plan(child, pool, uri, (*where, _short(name)), scheduling_of(child, sched))
+
+
+def _copy_step(
+    template: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
+) -> Step:
+    """A counted copy of a LAZY template (Pool, VirtualCluster workers)."""
+    return _plan(template, pool, uri, where, scheduling_of(template, sched))
+
+
+def _short(name: str) -> str:
+    return name[2:] if name.startswith("--") else name  # anonymous `--3` -> `3`
+
+
+def _vm_name(pool: str, where: tuple[str, ...]) -> str:
+    return "-".join((pool, *where)) if where else pool
+
+
+# -- carrying a plan out ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SitePaths:
+    """Where host files live: guest images (read), overlays and console logs (written)."""
+
+    image_dir: Path
+    overlay_dir: Path
+    console_dir: Path | None = None
+
+    def image(self, relative: PurePosixPath, what: str, spec: VMSpec) -> Path:
+        """An image-folder path from a description, refusing anything outside the folder."""
+        base = self.image_dir.resolve()
+        candidate = (base / str(relative).lstrip("/")).resolve()
+        if not candidate.is_relative_to(base):
+            raise SpecError(
+                f"{spec.path}: {what} {relative} is outside the site image folder {base}",
+                loc=spec.loc,
+                path=spec.path,
+                hint="descriptions name guest images relative to the site image folder",
+            )
+        if not candidate.is_file():
+            raise DeployError(
+                f"{spec.path}: {what} {relative} does not exist in the site image folder {base}",
+                hint="scripts/build-guest builds the minimal guest there",
+            )
+        return candidate
+
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Engine:
+    """Runs a Step tree on hypervisors, with every creation recorded first in the ledger."""
+
+    ledger: Ledger
+    connect: Callable[[str], HypervisorAPI]
+    paths: SitePaths
+    progress: Progress = field(default=lambda _line: None)
+    owner_kind: XmlOwnerKind = XmlOwnerKind.POOL
+    clock: Callable[[], float] = time.monotonic
+
+    def start(self, owner: Owner, step: Step) -> None:
+        """Deploy and start STEP; on any failure roll back everything OWNER has, then raise."""
+        self._total = sum(1 for _ in step.vms())
+        self._done = 0
+        try:
+            self._deploy(owner, step)
+            self._start(owner, step)
+        except BaseException as exc:  # Ctrl-C too: nothing half-started may stay behind
+            try:
+                undone = f"rolled back: removed {self.teardown(owner, graceful=False)}"
+            except DeployError as left:  # the cause must still be told, not only the leftovers
+                undone = f"NOT rolled back: {left}"
+            if not isinstance(exc, (SdError, OSError)):
+                raise
+            reason = _reason(exc)
+            failed: VMPlan | None = getattr(exc, "failed_vm", None)
+            where = ""
+            if failed is not None:  # counted copies share a path: the domain name tells them apart
+                where = f"VM {failed.domain}" + (
+                    ": " if f"{failed.path}:" in reason else f" ({failed.path}): "
+                )
+            raise DeployError(
+                f"{owner.kind.value} {owner.owner_id}: {where}{reason}", hint=undone
+            ) from exc
+
+    # deploy: create disks and define domains (nothing runs yet)
+    def _deploy(self, owner: Owner, step: Step, *, whole: bool = False) -> None:
+        """Deploy STEP; a sequence's children wait for their turn (in `_start`) unless WHOLE."""
+        if step.vm is not None:
+            self.deploy_vm(owner, step.vm)
+            return
+        if step.order is Order.SEQUENCE and not whole:
+            return  # a sequence deploys each child just before starting it
+        for child in step.children:
+            self._deploy(owner, child, whole=whole)
+
+    def _deploy_deferred(self, owner: Owner, step: Step) -> None:
+        """What `_deploy` left for later under STEP: the children of its sequences."""
+        if step.order is Order.SEQUENCE:
+            self._deploy(owner, step, whole=True)
+            return
+        for child in step.children:
+            self._deploy_deferred(owner, child)
+
+    def _start(self, owner: Owner, step: Step, *, deployed: bool = False) -> None:
+        """Start STEP, which `_deploy` has deployed (all of it, sequences too, if DEPLOYED)."""
+        if step.vm is not None:
+            self._start_vm(step.vm)
+        elif step.order is Order.SEQUENCE:
+            for child in step.children:
+                if not deployed:
+                    self._deploy(owner, child)
+                self._start(owner, child, deployed=deployed)
+        elif step.order is Order.PARALLEL and len(step.children) > 1:
+            # The ledger's sqlite connection belongs to this thread: deploy everything here,
+            # sequences inside the branches included, and let the threads only start VMs.
+            if not deployed:
+                self._deploy_deferred(owner, step)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(step.children)) as pool:
+                futures = [pool.submit(self._start, owner, c, deployed=True)
+                           for c in step.children]
+                for future in futures:
+                    future.result()
+        else:
+            for child in step.children:
+                self._start(owner, child, deployed=deployed)
+
+    def deploy_vm(self, owner: Owner, vm: VMPlan, extra_disks: tuple[ExtraDisk, ...] = ()) -> None:
+        """Create VM's disks and define its domain (not started). EXTRA_DISKS are host files
+        (a job's input and output disks) the caller has already recorded in the ledger."""
+        from ..ledger.store import ResourceKind
+
+        try:
+            hv = self.connect(vm.uri)
+            spec = vm.spec
+            kernel = initrd = None
+            if isinstance(spec.boot, KernelBoot):
+                kernel = self.paths.image(spec.boot.kernel, "kernel", spec)
+                if spec.boot.initrd is not None:
+                    initrd = self.paths.image(spec.boot.initrd, "initrd", spec)
+            sources = []
+            self.paths.overlay_dir.mkdir(parents=True, exist_ok=True)
+            for disk in spec.disks:
+                name = f"{vm.domain}-{disk.name}.{disk.format.value}"
+                target = str(self.paths.overlay_dir / name)
+                if Path(target).exists():  # not ours to overwrite, nor (on rollback) to delete
+                    raise DeployError(
+                        f"disk {target} already exists",
+                        hint="an earlier run left it: `sd status` shows it; remove it if unused",
+                    )
+                # A missing base image is the description's fault: found before any intent.
+                base = None if disk.image is None else self.paths.image(disk.image,
+                                                                         "disk image", spec)
+                with self.ledger.intent(owner, ResourceKind.VOLUME, target, vm.uri):
+                    if base is not None:
+                        created = hv.create_overlay(self.paths.overlay_dir, name, base,
+                                                    disk.size_bytes or 0, _image_format(base))
+                    else:
+                        created = hv.create_blank(self.paths.overlay_dir, name,
+                                                  disk.size_bytes or 0, disk.format.value)
+                sources.append(DiskSource(PurePosixPath(created), disk.format))
+            console = None
+            if self.paths.console_dir is not None and not spec.flavour.is_xen:
+                self.paths.console_dir.mkdir(parents=True, exist_ok=True)
+                console = PurePosixPath(self.paths.console_dir / f"{vm.domain}.log")
+                # virtlogd creates it when the domain starts; recorded so teardown removes it
+                self.ledger.mark_created(
+                    self.ledger.record_intent(owner, ResourceKind.FILE, str(console), vm.uri)
+                )
+            files = HostFiles(
+                disks=tuple(sources),
+                extra_disks=extra_disks,
+                kernel=PurePosixPath(kernel) if kernel else None,
+                initrd=PurePosixPath(initrd) if initrd else None,
+                console_log=console,
+            )
+            xml = build_domain_xml(spec, files, XmlOwner(self.owner_kind, owner.owner_id))
+            with self.ledger.intent(owner, ResourceKind.DOMAIN, vm.domain, vm.uri):
+                hv.define(xml)
+            self.progress(f"defined {vm.domain} ({spec.memory_mib} MiB, {spec.vcpus} vCPU) "
+                          f"on {vm.uri}")
+        except (SdError, OSError) as exc:
+            exc.failed_vm = vm  # type: ignore[union-attr]
+            raise
+
+    def _start_vm(self, vm: VMPlan) -> None:
+        try:
+            self.connect(vm.uri).start(vm.domain)
+        except SdError as exc:
+            exc.failed_vm = vm  # type: ignore[attr-defined]
+            raise
+        self._done += 1
+        self.progress(f"[{self._done}/{self._total}] started {vm.domain}")
+
+    # terminate: the ledger is the truth about what exists, newest first
+    def teardown(self, owner: Owner, *, graceful: bool = True, grace_seconds: float = 10.0,
+                 only: Callable[[Resource], bool] | None = None) -> str:  # fmt: skip
+        """Remove every resource OWNER has (or ONLY those), newest first; idempotent.
+        Returns what was removed."""
+        from ..ledger.store import ResourceKind, ResourceState
+
+        domains = volumes = files = 0
+        resources = tuple(r for r in self.ledger.resources(owner) if only is None or only(r))
+        if graceful:
+            self._shutdown_all(
+                [r for r in resources if r.kind is ResourceKind.DOMAIN], grace_seconds
+            )
+        errors: list[str] = []
+        for resource in resources:
+            try:
+                if resource.kind is ResourceKind.DOMAIN:
+                    hv = self.connect(resource.host_uri)
+                    if resource.state is ResourceState.CREATING and not self._ours(
+                        hv, resource.name, owner
+                    ):
+                        self.ledger.forget(resource)  # never made: the name was someone else's
+                        continue
+                    hv.destroy(resource.name)
+                    hv.undefine(resource.name)
+                    domains += 1
+                    self.progress(f"removed {resource.name}")
+                elif resource.kind is ResourceKind.VOLUME:
+                    self.connect(resource.host_uri).delete_volume(resource.name)
+                    volumes += 1
+                else:
+                    Path(resource.name).unlink(missing_ok=True)
+                    files += 1
+            except DomainNotFound:
+                pass
+            except (SdError, OSError) as exc:
+                errors.append(f"{resource.kind.value} {resource.name}: {_reason(exc)}")
+                continue
+            self.ledger.forget(resource)
+        if errors:
+            raise DeployError(
+                f"{owner.kind.value} {owner.owner_id}: could not remove everything: "
+                + "; ".join(errors),
+                hint="the ledger keeps what is left: run the same command again",
+            )
+        if only is None:
+            self.ledger.forget_owner(owner)
+        parts = [_count(domains, "domain"), _count(volumes, "volume")]
+        if files:
+            parts.append(_count(files, "file"))
+        return ", ".join(parts)
+
+    def _ours(self, hv: HypervisorAPI, name: str, owner: Owner) -> bool:
+        """Whether domain NAME carries our owner metadata: a half-recorded define must not
+        destroy a domain of the same name that sd-batch (or this owner) did not create."""
+        for info in hv.list_domains():
+            if info.name == name:
+                return info.owner is not None and info.owner.id == owner.owner_id and (
+                    info.owner.kind == self.owner_kind.value
+                )
+        return False
+
+    def _shutdown_all(self, domains: list[Any], grace_seconds: float) -> None:
+        """Ask every guest to power off (ACPI) and wait, bounded by GRACE_SECONDS in all.
+
+        The power button is pressed again every few seconds: a press while a guest is still
+        booting is lost (sd_batch/guest/CONTRACT.md), and destroying a guest that would have
+        shut down cleanly a second later is rude to its disks.
+        """
+        pending = []
+        for resource in reversed(domains):  # reverse of start order
+            try:
+                pending.append((self.connect(resource.host_uri), resource.name))
+            except SdError:
+                continue  # unreachable: destroy below says what matters
+        deadline = self.clock() + grace_seconds
+        while pending and self.clock() < deadline:
+            for hv, name in pending:
+                with contextlib.suppress(SdError):
+                    hv.shutdown(name)
+            still = []
+            for hv, name in pending:
+                remaining = max(0.0, min(PRESS_AGAIN_SECONDS, deadline - self.clock()))
+                try:
+                    hv.wait_shutoff(name, remaining)
+                except (DomainNotFound, DiskWriteError):
+                    continue  # gone, or paused for good by a host disk: destroyed below
+                except SdError:
+                    still.append((hv, name))
+            pending = still
+        for _hv, name in pending:
+            log.info("%s did not power off within %.0f s; destroying it", name, grace_seconds)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
+def _image_format(path: Path) -> str:
+    """qcow2 or raw, from the file's magic: never let QEMU probe a format (unsafe)."""
+    with open(path, "rb") as handle:
+        return "qcow2" if handle.read(4) == b"QFI\xfb" else DiskFormat.RAW.value
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DescriptionError):
+        return exc.headline()
+    return str(exc)

@@ -1,0 +1,354 @@
+"""HTCondor's job hooks and the job's runner, on the unprivileged side (the slot user).
+
+`condor_hooks/*` are a few lines each calling `main()` here with a verb:
+
+- `prepare-job` (<Keyword>_HOOK_PREPARE_JOB): the job ad on stdin; builds the guest's input disk
+  from the sandbox and hands it to the privileged helper, which resolves the description,
+  applies site limits and defines the VM. Prints ad updates: `Cmd` becomes our runner, the
+  original command is kept in `SDOriginalCmd` / `SDOriginalArguments`. Failures print
+  `HookStatusCode` / `HookStatusMessage`: a user's mistake or a policy refusal holds the job
+  (1-299), a host problem sends it back to Idle (>= 300). `status_for` is the one mapping.
+- `runner` (the job's new Cmd): asks the helper to boot the VM and stream back the result, puts
+  the outputs into the sandbox safely, writes the payload's stdout/stderr to its own, and exits
+  as the payload did (a payload killed by signal N kills the runner with N).
+- `job-exit` (<Keyword>_HOOK_JOB_EXIT, argv exit|remove|hold|evict): destroy and delete
+  everything, idempotent, well inside HTCondor's 30 s.
+- `update-job-info`: advisory; nothing to do.
+- `startd-cron`: publishes HasSmartDomains and friends for the startd.
+
+Each verb reaches the privileged side through the helper service's socket when it answers,
+else through the helper command (`sudo -n condor_hooks/helper`): `helper_client`. Nothing here
+talks to libvirt, and nothing heavy is imported: every hook is a fresh Python.
+May import: errors, guest.contract, helper_client, jobad, staging, stdlib.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import re
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import (
+    VM_LOST_EXIT,
+    VM_REQUEUE_EXIT,
+    VM_TIMEOUT_EXIT,
+    Disposition,
+    SdError,
+    StagingError,
+)
+from .client import (
+    HOOKS_DIR,
+    HelperFailed,
+    call,
+    checked,
+    helper,
+    prepare,
+    request,
+    service_reply,
+    service_socket,
+)
+
+TYPE_CHECKING = False  # typing itself costs a hook 5 ms
+if TYPE_CHECKING:
+    from typing import IO, Any
+
+    from ..staging import JobResult
+
+log = logging.getLogger("sd_batch.helper.hooks")
+
+KEYWORD = "SMARTDOMAINS"
+JOB_EXIT_REASONS = ("exit", "remove", "hold", "evict")
+SOCKET_ATTRIBUTE = "SDHelperSocket"  # in PREPARE_JOB's updates when it used the service
+#: Bounds on what a job moves in and out (site policy may lower them).
+MAX_INPUT_BYTES = 2 * 1024**3
+MAX_RESULT_BYTES = 1024**3
+MAX_RESULT_FILES = 100_000
+
+
+class HookStatus(enum.IntEnum):
+    """HookStatusCode values: 0 success, 1-299 hold the job, >= 300 back to Idle."""
+
+    OK = 0
+    HOLD = 180
+    REQUEUE = 380
+
+
+def status_for(exc: BaseException) -> tuple[HookStatus, str]:
+    """The one mapping from an error to (HookStatusCode, HookStatusMessage)."""
+    if isinstance(exc, SdError):
+        text = exc.headline() if hasattr(exc, "headline") else str(exc)
+        code = HookStatus.REQUEUE if exc.disposition is Disposition.REQUEUE else HookStatus.HOLD
+        return code, f"sd-batch: {text}"
+    return HookStatus.REQUEUE, f"sd-batch: internal error on the worker: {exc!r}"
+
+
+# -- PREPARE_JOB -------------------------------------------------------------------------------
+def _argv_in_guest(ad: Any, sandbox: Path) -> list[str]:
+    """The payload's argv inside the VM: the transferred executable, else Cmd as written."""
+    cmd = str(ad.cmd)
+    for candidate in ("condor_exec.exe", Path(cmd).name):
+        if candidate and (sandbox / candidate).is_file() and not (sandbox / candidate).is_symlink():
+            return [f"./{candidate}", *ad.arguments]
+    return [cmd, *ad.arguments]
+
+
+def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
+    from ..condor.jobad import format_updates, parse_job_ad
+    from ..guest.contract import Manifest
+    from ..staging import write_input_tar
+
+    ad_text = stdin.read()
+    try:
+        ad = parse_job_ad(ad_text)
+        if not ad.sd_description:
+            # Our hook keyword without SDVMDescription (a site-wide default keyword, say):
+            # the job did not ask for a VM, so it runs as it would without sd-batch.
+            log.info("job %s has no SDVMDescription: it runs natively", ad.global_job_id)
+            return 0
+        manifest = Manifest(tuple(_argv_in_guest(ad, sandbox)), dict(ad.environment), ".")
+
+        def write(out: IO[bytes]) -> None:
+            write_input_tar(sandbox, manifest, out, job_ad_text=ad_text,
+                            max_bytes=MAX_INPUT_BYTES)  # fmt: skip
+
+        reply, socket_path = prepare(ad.global_job_id, write)
+    except (SdError, OSError) as exc:
+        if isinstance(exc, OSError):
+            exc = StagingError(f"cannot stage the job: {exc}")
+        code, message = status_for(exc)
+        log.warning("prepare job failed: %s", message)
+        stdout.write(format_updates({"HookStatusCode": int(code), "HookStatusMessage": message}))
+        # Non-zero as well: a starter that predates HookStatusCode then still aborts the job
+        # (held, HoldReasonCode 19) instead of running it natively with Cmd unchanged.
+        return 1
+    updates: dict[str, Any] = {
+        "SDOriginalCmd": ad.cmd,
+        "SDOriginalArguments": " ".join(shlex.quote(a) for a in ad.arguments),
+        "SDVMDomain": reply["domain"],
+        "SDVMMemoryMiB": reply["memory_mib"],
+        "SDVMCpus": reply["vcpus"],
+        "Cmd": str(HOOKS_DIR / "runner"),
+        "Arguments": f"--job {ad.global_job_id}",
+        "Args": f"--job {ad.global_job_id}",
+        "HookStatusCode": int(HookStatus.OK),
+        "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
+                             f"({reply['description']}, {reply['memory_mib']} MiB)",
+    }
+    if socket_path:  # for JOB_EXIT, which need not read the knob again (`known_socket`)
+        updates[SOCKET_ATTRIBUTE] = socket_path
+    stdout.write(format_updates(updates))
+    return 0
+
+
+# -- the runner ----------------------------------------------------------------------------------
+def runner(argv: Sequence[str], sandbox: Path) -> int:
+    if len(argv) != 2 or argv[0] != "--job":
+        print("usage: runner --job GLOBAL_JOB_ID", file=sys.stderr)
+        return 2
+    sock = service_socket()
+    if sock is None:
+        return _run_through_helper(argv[1], sandbox)
+    # HTCondor's SIGTERM kills us as it comes: the service sees us hang up and destroys the VM
+    with sock, sock.makefile("rb") as stream:
+        request(sock, "run", argv[1])  # and our side stays open: closing it is hanging up
+        try:
+            status = service_reply(stream)
+            if not status.get("ok"):
+                print(f"sd-batch: {status.get('message')}", file=sys.stderr)
+                code = int(status.get("exit", 1))
+                if code in (VM_TIMEOUT_EXIT, VM_LOST_EXIT):
+                    return code  # the transform's OnExitHold holds the job
+                return _requeue() if code == os.EX_TEMPFAIL else 1
+            result = _read_result(stream, sandbox)
+        except HelperFailed as exc:  # the service went away before the VM's end
+            print(f"sd-batch: {exc}", file=sys.stderr)
+            return _requeue()
+        except SdError as exc:
+            print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
+            return 1
+    return _finish(result)
+
+
+def _run_through_helper(job_id: str, sandbox: Path) -> int:
+    import subprocess
+
+    proc = helper(["run", job_id], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)  # the helper destroys the VM at once
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        result = _read_result(proc.stdout, sandbox)
+    except SdError as exc:
+        try:  # a helper that sent nothing is exiting: its code may say the VM failed
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        if code in (VM_TIMEOUT_EXIT, VM_LOST_EXIT):
+            return code  # the helper said why on our stderr; the transform's OnExitHold holds
+        if code == os.EX_TEMPFAIL:
+            return _requeue()
+        print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        proc.stdout.close()
+    code = proc.wait()
+    if code == os.EX_TEMPFAIL:
+        return _requeue()
+    if code != 0:
+        print(f"sd-batch: the VM did not complete (helper exit {code})", file=sys.stderr)
+        return code if code > 0 else 128 - code
+    return _finish(result)
+
+
+def _read_result(stream: IO[bytes], sandbox: Path) -> JobResult:
+    from ..staging import read_result
+
+    return read_result(stream, sandbox, max_bytes=MAX_RESULT_BYTES, max_files=MAX_RESULT_FILES)
+
+
+def _finish(result: JobResult) -> int:
+    """The payload's stdout and stderr on ours, and its exit (or its signal) as ours."""
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(result.stderr)
+    if result.error:
+        sys.stderr.write(f"sd-batch: {result.error.strip()}\n")
+    for link in result.skipped:
+        sys.stderr.write(f"sd-batch: {link} is a link the job made: links are not returned\n")
+    sys.stderr.flush()
+    status = result.exit_status
+    if status is None:
+        print("sd-batch: the payload did not run", file=sys.stderr)
+        return 1
+    stops = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+    if status.kind == "signal" and status.code not in stops:  # a stop would stop the runner
+        if status.code != signal.SIGKILL:  # SIGKILL's handler cannot be set (nor needs to be)
+            signal.signal(status.code, signal.SIG_DFL)
+        os.kill(os.getpid(), status.code)  # die of it, so HTCondor records ExitBySignal
+        return 128 + status.code  # only reached for signals whose default is to carry on
+    if status.kind == "signal":
+        return 128 + status.code
+    return status.code
+
+
+def _requeue() -> int:
+    print("sd-batch: this worker could not run the job's VM (the message above says why); "
+          "the job goes back to Idle and runs again", file=sys.stderr)
+    return VM_REQUEUE_EXIT  # the site's job transform makes OnExitRemove false for it
+
+
+# -- JOB_EXIT, UPDATE_JOB_INFO, startd cron ---------------------------------------------------
+def job_exit(argv: Sequence[str], stdin: IO[str], timeout: float = 25.0) -> int:
+    reason = argv[0] if argv else "exit"
+    if reason not in JOB_EXIT_REASONS:
+        log.warning("unknown JOB_EXIT reason %r: cleaning up anyway", reason)
+    try:
+        ad_text = stdin.read()
+        job_id = global_job_id(ad_text)
+        reply = checked(call(["cleanup", job_id], timeout, known=known_socket(ad_text)))
+        log.info("job %s (%s): removed %s", job_id, reason, reply.get("removed"))
+    except (SdError, OSError) as exc:
+        print(f"sd-batch: JOB_EXIT {reason}: cleanup incomplete ({exc}); the reaper will "
+              "finish it", file=sys.stderr)
+    return 0  # HTCondor ignores JOB_EXIT's status; our own log says what happened
+
+
+def plain_string(ad_text: str, name: str, chars: str) -> str | None:
+    """NAME's value in an old-syntax ad without the ClassAd library (60 ms of a 150 ms hook)
+    when the ad defines it once, as a plain string of CHARS (a regex class: no quote, no
+    backslash, so the text is the value); else None."""
+    defines = rf"^[ \t]*{name}[ \t]*="
+    found = re.findall(defines + rf'[ \t]*"({chars}{{1,255}})"[ \t]*$', ad_text,
+                       re.IGNORECASE | re.MULTILINE)  # fmt: skip
+    if len(found) == 1 and len(re.findall(defines, ad_text, re.IGNORECASE | re.MULTILINE)) == 1:
+        return str(found[0])
+    return None
+
+
+def global_job_id(ad_text: str) -> str:
+    """The job ad's GlobalJobId, as `jobad.parse_job_ad` reads it: `plain_string` when it is
+    one (what a schedd writes), else the ad is parsed. Either way the service acts only on the
+    caller's own jobs."""
+    found = plain_string(ad_text, "GlobalJobId", "[A-Za-z0-9_.:@#+-]")
+    if found is not None:
+        return found
+    from ..condor.jobad import parse_job_ad
+
+    return parse_job_ad(ad_text).global_job_id
+
+
+def known_socket(ad_text: str) -> str | None:
+    """The service's socket PREPARE_JOB used (`SDHelperSocket` in the job ad), if it did.
+    Only the job's own user can have set it otherwise, and a hook runs as that user: the worst
+    a false one does is leave that user's VM to the reaper."""
+    found = plain_string(ad_text, SOCKET_ATTRIBUTE, "[A-Za-z0-9_./@+-]")
+    return found if found and found.startswith("/") else None
+
+
+def startd_cron(stdout: IO[str]) -> int:
+    from ..condor.jobad import format_updates
+
+    try:
+        report = call(["probe"], 20.0)
+    except (SdError, OSError) as exc:
+        report = {"ok": False, "reason": f"the privileged helper cannot be run: {exc}",
+                  "templates": [], "free_memory_mib": None}
+    updates: dict[str, Any] = {
+        "HasSmartDomains": bool(report.get("ok")),
+        "SmartDomainsTemplates": ",".join(report.get("templates") or []),
+        "SmartDomainsFreeVMMemory": int(report.get("free_memory_mib") or 0),
+        "SmartDomainsOfflineReason": str(report.get("reason") or ""),
+    }
+    stdout.write(format_updates(updates))
+    stdout.flush()  # the node's state first: a slow reap must not hold it back
+    _reap_quietly()
+    return 0
+
+
+def _reap_quietly(timeout: float = 60.0) -> None:
+    """The reaper, every cron run (cheap when nothing is left): its failures are logged on
+    stderr, never published, so they cannot take the node out (HasSmartDomains)."""
+    try:
+        reply = call(["reap"], timeout)
+        for line in reply.get("actions") or [reply.get("message", "")]:
+            if line:
+                log.info("reaper: %s", line)
+    except (SdError, OSError) as exc:
+        log.warning("reaper could not run: %s", exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="sd-batch %(name)s: %(levelname)s %(message)s")
+    verb, rest = (args[0], args[1:]) if args else ("", [])
+    sandbox = Path(os.environ.get("_CONDOR_SCRATCH_DIR") or Path.cwd())
+    if verb == "prepare-job":
+        return prepare_job(sys.stdin, sys.stdout, sandbox)
+    if verb == "runner":
+        return runner(rest, sandbox)
+    if verb == "job-exit":
+        return job_exit(rest, sys.stdin)
+    if verb == "update-job-info":
+        sys.stdin.read()
+        return 0
+    if verb == "startd-cron":
+        return startd_cron(sys.stdout)
+    print("usage: python -m sd_batch.helper.hooks {prepare-job,runner,job-exit,update-job-info,"
+          "startd-cron} [args]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

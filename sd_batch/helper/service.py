@@ -1,0 +1,456 @@
+"""The privileged helper as a root service: one interpreter for every hook, not two per hook.
+
+`python -I -m sd_batch.helper.service [--socket PATH] [--group NAME]` (root; `scripts/setup-host`
+starts it) listens on a unix stream socket, by default /run/sd-batch/helper.sock, made
+`root:sd-slots` mode 0660 in a root-owned 0755 folder: exactly who sudoers lets run the helper
+(the slot group, where a site also puts the `condor` user for the startd cron) may connect,
+and anyone else gets EACCES from the kernel. The caller is the kernel's SO_PEERCRED of the
+connection (its uid keys the job as sudo's SUDO_UID does; its pid is the runner the reaper
+watches), never a field of the request. Libvirt connections, lark's grammar and every module
+stay loaded between requests; the site config is read again for each request, so an edit of
+/etc/sd-batch/site.toml applies to the next job. The actions are `privileged.perform`, the
+code the sudo helper runs.
+
+The protocol, one request per connection:
+
+- The client sends one JSON line, at most 4096 bytes, within 10 s:
+  `{"action": "prepare"|"run"|"cleanup"|"probe"|"reap", "job": "<GlobalJobId>"}` (`job` for
+  prepare, run and cleanup only). Anything else is answered with one JSON line
+  `{"ok": false, "error": "BadRequest", "disposition": "requeue", "message": ...}` and the
+  connection is closed.
+- `prepare`: the job's input disk (a tar) follows the line, ended by the client's
+  `shutdown(SHUT_WR)`; the reply is one JSON line, the one `helper prepare` prints.
+- `cleanup`, `probe`, `reap`: the reply is one JSON line, as `helper ACTION` prints it.
+- `run`: the client then only reads, and keeps its side open (a shutdown of its writing half
+  counts as hanging up). The reply is one JSON status line: `{"ok": true}`, then the result
+  tar until the service closes; or `{"ok": false, "exit": N, "message": ...}` where N is the
+  helper's exit status (170/171 `errors.VMFailed`, 75 for a requeue, 1 otherwise). While the
+  VM runs a watcher polls the connection: the runner hanging up (HTCondor's hold, remove and
+  evict kill it) destroys the VM at once, as the sudo helper's SIGTERM handler does.
+- A caller with 32 requests under way (512 in all) gets `{"ok": false, "error": "Busy",
+  "exit": 75, "disposition": "requeue", ...}` at once: the job goes back to Idle.
+
+SIGTERM stops listening at once (the socket goes, so hooks fall back to sudo or a new service)
+and lets the requests under way finish; the process exits when they have.
+May import: config, errors, pools, privileged (and, to load them early, what its actions
+use: jobs, reaper, templates, hypervisor, lang, staging), stdlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import grp
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import socketserver
+import stat
+import struct
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+from ..batch.privileged import ACTIONS, EX_TEMPFAIL, JOB_ACTIONS, perform
+from ..deploy.pools import Connections
+
+log = logging.getLogger("sd_batch.helper.service")
+
+DEFAULT_SOCKET = Path("/run/sd-batch/helper.sock")
+SLOT_GROUP = "sd-slots"
+MAX_REQUEST_BYTES = 4096
+REQUEST_SECONDS = 10.0  # to send the request line
+DATA_SECONDS = 600.0  # the longest pause while an input disk or a result tar moves
+MAX_CLIENTS = 512  # requests at once; each running job holds one
+MAX_PER_USER = 32  # of those, one caller's: a slot user who hoards them starves only itself
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
+
+
+class BadRequest(Exception):
+    """A request the protocol does not allow; its text is the reply's message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    action: str
+    job: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is at the other end, as the kernel says (SO_PEERCRED at connect time)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Peer:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+        return cls(*struct.unpack("iII", raw))
+
+
+def parse_request(line: bytes) -> Request:
+    """The request line, checked: a JSON object with `action`, and `job` where it belongs."""
+    if len(line) > MAX_REQUEST_BYTES or not line.endswith(b"\n"):
+        raise BadRequest(f"the request must be one JSON line of at most {MAX_REQUEST_BYTES} "
+                         "bytes")  # fmt: skip
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request must be a JSON object")
+    unknown = sorted(set(data) - {"action", "job"})
+    if unknown:
+        raise BadRequest(f"unknown request fields: {', '.join(map(str, unknown))}")
+    action, job = data.get("action"), data.get("job")
+    if action not in ACTIONS:
+        raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
+    if action in JOB_ACTIONS and not isinstance(job, str):
+        raise BadRequest(f"{action} needs a job: its GlobalJobId, a string")
+    if action not in JOB_ACTIONS and job is not None:
+        raise BadRequest(f"{action} takes no job")
+    return Request(action, job)
+
+
+def peer_allowed(sock: socket.socket, peer: Peer, gid: int) -> bool:
+    """Root, or a process in the slot group (what sudoers allows). The socket's mode already
+    kept everyone else out; this holds should its mode ever be widened by mistake."""
+    if peer.uid == 0 or peer.gid == gid:
+        return True
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        return gid in struct.unpack(f"{len(raw) // 4}I", raw)
+    except OSError:  # more than 256 groups, or an old kernel: the group database decides
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            return pwd.getpwuid(peer.uid).pw_name in grp.getgrgid(gid).gr_mem
+        return False
+
+
+class ServiceConnections(Connections):
+    """`pools.Connections` (thread-safe), where `forget` drops a URI's connection only while
+    it is dead: many runs wait on one connection, and a run that saw libvirtd go must not
+    close the successor another request opened meanwhile."""
+
+    def forget(self, uri: str) -> None:
+        current = self._open.get(uri)
+        if current is None or not current.is_alive():
+            super().forget(uri)
+
+
+class StatusFirst:
+    """The result tar's way out: `{"ok": true}` goes first, with the first bytes, so nothing
+    is promised before jobs.run has the whole result in hand."""
+
+    def __init__(self, sock: socket.socket, handler: Handler) -> None:
+        self.sock, self.handler = sock, handler
+
+    def status(self) -> None:
+        if not self.handler.replied:
+            self.handler.replied = True
+            self.sock.sendall(b'{"ok": true}\n')
+
+    def write(self, data: bytes) -> int:
+        self.status()
+        self.sock.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class HangupWatch:
+    """While a `run` waits on its VM: the runner hanging up calls the VM's destroy callback,
+    then again every second until the run ends (a VM started just after the first call dies
+    too). Data the runner sends is read and dropped."""
+
+    def __init__(self, sock: socket.socket, what: str) -> None:
+        self.sock, self.what = sock, what
+        self.done = threading.Event()
+        self.hung_up = False
+        self.thread: threading.Thread | None = None
+
+    def start(self, destroy: Callable[[], None]) -> None:
+        """`jobs.run`'s INSTALL_SIGNALS: it hands us the destroy callback."""
+        self.thread = threading.Thread(target=self._watch, args=(destroy,), daemon=True,
+                                       name=f"watch {self.what}")  # fmt: skip
+        self.thread.start()
+
+    def _watch(self, destroy: Callable[[], None]) -> None:
+        poller = select.poll()
+        gone = select.POLLHUP | select.POLLERR | select.POLLNVAL | select.POLLRDHUP
+        poller.register(self.sock.fileno(), select.POLLIN | gone)
+        while not self.done.is_set():
+            events = poller.poll(500)
+            if not events:
+                continue
+            if not events[0][1] & gone:
+                try:
+                    if self.sock.recv(4096, socket.MSG_DONTWAIT):
+                        continue
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    pass
+            break
+        else:
+            return
+        self.hung_up = True
+        log.warning("%s: the runner hung up: destroying its VM", self.what)
+        while True:
+            destroy()
+            if self.done.wait(1.0):
+                return
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+class Handler(socketserver.BaseRequestHandler):
+    server: HelperService
+    replied = False  # a reply (or the first bytes of one) went out
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        peer = Peer.of(sock)
+        if not peer_allowed(sock, peer, self.server.gid):
+            log.warning("refused uid %d (pid %d): not in the slot group", peer.uid, peer.pid)
+            self._send(bad("only root and the slot group may use this service"))
+            return
+        if not self.server.admit(peer.uid):
+            log.warning("uid %d (pid %d): too many requests under way", peer.uid, peer.pid)
+            self._send({**bad("the helper service is busy: too many requests under way"),
+                        "error": "Busy", "exit": EX_TEMPFAIL})  # fmt: skip
+            return
+        try:
+            self._serve(sock, peer)
+        except Exception as exc:  # one request's failure must not end the service
+            if isinstance(exc, OSError) and self.replied:
+                log.warning("the client went away: %s", exc)
+            else:
+                log.exception("request failed")
+            if not self.replied:
+                self._send({"ok": False, "exit": 1, "disposition": "requeue",
+                            "error": type(exc).__name__,
+                            "message": f"internal error in the helper service: {exc!r}"})
+        finally:
+            self.server.release(peer.uid)
+
+    def _serve(self, sock: socket.socket, peer: Peer) -> None:
+        sock.settimeout(REQUEST_SECONDS)
+        # closed on the way out: while a makefile holds the socket, closing it keeps it open
+        with sock.makefile("rb") as rfile:
+            self._answer(sock, peer, rfile)
+
+    def _answer(self, sock: socket.socket, peer: Peer, rfile: IO[bytes]) -> None:
+        try:
+            line = rfile.readline(MAX_REQUEST_BYTES + 1)
+            if not line:
+                return  # it only looked whether we listen (setup-host does)
+            request = parse_request(line)
+        except (BadRequest, OSError) as exc:
+            text = str(exc) if isinstance(exc, BadRequest) else f"cannot read the request: {exc}"
+            log.warning("uid %d (pid %d): %s", peer.uid, peer.pid, text)
+            self._send(bad(text))
+            return
+        job = f" {request.job}" if request.job else ""
+        what = f"{request.action}{job} for uid {peer.uid} (pid {peer.pid})"
+        sock.settimeout(DATA_SECONDS)
+        if request.action == "run":
+            self._run(sock, request, peer, what)
+            return
+        # prepare streams the input disk from the socket into the job's folder (bounded there)
+        data_in = cast(BinaryIO, rfile) if request.action == "prepare" else None
+        answer = perform(request.action, request.job, peer.uid, data_in=data_in,
+                         connections=self.server.connections)  # fmt: skip
+        log.info("%s: %s", what, _summary(answer.reply))
+        self._send(answer.reply or {})
+        if request.action == "prepare":
+            # The reply is queued: the client reads it. Both ways, so that a client still
+            # writing an input disk prepare stopped reading (a refusal, a full disk) gets EPIPE
+            # at once instead of blocking on a full socket until its timeout.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _run(self, sock: socket.socket, request: Request, peer: Peer, what: str) -> None:
+        if peer.pid <= 0:
+            self._send(bad("the caller's process is not visible here (another pid namespace)"))
+            return
+        out = StatusFirst(sock, self)
+        watch = HangupWatch(sock, what)
+        try:
+            answer = perform("run", request.job, peer.uid, data_out=cast(BinaryIO, out),
+                             connections=self.server.connections, runner_pid=peer.pid,
+                             install_signals=watch.start)  # fmt: skip
+        finally:
+            watch.stop()
+        if answer.reply is None:
+            out.status()  # an empty result still says ok
+            log.info("%s: result sent", what)
+            return
+        log.info("%s: exit %s: %s", what, answer.code, answer.reply.get("message"))
+        if not watch.hung_up:
+            self._send(answer.reply)
+
+    def _send(self, reply: dict[str, Any]) -> None:
+        self.replied = True
+        with contextlib.suppress(OSError):
+            self.request.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def warm_up() -> None:
+    """Import what the actions use and build the language's parser, once, before the first
+    request (a hook's wait is then the action alone)."""
+    from ..batch import jobs  # noqa: F401
+    from ..config import templates  # noqa: F401
+    from ..deploy import reaper  # noqa: F401
+    from ..hypervisor.connection import connect  # noqa: F401
+    from ..lang import parse_text
+    from ..staging import create_output_disk  # noqa: F401
+
+    parse_text("sfConfig extends { x 1; }\n")
+
+
+def bad(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": "BadRequest", "disposition": "requeue", "message": message}
+
+
+def _summary(reply: dict[str, Any] | None) -> str:
+    if not reply or reply.get("ok"):
+        return "ok"
+    return f"failed: {reply.get('message') or reply.get('reason')}"
+
+
+class HelperService(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """The listening socket and its request threads (one per connection)."""
+
+    daemon_threads = False  # a stop waits for them (server_close joins)
+    block_on_close = True
+    request_queue_size = 64
+
+    def __init__(self, path: Path, gid: int) -> None:
+        self.path, self.gid = path, gid
+        self.under_way: dict[int, int] = {}  # uid -> requests
+        self.counting = threading.Lock()
+        self.connections = ServiceConnections()
+        super().__init__(str(path), Handler, bind_and_activate=False)
+
+    def admit(self, uid: int) -> bool:
+        with self.counting:
+            if sum(self.under_way.values()) >= MAX_CLIENTS or (
+                    self.under_way.get(uid, 0) >= MAX_PER_USER):  # fmt: skip
+                return False
+            self.under_way[uid] = self.under_way.get(uid, 0) + 1
+            return True
+
+    def release(self, uid: int) -> None:
+        with self.counting:
+            self.under_way[uid] -= 1
+            if not self.under_way[uid]:
+                del self.under_way[uid]
+
+    def server_bind(self) -> None:
+        """Bind with mode 0600 (no window where others may connect), then hand the socket
+        to root:GROUP 0660."""
+        prepare_folder(self.path.parent)
+        clear_stale(self.path)
+        old = os.umask(0o177)
+        try:
+            self.socket.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chown(self.path, 0, self.gid)
+        os.chmod(self.path, 0o660)  # noqa: PTH101
+        self.inode = self.path.stat().st_ino
+
+    def stop_listening(self) -> None:
+        """Remove our socket (not a successor's) and close it: new hooks go elsewhere."""
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_ino == self.inode:
+                self.path.unlink()
+        self.socket.close()
+
+
+def prepare_folder(folder: Path) -> None:
+    """The socket's folder: made root's 0755 when missing; refused when others may write it
+    (they could put their own socket in our place)."""
+    if not folder.exists():
+        folder.mkdir(mode=0o755, parents=True)
+        folder.chmod(0o755)
+    info = folder.stat()
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise SystemExit(f"helper service: {folder} must be root's and writable by root only")
+
+
+def clear_stale(path: Path) -> None:
+    """A socket left by a service that died goes; one that answers is another service."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise SystemExit(f"helper service: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise SystemExit(f"helper service: another service answers on {path}")
+
+
+def serve(path: Path, group: str) -> int:
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SystemExit(f"helper service: no group {group} (setup-host makes it)") from None
+    warm_up()
+    server = HelperService(path, gid)
+    server.server_bind()
+    server.server_activate()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: no new requests; finishing those under way", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on %s (root:%s 0660), pid %d", path, group, os.getpid())
+    try:
+        server.serve_forever()
+    finally:
+        server.stop_listening()
+        server.server_close()  # joins the requests under way
+        server.connections.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -I -m sd_batch.helper.service",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
+    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
+                        help=f"where to listen (default {DEFAULT_SOCKET})")
+    parser.add_argument("--group", default=SLOT_GROUP,
+                        help=f"the group that may connect (default {SLOT_GROUP})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s sd-batch helper-service: %(levelname)s %(message)s")
+    if os.geteuid() != 0:
+        parser.error("run me as root (I act for the slot users, as the sudo helper does)")
+    return serve(args.socket.absolute(), args.group)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

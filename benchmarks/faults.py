@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sd_batch.batch.jobs import JobKey  # noqa: E402
+from sd_batch.batch.key import JobKey  # noqa: E402
 from sd_batch.condor.jobad import JobAd, job_ad_from_submit, parse_job_ad  # noqa: E402
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, load_config  # noqa: E402
 from sd_batch.ledger.store import Ledger  # noqa: E402

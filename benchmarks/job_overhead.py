@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sd_batch.batch.jobs import JobLimits  # noqa: E402
+from sd_batch.batch.key import JobLimits  # noqa: E402
 from sd_batch.condor.jobad import job_ad_from_submit, parse_job_ad  # noqa: E402
 from sd_batch.config.site import SYSTEM_CONFIG, load_config  # noqa: E402
 from sd_batch.config.templates import find_template  # noqa: E402

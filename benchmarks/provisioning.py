@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
-from sd_batch.deploy.engine import plan  # noqa: E402
 from sd_batch.errors import SdError  # noqa: E402
 from sd_batch.hypervisor.connection import Hypervisor  # noqa: E402
 from sd_batch.lang import load_file  # noqa: E402
+from sd_batch.placement.steps import plan  # noqa: E402
 from sd_batch.vm.spec import KernelBoot  # noqa: E402
 
 SYSTEM_URI = "qemu:///system"

@@ -10,8 +10,7 @@ import pytest
 
 from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
-from sd_batch.lang import COMPONENT_LIBRARY_DIR
-from sd_batch.lang import load_file
+from sd_batch.lang import COMPONENT_LIBRARY_DIR, load_file
 
 SEED = """#include "components.sf"
 simpleScheduler extends Scheduler { hosts [|"host1", "host2", "host3"|]; }

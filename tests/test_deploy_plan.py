@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
-from sd_batch.deploy.engine import Order, Step, plan
 from sd_batch.errors import DescriptionError, SpecError
 from sd_batch.lang import load_file, load_text
+from sd_batch.placement.steps import Order, Step, plan
 
 URI = "test:///default"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.batch.jobs import JobKey
+from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import job_ad_from_submit
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
 from sd_batch.helper.hooks import HOOKS_DIR

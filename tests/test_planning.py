@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
-from sd_batch.deploy.engine import Step, plan
 from sd_batch.errors import PolicyError, SpecError, UnresolvedReference
 from sd_batch.lang import load_text
 from sd_batch.placement.place import HostState, Policy
-from sd_batch.placement.plan import SchedulerSpec, schedule, schedulers
+from sd_batch.placement.plan import schedule, schedulers
+from sd_batch.placement.schedulers import SchedulerSpec
+from sd_batch.placement.steps import Step, plan
 from sd_batch.placement.strategies import Weights
 
 GiB = 1024

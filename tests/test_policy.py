@@ -285,7 +285,8 @@ def test_policy_table_mistakes_are_named(table: dict[str, object], message: str)
 
 
 def test_policy_is_pure() -> None:
-    source = (Path(__file__).resolve().parent.parent / "sd_batch" / "vm" / "site_policy.py").read_text()
+    package = Path(__file__).resolve().parent.parent / "sd_batch"
+    source = (package / "vm" / "site_policy.py").read_text()
     modules = {
         (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
         for node in ast.walk(ast.parse(source))
@@ -297,7 +298,7 @@ def test_policy_is_pure() -> None:
 
 
 def test_the_run_time_limit_is_the_sites_and_reaches_the_helpers_limits() -> None:
-    from sd_batch.batch.jobs import JobLimits
+    from sd_batch.batch.key import JobLimits
 
     config = parse_config({"policy": {"max_run_seconds": 5}})
     assert JobLimits.of(config.policy).run_timeout_seconds == 5.0

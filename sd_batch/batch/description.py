@@ -24,7 +24,7 @@ from ..vm.site_policy import SitePolicy, check_job, closest_template
 from ..vm.spec import VMSpec, vm_spec
 
 if TYPE_CHECKING:
-    from .jobs import JobKey, JobLimits
+    from .key import JobKey, JobLimits
 
 SF_PATH = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+/-]{0,254}\.sf")
 

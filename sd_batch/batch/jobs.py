@@ -6,27 +6,25 @@ disk, site limits are applied to the resolved VM, names are derived from (caller
 so one user can never name, see or touch another user's VM, and every file the VM uses lives in
 a root-owned job folder, never at a path the user chose. Each creation is recorded in the
 ledger first, so a crash is finished by the next cleanup (or the reaper).
-May import: config, deploy, domain_xml, errors, guest.contract, hypervisor_types,
-job_description, ledger, policy, pools, spec, staging.
+May import: config, deploy, errors, guest.contract, hypervisor, ledger, placement, staging, vm,
+batch.key, batch.description.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import re
 import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ..config.site import SiteConfig
-from ..deploy.engine import Engine, SitePaths, VMPlan
+from ..deploy.engine import Engine, SitePaths
 from ..deploy.pools import Connections
 from ..errors import (
     VM_LOST_EXIT,
@@ -35,70 +33,21 @@ from ..errors import (
     DomainNotFound,
     HostStorageError,
     HypervisorError,
-    PolicyError,
     SdError,
     StagingError,
     VMFailed,
 )
 from ..guest import contract
 from ..hypervisor.types import DAEMON_HINT, DiskWriteError, HypervisorAPI, ShutoffTimeout
+from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
 from ..vm.domain_xml import OwnerKind as XmlOwnerKind
-from ..vm.site_policy import SitePolicy, check_capacity
+from ..vm.site_policy import check_capacity
 from ..vm.spec import DiskFormat
 from .description import job_description, job_spec
+from .key import DEFAULT_LIMITS, JobKey, JobLimits
 
 log = logging.getLogger(__name__)
-
-JOB_ID = re.compile(r"[A-Za-z0-9_.:@#+-]{1,255}")
-
-
-@dataclass(frozen=True, slots=True)
-class JobLimits:
-    """What one job may ask for: the site's [policy] (`JobLimits.of(config.policy)`), plus
-    bounds on the helper's own work. The defaults are `SitePolicy()`'s."""
-
-    policy: SitePolicy = field(default_factory=SitePolicy)
-    max_input_bytes: int = 2 * 1024**3
-    output_disk_bytes: int = 256 * 1024**2
-    max_description_files: int = 64
-    max_description_bytes: int = 1024**2
-    run_timeout_seconds: float = 24 * 3600.0
-
-    @classmethod
-    def of(cls, policy: SitePolicy) -> JobLimits:
-        return cls(policy, max_input_bytes=policy.max_input_bytes,
-                   output_disk_bytes=policy.output_disk_bytes,
-                   run_timeout_seconds=float(policy.max_run_seconds))  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class JobKey:
-    """A job as the helper knows it: the caller's uid and HTCondor's GlobalJobId."""
-
-    uid: int
-    job_id: str
-
-    def __post_init__(self) -> None:
-        if not JOB_ID.fullmatch(self.job_id):
-            raise PolicyError(f"{self.job_id!r} is not an HTCondor job id")
-
-    @property
-    def owner_id(self) -> str:
-        return f"{self.uid}:{self.job_id}"
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.owner_id.encode()).hexdigest()[:16]
-
-    @property
-    def domain(self) -> str:
-        """The VM's name: derived, never chosen by the job (two jobs cannot collide)."""
-        return f"sd-job-{self.digest}"
-
-    def folder(self, config: SiteConfig) -> Path:
-        return config.state_dir / "jobs" / self.digest
-
 
 @dataclass(frozen=True, slots=True)
 class PreparedJob:
@@ -244,7 +193,7 @@ def run(
     key: JobKey,
     out: BinaryIO,
     *,
-    limits: JobLimits = JobLimits(),
+    limits: JobLimits = DEFAULT_LIMITS,
     connections: Connections | None = None,
     install_signals: Callable[[Callable[[], None]], None] | None = None,
     runner_pid: int | None = None,

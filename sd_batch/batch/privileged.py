@@ -106,13 +106,14 @@ def perform(
     CONNECTIONS (None: new ones) are the hypervisor connections to use.
     """
     from . import jobs
+    from .key import JobKey, JobLimits
 
     if action == "probe":
         return Answer(0, probe())
     if action == "reap":
         return reap_now(connections)
     try:
-        key = jobs.JobKey(uid, str(job_id))
+        key = JobKey(uid, str(job_id))
         config = site_config()
         if action == "prepare":
             assert data_in is not None
@@ -124,7 +125,7 @@ def perform(
             return Answer(0, {"ok": True, "removed": jobs.cleanup(config, key,
                                                                   connections=connections)})
         assert action == "run" and data_out is not None
-        jobs.run(config, key, data_out, limits=jobs.JobLimits.of(config.policy),
+        jobs.run(config, key, data_out, limits=JobLimits.of(config.policy),
                  connections=connections, install_signals=install_signals,
                  runner_pid=runner_pid)  # fmt: skip
         return Answer(0, None)

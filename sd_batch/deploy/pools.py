@@ -29,14 +29,15 @@ from typing import TYPE_CHECKING, Any
 from ..config.site import SiteConfig
 from ..errors import DeployError, DomainNotFound, LedgerError, SdError, UsageError
 from ..lang import load_file
-from .engine import Engine, Progress, SitePaths, Step, plan
+from ..placement.steps import Step, plan
+from .engine import Engine, Progress, SitePaths
 
 if TYPE_CHECKING:
     from ..hypervisor.connection import HypervisorAPI
     from ..hypervisor.inventory import Unreachable
     from ..ledger.store import Claim, Ledger, Owner
     from ..placement.place import Demand, HostState, Placement
-    from ..placement.plan import SchedulerSpec
+    from ..placement.schedulers import SchedulerSpec
 
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 #: The site's placing lock, next to the ledger in the state folder.

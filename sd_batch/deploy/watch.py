@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING
 from ..errors import DeployError, SdError
 from ..hypervisor.inventory import live_hosts
 from ..placement.place import Placement, place
-from ..placement.plan import SchedulerSpec, placement_groups
+from ..placement.plan import placement_groups
+from ..placement.schedulers import SchedulerSpec
+from ..placement.steps import VMPlan, plan
 from ..placement.strategies import strategy_named
-from .engine import Engine, Progress, VMPlan, plan
+from .engine import Engine, Progress
 
 if TYPE_CHECKING:
     from ..config.site import SiteConfig

@@ -1,12 +1,11 @@
 """The one edge to libvirt: connections, domain lifecycle, overlay volumes, host capacity.
 
-Owns every libvirt call of sd-batch (volumes and pools in `hypervisor_storage`, a mixin of
+Owns every libvirt call of sd-batch (volumes and pools in `storage`, a mixin of
 `Hypervisor`) and the translation of `libvirtError` into our exceptions (one function,
-`translate_error`).
-`libvirt` and `tenacity` are imported lazily, so `import sd_batch.hypervisor.connection` stays cheap and works
-without libvirt-python. libvirt's own error printing is silenced: hook stderr is HTCondor's
-StarterLog, and every error reaches the caller as an exception anyway.
-May import: errors, hypervisor_types, hypervisor_storage, domain_xml (owner metadata), libvirt,
+`translate_error`). `libvirt` and `tenacity` are imported lazily, so importing this module
+stays cheap and works without libvirt-python. libvirt's own error printing is silenced: hook
+stderr is HTCondor's StarterLog, and every error reaches the caller as an exception anyway.
+May import: errors, hypervisor.types, hypervisor.storage, vm.domain_xml (owner metadata), libvirt,
 tenacity, stdlib.
 """
 

@@ -5,7 +5,7 @@ attribute names to values, remembering where each attribute was written, so `spe
 `policy.py` can report `file:line:col` for a bad value long after parsing. Values are plain Python
 (`str`, `int`, `float`, `bool`, `None` for NULL, `list` for vectors), plus `Long` / `Double` (to
 keep SmartFrog's literal kinds), `TBD`, `Reference` (a LAZY link, resolved at deploy time) and
-nested `Component`s. May import: errors.
+nested `Component`s. May import: errors, lang.formatting.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SourceLocation
+from .formatting import format_float, format_name, format_string
 
 
 class Long(int):
@@ -52,15 +53,6 @@ class _Tbd:
 
 TBD = _Tbd()
 
-#: Words SmartFrog reserves that sd-batch has no use for; they must be quoted to be names.
-RESERVED_WORDS = frozenset({"SWITCH", "ENDSWITCH", "VAR"})
-#: Every keyword of the language: a name spelt like one must be quoted (parser and renderer).
-KEYWORDS = frozenset({
-    "extends", "true", "false", "NULL", "TBD", "LAZY", "DATA", "ATTRIB", "HERE", "THIS",
-    "PARENT", "ROOT", "HOST", "PROCESS", "PROPERTY", "IPROPERTY", "ENVPROPERTY", "IENVPROPERTY",
-    "CONSTANT", "OPTIONAL", "APPLY", "ASSERT", "IF", "THEN", "ELSE", "FI",
-}) | RESERVED_WORDS  # fmt: skip
-
 #: Reference part kinds, as SmartFrog's grammar names them.
 PART_KINDS = (
     "ROOT",
@@ -92,7 +84,7 @@ class RefPart:
         assert self.name is not None
         # A bare word is ATTRIB in first place and HERE after it: print the short form there
         # (only for a word: a quoted name needs its keyword, `ATTRIB "a b"`).
-        name = _quote_name(self.name)
+        name = format_name(self.name)
         short = (first and self.kind == "ATTRIB") or (not first and self.kind == "HERE")
         return name if short and name == self.name else f"{self.kind} {name}"
 
@@ -118,9 +110,7 @@ class Reference:
         if self.data:
             words.append("DATA")
         if self.optional:
-            from .render import render_value  # late: render imports this module
-
-            words.append(f"OPTIONAL({render_value(self.default)})")
+            words.append(f"OPTIONAL({literal_text(self.default)})")
         words.append(self.path_text())
         return " ".join(words)
 
@@ -210,7 +200,29 @@ class Component:
         return node
 
 
-def _quote_name(name: str) -> str:
-    from .render import format_name  # late: render imports this module
-
-    return format_name(name)
+def literal_text(value: Any) -> str | None:
+    """A literal value (NULL, TBD, a boolean, number, string, byte array or reference) as
+    SmartFrog text; None for anything else (vectors, components, expressions: `render`'s)."""
+    if value is None:
+        return "NULL"
+    if value is TBD:
+        return "TBD"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, Long):
+        return f"{int(value)}L"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Double):
+        return format_float(value, "D")
+    if isinstance(value, float):
+        return format_float(value, "")
+    if isinstance(value, str):
+        return format_string(value)
+    if isinstance(value, bytes):
+        return "#HEX#" + value.hex() + "#"
+    if isinstance(value, Reference):
+        return str(value)
+    return None

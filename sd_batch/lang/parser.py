@@ -23,8 +23,9 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ..errors import DescriptionSyntaxError, SourceLocation
 from . import model
+from .formatting import KEYWORDS, RESERVED_WORDS
 from .literals import decode_bytes, finite, integer, unescape
-from .model import KEYWORDS, PART_KINDS, RESERVED_WORDS, Double, Long, Reference, RefPart
+from .model import PART_KINDS, Double, Long, Reference, RefPart
 from .syntax import (
     ApplyRef,
     AttrDef,

@@ -1,93 +1,32 @@
 """Resolved trees back to text: SmartFrog syntax (re-parses to the same tree) or JSON-ready data.
 
 Text output always writes `;` after simple values, so it is also valid for SmartFrog's own parser.
-Anonymous attributes (`--`) are written as `--` again. May import: lang.model, lang.syntax.
+Anonymous attributes (`--`) are written as `--` again.
+May import: lang.formatting, lang.model, lang.syntax.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Any
 
-from .model import KEYWORDS, TBD, Component, Double, Long, Reference
+from .formatting import format_name
+from .model import TBD, Component, Double, Long, Reference, literal_text
 from .syntax import IfExpr, ListExpr, OpExpr
-
-_WORD = re.compile(
-    r"[$A-Z_a-z\u00a2-\u00a5\u00aa\u00b5\u00ba\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff]"
-    r"[$A-Z_a-z\u00a2-\u00a5\u00aa\u00b5\u00ba\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff0-9._\-+@#~$%^&]*"
-)
-_STRING_ESCAPES = {
-    "\\": "\\\\",
-    '"': '\\"',
-    "\n": "\\n",
-    "\t": "\\t",
-    "\r": "\\r",
-    "\b": "\\b",
-    "\f": "\\f",
-}
 
 
 def is_anonymous(name: str) -> bool:
     return name.startswith("--")
 
 
-def format_name(name: str) -> str:
-    """A name as the grammar accepts it: bare when it is a WORD, quoted otherwise."""
-    if _WORD.fullmatch(name) and name not in KEYWORDS:
-        return name
-    return format_string(name)
-
-
-def format_string(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in _STRING_ESCAPES:
-            out.append(_STRING_ESCAPES[ch])
-        elif ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0:
-            out.append(f"\\{ord(ch):03o}" if ord(ch) < 256 else ch)
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _format_float(value: float, suffix: str) -> str:
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{value} has no SmartFrog literal")
-    text = repr(float(value))
-    if suffix == "D":
-        return text + "D"
-    return text if ("." in text or "e" in text) else text + ".0"
-
-
 def render_value(value: Any, indent: int = 0) -> str:
     """One value as SmartFrog text (components span several lines at INDENT)."""
-    if value is None:
-        return "NULL"
-    if value is TBD:
-        return "TBD"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, Long):
-        return f"{int(value)}L"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Double):
-        return _format_float(value, "D")
-    if isinstance(value, float):
-        return _format_float(value, "")
-    if isinstance(value, str):
-        return format_string(value)
-    if isinstance(value, bytes):
-        return "#HEX#" + value.hex() + "#"
+    text = literal_text(value)
+    if text is not None:
+        return text
     if isinstance(value, list):
         if all(_is_literal(v) for v in value):
             return "[|" + ", ".join(render_value(v) for v in value) + "|]"
         return "[" + ", ".join(render_value(v, indent) for v in value) + "]"
-    if isinstance(value, Reference):
-        return str(value)
     if isinstance(value, Component):
         return render_component(value, indent)
     if isinstance(value, ListExpr):

@@ -285,7 +285,7 @@ def _plan_lines(site: WebSite, form: TemplateForm, sf_text: str, name: str) -> l
     """`sd plan`'s lines for the user's description (written to a scratch file first)."""
     import tempfile
 
-    from ..cli.plan import _lines
+    from ..deploy.plan_text import plan_lines
 
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / USER_FILE
@@ -295,7 +295,7 @@ def _plan_lines(site: WebSite, form: TemplateForm, sf_text: str, name: str) -> l
                                connections=site.connections)  # fmt: skip
         except SdError as exc:
             return [f"cannot plan: {exc}"]
-    return _lines(result, all_hosts=True)
+    return plan_lines(result, all_hosts=True)
 
 
 def _exists(site: WebSite, name: str) -> bool:

@@ -21,10 +21,10 @@ from typing import Any
 
 from ..config.site import SiteConfig
 from ..config.templates import find_template, load_template
-from ..deploy.engine import NOT_DEPLOYED, VM_CLASS, plan
 from ..deploy.pools import check_pool_name
 from ..errors import DescriptionError, DescriptionErrors, SdError
 from ..lang import Component, Description, load_text
+from ..placement.steps import NOT_DEPLOYED, VM_CLASS, plan
 from ..vm.site_policy import check_job
 from ..vm.spec import VMSpec, vm_spec
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from sd_batch.errors import DescriptionError
 from sd_batch.lang import TBD, Component, Double, Long, Reference, RefPart, load_text
+from sd_batch.lang.formatting import KEYWORDS
 from sd_batch.lang.model import INT_RANGE
-from sd_batch.lang.parser import KEYWORDS
 from sd_batch.lang.render import render_description
 
 #: Modest by default (the suite stays fast); SD_HYPOTHESIS_EXAMPLES=5000 for a deeper hunt.

@@ -7,9 +7,8 @@ import json
 import pytest
 
 from sd_batch.lang import TBD, Component, Double, Long, Reference, RefPart, load_text
+from sd_batch.lang.formatting import format_name, format_string
 from sd_batch.lang.render import (
-    format_name,
-    format_string,
     render_attributes,
     render_description,
     render_value,

@@ -88,14 +88,14 @@ def bench_overlays(work: Path, runs: int, no_daemon: str | None) -> None:
         def delete(path: Path) -> None:
             hv.delete_volume(path)
     else:
-        from sd_batch.hypervisor.connection import _qemu_img_create
+        from sd_batch.hypervisor.storage import qemu_img_create
 
         print(f"   libvirtd unavailable ({no_daemon}):")
         print("   timing our edge's qemu-img path instead (the one used without a storage driver)")
         overlays.mkdir(parents=True, exist_ok=True)
 
         def create(name: str, base: Path) -> None:
-            _qemu_img_create(overlays / name, "qcow2", base.stat().st_size, (str(base), "raw"))
+            qemu_img_create(overlays / name, "qcow2", base.stat().st_size, (str(base), "raw"))
 
         def delete(path: Path) -> None:
             path.unlink(missing_ok=True)

@@ -304,11 +304,11 @@ def test_qemu_img_fallback_writes_volumes(tmp_path: Path) -> None:
     """The path taken where a URI has no storage driver (qemu:///embed)."""
     if shutil.which("qemu-img") is None:
         pytest.skip("qemu-img is not installed")
-    from sd_batch.hypervisor.connection import _qemu_img_create
+    from sd_batch.hypervisor.storage import qemu_img_create
 
     base = tmp_path / "base.qcow2"
-    _qemu_img_create(base, "qcow2", 1 << 30, None)
-    _qemu_img_create(tmp_path / "ov.qcow2", "qcow2", 0, (str(base), "qcow2"))
+    qemu_img_create(base, "qcow2", 1 << 30, None)
+    qemu_img_create(tmp_path / "ov.qcow2", "qcow2", 0, (str(base), "qcow2"))
     info = subprocess.run(
         ["qemu-img", "info", "--output=json", str(tmp_path / "ov.qcow2")],
         check=True,
@@ -319,7 +319,7 @@ def test_qemu_img_fallback_writes_volumes(tmp_path: Path) -> None:
     assert '"backing-filename-format": "qcow2"' in info
     assert '"virtual-size": 1073741824' in info  # the base's size
     with pytest.raises(HypervisorError, match="cannot create volume"):
-        _qemu_img_create(tmp_path / "x.qcow2", "qcow2", 0, (str(tmp_path / "nope"), "qcow2"))
+        qemu_img_create(tmp_path / "x.qcow2", "qcow2", 0, (str(tmp_path / "nope"), "qcow2"))
 
 
 @libvirt_only

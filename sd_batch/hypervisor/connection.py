@@ -1,7 +1,7 @@
 """The one edge to libvirt: connections, domain lifecycle, overlay volumes, host capacity.
 
-Owns every libvirt call of sd-batch (volumes and pools in `storage`, a mixin of
-`Hypervisor`) and the translation of `libvirtError` into our exceptions (one function,
+Owns every libvirt call of sd-batch (volumes and pools in `storage`, which `Hypervisor` holds
+and delegates to) and the translation of `libvirtError` into our exceptions (one function,
 `translate_error`). `libvirt` and `tenacity` are imported lazily, so importing this module
 stays cheap and works without libvirt-python. libvirt's own error printing is silenced: hook
 stderr is HTCondor's StarterLog, and every error reaches the caller as an exception anyway.
@@ -19,15 +19,12 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..errors import DomainNotFound, HypervisorError
-from .storage import (
-    VolumeMixin,
-    _qemu_img_create,  # noqa: F401 - tests and benchmarks use it here
-    dir_pool_xml,
-)
+from .storage import Storage, dir_pool_xml
 from .types import (
     DAEMON_HINT,
     MIB,
@@ -147,7 +144,7 @@ def translate_error(
 # --- the connection ----------------------------------------------------------------------------
 
 
-class Hypervisor(VolumeMixin):
+class Hypervisor:
     """One libvirt connection. Teardown calls are idempotent: the exit hook may run twice."""
 
     def __init__(self, conn: Any, uri: str, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -155,6 +152,8 @@ class Hypervisor(VolumeMixin):
         self._uri = uri
         self._clock = clock  # for wait_shutoff's timeout; tests pass a fake
         self._lv = _libvirt()
+        #: Volumes and storage pools on this connection.
+        self.storage = Storage(conn, self._lv, uri, self._errors, is_transient)
 
     @classmethod
     def connect(
@@ -219,6 +218,22 @@ class Hypervisor(VolumeMixin):
             yield
         except self._lv.libvirtError as exc:
             raise translate_error(exc, uri=self._uri, action=action, name=name) from exc
+
+    # -- volumes (HypervisorAPI): the storage's -------------------------------------------------
+    def create_overlay(self, pool_or_dir: str | Path, name: str, backing_path: str | Path,
+                       capacity_bytes: int = 0, backing_format: str = "qcow2") -> str:
+        return self.storage.create_overlay(pool_or_dir, name, backing_path, capacity_bytes,
+                                           backing_format)  # fmt: skip
+
+    def create_blank(self, pool_or_dir: str | Path, name: str, capacity_bytes: int,
+                     format: str = "qcow2") -> str:
+        return self.storage.create_blank(pool_or_dir, name, capacity_bytes, format)
+
+    def volume_path(self, pool_or_dir: str | Path, name: str) -> str:
+        return self.storage.volume_path(pool_or_dir, name)
+
+    def delete_volume(self, path: str | Path) -> None:
+        self.storage.delete_volume(path)
 
     def _lookup(self, name: str) -> Any:
         with self._errors("look up domain", name):

@@ -1,10 +1,10 @@
 """The storage half of a libvirt connection: overlay and blank volumes, dir pools over folders,
 and the `qemu-img` fallback for URIs without a storage driver (qemu:///embed).
 
-A mixin of `hypervisor.Hypervisor`, which owns the connection (`_conn`), the libvirt module
-(`_lv`), the URI and the error translation (`_errors`); split out to keep each file readable.
-May import: errors, hypervisor (lazily, for `is_transient`), domain_xml and spec (volume XML,
-names), stdlib.
+`connection.Hypervisor` owns the connection and hands this module what it needs: the libvirt
+connection and module, the URI, its error translation and its test for transient failures
+(this module never imports libvirt, nor `connection`). Its volume methods delegate here.
+May import: errors, vm (volume XML, names), stdlib.
 """
 
 from __future__ import annotations
@@ -18,14 +18,19 @@ from typing import Any
 
 from ..errors import HypervisorError
 
+Errors = Callable[[str, str | None], contextlib.AbstractContextManager[None]]
 
-class VolumeMixin:
+
+class Storage:
     """Volumes by path, in pools made on demand over folders. Deleting a missing one is fine."""
 
-    _conn: Any
-    _lv: Any
-    _uri: str
-    _errors: Callable[..., contextlib.AbstractContextManager[None]]
+    def __init__(self, conn: Any, lv: Any, uri: str, errors: Errors,
+                 is_transient: Callable[[BaseException], bool]) -> None:  # fmt: skip
+        self._conn = conn  # a libvirt connection, and LV the libvirt module: the caller's
+        self._lv = lv
+        self._uri = uri
+        self._errors = errors  # every libvirt call runs in here: a libvirtError leaves as ours
+        self._is_transient = is_transient
 
     def create_overlay(
         self,
@@ -67,7 +72,7 @@ class VolumeMixin:
             )
             if not no_storage or not _is_dir(where):
                 raise
-            _qemu_img_create(Path(where) / name, fmt, capacity, base)
+            qemu_img_create(Path(where) / name, fmt, capacity, base)
             return str(Path(where) / name)
         if base is not None and not capacity:
             capacity = self._capacity_of(base[0])
@@ -142,9 +147,7 @@ class VolumeMixin:
             pool.refresh(0)
             return pool.storageVolLookupByName(Path(path).name)
         except lv.libvirtError as exc:
-            from .connection import is_transient
-
-            if is_transient(exc):
+            if self._is_transient(exc):
                 raise
             return None  # no such folder, or no such file in it
 
@@ -201,7 +204,7 @@ def dir_pool_xml(name: str, folder: str) -> str:
     return ET.tostring(pool, encoding="unicode")
 
 
-def _qemu_img_create(
+def qemu_img_create(
     target: Path, fmt: str, capacity_bytes: int, base: tuple[str, str] | None
 ) -> None:
     """Only for URIs without a storage driver: the same volume, made by qemu-img here."""

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sd_batch.placement.place import Demand, HostState, Placement, Policy, lower_bound, place  # noqa: E402
+from sd_batch.placement.hosts import HostState  # noqa: E402
+from sd_batch.placement.place import Demand, Placement, Policy, lower_bound, place  # noqa: E402
 from sd_batch.placement.strategies import STRATEGIES  # noqa: E402
 
 GiB = 1024  # in MiB

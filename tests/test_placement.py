@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sd_batch.errors import NoHostHasCapacity, SpecError
-from sd_batch.placement.place import Demand, HostState, Placement, Policy, lower_bound, place
+from sd_batch.placement.hosts import HostState
+from sd_batch.placement.place import Demand, Placement, Policy, lower_bound, place
 from sd_batch.placement.strategies import STRATEGIES, Weighted, Weights
 
 GiB = 1024

@@ -10,7 +10,8 @@ import pytest
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
 from sd_batch.errors import PolicyError, SpecError, UnresolvedReference
 from sd_batch.lang import load_text
-from sd_batch.placement.place import HostState, Policy
+from sd_batch.placement.hosts import HostState
+from sd_batch.placement.place import Policy
 from sd_batch.placement.plan import schedule, schedulers
 from sd_batch.placement.schedulers import SchedulerSpec
 from sd_batch.placement.steps import Step, plan

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from ..placement.place import size_text
 
 if TYPE_CHECKING:
-    from ..placement.place import Demand, HostLeft
+    from ..placement.hosts import HostLeft
+    from ..placement.place import Demand
     from .pools import DryRun
 
 

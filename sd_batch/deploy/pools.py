@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from ..hypervisor.connection import HypervisorAPI
     from ..hypervisor.inventory import Unreachable
     from ..ledger.store import Claim, Ledger, Owner
-    from ..placement.place import Demand, HostState, Placement
+    from ..placement.hosts import HostState
+    from ..placement.place import Demand, Placement
     from ..placement.schedulers import SchedulerSpec
 
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, SdError
-from ..placement.place import HostState
+from ..placement.hosts import HostState
 from ..vm.spec import parse_size_bytes
 
 if TYPE_CHECKING:

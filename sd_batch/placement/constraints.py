@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .place import _Item, _Table
+    from .hosts import Item, Table
 
 
 class Constraint:
@@ -20,13 +20,13 @@ class Constraint:
 
     name = ""
 
-    def applies(self, item: _Item) -> bool:
+    def applies(self, item: Item) -> bool:
         return True
 
-    def allows(self, item: _Item, table: _Table, h: int) -> bool:
+    def allows(self, item: Item, table: Table, h: int) -> bool:
         raise NotImplementedError
 
-    def why(self, item: _Item, table: _Table) -> str:
+    def why(self, item: Item, table: Table) -> str:
         raise NotImplementedError
 
 
@@ -35,13 +35,13 @@ class HasTags(Constraint):
 
     name = "tags"
 
-    def applies(self, item: _Item) -> bool:
+    def applies(self, item: Item) -> bool:
         return bool(item.tags)
 
-    def allows(self, item: _Item, table: _Table, h: int) -> bool:
+    def allows(self, item: Item, table: Table, h: int) -> bool:
         return item.tags <= table.tags[h]
 
-    def why(self, item: _Item, table: _Table) -> str:
+    def why(self, item: Item, table: Table) -> str:
         return f"no host has all the tags it requires ({', '.join(sorted(item.tags))})"
 
 
@@ -50,14 +50,14 @@ class Affinity(Constraint):
 
     name = "affinity"
 
-    def applies(self, item: _Item) -> bool:
+    def applies(self, item: Item) -> bool:
         return item.affinity is not None
 
-    def allows(self, item: _Item, table: _Table, h: int) -> bool:
+    def allows(self, item: Item, table: Table, h: int) -> bool:
         assert item.affinity is not None
         return not table.group_total[item.affinity] or table.groups[item.affinity][h] > 0
 
-    def why(self, item: _Item, table: _Table) -> str:
+    def why(self, item: Item, table: Table) -> str:
         assert item.affinity is not None
         where = [table.hosts[h].name for h, c in enumerate(table.group(item.affinity)) if c]
         return (
@@ -72,14 +72,14 @@ class AntiAffinity(Constraint):
 
     name = "anti-affinity"
 
-    def applies(self, item: _Item) -> bool:
+    def applies(self, item: Item) -> bool:
         return bool(item.anti)
 
-    def allows(self, item: _Item, table: _Table, h: int) -> bool:
+    def allows(self, item: Item, table: Table, h: int) -> bool:
         groups = table.groups
         return all(g not in groups or not groups[g][h] for g in item.anti)
 
-    def why(self, item: _Item, table: _Table) -> str:
+    def why(self, item: Item, table: Table) -> str:
         return (f"every host with room already runs a VM of anti-affinity group "
                 f"{', '.join(item.anti)}")  # fmt: skip
 
@@ -93,7 +93,7 @@ class Check:
 
     __slots__ = ("item", "table", "rules", "soft_limit")
 
-    def __init__(self, item: _Item, table: _Table) -> None:
+    def __init__(self, item: Item, table: Table) -> None:
         self.item, self.table = item, table
         self.rules = tuple(c for c in CONSTRAINTS if c.applies(item))
         self.soft_limit: int | None = None

@@ -7,13 +7,11 @@ does not fit, why (the tightest resource or constraint). A `Strategy` only decid
 hosts with room a VM goes to; the constraints (`filters`) decide which hosts have room.
 Deterministic: ties between equal hosts are broken by a seeded hash of their names, never by
 `hash()` or dict order, so the same input gives the same plan in every process.
-May import: errors, placement_constraints, placement_policy, placement_strategies (the
-constraints, the site's Policy and the strategies have their own modules).
+May import: errors, placement (hosts, constraints, policy, strategies).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,36 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import NoHostHasCapacity
 from .constraints import CONSTRAINTS, Check
+from .hosts import DISK, MEMORY, SLOTS, UNLIMITED, HostLeft, HostState, Item, Table
 from .policy import STRICT as STRICT  # re-exported: the site rules live there
 from .policy import Policy as Policy
 
 if TYPE_CHECKING:
     from .strategies import Strategy
 
-#: Free capacity that never runs out (a host whose disk is not counted).
-UNLIMITED = 1 << 62
-#: Resource indexes into `_Table.free` and `_Item.need`.
-MEMORY, VCPUS, DISK, SLOTS = 0, 1, 2, 3
 RESOURCE_NAMES = ("memory", "vcpus", "disk", "VM slots")
-
-
-@dataclass(frozen=True, slots=True)
-class HostState:
-    """A host as placement sees it: physical capacity, tags, and what already runs there."""
-
-    name: str
-    memory_mib: int
-    vcpus: int
-    disk_mib: int | None = None  # None: disk is not counted on this host
-    uri: str = ""
-    tags: frozenset[str] = frozenset()
-    used_memory_mib: int = 0
-    used_vcpus: int = 0
-    used_disk_mib: int = 0
-    vms: int = 0
-    #: Placement groups of VMs already there, one entry per VM (anti-affinity and affinity).
-    groups: tuple[str, ...] = ()
-
 
 @dataclass(frozen=True, slots=True)
 class Demand:
@@ -83,29 +59,6 @@ def size_text(mib: int) -> str:
 def _needs(memory: int, vcpus: int, disk: int) -> str:
     text = f"{size_text(memory)}, {vcpus} vCPU{'s' * (vcpus != 1)}"
     return text + (f", {size_text(disk)} disk" if disk else "")
-
-
-@dataclass(frozen=True, slots=True)
-class HostLeft:
-    """What a host has left after placement, in the policy's (overcommitted) terms."""
-
-    name: str
-    uri: str
-    placed: int  # VMs this placement put there
-    vms: int  # VMs there in all
-    memory_mib: int
-    vcpus: int
-    disk_mib: int | None
-    capacity_memory_mib: int
-    capacity_vcpus: int
-    capacity_disk_mib: int | None
-
-    def as_dict(self) -> dict[str, Any]:
-        capacity = {"memory_mib": self.capacity_memory_mib, "vcpus": self.capacity_vcpus,
-                    "disk_mib": self.capacity_disk_mib}  # fmt: skip
-        free = {"memory_mib": self.memory_mib, "vcpus": self.vcpus, "disk_mib": self.disk_mib}
-        return {"host": self.name, "uri": self.uri, "placed": self.placed, "vms": self.vms,
-                "free": free, "capacity": capacity}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,101 +109,6 @@ class Placement:
                 "unplaced": [u.as_dict() for u in self.unplaced]}  # fmt: skip
 
 
-# -- the working state of one placement run --------------------------------------------------
-@dataclass(slots=True)
-class _Item:
-    """What is placed in one go: one VM, or an affinity group merged into one."""
-
-    names: tuple[str, ...]
-    need: tuple[int, int, int, int]  # memory, vcpus, disk, VM slots
-    tags: frozenset[str]
-    affinity: str | None
-    anti: tuple[str, ...]
-    soft: tuple[str, ...]
-    first: int  # position of its first VM among the demands (stable order)
-
-
-class _Table:
-    """Hosts as parallel lists, which the strategies index: mutable, private to one run."""
-
-    def __init__(self, hosts: Sequence[HostState], policy: Policy, seed: int) -> None:
-        self.hosts = tuple(hosts)
-        self.policy = policy
-        self.n = len(self.hosts)
-        self.capacity: list[list[int]] = [[], [], [], []]
-        self.free: list[list[int]] = [[], [], [], []]
-        self.tags = [h.tags for h in self.hosts]
-        self.placed = [0] * self.n
-        self.count = [h.vms for h in self.hosts]  # VMs on each host, ours included
-        self.groups: dict[str, list[int]] = {}
-        self.group_total: Counter[str] = Counter()
-        slots = policy.max_vms_per_host
-        for index, h in enumerate(self.hosts):
-            memory = int(h.memory_mib * policy.memory_overcommit) - policy.reserved_memory_mib
-            vcpus = int(h.vcpus * policy.cpu_overcommit)
-            disk = UNLIMITED if h.disk_mib is None else int(h.disk_mib * policy.disk_overcommit)
-            cap = (max(memory, 0), vcpus, disk, UNLIMITED if slots is None else slots)
-            used = (h.used_memory_mib, h.used_vcpus,
-                    0 if h.disk_mib is None else h.used_disk_mib, h.vms)  # fmt: skip
-            for r in range(4):
-                self.capacity[r].append(cap[r])
-                self.free[r].append(cap[r] - used[r])
-            for group, count in Counter(h.groups).items():
-                self.group(group)[index] = count
-                self.group_total[group] += count
-        self.tie = seeded_ranks([h.name for h in self.hosts], seed)
-
-    def group(self, name: str) -> list[int]:
-        counts = self.groups.get(name)
-        if counts is None:
-            counts = self.groups[name] = [0] * self.n
-        return counts
-
-    def has_room(self, h: int, need: tuple[int, int, int, int]) -> bool:
-        free = self.free
-        return (free[0][h] >= need[0] and free[1][h] >= need[1] and free[2][h] >= need[2]
-                and free[3][h] >= need[3])  # fmt: skip
-
-    def take(self, h: int, item: _Item) -> None:
-        for r in range(4):
-            self.free[r][h] -= item.need[r]
-        self.placed[h] += len(item.names)
-        self.count[h] += len(item.names)
-        for group in (*item.anti, *item.soft, *((item.affinity,) if item.affinity else ())):
-            self.group(group)[h] += len(item.names)
-            self.group_total[group] += len(item.names)
-
-    def left(self) -> tuple[HostLeft, ...]:
-        def shown(value: int) -> int | None:
-            return None if value >= UNLIMITED // 2 else value
-
-        return tuple(
-            HostLeft(
-                h.name,
-                h.uri,
-                self.placed[i],
-                h.vms + self.placed[i],
-                self.free[MEMORY][i],
-                self.free[VCPUS][i],
-                shown(self.free[DISK][i]),
-                self.capacity[MEMORY][i],
-                self.capacity[VCPUS][i],
-                shown(self.capacity[DISK][i]),
-            )  # fmt: skip
-            for i, h in enumerate(self.hosts)
-        )
-
-
-def seeded_ranks(names: Sequence[str], seed: int) -> list[int]:
-    """A rank per name from a seeded hash: the tie-break order, the same in every process."""
-    keys = [hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest() for name in names]
-    order = sorted(range(len(names)), key=lambda i: (keys[i], names[i]))
-    ranks = [0] * len(names)
-    for rank, index in enumerate(order):
-        ranks[index] = rank
-    return ranks
-
-
 # -- placing ------------------------------------------------------------------------------------
 def place(
     hosts: Sequence[HostState],
@@ -267,11 +125,11 @@ def place(
     chosen = strategy_named(strategy) if isinstance(strategy, str) else strategy
     names = [h.name for h in hosts]
     assert len(set(names)) == len(names), "host names must be unique"
-    table = _Table(hosts, policy, seed)
+    table = Table(hosts, policy, seed)
     items, unplaced = _items(demands)
     chosen.prepare(table, items)
     where: dict[str, str] = {}
-    failed: list[_Item] = []
+    failed: list[Item] = []
     for item in chosen.order(items, table):
         h = _choose(item, table, chosen)
         if h is None:
@@ -288,7 +146,7 @@ def place(
     return Placement(chosen.name, assignment, table.left(), tuple(unplaced))
 
 
-def _choose(item: _Item, table: _Table, strategy: Strategy) -> int | None:
+def _choose(item: Item, table: Table, strategy: Strategy) -> int | None:
     check = Check(item, table)
     if not item.soft:
         return strategy.choose(item, table, check if check.rules else None)
@@ -303,9 +161,9 @@ def _choose(item: _Item, table: _Table, strategy: Strategy) -> int | None:
     return None
 
 
-def _items(demands: Iterable[Demand]) -> tuple[list[_Item], list[Unplaced]]:
+def _items(demands: Iterable[Demand]) -> tuple[list[Item], list[Unplaced]]:
     """One item per VM, except affinity groups: one item each, needing the sum of their VMs."""
-    items: list[_Item] = []
+    items: list[Item] = []
     groups: dict[str, list[tuple[int, Demand]]] = {}
     seen: set[str] = set()
     for index, d in enumerate(demands):
@@ -314,7 +172,7 @@ def _items(demands: Iterable[Demand]) -> tuple[list[_Item], list[Unplaced]]:
         if d.affinity is not None:
             groups.setdefault(d.affinity, []).append((index, d))
             continue
-        items.append(_Item((d.name,), (d.memory_mib, d.vcpus, d.disk_mib, 1), d.requires_tags,
+        items.append(Item((d.name,), (d.memory_mib, d.vcpus, d.disk_mib, 1), d.requires_tags,
                            None, d.anti_affinity, d.soft_anti_affinity, index))  # fmt: skip
     refused: list[Unplaced] = []
     for group, members in groups.items():
@@ -328,7 +186,7 @@ def _items(demands: Iterable[Demand]) -> tuple[list[_Item], list[Unplaced]]:
                 f"{clash[0]} forbids two of its VMs on one host",
             ))  # fmt: skip
             continue
-        items.append(_Item(
+        items.append(Item(
             tuple(d.name for d in ds),
             (sum(d.memory_mib for d in ds), sum(d.vcpus for d in ds),
              sum(d.disk_mib for d in ds), len(ds)),
@@ -340,7 +198,7 @@ def _items(demands: Iterable[Demand]) -> tuple[list[_Item], list[Unplaced]]:
     return items, refused
 
 
-def _diagnose(item: _Item, table: _Table) -> Unplaced:
+def _diagnose(item: Item, table: Table) -> Unplaced:
     """Why ITEM fits nowhere: the rule or resource that refuses the most hosts, in words."""
     what = _what(item)
     if table.n == 0:
@@ -378,7 +236,7 @@ def _diagnose(item: _Item, table: _Table) -> Unplaced:
     return Unplaced(item.names, tightest, f"{what}: {rule.why(item, table)}")
 
 
-def _what(item: _Item) -> str:
+def _what(item: Item) -> str:
     memory, vcpus, disk, count = item.need
     needs = _needs(memory, vcpus, disk)
     if count == 1:
@@ -391,7 +249,7 @@ def lower_bound(
 ) -> int:
     """Hosts any placement needs at least: max over resources of ceil(total need / capacity of
     the average host), the bin-packing bound benchmarks compare against."""
-    table = _Table(hosts, policy, 0)
+    table = Table(hosts, policy, 0)
     totals = (sum(d.memory_mib for d in demands), sum(d.vcpus for d in demands),
               sum(d.disk_mib for d in demands))  # fmt: skip
     bound = 0

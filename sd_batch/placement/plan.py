@@ -11,7 +11,8 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .place import STRICT, Demand, HostState, Placement, Policy, place
+from .hosts import HostState
+from .place import STRICT, Demand, Placement, Policy, place
 from .schedulers import SchedulerSpec
 from .steps import Step
 from .strategies import strategy_named

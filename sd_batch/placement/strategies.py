@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..errors import SpecError
-from .place import DISK, MEMORY, UNLIMITED, VCPUS, _Item, _Table
+from .hosts import DISK, MEMORY, UNLIMITED, VCPUS, Item, Table
 
 Check = Callable[[int], bool] | None
 
@@ -27,21 +27,21 @@ class Strategy:
 
     name: ClassVar[str] = ""
 
-    def prepare(self, table: _Table, items: Sequence[_Item]) -> None:
+    def prepare(self, table: Table, items: Sequence[Item]) -> None:
         """Index TABLE's hosts before ITEMS are placed."""
 
-    def order(self, items: Sequence[_Item], table: _Table) -> list[_Item]:
+    def order(self, items: Sequence[Item], table: Table) -> list[Item]:
         """The order to place ITEMS in: as written, unless the strategy needs otherwise."""
         return list(items)
 
-    def choose(self, item: _Item, table: _Table, check: Check) -> int | None:
+    def choose(self, item: Item, table: Table, check: Check) -> int | None:
         raise NotImplementedError
 
-    def moved(self, h: int, table: _Table) -> None:
+    def moved(self, h: int, table: Table) -> None:
         """Host H just took an item: update the index."""
 
 
-def _sizes(items: Sequence[_Item], table: _Table) -> dict[int, float]:
+def _sizes(items: Sequence[Item], table: Table) -> dict[int, float]:
     """Each item's dominant share of an average host (its `first` -> share)."""
     means = []
     for r in (MEMORY, VCPUS, DISK):
@@ -51,7 +51,7 @@ def _sizes(items: Sequence[_Item], table: _Table) -> dict[int, float]:
             for item in items}  # fmt: skip
 
 
-def _smallest(items: Sequence[_Item]) -> tuple[int, int, int, int]:
+def _smallest(items: Sequence[Item]) -> tuple[int, int, int, int]:
     if not items:
         return (0, 0, 0, 0)
     return (min(i.need[0] for i in items), min(i.need[1] for i in items),
@@ -61,7 +61,7 @@ def _smallest(items: Sequence[_Item]) -> tuple[int, int, int, int]:
 class _Sorted(Strategy):
     """Hosts kept sorted by a key, hosts too full for the smallest VM dropped from the index."""
 
-    def prepare(self, table: _Table, items: Sequence[_Item]) -> None:
+    def prepare(self, table: Table, items: Sequence[Item]) -> None:
         self.smallest = _smallest(items)
         self.entry: dict[int, tuple[float, int, int]] = {}
         self.entries: list[tuple[float, int, int]] = []
@@ -70,10 +70,10 @@ class _Sorted(Strategy):
                 self.entry[h] = (self.key(h, table), table.tie[h], h)
         self.entries = sorted(self.entry.values())
 
-    def key(self, h: int, table: _Table) -> float:
+    def key(self, h: int, table: Table) -> float:
         raise NotImplementedError
 
-    def moved(self, h: int, table: _Table) -> None:
+    def moved(self, h: int, table: Table) -> None:
         old = self.entry.pop(h, None)
         if old is not None:
             del self.entries[bisect.bisect_left(self.entries, old)]
@@ -81,7 +81,7 @@ class _Sorted(Strategy):
             new = self.entry[h] = (self.key(h, table), table.tie[h], h)
             bisect.insort(self.entries, new)
 
-    def _first_from(self, start: int, item: _Item, table: _Table, check: Check) -> int | None:
+    def _first_from(self, start: int, item: Item, table: Table, check: Check) -> int | None:
         entries, need = self.entries, item.need
         fm, fc, fd, fs = table.free
         for j in range(start, len(entries)):
@@ -92,7 +92,7 @@ class _Sorted(Strategy):
         return None
 
 
-def _scarcest(table: _Table, items: Sequence[_Item]) -> int:
+def _scarcest(table: Table, items: Sequence[Item]) -> int:
     """The resource with the largest total need against total free room."""
 
     def pressure(r: int) -> float:
@@ -109,19 +109,19 @@ class BestFit(_Sorted):
 
     name = "best-fit"
 
-    def prepare(self, table: _Table, items: Sequence[_Item]) -> None:
+    def prepare(self, table: Table, items: Sequence[Item]) -> None:
         self.resource = _scarcest(table, items)
         self.sizes = _sizes(items, table)
         super().prepare(table, items)
 
-    def key(self, h: int, table: _Table) -> float:
+    def key(self, h: int, table: Table) -> float:
         return table.free[self.resource][h]
 
-    def order(self, items: Sequence[_Item], table: _Table) -> list[_Item]:
+    def order(self, items: Sequence[Item], table: Table) -> list[Item]:
         r, sizes = self.resource, self.sizes
         return sorted(items, key=lambda i: (-i.need[r], -sizes[i.first], i.first))
 
-    def choose(self, item: _Item, table: _Table, check: Check) -> int | None:
+    def choose(self, item: Item, table: Table, check: Check) -> int | None:
         start = bisect.bisect_left(self.entries, (item.need[self.resource], -1, -1))
         return self._first_from(start, item, table, check)
 
@@ -139,7 +139,7 @@ class Pack(Strategy):
 
     name = "pack"
 
-    def prepare(self, table: _Table, items: Sequence[_Item]) -> None:
+    def prepare(self, table: Table, items: Sequence[Item]) -> None:
         r = self.resource = _scarcest(table, items)
         self.sizes = _sizes(items, table)
         self.smallest = _smallest(items)
@@ -157,11 +157,11 @@ class Pack(Strategy):
         self.closed = sorted((table.free[r][h], table.tie[h], h) for h in rest
                              if table.has_room(h, self.smallest))  # fmt: skip
 
-    def order(self, items: Sequence[_Item], table: _Table) -> list[_Item]:
+    def order(self, items: Sequence[Item], table: Table) -> list[Item]:
         r, sizes = self.resource, self.sizes
         return sorted(items, key=lambda i: (-sizes[i.first], -i.need[r], i.first))
 
-    def choose(self, item: _Item, table: _Table, check: Check) -> int | None:
+    def choose(self, item: Item, table: Table, check: Check) -> int | None:
         r, need, opened = self.resource, item.need, self.opened
         for j in range(len(opened) - 1, -1, -1):
             h = opened[j][2]
@@ -179,7 +179,7 @@ class Pack(Strategy):
                 return h
         return None
 
-    def moved(self, h: int, table: _Table) -> None:
+    def moved(self, h: int, table: Table) -> None:
         del self.opened[bisect.bisect_left(self.opened, self.open.pop(h))]
         if table.has_room(h, self.smallest):
             self.open[h] = entry = (table.free[self.resource][h], -table.tie[h], h)
@@ -191,11 +191,11 @@ class Spread(_Sorted):
 
     name = "spread"
 
-    def prepare(self, table: _Table, items: Sequence[_Item]) -> None:
+    def prepare(self, table: Table, items: Sequence[Item]) -> None:
         self.sizes = _sizes(items, table)
         super().prepare(table, items)
 
-    def key(self, h: int, table: _Table) -> float:
+    def key(self, h: int, table: Table) -> float:
         load = 0.0
         for r in (MEMORY, VCPUS, DISK):
             capacity = table.capacity[r][h]
@@ -205,10 +205,10 @@ class Spread(_Sorted):
             load = max(load, used / capacity if capacity > 0 else 1.0)
         return load
 
-    def order(self, items: Sequence[_Item], table: _Table) -> list[_Item]:
+    def order(self, items: Sequence[Item], table: Table) -> list[Item]:
         return sorted(items, key=lambda i: (-self.sizes[i.first], i.first))
 
-    def choose(self, item: _Item, table: _Table, check: Check) -> int | None:
+    def choose(self, item: Item, table: Table, check: Check) -> int | None:
         return self._first_from(0, item, table, check)
 
 
@@ -217,7 +217,7 @@ class FirstFit(Strategy):
 
     name = "first-fit"
 
-    def prepare(self, table: _Table, items: Sequence[_Item]) -> None:
+    def prepare(self, table: Table, items: Sequence[Item]) -> None:
         self.size = 1 << max(table.n - 1, 0).bit_length()
         self.tree = [[-1] * (2 * self.size) for _ in range(4)]  # max free room per subtree
         for r in range(4):
@@ -226,7 +226,7 @@ class FirstFit(Strategy):
             for node in range(self.size - 1, 0, -1):
                 tree[node] = max(tree[2 * node], tree[2 * node + 1])
 
-    def choose(self, item: _Item, table: _Table, check: Check) -> int | None:
+    def choose(self, item: Item, table: Table, check: Check) -> int | None:
         m, c, d, s = item.need
         tm, tc, td, ts = self.tree
         size, stack = self.size, [1]
@@ -242,7 +242,7 @@ class FirstFit(Strategy):
             stack.append(2 * node)
         return None
 
-    def moved(self, h: int, table: _Table) -> None:
+    def moved(self, h: int, table: Table) -> None:
         for r in range(4):
             tree = self.tree[r]
             node = self.size + h
@@ -274,10 +274,10 @@ class Weighted(Strategy):
     def __init__(self, weights: Weights = Weights()) -> None:
         self.weights = weights
 
-    def prepare(self, table: _Table, items: Sequence[_Item]) -> None:
+    def prepare(self, table: Table, items: Sequence[Item]) -> None:
         self.by_tie = sorted(range(table.n), key=table.tie.__getitem__)
 
-    def choose(self, item: _Item, table: _Table, check: Check) -> int | None:
+    def choose(self, item: Item, table: Table, check: Check) -> int | None:
         m, c, d, s = item.need
         fm, fc, fd, fs = table.free
         if not table.n:

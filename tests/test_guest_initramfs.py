@@ -15,12 +15,11 @@ import pytest
 
 from sd_batch.errors import ConfigError, StagingError
 from sd_batch.guest import GuestBuildError
-from sd_batch.guest.build import (
-    Stamp,
-    _package,
+from sd_batch.guest.build import Stamp, up_to_date
+from sd_batch.guest.common import (
     kernel_dependency,
+    package_from,
     parse_apt_show,
-    up_to_date,
     vmlinux_from_bzimage,
 )
 from sd_batch.guest.contract import (
@@ -290,7 +289,7 @@ def test_apt_show_stanzas_and_download_file_names() -> None:
     found = parse_apt_show(text)
     assert set(found) == {"busybox-static", "linux-image-amd64"}
     assert "continued" not in found["busybox-static"]
-    package = _package(found["busybox-static"])
+    package = package_from(found["busybox-static"])
     assert package.filename == "busybox-static_1%3a1.35.0-4_amd64.deb"
 
 

@@ -527,7 +527,7 @@ def test_an_unreadable_sandbox_file_is_named(sandbox: Path) -> None:
 # -- the guest's own tar, run here (the .deb scripts/build-guest caches) ------------------------
 @pytest.fixture(scope="module")
 def busybox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sd_batch.guest.build import default_cache_dir
+    from sd_batch.guest.common import default_cache_dir
 
     debs = sorted(default_cache_dir().glob("busybox-static_*.deb"))
     if not debs or shutil.which("dpkg-deb") is None:

@@ -26,17 +26,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import GuestBuildError
-from .build import (
+from .common import (
     KERNEL_META_PACKAGE,
     PACKAGE_DIR,
-    _run,
-    _say,
-    _write,
     fetch,
     read_stamp,
     resolve_packages,
+    run,
+    say,
     source_digest,
     vmlinux_from_bzimage,
+    write,
 )
 from .initramfs import DEFAULT_MODULES, assemble, load_modules, scan_module_tree
 
@@ -51,7 +51,7 @@ ROOT_INIT = PACKAGE_DIR / "root-init.sh"
 INIT_SCRIPT = PACKAGE_DIR / "init.sh"
 SOURCES = (
     INIT_SCRIPT, ROOT_INIT, PACKAGE_DIR / "full.py", PACKAGE_DIR / "build.py",
-    PACKAGE_DIR / "initramfs.py",
+    PACKAGE_DIR / "common.py", PACKAGE_DIR / "initramfs.py",
 )  # fmt: skip
 STAMP = "build-stamp.json"
 OUTPUT_FILES = ("vmlinux", "vmlinuz", "initrd.img", "root.qcow2")
@@ -114,8 +114,8 @@ def ensure_mmdebstrap() -> str:
         return found
     if os.geteuid() != 0:
         raise GuestBuildError("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
-    _say("installing mmdebstrap with apt-get")
-    _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "mmdebstrap"])
+    say("installing mmdebstrap with apt-get")
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "mmdebstrap"])
     found = shutil.which("mmdebstrap")
     if not found:
         raise GuestBuildError("apt-get installed mmdebstrap but it is not on PATH")
@@ -124,11 +124,11 @@ def ensure_mmdebstrap() -> str:
 
 def make_root(root: Path, mirror: str, suite: str = SUITE) -> None:
     """The Debian root in ROOT (must not exist): minbase + PACKAGES + job user + the runner."""
-    _run([
+    run([
         ensure_mmdebstrap(), "--quiet", "--mode=root", "--variant=minbase",
         f"--include={','.join(PACKAGES)}", suite, str(root), mirror,
     ])  # fmt: skip
-    _run(["chroot", str(root), "useradd", "--uid", "1000", "--user-group", "--create-home",
+    run(["chroot", str(root), "useradd", "--uid", "1000", "--user-group", "--create-home",
           "--shell", "/bin/sh", "job"])  # fmt: skip
     runner = root / RUNNER_DIR
     (runner / "bin").mkdir(parents=True, exist_ok=True)
@@ -147,9 +147,9 @@ def make_disk(root: Path, raw: Path, qcow2: Path, size: int = DISK_BYTES) -> Non
     """ext4 from ROOT's tree (mke2fs -d: no mount), then qcow2 (zeros are not stored)."""
     with raw.open("wb") as handle:
         handle.truncate(size)
-    _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "sd-root", "-m", "0", "-d", str(root),
+    run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "sd-root", "-m", "0", "-d", str(root),
           str(raw)])  # fmt: skip
-    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)])
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)])
 
 
 def build(
@@ -181,12 +181,12 @@ def build(
     with tempfile.TemporaryDirectory(prefix="sd-full-", dir=cache_dir) as tmp:
         work = Path(tmp)
         mark = time.monotonic()
-        _say(f"mmdebstrap {SUITE} (minbase + {', '.join(PACKAGES)}) from {mirror}")
+        say(f"mmdebstrap {SUITE} (minbase + {', '.join(PACKAGES)}) from {mirror}")
         make_root(work / "root", mirror)
         steps["mmdebstrap"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        _say(f"mke2fs -t ext4 -d (virtual size {DISK_BYTES // 1024**3} GiB), qemu-img convert")
+        say(f"mke2fs -t ext4 -d (virtual size {DISK_BYTES // 1024**3} GiB), qemu-img convert")
         partial = directory / "root.qcow2.tmp"  # renamed into place: running VMs keep theirs
         make_disk(work / "root", work / "root.raw", partial)
         shutil.rmtree(work / "root")
@@ -194,9 +194,9 @@ def build(
         steps["disk"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        _say(f"extracting {kernel_deb.name}")
-        _run(["dpkg-deb", "-x", str(kernel_deb), str(work / "kernel")])
-        _run(["dpkg-deb", "-x", str(busybox_deb), str(work / "busybox")])
+        say(f"extracting {kernel_deb.name}")
+        run(["dpkg-deb", "-x", str(kernel_deb), str(work / "kernel")])
+        run(["dpkg-deb", "-x", str(busybox_deb), str(work / "busybox")])
         moddirs = sorted((work / "kernel/lib/modules").glob("*/kernel"))
         if not moddirs:
             raise GuestBuildError(f"{kernel_deb.name} holds no lib/modules/<release>/kernel")
@@ -209,12 +209,12 @@ def build(
 
         partial.chmod(0o644)
         partial.replace(directory / "root.qcow2")
-    _write(directory / "vmlinuz", bzimage)
-    _write(directory / "vmlinux", vmlinux_from_bzimage(bzimage))
-    _write(directory / "initrd.img", initrd)
+    write(directory / "vmlinuz", bzimage)
+    write(directory / "vmlinux", vmlinux_from_bzimage(bzimage))
+    write(directory / "initrd.img", initrd)
     record = {**stamp.key(), "kernel_release": release,
               "loaded_modules": [name for name, _ in modules]}  # fmt: skip
-    _write(directory / STAMP, (json.dumps(record, indent=2) + "\n").encode())
+    write(directory / STAMP, (json.dumps(record, indent=2) + "\n").encode())
     return FullResult(directory, True, release, time.monotonic() - started, steps)
 
 
@@ -225,10 +225,10 @@ def main(image_dir: Path, cache_dir: Path, *, force: bool, kernel_meta: str) -> 
     if result.built:
         size = (where / "root.qcow2").stat().st_size / 1e6
         timings = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.steps.items())
-        _say(f"built guest {GUEST_NAME!r} (kernel {result.kernel_release}, root.qcow2 "
+        say(f"built guest {GUEST_NAME!r} (kernel {result.kernel_release}, root.qcow2 "
              f"{size:.0f} MB) in {result.seconds:.0f} s ({timings})")  # fmt: skip
     else:
-        _say(f"guest {GUEST_NAME!r} is up to date (kernel {result.kernel_release})")
+        say(f"guest {GUEST_NAME!r} is up to date (kernel {result.kernel_release})")
     for name in OUTPUT_FILES:
-        _say(f"  {where / name}")
+        say(f"  {where / name}")
     return 0

@@ -23,8 +23,9 @@ import pytest
 
 from sd_batch.config.site import SiteConfig, load_config
 from sd_batch.deploy import pools
-from sd_batch.deploy.pools import Connections, placing_lock, plan_pool, start_pool, terminate_pool
+from sd_batch.deploy.pools import placing_lock, plan_pool, start_pool, terminate_pool
 from sd_batch.errors import DeployError, NoHostHasCapacity
+from sd_batch.hypervisor.connections import Connections
 from sd_batch.hypervisor.inventory import live_host
 from sd_batch.ledger.store import Claim, Ledger
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from sd_batch.batch.jobs import wait_off_across_restarts
-from sd_batch.deploy.pools import Connections
 from sd_batch.errors import DomainNotFound, HypervisorError
 from sd_batch.hypervisor.connection import DomainState, Hypervisor, ShutoffTimeout
 from sd_batch.hypervisor.connection import _status as status_of
+from sd_batch.hypervisor.connections import Connections
 
 pytestmark = pytest.mark.libvirt
 HOST_R = f"test://{Path(__file__).resolve().parent / 'data' / 'hosts' / 'hostR.xml'}"

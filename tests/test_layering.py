@@ -43,7 +43,7 @@ TABLE: dict[str, tuple[str, str]] = {
     "localrun": (ORCHESTRATION, "errors condor"),
     "helper": (FACE, "errors lang condor config guest staging hypervisor deploy batch"),
     "cli": (FACE, "errors lang placement config hypervisor deploy localrun web"),
-    "web": (FACE, "errors lang vm placement config deploy"),
+    "web": (FACE, "errors lang vm placement config hypervisor deploy"),
 }
 PACKAGES = {name: (layer, frozenset(may.split())) for name, (layer, may) in TABLE.items()}
 

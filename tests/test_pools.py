@@ -3,7 +3,7 @@
 Each test gets its own site (tmp image and state folders, a site.toml) and, as `localhost`, a
 private simulated host: `test:///TMP/host.xml`, whose `images` pool holds the base image at the
 same path as the site image folder. A test:/// connection keeps its host's state, so commands
-run in this process share connections (`pools.SHARED_CONNECTIONS`); the fixture checks at the
+run in this process share connections (`connections.SHARED_CONNECTIONS`); the fixture checks at the
 end that no domain, no overlay and no ledger row of the test is left. The shipped
 `tests/data/hosts/host{A,B}.xml` are the several-hosts case.
 """
@@ -517,7 +517,7 @@ def test_a_start_killed_half_way_is_cleaned_by_the_next_command(site: Site, clea
 
 def test_a_dead_cached_connection_is_reopened_on_next_use() -> None:
     """sd watch and sd web live longer than a libvirtd restart: a closed connection is replaced."""
-    from sd_batch.deploy.pools import Connections
+    from sd_batch.hypervisor.connections import Connections
 
     connections = Connections()
     first = connections("test:///default")

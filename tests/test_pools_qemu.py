@@ -26,9 +26,10 @@ import pytest
 
 from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import load_config
-from sd_batch.deploy.pools import SHARED_CONNECTIONS, start_pool
+from sd_batch.deploy.pools import start_pool
 from sd_batch.errors import SdError
 from sd_batch.hypervisor.connection import DomainState, Hypervisor
+from sd_batch.hypervisor.connections import SHARED_CONNECTIONS
 from sd_batch.ledger.store import Ledger
 
 pytestmark = pytest.mark.qemu

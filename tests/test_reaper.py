@@ -2,7 +2,7 @@
 
 The libvirt tests get a private site (tmp state and image folders, a site.toml) whose
 `localhost` is `test:///TMP/host.xml`; `sd reap` runs in this process and shares its
-connections (`pools.SHARED_CONNECTIONS`), so the domains it sees are the ones the test made.
+connections (`connections.SHARED_CONNECTIONS`), so the domains it sees are the ones the test made.
 A process "dies" for real: a `sleep` is recorded as the owner's process, then killed.
 """
 
@@ -25,7 +25,7 @@ import pytest
 from sd_batch.batch import jobs
 from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
-from sd_batch.deploy.pools import SHARED_CONNECTIONS, Connections, start_pool, terminate_pool
+from sd_batch.deploy.pools import start_pool, terminate_pool
 from sd_batch.deploy.reaper import (
     ActionKind,
     LedgerView,
@@ -37,6 +37,7 @@ from sd_batch.deploy.reaper import (
 )
 from sd_batch.helper import hooks
 from sd_batch.hypervisor.connection import DomainInfo, DomainOwner, DomainState, Hypervisor
+from sd_batch.hypervisor.connections import SHARED_CONNECTIONS, Connections
 from sd_batch.ledger.store import (
     Ledger,
     Owner,

@@ -3,7 +3,7 @@ hosts, capacity enforced (the test driver enforces none), high availability, `sd
 
 Each test gets a site (tmp folders, site.toml) and simulated hosts `test:///TMP/hostN.xml`,
 named n1, n2, ... in the site config. A connection to such a file keeps that host's state,
-so commands in this process share connections (`pools.SHARED_CONNECTIONS`, dropped at the
+so commands in this process share connections (`connections.SHARED_CONNECTIONS`, dropped at the
 end); the HA tests pass their own `Connections` so they can cut one host off.
 """
 

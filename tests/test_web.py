@@ -1,7 +1,7 @@
 """`sd web` through Starlette's test client: every route, each error, the access rules.
 
 Pools start on libvirt's test driver: each test's site (tmp site.toml) has, as `localhost`, a
-private `test:///TMP/host.xml`, shared in-process (`pools.SHARED_CONNECTIONS`) so `sd status`
+private `test:///TMP/host.xml`, shared in-process (`connections.SHARED_CONNECTIONS`) so `sd status`
 sees what the web form started. Real resolver, real site policy, real ledger. A start runs in
 the background: tests follow `/api/pools/NAME` until it is no longer "starting"; a slow start
 is the real `start_pool` behind a gate (a threading.Event) the test opens.
@@ -33,8 +33,9 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from sd_batch.cli.main import Environment, main  # noqa: E402
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
-from sd_batch.deploy.pools import SHARED_CONNECTIONS, start_pool  # noqa: E402
+from sd_batch.deploy.pools import start_pool  # noqa: E402
 from sd_batch.errors import ConfigError  # noqa: E402
+from sd_batch.hypervisor.connections import SHARED_CONNECTIONS  # noqa: E402
 from sd_batch.web.access import Access, hash_password, verify_password  # noqa: E402
 from sd_batch.web.app import WebSite, create_app  # noqa: E402
 

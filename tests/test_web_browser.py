@@ -34,7 +34,7 @@ from test_web import Gate, gate, serve  # noqa: E402
 
 from sd_batch.cli.main import Environment, main  # noqa: E402
 from sd_batch.config.site import load_config  # noqa: E402
-from sd_batch.deploy.pools import SHARED_CONNECTIONS  # noqa: E402
+from sd_batch.hypervisor.connections import SHARED_CONNECTIONS  # noqa: E402
 from sd_batch.web.access import Access  # noqa: E402
 from sd_batch.web.app import WebSite, create_app  # noqa: E402
 

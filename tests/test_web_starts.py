@@ -30,7 +30,7 @@ from test_web import (  # noqa: E402
 )
 
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR  # noqa: E402
-from sd_batch.deploy.pools import SHARED_CONNECTIONS  # noqa: E402
+from sd_batch.hypervisor.connections import SHARED_CONNECTIONS  # noqa: E402
 from sd_batch.web.access import Access  # noqa: E402
 from sd_batch.web.app import create_app  # noqa: E402
 

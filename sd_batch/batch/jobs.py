@@ -25,7 +25,6 @@ from typing import BinaryIO
 
 from ..config.site import SiteConfig
 from ..deploy.engine import Engine, SitePaths
-from ..deploy.pools import Connections
 from ..errors import (
     VM_LOST_EXIT,
     VM_TIMEOUT_EXIT,
@@ -38,6 +37,7 @@ from ..errors import (
     VMFailed,
 )
 from ..guest import contract
+from ..hypervisor.connections import Connections
 from ..hypervisor.types import DAEMON_HINT, DiskWriteError, HypervisorAPI, ShutoffTimeout
 from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk

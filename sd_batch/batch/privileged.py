@@ -39,7 +39,7 @@ from ..config.site import SiteConfig, load_config
 from ..errors import Disposition, SdError, VMFailed
 
 if TYPE_CHECKING:
-    from ..deploy.pools import Connections
+    from ..hypervisor.connections import Connections
 
 EX_TEMPFAIL = 75
 USAGE = "usage: helper {prepare,run,cleanup} JOB_ID | helper {probe,reap}"

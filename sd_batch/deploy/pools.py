@@ -19,21 +19,20 @@ import contextlib
 import fcntl
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config.site import SiteConfig
 from ..errors import DeployError, DomainNotFound, LedgerError, SdError, UsageError
+from ..hypervisor.connections import SHARED_CONNECTIONS, Connections
 from ..lang import load_file
 from ..placement.steps import Step, plan
 from .engine import Engine, Progress, SitePaths
 
 if TYPE_CHECKING:
-    from ..hypervisor.connection import HypervisorAPI
     from ..hypervisor.inventory import Unreachable
     from ..ledger.store import Claim, Ledger, Owner
     from ..placement.hosts import HostState
@@ -45,57 +44,6 @@ POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 PLACING_LOCK = "placing.lock"
 #: How long a start waits for another one to finish placing (reading hosts, claiming room).
 PLACING_WAIT_SECONDS = 60.0
-
-
-class Connections:
-    """One hypervisor connection per URI for this process (test:/// state lives in it).
-
-    Thread-safe: `sd web`'s threads and the live host reads share one; a URI being opened
-    (libvirtd down: ~8 s of retries) holds up only callers of that URI.
-    """
-
-    def __init__(self, opener: Callable[[str], HypervisorAPI] | None = None) -> None:
-        self._opener = opener
-        self._open: dict[str, HypervisorAPI] = {}
-        self._guard = threading.Lock()  # the two dicts
-        self._opening: dict[str, threading.Lock] = {}  # one open at a time per URI
-
-    def __call__(self, uri: str) -> HypervisorAPI:
-        with self._guard:
-            opening = self._opening.setdefault(uri, threading.Lock())
-        with opening:
-            cached = self._open.get(uri)
-            if cached is not None and cached.is_alive():
-                return cached
-            if cached is not None:
-                self.forget(uri)  # a long-lived process (sd watch, sd web) outlives restarts
-            hv: HypervisorAPI
-            if self._opener is None:
-                from ..hypervisor.connection import connect
-
-                hv = connect(uri)
-            else:
-                hv = self._opener(uri)
-            with self._guard:
-                self._open[uri] = hv
-            return hv
-
-    def forget(self, uri: str) -> None:
-        """Drop URI's connection (it failed): the next call opens a new one."""
-        with self._guard:
-            hv = self._open.pop(uri, None)
-        if hv is not None:
-            hv.close()
-
-    def close(self) -> None:
-        with self._guard:
-            opened, self._open = list(self._open.values()), {}
-        for hv in opened:
-            hv.close()
-
-
-#: Connections shared by every command run in this process (a test's in-process CLI calls).
-SHARED_CONNECTIONS = Connections()
 
 
 def site_paths(config: SiteConfig) -> SitePaths:

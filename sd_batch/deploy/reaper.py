@@ -56,7 +56,7 @@ from ..ledger.store import (
 
 if TYPE_CHECKING:
     from ..hypervisor.connection import DomainInfo
-    from .pools import Connections
+    from ..hypervisor.connections import Connections
 
 JOBS_FOLDER = "jobs"
 _KNOWN_KINDS = frozenset(kind.value for kind in OwnerKind)
@@ -265,7 +265,7 @@ def reap(
     policy: ReapPolicy = ReapPolicy(),
 ) -> list[Outcome]:
     """Find what belongs to nobody on this machine's ledger and hosts, and remove it."""
-    from .pools import SHARED_CONNECTIONS
+    from ..hypervisor.connections import SHARED_CONNECTIONS
 
     connections = connections or SHARED_CONNECTIONS
     with Ledger.for_site(config) as ledger:

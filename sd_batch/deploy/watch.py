@@ -33,8 +33,8 @@ from .engine import Engine, Progress
 
 if TYPE_CHECKING:
     from ..config.site import SiteConfig
+    from ..hypervisor.connections import Connections
     from ..ledger.store import Ledger, Owner, Resource
-    from .pools import Connections
 
 
 @dataclass
@@ -242,9 +242,10 @@ def watch_pool(
 ) -> Watcher:
     """Watch pool NAME (`sd watch HOST NAME`): its description, read again, says which VMs
     and schedulers; the ledger says where each VM runs now (its newest domain record)."""
+    from ..hypervisor.connections import SHARED_CONNECTIONS
     from ..lang import load_file
     from ..ledger.store import Ledger, OwnerKind, ResourceKind
-    from .pools import SHARED_CONNECTIONS, site_paths
+    from .pools import site_paths
 
     connections = connections or SHARED_CONNECTIONS
     uri = config.uri_for(host)

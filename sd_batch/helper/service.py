@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 from ..batch.privileged import ACTIONS, EX_TEMPFAIL, JOB_ACTIONS, perform
-from ..deploy.pools import Connections
+from ..hypervisor.connections import Connections
 
 log = logging.getLogger("sd_batch.helper.service")
 
@@ -137,7 +137,7 @@ def peer_allowed(sock: socket.socket, peer: Peer, gid: int) -> bool:
 
 
 class ServiceConnections(Connections):
-    """`pools.Connections` (thread-safe), where `forget` drops a URI's connection only while
+    """`connections.Connections` (thread-safe), where `forget` drops a URI's connection only while
     it is dead: many runs wait on one connection, and a run that saw libvirtd go must not
     close the successor another request opened meanwhile."""
 

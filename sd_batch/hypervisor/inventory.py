@@ -211,7 +211,8 @@ def live_hosts(
     """A Scheduler's hosts, read live (with CLAIMS, by host URI, counted as load), at the same
     time (a host that does not answer costs its connection retries once, not once per host
     before it). A host that does not answer is left out and reported: one host down must not
-    stop a site from placing on the others. CONNECT must be thread-safe (`pools.Connections`)."""
+    stop a site from placing on the others. CONNECT must be thread-safe
+    (`connections.Connections`)."""
     skipped = set(skip)
     entries = [(n, u) for n, u in site_host_names(written, config) if u not in skipped]
 

@@ -29,15 +29,9 @@ from starlette.templating import Jinja2Templates
 
 from ..config.site import SiteConfig
 from ..config.templates import describe_templates
-from ..deploy.pools import (
-    SHARED_CONNECTIONS,
-    Connections,
-    plan_pool,
-    start_pool,
-    status,
-    terminate_pool,
-)
+from ..deploy.pools import plan_pool, start_pool, status, terminate_pool
 from ..errors import SdError
+from ..hypervisor.connections import SHARED_CONNECTIONS, Connections
 from .access import Access, Owners
 from .forms import POOL_FIELD, USER_FILE, TemplateForm, build_form, check, submit_file
 from .starts import FAILED, LOG, STARTING, Start, Starts

@@ -183,6 +183,15 @@ class HypervisorError(SdError):
         self.transient = transient
 
 
+class ShutoffTimeout(HypervisorError):
+    """A domain still runs after the time we were willing to wait."""
+
+
+class DiskWriteError(HypervisorError):
+    """The hypervisor paused a domain because a host disk refused its writes (full, failing):
+    QEMU's default on ENOSPC. Nothing the guest does resumes it, so waiting would hang."""
+
+
 class DomainNotFound(HypervisorError):
     """The domain is not (or no longer) defined on that host."""
 
@@ -192,6 +201,12 @@ class LedgerError(SdError):
 
     disposition = Disposition.REQUEUE
     exit_code = 7
+
+
+class OwnerExists(LedgerError):
+    """An owner that must be new (a pool being started) is already recorded."""
+
+    disposition = Disposition.HOLD
 
 
 class DeployError(SdError):
@@ -239,3 +254,43 @@ class VMFailed(DeployError):
     def __init__(self, message: str, *, run_exit: int, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.run_exit = run_exit
+
+
+class JobAdError(SdError):
+    """A job ad (or its Arguments/Environment) cannot be read: the job must be fixed or held."""
+
+
+class GuestBuildError(ConfigError):
+    """The guest image cannot be built (packages missing, apt offline, odd kernel).
+
+    A ConfigError: the site admin fixes the host, and jobs requeue meanwhile.
+    """
+
+
+class HarnessError(SdError):
+    """The submit file or the local set-up does not allow running the job here."""
+
+    exit_code = 1
+
+
+class HelperFailed(SdError):
+    """The privileged helper refused or failed; carries its disposition."""
+
+    def __init__(self, message: str, disposition: Disposition) -> None:
+        super().__init__(message)
+        self._disposition = disposition
+
+    @property
+    def disposition(self) -> Disposition:  # type: ignore[override]
+        return self._disposition
+
+
+class BadRequest(SdError):
+    """A request the helper service's protocol does not allow; its text is the reply's message.
+    The caller's door sends it back to Idle (a hook of another version, say)."""
+
+    disposition = Disposition.REQUEUE
+
+
+class PoolNotFound(SdError):
+    """A pool the user did not start here (or that is gone): the same answer for both."""

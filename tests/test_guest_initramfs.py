@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.errors import ConfigError, StagingError
-from sd_batch.guest import GuestBuildError
+from sd_batch.errors import ConfigError, GuestBuildError, StagingError
 from sd_batch.guest.build import Stamp, up_to_date
 from sd_batch.guest.common import (
     kernel_dependency,

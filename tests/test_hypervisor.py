@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.errors import DomainNotFound, HypervisorError
+from sd_batch.errors import DomainNotFound, HypervisorError, ShutoffTimeout
 from sd_batch.hypervisor.connection import (
     DomainInfo,
     DomainOwner,
     DomainState,
     Hypervisor,
     HypervisorAPI,
-    ShutoffTimeout,
 )
 from sd_batch.vm.domain_xml import SD_NAMESPACE, Owner, OwnerKind, build_metadata
 

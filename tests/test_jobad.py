@@ -11,7 +11,6 @@ import pytest
 
 from sd_batch.condor import jobad
 from sd_batch.condor.jobad import (
-    JobAdError,
     apply_job_transform,
     format_updates,
     job_ad_from_submit,
@@ -25,7 +24,7 @@ from sd_batch.condor.jobad import (
     split_environment,
     split_environment_v1,
 )
-from sd_batch.errors import SdError
+from sd_batch.errors import JobAdError, SdError
 
 # The condor_submit manual page (man-pages/htcondor-jdl "arguments" and "environment"): each
 # submit-file value and the arguments / environment entries the manual says it produces.

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sd_batch.batch.jobs import wait_off_across_restarts
-from sd_batch.errors import DomainNotFound, HypervisorError
-from sd_batch.hypervisor.connection import DomainState, Hypervisor, ShutoffTimeout
+from sd_batch.errors import DomainNotFound, HypervisorError, ShutoffTimeout
+from sd_batch.hypervisor.connection import DomainState, Hypervisor
 from sd_batch.hypervisor.connection import _status as status_of
 from sd_batch.hypervisor.connections import Connections
 

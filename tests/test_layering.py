@@ -10,6 +10,7 @@ up, and never in a circle (between packages, or between modules).
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -316,3 +317,23 @@ def test_the_cycle_finder_names_the_modules_of_a_circle() -> None:
     assert [str(e) for e in find_cycle(graph)] == [
         "a.py:1: a imports b", "b.py:1: b imports c", "c.py:1: c imports a"]
     assert find_cycle({"a": {"b": edge("a", "b")}, "b": {}}) == []
+
+
+def test_every_public_exception_is_an_sd_error_in_errors_py() -> None:
+    """One hierarchy: a class that derives from an exception lives in errors.py, unless it is a
+    module's private signal that never leaves it (`_BadLiteral`)."""
+    errors_tree = ast.parse((PACKAGE / "errors.py").read_text(encoding="utf-8"))
+    ours = {node.name for node in errors_tree.body if isinstance(node, ast.ClassDef)}
+    builtin = {name for name, value in vars(builtins).items()
+               if isinstance(value, type) and issubclass(value, BaseException)}  # fmt: skip
+    strays = []
+    for path in modules().values():
+        if path.name == "errors.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")
+                         for b in node.bases}  # fmt: skip
+                if bases & (ours | builtin):
+                    strays.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.name}")
+    assert strays == [], "exceptions belong in sd_batch/errors.py:\n" + "\n".join(strays)

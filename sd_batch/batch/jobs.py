@@ -29,16 +29,18 @@ from ..errors import (
     VM_LOST_EXIT,
     VM_TIMEOUT_EXIT,
     DeployError,
+    DiskWriteError,
     DomainNotFound,
     HostStorageError,
     HypervisorError,
     SdError,
+    ShutoffTimeout,
     StagingError,
     VMFailed,
 )
 from ..guest import contract
 from ..hypervisor.connections import Connections
-from ..hypervisor.types import DAEMON_HINT, DiskWriteError, HypervisorAPI, ShutoffTimeout
+from ..hypervisor.types import DAEMON_HINT, HypervisorAPI
 from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
 from ..vm.domain_xml import OwnerKind as XmlOwnerKind

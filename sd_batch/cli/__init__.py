@@ -1,4 +1,11 @@
-"""The `sd` subcommands, one module per area; each is imported only when its command runs."""
+"""The `sd` command line: `main` (the parser, the one mapping of errors to exit codes, the
+console scripts) and one module per area of subcommands, each imported only when its command
+runs (`lang`, `pool`, `plan`, `run`, `reap`, `web`).
+
+Layer: face.
+May import: errors, lang, placement, config, hypervisor, deploy, localrun, web, the standard
+library.
+"""
 
 from __future__ import annotations
 

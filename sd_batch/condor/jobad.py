@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import JobAdError as JobAdError
 from .syntax import (
-    JobAdError,
     join_arguments,
     join_environment,
     parse_submit_arguments,

@@ -13,15 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ..errors import SdError
+from ..errors import JobAdError
 
 _WHITESPACE = " \t\n\r"  # what split_args and the V1 parsers treat as separators
 #: condor_utils/env.cpp is_permitted_delim: a V1 Env starting with one of these names its delimiter.
 _ENV_V1_DELIMITERS = "!#$%&*+,-/:;<>?@^`|~\x1f"
-
-
-class JobAdError(SdError):
-    """A job ad (or its Arguments/Environment) cannot be read: the job must be fixed or held."""
 
 
 def split_arguments(raw: str) -> tuple[str, ...]:

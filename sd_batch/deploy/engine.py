@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DeployError, DescriptionError, DomainNotFound, SdError, SpecError
-from ..hypervisor.types import DiskWriteError
+from ..errors import (
+    DeployError,
+    DescriptionError,
+    DiskWriteError,
+    DomainNotFound,
+    SdError,
+    SpecError,
+)
 from ..placement.steps import Order, Step, VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk, HostFiles, build_domain_xml
 from ..vm.domain_xml import Owner as XmlOwner

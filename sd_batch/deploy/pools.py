@@ -180,7 +180,8 @@ def start_pool(
     progress: Progress = lambda _line: None,
 ) -> StartResult:
     """Resolve FILE, then create and start its VMs on HOST as pool NAME (all or nothing)."""
-    from ..ledger.store import Ledger, OwnerExists, OwnerKind, OwnerStatus
+    from ..errors import OwnerExists
+    from ..ledger.store import Ledger, OwnerKind, OwnerStatus
 
     check_pool_name(name)
     uri = config.uri_for(host)

@@ -1,18 +1,9 @@
-"""The minimal guest: a Debian kernel plus a busybox initramfs that runs one job and powers off.
+"""The guests: a Debian kernel plus a busybox initramfs that runs one job and powers off
+(`build`, the minimal guest), the same runner on a full Debian root (`full`), what both builders
+share (`common`), the initramfs archive made from bytes (`initramfs`), and what host and guest
+agree on (`contract`, pure; also in CONTRACT.md); `init.sh` is the guest's /init. No module here
+needs root or a hypervisor.
 
-`contract` holds what host and guest agree on (also in CONTRACT.md); `initramfs` builds the
-archive from bytes; `build` fetches Debian packages and writes the image folder; `init.sh` is
-the guest's /init. No module here needs root or a hypervisor.
+Layer: edge (runs apt, dpkg-deb, mke2fs, qemu-img to build images); `contract` is pure.
 May import: errors, config, the standard library.
 """
-
-from __future__ import annotations
-
-from ..errors import ConfigError
-
-
-class GuestBuildError(ConfigError):
-    """The guest image cannot be built (packages missing, apt offline, odd kernel).
-
-    A ConfigError: the site admin fixes the host, and jobs requeue meanwhile.
-    """

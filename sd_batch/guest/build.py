@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config.site import load_config
-from ..errors import SdError
-from . import GuestBuildError
+from ..errors import GuestBuildError, SdError
 from .common import (
     KERNEL_META_PACKAGE,
     PACKAGE_DIR,

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import GuestBuildError
+from ..errors import GuestBuildError
 from .common import (
     KERNEL_META_PACKAGE,
     PACKAGE_DIR,

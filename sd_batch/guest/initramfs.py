@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import GuestBuildError
+from ..errors import GuestBuildError
 
 #: Disks and console on KVM/QEMU (virtio-pci), in the order they must be loaded by hand.
 VIRTIO_MODULES = ("virtio_pci", "virtio_blk", "virtio_console")

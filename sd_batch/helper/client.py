@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ..errors import Disposition, SdError
+from ..errors import Disposition, HelperFailed
 
 TYPE_CHECKING = False  # typing itself costs a hook 5 ms
 if TYPE_CHECKING:
@@ -32,18 +32,6 @@ HOOKS_DIR = Path(__file__).resolve().parents[2] / "condor_hooks"
 DEFAULT_SOCKET = "/run/sd-batch/helper.sock"
 MAX_REPLY_BYTES = 1 << 20
 PREPARE_SECONDS = 300.0  # the longest silence while PREPARE_JOB talks to the service
-
-
-class HelperFailed(SdError):
-    """The privileged helper refused or failed; carries its disposition."""
-
-    def __init__(self, message: str, disposition: Disposition) -> None:
-        super().__init__(message)
-        self._disposition = disposition
-
-    @property
-    def disposition(self) -> Disposition:  # type: ignore[override]
-        return self._disposition
 
 
 def helper_argv(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -39,12 +39,12 @@ from ..errors import (
     VM_REQUEUE_EXIT,
     VM_TIMEOUT_EXIT,
     Disposition,
+    HelperFailed,
     SdError,
     StagingError,
 )
 from .client import (
     HOOKS_DIR,
-    HelperFailed,
     call,
     checked,
     helper,

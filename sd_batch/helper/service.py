@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 from ..batch.privileged import ACTIONS, EX_TEMPFAIL, JOB_ACTIONS, perform
+from ..errors import BadRequest
 from ..hypervisor.connections import Connections
 
 log = logging.getLogger("sd_batch.helper.service")
@@ -70,10 +71,6 @@ DATA_SECONDS = 600.0  # the longest pause while an input disk or a result tar mo
 MAX_CLIENTS = 512  # requests at once; each running job holds one
 MAX_PER_USER = 32  # of those, one caller's: a slot user who hoards them starves only itself
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
-
-
-class BadRequest(Exception):
-    """A request the protocol does not allow; its text is the reply's message."""
 
 
 @dataclass(frozen=True, slots=True)

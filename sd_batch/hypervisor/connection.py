@@ -23,14 +23,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..errors import DiskWriteError as DiskWriteError
 from ..errors import DomainNotFound, HypervisorError
+from ..errors import ShutoffTimeout as ShutoffTimeout
 from .storage import Storage, dir_pool_xml
 from .types import (
     DAEMON_HINT,
     MIB,
     PAUSED_REASONS,
     SHUTOFF_REASONS,
-    DiskWriteError,
     DomainInfo,
     DomainOwner,
     DomainState,
@@ -38,7 +39,6 @@ from .types import (
     HostCapacity,
     HostLoad,
     HypervisorAPI,
-    ShutoffTimeout,
 )
 
 log = logging.getLogger(__name__)

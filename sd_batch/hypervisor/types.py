@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import HypervisorError
-
 DAEMON_HINT = "is libvirtd running on that host? scripts/setup-host starts it"
 MIB = 1024 * 1024
 
@@ -93,15 +91,6 @@ class HostLoad:
     domains: int
     memory_mib: int
     vcpus: int
-
-
-class ShutoffTimeout(HypervisorError):
-    """A domain still runs after the time we were willing to wait."""
-
-
-class DiskWriteError(HypervisorError):
-    """The hypervisor paused a domain because a host disk refused its writes (full, failing):
-    QEMU's default on ENOSPC. Nothing the guest does resumes it, so waiting would hang."""
 
 
 class HypervisorAPI(Protocol):

@@ -3,7 +3,12 @@
 Public surface: `load_file` / `load_text` (parse + resolve into a `Description`), `parse_file`
 (syntax only), and the model types. Resolution follows SmartFrog's phase order: includes, type
 (`extends`), place (`a:b 5;`), function and link (sfConfig only), then the TBD check.
-Depends only on lark (in `parser.py`) and `sd_batch.errors`; knows nothing about VMs.
+Depends only on lark (in `parser.py`) and `sd_batch.errors`; knows nothing about VMs, nor the
+site: callers pass the include folders (the component library, `COMPONENT_LIBRARY_DIR`, is the
+language's own).
+
+Layer: pure core.
+May import: errors, the standard library, lark (in `parser` only).
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config.site import SiteConfig
-from ..errors import LedgerError
+from ..errors import LedgerError, OwnerExists
 from ..vm.domain_xml import OwnerKind as OwnerKind  # one job/pool enum, the one domains carry
 from .schema import MIGRATIONS, OWNER_COLUMNS, RESOURCE_COLUMNS, SCHEMA_VERSION, migrate, use_wal
-from .types import Claim, Move, OwnerExists, OwnerStatus, ResourceKind, ResourceState
+from .types import Claim, Move, OwnerStatus, ResourceKind, ResourceState
 
 #: The schema lives in ledger_schema, the process-free values in ledger_types; callers import
 #: them from here too.

@@ -11,14 +11,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ..errors import Disposition, LedgerError
-
-
-class OwnerExists(LedgerError):
-    """An owner that must be new (a pool being started) is already recorded."""
-
-    disposition = Disposition.HOLD
-
 
 class OwnerStatus(enum.Enum):
     """Where an owner is in its life; STARTING and TERMINATING mean a process is at work."""

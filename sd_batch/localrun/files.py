@@ -19,18 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SdError
+from ..errors import HarnessError
 
 STDOUT_NAME, STDERR_NAME = "_condor_stdout", "_condor_stderr"  # the starter's names
 JOB_AD_FILE, MACHINE_AD_FILE = ".job.ad", ".machine.ad"
 STARTER_FILES = frozenset({STDOUT_NAME, STDERR_NAME, JOB_AD_FILE, MACHINE_AD_FILE})
 Catalogue = dict[str, tuple[int, int, int]]
-
-
-class HarnessError(SdError):
-    """The submit file or the local set-up does not allow running the job here."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from types import FrameType
 from typing import Any
 
 from ..condor.jobad import JobAd, format_updates, job_ad_from_submit, parse_job_ad
+from ..errors import HarnessError as HarnessError
 from ..errors import SdError
 from .files import (
     JOB_AD_FILE,
@@ -54,7 +55,6 @@ from .files import (
     STDERR_NAME,
     STDOUT_NAME,
     Catalogue,
-    HarnessError,
     SlotUser,
     catalogue,
     default_user,

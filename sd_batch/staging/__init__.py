@@ -6,6 +6,8 @@ finding the result tar the guest wrote on it (`disk`), and the safe extraction o
 tar into the sandbox (`outputs`). The formats are `guest/CONTRACT.md`'s. Nothing here follows a
 symlink on the host: directories are walked through descriptors opened with O_NOFOLLOW, and
 special files are never opened. Import the API from here, not from the submodules.
+
+Layer: edge (the job's files, tar streams, disk images).
 May import: errors, guest.contract, the standard library.
 """
 

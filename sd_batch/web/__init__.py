@@ -5,4 +5,8 @@ small `.sf` that includes and extends the template, checked by the same resolver
 policy as the job hooks. `access`: who the user is (localhost, HTTP basic against scrypt
 hashes, or a trusted proxy's header), CSRF tokens, and which pools each user owns. `app`: the
 Starlette routes and pages. Needs the `web` extra (Starlette, uvicorn, Jinja2).
+
+Layer: face.
+May import: errors, lang, vm, placement, config, hypervisor (the connection cache), deploy,
+the standard library, starlette, jinja2.
 """

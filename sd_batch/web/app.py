@@ -30,7 +30,7 @@ from starlette.templating import Jinja2Templates
 from ..config.site import SiteConfig
 from ..config.templates import describe_templates
 from ..deploy.pools import plan_pool, start_pool, status, terminate_pool
-from ..errors import SdError
+from ..errors import PoolNotFound, SdError
 from ..hypervisor.connections import SHARED_CONNECTIONS, Connections
 from .access import Access, Owners
 from .forms import POOL_FIELD, USER_FILE, TemplateForm, build_form, check, submit_file
@@ -248,10 +248,6 @@ def create_app(site: WebSite) -> Starlette:
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-class PoolNotFound(SdError):
-    """A pool the user did not start here (or that is gone): the same answer for both."""
 
 
 def _missing(exc: SdError) -> bool:

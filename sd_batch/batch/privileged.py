@@ -27,6 +27,7 @@ May import: config, errors, hypervisor, jobad, jobs, pools, reaper, templates, s
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -43,9 +44,30 @@ if TYPE_CHECKING:
 
 EX_TEMPFAIL = 75
 USAGE = "usage: helper {prepare,run,cleanup} JOB_ID | helper {probe,reap}"
-#: The actions, and those that name a job (the others take none).
-ACTIONS = ("prepare", "run", "cleanup", "probe", "reap")
-JOB_ACTIONS = frozenset({"prepare", "run", "cleanup"})
+
+
+class Action(enum.StrEnum):
+    """The five actions of the privileged side; the first three name a job, the others none."""
+
+    PREPARE = "prepare"
+    RUN = "run"
+    CLEANUP = "cleanup"
+    PROBE = "probe"
+    REAP = "reap"
+
+    @property
+    def needs_job(self) -> bool:
+        return self in (Action.PREPARE, Action.RUN, Action.CLEANUP)
+
+    @classmethod
+    def named(cls, text: object) -> Action | None:
+        """The action spelt TEXT (from a command line or a request), or None."""
+        if not isinstance(text, str):
+            return None
+        try:
+            return cls(text)
+        except ValueError:
+            return None
 
 
 def caller_uid(environ: dict[str, str] | None = None) -> int:
@@ -88,7 +110,7 @@ class Answer:
 
 
 def perform(
-    action: str,
+    action: Action,
     job_id: str | None,
     uid: int,
     *,
@@ -108,29 +130,31 @@ def perform(
     from . import jobs
     from .key import JobKey, JobLimits
 
-    if action == "probe":
+    if action is Action.PROBE:
         return Answer(0, probe())
-    if action == "reap":
+    if action is Action.REAP:
         return reap_now(connections)
     try:
         key = JobKey(uid, str(job_id))
         config = site_config()
-        if action == "prepare":
-            assert data_in is not None
+        if action is Action.PREPARE:
+            if data_in is None:
+                raise ValueError("perform(prepare) needs DATA_IN")  # the door's mistake
             prepared = jobs.prepare(config, key, data_in, connections=connections)
             return Answer(0, {"ok": True, "domain": prepared.domain, "uri": prepared.uri,
                               "memory_mib": prepared.memory_mib, "vcpus": prepared.vcpus,
                               "description": prepared.description})  # fmt: skip
-        if action == "cleanup":
+        if action is Action.CLEANUP:
             return Answer(0, {"ok": True, "removed": jobs.cleanup(config, key,
                                                                   connections=connections)})
-        assert action == "run" and data_out is not None
+        if data_out is None:
+            raise ValueError("perform(run) needs DATA_OUT")  # the door's mistake
         jobs.run(config, key, data_out, limits=JobLimits.of(config.policy),
                  connections=connections, install_signals=install_signals,
                  runner_pid=runner_pid)  # fmt: skip
         return Answer(0, None)
     except SdError as exc:
-        if action != "run":
+        if action is not Action.RUN:
             return Answer(1, failure(exc))
         code = run_exit(exc)
         return Answer(code, {**failure(exc), "exit": code, "message": str(exc)})
@@ -193,19 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="sd-batch helper: %(levelname)s %(message)s")
-    if len(args) == 1 and args[0] in ACTIONS and args[0] not in JOB_ACTIONS:
-        action, job_id = args[0], None
-    elif len(args) == 2 and args[0] in JOB_ACTIONS:
-        action, job_id = args
-    else:
+    action = Action.named(args[0]) if args else None
+    job_id = args[1] if len(args) == 2 else None
+    if action is None or len(args) != (2 if action.needs_job else 1):
         print(USAGE, file=sys.stderr)
         return 2
     from .jobs import default_signal_installer
 
     answer = perform(action, job_id, caller_uid(), data_in=sys.stdin.buffer,
                      data_out=sys.stdout.buffer,
-                     install_signals=default_signal_installer if action == "run" else None)
-    if action != "run":
+                     install_signals=default_signal_installer if action is Action.RUN else None)
+    if action is not Action.RUN:
         sys.stdout.write(json.dumps(answer.reply) + "\n")
         sys.stdout.flush()
     elif answer.reply is not None:

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from ..batch.privileged import ACTIONS, EX_TEMPFAIL, JOB_ACTIONS, perform
+from ..batch.privileged import EX_TEMPFAIL, Action, perform
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
 
@@ -75,7 +75,7 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    action: str
+    action: Action
     job: str | None
 
 
@@ -107,12 +107,13 @@ def parse_request(line: bytes) -> Request:
     unknown = sorted(set(data) - {"action", "job"})
     if unknown:
         raise BadRequest(f"unknown request fields: {', '.join(map(str, unknown))}")
-    action, job = data.get("action"), data.get("job")
-    if action not in ACTIONS:
-        raise BadRequest(f"action must be one of {', '.join(ACTIONS)}")
-    if action in JOB_ACTIONS and not isinstance(job, str):
+    name, job = data.get("action"), data.get("job")
+    action = Action.named(name)
+    if action is None:
+        raise BadRequest(f"action must be one of {', '.join(Action)}")
+    if action.needs_job and not isinstance(job, str):
         raise BadRequest(f"{action} needs a job: its GlobalJobId, a string")
-    if action not in JOB_ACTIONS and job is not None:
+    if not action.needs_job and job is not None:
         raise BadRequest(f"{action} takes no job")
     return Request(action, job)
 
@@ -264,16 +265,16 @@ class Handler(socketserver.BaseRequestHandler):
         job = f" {request.job}" if request.job else ""
         what = f"{request.action}{job} for uid {peer.uid} (pid {peer.pid})"
         sock.settimeout(DATA_SECONDS)
-        if request.action == "run":
+        if request.action is Action.RUN:
             self._run(sock, request, peer, what)
             return
         # prepare streams the input disk from the socket into the job's folder (bounded there)
-        data_in = cast(BinaryIO, rfile) if request.action == "prepare" else None
+        data_in = cast(BinaryIO, rfile) if request.action is Action.PREPARE else None
         answer = perform(request.action, request.job, peer.uid, data_in=data_in,
                          connections=self.server.connections)  # fmt: skip
         log.info("%s: %s", what, _summary(answer.reply))
         self._send(answer.reply or {})
-        if request.action == "prepare":
+        if request.action is Action.PREPARE:
             # The reply is queued: the client reads it. Both ways, so that a client still
             # writing an input disk prepare stopped reading (a refusal, a full disk) gets EPIPE
             # at once instead of blocking on a full socket until its timeout.
@@ -287,7 +288,7 @@ class Handler(socketserver.BaseRequestHandler):
         out = StatusFirst(sock, self)
         watch = HangupWatch(sock, what)
         try:
-            answer = perform("run", request.job, peer.uid, data_out=cast(BinaryIO, out),
+            answer = perform(Action.RUN, request.job, peer.uid, data_out=cast(BinaryIO, out),
                              connections=self.server.connections, runner_pid=peer.pid,
                              install_signals=watch.start)  # fmt: skip
         finally:

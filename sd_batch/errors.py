@@ -133,7 +133,8 @@ class DescriptionErrors(DescriptionError):
 
     def __init__(self, errors: Iterable[DescriptionError]) -> None:
         self.errors = tuple(errors)
-        assert self.errors, "DescriptionErrors needs at least one error"
+        if not self.errors:
+            raise ValueError("DescriptionErrors needs at least one error")
         first = self.errors[0]
         super().__init__(
             first.message,

@@ -81,7 +81,8 @@ def _read_member(tar: tarfile.TarFile, name: str, limit: int) -> bytes | None:
     if not member.isreg() or member.size > limit:
         raise StagingError(f"input member {name} is not a small regular file")
     handle = tar.extractfile(member)
-    assert handle is not None
+    if handle is None:
+        raise StagingError(f"input member {name} has no data")
     return handle.read()
 
 
@@ -101,7 +102,8 @@ def _extract_descriptions(tar: tarfile.TarFile, root: Path, limits: JobLimits) -
         target = root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         handle = tar.extractfile(member)
-        assert handle is not None
+        if handle is None:
+            raise StagingError(f"input member {member.name} has no data")
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(handle.read())

@@ -306,7 +306,8 @@ def _teardown(action: Action, config: SiteConfig, ledger: Ledger,
     from .pools import site_paths
 
     decided = action.owner
-    assert decided is not None
+    if decided is None:
+        raise ValueError(f"{action.kind} names no owner to tear down")
     owner = ledger.owner(decided.kind, decided.owner_id, decided.host_uri)
     if owner is None:
         return Outcome(action, False, skipped="already gone")

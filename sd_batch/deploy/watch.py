@@ -124,7 +124,8 @@ class Watcher:
         reason = f"host {uri} missed {missed} pings in a row ({delay:g} s apart): {why}"
         by_scheduler: dict[SchedulerSpec, list[VMPlan]] = {}
         for vm in here:
-            assert vm.placement is not None
+            if vm.placement is None:
+                raise ValueError(f"{vm.domain} was placed by no Scheduler: it is not watched")
             by_scheduler.setdefault(vm.placement.scheduler, []).append(vm)
         for spec, vms in by_scheduler.items():
             self._move(spec, vms, uri, reason)

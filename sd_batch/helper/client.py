@@ -184,7 +184,8 @@ def prepare(job_id: str, write: Callable[[IO[bytes]], None]) -> tuple[dict[str, 
     from subprocess import PIPE
 
     proc = helper(["prepare", job_id], stdin=PIPE, stdout=PIPE, stderr=PIPE)
-    assert proc.stdin is not None
+    if proc.stdin is None:
+        raise OSError("the helper command has no stdin pipe")
     try:
         write(proc.stdin)
     except BrokenPipeError:

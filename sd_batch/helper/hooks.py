@@ -179,7 +179,8 @@ def _run_through_helper(job_id: str, sandbox: Path) -> int:
     import subprocess
 
     proc = helper(["run", job_id], stdout=subprocess.PIPE)
-    assert proc.stdout is not None
+    if proc.stdout is None:
+        raise OSError("the helper command has no stdout pipe")
 
     def forward(signum: int, _frame: object) -> None:
         proc.send_signal(signum)  # the helper destroys the VM at once

@@ -150,7 +150,8 @@ def _resolve_phases(
     errors: list[DescriptionError] = []
     warnings: list[DescriptionError] = []
     for name, child in list(root.children()):
-        assert isinstance(child, Node)
+        if not isinstance(child, Node):
+            raise TypeError(f"{name}: the tree builder made a {type(child).__name__}")
         target = errors if name == SF_CONFIG else warnings
         try:
             types.resolve(child, errors if name == SF_CONFIG else None)

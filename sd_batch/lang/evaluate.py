@@ -157,7 +157,8 @@ class Evaluator:
     def _linked_copy(self, target: Component, holder: Component, attr: Attribute) -> Component:
         """A non-LAZY link to a component: copy it, evaluated where it stands (as SmartFrog
         resolves the linked description in place, even a prototype outside sfConfig)."""
-        assert isinstance(target, Node)
+        if not isinstance(target, Node):
+            raise TypeError(f"a link to a {type(target).__name__}, not a tree node")
         if id(target) in self.in_progress or any(a is target for a in ancestors(holder)):
             # The copy would have to hold the attribute being resolved: THIS, PARENT, ROOT...
             inside = [any(a is target for a in ancestors(h)) for h, _n in self.active]

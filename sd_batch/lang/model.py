@@ -81,7 +81,8 @@ class RefPart:
     def text(self, first: bool) -> str:
         if self.kind in _NAMELESS:
             return self.kind
-        assert self.name is not None
+        if self.name is None:
+            raise ValueError(f"a {self.kind} reference part needs a name")
         # A bare word is ATTRIB in first place and HERE after it: print the short form there
         # (only for a word: a quoted name needs its keyword, `ATTRIB "a b"`).
         name = format_name(self.name)

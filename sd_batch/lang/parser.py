@@ -380,11 +380,12 @@ def _syntax_error(exc: UnexpectedInput, filename: str, text: str) -> Description
         elif char == "#":
             hint = 'directives are #include "file" and #include? "file"; ##...# is a string'
         end = (line, column + 1)
-    else:
-        assert isinstance(exc, UnexpectedEOF)
+    elif isinstance(exc, UnexpectedEOF):
         lines = text.splitlines() or [""]
         line, column = len(lines), len(lines[-1]) + 1
         message, end = "unexpected end of file", (None, None)
+    else:
+        raise TypeError(f"an unknown kind of lark error: {type(exc).__name__}") from exc
     loc = SourceLocation(filename, line, column, end[0], end[1])
     source_lines = text.splitlines()
     source = source_lines[line - 1] if 1 <= line <= len(source_lines) else None

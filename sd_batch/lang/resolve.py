@@ -264,7 +264,8 @@ class TypeResolver:
     def apply(self, node: Node) -> None:
         """Apply NODE's prototypes, so its own attributes are final."""
         if node.state is State.BROKEN:
-            assert node.error is not None
+            if node.error is None:
+                raise ValueError(f"{node.path}: broken, but no error was kept")
             raise node.error
         if node.state is not State.NEW:
             if node.state is State.APPLYING:
@@ -319,7 +320,8 @@ class TypeResolver:
                 children.append(placement.value)
         failed: DescriptionError | None = None
         for child in children:
-            assert isinstance(child, Node)
+            if not isinstance(child, Node):
+                raise TypeError(f"{node.path}: the tree builder made a {type(child).__name__}")
             try:
                 self.resolve(child, collect)
             except DescriptionError as exc:

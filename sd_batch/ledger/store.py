@@ -260,7 +260,8 @@ class Ledger:
                 ) from exc.__cause__
             raise
         found = self.owner(kind, owner_id, host_uri)
-        assert found is not None, "an owner just written must read back"
+        if found is None:
+            raise LedgerError(f"{kind.value} {owner_id} on {host_uri} does not read back")
         return found
 
     def set_status(

@@ -127,7 +127,8 @@ class Updater:
                 )  # fmt: skip
                 self.children.append(child)
                 with contextlib.suppress(OSError):
-                    assert child.stdin is not None
+                    if child.stdin is None:
+                        raise OSError("the hook has no stdin pipe")
                     child.stdin.write(text.encode())
                     child.stdin.close()
             wait = every

@@ -54,11 +54,13 @@ class Affinity(Constraint):
         return item.affinity is not None
 
     def allows(self, item: Item, table: Table, h: int) -> bool:
-        assert item.affinity is not None
+        if item.affinity is None:  # not this constraint's item (`applies`)
+            return True
         return not table.group_total[item.affinity] or table.groups[item.affinity][h] > 0
 
     def why(self, item: Item, table: Table) -> str:
-        assert item.affinity is not None
+        if item.affinity is None:
+            return "no affinity group"
         where = [table.hosts[h].name for h, c in enumerate(table.group(item.affinity)) if c]
         return (
             f"affinity group {item.affinity} runs on {', '.join(where)}, which has no room"

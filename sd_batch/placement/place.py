@@ -124,7 +124,8 @@ def place(
 
     chosen = strategy_named(strategy) if isinstance(strategy, str) else strategy
     names = [h.name for h in hosts]
-    assert len(set(names)) == len(names), "host names must be unique"
+    if len(set(names)) != len(names):
+        raise ValueError(f"host names must be unique: {names}")
     table = Table(hosts, policy, seed)
     items, unplaced = _items(demands)
     chosen.prepare(table, items)
@@ -167,7 +168,8 @@ def _items(demands: Iterable[Demand]) -> tuple[list[Item], list[Unplaced]]:
     groups: dict[str, list[tuple[int, Demand]]] = {}
     seen: set[str] = set()
     for index, d in enumerate(demands):
-        assert d.name not in seen, f"two demands are named {d.name}"
+        if d.name in seen:
+            raise ValueError(f"two demands are named {d.name}")
         seen.add(d.name)
         if d.affinity is not None:
             groups.setdefault(d.affinity, []).append((index, d))

@@ -22,9 +22,12 @@ class Policy:
 
     def __post_init__(self) -> None:
         for name in ("cpu_overcommit", "memory_overcommit", "disk_overcommit"):
-            assert getattr(self, name) > 0, f"{name} must be positive"
-        assert self.reserved_memory_mib >= 0
-        assert self.max_vms_per_host is None or self.max_vms_per_host >= 0
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.reserved_memory_mib < 0:
+            raise ValueError("reserved_memory_mib must be >= 0")
+        if self.max_vms_per_host is not None and self.max_vms_per_host < 0:
+            raise ValueError("max_vms_per_host must be >= 0")
 
 
 #: No overcommit, nothing reserved, no VM limit: what placement assumes unless told.

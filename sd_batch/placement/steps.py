@@ -120,8 +120,7 @@ def _plan(
                 loc=node.location_of("template"),
                 hint="write template extends LAZY VM { ... }",
             )
-        for index in range(1, count + 1):
-            assert isinstance(template, Component)
+        for index in range(1, count + 1 if isinstance(template, Component) else 1):
             children.append(_copy_step(template, pool, uri, (*where, f"{index}"), sched))
         return Step(path, Order.COMPOUND, tuple(children))
     if sf_class == CLUSTER_CLASS:

@@ -287,7 +287,8 @@ class _Extraction:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with os.fdopen(os.open(staged, flags, 0o600, dir_fd=self._staging_fd), "wb") as out:
             source = tar.extractfile(member)
-            assert source is not None  # a regular file always has data
+            if source is None:  # a regular file always has data
+                raise StagingError(f"{member.name}: the result tar has no data for it")
             shutil.copyfileobj(source, out, CHUNK)
             out.flush()  # before utime: a later write would set the mtime to now
             os.fchmod(out.fileno(), mode)

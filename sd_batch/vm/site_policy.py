@@ -134,7 +134,8 @@ def check_job(
     job's own SPEC when the job names a site template), or None when it extends none.
     """
     vm = description.sfconfig
-    assert isinstance(vm, Component), "check_job needs the VM component spec was read from"
+    if not isinstance(vm, Component):
+        raise TypeError("check_job needs the VM component the spec was read from")
     _check_limits(vm, spec, policy)
     _check_paths(vm, spec)
     if not policy.require_site_template:

@@ -134,7 +134,8 @@ class DiskSpec:
     loc: SourceLocation | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        assert (self.image is None) != (self.size_bytes is None), "a disk has an image or a size"
+        if (self.image is None) == (self.size_bytes is None):
+            raise ValueError("a disk has an image or a size, not both")
 
     @property
     def is_blank(self) -> bool:

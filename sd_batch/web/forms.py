@@ -265,7 +265,8 @@ def _specs(description: Description, *, required: bool = False
         if required:
             raise
         return {}  # a template with TBDs has no complete VMs to compare with
-    assert description.sfconfig is not None
+    if description.sfconfig is None:
+        return {}  # no sfConfig: no VMs (the resolver refused it before)
     found: dict[str, tuple[Component, VMSpec]] = {}
     for vm in step.vms():
         component = _component_at(description.root, vm.path)

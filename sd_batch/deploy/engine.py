@@ -68,6 +68,16 @@ class SitePaths:
         return candidate
 
 
+class _VMFailed(Exception):
+    """Inside `Engine.start` only: which VM a deploy or start failed on, and how. `start` turns
+    it into the DeployError it raises (naming the VM) after rolling back."""
+
+    def __init__(self, vm: VMPlan, error: SdError | OSError) -> None:
+        super().__init__(str(error))
+        self.vm = vm
+        self.error = error
+
+
 Progress = Callable[[str], None]
 
 
@@ -94,10 +104,12 @@ class Engine:
                 undone = f"rolled back: removed {self.teardown(owner, graceful=False)}"
             except DeployError as left:  # the cause must still be told, not only the leftovers
                 undone = f"NOT rolled back: {left}"
+            failed: VMPlan | None = None
+            if isinstance(exc, _VMFailed):
+                failed, exc = exc.vm, exc.error
             if not isinstance(exc, (SdError, OSError)):
                 raise
             reason = _reason(exc)
-            failed: VMPlan | None = getattr(exc, "failed_vm", None)
             where = ""
             if failed is not None:  # counted copies share a path: the domain name tells them apart
                 where = f"VM {failed.domain}" + (
@@ -111,7 +123,10 @@ class Engine:
     def _deploy(self, owner: Owner, step: Step, *, whole: bool = False) -> None:
         """Deploy STEP; a sequence's children wait for their turn (in `_start`) unless WHOLE."""
         if step.vm is not None:
-            self.deploy_vm(owner, step.vm)
+            try:
+                self.deploy_vm(owner, step.vm)
+            except (SdError, OSError) as exc:
+                raise _VMFailed(step.vm, exc) from exc
             return
         if step.order is Order.SEQUENCE and not whole:
             return  # a sequence deploys each child just before starting it
@@ -154,65 +169,60 @@ class Engine:
         (a job's input and output disks) the caller has already recorded in the ledger."""
         from ..ledger.store import ResourceKind
 
-        try:
-            hv = self.connect(vm.uri)
-            spec = vm.spec
-            kernel = initrd = None
-            if isinstance(spec.boot, KernelBoot):
-                kernel = self.paths.image(spec.boot.kernel, "kernel", spec)
-                if spec.boot.initrd is not None:
-                    initrd = self.paths.image(spec.boot.initrd, "initrd", spec)
-            sources = []
-            self.paths.overlay_dir.mkdir(parents=True, exist_ok=True)
-            for disk in spec.disks:
-                name = f"{vm.domain}-{disk.name}.{disk.format.value}"
-                target = str(self.paths.overlay_dir / name)
-                if Path(target).exists():  # not ours to overwrite, nor (on rollback) to delete
-                    raise DeployError(
-                        f"disk {target} already exists",
-                        hint="an earlier run left it: `sd status` shows it; remove it if unused",
-                    )
-                # A missing base image is the description's fault: found before any intent.
-                base = None if disk.image is None else self.paths.image(disk.image,
-                                                                         "disk image", spec)
-                with self.ledger.intent(owner, ResourceKind.VOLUME, target, vm.uri):
-                    if base is not None:
-                        created = hv.create_overlay(self.paths.overlay_dir, name, base,
-                                                    disk.size_bytes or 0, _image_format(base))
-                    else:
-                        created = hv.create_blank(self.paths.overlay_dir, name,
-                                                  disk.size_bytes or 0, disk.format.value)
-                sources.append(DiskSource(PurePosixPath(created), disk.format))
-            console = None
-            if self.paths.console_dir is not None and not spec.flavour.is_xen:
-                self.paths.console_dir.mkdir(parents=True, exist_ok=True)
-                console = PurePosixPath(self.paths.console_dir / f"{vm.domain}.log")
-                # virtlogd creates it when the domain starts; recorded so teardown removes it
-                self.ledger.mark_created(
-                    self.ledger.record_intent(owner, ResourceKind.FILE, str(console), vm.uri)
+        hv = self.connect(vm.uri)
+        spec = vm.spec
+        kernel = initrd = None
+        if isinstance(spec.boot, KernelBoot):
+            kernel = self.paths.image(spec.boot.kernel, "kernel", spec)
+            if spec.boot.initrd is not None:
+                initrd = self.paths.image(spec.boot.initrd, "initrd", spec)
+        sources = []
+        self.paths.overlay_dir.mkdir(parents=True, exist_ok=True)
+        for disk in spec.disks:
+            name = f"{vm.domain}-{disk.name}.{disk.format.value}"
+            target = str(self.paths.overlay_dir / name)
+            if Path(target).exists():  # not ours to overwrite, nor (on rollback) to delete
+                raise DeployError(
+                    f"disk {target} already exists",
+                    hint="an earlier run left it: `sd status` shows it; remove it if unused",
                 )
-            files = HostFiles(
-                disks=tuple(sources),
-                extra_disks=extra_disks,
-                kernel=PurePosixPath(kernel) if kernel else None,
-                initrd=PurePosixPath(initrd) if initrd else None,
-                console_log=console,
+            # A missing base image is the description's fault: found before any intent.
+            base = None if disk.image is None else self.paths.image(disk.image,
+                                                                     "disk image", spec)
+            with self.ledger.intent(owner, ResourceKind.VOLUME, target, vm.uri):
+                if base is not None:
+                    created = hv.create_overlay(self.paths.overlay_dir, name, base,
+                                                disk.size_bytes or 0, _image_format(base))
+                else:
+                    created = hv.create_blank(self.paths.overlay_dir, name,
+                                              disk.size_bytes or 0, disk.format.value)
+            sources.append(DiskSource(PurePosixPath(created), disk.format))
+        console = None
+        if self.paths.console_dir is not None and not spec.flavour.is_xen:
+            self.paths.console_dir.mkdir(parents=True, exist_ok=True)
+            console = PurePosixPath(self.paths.console_dir / f"{vm.domain}.log")
+            # virtlogd creates it when the domain starts; recorded so teardown removes it
+            self.ledger.mark_created(
+                self.ledger.record_intent(owner, ResourceKind.FILE, str(console), vm.uri)
             )
-            xml = build_domain_xml(spec, files, XmlOwner(self.owner_kind, owner.owner_id))
-            with self.ledger.intent(owner, ResourceKind.DOMAIN, vm.domain, vm.uri):
-                hv.define(xml)
-            self.progress(f"defined {vm.domain} ({spec.memory_mib} MiB, {spec.vcpus} vCPU) "
-                          f"on {vm.uri}")
-        except (SdError, OSError) as exc:
-            exc.failed_vm = vm  # type: ignore[union-attr]
-            raise
+        files = HostFiles(
+            disks=tuple(sources),
+            extra_disks=extra_disks,
+            kernel=PurePosixPath(kernel) if kernel else None,
+            initrd=PurePosixPath(initrd) if initrd else None,
+            console_log=console,
+        )
+        xml = build_domain_xml(spec, files, XmlOwner(self.owner_kind, owner.owner_id))
+        with self.ledger.intent(owner, ResourceKind.DOMAIN, vm.domain, vm.uri):
+            hv.define(xml)
+        self.progress(f"defined {vm.domain} ({spec.memory_mib} MiB, {spec.vcpus} vCPU) "
+                      f"on {vm.uri}")
 
     def _start_vm(self, vm: VMPlan) -> None:
         try:
             self.connect(vm.uri).start(vm.domain)
         except SdError as exc:
-            exc.failed_vm = vm  # type: ignore[attr-defined]
-            raise
+            raise _VMFailed(vm, exc) from exc
         self._done += 1
         self.progress(f"[{self._done}/{self._total}] started {vm.domain}")
 

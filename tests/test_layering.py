@@ -337,3 +337,21 @@ def test_every_public_exception_is_an_sd_error_in_errors_py() -> None:
                 if bases & (ours | builtin):
                     strays.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.name}")
     assert strays == [], "exceptions belong in sd_batch/errors.py:\n" + "\n".join(strays)
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_private_name_crosses_modules() -> None:
+    """`from .x import _y` couples a module to another's insides: make `_y` public, or move it."""
+    strays = []
+    for path in modules().values():
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            ours = isinstance(node, ast.ImportFrom) and (
+                node.level > 0 or (node.module or "").startswith("sd_batch"))  # fmt: skip
+            if ours and isinstance(node, ast.ImportFrom):
+                names = [a.name for a in node.names if is_private(a.name)]
+                strays += [f"{rel}:{node.lineno}: {name}" for name in names]
+    assert strays == [], "private names imported from another module:\n" + "\n".join(strays)

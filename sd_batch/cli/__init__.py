@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from ..config.site import SiteConfig
     from .main import Environment
@@ -26,3 +28,14 @@ def site_config(args: argparse.Namespace, env: Environment) -> SiteConfig:
         return load_config(Path(args.config))
     path = config_path(env.environ)
     return load_config(path) if path is not None else SiteConfig()
+
+
+def properties(args: argparse.Namespace, config: SiteConfig) -> dict[str, str]:
+    """The site's properties, overridden by the command's `-D NAME=VALUE`s."""
+    props = dict(config.properties)
+    for item in args.properties:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"-D {item}: expected NAME=VALUE")
+        props[name] = value
+    return props

@@ -6,21 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from ..config.site import SiteConfig
-from ..errors import DescriptionError, DescriptionErrors, UsageError
+from ..errors import DescriptionError, DescriptionErrors
 from ..lang import Component, Description, load_file, parse_file
-from . import site_config
+from . import properties, site_config
 from .main import Environment
-
-
-def _properties(args: argparse.Namespace, config: SiteConfig) -> dict[str, str]:
-    props = dict(config.properties)
-    for item in args.properties:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"-D {item}: expected NAME=VALUE")
-        props[name] = value
-    return props
 
 
 def _load(args: argparse.Namespace, env: Environment, *, complete: bool) -> Description:
@@ -30,7 +19,7 @@ def _load(args: argparse.Namespace, env: Environment, *, complete: bool) -> Desc
         args.file,
         include_dirs=include_dirs,
         environ=env.environ,
-        properties=_properties(args, config),
+        properties=properties(args, config),
         complete=complete,
     )
 

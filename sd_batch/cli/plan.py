@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..deploy.plan_text import plan_lines
 from ..deploy.pools import POOL_NAME, DryRun, plan_pool
 from ..errors import NoHostHasCapacity
-from . import site_config
-from .lang import _properties
+from . import properties, site_config
 from .main import Environment
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ def plan(args: argparse.Namespace, env: Environment) -> int:
     result = plan_pool(
         config, Path(args.file), name=name,
         inventory=Path(args.hosts) if args.hosts else None,
-        include_dirs=[Path(d) for d in args.include_dirs], properties=_properties(args, config),
+        include_dirs=[Path(d) for d in args.include_dirs], properties=properties(args, config),
     )  # fmt: skip
     if args.json:
         print(json.dumps(_as_json(result), indent=2), file=env.stdout)
@@ -56,6 +55,6 @@ def watch(args: argparse.Namespace, env: Environment) -> int:
         print(f"sd watch: {line}", file=env.stderr, flush=True)
 
     watch_pool(config, args.host, args.name, include_dirs=tuple(Path(d) for d in args.include_dirs),
-               properties=_properties(args, config), progress=progress,
+               properties=properties(args, config), progress=progress,
                rounds=args.rounds)  # fmt: skip
     return 0

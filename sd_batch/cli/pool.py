@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from ..deploy.pools import start_pool, status, terminate_pool
-from . import site_config
-from .lang import _properties
+from . import properties, site_config
 from .main import Environment
 
 
@@ -45,7 +44,7 @@ def start(args: argparse.Namespace, env: Environment) -> int:
         result = start_pool(
             config, args.host, args.name, Path(args.file),
             include_dirs=[Path(d) for d in args.include_dirs],
-            properties=_properties(args, config), progress=progress,
+            properties=properties(args, config), progress=progress,
         )  # fmt: skip
     finally:
         progress.done()

@@ -4,7 +4,7 @@ template, or a .sf file of its sandbox), then checked against site policy on the
 Root side, called by `jobs.prepare`; split from it so each stays readable. Nothing here trusts
 the caller: the job ad is read back from the input disk and must name the caller's job; user
 files may include only each other and site templates; only regular .sf files are copied out.
-May import: config, errors, guest.contract, jobad, lang, policy, spec, templates, stdlib.
+May import: config, errors, guest.contract, condor.jobad, lang, vm, batch.key.
 """
 
 from __future__ import annotations

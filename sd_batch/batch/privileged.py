@@ -21,7 +21,7 @@ job id), so a user can neither name nor touch another user's job. Arguments are 
 description is resolved here, from the job's own input, against the site's config and limits.
 `run` exits 75 (EX_TEMPFAIL) for host problems, 170/171 when the VM timed out / stopped without a
 result (`errors.VMFailed`), 1 for anything else, with a message on stderr.
-May import: config, errors, hypervisor, jobad, jobs, pools, reaper, templates, stdlib.
+May import: config, errors, hypervisor, condor.jobad, batch (jobs, key), deploy.reaper, stdlib.
 """
 
 from __future__ import annotations

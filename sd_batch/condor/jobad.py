@@ -9,7 +9,7 @@ re-exported here.
 
 The bindings are imported inside functions: hooks are short-lived processes and only need
 `classad2` (about 30 ms here); the v1 `htcondor` module (about 55 ms more) is only for
-`job_ad_from_submit`, `htcondor2` only for `condor_param`. May import: condor_syntax, errors,
+`job_ad_from_submit`, `htcondor2` only for `condor_param`. May import: condor.syntax, errors,
 the standard library, classad2, htcondor2, htcondor (v1).
 """
 

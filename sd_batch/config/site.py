@@ -3,7 +3,7 @@
 A site config is a TOML file (`/etc/sd-batch/site.toml`, or `$XDG_CONFIG_HOME/sd-batch/site.toml`,
 or the file named by `SD_BATCH_CONFIG`). Every knob has a safe default, so a fresh machine works
 without one. `parse_config` is pure; `load_config` is the one place that reads the file.
-May import: errors, placement_policy (Policy), policy (SitePolicy), pyxdg, tomllib.
+May import: errors, placement.policy (Policy), vm.site_policy (SitePolicy), pyxdg, tomllib.
 """
 
 from __future__ import annotations

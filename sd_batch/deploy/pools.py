@@ -10,7 +10,7 @@ every host.
 Starts run at once safely (processes, and `sd web`'s threads): placing holds the site's
 placing lock (`placing_lock`) from reading the hosts' load until the placed VMs are claimed in
 the ledger, and placement counts the claims of other starts still under way as load.
-May import: config, deploy, errors, inventory, lang, ledger, planning, placement, hypervisor.
+May import: config, errors, hypervisor, lang, ledger, placement, deploy.engine.
 """
 
 from __future__ import annotations

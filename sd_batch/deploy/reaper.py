@@ -27,7 +27,7 @@ actions out (or, with `dry_run`, only reports them). The rules, most cautious fi
   or a job's with no folder here) are left alone.
 
 Every action is checked again just before it is carried out (the ledger may have moved on).
-May import: config, deploy, errors, hypervisor (types), ledger, pools, stdlib.
+May import: config, deploy, errors, hypervisor (types), ledger, deploy.pools, stdlib.
 """
 
 from __future__ import annotations

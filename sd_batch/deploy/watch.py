@@ -10,7 +10,7 @@ running a pool's VMs whose Scheduler has a liveness delay, and each of those VMs
 - copies left on a failed host are removed once it answers again (the VM runs elsewhere now),
   so no VM ever runs twice; until then they stay in the ledger for `sd terminate`.
 Time and sleep are injected (tenacity-style): tests call `ping()` round by round, never wait.
-May import: config, deploy, errors, inventory, lang, ledger, placement, planning, pools.
+May import: config, errors, hypervisor, lang, ledger, placement, deploy (engine, pools).
 """
 
 from __future__ import annotations

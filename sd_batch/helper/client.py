@@ -3,7 +3,7 @@ when it answers (`sd_batch.helper.service`: one JSON line each way, then a tar; 
 by SO_PEERCRED), else the helper command (`sudo -n condor_hooks/helper`). A hook is a fresh
 Python each time: nothing heavy is imported here, the helper command's `subprocess` only when
 it is used.
-May import: errors, jobad (condor_param), the standard library.
+May import: errors, condor.jobad (condor_param), the standard library.
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ The protocol, one request per connection:
 
 SIGTERM stops listening at once (the socket goes, so hooks fall back to sudo or a new service)
 and lets the requests under way finish; the process exits when they have.
-May import: config, errors, pools, privileged (and, to load them early, what its actions
-use: jobs, reaper, templates, hypervisor, lang, staging), stdlib.
+May import: config, errors, hypervisor.connections, batch.privileged (and, to load them early,
+what its actions use: batch.jobs, deploy.reaper, config.templates, hypervisor, lang, staging),
+stdlib.
 """
 
 from __future__ import annotations

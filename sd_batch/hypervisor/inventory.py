@@ -16,8 +16,8 @@ A Scheduler's `hosts` entries are names, URIs, or globs of names (`"rack1-*"`), 
 against the inventory, or against the site config's [hosts] for live hosts. A live host's
 load is what libvirt runs there, plus the claims (the ledger's, handed in by the caller) of
 VMs placed there by starts still under way that libvirt does not show active yet.
-May import: errors, config, placement, spec (sizes), hypervisor (types, through connect),
-ledger_types (Claim).
+May import: errors, config, placement, vm.spec (sizes), hypervisor (types, through connect),
+ledger.types (Claim).
 """
 
 from __future__ import annotations

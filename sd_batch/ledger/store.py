@@ -9,7 +9,7 @@ for the next run to finish. A pool being started records a claim per placed VM (
 memory, vCPUs), so that other starts count that room before the VM runs. Several processes
 (two hooks on one worker) share the file: WAL mode, a busy timeout, and `BEGIN IMMEDIATE` for
 every write so no two writers deadlock.
-May import: errors, config, domain_xml (OwnerKind), ledger_schema, ledger_types, sqlite3 and
+May import: errors, config, vm.domain_xml (OwnerKind), ledger.schema, ledger.types, sqlite3 and
 the standard library.
 """
 

@@ -23,8 +23,8 @@ starter, step for step as the manual describes it:
 Here: the starter's steps in order (`Harness`) and the signals that stop a run. The files and
 users are in `harness_files`, the hook processes and their environment in `harness_hooks`, how a
 proc ended (`Outcome`) and the job policy that decides it in `harness_outcome`; this module
-re-exports their public names. May import: errors, harness_files, harness_hooks,
-harness_outcome, jobad, the standard library. Never libvirt: that is the hooks' business.
+re-exports their public names. May import: errors, localrun.files, localrun.starter,
+localrun.outcome, condor.jobad, the standard library. Never libvirt: that is the hooks' business.
 """
 
 from __future__ import annotations

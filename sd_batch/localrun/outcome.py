@@ -4,7 +4,7 @@ Holds `Outcome` (the summary line, `--json` and the exit code of one proc, with 
 `EXIT_IDLE`), the starter's merging of a hook's `Attr = value` lines into the ad
 (`updated_ad`), and the shadow's job policy once the job exited (`on_exit_hold`,
 `on_exit_remove`). `harness` re-exports `Outcome` and the exit codes.
-May import: errors, jobad, the standard library.
+May import: errors, condor.jobad, the standard library.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The starter's side of running hooks for `sd run`: the environment it gives hooks and jobs
 (`starter_env`), one hook run to completion as the slot user (`run_hook`), and UPDATE_JOB_INFO
 in the background while the job runs (`Updater`). `harness` re-exports the constants.
-May import: errors, harness_files, harness_outcome, jobad, the standard library.
+May import: errors, localrun.files, localrun.outcome, condor.jobad, the standard library.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ ElementTree objects only, never from strings, so no value from a description can
 markup; element and attribute order is fixed so the output is stable (golden files).
 The spec says *what* the VM is; `HostFiles` says *where* its files are on this host (overlays,
 resolved kernel, console log), and `Owner` who it belongs to. Pure: no libvirt, no I/O.
-May import: `spec`, the standard library (`xml.etree`).
+May import: vm.spec, the standard library (`xml.etree`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ the site's limits. Everything else (flavour, kernel, initrd, cmdline, disk image
 console, lifecycle actions) is the template's. Comparing resolved values, not text, means no
 trick of the language (references, `extends` chains, operators, includes) gets around it.
 Counting VMs (per user, per host) is done on numbers the caller reads from the ledger.
-May import: errors, spec, lang.model, stdlib.
+May import: errors, vm.spec, lang.model, stdlib.
 """
 
 from __future__ import annotations

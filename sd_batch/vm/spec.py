@@ -7,7 +7,7 @@ attribute path and where it was written. Pure: paths stay as written (`PurePosix
 them against the site's folders and checking them is site policy's job, later. Upper limits
 (memory, vCPUs, disk sizes) are site policy too. The reading of values (`Attrs`, sizes with
 units, values shown in messages) is `spec_values`'; `parse_size_bytes` is re-exported here.
-May import: `lang.model`, `errors`, `spec_values`, stdlib.
+May import: `lang.model`, `errors`, vm.values, stdlib.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ user's pools: "starting", then each VM's host and state, or why the start failed
 `/api/pools/NAME` (the same as JSON, polled by the status page), `/pools/NAME/terminate` and
 `/pools/NAME/dismiss` (POST: a failed start's notice). Every POST needs the form's CSRF token;
 another user's pool is "not found". On shutdown the server waits for the starts in progress.
-May import: config, errors, pools, templates, web.access, web.forms, web.starts, starlette,
-jinja2.
+May import: config, errors, deploy, hypervisor.connections, web.access, web.forms, web.starts,
+starlette, jinja2.
 """
 
 from __future__ import annotations

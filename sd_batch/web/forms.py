@@ -7,7 +7,7 @@ template's value and bounded by the site's limits. The values become a small `.s
 `#include`s the template and overrides each value with a path-named attribute; it is resolved
 with the site's include folders and properties and checked with `policy.check_job`, VM by VM.
 Errors go to the field whose line (or attribute path) they name.
-May import: config, deploy, errors, lang, policy, pools, spec, templates.
+May import: config, deploy.pools, errors, lang, placement.steps, vm.
 """
 
 from __future__ import annotations

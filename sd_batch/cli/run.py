@@ -1,5 +1,5 @@
 """`sd run JOB.sub`: run a job through our HTCondor hooks here, as a worker would (the parser
-is in cli.build_parser; the work in harness.py)."""
+is in cli.main.build_parser; the work in localrun/harness.py)."""
 
 from __future__ import annotations
 

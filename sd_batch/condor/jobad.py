@@ -4,7 +4,7 @@ Owns reading the job ad a hook gets on stdin (`parse_job_ad`), the `Attr = value
 prints (`format_updates`), the job ad a schedd would make from a submit file
 (`job_ad_from_submit`, for `sd run`), and the site's job transform (`SMARTDOMAINS_TRANSFORM`,
 the same rules as `condor_hooks/99-smartdomains.conf`). HTCondor's quoting rules for
-`Arguments`/`Args` and `Environment`/`Env`, and `JobAdError`, live in `condor_syntax` and are
+`Arguments`/`Args` and `Environment`/`Env`, and `JobAdError`, live in `syntax` and are
 re-exported here.
 
 The bindings are imported inside functions: hooks are short-lived processes and only need
@@ -40,7 +40,7 @@ from .syntax import (
     unquote_submit_value,
 )
 
-#: The argument/environment syntaxes live in condor_syntax (pure); callers import them from here.
+#: The argument/environment syntaxes live in condor.syntax (pure); callers import them from here.
 __all__ = [
     "SMARTDOMAINS_TRANSFORM", "JobAd", "JobAdError", "apply_job_transform", "condor_param",
     "format_updates", "job_ad_from_submit", "join_arguments",

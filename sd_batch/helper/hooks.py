@@ -17,7 +17,7 @@
 - `startd-cron`: publishes HasSmartDomains and friends for the startd.
 
 Each verb reaches the privileged side through the helper service's socket when it answers,
-else through the helper command (`sudo -n condor_hooks/helper`): `helper_client`. Nothing here
+else through the helper command (`sudo -n condor_hooks/helper`): `helper.client`. Nothing here
 talks to libvirt, and nothing heavy is imported: every hook is a fresh Python.
 May import: errors, guest.contract, helper.client, condor.jobad, staging, stdlib.
 """

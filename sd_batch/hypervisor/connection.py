@@ -43,7 +43,7 @@ from .types import (
 
 log = logging.getLogger(__name__)
 
-#: The value types live in hypervisor_types (pure); callers import them from here too.
+#: The value types live in hypervisor.types (pure); callers import them from here too.
 __all__ = [
     "DAEMON_HINT", "MIB", "DiskWriteError", "DomainInfo", "DomainOwner", "DomainState",
     "DomainStatus", "HostCapacity", "HostLoad", "Hypervisor", "HypervisorAPI", "ShutoffTimeout",

@@ -1,7 +1,7 @@
 """What sd-batch knows of a host, as values: domain states, owners, capacity, load, and the
 `HypervisorAPI` protocol the deploy engine and the hooks program against.
 
-Pure: no libvirt here (`hypervisor.py` is its only importer), so planning, the reaper and their
+Pure: no libvirt here (`connection.py` is its only importer), so planning, the reaper and their
 tests use these types without libvirt-python. May import: errors, the standard library.
 """
 

@@ -1,7 +1,7 @@
 """The ledger file's layout: its tables (`MIGRATIONS`, `SCHEMA_VERSION`), the column lists rows
 are read with, and the two steps that set up a connection: WAL mode (`use_wal`) and the schema
 migrations (`migrate`, on `PRAGMA user_version`). SQL only: the Python values of a row are
-`ledger`'s and `ledger_types`'. `ledger` re-exports `MIGRATIONS` and `SCHEMA_VERSION`.
+`store`'s and `types`'. `store` re-exports `MIGRATIONS` and `SCHEMA_VERSION`.
 May import: errors, sqlite3, tenacity (lazily: only a new file's switch to WAL needs it), the
 standard library.
 """

@@ -1,8 +1,8 @@
 """The state ledger: an sqlite record of everything sd-batch creates, so a crash is cleaned later.
 
 Owns the ledger file (default `SiteConfig.state_dir / "ledger.sqlite3"`); its schema and its
-migrations (`PRAGMA user_version`) are in `ledger_schema`, the values that carry no process in
-`ledger_types` (both re-exported here). Protocol: record a resource (domain, volume, file) as
+migrations (`PRAGMA user_version`) are in `schema`, the values that carry no process in
+`types` (both re-exported here). Protocol: record a resource (domain, volume, file) as
 `creating` BEFORE creating it, mark it `created` after, forget the row once the thing is gone.
 A row left `creating` by a process that died, or an owner whose process died, is a leftover
 for the next run to finish. A pool being started records a claim per placed VM (its host,
@@ -32,7 +32,7 @@ from ..vm.domain_xml import OwnerKind as OwnerKind  # one job/pool enum, the one
 from .schema import MIGRATIONS, OWNER_COLUMNS, RESOURCE_COLUMNS, SCHEMA_VERSION, migrate, use_wal
 from .types import Claim, Move, OwnerStatus, ResourceKind, ResourceState
 
-#: The schema lives in ledger_schema, the process-free values in ledger_types; callers import
+#: The schema lives in ledger.schema, the process-free values in ledger.types; callers import
 #: them from here too.
 __all__ = [
     "BOOT_ID_FILE", "LEDGER_FILE", "MIGRATIONS", "SCHEMA_VERSION", "THIS_PROCESS", "Claim",

@@ -21,8 +21,8 @@ starter, step for step as the manual describes it:
    top-level file; stdout/stderr to the ad's original `Out`/`Err`; the scratch dir removed.
 
 Here: the starter's steps in order (`Harness`) and the signals that stop a run. The files and
-users are in `harness_files`, the hook processes and their environment in `harness_hooks`, how a
-proc ended (`Outcome`) and the job policy that decides it in `harness_outcome`; this module
+users are in `files`, the hook processes and their environment in `starter`, how a
+proc ended (`Outcome`) and the job policy that decides it in `outcome`; this module
 re-exports their public names. May import: errors, localrun.files, localrun.starter,
 localrun.outcome, condor.jobad, the standard library. Never libvirt: that is the hooks' business.
 """
@@ -72,8 +72,8 @@ from .outcome import (
 )
 from .starter import DEFAULT_PATH, PASSED_THROUGH, HookRun, Updater, run_hook, starter_env
 
-#: Outcome and the exit codes live in harness_outcome, the slot user in harness_files, the hooks'
-#: environment in harness_hooks; callers import them from here too.
+#: Outcome and the exit codes live in localrun.outcome, the slot user in localrun.files, the hooks'
+#: environment in localrun.starter; callers import them from here too.
 __all__ = [
     "DEFAULT_PATH", "EXECUTE_DIR", "EXIT_HELD", "EXIT_IDLE", "HOOKS_DIR", "PASSED_THROUGH",
     "STOP_SIGNALS", "Harness", "HarnessError", "Outcome", "SlotUser", "default_user",

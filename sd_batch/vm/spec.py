@@ -6,7 +6,7 @@ defaults, accepted forms such as `"2GiB"`), and the `SpecError`s for bad values,
 attribute path and where it was written. Pure: paths stay as written (`PurePosixPath`); resolving
 them against the site's folders and checking them is site policy's job, later. Upper limits
 (memory, vCPUs, disk sizes) are site policy too. The reading of values (`Attrs`, sizes with
-units, values shown in messages) is `spec_values`'; `parse_size_bytes` is re-exported here.
+units, values shown in messages) is `values`'; `parse_size_bytes` is re-exported here.
 May import: `lang.model`, `errors`, vm.values, stdlib.
 """
 
@@ -21,7 +21,7 @@ from ..errors import SourceLocation, SpecError
 from ..lang.model import Component
 from .values import SIZE_FORMS, Attrs, parse_size_bytes, show
 
-#: The value reading lives in spec_values; callers import parse_size_bytes from here too.
+#: The value reading lives in vm.values; callers import parse_size_bytes from here too.
 __all__ = [
     "DEFAULT_MEMORY_MIB", "MAX_CMDLINE_BYTES", "MIN_MEMORY_MIB", "NAME_PATTERN", "SERIAL_PATTERN",
     "DiskBoot", "DiskBus", "DiskFormat", "DiskSpec", "Flavour", "KernelBoot", "LifecycleAction",

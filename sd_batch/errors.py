@@ -2,9 +2,10 @@
 
 Every error a user, a description, the site or the host can cause is an `SdError`. Each class says
 how a job hook must treat it (`disposition`: hold the job, or send it back to Idle) and how the CLI
-exits (`exit_code`), so the two mapping places (`cli/main.py`, `helper/hooks.py`) never guess from messages.
-Foreign exceptions (lark, libvirt, OSError) are translated at their one boundary with
-`raise ... from exc`. May import: the standard library only.
+exits (`exit_code`), so the two mapping places (`cli/main.py`, `helper/hooks.py`) never guess
+from messages. Foreign exceptions (lark, libvirt, OSError) are translated at their one boundary
+with `raise ... from exc`. Every public exception of sd_batch is defined here
+(tests/test_layering.py checks). Layer: pure core. May import: the standard library only.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 This is what the rest of sd-batch sees of a description. A `Component` is an ordered mapping of
 attribute names to values, remembering where each attribute was written, so `vm/spec.py` and
-`vm/site_policy.py` can report `file:line:col` for a bad value long after parsing. Values are plain Python
-(`str`, `int`, `float`, `bool`, `None` for NULL, `list` for vectors), plus `Long` / `Double` (to
-keep SmartFrog's literal kinds), `TBD`, `Reference` (a LAZY link, resolved at deploy time) and
-nested `Component`s. May import: errors, lang.formatting.
+`vm/site_policy.py` can report `file:line:col` for a bad value long after parsing. Values are
+plain Python (`str`, `int`, `float`, `bool`, `None` for NULL, `list` for vectors), plus `Long` /
+`Double` (to keep SmartFrog's literal kinds), `TBD`, `Reference` (a LAZY link, resolved at
+deploy time) and nested `Component`s. May import: errors, lang.formatting.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Needs `scripts/setup-host` (libvirtd on qemu:///system and the built guest); skips with the
 reason otherwise. Every domain is named `sd-test-guest-<pid>-*`, defined, run and undefined inside
 a try/finally, and the module ends by checking `virsh list --all` holds none of this process's.
-The domain XML is built here with ElementTree until the project's domain_xml.py can express a
+The domain XML is built here with ElementTree until the project's vm/domain_xml.py can express a
 job VM's extra disks.
 """
 

@@ -62,6 +62,16 @@ def default_image_dir() -> Path:
     return Path(BaseDirectory.xdg_data_home) / "sd-batch" / "images"
 
 
+def default_cache_dir() -> Path:
+    """What can be fetched again (the guest builders' .debs): /var/cache/sd-batch for root,
+    the XDG cache folder otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/sd-batch")
+    from xdg import BaseDirectory
+
+    return Path(BaseDirectory.xdg_cache_home) / "sd-batch"
+
+
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
     """Everything a site admin can set. Defaults are safe for a single worker node."""

@@ -3,7 +3,7 @@ packages found with apt-cache and fetched with apt-get into a cache, host tools 
 failure turned into a `GuestBuildError`, the kernel made uncompressed, build stamps read, files
 replaced atomically. Runs programs (apt-cache, apt-get).
 
-May import: errors, guest, the standard library, pyxdg.
+May import: errors, config, guest, the standard library.
 """
 
 from __future__ import annotations
@@ -37,12 +37,10 @@ class Package:
 
 
 def default_cache_dir() -> Path:
-    """Downloaded .debs: /var/cache/sd-batch/debs for root, the XDG cache folder otherwise."""
-    if os.geteuid() == 0:
-        return Path("/var/cache/sd-batch/debs")
-    from xdg import BaseDirectory
+    """Downloaded .debs: `debs` in the site's cache folder (`config.site.default_cache_dir`)."""
+    from ..config.site import default_cache_dir as site_cache_dir
 
-    return Path(BaseDirectory.xdg_cache_home) / "sd-batch" / "debs"
+    return site_cache_dir() / "debs"
 
 
 def source_digest(paths: Sequence[Path]) -> str:

@@ -233,6 +233,30 @@ def test_prepare_job_leaves_a_job_without_sdvmdescription_to_run_natively(site: 
     assert done.updates() == {}  # no Cmd rewrite, no HookStatusCode: HTCondor runs it as it is
 
 
+@pytest.mark.parametrize(
+    "value", ["42", '{"minimal", "pool"}', "RequestMemory * 2", "undefined", "NoSuchAttribute",
+              "true", '[ name = "minimal" ]', '""', "1.5e300"],  # fmt: skip
+)
+def test_prepare_job_holds_an_sdvmdescription_that_is_not_a_string(site: Site, value: str) -> None:
+    """A job that wrote SDVMDescription meant a VM: it never runs natively without one."""
+    done = site.hook("prepare_job", stdin=site.job_ad(value))
+    assert done.code == 1, done.stderr
+    updates = done.updates()
+    assert list(updates) == ["HookStatusCode", "HookStatusMessage"]
+    assert 1 <= int(updates["HookStatusCode"]) <= 299  # type: ignore[call-overload]
+    message = str(updates["HookStatusMessage"])
+    assert message.startswith("sd-batch: SDVMDescription = "), message
+    assert "does not name a VM description (it must be a string); write +SDVMDescription = " \
+        '"minimal"' in message
+
+
+def test_an_sdvmdescription_error_value_is_held_too(site: Site) -> None:
+    done = site.hook("prepare_job", stdin=site.job_ad('"mini" + 1'))
+    updates = done.updates()
+    assert done.code == 1 and 1 <= int(updates["HookStatusCode"]) <= 299  # type: ignore[call-overload]
+    assert "SDVMDescription evaluates to an error" in str(updates["HookStatusMessage"])
+
+
 def test_prepare_job_requeues_when_the_hypervisor_is_unreachable(site: Site) -> None:
     write_site(site.root, "qemu+unix:///system?socket=/nonexistent/libvirt-sock")
     done = site.hook("prepare_job", stdin=site.job_ad())

@@ -116,6 +116,47 @@ def test_a_petabyte_disk_is_refused() -> None:
     ), message
 
 
+def own_vm_with_disks(count: int, size: str) -> str:
+    """A VM of the job's own (no site template) with COUNT blank disks of SIZE each."""
+    disks = "".join(f'    d{n} extends Disk {{ size "{size}"; }}\n' for n in range(count))
+    return ('#include "components.sf"\nsfConfig extends VM {\n  kernel "k";\n'
+            f"  disks extends DATA {{\n{disks}  }}\n}}\n")  # fmt: skip
+
+
+OWN_VMS = SitePolicy(require_site_template=False)
+
+
+def test_a_vm_of_its_own_cannot_ask_for_unbounded_blank_disks() -> None:
+    """The issue's attack: 300 disks of 64 GiB, each within the per-disk limit."""
+    message = refusal(own_vm_with_disks(300, "64G"), OWN_VMS, base=None)
+    assert message == ("my.sf:4:3: sfConfig:disks: 300 disks are over the site limit of 8 disks "
+                       "per VM ([policy] max_disks); ask for fewer disks")  # fmt: skip
+
+
+def test_blank_disks_together_are_capped() -> None:
+    message = refusal(own_vm_with_disks(3, "64G"), OWN_VMS, base=None)
+    assert message == ("my.sf:4:3: sfConfig:disks: blank disks of 192 GiB together are over the "
+                       "site limit of 128 GiB per VM ([policy] max_disk_total_gib); ask for "
+                       "smaller or fewer blank disks")  # fmt: skip
+    description = resolve(own_vm_with_disks(2, "64G"))
+    check_job(description, spec_of(description), None, OWN_VMS)  # 128 GiB: at the limit
+    tight = SitePolicy(require_site_template=False, max_disks=2, max_disk_total_bytes=10 << 30)
+    assert "over the site limit of 2 disks per VM" in refusal(own_vm_with_disks(3, "1G"), tight,
+                                                              base=None)  # fmt: skip
+    assert "blank disks of 12 GiB together" in refusal(own_vm_with_disks(2, "6G"), tight,
+                                                       base=None)  # fmt: skip
+
+
+def test_the_disk_caps_hold_for_site_template_jobs_too() -> None:
+    small = SitePolicy(max_disk_total_bytes=1 << 30)
+    text = ('#include "minimal.sf"\nsfConfig extends MinimalVM {\n'
+            '    disks extends DATA { scratch extends Disk { size "2G"; } }\n}\n')  # fmt: skip
+    description = resolve(text)
+    with pytest.raises(PolicyError, match=r"blank disks of 2 GiB together are over the site "
+                       r"limit of 1 GiB per VM"):  # fmt: skip
+        check_job(description, spec_of(description), None, small)
+
+
 # --- host paths, devices, kernels, cmdlines -----------------------------------------------------
 @pytest.mark.parametrize(
     ("line", "where", "shown"),
@@ -262,11 +303,13 @@ def test_policy_table_sets_every_knob() -> None:
     config = parse_config({"policy": {
         "allow_user_descriptions": False, "require_site_template": False, "max_memory_mib": 4096,
         "max_vcpus": 2, "max_disk_gib": 10, "networks": ["jobs"], "max_vms_per_user": 1,
-        "max_vms_per_host": 4, "max_input_mib": 100, "output_disk_mib": 64}})  # fmt: skip
+        "max_vms_per_host": 4, "max_input_mib": 100, "output_disk_mib": 64, "max_disks": 3,
+        "max_disk_total_gib": 20}})  # fmt: skip
     assert config.policy == SitePolicy(
         allow_user_descriptions=False, require_site_template=False, max_memory_mib=4096,
         max_vcpus=2, max_disk_bytes=10 << 30, networks=frozenset({"jobs"}), max_vms_per_user=1,
-        max_vms_per_host=4, max_input_bytes=100 << 20, output_disk_bytes=64 << 20)  # fmt: skip
+        max_vms_per_host=4, max_input_bytes=100 << 20, output_disk_bytes=64 << 20, max_disks=3,
+        max_disk_total_bytes=20 << 30)  # fmt: skip
 
 
 @pytest.mark.parametrize(

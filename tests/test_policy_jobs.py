@@ -370,3 +370,26 @@ def test_prepare_job_hook_holds_with_the_policy_message(site: Site) -> None:
         "sd-batch: my.sf:3:5: sfConfig:memory 1048576 MiB is over the site limit of 8192 MiB; "
         "ask for less memory")  # fmt: skip
     assert site.leftovers(config) == []
+
+
+@pytest.mark.parametrize("value", ["42", '{ "minimal" }', "RequestCpus + 1"])
+def test_the_root_side_holds_an_sdvmdescription_that_is_not_a_string(site: Site,
+                                                                     value: str) -> None:
+    """The helper reads the ad again from the input disk: a hook that let such a job through
+    (an older one, or a forged input) still gets a hold, and nothing is left."""
+    config = site.write_config()
+    with pytest.raises(SdError) as caught:
+        site.prepare(config, value)
+    assert caught.value.disposition is Disposition.HOLD
+    assert held(caught.value).startswith(f"SDVMDescription = {value} does not name a VM "
+                                         "description (it must be a string)")  # fmt: skip
+    assert site.leftovers(config) == []
+
+
+def test_a_vm_of_its_own_asking_for_300_blank_disks_is_held(site: Site) -> None:
+    disks = "".join(f'    d{n} extends Disk {{ size "64G"; }}\n' for n in range(300))
+    sf = ('#include "components.sf"\nsfConfig extends VM {\n  kernel "minimal/vmlinux";\n'
+          f"  disks extends DATA {{\n{disks}  }}\n}}\n")  # fmt: skip
+    error = site.refusal(sf, "require_site_template = false\n")
+    assert held(error) == ("my.sf:4:3: sfConfig:disks: 300 disks are over the site limit of 8 "
+                           "disks per VM ([policy] max_disks); ask for fewer disks")  # fmt: skip

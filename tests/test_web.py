@@ -45,6 +45,8 @@ HOST_XML = """<node>
   <memory>8388608</memory>
 </node>
 """
+#: Where the tests' clients say they are (an Access's default `Served` is loopback, any port).
+SERVED = "http://127.0.0.1:8080"
 ROLE_SF = """#include "minimal.sf"
 templateDescription "a minimal VM whose role you choose";
 sfConfig extends MinimalVM { role TBD; }
@@ -81,14 +83,15 @@ class WebSiteDir:
                        grace_seconds=0,
                        start_pool=gate.start_pool if gate is not None else start_pool)  # fmt: skip
 
-    def client(self, access: Access | None = None) -> TestClient:
-        return TestClient(create_app(self.site(access)), follow_redirects=False)
+    def client(self, access: Access | None = None, **kwargs: Any) -> TestClient:
+        kwargs.setdefault("base_url", SERVED)
+        return TestClient(create_app(self.site(access)), follow_redirects=False, **kwargs)
 
     def clients(self, site: WebSite, *users: str) -> list[TestClient]:
         """One app for SITE, a client per user (named by a trusted proxy's header)."""
         app = create_app(site)
-        return [TestClient(app, follow_redirects=False, headers={"X-Remote-User": user})
-                for user in users]  # fmt: skip
+        return [TestClient(app, base_url=SERVED, follow_redirects=False,
+                           headers={"X-Remote-User": user}) for user in users]  # fmt: skip
 
     def sd(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -142,14 +145,18 @@ def error_by(html: str, path: str) -> str:
     return match[1] if match else ""
 
 
-def serve(app: Any) -> tuple[Any, int, threading.Thread]:
-    """Serve APP with uvicorn on a free port of 127.0.0.1 from a thread: (server, port, the
-    thread). Set `server.should_exit` to stop it."""
-    import uvicorn
-
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+        return int(probe.getsockname()[1])
+
+
+def serve(app: Any, port: int | None = None) -> tuple[Any, int, threading.Thread]:
+    """Serve APP with uvicorn on PORT (default: a free one) of 127.0.0.1 from a thread:
+    (server, port, the thread). Set `server.should_exit` to stop it."""
+    import uvicorn
+
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -387,7 +394,9 @@ def test_basic_auth_against_scrypt_hashes(web: WebSiteDir) -> None:
 
 
 def test_a_reverse_proxys_user_header_when_the_admin_says_so(web: WebSiteDir) -> None:
-    client = web.client(Access.for_bind("10.0.0.5", None, "X-Remote-User"))
+    access = Access.for_bind("10.0.0.5", None, "X-Remote-User", port=8081,
+                             names=("sd.example.org",))  # the proxy's public name  # fmt: skip
+    client = web.client(access, base_url="https://sd.example.org")
     assert client.get("/").status_code == 401
     page = client.get("/pools", headers={"X-Remote-User": "carol"})
     assert page.status_code == 200 and '<span class="user">carol</span>' in page.text

@@ -43,7 +43,7 @@ def job_description(
         ad = parse_job_ad(ad_text.decode("utf-8", "replace"))
         if ad.global_job_id != key.job_id:
             raise PolicyError(f"the job ad is for {ad.global_job_id}, not {key.job_id}")
-        name = ad.sd_description
+        name = ad.vm_description()
         if not name:
             raise PolicyError(
                 "the job has no SDVMDescription",

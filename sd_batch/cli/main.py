@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="HTTP basic users: USER:HASH lines from sd web --hash-password USER")
     web.add_argument("--remote-user-header", metavar="NAME",
                      help="trust this header (set by a reverse proxy) as the user's name")
+    web.add_argument("--server-name", metavar="NAME", action="append",
+                     help="a name users reach this server by besides its --bind address (such "
+                     "as a reverse proxy's public name); repeat for more. Requests naming any "
+                     "other host are refused (DNS rebinding)")
     web.add_argument("--hash-password", metavar="USER",
                      help="print a password file line for USER (password from stdin) and exit")
     web.set_defaults(handler="sd_batch.cli.web:web")

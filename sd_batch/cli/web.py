@@ -41,7 +41,8 @@ def web(args: argparse.Namespace, env: Environment) -> int:
             hint="pip install 'sd-batch[web]' (scripts/venv installs it)",
         ) from exc
     access = Access.for_bind(host, Path(args.passwords) if args.passwords else None,
-                             args.remote_user_header)  # fmt: skip
+                             args.remote_user_header, port=port,
+                             names=tuple(args.server_name or ()))  # fmt: skip
     app = create_app(WebSite(site_config(args, env), access))
     who = "no login: this machine only" if not access.require_auth else (
         f"user name from the {args.remote_user_header} header" if args.remote_user_header

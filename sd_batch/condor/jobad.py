@@ -123,6 +123,23 @@ class JobAd:
         """The attribute's unevaluated expression in old ClassAd syntax (None when absent)."""
         return _old_syntax_expr(self._ad, name)
 
+    def vm_description(self) -> str | None:
+        """SDVMDescription: None when the job asks for no VM; a JobAdError when the attribute
+        is there but is not a non-empty string (`42`, a list, an expression, `undefined`): such
+        a job meant a VM, and must be held, never run natively without one."""
+        if self.sd_description:
+            return self.sd_description
+        written = self.expression("SDVMDescription")
+        if written is None:
+            return None
+        written = " ".join(written.split())
+        shown = written if len(written) <= 60 else written[:56] + " ..."
+        raise JobAdError(
+            f"SDVMDescription = {shown} does not name a VM description (it must be a string)",
+            hint='write +SDVMDescription = "minimal" (a site template, sd templates lists '
+            'them) or "my.sf" (a description of your own in transfer_input_files)',
+        )
+
     @property
     def env(self) -> dict[str, str]:
         """`environment` as a dict (the order is the ad's)."""

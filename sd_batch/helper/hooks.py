@@ -106,7 +106,7 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
     ad_text = stdin.read()
     try:
         ad = parse_job_ad(ad_text)
-        if not ad.sd_description:
+        if ad.vm_description() is None:
             # Our hook keyword without SDVMDescription (a site-wide default keyword, say):
             # the job did not ask for a VM, so it runs as it would without sd-batch.
             log.info("job %s has no SDVMDescription: it runs natively", ad.global_job_id)

@@ -47,6 +47,10 @@ class SitePolicy:
     max_vcpus: int = 8
     #: Per blank disk a job asks for (base images are the site's own).
     max_disk_bytes: int = 64 * GIB
+    #: Disks of one VM (overlays and blank ones), and the size of its blank disks together:
+    #: without them a VM of its own (require_site_template = false) could ask for 300 x 64 GiB.
+    max_disks: int = 8
+    max_disk_total_bytes: int = 128 * GIB
     #: libvirt networks a job's VM may join; none: jobs get no network interface at all.
     networks: frozenset[str] = frozenset()
     #: Job VMs at once on one worker, per caller uid and in all.
@@ -65,6 +69,8 @@ _NUMBERS = {
     "max_memory_mib": ("max_memory_mib", 1, 32),
     "max_vcpus": ("max_vcpus", 1, 1),
     "max_disk_gib": ("max_disk_bytes", GIB, 1),
+    "max_disks": ("max_disks", 1, 1),
+    "max_disk_total_gib": ("max_disk_total_bytes", GIB, 1),
     "max_vms_per_user": ("max_vms_per_user", 1, 1),
     "max_vms_per_host": ("max_vms_per_host", 1, 1),
     "max_input_mib": ("max_input_bytes", MIB, 1),
@@ -176,6 +182,13 @@ def _check_limits(vm: Component, spec: VMSpec, policy: SitePolicy) -> None:
             f"the site limit of {policy.max_vcpus} vCPUs",
             hint="ask for fewer vCPUs",
         )
+    if len(spec.disks) > policy.max_disks:
+        raise PolicyError(
+            f"{_where(vm.location_of('disks'))}{vm.attribute_path('disks')}: {len(spec.disks)} "
+            f"disks are over the site limit of {policy.max_disks} disks per VM ([policy] "
+            "max_disks)",
+            hint="ask for fewer disks",
+        )
     for disk in spec.disks:
         if disk.size_bytes is not None and disk.size_bytes > policy.max_disk_bytes:
             raise PolicyError(
@@ -183,6 +196,14 @@ def _check_limits(vm: Component, spec: VMSpec, policy: SitePolicy) -> None:
                 f"limit of {_size(policy.max_disk_bytes)} per disk",
                 hint="ask for a smaller disk",
             )
+    blank = sum(disk.size_bytes or 0 for disk in spec.disks)
+    if blank > policy.max_disk_total_bytes:
+        raise PolicyError(
+            f"{_where(vm.location_of('disks'))}{vm.attribute_path('disks')}: blank disks of "
+            f"{_size(blank)} together are over the site limit of "
+            f"{_size(policy.max_disk_total_bytes)} per VM ([policy] max_disk_total_gib)",
+            hint="ask for smaller or fewer blank disks",
+        )
     if spec.network is not None and spec.network not in policy.networks:
         allowed = ", ".join(sorted(policy.networks))
         raise PolicyError(

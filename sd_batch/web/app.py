@@ -5,14 +5,17 @@ Routes: `/` (the templates), `/templates/NAME` (its form; POST: check, then the 
 page), `/templates/NAME/files/{my.sf,job.sub}` (downloads), `/pools` and `/pools/NAME` (the
 user's pools: "starting", then each VM's host and state, or why the start failed),
 `/api/pools/NAME` (the same as JSON, polled by the status page), `/pools/NAME/terminate` and
-`/pools/NAME/dismiss` (POST: a failed start's notice). Every POST needs the form's CSRF token;
-another user's pool is "not found". On shutdown the server waits for the starts in progress.
+`/pools/NAME/dismiss` (POST: a failed start's notice). Every request must name this server in
+its Host header (else 421), every POST also in its Origin (or Referer) header (else 403) and
+carry the form's CSRF token; too many failed logins answer 429; another user's pool is "not
+found". On shutdown the server waits for the starts in progress.
 May import: config, errors, deploy, hypervisor.connections, web.access, web.forms, web.starts,
 starlette, jinja2.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,13 +29,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config.site import SiteConfig
 from ..config.templates import describe_templates
 from ..deploy.pools import plan_pool, start_pool, status, terminate_pool
 from ..errors import PoolNotFound, SdError
 from ..hypervisor.connections import SHARED_CONNECTIONS, Connections
-from .access import Access, Owners
+from .access import Access, Owners, Served
 from .forms import POOL_FIELD, USER_FILE, TemplateForm, build_form, check, submit_file
 from .starts import FAILED, LOG, STARTING, Start, Starts
 
@@ -57,7 +61,7 @@ class WebSite:
         return Owners(self.config.state_dir)
 
 
-def create_app(site: WebSite) -> Starlette:
+def create_app(site: WebSite) -> SameServer:
     pages = Jinja2Templates(directory=str(HERE / "templates"))
 
     def render(request: Request, user: str, name: str, status_code: int = 200,
@@ -69,7 +73,16 @@ def create_app(site: WebSite) -> Starlette:
         """HANDLER for an authenticated user; a POST also needs the form's CSRF token."""
 
         async def endpoint(request: Request) -> Response:
-            user = site.access.user(request.headers)
+            client = request.client.host if request.client is not None else ""
+            login = await run_in_threadpool(site.access.login, request.headers, client)
+            if login.retry_after > 0:
+                wait = math.ceil(login.retry_after)
+                return PlainTextResponse(
+                    f"too many failed logins: try again in {wait} s",
+                    status_code=429,
+                    headers={"Retry-After": str(wait)},
+                )
+            user = login.user
             if user is None:
                 return PlainTextResponse(
                     "log in to use sd web",
@@ -247,7 +260,41 @@ def create_app(site: WebSite) -> Starlette:
         Route("/pools/{name}/dismiss", page(dismiss, post=True), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return SameServer(Starlette(routes=routes, lifespan=lifespan), site.access.served)
+
+
+class SameServer:
+    """Requests must name this server: Host on every request (421 Misdirected Request),
+    Origin or Referer on every state-changing one (403). Starlette's TrustedHostMiddleware
+    drops the port and checks no Origin, hence this."""
+
+    SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, served: Served) -> None:
+        self.app, self.served = app, served
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            refusal: Response | None = None
+            if not self.served.host_ok(headers.get("host", "")):
+                refusal = PlainTextResponse(
+                    "this server does not answer to that name (Host header): open it by the "
+                    "address sd web serves, or have the admin add the name with --server-name",
+                    status_code=421,
+                )
+            elif scope["method"] not in self.SAFE and not self.served.origin_ok(
+                headers.get("origin"), headers.get("referer")
+            ):
+                refusal = PlainTextResponse(
+                    "this form was not sent from a page of this server (Origin/Referer "
+                    "header): open the form here and send it again",
+                    status_code=403,
+                )
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _missing(exc: SdError) -> bool:

@@ -131,7 +131,7 @@ def test_the_transform_is_the_one_sd_run_applies(tmp_path: Path) -> None:
     # HTCondor's config code reads the same block; only the $(MY.x) part is the schedd's to fill
     as_param = condor_params(tmp_path)["JOB_TRANSFORM_SmartDomains"] or ""
     assert statements(as_param) == [
-        line.replace("$(MY.Requirements)", "") for line in statements(SMARTDOMAINS_TRANSFORM)
+        re.sub(r"\$\(MY\.[A-Za-z]+\)", "", line) for line in statements(SMARTDOMAINS_TRANSFORM)
     ]
 
 
@@ -144,9 +144,61 @@ def test_the_transforms_effect_on_a_submitted_job(tmp_path: Path) -> None:
     assert by_config == by_sd_run
     ad, before = parse_job_ad(by_config), parse_job_ad(untransformed)
     assert ad.get("HookKeyword") == "SMARTDOMAINS"
+    needs = "[string(MY.SDVMDescription)] ?: 0"
     assert ad.expression("Requirements") == (
-        f"({before.expression('Requirements')}) && (TARGET.HasSmartDomains =?= true)"
+        f"({before.expression('Requirements')}) && (TARGET.HasSmartDomains =?= true) && "
+        f"(TARGET.Memory >= (TARGET.SmartDomainsTemplateMemory{needs})) && "
+        f"(TARGET.Cpus >= (TARGET.SmartDomainsTemplateCpus{needs}))"
     )
+    assert ad.expression("RequestMemory") == (
+        f"max({{ ({before.expression('RequestMemory')}),"
+        f"TARGET.SmartDomainsTemplateMemory{needs} }})"
+    )
+
+
+#: A worker's partitionable slot as the startd publishes it with our cron's attributes.
+PSLOT = """MyType = "Machine"
+Arch = "X86_64"
+OpSys = "LINUX"
+FileSystemDomain = "worker"
+HasFileTransfer = true
+HasSmartDomains = true
+Cpus = {cpus}
+Memory = {memory}
+Disk = 100000000
+SmartDomainsTemplateMemory = [ minimal = 256; 'debian-batch' = 512 ]
+SmartDomainsTemplateCpus = [ minimal = 1; 'debian-batch' = 2 ]
+SmartDomainsTemplateDisk = [ minimal = 262144; 'debian-batch' = 8650752 ]
+Requirements = true
+"""
+
+
+@pytest.mark.parametrize(("requests", "slot", "matches", "carved"), [
+    ("", (8, 16384), True, (512, 2, 8650752)),  # asks for nothing: the template's needs
+    ("request_memory = 1024\nrequest_cpus = 4\n", (8, 16384), True, (1024, 4, 8650752)),
+    ("request_memory = 100\n", (8, 16384), True, (512, 2, 8650752)),  # never below them
+    ("", (8, 400), False, None),  # what is left of the slot cannot hold the template
+    ("", (1, 16384), False, None),
+])  # fmt: skip
+def test_the_transformed_job_matches_only_slots_its_template_fits(
+    tmp_path: Path, requests: str, slot: tuple[int, int], matches: bool,
+    carved: tuple[int, int, int] | None,
+) -> None:
+    """Matchmaking with the real bindings: the job's Requirements against the worker's slot,
+    and its requests evaluated against it, as the startd does when it carves the slot."""
+    classad2 = pytest.importorskip("classad2")
+    submit = f'executable = run.sh\n+SDVMDescription = "debian-batch"\n{requests}queue\n'
+    [text] = job_ad_from_submit(submit, submit_dir=tmp_path, owner="alice", schedd_name="ap",
+                                qdate=1)  # fmt: skip
+    job = classad2.parseOne(text, classad2.ParserType.Old)
+    machine = classad2.parseOne(PSLOT.format(cpus=slot[0], memory=slot[1]),
+                                classad2.ParserType.Old)  # fmt: skip
+    assert job.symmetricMatch(machine) is matches  # both Requirements hold
+    if carved is not None:
+        assert tuple(job.lookup(name).eval(job, machine) for name in
+                     ("RequestMemory", "RequestCpus", "RequestDisk")) == carved  # fmt: skip
+    # without a machine (condor_q, the schedd): the job's own requests
+    assert job.eval("RequestMemory") == parse_job_ad(text).request_memory_mib
 
 
 @pytest.mark.parametrize(("code", "held", "says"), [

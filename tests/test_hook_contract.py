@@ -158,7 +158,7 @@ def test_prepare_job_rewrites_cmd_to_our_runner_and_keeps_the_original(site: Sit
     assert updates["Cmd"] == str(HOOKS_DIR / "runner")
     assert updates["Arguments"] == updates["Args"] == f"--job {job_id}"
     assert updates["HookStatusCode"] == 0
-    assert updates["HookStatusMessage"] == f"sd-batch: VM {domain} ready (minimal, 256 MiB)"
+    assert updates["HookStatusMessage"] == f"sd-batch: VM {domain} ready (minimal, 256 MiB, 1 vCPU)"
     assert site.leftovers() != []  # the ledger and the job folder hold the prepared VM
     exited = site.hook("job_exit", "exit", stdin=ad)
     assert (exited.code, exited.stdout) == (0, "")
@@ -234,7 +234,7 @@ def test_prepare_job_leaves_a_job_without_sdvmdescription_to_run_natively(site: 
 
 
 @pytest.mark.parametrize(
-    "value", ["42", '{"minimal", "pool"}', "RequestMemory * 2", "undefined", "NoSuchAttribute",
+    "value", ["42", '{"minimal", "pool"}', "ClusterId * 2", "undefined", "NoSuchAttribute",
               "true", '[ name = "minimal" ]', '""', "1.5e300"],  # fmt: skip
 )
 def test_prepare_job_holds_an_sdvmdescription_that_is_not_a_string(site: Site, value: str) -> None:
@@ -250,11 +250,16 @@ def test_prepare_job_holds_an_sdvmdescription_that_is_not_a_string(site: Site, v
         '"minimal"' in message
 
 
-def test_an_sdvmdescription_error_value_is_held_too(site: Site) -> None:
-    done = site.hook("prepare_job", stdin=site.job_ad('"mini" + 1'))
+@pytest.mark.parametrize(("value", "says"), [
+    ('"mini" + 1', "SDVMDescription evaluates to an error"),
+    # a cycle: the transform's RequestMemory reads SDVMDescription, which reads RequestMemory
+    ("RequestMemory * 2", "the job attribute SDVMDescription cannot be evaluated"),
+])  # fmt: skip
+def test_an_sdvmdescription_error_value_is_held_too(site: Site, value: str, says: str) -> None:
+    done = site.hook("prepare_job", stdin=site.job_ad(value))
     updates = done.updates()
     assert done.code == 1 and 1 <= int(updates["HookStatusCode"]) <= 299  # type: ignore[call-overload]
-    assert "SDVMDescription evaluates to an error" in str(updates["HookStatusMessage"])
+    assert says in str(updates["HookStatusMessage"])
 
 
 def test_prepare_job_requeues_when_the_hypervisor_is_unreachable(site: Site) -> None:
@@ -323,8 +328,15 @@ def test_startd_cron_advertises_smartdomains(site: Site) -> None:
     assert done.code == 0, done.stderr
     updates = done.updates()
     assert list(updates) == ["HasSmartDomains", "SmartDomainsTemplates",
-                             "SmartDomainsFreeVMMemory", "SmartDomainsOfflineReason"]
+                             "SmartDomainsFreeVMMemory", "SmartDomainsOfflineReason",
+                             "SmartDomainsTemplateMemory", "SmartDomainsTemplateCpus",
+                             "SmartDomainsTemplateDisk"]  # fmt: skip
     assert updates["HasSmartDomains"] is True
+    # what a job naming each one-VM template needs (pools are no job's); disk in KiB: the
+    # output disk (256 MiB by default), as minimal has no disk of its own
+    needs = {attr: dict(updates[attr]) for attr in list(updates)[4:]}  # type: ignore[call-overload]
+    assert [needs[a]["minimal"] for a in needs] == [256, 1, 256 * 1024]
+    assert "pool" not in needs["SmartDomainsTemplateMemory"]
     assert "minimal" in str(updates["SmartDomainsTemplates"]).split(",")
     assert isinstance(updates["SmartDomainsFreeVMMemory"], int)
     assert int(updates["SmartDomainsFreeVMMemory"]) > 0

@@ -175,7 +175,7 @@ def test_the_site_transform_sets_the_hook_keyword_and_requires_smartdomains(
     requirements = ad.expression("Requirements")
     assert requirements is not None
     assert requirements.startswith("((Memory > 5) && (TARGET.Arch")
-    assert requirements.endswith(") && (TARGET.HasSmartDomains =?= true)")
+    assert ") && (TARGET.HasSmartDomains =?= true) && (TARGET.Memory >= " in requirements
 
 
 def test_a_job_without_sdvmdescription_is_left_alone_by_the_transform(tmp_path: Path) -> None:

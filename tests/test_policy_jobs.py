@@ -372,7 +372,7 @@ def test_prepare_job_hook_holds_with_the_policy_message(site: Site) -> None:
     assert site.leftovers(config) == []
 
 
-@pytest.mark.parametrize("value", ["42", '{ "minimal" }', "RequestCpus + 1"])
+@pytest.mark.parametrize("value", ["42", '{ "minimal" }', "ProcId + 1"])
 def test_the_root_side_holds_an_sdvmdescription_that_is_not_a_string(site: Site,
                                                                      value: str) -> None:
     """The helper reads the ad again from the input disk: a hook that let such a job through

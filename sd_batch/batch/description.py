@@ -4,6 +4,8 @@ template, or a .sf file of its sandbox), then checked against site policy on the
 Root side, called by `jobs.prepare`; split from it so each stays readable. Nothing here trusts
 the caller: the job ad is read back from the input disk and must name the caller's job; user
 files may include only each other and site templates; only regular .sf files are copied out.
+The job's requests (`request_memory`...) and its slot (the starter's machine ad, which the hook
+puts on the input disk) come back with it: `vm.sizing` makes the VM the slot.
 May import: config, errors, guest.contract, condor.jobad, lang, vm, batch.key.
 """
 
@@ -21,6 +23,7 @@ from ..errors import PolicyError, StagingError
 from ..guest import contract
 from ..lang import Attribute, Component, Description, load_file
 from ..vm.site_policy import SitePolicy, check_job, closest_template
+from ..vm.sizing import Resources, check_requests, size_vm
 from ..vm.spec import VMSpec, vm_spec
 
 if TYPE_CHECKING:
@@ -29,12 +32,23 @@ if TYPE_CHECKING:
 SF_PATH = re.compile(r"[A-Za-z0-9_.+-][A-Za-z0-9_.+/-]{0,254}\.sf")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobAsks:
+    """What a job asks for: its resolved description (by the NAME it gave), its requests, and
+    the slot HTCondor gave it (None: no machine ad)."""
+
+    description: Description
+    name: str
+    requests: Resources
+    slot: Resources | None
+
+
 def job_description(
     config: SiteConfig, key: JobKey, input_path: Path, folder: Path, limits: JobLimits
-) -> tuple[Description, str]:
-    """Resolve the job's SDVMDescription: a site template, or a .sf file from its own sandbox."""
-    from ..condor.jobad import parse_job_ad
-    from ..config.templates import find_template
+) -> JobAsks:
+    """Resolve the job's SDVMDescription: a site template, or a .sf file from its own sandbox.
+    Requests over site policy are refused first, before anything is resolved."""
+    from ..condor.jobad import job_resources, parse_job_ad
 
     with tarfile.open(input_path, mode="r:") as tar:
         ad_text = _read_member(tar, contract.JOB_AD_MEMBER, 1024**2)
@@ -43,31 +57,43 @@ def job_description(
         ad = parse_job_ad(ad_text.decode("utf-8", "replace"))
         if ad.global_job_id != key.job_id:
             raise PolicyError(f"the job ad is for {ad.global_job_id}, not {key.job_id}")
-        name = ad.vm_description()
-        if not name:
-            raise PolicyError(
-                "the job has no SDVMDescription",
-                hint='add +SDVMDescription = "minimal" (a site template) to the submit file',
-            )
-        search = [*config.include_dirs, *config.template_dirs]
-        props = dict(config.properties)
-        if not name.endswith(".sf"):
-            return load_file(find_template(name, config), include_dirs=search,
-                             properties=props, environ=None), name
-        if not limits.policy.allow_user_descriptions:
-            raise PolicyError(
-                f"this site does not run job descriptions of their own ({name})",
-                hint="name a site template instead (sd templates lists them)",
-            )
-        if not SF_PATH.fullmatch(name) or ".." in PurePosixPath(name).parts:
-            raise PolicyError(f"SDVMDescription {name!r} must be a relative path inside the "
-                              "job's sandbox", hint="list the file in transfer_input_files")
-        root = folder / "description"
-        _extract_descriptions(tar, root, limits)
-        path = root / name
-        if not path.is_file():
-            raise PolicyError(f"SDVMDescription {name} is not among the job's input files",
-                              hint="list the .sf file in transfer_input_files")
+        machine = _read_member(tar, contract.MACHINE_AD_MEMBER, 1024**2)
+        requests, slot = job_resources(ad, None if machine is None
+                                       else machine.decode("utf-8", "replace"))  # fmt: skip
+        check_requests(requests, limits.policy)
+        description, name = _resolve(config, ad.vm_description(), tar, folder, limits)
+    return JobAsks(description, name, requests, slot)
+
+
+def _resolve(config: SiteConfig, name: str | None, tar: tarfile.TarFile, folder: Path,
+             limits: JobLimits) -> tuple[Description, str]:  # fmt: skip
+    """The description NAME names; a job's own .sf files are copied out of TAR first."""
+    from ..config.templates import find_template
+
+    if not name:
+        raise PolicyError(
+            "the job has no SDVMDescription",
+            hint='add +SDVMDescription = "minimal" (a site template) to the submit file',
+        )
+    search = [*config.include_dirs, *config.template_dirs]
+    props = dict(config.properties)
+    if not name.endswith(".sf"):
+        return load_file(find_template(name, config), include_dirs=search,
+                         properties=props, environ=None), name  # fmt: skip
+    if not limits.policy.allow_user_descriptions:
+        raise PolicyError(
+            f"this site does not run job descriptions of their own ({name})",
+            hint="name a site template instead (sd templates lists them)",
+        )
+    if not SF_PATH.fullmatch(name) or ".." in PurePosixPath(name).parts:
+        raise PolicyError(f"SDVMDescription {name!r} must be a relative path inside the "
+                          "job's sandbox", hint="list the file in transfer_input_files")
+    root = folder / "description"
+    _extract_descriptions(tar, root, limits)
+    path = root / name
+    if not path.is_file():
+        raise PolicyError(f"SDVMDescription {name} is not among the job's input files",
+                          hint="list the .sf file in transfer_input_files")
     # user files may include each other (from their own folder) and site templates, nothing else
     return load_file(path, include_dirs=search, properties=props, environ=None,
                      display_root=root), name
@@ -109,10 +135,10 @@ def _extract_descriptions(tar: tarfile.TarFile, root: Path, limits: JobLimits) -
             out.write(handle.read())
 
 
-def job_spec(
-    config: SiteConfig, description: Description, name: str, key: JobKey, policy: SitePolicy
-) -> VMSpec:
-    """The job's VM, checked against site policy on the resolved tree (`policy.check_job`)."""
+def job_spec(config: SiteConfig, asks: JobAsks, key: JobKey, policy: SitePolicy) -> VMSpec:
+    """The job's VM, checked against site policy on the resolved tree (`policy.check_job`),
+    then sized to its slot (`sizing.size_vm`)."""
+    description, name = asks.description, asks.name
     vm = description.sfconfig
     if vm is None or vm.get("sfClass") != "sd_batch.VM":
         raise PolicyError(
@@ -123,7 +149,12 @@ def job_spec(
     own = name.endswith(".sf")  # else a site template: its own VM is the template's
     template = _extended_template(config, description, spec, key) if own else spec
     check_job(description, spec, template, policy)
-    return spec
+    return size_vm(spec, asks.requests, asks.slot, named(name))
+
+
+def named(name: str) -> str:
+    """How messages name what a job asked for: its own file, or a site template."""
+    return name if name.endswith(".sf") else f"the site template {name}"
 
 
 def _extended_template(

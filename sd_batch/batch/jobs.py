@@ -45,8 +45,9 @@ from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
 from ..vm.domain_xml import OwnerKind as XmlOwnerKind
 from ..vm.site_policy import check_capacity
-from ..vm.spec import DiskFormat
-from .description import job_description, job_spec
+from ..vm.sizing import DiskGrowth, check_disk
+from ..vm.spec import DiskFormat, VMSpec
+from .description import job_description, job_spec, named
 from .key import DEFAULT_LIMITS, JobKey, JobLimits
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,14 @@ def prepare(
             input_path = folder / "input.img"
             with ledger.intent(owner, ResourceKind.FILE, str(input_path)):
                 _copy_bounded(input_stream, input_path, limits.max_input_bytes)
-            description, name = job_description(config, key, input_path, folder, limits)
+            asks = job_description(config, key, input_path, folder, limits)
+            name = asks.name
             owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, description=name,
                                           pid=None)
-            spec = job_spec(config, description, name, key, limits.policy)
+            spec = job_spec(config, asks, key, limits.policy)
+            growth = disk_growth(spec, limits.output_disk_bytes, config.image_dir,
+                                 connections(uri))  # fmt: skip
+            check_disk(growth, asks.slot, named(name))
             output_path = folder / "output.img"
             with ledger.intent(owner, ResourceKind.FILE, str(output_path)):
                 from ..staging import create_output_disk
@@ -127,6 +132,23 @@ def prepare(
                 raise storage from exc
             raise
     return PreparedJob(key.domain, uri, spec.memory_mib, spec.vcpus, name)
+
+
+def disk_growth(spec: VMSpec, output_bytes: int, image_dir: Path,
+                hv: HypervisorAPI) -> DiskGrowth:  # fmt: skip
+    """What SPEC's disks can make the host write at their full sizes: the output disk, each
+    blank disk, and each copy-on-write overlay (up to its base image's virtual size, as libvirt
+    reads it; a base outside the image folder or missing is the deploy's error, later)."""
+    blank = sum(disk.size_bytes or 0 for disk in spec.disks)
+    overlays = 0
+    base_dir = image_dir.resolve()
+    for disk in spec.disks:
+        if disk.image is None or disk.readonly:
+            continue  # a read-only disk is the base itself: nothing is written
+        base = (base_dir / str(disk.image).lstrip("/")).resolve()
+        if base.is_relative_to(base_dir) and base.is_file():
+            overlays += hv.image_capacity(base)
+    return DiskGrowth(output_bytes, blank, overlays)
 
 
 def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:

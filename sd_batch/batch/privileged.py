@@ -21,7 +21,8 @@ job id), so a user can neither name nor touch another user's job. Arguments are 
 description is resolved here, from the job's own input, against the site's config and limits.
 `run` exits 75 (EX_TEMPFAIL) for host problems, 170/171 when the VM timed out / stopped without a
 result (`errors.VMFailed`), 1 for anything else, with a message on stderr.
-May import: config, errors, hypervisor, condor.jobad, batch (jobs, key), deploy.reaper, stdlib.
+May import: config, errors, hypervisor, condor.jobad, batch (jobs, key), deploy.reaper, vm,
+stdlib.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from ..hypervisor.connections import Connections
 
 EX_TEMPFAIL = 75
+log = logging.getLogger("sd_batch.helper")
+
 USAGE = "usage: helper {prepare,run,cleanup} JOB_ID | helper {probe,reap}"
 
 
@@ -182,12 +185,14 @@ def probe() -> dict[str, Any]:
     from ..hypervisor.connection import connect
 
     config = site_config()
-    report: dict[str, Any] = {"ok": True, "templates": [], "free_memory_mib": None, "reason": ""}
+    report: dict[str, Any] = {"ok": True, "templates": [], "free_memory_mib": None, "reason": "",
+                              "needs": {}}  # fmt: skip
     try:
         with connect(config.default_uri, attempts=2, max_delay=3.0) as hv:
             capacity = hv.host_capacity()
+            infos = describe_templates(config)
+            report["needs"] = template_needs(config, [i for i in infos if i.error is None], hv)
         report["free_memory_mib"] = capacity.free_memory_mib or capacity.memory_mib
-        infos = describe_templates(config)
         report["templates"] = [i.name for i in infos if i.error is None]
         broken = [f"{i.name}: {i.error}" for i in infos if i.error]
         kernel = config.image_dir / "minimal" / "vmlinux"
@@ -198,6 +203,31 @@ def probe() -> dict[str, Any]:
     except SdError as exc:
         report.update(ok=False, reason=str(exc))
     return report
+
+
+def template_needs(config: SiteConfig, infos: Sequence[Any], hv: Any) -> dict[str, Any]:
+    """Template name -> {memory_mib, vcpus, disk_kib}: what a job naming it needs at least, for
+    the startd to publish (`SmartDomainsTemplateMemory`...) and the schedd transform to make
+    the job's requests. Templates that are not one VM (pools) are left out: jobs cannot name
+    them. The disk is the output disk plus every blank disk and overlay at full size."""
+    from .jobs import disk_growth
+    from ..config.templates import load_template
+    from ..vm.spec import vm_spec
+
+    needs: dict[str, Any] = {}
+    for info in infos:
+        try:
+            vm = load_template(info.path, config).sfconfig
+            if vm is None or vm.get("sfClass") != "sd_batch.VM":
+                continue
+            spec = vm_spec(vm, default_name="sd-job-template")
+            growth = disk_growth(spec, config.policy.output_disk_bytes, config.image_dir, hv)
+        except SdError as exc:
+            log.warning("template %s: its needs cannot be published: %s", info.name, exc)
+            continue
+        needs[info.name] = {"memory_mib": spec.memory_mib, "vcpus": spec.vcpus,
+                            "disk_kib": -(-growth.total // 1024)}  # fmt: skip
+    return needs
 
 
 def reap_now(connections: Connections | None = None) -> Answer:

@@ -1,6 +1,7 @@
 """Job ClassAds in, hook output out: the one home of the HTCondor Python bindings.
 
-Owns reading the job ad a hook gets on stdin (`parse_job_ad`), the `Attr = value` lines a hook
+Owns reading the job ad a hook gets on stdin (`parse_job_ad`), the job's requests and its slot
+as the starter's `.machine.ad` says (`job_resources`), the `Attr = value` lines a hook
 prints (`format_updates`), the job ad a schedd would make from a submit file
 (`job_ad_from_submit`, for `sd run`), and the site's job transform (`SMARTDOMAINS_TRANSFORM`,
 the same rules as `condor_hooks/99-smartdomains.conf`). HTCondor's quoting rules for
@@ -10,7 +11,7 @@ re-exported here.
 The bindings are imported inside functions: hooks are short-lived processes and only need
 `classad2` (about 30 ms here); the v1 `htcondor` module (about 55 ms more) is only for
 `job_ad_from_submit`, `htcondor2` only for `condor_param`. May import: condor.syntax, errors,
-the standard library, classad2, htcondor2, htcondor (v1).
+vm.sizing, the standard library, classad2, htcondor2, htcondor (v1).
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ from .syntax import (
     split_environment_v1,
     unquote_submit_value,
 )
+from ..vm.sizing import Resources
 
 #: The argument/environment syntaxes live in condor.syntax (pure); callers import them from here.
 __all__ = [
     "SMARTDOMAINS_TRANSFORM", "JobAd", "JobAdError", "apply_job_transform", "condor_param",
-    "format_updates", "job_ad_from_submit", "join_arguments",
+    "format_updates", "job_ad_from_submit", "job_resources", "join_arguments", "parse_attributes",
     "join_environment", "parse_job_ad", "parse_submit_arguments", "parse_submit_environment",
     "split_arguments", "split_arguments_v1", "split_environment", "split_environment_v1",
     "unquote_submit_value",
@@ -54,7 +56,10 @@ __all__ = [
 SMARTDOMAINS_TRANSFORM = """\
 REQUIREMENTS SDVMDescription isnt undefined
 SET HookKeyword "SMARTDOMAINS"
-SET Requirements ($(MY.Requirements)) && (TARGET.HasSmartDomains =?= true)
+SET RequestMemory max({ ($(MY.RequestMemory)), TARGET.SmartDomainsTemplateMemory[string(MY.SDVMDescription)] ?: 0 })
+SET RequestCpus max({ ($(MY.RequestCpus)), TARGET.SmartDomainsTemplateCpus[string(MY.SDVMDescription)] ?: 0 })
+SET RequestDisk max({ ($(MY.RequestDisk)), TARGET.SmartDomainsTemplateDisk[string(MY.SDVMDescription)] ?: 0 })
+SET Requirements ($(MY.Requirements)) && (TARGET.HasSmartDomains =?= true) && (TARGET.Memory >= (TARGET.SmartDomainsTemplateMemory[string(MY.SDVMDescription)] ?: 0)) && (TARGET.Cpus >= (TARGET.SmartDomainsTemplateCpus[string(MY.SDVMDescription)] ?: 0))
 COPY OnExitHold SDJobOnExitHold
 COPY OnExitHoldReason SDJobOnExitHoldReason
 COPY OnExitHoldSubCode SDJobOnExitHoldSubCode
@@ -108,6 +113,7 @@ class JobAd:
     request_memory_mib: int | None
     request_cpus: int | None
     request_disk_kib: int | None
+    request_gpus: int | None
     text: str = field(repr=False)
     _ad: Any = field(repr=False, compare=False, hash=False)
 
@@ -190,9 +196,16 @@ def parse_job_ad(text: str) -> JobAd:
         request_memory_mib=_whole(ad, "RequestMemory"),
         request_cpus=_whole(ad, "RequestCpus"),
         request_disk_kib=_whole(ad, "RequestDisk"),
+        request_gpus=_whole(ad, "RequestGPUs"),
         text=text,
         _ad=ad,
     )
+
+
+def parse_attributes(text: str) -> dict[str, Any]:
+    """Every attribute of an old-syntax ad (a hook's output), evaluated (see `JobAd.get`)."""
+    ad = _parse_old_ad(text)
+    return {str(key): _evaluate(ad, key) for key in ad}
 
 
 def _parse_old_ad(text: str) -> Any:
@@ -229,6 +242,9 @@ def _evaluate(ad: Any, name: str, default: Any = None) -> Any:
         value = ad.eval(name)
     except KeyError:
         return default
+    except classad2.ClassAdException as exc:  # a reference cycle, say: X = X + 1
+        raise JobAdError(f"the job attribute {name} cannot be evaluated: "
+                         f"{_old_syntax_expr(ad, name)}") from exc  # fmt: skip
     if value is classad2.Value.Undefined:
         return default
     if value is classad2.Value.Error:
@@ -254,14 +270,45 @@ def _string(ad: Any, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _whole(ad: Any, name: str) -> int | None:
-    """A request (RequestMemory...) as a whole number; fractions round up, like the startd's."""
-    value = _evaluate(ad, name)
+def _whole(ad: Any, name: str, target: Any = None) -> int | None:
+    """A request (RequestMemory...) as a whole number; fractions round up, like the startd's.
+    With TARGET (a machine ad), `TARGET.` references resolve against it, as in matchmaking."""
+    if target is None:
+        value = _evaluate(ad, name)
+    else:
+        expr = ad.lookup(name) if name in ad else None
+        try:
+            value = None if expr is None else expr.eval(ad, target)
+        except _classad2().ClassAdException:
+            value = _classad2().Value.Error
+        if value is _classad2().Value.Error:
+            raise JobAdError(f"the job attribute {name} evaluates to an error against the "
+                             f"slot: {ad.lookup(name)}")  # fmt: skip
+        value = _to_python(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float):
         return math.ceil(value) if math.isfinite(value) else None
     return value
+
+
+def job_resources(ad: JobAd, machine_ad_text: str | None) -> tuple[Resources, Resources | None]:
+    """(the job's requests, its slot). The slot is the machine ad's `Memory` (MiB), `Cpus`,
+    `Disk` (KiB) and `GPUs`; the requests are `RequestMemory`, `RequestCpus`, `RequestDisk`,
+    `RequestGPUs` evaluated with that machine ad as TARGET, as the startd evaluated them when
+    it carved the slot (the site transform makes them at least a template's needs). Without a
+    machine ad: the requests on their own, and no slot."""
+    if machine_ad_text is None:
+        return Resources(ad.request_memory_mib, ad.request_cpus, ad.request_disk_kib,
+                         ad.request_gpus), None  # fmt: skip
+    try:
+        machine = _parse_old_ad(machine_ad_text)
+    except JobAdError as exc:
+        raise JobAdError(f"the slot's machine ad: {exc}") from exc
+    requests = Resources(*(_whole(ad._ad, name, machine) for name in
+                           ("RequestMemory", "RequestCpus", "RequestDisk", "RequestGPUs")))
+    slot = Resources(*(_whole(machine, name) for name in ("Memory", "Cpus", "Disk", "GPUs")))
+    return requests, slot
 
 
 def _old_syntax_expr(ad: Any, name: str) -> str | None:
@@ -275,7 +322,7 @@ def _old_syntax_expr(ad: Any, name: str) -> str | None:
 
 
 # -- what hooks print -------------------------------------------------------------------------
-def format_updates(updates: Mapping[str, str | int | float | bool]) -> str:
+def format_updates(updates: Mapping[str, str | int | float | bool | Mapping[str, int]]) -> str:
     """`Attr = value` lines for a hook's stdout, in the caller's order, quoted by classad2.
 
     The starter reads this line by line (compat_classad.cpp initAdFromString), so a string
@@ -291,7 +338,11 @@ def format_updates(updates: Mapping[str, str | int | float | bool]) -> str:
             raise ValueError(f"{name}: a hook's output line cannot carry a newline: {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name}: {value} is not a finite number")
-        if not isinstance(value, str | int | float | bool):
+        if isinstance(value, Mapping):  # a record of numbers, such as a template's needs
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+                raise TypeError(f"{name}: a record here holds whole numbers only")
+            value = classad2.ClassAd(dict(value))
+        elif not isinstance(value, str | int | float | bool):
             raise TypeError(f"{name}: cannot write a {type(value).__name__} into a ClassAd")
         one = classad2.ClassAd()
         one[name] = value
@@ -400,8 +451,11 @@ def _expand(text: str, ad: Any) -> str:
         name = match.group(1)
         if name not in ad:
             return ""
-        value = ad.eval(name)
         unparsed = _old_syntax_expr(ad, name) or ""
+        try:
+            value = ad.eval(name)
+        except _classad2().ClassAdException:
+            return unparsed  # not a plain string: its expression, as for any other value
         if isinstance(value, str):
             literal = _classad2().ClassAd()
             literal["X"] = value

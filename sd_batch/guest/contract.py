@@ -35,6 +35,8 @@ ENV_MEMBER = "meta/env"
 CWD_MEMBER = "meta/cwd"
 #: The job ad, for the host's privileged helper (the guest ignores it).
 JOB_AD_MEMBER = "meta/job.ad"
+#: The slot's machine ad (the starter's `.machine.ad`), for the helper to size the VM.
+MACHINE_AD_MEMBER = "meta/machine.ad"
 #: Everything under this prefix is the job's sandbox, unpacked at GUEST_SANDBOX in the guest.
 SANDBOX_PREFIX = "sandbox/"
 GUEST_SANDBOX = "/sandbox"

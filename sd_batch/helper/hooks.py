@@ -65,6 +65,10 @@ log = logging.getLogger("sd_batch.helper.hooks")
 KEYWORD = "SMARTDOMAINS"
 JOB_EXIT_REASONS = ("exit", "remove", "hold", "evict")
 SOCKET_ATTRIBUTE = "SDHelperSocket"  # in PREPARE_JOB's updates when it used the service
+#: What the startd cron publishes of each template's needs (records by template name), which
+#: the schedd transform's requests and requirements read as TARGET.<attr>[MY.SDVMDescription].
+TEMPLATE_NEEDS = {"SmartDomainsTemplateMemory": "memory_mib", "SmartDomainsTemplateCpus": "vcpus",
+                  "SmartDomainsTemplateDisk": "disk_kib"}  # fmt: skip
 #: Bounds on what a job moves in and out (site policy may lower them).
 MAX_INPUT_BYTES = 2 * 1024**3
 MAX_RESULT_BYTES = 1024**3
@@ -112,10 +116,11 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
             log.info("job %s has no SDVMDescription: it runs natively", ad.global_job_id)
             return 0
         manifest = Manifest(tuple(_argv_in_guest(ad, sandbox)), dict(ad.environment), ".")
+        machine_ad = _machine_ad(sandbox)
 
         def write(out: IO[bytes]) -> None:
             write_input_tar(sandbox, manifest, out, job_ad_text=ad_text,
-                            max_bytes=MAX_INPUT_BYTES)  # fmt: skip
+                            machine_ad_text=machine_ad, max_bytes=MAX_INPUT_BYTES)  # fmt: skip
 
         reply, socket_path = prepare(ad.global_job_id, write)
     except (SdError, OSError) as exc:
@@ -138,12 +143,40 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         "Args": f"--job {ad.global_job_id}",
         "HookStatusCode": int(HookStatus.OK),
         "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
-                             f"({reply['description']}, {reply['memory_mib']} MiB)",
+                             f"({reply['description']}, {reply['memory_mib']} MiB, "
+                             f"{_cpus(reply['vcpus'])})",
     }
     if socket_path:  # for JOB_EXIT, which need not read the knob again (`known_socket`)
         updates[SOCKET_ATTRIBUTE] = socket_path
     stdout.write(format_updates(updates))
     return 0
+
+
+def _cpus(count: object) -> str:
+    return f"{count} vCPU" + ("" if count == 1 else "s")
+
+
+#: Bigger is no machine ad a starter writes: a forged one, refused rather than read.
+MAX_MACHINE_AD_BYTES = 1024**2
+
+
+def _machine_ad(sandbox: Path) -> str | None:
+    """The slot's machine ad, which the starter writes before PREPARE_JOB runs
+    (`Starter::WriteAdFiles`, called from `createTempExecuteDir`): `_CONDOR_MACHINE_AD`, else
+    `.machine.ad` in the scratch dir; None when there is none (the VM is then sized from the
+    job's requests alone). The slot user can rewrite it, but it can only make the VM smaller:
+    requests and site policy bound the VM without it."""
+    path = Path(os.environ.get("_CONDOR_MACHINE_AD") or sandbox / ".machine.ad")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_MACHINE_AD_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StagingError(f"cannot read the slot's machine ad {path}: {exc.strerror}") from exc
+    if len(data) > MAX_MACHINE_AD_BYTES:
+        raise StagingError(f"the slot's machine ad {path} is over {MAX_MACHINE_AD_BYTES} bytes")
+    return data.decode("utf-8", "replace")
 
 
 # -- the runner ----------------------------------------------------------------------------------
@@ -311,6 +344,11 @@ def startd_cron(stdout: IO[str]) -> int:
         "SmartDomainsFreeVMMemory": int(report.get("free_memory_mib") or 0),
         "SmartDomainsOfflineReason": str(report.get("reason") or ""),
     }
+    needs = report.get("needs")
+    needs = needs if isinstance(needs, dict) else {}
+    for attribute, key in TEMPLATE_NEEDS.items():  # [ minimal = 256; 'debian-batch' = 512 ]
+        updates[attribute] = {name: int(need[key]) for name, need in sorted(needs.items())
+                              if isinstance(need, dict) and isinstance(need.get(key), int)}
     stdout.write(format_updates(updates))
     stdout.flush()  # the node's state first: a slow reap must not hold it back
     _reap_quietly()

@@ -235,6 +235,9 @@ class Hypervisor:
     def delete_volume(self, path: str | Path) -> None:
         self.storage.delete_volume(path)
 
+    def image_capacity(self, path: str | Path) -> int:
+        return self.storage.image_capacity(path)
+
     def _lookup(self, name: str) -> Any:
         with self._errors("look up domain", name):
             return self._conn.lookupByName(name)

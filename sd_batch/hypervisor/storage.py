@@ -93,6 +93,10 @@ class Storage:
                 pool.create(0)
             return pool
 
+    def image_capacity(self, path: str | Path) -> int:
+        """A base image's virtual size in bytes: what an overlay on it can grow to."""
+        return self._capacity_of(str(path))
+
     def _capacity_of(self, path: str) -> int:
         """A base image's virtual size, as libvirt reads it on the host that has the file."""
         with self._errors("read the size of", path):

@@ -23,8 +23,9 @@ starter, step for step as the manual describes it:
 Here: the starter's steps in order (`Harness`) and the signals that stop a run. The files and
 users are in `files`, the hook processes and their environment in `starter`, how a
 proc ended (`Outcome`) and the job policy that decides it in `outcome`; this module
-re-exports their public names. May import: errors, localrun.files, localrun.starter,
-localrun.outcome, condor.jobad, the standard library. Never libvirt: that is the hooks' business.
+re-exports their public names; the slot the startd would carve for the job (`.machine.ad`) is
+`slot`'s. May import: errors, localrun.files, localrun.starter, localrun.outcome,
+localrun.slot, condor.jobad, the standard library. Never libvirt: that is the hooks' business.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from .outcome import (
     stopped_state,
     updated_ad,
 )
+from .slot import Machine, carve_slot, this_machine
 from .starter import DEFAULT_PATH, PASSED_THROUGH, HookRun, Updater, run_hook, starter_env
 
 #: Outcome and the exit codes live in localrun.outcome, the slot user in localrun.files, the hooks'
@@ -124,6 +126,7 @@ class Harness:
     hooks_dir: Path = HOOKS_DIR
     kill_grace: float = 20.0  # seconds between the runner's SIGTERM and SIGKILL
     update_interval: tuple[float, float] = (8.0, 300.0)  # STARTER_(INITIAL_)UPDATE_INTERVAL
+    machine: Machine | None = None  # this machine as a slot: the startd cron's, on first use
 
     def job_ads(self) -> list[str]:
         try:
@@ -164,6 +167,11 @@ class Harness:
                 return outcome
             shadow_ad = ad  # the shadow's copy: PREPARE_JOB's updates stay in the starter's
             env = starter_env(ad, scratch, self.user, self.environ)
+            try:  # the slot the startd carves for the job, as the starter writes it
+                self.user.write_file(scratch / MACHINE_AD_FILE, self._slot(ad, env, scratch))
+            except HarnessError as exc:  # no slot here would match: the job stays Idle
+                outcome.state, outcome.message = "idle", str(exc)
+                return outcome
             self.progress(f"job {label}: PREPARE_JOB")
             prepared = run_hook(
                 self.hooks_dir, self.user, "prepare_job", [], ad.text, env, scratch, timeout=600.0
@@ -263,11 +271,15 @@ class Harness:
             )
         ad = updated_ad(ad, format_updates(updates))
         self.user.write_file(scratch / JOB_AD_FILE, ad.text)
-        self.user.write_file(scratch / MACHINE_AD_FILE, format_updates({
-            "Name": f"slot1@{socket.gethostname()}", "SlotID": 1, "Cpus": ad.request_cpus or 1,
-            "Memory": ad.request_memory_mib or 0, "HasSmartDomains": True,
-        }))  # fmt: skip
         return ad, catalogue(scratch)
+
+    def _slot(self, ad: JobAd, env: dict[str, str], scratch: Path) -> str:
+        if self.machine is None:
+            self.machine = this_machine(self.hooks_dir, self.user, env, scratch)
+        if self.machine.offline is not None:
+            raise HarnessError(f"this machine runs no job VMs now (its startd cron says: "
+                               f"{self.machine.offline}): the job would stay Idle")  # fmt: skip
+        return carve_slot(self.machine, ad)
 
     def _apply_prepare(self, ad: JobAd, hook: HookRun) -> tuple[JobAd, tuple[str, str] | None]:
         """The starter's reading of PREPARE_JOB: updates, HookStatusCode, else the exit status."""

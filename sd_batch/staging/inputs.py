@@ -33,16 +33,17 @@ def write_input_tar(
     out: IO[bytes],
     *,
     job_ad_text: str | None = None,
+    machine_ad_text: str | None = None,
     max_bytes: int,
 ) -> int:
     """Stream the guest's input tar to `out`; returns the bytes written.
 
     Marker first (a plain ustar header: no PAX or GNU header precedes it, so the guest finds it
-    in sector 0), the manifest, `meta/job.ad`, then the sandbox under `sandbox/` in sorted
-    order: directories, regular files, and symlinks that stay inside the sandbox. HTCondor's own
-    files, other symlinks and special files are left out (logged); nothing is read through a
-    link. Over `max_bytes` is a StagingError, raised before the member that would not fit.
-    Errors writing `out` (BrokenPipeError) propagate unchanged.
+    in sector 0), the manifest, `meta/job.ad`, `meta/machine.ad` (the slot's), then the sandbox
+    under `sandbox/` in sorted order: directories, regular files, and symlinks that stay inside
+    the sandbox. HTCondor's own files, other symlinks and special files are left out (logged);
+    nothing is read through a link. Over `max_bytes` is a StagingError, raised before the member
+    that would not fit. Errors writing `out` (BrokenPipeError) propagate unchanged.
     """
     sink = _BoundedWriter(out, max_bytes)
     try:
@@ -51,6 +52,8 @@ def write_input_tar(
                 _add_bytes(tar, name, data, max_bytes)
             if job_ad_text is not None:
                 _add_bytes(tar, contract.JOB_AD_MEMBER, job_ad_text.encode(), max_bytes)
+            if machine_ad_text is not None:
+                _add_bytes(tar, contract.MACHINE_AD_MEMBER, machine_ad_text.encode(), max_bytes)
             _add_sandbox(tar, sandbox, max_bytes, sink)
     except tarfile.TarError as exc:
         raise StagingError(f"cannot write the input tar: {exc}") from exc

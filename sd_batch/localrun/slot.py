@@ -1,0 +1,85 @@
+"""The startd's side of `sd run`: this machine as a partitionable slot, and the slot carved
+from it for each job, written as the starter's `.machine.ad`.
+
+A worker's startd publishes its partitionable slot (CPUs, memory, disk) plus what its startd
+cron printed (`condor_hooks/startd_cron`: HasSmartDomains and each template's needs); when a
+job matches, it evaluates the job's `RequestCpus` / `RequestMemory` / `RequestDisk` against
+that slot (the site transform makes them at least the job's template's needs, through
+`TARGET.SmartDomainsTemplate*`) and carves a dynamic slot of that size, rounded up as its
+default `MODIFY_REQUEST_EXPR_REQUEST*` knobs round (memory to 128 MiB, disk to 1024 KiB). The
+starter writes that slot's ad into the scratch dir before PREPARE_JOB. Here the same, with the
+cron run once per `sd run` as the slot user (the startd runs it as `condor`).
+May import: errors, condor.jobad, localrun.files, localrun.starter, stdlib.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..condor.jobad import JobAd, format_updates, job_resources, parse_attributes
+from ..errors import HarnessError
+from .files import SlotUser
+from .starter import run_hook
+
+#: The startd's default MODIFY_REQUEST_EXPR_REQUESTMEMORY / ..._REQUESTDISK quanta.
+MEMORY_QUANTUM_MIB = 128
+DISK_QUANTUM_KIB = 1024
+
+
+@dataclass(frozen=True)
+class Machine:
+    """This machine as the startd would publish its partitionable slot."""
+
+    cpus: int
+    memory_mib: int
+    disk_kib: int
+    cron: str  # the startd cron's `Attr = value` lines ("" when it could not run)
+    offline: str | None  # why the cron says this machine runs no VMs (None: it runs them)
+
+    def base(self) -> dict[str, str | int | float | bool]:
+        return {"Name": f"slot1@{socket.gethostname()}", "SlotID": 1, "Arch": "X86_64",
+                "OpSys": "LINUX", "Cpus": self.cpus, "Memory": self.memory_mib,
+                "Disk": self.disk_kib}  # fmt: skip
+
+    def ad(self) -> str:
+        return format_updates(self.base()) + self.cron
+
+
+def this_machine(hooks_dir: Path, user: SlotUser, env: dict[str, str], scratch: Path) -> Machine:
+    """This machine's CPUs, memory and the scratch file system's free disk, and what the
+    startd cron hook prints here (run once, as the slot user)."""
+    cron = run_hook(hooks_dir, user, "startd_cron", [], "", env, scratch, timeout=120.0)
+    lines = cron.stdout if cron.returncode == 0 else ""
+    offline: str | None = None
+    if lines:
+        published = parse_attributes(lines)
+        if published.get("HasSmartDomains") is not True:
+            offline = str(published.get("SmartDomainsOfflineReason") or "the probe failed")
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return Machine(os.cpu_count() or 1, pages >> 20, shutil.disk_usage(scratch).free >> 10,
+                   lines, offline)  # fmt: skip
+
+
+def carve_slot(machine: Machine, ad: JobAd) -> str:
+    """The dynamic slot's machine ad for job AD, as the startd carves it from MACHINE; a
+    HarnessError when it does not fit (no slot of this machine would match the job)."""
+    requests, _ = job_resources(ad, machine.ad())
+    memory = _quantize(max(requests.memory_mib or 0, 1), MEMORY_QUANTUM_MIB)
+    cpus = max(requests.cpus or 1, 1)
+    disk = _quantize(max(requests.disk_kib or 0, 1), DISK_QUANTUM_KIB)
+    for what, asked, has, unit in (("memory", memory, machine.memory_mib, " MiB"),
+                                   ("CPUs", cpus, machine.cpus, ""),
+                                   ("disk", disk, machine.disk_kib, " KiB")):  # fmt: skip
+        if asked > has:
+            raise HarnessError(f"no slot of this machine fits the job: it asks for {asked}{unit} "
+                               f"of {what} and this machine has {has}{unit}")  # fmt: skip
+    return format_updates({**machine.base(), "Cpus": cpus, "Memory": memory,
+                           "Disk": disk}) + machine.cron  # fmt: skip
+
+
+def _quantize(value: int, quantum: int) -> int:
+    return -(-value // quantum) * quantum

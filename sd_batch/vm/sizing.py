@@ -64,19 +64,19 @@ def check_requests(requests: Resources, policy: SitePolicy) -> None:
     """Site policy on the submit file's requests, before anything is sized from them."""
     if requests.memory_mib is not None and requests.memory_mib > policy.max_memory_mib:
         raise PolicyError(
-            f"request_memory {requests.memory_mib} MiB is over the site limit of "
+            f"request_memory {_count(requests.memory_mib)} MiB is over the site limit of "
             f"{policy.max_memory_mib} MiB per job VM ([policy] max_memory_mib)",
             hint=f"write request_memory = {policy.max_memory_mib} or less",
         )
     if requests.cpus is not None and requests.cpus > policy.max_vcpus:
         raise PolicyError(
-            f"request_cpus {requests.cpus} is over the site limit of {policy.max_vcpus} vCPUs "
-            "per job VM ([policy] max_vcpus)",
+            f"request_cpus {_count(requests.cpus)} is over the site limit of "
+            f"{policy.max_vcpus} vCPUs per job VM ([policy] max_vcpus)",
             hint=f"write request_cpus = {policy.max_vcpus} or less",
         )
     if requests.gpus:
         raise PolicyError(
-            f"request_gpus {requests.gpus}: this site gives job VMs no GPUs (no device "
+            f"request_gpus {_count(requests.gpus)}: this site gives job VMs no GPUs (no device "
             "passthrough)",
             hint="remove request_gpus, or run the job without +SDVMDescription",
         )
@@ -117,6 +117,11 @@ def check_disk(growth: DiskGrowth, slot: Resources | None, named: str) -> None:
             f"({growth.describe()}), more than the job's slot has ({_mib(slot.disk_kib * 1024)})",
             hint=f"write request_disk = {need_mib}M in the submit file",
         )
+
+
+def _count(value: int) -> str:
+    """A request as the message shows it: a hostile 1e300 is not 301 digits of HoldReason."""
+    return str(value) if value < 10**12 else f"{value:.3g}"
 
 
 def _mib(size: int) -> str:

@@ -169,6 +169,7 @@ Disk = 100000000
 SmartDomainsTemplateMemory = [ minimal = 256; 'debian-batch' = 512 ]
 SmartDomainsTemplateCpus = [ minimal = 1; 'debian-batch' = 2 ]
 SmartDomainsTemplateDisk = [ minimal = 262144; 'debian-batch' = 8650752 ]
+SmartDomainsOutputDisk = 262144
 Requirements = true
 """
 
@@ -180,6 +181,7 @@ Requirements = true
     ("", (8, 400), False, None),  # what is left of the slot cannot hold the template
     ("", (1, 16384), False, None),
 ])  # fmt: skip
+# (a job's own my.sf is in no record: its requests count, its disk at least the output disk)
 def test_the_transformed_job_matches_only_slots_its_template_fits(
     tmp_path: Path, requests: str, slot: tuple[int, int], matches: bool,
     carved: tuple[int, int, int] | None,

@@ -329,12 +329,13 @@ def test_startd_cron_advertises_smartdomains(site: Site) -> None:
     updates = done.updates()
     assert list(updates) == ["HasSmartDomains", "SmartDomainsTemplates",
                              "SmartDomainsFreeVMMemory", "SmartDomainsOfflineReason",
-                             "SmartDomainsTemplateMemory", "SmartDomainsTemplateCpus",
-                             "SmartDomainsTemplateDisk"]  # fmt: skip
+                             "SmartDomainsOutputDisk", "SmartDomainsTemplateMemory",
+                             "SmartDomainsTemplateCpus", "SmartDomainsTemplateDisk"]  # fmt: skip
     assert updates["HasSmartDomains"] is True
     # what a job naming each one-VM template needs (pools are no job's); disk in KiB: the
     # output disk (256 MiB by default), as minimal has no disk of its own
-    needs = {attr: dict(updates[attr]) for attr in list(updates)[4:]}  # type: ignore[call-overload]
+    assert updates["SmartDomainsOutputDisk"] == 256 * 1024  # every job VM's results disk
+    needs = {attr: dict(updates[attr]) for attr in list(updates)[5:]}  # type: ignore[call-overload]
     assert [needs[a]["minimal"] for a in needs] == [256, 1, 256 * 1024]
     assert "pool" not in needs["SmartDomainsTemplateMemory"]
     assert "minimal" in str(updates["SmartDomainsTemplates"]).split(",")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_policy_jobs import MINIMAL, Site, held, site
@@ -269,33 +270,46 @@ echo 'SmartDomainsOfflineReason = "{reason}"'
 echo 'SmartDomainsTemplateMemory = [ minimal = 256 ]'
 echo 'SmartDomainsTemplateCpus = [ minimal = 1 ]'
 echo 'SmartDomainsTemplateDisk = [ minimal = 262144 ]'
+echo 'SmartDomainsOutputDisk = 262144'
 """
 
 
-@pytest.mark.parametrize(("requests", "carved"), [
-    ("", (1, 256, 262144)),  # the template's needs, through the transform's requests
-    ("request_memory = 1000\nrequest_cpus = 2\n", (2, 1024, 262144)),  # rounded up as the startd
-    ("request_disk = 1G\n", (1, 256, 1048576)),
-])  # fmt: skip
-def test_sd_run_writes_the_slot_the_startd_would_carve(
-    tmp_path: Path, requests: str, carved: tuple[int, int, int]
-) -> None:
+def run_with_stub_hooks(tmp_path: Path, up: str, prepare_line: str, requests: str,
+                        description: str = "minimal") -> Any:  # fmt: skip
+    """`sd run` of a minimal job with stub hooks: a startd cron saying HasSmartDomains = UP
+    (reason "no guest image") and minimal's needs, a PREPARE_JOB running PREPARE_LINE (and
+    rewriting nothing: the job runs natively); its one outcome."""
     from sd_batch.harness import Harness, SlotUser
 
     hooks, job = tmp_path / "hooks", tmp_path / "job"
     hooks.mkdir()
     job.mkdir()
-    seen = tmp_path / "machine.ad"
-    (hooks / "startd_cron").write_text(CRON.format(up="true", reason=""))
-    (hooks / "prepare_job").write_text(f"#!/bin/sh\ncat >/dev/null\ncp .machine.ad {seen}\n")
+    (hooks / "startd_cron").write_text(CRON.format(up=up, reason="no guest image"))
+    (hooks / "prepare_job").write_text(f"#!/bin/sh\ncat >/dev/null\n{prepare_line}\n")
     (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
     for hook in hooks.iterdir():
         hook.chmod(0o755)
     (job / "job.sh").write_text("#!/bin/sh\nexit 0\n")
     submit = job / "job.sub"
-    submit.write_text(f'executable = job.sh\n{requests}+SDVMDescription = "minimal"\nqueue\n')
+    submit.write_text(f'executable = job.sh\n{requests}+SDVMDescription = "{description}"\n'
+                      "queue\n")  # fmt: skip
     (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={}).run(
         lambda _outcome: None)
+    return outcome
+
+
+@pytest.mark.parametrize(("description", "requests", "carved"), [
+    ("minimal", "", (1, 256, 262144)),  # the template's needs, through the transform's requests
+    ("minimal", "request_memory = 1000\nrequest_cpus = 2\n", (2, 1024, 262144)),  # rounded up
+    ("minimal", "request_disk = 1G\n", (1, 256, 1048576)),
+    ("my.sf", "request_memory = 384\n", (1, 384, 262144)),  # no record: at least the output disk
+])  # fmt: skip
+def test_sd_run_writes_the_slot_the_startd_would_carve(
+    tmp_path: Path, description: str, requests: str, carved: tuple[int, int, int]
+) -> None:
+    seen = tmp_path / "machine.ad"
+    outcome = run_with_stub_hooks(tmp_path, "true", f"cp .machine.ad {seen}", requests,
+                                  description)  # fmt: skip
     assert outcome.state == "exited", outcome.message
     machine = classad2.parseOne(seen.read_text(), classad2.ParserType.Old)
     assert (machine.eval("Cpus"), machine.eval("Memory"), machine.eval("Disk")) == carved
@@ -310,21 +324,7 @@ def test_sd_run_writes_the_slot_the_startd_would_carve(
 def test_sd_run_leaves_a_job_idle_that_no_slot_here_would_match(
     tmp_path: Path, up: str, requests: str, says: str
 ) -> None:
-    from sd_batch.harness import Harness, SlotUser
-
-    hooks, job = tmp_path / "hooks", tmp_path / "job"
-    hooks.mkdir()
-    job.mkdir()
     ran = tmp_path / "prepared"
-    (hooks / "startd_cron").write_text(CRON.format(up=up, reason="no guest image"))
-    (hooks / "prepare_job").write_text(f"#!/bin/sh\ncat >/dev/null\ntouch {ran}\n")
-    (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
-    for hook in hooks.iterdir():
-        hook.chmod(0o755)
-    (job / "job.sh").write_text("#!/bin/sh\nexit 0\n")
-    submit = job / "job.sub"
-    submit.write_text(f'executable = job.sh\n{requests}+SDVMDescription = "minimal"\nqueue\n')
-    (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={}).run(
-        lambda _outcome: None)
+    outcome = run_with_stub_hooks(tmp_path, up, f"touch {ran}", requests)
     assert (outcome.state, outcome.message.startswith(says)) == ("idle", True), outcome.message
     assert not ran.exists()  # PREPARE_JOB never ran: the job never matched

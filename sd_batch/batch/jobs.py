@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ..config.site import SiteConfig
-from ..deploy.engine import Engine, SitePaths
+from ..deploy.engine import Engine, SitePaths, disk_growth
 from ..errors import (
     VM_LOST_EXIT,
     VM_TIMEOUT_EXIT,
@@ -45,8 +45,8 @@ from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
 from ..vm.domain_xml import OwnerKind as XmlOwnerKind
 from ..vm.site_policy import check_capacity
-from ..vm.sizing import DiskGrowth, check_disk
-from ..vm.spec import DiskFormat, VMSpec
+from ..vm.sizing import check_disk
+from ..vm.spec import DiskFormat
 from .description import job_description, job_spec, named
 from .key import DEFAULT_LIMITS, JobKey, JobLimits
 
@@ -132,23 +132,6 @@ def prepare(
                 raise storage from exc
             raise
     return PreparedJob(key.domain, uri, spec.memory_mib, spec.vcpus, name)
-
-
-def disk_growth(spec: VMSpec, output_bytes: int, image_dir: Path,
-                hv: HypervisorAPI) -> DiskGrowth:  # fmt: skip
-    """What SPEC's disks can make the host write at their full sizes: the output disk, each
-    blank disk, and each copy-on-write overlay (up to its base image's virtual size, as libvirt
-    reads it; a base outside the image folder or missing is the deploy's error, later)."""
-    blank = sum(disk.size_bytes or 0 for disk in spec.disks)
-    overlays = 0
-    base_dir = image_dir.resolve()
-    for disk in spec.disks:
-        if disk.image is None or disk.readonly:
-            continue  # a read-only disk is the base itself: nothing is written
-        base = (base_dir / str(disk.image).lstrip("/")).resolve()
-        if base.is_relative_to(base_dir) and base.is_file():
-            overlays += hv.image_capacity(base)
-    return DiskGrowth(output_bytes, blank, overlays)
 
 
 def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:

@@ -186,7 +186,7 @@ def probe() -> dict[str, Any]:
 
     config = site_config()
     report: dict[str, Any] = {"ok": True, "templates": [], "free_memory_mib": None, "reason": "",
-                              "needs": {}}  # fmt: skip
+                              "needs": {}, "output_disk_kib": config.policy.output_disk_bytes >> 10}
     try:
         with connect(config.default_uri, attempts=2, max_delay=3.0) as hv:
             capacity = hv.host_capacity()
@@ -210,7 +210,7 @@ def template_needs(config: SiteConfig, infos: Sequence[Any], hv: Any) -> dict[st
     the startd to publish (`SmartDomainsTemplateMemory`...) and the schedd transform to make
     the job's requests. Templates that are not one VM (pools) are left out: jobs cannot name
     them. The disk is the output disk plus every blank disk and overlay at full size."""
-    from .jobs import disk_growth
+    from ..deploy.engine import disk_growth
     from ..config.templates import load_template
     from ..vm.spec import vm_spec
 

@@ -58,7 +58,7 @@ REQUIREMENTS SDVMDescription isnt undefined
 SET HookKeyword "SMARTDOMAINS"
 SET RequestMemory max({ ($(MY.RequestMemory)), TARGET.SmartDomainsTemplateMemory[string(MY.SDVMDescription)] ?: 0 })
 SET RequestCpus max({ ($(MY.RequestCpus)), TARGET.SmartDomainsTemplateCpus[string(MY.SDVMDescription)] ?: 0 })
-SET RequestDisk max({ ($(MY.RequestDisk)), TARGET.SmartDomainsTemplateDisk[string(MY.SDVMDescription)] ?: 0 })
+SET RequestDisk max({ ($(MY.RequestDisk)), TARGET.SmartDomainsTemplateDisk[string(MY.SDVMDescription)] ?: TARGET.SmartDomainsOutputDisk ?: 0 })
 SET Requirements ($(MY.Requirements)) && (TARGET.HasSmartDomains =?= true) && (TARGET.Memory >= (TARGET.SmartDomainsTemplateMemory[string(MY.SDVMDescription)] ?: 0)) && (TARGET.Cpus >= (TARGET.SmartDomainsTemplateCpus[string(MY.SDVMDescription)] ?: 0))
 COPY OnExitHold SDJobOnExitHold
 COPY OnExitHoldReason SDJobOnExitHoldReason

@@ -29,6 +29,7 @@ from ..placement.steps import Order, Step, VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk, HostFiles, build_domain_xml
 from ..vm.domain_xml import Owner as XmlOwner
 from ..vm.domain_xml import OwnerKind as XmlOwnerKind
+from ..vm.sizing import DiskGrowth
 from ..vm.spec import DiskFormat, KernelBoot, VMSpec
 
 if TYPE_CHECKING:
@@ -334,3 +335,20 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, DescriptionError):
         return exc.headline()
     return str(exc)
+
+
+def disk_growth(spec: VMSpec, output_bytes: int, image_dir: Path,
+                hv: HypervisorAPI) -> DiskGrowth:  # fmt: skip
+    """What SPEC's disks can make the host write at their full sizes: the output disk, each
+    blank disk, and each copy-on-write overlay (up to its base image's virtual size, as libvirt
+    reads it; a base outside the image folder or missing is the deploy's error, later)."""
+    blank = sum(disk.size_bytes or 0 for disk in spec.disks)
+    overlays = 0
+    base_dir = image_dir.resolve()
+    for disk in spec.disks:
+        if disk.image is None or disk.readonly:
+            continue  # a read-only disk is the base itself: nothing is written
+        base = (base_dir / str(disk.image).lstrip("/")).resolve()
+        if base.is_relative_to(base_dir) and base.is_file():
+            overlays += hv.image_capacity(base)
+    return DiskGrowth(output_bytes, blank, overlays)

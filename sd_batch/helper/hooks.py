@@ -346,6 +346,7 @@ def startd_cron(stdout: IO[str]) -> int:
     }
     needs = report.get("needs")
     needs = needs if isinstance(needs, dict) else {}
+    updates["SmartDomainsOutputDisk"] = int(report.get("output_disk_kib") or 0)
     for attribute, key in TEMPLATE_NEEDS.items():  # [ minimal = 256; 'debian-batch' = 512 ]
         updates[attribute] = {name: int(need[key]) for name, need in sorted(needs.items())
                               if isinstance(need, dict) and isinstance(need.get(key), int)}

@@ -9,7 +9,7 @@ user's pools: "starting", then each VM's host and state, or why the start failed
 its Host header (else 421), every POST also in its Origin (or Referer) header (else 403) and
 carry the form's CSRF token; too many failed logins answer 429; another user's pool is "not
 found". On shutdown the server waits for the starts in progress.
-May import: config, errors, deploy, hypervisor.connections, web.access, web.forms, web.starts,
+May import: config, errors, deploy, hypervisor.connections, vm, web.access, web.forms, web.starts,
 starlette, jinja2.
 """
 
@@ -36,6 +36,7 @@ from ..config.templates import describe_templates
 from ..deploy.pools import plan_pool, start_pool, status, terminate_pool
 from ..errors import PoolNotFound, SdError
 from ..hypervisor.connections import SHARED_CONNECTIONS, Connections
+from ..vm.spec import VMSpec
 from .access import Access, Owners, Served
 from .forms import POOL_FIELD, USER_FILE, TemplateForm, build_form, check, submit_file
 from .starts import FAILED, LOG, STARTING, Start, Starts
@@ -133,8 +134,10 @@ def create_app(site: WebSite) -> SameServer:
             placement = await run_in_threadpool(_plan_lines, site, form, checked.sf_text,
                                                 checked.values[POOL_FIELD])  # fmt: skip
         query = "&".join(f"{_q(k)}={_q(v)}" for k, v in checked.values.items())
+        disk = await run_in_threadpool(_disk_kib, site, checked.vm)
         return render(request, user, "preview.html", form=form, checked=checked,
-                      submit=submit_file(form), placement=placement, query=query)  # fmt: skip
+                      submit=submit_file(form, checked.vm, disk), placement=placement,
+                      query=query)  # fmt: skip
 
     async def download(request: Request, user: str) -> Response:
         form = await run_in_threadpool(build_form, request.path_params["name"], site.config)
@@ -144,7 +147,9 @@ def create_app(site: WebSite) -> SameServer:
                 "\n".join(f"{k or 'form'}: {v}" for k, v in checked.errors.items()), status_code=400
             )
         file = request.path_params["file"]
-        text = {USER_FILE: checked.sf_text, "job.sub": submit_file(form)}.get(file)
+        disk = await run_in_threadpool(_disk_kib, site, checked.vm)
+        files = {USER_FILE: checked.sf_text, "job.sub": submit_file(form, checked.vm, disk)}
+        text = files.get(file)
         if text is None:
             return PlainTextResponse(f"no file {file}: {USER_FILE} or job.sub", status_code=404)
         return PlainTextResponse(
@@ -333,6 +338,21 @@ def _plan_lines(site: WebSite, form: TemplateForm, sf_text: str, name: str) -> l
         except SdError as exc:
             return [f"cannot plan: {exc}"]
     return plan_lines(result, all_hosts=True)
+
+
+def _disk_kib(site: WebSite, vm: VMSpec | None) -> int | None:
+    """What a job VM's disks can write (KiB), as PREPARE_JOB counts it against request_disk;
+    None when it cannot be told here (no VM, or the hypervisor cannot read a base image)."""
+    from ..deploy.engine import disk_growth
+
+    if vm is None:
+        return None
+    try:
+        hv = site.connections(site.config.default_uri)
+        growth = disk_growth(vm, site.config.policy.output_disk_bytes, site.config.image_dir, hv)
+    except SdError:
+        return None
+    return -(-growth.total // 1024)
 
 
 def _exists(site: WebSite, name: str) -> bool:

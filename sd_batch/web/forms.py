@@ -77,6 +77,8 @@ class Checked:
     values: Mapping[str, str]
     sf_text: str
     errors: Mapping[str, str]
+    #: A job template's one VM, as the values make it (its size goes into job.sub).
+    vm: VMSpec | None = None
 
     @property
     def ok(self) -> bool:
@@ -234,26 +236,31 @@ def check(form: TemplateForm, values: Mapping[str, str], config: SiteConfig) -> 
             errors[POOL_FIELD] = str(exc)
     if any(path != POOL_FIELD for path in errors):
         return Checked(kept, sf_text, errors)
+    specs: list[VMSpec] = []
     try:
-        _check_resolved(form, sf_text, config)
+        specs = _check_resolved(form, sf_text, config)
     except DescriptionErrors as many:
         for error in many.errors:
             _place(error, form, line_of, errors)
     except SdError as exc:
         _place(exc, form, line_of, errors)
-    return Checked(kept, sf_text, errors)
+    one = specs[0] if form.result == "job" and len(specs) == 1 and not errors else None
+    return Checked(kept, sf_text, errors, one)
 
 
-def _check_resolved(form: TemplateForm, sf_text: str, config: SiteConfig) -> None:
+def _check_resolved(form: TemplateForm, sf_text: str, config: SiteConfig) -> list[VMSpec]:
     include_dirs = [form.path.parent, *config.include_dirs, *config.template_dirs]
     description = load_text(sf_text, USER_FILE, include_dirs=include_dirs,
                             properties=dict(config.properties))  # fmt: skip
     template = load_template(form.path, config)
     theirs = _specs(template)
+    checked = []
     for path, (component, spec) in _specs(description, required=True).items():
         own = dataclasses.replace(description, sfconfig=component)
         template_spec = theirs.get(path, (None, spec))[1]
         check_job(own, spec, template_spec, config.policy)
+        checked.append(spec)
+    return checked
 
 
 def _specs(description: Description, *, required: bool = False
@@ -305,8 +312,18 @@ def _place(exc: SdError, form: TemplateForm, line_of: Mapping[int, str],
     errors[key] = f"{errors[key]}; {text}" if key in errors else text
 
 
-def submit_file(form: TemplateForm) -> str:
-    """A ready condor_submit file whose job runs in the VM `my.sf` describes."""
+def submit_file(form: TemplateForm, vm: VMSpec | None = None, disk_kib: int | None = None) -> str:
+    """A ready condor_submit file whose job runs in the VM `my.sf` describes. With the VM's
+    size: the requests that give the job a slot that size (the VM is its slot); DISK_KIB is
+    what its disks can write (output, blank and copy-on-write disks at full size)."""
+    requests = ""
+    if vm is not None:
+        requests = ("# the VM's size: HTCondor gives the job a slot this big, and the VM is that "
+                    "slot\n"
+                    f"request_memory          = {vm.memory_mib}\n"
+                    f"request_cpus            = {vm.vcpus}\n")  # fmt: skip
+        if disk_kib is not None:
+            requests += f"request_disk            = {-(-disk_kib // 1024)}M\n"
     return (
         f"# A job in a VM of the site template {form.name}, with your values in {USER_FILE}\n"
         "# (keep both files together; submit with: condor_submit job.sub)\n"
@@ -318,6 +335,7 @@ def submit_file(form: TemplateForm) -> str:
         "output                  = job.out\n"
         "error                   = job.err\n"
         "log                     = job.log\n"
+        f"{requests}"
         "\n"
         "# the one sd-batch line: the job runs in a fresh VM made from my.sf\n"
         f'+SDVMDescription        = "{USER_FILE}"\n'

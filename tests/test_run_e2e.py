@@ -103,6 +103,7 @@ arguments = "first 'second arg'"
 transfer_input_files = input.txt, my.sf
 output = job.out
 error = job.err
+request_memory = 384
 +SDVMDescription = "my.sf"
 queue
 """
@@ -113,7 +114,8 @@ echo "to stderr" >&2
 awk '/MemTotal/ { print int($2 / 1024) }' /proc/meminfo > memory.txt
 tr a-z A-Z < input.txt > upper.txt
 """
-#: A user's own description: the site's minimal guest with more memory.
+#: A user's own description: the site's minimal guest with more memory (and the submit file
+#: asks for a slot that big: the VM is the slot).
 MY_SF = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    memory 384;\n}\n'
 
 
@@ -132,7 +134,7 @@ def test_a_job_with_its_own_sf_echoes_its_input_and_returns_its_files(job_dir: P
     assert (job_dir / "job.err").read_text() == "to stderr\n"
     assert (job_dir / "upper.txt").read_text() == "HELLO FROM THE SUBMIT SIDE\n"
     assert 300 < int((job_dir / "memory.txt").read_text()) <= 384  # my.sf's memory, not 256
-    assert "(my.sf, 384 MiB)" in run.err
+    assert "(my.sf, 384 MiB, 1 vCPU)" in run.err
     assert_nothing_left(run.domains)
 
 

@@ -284,7 +284,8 @@ def run_with_stub_hooks(tmp_path: Path, up: str, prepare_line: str, requests: st
     hooks, job = tmp_path / "hooks", tmp_path / "job"
     hooks.mkdir()
     job.mkdir()
-    (hooks / "startd_cron").write_text(CRON.format(up=up, reason="no guest image"))
+    if up != "none":  # "none": this machine has no startd cron hook at all
+        (hooks / "startd_cron").write_text(CRON.format(up=up, reason="no guest image"))
     (hooks / "prepare_job").write_text(f"#!/bin/sh\ncat >/dev/null\n{prepare_line}\n")
     (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
     for hook in hooks.iterdir():
@@ -293,9 +294,22 @@ def run_with_stub_hooks(tmp_path: Path, up: str, prepare_line: str, requests: st
     submit = job / "job.sub"
     submit.write_text(f'executable = job.sh\n{requests}+SDVMDescription = "{description}"\n'
                       "queue\n")  # fmt: skip
-    (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={}).run(
-        lambda _outcome: None)
+    progress: list[str] = []
+    (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={},
+                         progress=progress.append).run(lambda _outcome: None)  # fmt: skip
+    outcome.progress = progress  # type: ignore[attr-defined]
     return outcome
+
+
+def test_sd_run_without_a_startd_cron_carves_no_slot(tmp_path: Path) -> None:
+    """No cron output at all: no `.machine.ad` (the VM is then sized from the requests alone,
+    as PREPARE_JOB does without one), rather than a slot made of condor_submit's defaults."""
+    seen = tmp_path / "machine.ad"
+    outcome = run_with_stub_hooks(tmp_path, "none", f"cp .machine.ad {seen} || true", "")
+    assert outcome.state == "exited", outcome.message
+    assert not seen.exists()
+    assert any(line.startswith("startd cron: ") and "no slot is carved" in line
+               for line in outcome.progress)  # fmt: skip
 
 
 @pytest.mark.parametrize(("description", "requests", "carved"), [

@@ -168,10 +168,12 @@ class Harness:
             shadow_ad = ad  # the shadow's copy: PREPARE_JOB's updates stay in the starter's
             env = starter_env(ad, scratch, self.user, self.environ)
             try:  # the slot the startd carves for the job, as the starter writes it
-                self.user.write_file(scratch / MACHINE_AD_FILE, self._slot(ad, env, scratch))
+                slot = self._slot(ad, env, scratch)
             except HarnessError as exc:  # no slot here would match: the job stays Idle
                 outcome.state, outcome.message = "idle", str(exc)
                 return outcome
+            if slot is not None:
+                self.user.write_file(scratch / MACHINE_AD_FILE, slot)
             self.progress(f"job {label}: PREPARE_JOB")
             prepared = run_hook(
                 self.hooks_dir, self.user, "prepare_job", [], ad.text, env, scratch, timeout=600.0
@@ -273,9 +275,16 @@ class Harness:
         self.user.write_file(scratch / JOB_AD_FILE, ad.text)
         return ad, catalogue(scratch)
 
-    def _slot(self, ad: JobAd, env: dict[str, str], scratch: Path) -> str:
+    def _slot(self, ad: JobAd, env: dict[str, str], scratch: Path) -> str | None:
+        """The job's slot's machine ad; None (no `.machine.ad`: the VM is sized from the
+        job's requests alone) when the startd cron could not run here at all."""
         if self.machine is None:
             self.machine = this_machine(self.hooks_dir, self.user, env, scratch)
+            if self.machine.failed is not None:
+                self.progress(f"startd cron: {self.machine.failed} (no slot is carved: "
+                              "the VM is sized from the job's requests)")  # fmt: skip
+        if self.machine.failed is not None:
+            return None
         if self.machine.offline is not None:
             raise HarnessError(f"this machine runs no job VMs now (its startd cron says: "
                                f"{self.machine.offline}): the job would stay Idle")  # fmt: skip

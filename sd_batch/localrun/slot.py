@@ -39,6 +39,7 @@ class Machine:
     disk_kib: int
     cron: str  # the startd cron's `Attr = value` lines ("" when it could not run)
     offline: str | None  # why the cron says this machine runs no VMs (None: it runs them)
+    failed: str | None = None  # why the cron could not run at all (then no slot is carved)
 
     def base(self) -> dict[str, str | int | float | bool]:
         return {"Name": f"slot1@{socket.gethostname()}", "SlotID": 1, "Arch": "X86_64",
@@ -54,6 +55,7 @@ def this_machine(hooks_dir: Path, user: SlotUser, env: dict[str, str], scratch: 
     startd cron hook prints here (run once, as the slot user)."""
     cron = run_hook(hooks_dir, user, "startd_cron", [], "", env, scratch, timeout=120.0)
     lines = cron.stdout if cron.returncode == 0 else ""
+    failed = None if lines else (cron.stderr.strip().splitlines() or ["no output"])[-1]
     offline: str | None = None
     if lines:
         published = parse_attributes(lines)
@@ -61,7 +63,7 @@ def this_machine(hooks_dir: Path, user: SlotUser, env: dict[str, str], scratch: 
             offline = str(published.get("SmartDomainsOfflineReason") or "the probe failed")
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return Machine(os.cpu_count() or 1, pages >> 20, shutil.disk_usage(scratch).free >> 10,
-                   lines, offline)  # fmt: skip
+                   lines, offline, failed)  # fmt: skip
 
 
 def carve_slot(machine: Machine, ad: JobAd) -> str:

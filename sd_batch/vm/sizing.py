@@ -99,7 +99,8 @@ def size_vm(spec: VMSpec, requests: Resources, slot: Resources | None, named: st
     if slot is not None and slot.cpus is not None:
         if spec.vcpus > slot.cpus:
             raise PolicyError(
-                f"{named} needs {spec.vcpus} vCPUs, more than the job's slot has ({slot.cpus})",
+                f"{named} needs {spec.vcpus} vCPU{'s' if spec.vcpus != 1 else ''}, more than "
+                f"the job's slot has ({slot.cpus})",
                 hint=f"write request_cpus = {spec.vcpus} in the submit file",
             )
         vcpus = min(vcpus, slot.cpus)

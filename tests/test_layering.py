@@ -32,7 +32,7 @@ TABLE: dict[str, tuple[str, str]] = {
     "lang": (CORE, "errors"),
     "vm": (CORE, "errors lang"),
     "placement": (CORE, "errors lang vm"),
-    "condor": (EDGE, "errors"),
+    "condor": (EDGE, "errors vm"),  # vm: sizing.Resources, the requests and slot it reads
     "config": (EDGE, "errors lang vm placement"),
     "guest": (EDGE, "errors config"),
     "staging": (EDGE, "errors guest"),

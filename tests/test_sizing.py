@@ -8,9 +8,9 @@ from pathlib import PurePosixPath
 import pytest
 
 from sd_batch.errors import Disposition, PolicyError
-from sd_batch.policy import SitePolicy
-from sd_batch.sizing import DiskGrowth, Resources, check_disk, check_requests, size_vm
-from sd_batch.spec import Flavour, KernelBoot, VMSpec
+from sd_batch.vm.site_policy import SitePolicy
+from sd_batch.vm.sizing import DiskGrowth, Resources, check_disk, check_requests, size_vm
+from sd_batch.vm.spec import Flavour, KernelBoot, VMSpec
 
 TEMPLATE = VMSpec("vm", 256, 1, Flavour.QEMU, KernelBoot(PurePosixPath("minimal/vmlinux")))
 MIB = 1 << 20
@@ -37,7 +37,7 @@ def test_the_vm_is_the_request_within_the_slot_and_never_below_the_description(
     (Resources(128, 1), "the site template minimal needs 256 MiB of memory, more than the "
      "job's slot has (128 MiB); write request_memory = 256 in the submit file"),
     (Resources(256, 0), "the site template minimal needs 1 vCPU, more than the job's slot has "
-     "(0); write request_cpus = 1 in the submit file"),
+     "(0 vCPUs); write request_cpus = 1 in the submit file"),
 ])  # fmt: skip
 def test_a_slot_smaller_than_the_description_is_a_hold(slot: Resources, says: str) -> None:
     with pytest.raises(PolicyError) as caught:

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from test_policy_jobs import MINIMAL, Site, held, site
 
-from sd_batch import jobs
-from sd_batch.config import SiteConfig
+from sd_batch.batch import jobs
+from sd_batch.condor.jobad import format_updates, job_ad_from_submit
+from sd_batch.config.site import SiteConfig
 from sd_batch.errors import Disposition, SdError
 from sd_batch.guest.contract import Manifest
-from sd_batch.hooks import HOOKS_DIR
-from sd_batch.jobad import format_updates, job_ad_from_submit
+from sd_batch.helper.hooks import HOOKS_DIR
 from sd_batch.staging import write_input_tar
 
 pytestmark = pytest.mark.libvirt
@@ -83,7 +83,7 @@ def vm_of(site: Site, config: SiteConfig, prepared: jobs.PreparedJob) -> tuple[i
 
 
 def list_jobs(config: SiteConfig) -> list[str]:
-    from sd_batch.ledger import Ledger
+    from sd_batch.ledger.store import Ledger
 
     with Ledger.for_site(config) as ledger:
         return [o.owner_id.partition(":")[2] for o in ledger.owners()]
@@ -160,8 +160,8 @@ def test_a_jobs_own_sf_asking_for_more_than_its_slot_is_held(site: Site) -> None
         "write request_memory = 4096 in the submit file")  # fmt: skip
     cpus = submit(site, '"my.sf"', "request_memory = 256\n", MINIMAL + "vcpus 3;\n}\n")
     assert refused(site, config, cpus, slot(256, 2)) == (
-        "my.sf needs 3 vCPUs, more than the job's slot has (2); write request_cpus = 3 in the "
-        "submit file")  # fmt: skip
+        "my.sf needs 3 vCPUs, more than the job's slot has (2 vCPUs); write request_cpus = 3 "
+        "in the submit file")  # fmt: skip
 
 
 # --- site policy on the requests ------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_hostile_requests_are_held_by_the_real_hook(
         "SD_BATCH_CONFIG": str(site.config_path), "CONDOR_CONFIG": "/dev/null",
         "_CONDOR_SCRATCH_DIR": str(site.sandbox),
         "_CONDOR_MACHINE_AD": str(site.sandbox / ".machine.ad"),
-        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.privileged",
+        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
     }  # fmt: skip
     done = subprocess.run([str(HOOKS_DIR / "prepare_job")], input=ad.encode(), cwd=site.sandbox,
                           env=environ, capture_output=True, timeout=60, check=False)  # fmt: skip
@@ -279,7 +279,7 @@ def run_with_stub_hooks(tmp_path: Path, up: str, prepare_line: str, requests: st
     """`sd run` of a minimal job with stub hooks: a startd cron saying HasSmartDomains = UP
     (reason "no guest image") and minimal's needs, a PREPARE_JOB running PREPARE_LINE (and
     rewriting nothing: the job runs natively); its one outcome."""
-    from sd_batch.harness import Harness, SlotUser
+    from sd_batch.localrun.harness import Harness, SlotUser
 
     hooks, job = tmp_path / "hooks", tmp_path / "job"
     hooks.mkdir()

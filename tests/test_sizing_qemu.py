@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from test_run_e2e import SD, SLOT_USER, TIMEOUT, Run, _read
 
-from sd_batch.config import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, load_config
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, load_config
 
 pytestmark = pytest.mark.qemu
 
@@ -73,7 +73,7 @@ def private_site() -> Iterator[tuple[dict[str, str], Path]]:
     sock = root / "run" / "helper.sock"
     log = (root / "service.log").open("ab")
     service = subprocess.Popen(
-        [sys.executable, "-I", "-m", "sd_batch.helper_service", "--socket", str(sock)],
+        [sys.executable, "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
         env={"PATH": "/usr/bin:/bin", "HOME": "/root", "SD_BATCH_CONFIG": str(config),
              "CONDOR_CONFIG": "/dev/null"}, stdout=log, stderr=log)  # fmt: skip
     log.close()

@@ -213,7 +213,7 @@ def test_sd_web_serves_its_bind_and_server_names(web: WebSiteDir) -> None:
     port = free_port()
     environ = {**web.environ, "CONDOR_CONFIG": "/dev/null", "HOME": str(web.root)}
     server = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from sd_batch.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from sd_batch.cli.main import main; sys.exit(main())",
          "web", "--bind", f"127.0.0.1:{port}", "--server-name", "sd.example.org"],
         env=environ, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:

@@ -21,11 +21,11 @@ pytest.importorskip("classad2", reason="the htcondor bindings are not installed"
 
 from test_web import WebSiteDir, csrf_of, web  # noqa: E402
 
-from sd_batch import jobs  # noqa: E402
-from sd_batch.config import load_config  # noqa: E402
+from sd_batch.batch import jobs  # noqa: E402
+from sd_batch.condor.jobad import format_updates, job_ad_from_submit, parse_job_ad  # noqa: E402
+from sd_batch.config.site import load_config  # noqa: E402
 from sd_batch.guest.contract import Manifest  # noqa: E402
-from sd_batch.jobad import format_updates, job_ad_from_submit, parse_job_ad  # noqa: E402
-from sd_batch.pools import SHARED_CONNECTIONS  # noqa: E402
+from sd_batch.hypervisor.connections import SHARED_CONNECTIONS  # noqa: E402
 from sd_batch.staging import write_input_tar  # noqa: E402
 
 __all__ = ["web"]  # the fixture, shared with test_web

@@ -210,8 +210,8 @@ def template_needs(config: SiteConfig, infos: Sequence[Any], hv: Any) -> dict[st
     the startd to publish (`SmartDomainsTemplateMemory`...) and the schedd transform to make
     the job's requests. Templates that are not one VM (pools) are left out: jobs cannot name
     them. The disk is the output disk plus every blank disk and overlay at full size."""
-    from ..deploy.engine import disk_growth
     from ..config.templates import load_template
+    from ..deploy.engine import disk_growth
     from ..vm.spec import vm_spec
 
     needs: dict[str, Any] = {}

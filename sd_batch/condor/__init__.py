@@ -2,5 +2,6 @@
 bindings) and HTCondor's own argument and environment syntaxes (`syntax`, pure).
 
 Layer: edge (the HTCondor bindings). Hooks import it: keep this file empty of imports.
-May import: errors, the standard library, htcondor2/classad2 (in `jobad` only).
+May import: errors, vm (sizing.Resources), the standard library, htcondor2/classad2 (in
+`jobad` only).
 """

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import JobAdError as JobAdError
 from .syntax import (
@@ -40,7 +40,9 @@ from .syntax import (
     split_environment_v1,
     unquote_submit_value,
 )
-from ..vm.sizing import Resources
+
+if TYPE_CHECKING:
+    from ..vm.sizing import Resources
 
 #: The argument/environment syntaxes live in condor.syntax (pure); callers import them from here.
 __all__ = [
@@ -292,12 +294,15 @@ def _whole(ad: Any, name: str, target: Any = None) -> int | None:
     return value
 
 
-def job_resources(ad: JobAd, machine_ad_text: str | None) -> tuple[Resources, Resources | None]:
+def job_resources(ad: JobAd, machine_ad_text: str | None
+                  ) -> tuple[Resources, Resources | None]:  # fmt: skip
     """(the job's requests, its slot). The slot is the machine ad's `Memory` (MiB), `Cpus`,
     `Disk` (KiB) and `GPUs`; the requests are `RequestMemory`, `RequestCpus`, `RequestDisk`,
     `RequestGPUs` evaluated with that machine ad as TARGET, as the startd evaluated them when
     it carved the slot (the site transform makes them at least a template's needs). Without a
-    machine ad: the requests on their own, and no slot."""
+    machine ad: the requests on their own, and no slot. (vm.sizing is imported here: the hooks
+    import this module and must not pay for the language it pulls in.)"""
+    from ..vm.sizing import Resources
     if machine_ad_text is None:
         return Resources(ad.request_memory_mib, ad.request_cpus, ad.request_disk_kib,
                          ad.request_gpus), None  # fmt: skip

@@ -20,6 +20,7 @@ May import: errors, vm.site_policy, vm.spec, stdlib.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import PolicyError
@@ -86,25 +87,26 @@ def size_vm(spec: VMSpec, requests: Resources, slot: Resources | None, named: st
     """SPEC with the memory and vCPUs the job's slot gives it (see the module docstring).
 
     NAMED is what the job named (`minimal`, `my.sf`), for messages."""
-    memory = max(spec.memory_mib, requests.memory_mib or 0)
-    vcpus = max(spec.vcpus, requests.cpus or 0)
-    if slot is not None and slot.memory_mib is not None:
-        if spec.memory_mib > slot.memory_mib:
-            raise PolicyError(
-                f"{named} needs {spec.memory_mib} MiB of memory, more than the job's slot has "
-                f"({slot.memory_mib} MiB)",
-                hint=f"write request_memory = {spec.memory_mib} in the submit file",
-            )
-        memory = min(memory, slot.memory_mib)
-    if slot is not None and slot.cpus is not None:
-        if spec.vcpus > slot.cpus:
-            raise PolicyError(
-                f"{named} needs {spec.vcpus} vCPU{'s' if spec.vcpus != 1 else ''}, more than "
-                f"the job's slot has ({slot.cpus})",
-                hint=f"write request_cpus = {spec.vcpus} in the submit file",
-            )
-        vcpus = min(vcpus, slot.cpus)
+    has = slot if slot is not None else Resources()
+    memory = _fit(named, spec.memory_mib, requests.memory_mib, has.memory_mib, "request_memory",
+                  lambda n: f"{n} MiB", " of memory")  # fmt: skip
+    vcpus = _fit(named, spec.vcpus, requests.cpus, has.cpus, "request_cpus",
+                 lambda n: f"{n} vCPU{'s' if n != 1 else ''}")  # fmt: skip
     return dataclasses.replace(spec, memory_mib=memory, vcpus=vcpus)
+
+
+def _fit(named: str, described: int, requested: int | None, has: int | None, command: str,
+         show: Callable[[int], str], what: str = "") -> int:  # fmt: skip
+    """max(DESCRIBED, REQUESTED) within the slot's HAS; a slot below DESCRIBED is a hold."""
+    wanted = max(described, requested or 0)
+    if has is None:
+        return wanted
+    if described > has:
+        raise PolicyError(
+            f"{named} needs {show(described)}{what}, more than the job's slot has ({show(has)})",
+            hint=f"write {command} = {described} in the submit file",
+        )
+    return min(wanted, has)
 
 
 def check_disk(growth: DiskGrowth, slot: Resources | None, named: str) -> None:

@@ -79,14 +79,15 @@ def statements(rules: str) -> list[str]:
 
 def test_the_hooks_point_at_the_executables_under_smartdomains_home(tmp_path: Path) -> None:
     params = condor_params(tmp_path)
-    assert params["SMARTDOMAINS_HOME"] == "/opt/sd-batch"
+    home = "/usr/lib/sd-batch"  # the Debian package's
+    assert params["SMARTDOMAINS_HOME"] == home
     for hook in HOOKS:
-        assert params[f"SMARTDOMAINS_HOOK_{hook.upper()}"] == f"/opt/sd-batch/condor_hooks/{hook}"
-    assert params["STARTD_CRON_SMARTDOMAINS_EXECUTABLE"] == "/opt/sd-batch/condor_hooks/startd_cron"
+        assert params[f"SMARTDOMAINS_HOOK_{hook.upper()}"] == f"{home}/condor_hooks/{hook}"
+    assert params["STARTD_CRON_SMARTDOMAINS_EXECUTABLE"] == f"{home}/condor_hooks/startd_cron"
     assert int(params["SMARTDOMAINS_HOOK_JOB_EXIT_TIMEOUT"] or 0) > 25  # the hook's own limit
-    assert params["SMARTDOMAINS_HELPER"] == "sudo -n /opt/sd-batch/condor_hooks/helper"
+    assert params["SMARTDOMAINS_HELPER"] == "sudo -n /usr/lib/sd-batch/condor_hooks/helper"
     assert params["SMARTDOMAINS_HYPERVISOR_URI"] == "qemu:///system"
-    assert params["SMARTDOMAINS_TEMPLATE_DIRS"] == "/opt/sd-batch/job_templates"
+    assert params["SMARTDOMAINS_TEMPLATE_DIRS"] == "/usr/lib/sd-batch/job_templates"
 
 
 def test_the_executables_the_config_names_exist_in_the_tree() -> None:

@@ -29,11 +29,12 @@ CORE, EDGE, ORCHESTRATION, FACE = LAYERS
 #: The package `sd_batch` itself (its version, a logging handler) may be imported by anyone.
 TABLE: dict[str, tuple[str, str]] = {
     "errors": (CORE, ""),
+    "data": (CORE, ""),
     "lang": (CORE, "errors"),
     "vm": (CORE, "errors lang"),
     "placement": (CORE, "errors lang vm"),
     "condor": (EDGE, "errors vm"),  # vm: sizing.Resources, the requests and slot it reads
-    "config": (EDGE, "errors lang vm placement"),
+    "config": (EDGE, "errors data lang vm placement"),
     "guest": (EDGE, "errors config"),
     "staging": (EDGE, "errors guest"),
     "ledger": (EDGE, "errors vm config"),
@@ -41,9 +42,9 @@ TABLE: dict[str, tuple[str, str]] = {
     "deploy": (ORCHESTRATION, "errors lang vm placement config hypervisor ledger"),
     "batch": (ORCHESTRATION,
               "errors lang vm placement condor config guest staging hypervisor ledger deploy"),
-    "localrun": (ORCHESTRATION, "errors condor"),
-    "helper": (FACE, "errors lang condor config guest staging hypervisor deploy batch"),
-    "cli": (FACE, "errors lang placement config hypervisor deploy localrun web"),
+    "localrun": (ORCHESTRATION, "errors data condor"),
+    "helper": (FACE, "errors data lang condor config guest staging hypervisor deploy batch"),
+    "cli": (FACE, "errors data lang placement config hypervisor deploy localrun web"),
     "web": (FACE, "errors lang vm placement config hypervisor deploy"),
 }
 PACKAGES = {name: (layer, frozenset(may.split())) for name, (layer, may) in TABLE.items()}

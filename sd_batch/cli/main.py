@@ -34,6 +34,7 @@ examples:
   sd run examples/hello.sub                     a job through the HTCondor hooks, in a VM
   sd reap --dry-run                             what crashed runs left, and why
   sd web                                        the template web form on 127.0.0.1:8080
+  sd admin setup-host                           set this host up as a worker (root)
 
 Descriptions are written in the SmartFrog language; see docs/language.md.
 Exit codes: 0 ok, 2 usage, 3 site config, 4 description, 5 policy, 6 hypervisor,
@@ -266,7 +267,61 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--hash-password", metavar="USER",
                      help="print a password file line for USER (password from stdin) and exit")
     web.set_defaults(handler="sd_batch.cli.web:web")
+    _add_admin(sub)
     return parser
+
+
+def _add_admin(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """`sd admin ...`: setting a worker up from the installed package."""
+    admin = sub.add_parser(
+        "admin", help="set this host up as a worker (site admins, as root)",
+        description="Commands for the site admin of a worker, run as root from the installed "
+        "package (a wheel in a virtualenv, or the Debian package).",
+    )  # fmt: skip
+    steps = admin.add_subparsers(dest="admin_command", metavar="ACTION", parser_class=_Parser,
+                                 required=True)  # fmt: skip
+    setup = steps.add_parser(
+        "setup-host", help="install and start what a worker needs (idempotent)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Prepare this Debian 12 host to run sd-batch jobs in VMs, from this installed package:
+  1. Debian packages: libvirt, QEMU, sudo, acl (apt-get, --no-install-recommends)
+  2. libvirtd: QEMU as root without relabelling (/etc/libvirt/qemu.conf, unless the
+     site set it), libvirt's sockets for root only (/etc/libvirt/libvirtd.conf)
+  3. the slot group sd-slots (and the user sdslot1 for `sd run`), and the sudoers rule
+     /etc/sudoers.d/sd-batch letting that group run this package's helper, nothing else
+     (only when every file root runs that way is writable by root alone)
+  4. a check, as the slot user, that it can run the hooks and this package's Python
+     (traversal granted to sd-slots with an ACL where a folder on the way is closed)
+  5. virtlogd and libvirtd (started here when no service manager runs them)
+  6. the helper service on /run/sd-batch/helper.sock (systemd unit sd-batch-helper, else
+     under setsid); restarted with SIGTERM when its code changed, so runs under way
+     finish on the old one while new jobs reach the new one
+  7. the `minimal` guest image (kernel + initramfs from Debian packages) unless --no-guest
+  8. /etc/sd-batch/site.toml, unless it exists (the VM flavour: kvm or qemu)
+Every step checks first and says "ok" when there is nothing to do: run it again after an
+upgrade, or from Puppet/Ansible/Salt. The Debian package's postinst runs it with
+--no-guest --no-apt. Then point HTCondor at it: `sd admin paths` shows SMARTDOMAINS_HOME
+and the config drop-in.""",
+        epilog="example: sd admin setup-host --no-guest     (as root; exit 1 names what failed)",
+    )  # fmt: skip
+    setup.add_argument("--no-guest", action="store_true",
+                       help="skip building the guest image (it downloads Debian's kernel and "
+                       "busybox: ~1 min the first time)")  # fmt: skip
+    setup.add_argument("--image-dir", metavar="DIR",
+                       help="build the guest into DIR (default: the site config's image_dir)")
+    setup.add_argument("--no-apt", action="store_true",
+                       help="never run apt-get; stop naming missing packages instead (used from "
+                       "a Debian package's maintainer scripts, where dpkg holds apt's lock)")
+    setup.set_defaults(handler="sd_batch.cli.admin:setup_host")
+    paths = steps.add_parser(
+        "paths", help="where this install keeps its hooks, helper, drop-in and templates",
+        description="Print the paths an HTCondor config, sudoers or a configuration manager "
+        "names: SMARTDOMAINS_HOME (for /etc/condor/config.d/99-smartdomains.conf), the hooks, "
+        "the helper, the drop-in to copy, the templates and the Python.",
+    )  # fmt: skip
+    paths.set_defaults(handler="sd_batch.cli.admin:paths")
+
 
 
 def sf_start() -> None:

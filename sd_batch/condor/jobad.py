@@ -511,6 +511,7 @@ def _has_condor_config() -> bool:
     places = (
         Path("/etc/condor/condor_config"),
         Path("/usr/local/etc/condor_config"),
-        Path("~condor/condor_config").expanduser(),
+        # os.path leaves "~condor" as it is where no user condor exists (pathlib raises)
+        Path(os.path.expanduser("~condor/condor_config")),  # noqa: PTH111
     )
     return any(p.exists() for p in places)

@@ -3,7 +3,8 @@
 A site config is a TOML file (`/etc/sd-batch/site.toml`, or `$XDG_CONFIG_HOME/sd-batch/site.toml`,
 or the file named by `SD_BATCH_CONFIG`). Every knob has a safe default, so a fresh machine works
 without one. `parse_config` is pure; `load_config` is the one place that reads the file.
-May import: errors, placement.policy (Policy), vm.site_policy (SitePolicy), pyxdg, tomllib.
+May import: data (TEMPLATES_DIR), errors, placement.policy (Policy), vm.site_policy
+(SitePolicy), pyxdg, tomllib.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..data import TEMPLATES_DIR
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,8 +23,8 @@ if TYPE_CHECKING:
     from ..vm.site_policy import SitePolicy
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-#: Templates shipped with the source tree; the built-in default template folder.
-BUILTIN_TEMPLATE_DIR = PACKAGE_DIR.parent / "job_templates"
+#: Templates shipped with sd-batch (package data); the built-in default template folder.
+BUILTIN_TEMPLATE_DIR = TEMPLATES_DIR
 SYSTEM_CONFIG = Path("/etc/sd-batch/site.toml")
 DEFAULT_URI = "qemu:///system"
 #: [placement] when a site sets nothing: OpenStack Nova's initial allocation ratios (4 vCPUs

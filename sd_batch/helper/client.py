@@ -3,7 +3,7 @@ when it answers (`sd_batch.helper.service`: one JSON line each way, then a tar; 
 by SO_PEERCRED), else the helper command (`sudo -n condor_hooks/helper`). A hook is a fresh
 Python each time: nothing heavy is imported here, the helper command's `subprocess` only when
 it is used.
-May import: errors, condor.jobad (condor_param), the standard library.
+May import: data (HOOKS_DIR), errors, condor.jobad (condor_param), the standard library.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import shlex
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
+from ..data import HOOKS_DIR
 from ..errors import Disposition, HelperFailed
 
 TYPE_CHECKING = False  # typing itself costs a hook 5 ms
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sd_batch.helper.hooks")
 
-HOOKS_DIR = Path(__file__).resolve().parents[2] / "condor_hooks"
 #: Where the helper service listens (`socket_path` says what moves it).
 DEFAULT_SOCKET = "/run/sd-batch/helper.sock"
 MAX_REPLY_BYTES = 1 << 20

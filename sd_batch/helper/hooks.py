@@ -19,7 +19,8 @@
 Each verb reaches the privileged side through the helper service's socket when it answers,
 else through the helper command (`sudo -n condor_hooks/helper`): `helper.client`. Nothing here
 talks to libvirt, and nothing heavy is imported: every hook is a fresh Python.
-May import: errors, guest.contract, helper.client, condor.jobad, staging, stdlib.
+May import: data (HOOKS_DIR), errors, guest.contract, helper.client, condor.jobad, staging,
+stdlib.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data import HOOKS_DIR
 from ..errors import (
     VM_LOST_EXIT,
     VM_REQUEUE_EXIT,
@@ -44,7 +46,6 @@ from ..errors import (
     StagingError,
 )
 from .client import (
-    HOOKS_DIR,
     call,
     checked,
     helper,
@@ -184,6 +185,10 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     if len(argv) != 2 or argv[0] != "--job":
         print("usage: runner --job GLOBAL_JOB_ID", file=sys.stderr)
         return 2
+    # Everything the runner needs after the VM is loaded before it: a package upgrade may
+    # replace the code on disk while the VM runs, and a module first imported then would be
+    # the new version's (tests/test_package.py checks a job across an upgrade).
+    from .. import staging  # noqa: F401
     sock = service_socket()
     if sock is None:
         return _run_through_helper(argv[1], sandbox)

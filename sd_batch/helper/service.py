@@ -33,8 +33,7 @@ The protocol, one request per connection:
 SIGTERM stops listening at once (the socket goes, so hooks fall back to sudo or a new service)
 and lets the requests under way finish; the process exits when they have.
 May import: config, errors, hypervisor.connections, batch.privileged (and, to load them early,
-what its actions use: batch.jobs, deploy.reaper, config.templates, hypervisor, lang, staging),
-stdlib.
+every module but the faces: see `warm_up`), stdlib.
 """
 
 from __future__ import annotations
@@ -308,16 +307,26 @@ class Handler(socketserver.BaseRequestHandler):
             self.request.sendall(json.dumps(reply).encode() + b"\n")
 
 
-def warm_up() -> None:
-    """Import what the actions use and build the language's parser, once, before the first
-    request (a hook's wait is then the action alone)."""
-    from ..batch import jobs  # noqa: F401
-    from ..config import templates  # noqa: F401
-    from ..deploy import reaper  # noqa: F401
-    from ..hypervisor.connection import connect  # noqa: F401
-    from ..lang import parse_text
-    from ..staging import create_output_disk  # noqa: F401
+#: Faces the service never runs (and whose libraries a worker may lack): not imported.
+NOT_WARMED = ("sd_batch.web", "sd_batch.cli", "sd_batch.localrun")
 
+
+def warm_up() -> None:
+    """Import every module the root side may reach and build the language's parser, once,
+    before the first request. A hook's wait is then the action alone; and a package upgrade,
+    which replaces the code on disk while this service drains its runs, cannot mix the new
+    version's modules into this process (Python imports lazily: a module first imported after
+    the upgrade would be the new one, speaking to the old ones around it)."""
+    import importlib
+    import pkgutil
+
+    import sd_batch
+
+    from ..lang import parse_text
+
+    for module in pkgutil.walk_packages(sd_batch.__path__, "sd_batch."):
+        if not module.name.startswith(NOT_WARMED):
+            importlib.import_module(module.name)
     parse_text("sfConfig extends { x 1; }\n")
 
 

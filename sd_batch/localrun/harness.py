@@ -24,7 +24,7 @@ Here: the starter's steps in order (`Harness`) and the signals that stop a run. 
 users are in `files`, the hook processes and their environment in `starter`, how a
 proc ended (`Outcome`) and the job policy that decides it in `outcome`; this module
 re-exports their public names; the slot the startd would carve for the job (`.machine.ad`) is
-`slot`'s. May import: errors, localrun.files, localrun.starter, localrun.outcome,
+`slot`'s. May import: data, errors, localrun.files, localrun.starter, localrun.outcome,
 localrun.slot, condor.jobad, the standard library. Never libvirt: that is the hooks' business.
 """
 
@@ -48,6 +48,7 @@ from types import FrameType
 from typing import Any
 
 from ..condor.jobad import JobAd, format_updates, job_ad_from_submit, parse_job_ad
+from ..data import HOOKS_DIR
 from ..errors import HarnessError as HarnessError
 from ..errors import SdError
 from .files import (
@@ -81,7 +82,6 @@ __all__ = [
     "STOP_SIGNALS", "Harness", "HarnessError", "Outcome", "SlotUser", "default_user",
 ]  # fmt: skip
 
-HOOKS_DIR = Path(__file__).resolve().parents[2] / "condor_hooks"
 EXECUTE_DIR = Path("/var/lib/sd-batch/execute")  # root's runs; others use $TMPDIR
 STOP_SIGNALS = {signal.SIGINT: "remove", signal.SIGTERM: "remove", signal.SIGUSR1: "hold",
                 signal.SIGUSR2: "evict"}  # fmt: skip

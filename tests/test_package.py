@@ -138,6 +138,22 @@ def test_a_checkout_keeps_its_old_paths_as_links_into_the_package() -> None:
         assert found.stdout.strip() == str((ROOT / ".venv" / "bin" / "python").resolve())
 
 
+def test_the_helper_service_loads_all_its_code_before_an_upgrade_can_replace_it() -> None:
+    """warm_up leaves no module of the root side to a lazy import (which, after an upgrade,
+    would read the new version's file into the old process; the Debian package test below
+    runs a real job across an upgrade)."""
+    code = """
+import pkgutil, sys, sd_batch
+from sd_batch.helper.service import NOT_WARMED, warm_up
+warm_up()
+every = {m.name for m in pkgutil.walk_packages(sd_batch.__path__, "sd_batch.")}
+print(sorted(m for m in every if not m.startswith(NOT_WARMED) and m not in sys.modules))
+"""
+    done = run(sys.executable, "-I", "-c", code, env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 # ---------------------------------------------------------------------------------- the .deb
 
 

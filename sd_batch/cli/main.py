@@ -216,6 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--rounds", type=int, metavar="N", help="stop after N rounds of pings")
     watch.set_defaults(handler="sd_batch.cli.plan:watch")
 
+    images = sub.add_parser(
+        "images", help="site images on hypervisor hosts: sd images push HOST NAME",
+        description="Site images (guest kernels, initramfs, base disks) live in the site image "
+        "folder of every hypervisor host, at the same path. `push` copies NAME (a file or a "
+        "folder, relative to this machine's site image folder) to HOST through libvirt's "
+        "storage API; files already there with the same sha256 are not copied again.",
+    )  # fmt: skip
+    images_sub = images.add_subparsers(dest="images_command", metavar="ACTION", required=True,
+                                       parser_class=_Parser)  # fmt: skip
+    images_push = images_sub.add_parser("push", help="copy a site image to HOST (once)")
+    images_push.add_argument("host", metavar="HOST", help="a site host name or libvirt URI")
+    images_push.add_argument("name", metavar="NAME", help="relative to the site image folder")
+    images_push.add_argument("--json", action="store_true", help="one JSON list of files")
+    images_push.set_defaults(handler="sd_batch.cli.images:images_push")
+
     run = sub.add_parser(
         "run", help="run a submit file's jobs here through the HTCondor hooks (no daemons)",
         description="Play condor_submit, the schedd and condor_starter for every proc of "

@@ -23,14 +23,15 @@ from ..errors import (
     DiskWriteError,
     DomainNotFound,
     SdError,
-    SpecError,
 )
+from ..hypervisor.types import is_remote
 from ..placement.steps import Order, Step, VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk, HostFiles, build_domain_xml
 from ..vm.domain_xml import Owner as XmlOwner
 from ..vm.domain_xml import OwnerKind as XmlOwnerKind
 from ..vm.sizing import DiskGrowth
-from ..vm.spec import DiskFormat, KernelBoot, VMSpec
+from ..vm.spec import VMSpec
+from .host_images import images_of, resolve_image
 
 if TYPE_CHECKING:
     from ..hypervisor.connection import HypervisorAPI
@@ -51,22 +52,9 @@ class SitePaths:
     console_dir: Path | None = None
 
     def image(self, relative: PurePosixPath, what: str, spec: VMSpec) -> Path:
-        """An image-folder path from a description, refusing anything outside the folder."""
-        base = self.image_dir.resolve()
-        candidate = (base / str(relative).lstrip("/")).resolve()
-        if not candidate.is_relative_to(base):
-            raise SpecError(
-                f"{spec.path}: {what} {relative} is outside the site image folder {base}",
-                loc=spec.loc,
-                path=spec.path,
-                hint="descriptions name guest images relative to the site image folder",
-            )
-        if not candidate.is_file():
-            raise DeployError(
-                f"{spec.path}: {what} {relative} does not exist in the site image folder {base}",
-                hint="scripts/build-guest builds the minimal guest there",
-            )
-        return candidate
+        """An image-folder path from a description, refusing anything outside the folder
+        (whether a host has it: `host_images.images_of`)."""
+        return resolve_image(self.image_dir, relative, what, spec)
 
 
 class _VMFailed(Exception):
@@ -98,6 +86,11 @@ class Engine:
         self._total = sum(1 for _ in step.vms())
         self._done = 0
         try:
+            for vm in step.vms():  # every host has every image it needs, before anything exists
+                try:
+                    images_of(vm.spec, vm.uri, self.connect, self.paths.image_dir)
+                except (SdError, OSError) as exc:
+                    raise _VMFailed(vm, exc) from exc
             self._deploy(owner, step)
             self._start(owner, step)
         except BaseException as exc:  # Ctrl-C too: nothing half-started may stay behind
@@ -172,35 +165,37 @@ class Engine:
 
         hv = self.connect(vm.uri)
         spec = vm.spec
-        kernel = initrd = None
-        if isinstance(spec.boot, KernelBoot):
-            kernel = self.paths.image(spec.boot.kernel, "kernel", spec)
-            if spec.boot.initrd is not None:
-                initrd = self.paths.image(spec.boot.initrd, "initrd", spec)
+        remote = is_remote(vm.uri)
+        images = images_of(spec, vm.uri, self.connect, self.paths.image_dir)
+        kernel = images["kernel"][0] if "kernel" in images else None
+        initrd = images["initrd"][0] if "initrd" in images else None
         sources = []
-        self.paths.overlay_dir.mkdir(parents=True, exist_ok=True)
+        if not remote:
+            self.paths.overlay_dir.mkdir(parents=True, exist_ok=True)
         for disk in spec.disks:
             name = f"{vm.domain}-{disk.name}.{disk.format.value}"
             target = str(self.paths.overlay_dir / name)
-            if Path(target).exists():  # not ours to overwrite, nor (on rollback) to delete
+            there = hv.host_file(target) is not None if remote else Path(target).exists()
+            if there:  # not ours to overwrite, nor (on rollback) to delete
                 raise DeployError(
-                    f"disk {target} already exists",
+                    f"disk {target} already exists" + (f" on {vm.uri}" if remote else ""),
                     hint="an earlier run left it: `sd status` shows it; remove it if unused",
                 )
-            # A missing base image is the description's fault: found before any intent.
-            base = None if disk.image is None else self.paths.image(disk.image,
-                                                                     "disk image", spec)
+            base = images.get(f"disk:{disk.name}")
             with self.ledger.intent(owner, ResourceKind.VOLUME, target, vm.uri):
                 if base is not None:
-                    created = hv.create_overlay(self.paths.overlay_dir, name, base,
-                                                disk.size_bytes or 0, _image_format(base))
+                    created = hv.create_overlay(self.paths.overlay_dir, name, base[0],
+                                                disk.size_bytes or 0, base[1])
                 else:
                     created = hv.create_blank(self.paths.overlay_dir, name,
                                               disk.size_bytes or 0, disk.format.value)
             sources.append(DiskSource(PurePosixPath(created), disk.format))
         console = None
         if self.paths.console_dir is not None and not spec.flavour.is_xen:
-            self.paths.console_dir.mkdir(parents=True, exist_ok=True)
+            if remote:  # virtlogd there writes the log, into a folder that must exist
+                hv.ensure_folder(self.paths.console_dir)
+            else:
+                self.paths.console_dir.mkdir(parents=True, exist_ok=True)
             console = PurePosixPath(self.paths.console_dir / f"{vm.domain}.log")
             # virtlogd creates it when the domain starts; recorded so teardown removes it
             self.ledger.mark_created(
@@ -241,10 +236,20 @@ class Engine:
                 [r for r in resources if r.kind is ResourceKind.DOMAIN], grace_seconds
             )
         errors: list[str] = []
+        unreachable: dict[str, str] = {}  # a host that did not answer is asked once, not per row
         for resource in resources:
+            uri = resource.host_uri
+            on_host = resource.kind is not ResourceKind.FILE or is_remote(uri)
+            if on_host and uri not in unreachable:
+                try:
+                    hv = self.connect(uri)
+                except SdError as exc:
+                    unreachable[uri] = _reason(exc)
+            if on_host and uri in unreachable:
+                errors.append(f"{resource.kind.value} {resource.name}: {unreachable[uri]}")
+                continue
             try:
                 if resource.kind is ResourceKind.DOMAIN:
-                    hv = self.connect(resource.host_uri)
                     if resource.state is ResourceState.CREATING and not self._ours(
                         hv, resource.name, owner
                     ):
@@ -254,9 +259,10 @@ class Engine:
                     hv.undefine(resource.name)
                     domains += 1
                     self.progress(f"removed {resource.name}")
-                elif resource.kind is ResourceKind.VOLUME:
-                    self.connect(resource.host_uri).delete_volume(resource.name)
-                    volumes += 1
+                elif on_host:  # a volume; or a file (console log) of a host of its own
+                    hv.delete_volume(resource.name)
+                    volumes += resource.kind is ResourceKind.VOLUME
+                    files += resource.kind is ResourceKind.FILE
                 else:
                     Path(resource.name).unlink(missing_ok=True)
                     files += 1
@@ -323,12 +329,6 @@ class Engine:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' * (number != 1)}"
-
-
-def _image_format(path: Path) -> str:
-    """qcow2 or raw, from the file's magic: never let QEMU probe a format (unsafe)."""
-    with open(path, "rb") as handle:
-        return "qcow2" if handle.read(4) == b"QFI\xfb" else DiskFormat.RAW.value
 
 
 def _reason(exc: BaseException) -> str:

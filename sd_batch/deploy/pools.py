@@ -359,6 +359,7 @@ def status(
     from ..ledger.store import Ledger, ResourceKind
 
     reports = []
+    down: dict[str, str] = {}  # a host that does not answer is asked once, not once per VM
     with Ledger.for_site(config) as ledger:
         left = {o.row_id for o in ledger.leftovers().owners}
         for owner in ledger.owners():
@@ -368,7 +369,8 @@ def status(
             for resource in reversed(ledger.resources(owner)):
                 if resource.kind is ResourceKind.DOMAIN:
                     vms.append(VMStatus(resource.name, resource.host_uri,
-                                        _live_state(connections, resource.host_uri, resource.name)))
+                                        _live_state(connections, resource.host_uri, resource.name,
+                                                    down)))
                 elif resource.kind is ResourceKind.VOLUME:
                     volumes.append(resource.name)
                 else:
@@ -383,9 +385,16 @@ def status(
     return reports
 
 
-def _live_state(connections: Connections, uri: str, domain: str) -> str:
+def _live_state(connections: Connections, uri: str, domain: str, down: dict[str, str]) -> str:
+    if uri not in down:
+        try:
+            hv = connections(uri)
+        except SdError as exc:
+            down[uri] = f"unknown: {exc.message}"
+    if uri in down:
+        return down[uri]
     try:
-        return connections(uri).state(domain).state.name.lower()
+        return hv.state(domain).state.name.lower()
     except DomainNotFound:
         return "missing"
     except SdError as exc:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DeployError, SdError
 from ..hypervisor.inventory import live_hosts
+from ..hypervisor.types import is_remote
 from ..placement.place import Placement, place
 from ..placement.plan import placement_groups
 from ..placement.schedulers import SchedulerSpec
@@ -95,7 +96,7 @@ class Watcher:
         hosts = sorted({vm.uri for vm in self.watched} | {uri for _d, uri in self.stale})
         for uri in hosts:
             try:
-                states = {d.name: d.state for d in self.connections(uri).list_domains()}
+                states = {d.name: d.state for d in self.connections.once(uri).list_domains()}
             except SdError as exc:
                 self.connections.forget(uri)  # reconnect next round: it may come back
                 self._missed(uri, exc)
@@ -203,7 +204,7 @@ class Watcher:
         leaving = {domain for domain, where in self.stale if where == uri}
         if not leaving:
             return
-        names = _resource_names({d: self.vms[d] for d in leaving}, self.engine)
+        names = _resource_names({d: self.vms[d] for d in leaving}, self.engine, uri)
 
         def left_here(resource: Resource) -> bool:
             return resource.host_uri == uri and resource.name in names
@@ -217,14 +218,17 @@ class Watcher:
         self.progress(f"removed the old copies on {uri} of {', '.join(sorted(leaving))}: {removed}")
 
 
-def _resource_names(vms: Mapping[str, VMPlan], engine: Engine) -> set[str]:
-    """The ledger names of an old copy: its domain and overlays. Not its console log: that
-    path on this machine is the new copy's too (its row goes with `sd terminate`)."""
+def _resource_names(vms: Mapping[str, VMPlan], engine: Engine, uri: str) -> set[str]:
+    """The ledger names of an old copy on URI: its domain and overlays, and its console log
+    where URI is a host of its own. A local URI's log path is on this machine, where the new
+    copy writes the same path (that row goes with `sd terminate`)."""
     names = set()
     for domain, vm in vms.items():
         names.add(domain)
         for disk in vm.spec.disks:
             names.add(str(engine.paths.overlay_dir / f"{domain}-{disk.name}.{disk.format.value}"))
+        if is_remote(uri) and engine.paths.console_dir is not None:
+            names.add(str(engine.paths.console_dir / f"{domain}.log"))
     return names
 
 

@@ -28,7 +28,7 @@ class Connections:
         self._guard = threading.Lock()  # the two dicts
         self._opening: dict[str, threading.Lock] = {}  # one open at a time per URI
 
-    def __call__(self, uri: str) -> HypervisorAPI:
+    def __call__(self, uri: str, *, attempts: int | None = None) -> HypervisorAPI:
         with self._guard:
             opening = self._opening.setdefault(uri, threading.Lock())
         with opening:
@@ -41,12 +41,17 @@ class Connections:
             if self._opener is None:
                 from .connection import connect
 
-                hv = connect(uri)
+                hv = connect(uri) if attempts is None else connect(uri, attempts=attempts)
             else:
                 hv = self._opener(uri)
             with self._guard:
                 self._open[uri] = hv
             return hv
+
+    def once(self, uri: str) -> HypervisorAPI:
+        """URI's connection, opened (if it must be) in one attempt: a ping, which a host that
+        is down fails at once rather than after ~8 s of retries."""
+        return self(uri, attempts=1)
 
     def forget(self, uri: str) -> None:
         """Drop URI's connection (it failed): the next call opens a new one."""

@@ -182,7 +182,8 @@ def live_host(
     name: str, uri: str, hv: HypervisorAPI, config: SiteConfig, groups: tuple[str, ...] = (),
     claims: Sequence[Claim] = (),
 ) -> HostState:  # fmt: skip
-    """A host as its hypervisor reports it: CPUs and memory, and the active domains' load,
+    """A host as its hypervisor reports it: CPUs and memory, and the active domains' load (or
+    the memory in use by everything there, from the host's free memory, when that is more),
     plus the CLAIMS on it whose VM is not active yet (placed, not yet running)."""
     capacity = hv.host_capacity()
     pending: list[Claim] = []
@@ -191,9 +192,12 @@ def live_host(
         pending = [c for c in claims if c.domain not in active]
     load = hv.host_load()
     tags = config.host_tags.get(name) or config.host_tags.get(uri) or frozenset()
+    used_memory = load.memory_mib  # what its domains may take, at most
+    if capacity.free_memory_mib is not None:  # or what the host has in use, if more (other
+        used_memory = max(used_memory, capacity.memory_mib - capacity.free_memory_mib)  # work)
     return HostState(
         name=name, uri=uri, memory_mib=capacity.memory_mib, vcpus=capacity.cpus, tags=tags,
-        used_memory_mib=load.memory_mib + sum(c.memory_mib for c in pending),
+        used_memory_mib=used_memory + sum(c.memory_mib for c in pending),
         used_vcpus=load.vcpus + sum(c.vcpus for c in pending),
         vms=load.domains + len(pending), groups=groups,
     )  # fmt: skip

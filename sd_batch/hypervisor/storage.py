@@ -4,7 +4,7 @@ and the `qemu-img` fallback for URIs without a storage driver (qemu:///embed).
 `connection.Hypervisor` owns the connection and hands this module what it needs: the libvirt
 connection and module, the URI, its error translation and its test for transient failures
 (this module never imports libvirt, nor `connection`). Its volume methods delegate here.
-May import: errors, vm (volume XML, names), stdlib.
+May import: errors, hypervisor.types, vm (volume XML, names), stdlib.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HypervisorError
+from .types import HostFile
 
 Errors = Callable[[str, str | None], contextlib.AbstractContextManager[None]]
 
@@ -99,16 +100,76 @@ class Storage:
 
     def _capacity_of(self, path: str) -> int:
         """A base image's virtual size, as libvirt reads it on the host that has the file."""
-        with self._errors("read the size of", path):
-            try:
-                vol = self._conn.storageVolLookupByPath(path)
-            except self._lv.libvirtError as exc:
-                if exc.get_error_code() != self._lv.VIR_ERR_NO_STORAGE_VOL:
-                    raise
-                vol = self._rescan_for(path)  # its folder is no storage pool yet
+        found = self.host_file(path)
+        if found is None:
+            raise HypervisorError(f"{self._uri}: no base image {path} on that host",
+                                  hint="sd images push <host> <name> puts a site image on it")
+        return found.size_bytes
+
+    def host_file(self, path: str | Path) -> HostFile | None:
+        """The file at PATH on this connection's host, read through libvirt (its folder
+        rescanned first: files come and go behind libvirt's back); None if it has none."""
+        path = str(path)
+        with self._errors("look for", path):
+            vol = self._rescan_for(path)
             if vol is None:
-                raise HypervisorError(f"{self._uri}: no base image {path} on that host")
-            return int(vol.info()[1])
+                return None
+            info = vol.info()
+            fmt = ET.fromstring(vol.XMLDesc(0)).find("target/format")
+        return HostFile(path, int(info[1]), fmt.get("type", "raw") if fmt is not None else "raw")
+
+    def ensure_folder(self, folder: str | Path) -> None:
+        """FOLDER exists on this connection's host (libvirt builds a dir pool's folder)."""
+        self.ensure_dir_pool(Path(folder))
+
+    def upload_file(self, target: str | Path, source: Path) -> None:
+        """Copy the local file SOURCE to TARGET on this connection's host through libvirt's
+        storage API (virStorageVolUpload: works over any remote URI, no ssh or shared disk).
+        TARGET must not exist; a failed copy leaves no partial file behind."""
+        from ..vm.domain_xml import volume_xml
+        from ..vm.spec import DiskFormat
+
+        target = Path(target)
+        size = source.stat().st_size
+        pool = self.ensure_dir_pool(target.parent)
+        xml = volume_xml(target.name, max(size, 1), None, None, DiskFormat.RAW)
+        with self._errors("create volume", str(target)):
+            vol = pool.createXML(xml, 0)
+        try:
+            with self._errors("upload", str(target)), open(source, "rb") as handle:
+                stream = self._conn.newStream(0)
+                vol.upload(stream, 0, size, 0)
+                try:
+                    stream.sendAll(lambda _s, nbytes, _o: handle.read(min(nbytes, 1 << 20)), None)
+                    stream.finish()
+                except BaseException:
+                    with contextlib.suppress(self._lv.libvirtError):
+                        stream.abort()
+                    raise
+        except BaseException:
+            with contextlib.suppress(self._lv.libvirtError):
+                vol.delete(0)
+            raise
+
+    def read_file(self, path: str | Path, sink: Callable[[bytes], object],
+                  limit: int | None = None) -> bool:  # fmt: skip
+        """Stream the file at PATH on this connection's host (its first LIMIT bytes) into SINK
+        through libvirt (virStorageVolDownload); False when the host has no such file."""
+        found = self.host_file(path)
+        if found is None:
+            return False
+        with self._errors("download", str(path)):
+            vol = self._conn.storageVolLookupByPath(str(path))
+            length = 0 if limit is None else min(limit, found.size_bytes)  # 0: to the end
+            stream = self._conn.newStream(0)
+            vol.download(stream, 0, length, 0)
+            while True:
+                data = stream.recv(1 << 18)
+                if not isinstance(data, bytes) or not data:
+                    break
+                sink(data)
+            stream.finish()
+        return True
 
     def volume_path(self, pool_or_dir: str | Path, name: str) -> str:
         """Where create_overlay will put NAME: what the ledger records before creating it."""

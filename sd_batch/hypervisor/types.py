@@ -8,9 +8,11 @@ tests use these types without libvirt-python. May import: errors, the standard l
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 DAEMON_HINT = "is libvirtd running on that host? scripts/setup-host starts it"
 MIB = 1024 * 1024
@@ -93,6 +95,25 @@ class HostLoad:
     vcpus: int
 
 
+@dataclass(frozen=True, slots=True)
+class HostFile:
+    """A file on a hypervisor host, as that host's libvirt sees it (a volume of a dir pool)."""
+
+    path: str
+    size_bytes: int  # its virtual size (a qcow2 image's disk size)
+    format: str  # libvirt's reading of it: "qcow2", "raw", ...
+
+
+def is_remote(uri: str) -> bool:
+    """Whether URI names a host of its own (`qemu+tcp://node01/system`): its files (images,
+    overlays, console logs) are reached through that host's libvirt only, never opened here.
+    Local URIs (`qemu:///system`, `test:///...`) share this machine's files."""
+    try:
+        return bool(urlsplit(uri).hostname)
+    except ValueError:
+        return False
+
+
 class HypervisorAPI(Protocol):
     """What the deploy engine and the job hooks need from a host; fakes implement this."""
 
@@ -114,6 +135,11 @@ class HypervisorAPI(Protocol):
     def volume_path(self, pool_or_dir: str | Path, name: str) -> str: ...
     def image_capacity(self, path: str | Path) -> int: ...
     def delete_volume(self, path: str | Path) -> None: ...
+    def host_file(self, path: str | Path) -> HostFile | None: ...
+    def ensure_folder(self, folder: str | Path) -> None: ...
+    def upload_file(self, target: str | Path, source: Path) -> None: ...
+    def read_file(self, path: str | Path, sink: Callable[[bytes], object],
+                  limit: int | None = ...) -> bool: ...  # fmt: skip
     def host_capacity(self) -> HostCapacity: ...
     def host_load(self) -> HostLoad: ...
     def close(self) -> None: ...

@@ -77,9 +77,10 @@ def push(
     from ..hypervisor.connections import SHARED_CONNECTIONS
 
     uri = config.uri_for(host)
+    sources = _local_files(config, name)  # a wrong name fails before any host is asked
     hv = (connections or SHARED_CONNECTIONS)(uri)
     results = []
-    for source in _local_files(config, name):
+    for source in sources:
         target = str(source)
         record = target + SUFFIX
         want = sha256_of(source)

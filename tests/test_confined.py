@@ -41,7 +41,7 @@ def write(path: Path) -> None:
 
 
 def open_many(path: Path) -> list[int]:
-    return [os.open(path, os.O_RDONLY) for _ in range(100)]
+    return [os.open(path, os.O_RDONLY) for _ in range(1000)]
 
 
 def refuse() -> None:

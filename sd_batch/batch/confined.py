@@ -152,10 +152,13 @@ def _child(out: Connection, limits: ChildLimits, work: Callable[..., Any],
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         mib = 1024 * 1024
+        # OPEN_FILES more than the descriptors it came with (a plain fork inherits the
+        # parent's; RLIMIT_NOFILE bounds descriptor numbers, not a count)
+        inherited = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1  # noqa: PTH208
         for which, value in ((resource.RLIMIT_AS, limits.memory_mib * mib),
                              (resource.RLIMIT_CPU, limits.cpu_seconds),
                              (resource.RLIMIT_FSIZE, limits.file_mib * mib),
-                             (resource.RLIMIT_NOFILE, limits.open_files),
+                             (resource.RLIMIT_NOFILE, inherited + limits.open_files),
                              (resource.RLIMIT_CORE, 0)):  # fmt: skip
             # SIGXCPU at the soft CPU limit, SIGKILL a second later at the hard one
             hard = value + 1 if which == resource.RLIMIT_CPU else value

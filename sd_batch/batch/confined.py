@@ -94,8 +94,9 @@ def run_confined(work: Callable[..., T], args: tuple[Any, ...], limits: ChildLim
         receiver.close()
         if late:
             child.kill()
-        child.join(5.0)
-        if child.exitcode is None:  # it should have ended: do not wait on
+        if outcome is None:  # how it ended says why; an answer needs no wait for its exit
+            child.join(5.0)  # (multiprocessing reaps it at the next start)
+        if child.exitcode is None and outcome is None:  # it should have ended: do not wait on
             child.kill()
             child.join(5.0)
     if outcome is None:

@@ -101,7 +101,7 @@ def test_one_caller_cannot_take_every_request_thread(service: Service,
                                                     users: tuple[User, User]) -> None:
     """A slot user's connections that never send their line hold its own pending slots (for
     10 s each at most): its next request is Busy; root's and another user's are served."""
-    from sd_batch.helper.service import CAPS
+    from sd_batch.helper.door import CAPS
 
     user, other = users
     hold = subprocess.Popen(["/usr/bin/python3", "-I", "-c", HOLD, str(service.socket),

@@ -156,7 +156,9 @@ def _child(out: Connection, limits: ChildLimits, work: Callable[..., Any],
         # OPEN_FILES more than the descriptors it came with (a plain fork inherits the
         # parent's; RLIMIT_NOFILE bounds descriptor numbers, not a count)
         inherited = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1  # noqa: PTH208
-        for which, value in ((resource.RLIMIT_AS, limits.memory_mib * mib),
+        # likewise MEMORY_MIB more address space than it started with: a fork of a helper
+        # with libvirt's threads and arenas inherits hundreds of MiB it never touches
+        for which, value in ((resource.RLIMIT_AS, _address_space() + limits.memory_mib * mib),
                              (resource.RLIMIT_CPU, limits.cpu_seconds),
                              (resource.RLIMIT_FSIZE, limits.file_mib * mib),
                              (resource.RLIMIT_NOFILE, inherited + limits.open_files),
@@ -174,6 +176,14 @@ def _child(out: Connection, limits: ChildLimits, work: Callable[..., Any],
     except BaseException:  # noqa: BLE001
         os._exit(_EXIT_UNREPORTED)
     os._exit(0)  # nothing of the parent's (atexit, buffers) runs twice
+
+
+def _address_space() -> int:
+    """This process's address space now (VmSize), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _reported(exc: BaseException, limits: ChildLimits) -> tuple[str, Any]:

@@ -296,3 +296,40 @@ class BadRequest(SdError):
 
 class PoolNotFound(SdError):
     """A pool the user did not start here (or that is gone): the same answer for both."""
+
+
+#: The longest message a hold reason, a hook's status message or a guest's error becomes.
+MAX_MESSAGE = 1024
+
+
+def clipped(text: str, limit: int = MAX_MESSAGE) -> str:
+    """TEXT as one printable line of at most LIMIT characters: what reaches a HoldReason or a
+    log may come from a job or its guest (a 980 KB HoldReason was possible), and control
+    characters there could forge log lines or terminal escapes."""
+    line = "".join(c if c.isprintable() else " " for c in text[: limit * 4]).strip()
+    return line if len(line) <= limit else line[: limit - 14] + " [... clipped]"
+
+
+class LimitExceeded(PolicyError):
+    """Untrusted work overran a confined child's limit (`batch.confined`): the job's own
+    doing, so it is held, never requeued."""
+
+
+class ChildFailed(SdError):
+    """A confined child's own SdError when it does not survive pickling whole (keyword-only
+    arguments): its text, disposition and class name. Others come back as themselves."""
+
+    def __init__(self, message: str, disposition: Disposition, kind: str) -> None:
+        super().__init__(message)
+        self._disposition, self.kind = disposition, kind
+
+    @property
+    def disposition(self) -> Disposition:  # type: ignore[override]
+        return self._disposition
+
+
+class InputTimeout(SdError):
+    """A prepare's input disk did not reach the helper service in time: the hook is stuck or
+    trickles on purpose; the job goes back to Idle (the service held a thread long enough)."""
+
+    disposition = Disposition.REQUEUE

@@ -91,8 +91,8 @@ class Service:
     def ask(self, raw: bytes, *, shut: bool = True) -> dict[str, object]:
         """One raw request as root; the reply line."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(self.socket))  # blocking, as a hook's: waits out a full backlog
             sock.settimeout(30)
-            sock.connect(str(self.socket))
             try:
                 sock.sendall(raw)
                 if shut:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import grp
 import json
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +48,10 @@ try:
 except OSError as exc:
     print(json.dumps({"errno": exc.errno}))
     raise SystemExit
-s.sendall(b'{"action": "probe"}\\n')
+try:
+    s.sendall(b'{"action": "probe"}\\n')
+except OSError:
+    pass  # refused before it read: the reply is there to read
 print(s.makefile("rb").readline().decode().strip())
 """
 
@@ -95,20 +97,46 @@ def test_a_malformed_job_id_is_refused_as_the_helper_refuses_it(service: Service
 
 
 
-def test_one_caller_cannot_take_every_request_thread(service: Service) -> None:
-    from sd_batch.helper.service import MAX_PER_USER
+def test_one_caller_cannot_take_every_request_thread(service: Service,
+                                                    users: tuple[User, User]) -> None:
+    """A slot user's connections that never send their line hold its own pending slots (for
+    10 s each at most): its next request is Busy; root's and another user's are served."""
+    from sd_batch.helper.door import CAPS
 
-    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(MAX_PER_USER)]
+    user, other = users
+    hold = subprocess.Popen(["/usr/bin/python3", "-I", "-c", HOLD, str(service.socket),
+                             str(CAPS["pending"][0])], user=user.uid, group=user.gid,
+                            extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
     try:
-        for sock in idle:
-            sock.connect(str(service.socket))  # and say nothing (the service waits 10 s)
-        until(lambda: service.ask(b'{"action": "probe"}\n').get("error") == "Busy", 5.0)
-        reply = service.ask(b'{"action": "probe"}\n')
+        assert hold.stdout is not None and hold.stdout.readline() == "ready\n"
+        reply = ask_as(user, service.socket)
         assert (reply["ok"], reply["exit"], reply["disposition"]) == (False, 75, "requeue")
+        assert reply["error"] == "Busy"
+        assert service.ask(b'{"action": "probe"}\n')["ok"] is True  # root's
+        assert ask_as(other, service.socket)["ok"] is True
     finally:
-        for sock in idle:
-            sock.close()
-    until(lambda: service.ask(b'{"action": "probe"}\n')["ok"] is True, 5.0)
+        hold.communicate("", timeout=30)
+    until(lambda: ask_as(user, service.socket)["ok"] is True, 5.0)
+
+
+HOLD = """import socket, sys
+socks = [socket.socket(socket.AF_UNIX) for _ in range(int(sys.argv[2]))]
+for s in socks:
+    s.connect(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def ask_as(user: User, sock: Path) -> dict[str, object]:
+    """A probe from USER's process (in the slot group as its primary group)."""
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", CONNECT, str(sock)], user=user.uid,
+                          group=user.gid, extra_groups=[], capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reply: dict[str, object] = json.loads(done.stdout)
+    return reply
 
 
 # --- the cheap GlobalJobId of JOB_EXIT ----------------------------------------------------------

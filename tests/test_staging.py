@@ -328,8 +328,8 @@ def test_a_disk_the_guest_never_wrote_is_refused_at_once(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        (b"garbage" * 100, "no valid tar at byte 512"),
-        (lying("outputs/big", 3 * MiB), "runs past the end of the output disk"),
+        (b"garbage" * 100, "at byte 0 holds no valid tar header"),
+        (lying("outputs/big", 3 * MiB), "runs past the end of its disk"),
         (result_tar()[:2048], "cut short at byte 2048"),
     ],
 )
@@ -485,12 +485,12 @@ class _Endless(io.RawIOBase):
 
 def test_an_endless_stream_is_cut_at_the_limit(sandbox: Path) -> None:
     # after the marker, a PAX header announcing a gigabyte of records: tarfile would hold them
-    # in memory, so the stream itself is cut
+    # in memory, so its header is refused before tarfile reads any (`tarscan`)
     pax = tarfile.TarInfo("././@PaxHeader")
     pax.type, pax.size = tarfile.XHDTYPE, 1 << 30
     head = result_tar()[:1024] + pax.tobuf(tarfile.USTAR_FORMAT)
     stream = io.BufferedReader(_Endless(head))
-    with pytest.raises(StagingError, match="result tar is larger than the limit"):
+    with pytest.raises(StagingError, match="extended tar header of 1073741824 bytes, over the"):
         read_result(stream, sandbox, max_bytes=MiB, max_files=10)
 
 

@@ -6,7 +6,7 @@ the caller: the job ad is read back from the input disk and must name the caller
 files may include only each other and site templates; only regular .sf files are copied out.
 The job's requests (`request_memory`...) and its slot (the starter's machine ad, which the hook
 puts on the input disk) come back with it: `vm.sizing` makes the VM the slot.
-May import: config, errors, guest.contract, condor.jobad, lang, vm, batch.key.
+May import: config, errors, guest.contract, condor.jobad, lang, staging, vm, batch.key.
 """
 
 from __future__ import annotations
@@ -43,11 +43,52 @@ class JobAsks:
     slot: Resources | None
 
 
+def resolve_job(
+    config: SiteConfig, key: JobKey, input_path: Path, folder: Path, limits: JobLimits
+) -> tuple[VMSpec, str, Resources | None]:
+    """The job's VM, its SDVMDescription's name and its slot, from its input disk: all the
+    untrusted work of a PREPARE_JOB, in one call `jobs.prepare` runs in a confined child
+    (`batch.confined`)."""
+    check_input_tar(input_path)
+    asks = job_description(config, key, input_path, folder, limits)
+    return job_spec(config, asks, key, limits.policy), asks.name, asks.slot
+
+
+def check_input_tar(input_path: Path) -> None:
+    """Every header of the input tar checked (`staging.tarscan`: no vulnerable parsing of
+    PAX headers by tarfile), and its first member our marker: anything else is no input of
+    ours (a hold, with what it is)."""
+    from ..staging.tarscan import TarScan
+
+    fd = os.open(input_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        scan = TarScan(fd, os.fstat(fd).st_size, "the job's input disk")
+        members = scan.members()
+        first = next(members, None)
+        if first is None or first.name != contract.INPUT_MARKER or not first.isreg():
+            raise StagingError("the job's input disk is not an sd-batch input (its first member "
+                               f"is {'none' if first is None else repr(first.name[:80])}, "
+                               f"not {contract.INPUT_MARKER})")  # fmt: skip
+        for _member in members:
+            pass
+    finally:
+        os.close(fd)
+
+
 def job_description(
     config: SiteConfig, key: JobKey, input_path: Path, folder: Path, limits: JobLimits
 ) -> JobAsks:
     """Resolve the job's SDVMDescription: a site template, or a .sf file from its own sandbox.
     Requests over site policy are refused first, before anything is resolved."""
+    try:
+        return _job_description(config, key, input_path, folder, limits)
+    except tarfile.TarError as exc:
+        raise StagingError(f"the job's input disk is not a readable tar: {exc}") from exc
+
+
+def _job_description(
+    config: SiteConfig, key: JobKey, input_path: Path, folder: Path, limits: JobLimits
+) -> JobAsks:
     from ..condor.jobad import job_resources, parse_job_ad
 
     with tarfile.open(input_path, mode="r:") as tar:
@@ -126,11 +167,16 @@ def _extract_descriptions(tar: tarfile.TarFile, root: Path, limits: JobLimits) -
             raise PolicyError("too many or too large .sf files in the job's sandbox",
                               hint=f"at most {limits.max_description_files} files")
         target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
         handle = tar.extractfile(member)
         if handle is None:
             raise StagingError(f"input member {member.name} has no data")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            raise PolicyError(f"the job's sandbox has {relative!r}, which conflicts with "
+                              "another of its .sf files (a file and a folder of one name)",
+                              hint="rename one of them") from exc  # fmt: skip
         with os.fdopen(fd, "wb") as out:
             out.write(handle.read())
 

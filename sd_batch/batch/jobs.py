@@ -7,7 +7,7 @@ so one user can never name, see or touch another user's VM, and every file the V
 a root-owned job folder, never at a path the user chose. Each creation is recorded in the
 ledger first, so a crash is finished by the next cleanup (or the reaper).
 May import: config, deploy, errors, guest.contract, hypervisor, ledger, placement, staging, vm,
-batch.key, batch.description.
+batch.key, batch.confined, batch.description.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from ..deploy.engine import Engine, SitePaths, disk_growth
 from ..errors import (
     VM_LOST_EXIT,
     VM_TIMEOUT_EXIT,
+    ChildFailed,
     DeployError,
     DiskWriteError,
     DomainNotFound,
     HostStorageError,
     HypervisorError,
+    LimitExceeded,
     SdError,
     ShutoffTimeout,
     StagingError,
@@ -44,13 +46,31 @@ from ..hypervisor.types import DAEMON_HINT, HypervisorAPI
 from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
 from ..vm.domain_xml import OwnerKind as XmlOwnerKind
-from ..vm.site_policy import check_capacity
+from ..vm.site_policy import SitePolicy, check_capacity
 from ..vm.sizing import check_disk
 from ..vm.spec import DiskFormat
-from .description import job_description, job_spec, named
+from .confined import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ChildLimits, run_confined
+from .description import named, resolve_job
 from .key import DEFAULT_LIMITS, JobKey, JobLimits
 
 log = logging.getLogger(__name__)
+
+def resolve_limits(policy: SitePolicy) -> ChildLimits:
+    """The confined child's limits for a job's input and description, from [policy]."""
+    return ChildLimits(memory_mib=policy.max_resolve_mib,
+                       cpu_seconds=policy.max_resolve_cpu_seconds,
+                       wall_seconds=float(policy.max_resolve_seconds),
+                       keep_capabilities=(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH),
+                       what="the job's description", doing="to resolve")  # fmt: skip
+
+
+def result_limits(policy: SitePolicy) -> ChildLimits:
+    """... and for finding the result tar on the guest's output disk."""
+    return ChildLimits(memory_mib=256, cpu_seconds=policy.max_resolve_cpu_seconds,
+                       wall_seconds=float(policy.max_resolve_seconds),
+                       keep_capabilities=(CAP_DAC_READ_SEARCH,),  # it only reads
+                       what="the job's result", doing="to read")  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class PreparedJob:
@@ -103,14 +123,14 @@ def prepare(
             input_path = folder / "input.img"
             with ledger.intent(owner, ResourceKind.FILE, str(input_path)):
                 _copy_bounded(input_stream, input_path, limits.max_input_bytes)
-            asks = job_description(config, key, input_path, folder, limits)
-            name = asks.name
+            # the job's untrusted work (its tar, its description) in a confined child
+            spec, name, slot = run_confined(resolve_job, (config, key, input_path, folder,
+                                                          limits), resolve_limits(limits.policy))
             owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, description=name,
                                           pid=None)
-            spec = job_spec(config, asks, key, limits.policy)
             growth = disk_growth(spec, limits.output_disk_bytes, config.image_dir,
                                  connections(uri))  # fmt: skip
-            check_disk(growth, asks.slot, named(name))
+            check_disk(growth, slot, named(name))
             output_path = folder / "output.img"
             with ledger.intent(owner, ResourceKind.FILE, str(output_path)):
                 from ..staging import create_output_disk
@@ -243,11 +263,13 @@ def run(
                 run_exit=VM_TIMEOUT_EXIT, hint="make the payload finish sooner, or ask the site",
             ) from exc
         raise
-    from ..staging import result_tar_from_disk
+    from ..staging import result_extent, result_tar_from_disk
 
-    try:
-        result = result_tar_from_disk(key.folder(config) / "output.img")
-    except StagingError as exc:  # off, but nothing written: it crashed or was destroyed
+    disk = key.folder(config) / "output.img"
+    try:  # the guest wrote the disk: its headers are checked in a confined child
+        end = run_confined(result_extent, (disk,), result_limits(limits.policy))
+        result = result_tar_from_disk(disk, end)
+    except (StagingError, ChildFailed, LimitExceeded) as exc:  # off, but no whole result
         raise VMFailed(f"the job's VM stopped without a result (it crashed or was destroyed "
                        f"from outside): {exc}", run_exit=VM_LOST_EXIT) from exc
     with result:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..config.site import SiteConfig, load_config
-from ..errors import Disposition, SdError, VMFailed
+from ..errors import Disposition, SdError, VMFailed, clipped
 
 if TYPE_CHECKING:
     from ..hypervisor.connections import Connections
@@ -160,7 +160,7 @@ def perform(
         if action is not Action.RUN:
             return Answer(1, failure(exc))
         code = run_exit(exc)
-        return Answer(code, {**failure(exc), "exit": code, "message": str(exc)})
+        return Answer(code, {**failure(exc), "exit": code, "message": clipped(str(exc))})
 
 
 def run_exit(exc: SdError) -> int:
@@ -171,7 +171,7 @@ def run_exit(exc: SdError) -> int:
 
 
 def failure(exc: SdError) -> dict[str, Any]:
-    text = exc.headline() if hasattr(exc, "headline") else str(exc)
+    text = clipped(exc.headline() if hasattr(exc, "headline") else str(exc))
     return {"ok": False, "disposition": exc.disposition.value, "message": text,
             "error": type(exc).__name__}
 

@@ -130,6 +130,10 @@ class Manifest:
         ]
 
 
+#: The highest signal number a Linux payload can die of (SIGRTMAX).
+MAX_SIGNAL = 64
+
+
 @dataclass(frozen=True, slots=True)
 class ExitStatus:
     """How the payload ended: `exit N` or `signal N`, as the guest writes `exit_status`."""
@@ -143,7 +147,12 @@ class ExitStatus:
         match = re.fullmatch(r"(exit|signal) (\d{1,3})\s*", text)
         if not match:
             raise StagingError(f"guest wrote an unreadable exit status {text[:40]!r}")
-        return cls(match.group(1), int(match.group(2)))
+        kind, code = match.group(1), int(match.group(2))
+        low, high = (0, 255) if kind == "exit" else (1, MAX_SIGNAL)
+        if not low <= code <= high:  # `signal 999` would crash the runner's os.kill
+            raise StagingError(f"guest wrote an impossible exit status {text.strip()!r} "
+                               f"({kind} takes {low} to {high})")  # fmt: skip
+        return cls(kind, code)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.code}"

@@ -93,10 +93,13 @@ def service_socket(environ: Mapping[str, str] | None = None,
 
 
 def request(sock: socket.socket, action: str, job_id: str | None = None) -> None:
+    """Send the request line. A service that answered before reading it (Busy) may have
+    closed already: its reply is still there to read, so a broken pipe is not our error."""
     request: dict[str, str] = {"action": action}
     if job_id is not None:
         request["job"] = job_id
-    sock.sendall(json.dumps(request).encode() + b"\n")
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(json.dumps(request).encode() + b"\n")
 
 
 def service_reply(stream: IO[bytes]) -> dict[str, Any]:

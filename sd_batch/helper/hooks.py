@@ -44,6 +44,7 @@ from ..errors import (
     HelperFailed,
     SdError,
     StagingError,
+    clipped,
 )
 from .client import (
     call,
@@ -89,8 +90,8 @@ def status_for(exc: BaseException) -> tuple[HookStatus, str]:
     if isinstance(exc, SdError):
         text = exc.headline() if hasattr(exc, "headline") else str(exc)
         code = HookStatus.REQUEUE if exc.disposition is Disposition.REQUEUE else HookStatus.HOLD
-        return code, f"sd-batch: {text}"
-    return HookStatus.REQUEUE, f"sd-batch: internal error on the worker: {exc!r}"
+        return code, clipped(f"sd-batch: {text}")
+    return HookStatus.REQUEUE, clipped(f"sd-batch: internal error on the worker: {exc!r}")
 
 
 # -- PREPARE_JOB -------------------------------------------------------------------------------
@@ -261,8 +262,8 @@ def _finish(result: JobResult) -> int:
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(result.stderr)
-    if result.error:
-        sys.stderr.write(f"sd-batch: {result.error.strip()}\n")
+    if result.error:  # the guest's words: one clipped line
+        sys.stderr.write(f"sd-batch: {clipped(result.error)}\n")
     for link in result.skipped:
         sys.stderr.write(f"sd-batch: {link} is a link the job made: links are not returned\n")
     sys.stderr.flush()

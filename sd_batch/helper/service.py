@@ -13,7 +13,8 @@ code the sudo helper runs.
 
 The protocol, one request per connection:
 
-- The client sends one JSON line, at most 4096 bytes, within 10 s:
+- The client sends one JSON line, at most 4096 bytes and nesting 4 deep, all of it within
+  10 s:
   `{"action": "prepare"|"run"|"cleanup"|"probe"|"reap", "job": "<GlobalJobId>"}` (`job` for
   prepare, run and cleanup only). Anything else is answered with one JSON line
   `{"ok": false, "error": "BadRequest", "disposition": "requeue", "message": ...}` and the
@@ -27,13 +28,18 @@ The protocol, one request per connection:
   helper's exit status (170/171 `errors.VMFailed`, 75 for a requeue, 1 otherwise). While the
   VM runs a watcher polls the connection: the runner hanging up (HTCondor's hold, remove and
   evict kill it) destroys the VM at once, as the sudo helper's SIGTERM handler does.
-- A caller with 32 requests under way (512 in all) gets `{"ok": false, "error": "Busy",
-  "exit": 75, "disposition": "requeue", ...}` at once: the job goes back to Idle.
+- A caller over its caps (`CAPS`: 8 connections still sending their line, 32 job requests,
+  4 probes or reaps; root has its own, never shared with the slot users) gets `{"ok": false,
+  "error": "Busy", "exit": 75, "disposition": "requeue", ...}` at once: the job goes back to
+  Idle. A prepare's input disk must arrive within 600 s in all.
+- Untrusted work (the job's input tar and description, the guest's output disk) runs in
+  confined children forked from a fork server started with the service (`batch.confined`):
+  a job's bomb is its own hold, and the service never grows.
 
 SIGTERM stops listening at once (the socket goes, so hooks fall back to sudo or a new service)
 and lets the requests under way finish; the process exits when they have.
-May import: config, errors, hypervisor.connections, batch.privileged (and, to load them early,
-every module but the faces: see `warm_up`), stdlib.
+May import: config, errors, hypervisor.connections, batch.confined, batch.privileged,
+helper.door (and, to load them early, every module but the faces: see `warm_up`), stdlib.
 """
 
 from __future__ import annotations
@@ -55,28 +61,28 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
+from ..batch.confined import start_forkserver
 from ..batch.privileged import EX_TEMPFAIL, Action, perform
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
+from .door import (
+    INPUT_SECONDS,
+    REQUEST_SECONDS,
+    Admission,
+    InputStream,
+    Request,
+    parse_request,
+    read_request_line,
+)
 
 log = logging.getLogger("sd_batch.helper.service")
 
 DEFAULT_SOCKET = Path("/run/sd-batch/helper.sock")
 SLOT_GROUP = "sd-slots"
-MAX_REQUEST_BYTES = 4096
-REQUEST_SECONDS = 10.0  # to send the request line
-DATA_SECONDS = 600.0  # the longest pause while an input disk or a result tar moves
-MAX_CLIENTS = 512  # requests at once; each running job holds one
-MAX_PER_USER = 32  # of those, one caller's: a slot user who hoards them starves only itself
+DATA_SECONDS = 600.0  # the longest pause while a result tar moves
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    action: Action
-    job: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,31 +97,6 @@ class Peer:
     def of(cls, sock: socket.socket) -> Peer:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
         return cls(*struct.unpack("iII", raw))
-
-
-def parse_request(line: bytes) -> Request:
-    """The request line, checked: a JSON object with `action`, and `job` where it belongs."""
-    if len(line) > MAX_REQUEST_BYTES or not line.endswith(b"\n"):
-        raise BadRequest(f"the request must be one JSON line of at most {MAX_REQUEST_BYTES} "
-                         "bytes")  # fmt: skip
-    try:
-        data = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request must be a JSON object")
-    unknown = sorted(set(data) - {"action", "job"})
-    if unknown:
-        raise BadRequest(f"unknown request fields: {', '.join(map(str, unknown))}")
-    name, job = data.get("action"), data.get("job")
-    action = Action.named(name)
-    if action is None:
-        raise BadRequest(f"action must be one of {', '.join(Action)}")
-    if action.needs_job and not isinstance(job, str):
-        raise BadRequest(f"{action} needs a job: its GlobalJobId, a string")
-    if not action.needs_job and job is not None:
-        raise BadRequest(f"{action} takes no job")
-    return Request(action, job)
 
 
 def peer_allowed(sock: socket.socket, peer: Peer, gid: int) -> bool:
@@ -226,13 +207,21 @@ class Handler(socketserver.BaseRequestHandler):
             log.warning("refused uid %d (pid %d): not in the slot group", peer.uid, peer.pid)
             self._send(bad("only root and the slot group may use this service"))
             return
-        if not self.server.admit(peer.uid):
-            log.warning("uid %d (pid %d): too many requests under way", peer.uid, peer.pid)
-            self._send({**bad("the helper service is busy: too many requests under way"),
-                        "error": "Busy", "exit": EX_TEMPFAIL})  # fmt: skip
-            return
+        admitted: str | None = None
         try:
-            self._serve(sock, peer)
+            if not self._admit(peer, "pending"):
+                return
+            admitted = "pending"
+            request, rest = self._request(sock, peer)
+            self.server.release(peer.uid, "pending")
+            admitted = None
+            if request is None:
+                return
+            kind = "job" if request.action.needs_job else "light"
+            if not self._admit(peer, kind):
+                return
+            admitted = kind
+            self._answer(sock, peer, request, rest)
         except Exception as exc:  # one request's failure must not end the service
             if isinstance(exc, OSError) and self.replied:
                 log.warning("the client went away: %s", exc)
@@ -243,25 +232,31 @@ class Handler(socketserver.BaseRequestHandler):
                             "error": type(exc).__name__,
                             "message": f"internal error in the helper service: {exc!r}"})
         finally:
-            self.server.release(peer.uid)
+            if admitted is not None:
+                self.server.release(peer.uid, admitted)
 
-    def _serve(self, sock: socket.socket, peer: Peer) -> None:
-        sock.settimeout(REQUEST_SECONDS)
-        # closed on the way out: while a makefile holds the socket, closing it keeps it open
-        with sock.makefile("rb") as rfile:
-            self._answer(sock, peer, rfile)
+    def _admit(self, peer: Peer, kind: str) -> bool:
+        if self.server.admit(peer.uid, kind):
+            return True
+        log.warning("uid %d (pid %d): too many %s requests under way", peer.uid, peer.pid, kind)
+        self._send({**bad("the helper service is busy: too many requests under way"),
+                    "error": "Busy", "exit": EX_TEMPFAIL})  # fmt: skip
+        return False
 
-    def _answer(self, sock: socket.socket, peer: Peer, rfile: IO[bytes]) -> None:
+    def _request(self, sock: socket.socket, peer: Peer) -> tuple[Request | None, bytes]:
+        """The request (None: none, or refused with a reply) and the bytes after its line."""
         try:
-            line = rfile.readline(MAX_REQUEST_BYTES + 1)
-            if not line:
-                return  # it only looked whether we listen (setup-host does)
-            request = parse_request(line)
+            line, rest = read_request_line(sock, REQUEST_SECONDS)
+            if not line and not rest:
+                return None, b""  # it only looked whether we listen (setup-host does)
+            return parse_request(line), rest
         except (BadRequest, OSError) as exc:
             text = str(exc) if isinstance(exc, BadRequest) else f"cannot read the request: {exc}"
             log.warning("uid %d (pid %d): %s", peer.uid, peer.pid, text)
             self._send(bad(text))
-            return
+            return None, b""
+
+    def _answer(self, sock: socket.socket, peer: Peer, request: Request, rest: bytes) -> None:
         job = f" {request.job}" if request.job else ""
         what = f"{request.action}{job} for uid {peer.uid} (pid {peer.pid})"
         sock.settimeout(DATA_SECONDS)
@@ -269,7 +264,8 @@ class Handler(socketserver.BaseRequestHandler):
             self._run(sock, request, peer, what)
             return
         # prepare streams the input disk from the socket into the job's folder (bounded there)
-        data_in = cast(BinaryIO, rfile) if request.action is Action.PREPARE else None
+        data_in = (cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS))
+                   if request.action is Action.PREPARE else None)  # fmt: skip
         answer = perform(request.action, request.job, peer.uid, data_in=data_in,
                          connections=self.server.connections)  # fmt: skip
         log.info("%s: %s", what, _summary(answer.reply))
@@ -308,7 +304,9 @@ class Handler(socketserver.BaseRequestHandler):
 
 
 #: Faces the service never runs (and whose libraries a worker may lack): not imported.
-NOT_WARMED = ("sd_batch.web", "sd_batch.cli", "sd_batch.localrun")
+#: ... and what the fork server of confined children imports for itself (`start_forkserver`).
+NOT_WARMED = ("sd_batch.web", "sd_batch.cli", "sd_batch.localrun",
+              "sd_batch.batch.forkserver_warm")  # fmt: skip
 
 
 def warm_up() -> None:
@@ -328,6 +326,8 @@ def warm_up() -> None:
         if not module.name.startswith(NOT_WARMED):
             importlib.import_module(module.name)
     parse_text("sfConfig extends { x 1; }\n")
+    # untrusted work forks from here, single-threaded, with what it needs loaded once
+    start_forkserver(["sd_batch.batch.forkserver_warm"])
 
 
 def bad(message: str) -> dict[str, Any]:
@@ -345,28 +345,19 @@ class HelperService(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     daemon_threads = False  # a stop waits for them (server_close joins)
     block_on_close = True
-    request_queue_size = 64
+    request_queue_size = 1024  # a burst of connections (hoarders Busy at once) waits here
 
     def __init__(self, path: Path, gid: int) -> None:
         self.path, self.gid = path, gid
-        self.under_way: dict[int, int] = {}  # uid -> requests
-        self.counting = threading.Lock()
+        self.admission = Admission()
         self.connections = ServiceConnections()
         super().__init__(str(path), Handler, bind_and_activate=False)
 
-    def admit(self, uid: int) -> bool:
-        with self.counting:
-            if sum(self.under_way.values()) >= MAX_CLIENTS or (
-                    self.under_way.get(uid, 0) >= MAX_PER_USER):  # fmt: skip
-                return False
-            self.under_way[uid] = self.under_way.get(uid, 0) + 1
-            return True
+    def admit(self, uid: int, kind: str) -> bool:
+        return self.admission.admit(uid, kind)
 
-    def release(self, uid: int) -> None:
-        with self.counting:
-            self.under_way[uid] -= 1
-            if not self.under_way[uid]:
-                del self.under_way[uid]
+    def release(self, uid: int, kind: str) -> None:
+        self.admission.release(uid, kind)
 
     def server_bind(self) -> None:
         """Bind with mode 0600 (no window where others may connect), then hand the socket

@@ -19,10 +19,15 @@ from typing import IO
 from ..errors import StagingError
 from ..guest import contract
 from ._common import CHUNK, DIR_FLAGS, SECTOR, STAGING_PREFIX, TEXT_LIMIT, is_htcondor_file
+from .tarscan import GuardedReader
 
 log = logging.getLogger("sd_batch.staging")
 
 _EXIT_STATUS_LIMIT = 64  # `signal 15\n` is 10 bytes
+#: The deepest output path (a 8000-deep tree cost the runner 94 s to check, then recursion).
+MAX_DEPTH = 64
+#: File times the host accepts from a result (year 1970 to 9999).
+_MTIME_RANGE = (0, 253402300799)
 _SMALL_MEMBERS = frozenset(
     (contract.RESULT_EXIT_STATUS, contract.RESULT_ERROR, contract.RESULT_STDOUT)
     + (contract.RESULT_STDERR, contract.RESULT_GUEST_LOG)
@@ -65,11 +70,12 @@ def read_result(
     per_file = max_bytes if max_file_bytes is None else max_file_bytes
     # The stream may hold one header plus one GNU long-name header per member, and end blocks.
     limited = _LimitedReader(stream, max_bytes + max_files * 3 * SECTOR + 2 * tarfile.RECORDSIZE)
+    guarded = GuardedReader(limited, "the result tar")  # headers checked before tarfile's
     small: dict[str, bytes] = {}
     extraction = _Extraction(sandbox)
     count = total = 0
     try:
-        with tarfile.open(fileobj=limited, mode="r|") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=guarded, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
                 count, total = count + 1, total + member.size
                 _check_limits(member, count, total, max_files, max_bytes, per_file)
@@ -150,6 +156,13 @@ def _checked_name(member: tarfile.TarInfo) -> str:
     parts = [part for part in member.name.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise StagingError(f"result member {member.name!r} is refused: '..' in its path")
+    if len(parts) > MAX_DEPTH + 1:  # `outputs/` and MAX_DEPTH levels below it
+        raise StagingError(f"result member {member.name[:80]!r}... is refused: nested deeper "
+                           f"than {MAX_DEPTH} directories")  # fmt: skip
+    low, high = _MTIME_RANGE
+    if not low <= member.mtime <= high:  # tarscan let only plain numbers through
+        raise StagingError(f"result member {member.name!r} is refused: its time "
+                           f"{member.mtime!r} is out of range")  # fmt: skip
     return "/".join(parts)
 
 

@@ -61,6 +61,11 @@ class SitePolicy:
     output_disk_bytes: int = 256 * MIB
     #: How long a job's VM may run before it is destroyed and the job held.
     max_run_seconds: int = 24 * 3600
+    #: What reading a job's input and resolving its description may use on the root side
+    #: (a child process's address space, CPU seconds and wall-clock time: `confined`).
+    max_resolve_mib: int = 1024
+    max_resolve_cpu_seconds: int = 30
+    max_resolve_seconds: int = 60
 
 
 _BOOLS = ("allow_user_descriptions", "require_site_template")
@@ -76,6 +81,9 @@ _NUMBERS = {
     "max_input_mib": ("max_input_bytes", MIB, 1),
     "output_disk_mib": ("output_disk_bytes", MIB, 1),
     "max_run_seconds": ("max_run_seconds", 1, 1),
+    "max_resolve_mib": ("max_resolve_mib", 1, 256),
+    "max_resolve_cpu_seconds": ("max_resolve_cpu_seconds", 1, 1),
+    "max_resolve_seconds": ("max_resolve_seconds", 1, 1),
 }
 
 

@@ -163,6 +163,20 @@ def perform(
         return Answer(code, {**failure(exc), "exit": code, "message": str(exc)})
 
 
+def start_paused(job_id: str, uid: int, connections: Connections | None = None) -> bool:
+    """After a prepare that succeeded: make UID's job VM ready, paused (`jobs.start_paused`),
+    so the runner's `run` only resumes it. The helper service calls it once its prepare reply
+    went out; the sudo helper does not (the runner's `run` boots the VM there)."""
+    from . import jobs
+
+    try:
+        key = jobs.JobKey(uid, job_id)
+        config = site_config()
+    except SdError:
+        return False
+    return jobs.start_paused(config, key, connections=connections)
+
+
 def run_exit(exc: SdError) -> int:
     """The exit status a failed `run` ends with (the runner exits with it or maps it)."""
     if isinstance(exc, VMFailed):

@@ -19,7 +19,10 @@ The protocol, one request per connection:
   `{"ok": false, "error": "BadRequest", "disposition": "requeue", "message": ...}` and the
   connection is closed.
 - `prepare`: the job's input disk (a tar) follows the line, ended by the client's
-  `shutdown(SHUT_WR)`; the reply is one JSON line, the one `helper prepare` prints.
+  `shutdown(SHUT_WR)`; the reply is one JSON line, the one `helper prepare` prints. Once it
+  went out (and the connection is closed), the service starts the prepared VM paused
+  (`jobs.start_paused`: QEMU's process and devices made while the starter starts the runner);
+  that job's run, cleanup and a repeated prepare wait for it to end (`Starting`).
 - `cleanup`, `probe`, `reap`: the reply is one JSON line, as `helper ACTION` prints it.
 - `run`: the client then only reads, and keeps its side open (a shutdown of its writing half
   counts as hanging up). The reply is one JSON status line: `{"ok": true}`, then the result
@@ -52,12 +55,13 @@ import stat
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from ..batch.privileged import EX_TEMPFAIL, Action, perform
+from ..batch.privileged import EX_TEMPFAIL, Action, perform, start_paused
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
 
@@ -71,6 +75,8 @@ DATA_SECONDS = 600.0  # the longest pause while an input disk or a result tar mo
 MAX_CLIENTS = 512  # requests at once; each running job holds one
 MAX_PER_USER = 32  # of those, one caller's: a slot user who hoards them starves only itself
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
+#: The longest a job's run, cleanup or repeated prepare waits for its paused start to end.
+STARTING_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +149,35 @@ class ServiceConnections(Connections):
         current = self._open.get(uri)
         if current is None or not current.is_alive():
             super().forget(uri)
+
+
+class Starting:
+    """The jobs whose VM is being started paused after their prepare (`start_paused`): the
+    job's run, cleanup and a repeated prepare wait for that start to end, so a cleanup never
+    races a start into a domain nobody records, and a run resumes what the start made."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._under_way: dict[tuple[int, str], threading.Event] = {}
+
+    def begin(self, key: tuple[int, str]) -> threading.Event:
+        done = threading.Event()
+        with self._lock:
+            self._under_way[key] = done
+        return done
+
+    def end(self, key: tuple[int, str], done: threading.Event) -> None:
+        with self._lock:
+            if self._under_way.get(key) is done:
+                del self._under_way[key]
+        done.set()
+
+    def wait(self, key: tuple[int, str], timeout: float = STARTING_SECONDS) -> None:
+        with self._lock:
+            done = self._under_way.get(key)
+        if done is not None and not done.wait(timeout):
+            log.warning("uid %d job %s: its paused start still runs after %.0f s; going on",
+                        key[0], key[1], timeout)  # fmt: skip
 
 
 class StatusFirst:
@@ -265,6 +300,9 @@ class Handler(socketserver.BaseRequestHandler):
         job = f" {request.job}" if request.job else ""
         what = f"{request.action}{job} for uid {peer.uid} (pid {peer.pid})"
         sock.settimeout(DATA_SECONDS)
+        key = (peer.uid, request.job) if request.job is not None else None
+        if key is not None:
+            self.server.starting.wait(key)  # its VM's paused start, if one is under way
         if request.action is Action.RUN:
             self._run(sock, request, peer, what)
             return
@@ -273,6 +311,9 @@ class Handler(socketserver.BaseRequestHandler):
         answer = perform(request.action, request.job, peer.uid, data_in=data_in,
                          connections=self.server.connections)  # fmt: skip
         log.info("%s: %s", what, _summary(answer.reply))
+        starting = None
+        if request.action is Action.PREPARE and answer.code == 0 and key is not None:
+            starting = self.server.starting.begin(key)  # before the reply: the run waits
         self._send(answer.reply or {})
         if request.action is Action.PREPARE:
             # The reply is queued: the client reads it. Both ways, so that a client still
@@ -280,6 +321,15 @@ class Handler(socketserver.BaseRequestHandler):
             # at once instead of blocking on a full socket until its timeout.
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        if starting is not None and key is not None:
+            # PREPARE_JOB has its answer; the VM's process is made while the runner starts
+            began = time.monotonic()
+            try:
+                made = start_paused(key[1], key[0], self.server.connections)
+            finally:
+                self.server.starting.end(key, starting)
+            log.info("%s: VM %s in %.0f ms", what, "started paused" if made else
+                     "not started ahead (the run boots it)", 1000 * (time.monotonic() - began))
 
     def _run(self, sock: socket.socket, request: Request, peer: Peer, what: str) -> None:
         if peer.pid <= 0:
@@ -352,6 +402,7 @@ class HelperService(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.under_way: dict[int, int] = {}  # uid -> requests
         self.counting = threading.Lock()
         self.connections = ServiceConnections()
+        self.starting = Starting()
         super().__init__(str(path), Handler, bind_and_activate=False)
 
     def admit(self, uid: int) -> bool:

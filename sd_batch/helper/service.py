@@ -211,6 +211,9 @@ class HangupWatch:
         self.done = threading.Event()
         self.hung_up = False
         self.thread: threading.Thread | None = None
+        # `stop` wakes the poll at once: the result's connection closes when the run ends,
+        # not up to a poll period later (the runner waits for that end of the stream)
+        self.wake_read, self.wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     def start(self, destroy: Callable[[], None]) -> None:
         """`jobs.run`'s INSTALL_SIGNALS: it hands us the destroy callback."""
@@ -222,8 +225,9 @@ class HangupWatch:
         poller = select.poll()
         gone = select.POLLHUP | select.POLLERR | select.POLLNVAL | select.POLLRDHUP
         poller.register(self.sock.fileno(), select.POLLIN | gone)
+        poller.register(self.wake_read, select.POLLIN)
         while not self.done.is_set():
-            events = poller.poll(500)
+            events = [e for e in poller.poll(500) if e[0] == self.sock.fileno()]
             if not events:
                 continue
             if not events[0][1] & gone:
@@ -246,8 +250,11 @@ class HangupWatch:
 
     def stop(self) -> None:
         self.done.set()
+        os.write(self.wake_write, b"x")
         if self.thread is not None:
             self.thread.join()
+        os.close(self.wake_read)
+        os.close(self.wake_write)
 
 
 class Handler(socketserver.BaseRequestHandler):

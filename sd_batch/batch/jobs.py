@@ -204,8 +204,11 @@ def run(
     connections: Connections | None = None,
     install_signals: Callable[[Callable[[], None]], None] | None = None,
     runner_pid: int | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
-    """Boot the prepared VM, wait until it powers off, then stream its result tar to OUT.
+    """Boot (or resume) the prepared VM, wait until it powers off, then stream its result tar
+    to OUT. READY is called just before: the helper service waits there for the VM's paused
+    start (`start_paused`), after the ledger work rather than before it.
 
     INSTALL_SIGNALS receives a callback that destroys the VM at once: the sudo helper wires it
     to SIGTERM (HTCondor's hold, remove and evict kill the runner, and sudo relays the signal),
@@ -231,6 +234,8 @@ def run(
 
     if install_signals is not None:
         install_signals(destroy_now)
+    if ready is not None:
+        ready()
     connections(uri).start_or_resume(key.domain)  # resumed when `start_paused` made it ready
     try:
         wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)

@@ -308,11 +308,13 @@ class Handler(socketserver.BaseRequestHandler):
         what = f"{request.action}{job} for uid {peer.uid} (pid {peer.pid})"
         sock.settimeout(DATA_SECONDS)
         key = (peer.uid, request.job) if request.job is not None else None
+        if request.action is Action.RUN and key is not None:
+            # its VM's paused start, if one is under way, is waited for once the ledger knows
+            # the runner (`jobs.run`'s READY): that work overlaps the start
+            self._run(sock, request, peer, what, lambda: self.server.starting.wait(key))
+            return
         if key is not None:
             self.server.starting.wait(key)  # its VM's paused start, if one is under way
-        if request.action is Action.RUN:
-            self._run(sock, request, peer, what)
-            return
         # prepare streams the input disk from the socket into the job's folder (bounded there)
         data_in = cast(BinaryIO, rfile) if request.action is Action.PREPARE else None
         answer = perform(request.action, request.job, peer.uid, data_in=data_in,
@@ -338,7 +340,8 @@ class Handler(socketserver.BaseRequestHandler):
             log.info("%s: VM %s in %.0f ms", what, "started paused" if made else
                      "not started ahead (the run boots it)", 1000 * (time.monotonic() - began))
 
-    def _run(self, sock: socket.socket, request: Request, peer: Peer, what: str) -> None:
+    def _run(self, sock: socket.socket, request: Request, peer: Peer, what: str,
+             ready: Callable[[], None]) -> None:  # fmt: skip
         if peer.pid <= 0:
             self._send(bad("the caller's process is not visible here (another pid namespace)"))
             return
@@ -347,7 +350,7 @@ class Handler(socketserver.BaseRequestHandler):
         try:
             answer = perform(Action.RUN, request.job, peer.uid, data_out=cast(BinaryIO, out),
                              connections=self.server.connections, runner_pid=peer.pid,
-                             install_signals=watch.start)  # fmt: skip
+                             install_signals=watch.start, ready=ready)  # fmt: skip
         finally:
             watch.stop()
         if answer.reply is None:

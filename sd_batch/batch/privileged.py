@@ -170,9 +170,10 @@ def start_paused(job_id: str, uid: int, connections: Connections | None = None) 
     so the runner's `run` only resumes it. The helper service calls it once its prepare reply
     went out; the sudo helper does not (the runner's `run` boots the VM there)."""
     from . import jobs
+    from .key import JobKey
 
     try:
-        key = jobs.JobKey(uid, job_id)
+        key = JobKey(uid, job_id)
         config = site_config()
     except SdError:
         return False

@@ -379,7 +379,8 @@ def test_a_paused_start_resumes_and_the_wait_ends_at_the_guests_power_off(
     service, after PREPARE_JOB), resumed (the runner's run), and the wait ended by libvirt's
     SHUTDOWN event, the guest's power-off, not by its STOPPED after libvirt's kill of QEMU;
     the result on the output disk is whole at that moment."""
-    from sd_batch.hypervisor import DomainState, DomainStatus, Hypervisor
+    from sd_batch.hypervisor.connection import Hypervisor
+    from sd_batch.hypervisor.types import DomainState, DomainStatus
 
     hv = Hypervisor(conn, URI)  # this module's connection and event loop
     name = f"{OWN_PREFIX}{uuid.uuid4().hex[:8]}"

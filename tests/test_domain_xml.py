@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -266,6 +268,55 @@ def test_every_disk_names_its_format_and_host_disks_follow_the_described_ones(ca
     devices = [attribute(d, "target", "dev") for d in disks]
     bus = spec.flavour.disk_bus
     assert devices == [bus.device_name(i) for i in range(len(disks))]
+
+
+#: Devices a batch VM never uses; libvirt adds none of them unless the XML asks.
+UNUSED_DEVICES = ("graphics", "video", "sound", "audio", "input", "channel", "rng", "redirdev",
+                  "hostdev", "smartcard", "watchdog", "tpm", "filesystem")  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_batch_vm_gets_only_what_it_uses(case: str) -> None:
+    """No USB controller (libvirt adds one to a KVM/QEMU pc machine otherwise), no balloon,
+    nothing graphical, and NICs without the option ROM a network boot would need."""
+    devices = ET.fromstring(domain_text(case)).find("devices")
+    assert devices is not None
+    assert [d.tag for d in devices if d.tag in UNUSED_DEVICES] == []
+    controllers = [c.attrib for c in devices.findall("controller")]
+    rom = [i.find("rom") for i in devices.findall("interface")]
+    if CASES[case].spec.flavour.is_xen:
+        assert controllers == [] and rom == [None] * len(rom)
+    else:
+        assert controllers == [{"type": "usb", "model": "none"}]
+        assert [r.attrib if r is not None else None for r in rom] == [{"enabled": "no"}] * len(rom)
+
+
+@pytest.mark.qemu
+def test_libvirts_qemu_command_line_has_the_disks_and_console_alone() -> None:
+    """What `virsh domxml-to-native qemu-argv` makes of a job VM: QEMU's `-nodefaults` machine
+    with our two virtio disks and the serial port, as `benchmarks/job_overhead.py` runs raw
+    QEMU; no USB controller, no balloon, no NIC."""
+    libvirt = pytest.importorskip("libvirt")
+    if not Path("/run/libvirt/libvirt-sock").exists():
+        pytest.skip("no libvirtd on qemu:///system (scripts/setup-host)")
+    libvirt.registerErrorHandler(lambda _ctx, _error: None, None)
+    conn = libvirt.open("qemu:///system")
+    try:
+        case = CASES["qemu"]
+        spec = VMSpec("job-1234-0", 256, 1, Flavour.QEMU,
+                      KernelBoot(IMAGES / "vmlinux", IMAGES / "initrd.img", "console=ttyS0"))
+        files = HostFiles(extra_disks=job_disks(serials=True), console_log=JOBS / "console.log")
+        argv = conn.domainXMLToNative("qemu-argv", build_domain_xml(spec, files, case.owner))
+    finally:
+        conn.close()
+    assert "-nodefaults" in argv
+    devices = [device_driver(d) for d in argv.split("-device ")[1:]]
+    assert devices == ["virtio-blk-pci", "virtio-blk-pci", "isa-serial"], argv
+
+
+def device_driver(text: str) -> str:
+    """The driver of one `-device` argument (libvirt writes them as JSON)."""
+    return str(json.loads(shlex.split(text)[0])["driver"])
 
 
 def test_xen_interface_has_no_virtio_model() -> None:

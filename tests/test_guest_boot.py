@@ -370,3 +370,41 @@ def test_acpi_shutdown_of_a_job_vm_terminates_the_payload(conn, guest: Path, wor
         press_power_after="sd-batch: job starting",
     )  # fmt: skip
     assert run.members["exit_status"] == b"signal 15\n"
+
+
+def test_a_paused_start_resumes_and_the_wait_ends_at_the_guests_power_off(
+    conn, guest: Path, workdir: Path
+) -> None:
+    """The job's lifecycle as `jobs` drives it, on real QEMU: started paused (the helper
+    service, after PREPARE_JOB), resumed (the runner's run), and the wait ended by libvirt's
+    SHUTDOWN event, the guest's power-off, not by its STOPPED after libvirt's kill of QEMU;
+    the result on the output disk is whole at that moment."""
+    from sd_batch.hypervisor.connection import Hypervisor
+    from sd_batch.hypervisor.types import DomainState, DomainStatus
+
+    hv = Hypervisor(conn, URI)  # this module's connection and event loop
+    name = f"{OWN_PREFIX}{uuid.uuid4().hex[:8]}"
+    indisk, outdisk = workdir / "in.img", workdir / "out.img"
+    script = b"#!/bin/sh\necho done > result.txt\n"
+    make_input_disk(indisk, Manifest(["./job.sh"]), {"job.sh": (script, 0o755)})
+    make_output_disk(outdisk, 16 * MiB)
+    disks = [Disk(indisk, "vdb", INPUT_SERIAL, readonly=True), Disk(outdisk, "vdc", OUTPUT_SERIAL)]
+    stopped = Stopped(conn, name)
+    dom = conn.defineXML(domain_xml(name, guest, workdir / "console.log", disks))
+    try:
+        hv.start(name, paused=True)
+        assert hv.state(name).state is DomainState.PAUSED
+        hv.start_or_resume(name)
+        status = hv.wait_shutoff(name, BOOT_TIMEOUT)
+        ended = time.monotonic()
+        with tarfile.open(outdisk) as result:  # read at once, as jobs.run does
+            members = {m.name: result.extractfile(m).read()  # type: ignore[union-attr]
+                       for m in result.getmembers() if m.isfile()}  # fmt: skip
+        assert status == DomainStatus(DomainState.SHUTDOWN, "finished")
+        assert stopped.wait(30), "libvirt never reported the domain off"
+        print(f"the wait ended {1000 * (stopped.at - ended):.0f} ms before libvirt's STOPPED")
+    finally:
+        stopped.close()
+        _remove(dom)
+    assert members["exit_status"] == b"exit 0\n"
+    assert members["outputs/result.txt"] == b"done\n"

@@ -305,6 +305,22 @@ def test_another_slot_user_can_neither_run_nor_clean_the_first_users_job(
     assert "removed 1 domain, 0 volumes, 3 files" in err, err
 
 
+def test_a_job_exit_right_after_prepare_waits_for_the_paused_start_then_removes_it(
+    service: Service, users: tuple[User, User]
+) -> None:
+    """The service starts a prepared VM paused after answering PREPARE_JOB; a hold or remove
+    before the runner ran sends JOB_EXIT at once: its cleanup waits for that start (never
+    racing it into a domain no ledger row names), then destroys and removes everything."""
+    job = new_job(service, users[0], "early-exit")
+    job.prepare()
+    code, _, err = job.hook("job_exit", "remove")
+    assert code == 0 and "removed 1 domain, 0 volumes, 3 files" in err, err
+    log = service.log_text()
+    started = log.index(f"prepare {job.id} for uid {job.user.uid}")
+    paused = log.index("VM started paused in", started)
+    assert paused < log.index(f"cleanup {job.id} for uid {job.user.uid}", started), log
+
+
 # --- the runner's life is the job's ---------------------------------------------------------------
 def test_the_runner_hanging_up_destroys_its_vm_at_once(service: Service,
                                                        users: tuple[User, User]) -> None:

@@ -23,6 +23,7 @@ from sd_batch.hypervisor.connection import (
     DomainInfo,
     DomainOwner,
     DomainState,
+    DomainStatus,
     Hypervisor,
     HypervisorAPI,
 )
@@ -108,6 +109,34 @@ def test_define_start_destroy_undefine(hv: Hypervisor) -> None:
     hv.undefine("job-1")
     with pytest.raises(DomainNotFound, match="no domain named job-1"):
         hv.state("job-1")
+
+
+@libvirt_only
+def test_a_paused_start_is_resumed_and_a_defined_domain_booted(hv: Hypervisor) -> None:
+    """The job's VM made ahead of its runner (paused), then run: resumed, not booted again;
+    without the paused start the runner boots it itself."""
+    hv.define(make_domain_xml("job-p"))
+    hv.start("job-p", paused=True)  # the test driver has no START_PAUSED: start + suspend
+    assert hv.state("job-p") == DomainStatus(DomainState.PAUSED, "user")
+    hv.start_or_resume("job-p")
+    assert hv.state("job-p").state is DomainState.RUNNING
+    with pytest.raises(HypervisorError, match="already running"):
+        hv.start_or_resume("job-p")  # a second runner does not get the same VM
+    hv.define(make_domain_xml("job-q"))
+    hv.start_or_resume("job-q")
+    assert hv.state("job-q").state is DomainState.RUNNING
+    for name in ("job-p", "job-q"):
+        hv.destroy(name)
+        hv.undefine(name)
+
+
+@libvirt_only
+def test_a_paused_domain_is_torn_down_like_a_running_one(hv: Hypervisor) -> None:
+    hv.define(make_domain_xml("job-r"))
+    hv.start("job-r", paused=True)
+    hv.destroy("job-r")
+    hv.undefine("job-r")
+    assert hv.list_domains() == ()
 
 
 @libvirt_only

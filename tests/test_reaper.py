@@ -363,6 +363,60 @@ def test_a_running_job_is_untouched_and_a_prepared_one_only_after_its_grace(site
 
 
 @libvirt_test
+def test_a_job_removed_between_prepare_and_run_leaves_nothing_of_its_paused_vm(
+    site: Site,
+) -> None:
+    """The service starts a prepared VM paused; a job held or removed before its runner ran
+    meets JOB_EXIT's cleanup (or, if that never came, the reaper past the grace) with a live,
+    paused domain: it is destroyed and undefined with its disks and folder."""
+    removed, forgotten = site.job("removed"), site.job("forgotten")
+    for key in (removed, forgotten):
+        assert jobs.start_paused(site.config(), key, connections=SHARED_CONNECTIONS)
+        assert site.domains()[key.domain] is DomainState.PAUSED
+
+    assert jobs.cleanup(site.config(), removed, connections=SHARED_CONNECTIONS) == (
+        "1 domain, 0 volumes, 3 files")  # fmt: skip
+    assert removed.domain not in site.domains() and not removed.folder(site.config()).exists()
+
+    later = reap(site.config(), clock=lambda: time.time() + 2 * 3600)
+    assert [o.line(dry_run=False).split(": ")[0] for o in later] == [
+        f"removed job {forgotten.owner_id} on {site.uri} (1 domain, 0 volumes, 3 files)",
+        f"removed job folder {forgotten.folder(site.config())}",
+    ]
+    assert site.domains() == {} and site.rows() == ([], [])
+
+
+@libvirt_test
+def test_a_paused_start_is_resumed_by_the_run(site: Site) -> None:
+    key = site.job("resumed")
+    assert jobs.start_paused(site.config(), key, connections=SHARED_CONNECTIONS)
+    seen: list[DomainState] = []
+    hv = site.hv()
+    original = hv.start_or_resume
+
+    def watched(name: str) -> None:
+        original(name)
+        seen.append(hv.state(name).state)
+
+    hv.start_or_resume = watched  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Exception, match="did not power off"):  # the test driver never does
+            jobs.run(site.config(), key, io.BytesIO(), connections=SHARED_CONNECTIONS,
+                     limits=jobs.JobLimits(run_timeout_seconds=0.2))  # fmt: skip
+    finally:
+        del hv.start_or_resume
+    assert seen == [DomainState.RUNNING]
+    jobs.cleanup(site.config(), key, connections=SHARED_CONNECTIONS)
+    assert site.domains() == {} and site.rows() == ([], [])
+
+
+def test_a_paused_start_that_fails_is_left_to_the_run(site: Site) -> None:
+    """No domain to start (a prepare that did not finish): logged, False, nothing raised."""
+    key = jobs.JobKey(os.getuid(), "nobody#1.0#1")
+    assert jobs.start_paused(site.config(), key, connections=SHARED_CONNECTIONS) is False
+
+
+@libvirt_test
 def test_domains_we_did_not_create_are_never_touched(site: Site) -> None:
     hv = site.hv()
     other_tool = "<metadata><x:owner xmlns:x='urn:other' kind='job' id='1:a#1'/></metadata>"

@@ -342,3 +342,51 @@ def test_sd_run_leaves_a_job_idle_that_no_slot_here_would_match(
     outcome = run_with_stub_hooks(tmp_path, up, f"touch {ran}", requests)
     assert (outcome.state, outcome.message.startswith(says)) == ("idle", True), outcome.message
     assert not ran.exists()  # PREPARE_JOB never ran: the job never matched
+
+
+def test_sd_run_reuses_a_recent_online_startd_cron_and_asks_an_offline_node_again(
+    tmp_path: Path,
+) -> None:
+    """A startd matches jobs against its cron's last output (every 5 min): `sd run` reuses an
+    online one for a minute, unless the hooks or a watched site file changed; an offline answer
+    is never reused. Counted by the cron stub itself."""
+    from sd_batch.localrun.harness import Harness, SlotUser
+    from sd_batch.localrun.slot import CRON_REUSE_SECONDS, CronCache
+
+    hooks, job, count = tmp_path / "hooks", tmp_path / "job", tmp_path / "cron-runs"
+    hooks.mkdir()
+    job.mkdir()
+    cron = hooks / "startd_cron"
+    cron.write_text(CRON.format(up="true", reason="").replace(
+        "#!/bin/sh\n", f"#!/bin/sh\necho run >> {count}\n"))  # fmt: skip
+    (hooks / "prepare_job").write_text("#!/bin/sh\ncat >/dev/null\n")
+    (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
+    for hook in hooks.iterdir():
+        hook.chmod(0o755)
+    (job / "job.sh").write_text("#!/bin/sh\nexit 0\n")
+    submit = job / "job.sub"
+    submit.write_text('executable = job.sh\n+SDVMDescription = "minimal"\nqueue\n')
+    site = tmp_path / "site.toml"
+    site.write_text("")
+    now = [1000.0]
+    cache = CronCache(tmp_path / "cache" / "startd-cron.json", (site,), clock=lambda: now[0])
+
+    def sd_run() -> int:
+        (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={},
+                             cron_cache=cache).run(lambda _outcome: None)  # fmt: skip
+        assert outcome.state == "exited", outcome.message
+        return len(count.read_text().splitlines())
+
+    assert [sd_run(), sd_run()] == [1, 1]  # the second job matched the first's output
+    now[0] += CRON_REUSE_SECONDS + 1
+    assert sd_run() == 2  # older than a minute: asked again
+    site.write_text("[policy]\n")  # the site changed (as a startd reconfig reruns its cron)
+    assert sd_run() == 3
+    cron.write_text(CRON.format(up="false", reason="no guest image").replace(
+        "#!/bin/sh\n", f"#!/bin/sh\necho run >> {count}\n"))  # fmt: skip
+    for _ in range(2):  # offline: never reused, so a fixed node is back at the next job
+        (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={},
+                             cron_cache=cache).run(lambda _outcome: None)  # fmt: skip
+        assert outcome.state == "idle"
+    assert len(count.read_text().splitlines()) == 5
+    assert (cache.path.stat().st_mode & 0o777) == 0o600

@@ -224,8 +224,11 @@ def run(
     connections: Connections | None = None,
     install_signals: Callable[[Callable[[], None]], None] | None = None,
     runner_pid: int | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
-    """Boot the prepared VM, wait until it powers off, then stream its result tar to OUT.
+    """Boot (or resume) the prepared VM, wait until it powers off, then stream its result tar
+    to OUT. READY is called just before: the helper service waits there for the VM's paused
+    start (`start_paused`), after the ledger work rather than before it.
 
     INSTALL_SIGNALS receives a callback that destroys the VM at once: the sudo helper wires it
     to SIGTERM (HTCondor's hold, remove and evict kill the runner, and sudo relays the signal),
@@ -251,7 +254,9 @@ def run(
 
     if install_signals is not None:
         install_signals(destroy_now)
-    connections(uri).start(key.domain)
+    if ready is not None:
+        ready()
+    connections(uri).start_or_resume(key.domain)  # resumed when `start_paused` made it ready
     try:
         wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)
     except HypervisorError as exc:
@@ -265,6 +270,8 @@ def run(
         raise
     from ..staging import result_extent, result_tar_from_disk
 
+    # The guest is done: read its output disk now; libvirt ends the process meanwhile and
+    # JOB_EXIT's cleanup (or the reaper) removes the domain and the files.
     disk = key.folder(config) / "output.img"
     try:  # the guest wrote the disk: its headers are checked in a confined child
         end = run_confined(result_extent, (disk,), result_limits(limits.policy))
@@ -274,6 +281,24 @@ def run(
                        f"from outside): {exc}", run_exit=VM_LOST_EXIT) from exc
     with result:
         shutil.copyfileobj(result, out)
+
+
+def start_paused(config: SiteConfig, key: JobKey, *, connections: Connections | None = None
+                 ) -> bool:  # fmt: skip
+    """Make the prepared VM's process and devices now, paused, so `run` only resumes it.
+
+    The helper service calls this right after answering PREPARE_JOB, while the starter gets
+    the runner going (QEMU's start under libvirt takes ~0.3 s of TCG host time). A failure
+    is only logged: `run` then boots the VM itself and reports what goes wrong. The paused
+    domain is torn down like a defined one (`cleanup`, the reaper): destroy, then undefine.
+    """
+    connections = connections or Connections()
+    try:
+        connections(config.default_uri).start(key.domain, paused=True)
+    except SdError as exc:
+        log.warning("job %s: cannot start its VM paused ahead of the runner: %s", key.job_id, exc)
+        return False
+    return True
 
 
 #: How long a runner keeps trying to reach libvirtd again while its VM runs on without it.

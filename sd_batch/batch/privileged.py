@@ -122,12 +122,14 @@ def perform(
     connections: Connections | None = None,
     runner_pid: int | None = None,
     install_signals: Callable[[Callable[[], None]], None] | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> Answer:
     """Carry out ACTION for UID (who the door vouched for) on JOB_ID.
 
     `prepare` reads the input disk from DATA_IN, `run` writes the result tar to DATA_OUT and
     records RUNNER_PID (None: this process) as the process whose life is the job's (the
-    reaper's sign of life); INSTALL_SIGNALS receives the callback that destroys the VM at once.
+    reaper's sign of life); INSTALL_SIGNALS receives the callback that destroys the VM at once;
+    READY is called just before the VM is started or resumed (`jobs.run`).
     CONNECTIONS (None: new ones) are the hypervisor connections to use.
     """
     from . import jobs
@@ -154,13 +156,28 @@ def perform(
             raise ValueError("perform(run) needs DATA_OUT")  # the door's mistake
         jobs.run(config, key, data_out, limits=JobLimits.of(config.policy),
                  connections=connections, install_signals=install_signals,
-                 runner_pid=runner_pid)  # fmt: skip
+                 runner_pid=runner_pid, ready=ready)  # fmt: skip
         return Answer(0, None)
     except SdError as exc:
         if action is not Action.RUN:
             return Answer(1, failure(exc))
         code = run_exit(exc)
         return Answer(code, {**failure(exc), "exit": code, "message": clipped(str(exc))})
+
+
+def start_paused(job_id: str, uid: int, connections: Connections | None = None) -> bool:
+    """After a prepare that succeeded: make UID's job VM ready, paused (`jobs.start_paused`),
+    so the runner's `run` only resumes it. The helper service calls it once its prepare reply
+    went out; the sudo helper does not (the runner's `run` boots the VM there)."""
+    from . import jobs
+    from .key import JobKey
+
+    try:
+        key = JobKey(uid, job_id)
+        config = site_config()
+    except SdError:
+        return False
+    return jobs.start_paused(config, key, connections=connections)
 
 
 def run_exit(exc: SdError) -> int:

@@ -4,7 +4,8 @@
 
 - `prepare-job` (<Keyword>_HOOK_PREPARE_JOB): the job ad on stdin; builds the guest's input disk
   from the sandbox and hands it to the privileged helper, which resolves the description,
-  applies site limits and defines the VM. Prints ad updates: `Cmd` becomes our runner, the
+  applies site limits and defines the VM (the helper service then starts it paused, for the
+  runner to resume). Prints ad updates: `Cmd` becomes our runner, the
   original command is kept in `SDOriginalCmd` / `SDOriginalArguments`. Failures print
   `HookStatusCode` / `HookStatusMessage`: a user's mistake or a policy refusal holds the job
   (1-299), a host problem sends it back to Idle (>= 300). `status_for` is the one mapping.

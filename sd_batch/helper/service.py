@@ -20,7 +20,10 @@ The protocol, one request per connection:
   `{"ok": false, "error": "BadRequest", "disposition": "requeue", "message": ...}` and the
   connection is closed.
 - `prepare`: the job's input disk (a tar) follows the line, ended by the client's
-  `shutdown(SHUT_WR)`; the reply is one JSON line, the one `helper prepare` prints.
+  `shutdown(SHUT_WR)`; the reply is one JSON line, the one `helper prepare` prints. Once it
+  went out (and the connection is closed), the service starts the prepared VM paused
+  (`jobs.start_paused`: QEMU's process and devices made while the starter starts the runner);
+  that job's run, cleanup and a repeated prepare wait for it to end (`Starting`).
 - `cleanup`, `probe`, `reap`: the reply is one JSON line, as `helper ACTION` prints it.
 - `run`: the client then only reads, and keeps its side open (a shutdown of its writing half
   counts as hanging up). The reply is one JSON status line: `{"ok": true}`, then the result
@@ -58,13 +61,14 @@ import stat
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from ..batch.confined import start_forkserver
-from ..batch.privileged import EX_TEMPFAIL, Action, perform
+from ..batch.privileged import EX_TEMPFAIL, Action, perform, start_paused
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
 from .door import (
@@ -83,6 +87,8 @@ DEFAULT_SOCKET = Path("/run/sd-batch/helper.sock")
 SLOT_GROUP = "sd-slots"
 DATA_SECONDS = 600.0  # the longest pause while a result tar moves
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
+#: The longest a job's run, cleanup or repeated prepare waits for its paused start to end.
+STARTING_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,35 @@ class ServiceConnections(Connections):
             super().forget(uri)
 
 
+class Starting:
+    """The jobs whose VM is being started paused after their prepare (`start_paused`): the
+    job's run, cleanup and a repeated prepare wait for that start to end, so a cleanup never
+    races a start into a domain nobody records, and a run resumes what the start made."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._under_way: dict[tuple[int, str], threading.Event] = {}
+
+    def begin(self, key: tuple[int, str]) -> threading.Event:
+        done = threading.Event()
+        with self._lock:
+            self._under_way[key] = done
+        return done
+
+    def end(self, key: tuple[int, str], done: threading.Event) -> None:
+        with self._lock:
+            if self._under_way.get(key) is done:
+                del self._under_way[key]
+        done.set()
+
+    def wait(self, key: tuple[int, str], timeout: float = STARTING_SECONDS) -> None:
+        with self._lock:
+            done = self._under_way.get(key)
+        if done is not None and not done.wait(timeout):
+            log.warning("uid %d job %s: its paused start still runs after %.0f s; going on",
+                        key[0], key[1], timeout)  # fmt: skip
+
+
 class StatusFirst:
     """The result tar's way out: `{"ok": true}` goes first, with the first bytes, so nothing
     is promised before jobs.run has the whole result in hand."""
@@ -157,6 +192,9 @@ class HangupWatch:
         self.done = threading.Event()
         self.hung_up = False
         self.thread: threading.Thread | None = None
+        # `stop` wakes the poll at once: the result's connection closes when the run ends,
+        # not up to a poll period later (the runner waits for that end of the stream)
+        self.wake_read, self.wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     def start(self, destroy: Callable[[], None]) -> None:
         """`jobs.run`'s INSTALL_SIGNALS: it hands us the destroy callback."""
@@ -168,8 +206,9 @@ class HangupWatch:
         poller = select.poll()
         gone = select.POLLHUP | select.POLLERR | select.POLLNVAL | select.POLLRDHUP
         poller.register(self.sock.fileno(), select.POLLIN | gone)
+        poller.register(self.wake_read, select.POLLIN)
         while not self.done.is_set():
-            events = poller.poll(500)
+            events = [e for e in poller.poll(500) if e[0] == self.sock.fileno()]
             if not events:
                 continue
             if not events[0][1] & gone:
@@ -192,8 +231,11 @@ class HangupWatch:
 
     def stop(self) -> None:
         self.done.set()
+        os.write(self.wake_write, b"x")
         if self.thread is not None:
             self.thread.join()
+        os.close(self.wake_read)
+        os.close(self.wake_write)
 
 
 class Handler(socketserver.BaseRequestHandler):
@@ -260,15 +302,23 @@ class Handler(socketserver.BaseRequestHandler):
         job = f" {request.job}" if request.job else ""
         what = f"{request.action}{job} for uid {peer.uid} (pid {peer.pid})"
         sock.settimeout(DATA_SECONDS)
-        if request.action is Action.RUN:
-            self._run(sock, request, peer, what)
+        key = (peer.uid, request.job) if request.job is not None else None
+        if request.action is Action.RUN and key is not None:
+            # its VM's paused start, if one is under way, is waited for once the ledger knows
+            # the runner (`jobs.run`'s READY): that work overlaps the start
+            self._run(sock, request, peer, what, lambda: self.server.starting.wait(key))
             return
+        if key is not None:
+            self.server.starting.wait(key)  # its VM's paused start, if one is under way
         # prepare streams the input disk from the socket into the job's folder (bounded there)
         data_in = (cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS))
                    if request.action is Action.PREPARE else None)  # fmt: skip
         answer = perform(request.action, request.job, peer.uid, data_in=data_in,
                          connections=self.server.connections)  # fmt: skip
         log.info("%s: %s", what, _summary(answer.reply))
+        starting = None
+        if request.action is Action.PREPARE and answer.code == 0 and key is not None:
+            starting = self.server.starting.begin(key)  # before the reply: the run waits
         self._send(answer.reply or {})
         if request.action is Action.PREPARE:
             # The reply is queued: the client reads it. Both ways, so that a client still
@@ -276,8 +326,18 @@ class Handler(socketserver.BaseRequestHandler):
             # at once instead of blocking on a full socket until its timeout.
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        if starting is not None and key is not None:
+            # PREPARE_JOB has its answer; the VM's process is made while the runner starts
+            began = time.monotonic()
+            try:
+                made = start_paused(key[1], key[0], self.server.connections)
+            finally:
+                self.server.starting.end(key, starting)
+            log.info("%s: VM %s in %.0f ms", what, "started paused" if made else
+                     "not started ahead (the run boots it)", 1000 * (time.monotonic() - began))
 
-    def _run(self, sock: socket.socket, request: Request, peer: Peer, what: str) -> None:
+    def _run(self, sock: socket.socket, request: Request, peer: Peer, what: str,
+             ready: Callable[[], None]) -> None:  # fmt: skip
         if peer.pid <= 0:
             self._send(bad("the caller's process is not visible here (another pid namespace)"))
             return
@@ -286,7 +346,7 @@ class Handler(socketserver.BaseRequestHandler):
         try:
             answer = perform(Action.RUN, request.job, peer.uid, data_out=cast(BinaryIO, out),
                              connections=self.server.connections, runner_pid=peer.pid,
-                             install_signals=watch.start)  # fmt: skip
+                             install_signals=watch.start, ready=ready)  # fmt: skip
         finally:
             watch.stop()
         if answer.reply is None:
@@ -351,6 +411,7 @@ class HelperService(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.path, self.gid = path, gid
         self.admission = Admission()
         self.connections = ServiceConnections()
+        self.starting = Starting()
         super().__init__(str(path), Handler, bind_and_activate=False)
 
     def admit(self, uid: int, kind: str) -> bool:

@@ -263,10 +263,35 @@ class Hypervisor:
         with self._errors("define domain"):
             return str(self._conn.defineXMLFlags(xml, self._lv.VIR_DOMAIN_DEFINE_VALIDATE).name())
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *, paused: bool = False) -> None:
+        """Boot NAME; PAUSED makes its process and devices but runs no guest code yet
+        (`resume` does), so a job's VM is ready before its runner asks for it. A driver
+        without VIR_DOMAIN_START_PAUSED (the test driver) starts, then suspends at once."""
+        lv = self._lv
         dom = self._lookup(name)
         with self._errors("start domain", name):
-            dom.create()
+            if not paused:
+                dom.create()
+                return
+            try:
+                dom.createWithFlags(lv.VIR_DOMAIN_START_PAUSED)
+            except lv.libvirtError as exc:
+                if exc.get_error_code() not in (lv.VIR_ERR_INVALID_ARG, lv.VIR_ERR_NO_SUPPORT):
+                    raise
+                dom.create()
+                dom.suspend()
+
+    def start_or_resume(self, name: str) -> None:
+        """Run NAME's guest: resume it when a paused start made it ready, else boot it.
+        A domain paused by a failing host disk (ioerror) is not resumed: `wait_shutoff` says
+        why it stopped."""
+        dom = self._lookup(name)
+        with self._errors("start domain", name):
+            status = _status(*dom.state())
+            if status.state is DomainState.PAUSED and status.reason != "ioerror":
+                dom.resume()
+            else:
+                dom.create()  # refused for a domain that already runs, as before
 
     def shutdown(self, name: str) -> None:
         """Ask the guest to power off (ACPI); nothing to do when it is already off."""
@@ -319,18 +344,24 @@ class Hypervisor:
     def wait_shutoff(self, name: str, timeout: float, *, poll: float = 1.0) -> DomainStatus:
         """Block until the domain is off, woken by libvirt lifecycle events.
 
-        The callback is registered before the state is read, so a stop in between is not lost;
-        the state is read again every `poll` s in case an event never comes (a dropped
-        connection). Raises ShutoffTimeout once `timeout` seconds of the clock have passed.
+        The guest having finished (the SHUTDOWN event: QEMU stopped its vCPUs at the guest's
+        power-off) counts as off: libvirt's own teardown of the process (~0.2 s of killing
+        QEMU on on_poweroff=destroy) is not waited for. The callback is registered before the
+        state is read, so a stop in between is not lost; the state is read again every `poll`
+        s in case an event never comes (a dropped connection). Raises ShutoffTimeout once
+        `timeout` seconds of the clock have passed.
         """
         clock = self._clock
         lv = self._lv
         dom = self._lookup(name)
         changed = threading.Event()
+        finished = threading.Event()
 
         def on_lifecycle(_c: object, _d: object, event: int, _detail: int, _o: object) -> None:
+            if event == lv.VIR_DOMAIN_EVENT_SHUTDOWN:
+                finished.set()  # any detail: guest- or host-initiated, no guest code runs now
             if event in (lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_UNDEFINED,
-                         lv.VIR_DOMAIN_EVENT_SUSPENDED):  # fmt: skip
+                         lv.VIR_DOMAIN_EVENT_SUSPENDED, lv.VIR_DOMAIN_EVENT_SHUTDOWN):  # fmt: skip
                 changed.set()
 
         deadline = clock() + timeout
@@ -341,6 +372,8 @@ class Hypervisor:
         try:
             while True:
                 changed.clear()
+                if finished.is_set():
+                    return DomainStatus(DomainState.SHUTDOWN, "finished")
                 status = self.state(name)
                 if status.state.is_off:
                     return status

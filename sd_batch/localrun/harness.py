@@ -72,7 +72,7 @@ from .outcome import (
     stopped_state,
     updated_ad,
 )
-from .slot import Machine, carve_slot, this_machine
+from .slot import CronCache, Machine, carve_slot, this_machine
 from .starter import DEFAULT_PATH, PASSED_THROUGH, HookRun, Updater, run_hook, starter_env
 
 #: Outcome and the exit codes live in localrun.outcome, the slot user in localrun.files, the hooks'
@@ -127,6 +127,7 @@ class Harness:
     kill_grace: float = 20.0  # seconds between the runner's SIGTERM and SIGKILL
     update_interval: tuple[float, float] = (8.0, 300.0)  # STARTER_(INITIAL_)UPDATE_INTERVAL
     machine: Machine | None = None  # this machine as a slot: the startd cron's, on first use
+    cron_cache: CronCache | None = None  # reuse a recent online startd cron output (sd run)
 
     def job_ads(self) -> list[str]:
         try:
@@ -279,7 +280,8 @@ class Harness:
         """The job's slot's machine ad; None (no `.machine.ad`: the VM is sized from the
         job's requests alone) when the startd cron could not run here at all."""
         if self.machine is None:
-            self.machine = this_machine(self.hooks_dir, self.user, env, scratch)
+            self.machine = this_machine(self.hooks_dir, self.user, env, scratch,
+                                        self.cron_cache)  # fmt: skip
             if self.machine.failed is not None:
                 self.progress(f"startd cron: {self.machine.failed} (no slot is carved: "
                               "the VM is sized from the job's requests)")  # fmt: skip

@@ -164,7 +164,13 @@ def build_features(flavour: Flavour) -> ET.Element | None:
 
 
 def build_devices(spec: VMSpec, files: HostFiles) -> ET.Element:
-    """`<devices>`: described disks, host disks, network, console, then balloon (virtio)."""
+    """`<devices>`: described disks, host disks, (virtio) no USB, network, console, no balloon.
+
+    A batch VM gets only what it uses: on KVM/QEMU libvirt would otherwise add a USB
+    controller (a PCI device the guest probes at boot) and a balloon; it adds no graphics,
+    sound, video or NIC unless asked. What stays is QEMU's `-nodefaults` machine plus our
+    disks and serial port (the guest-alone ratio in `benchmarks/job_overhead.py`).
+    """
     devices = ET.Element("devices")
     bus = spec.flavour.disk_bus
     for disk, source in zip(spec.disks, files.disks, strict=True):
@@ -172,6 +178,9 @@ def build_devices(spec: VMSpec, files: HostFiles) -> ET.Element:
     for index, extra in enumerate(files.extra_disks, start=len(spec.disks)):
         device = bus.device_name(index)
         devices.append(build_disk(device, bus, extra.source, extra.readonly, extra.serial))
+    if bus is DiskBus.VIRTIO:
+        # libxl adds no USB unless asked (and refuses model none); QEMU's pc machine would.
+        _sub(devices, "controller", {"type": "usb", "model": "none"})
     if spec.network is not None:
         devices.append(build_interface(spec.network, spec.flavour))
     devices.append(build_console(spec.flavour, files.console_log))
@@ -200,11 +209,16 @@ def build_disk(
 
 
 def build_interface(network: str, flavour: Flavour) -> ET.Element:
-    """A NIC on a libvirt network; virtio on KVM/QEMU, Xen's own netfront (no model) on Xen."""
+    """A NIC on a libvirt network; virtio on KVM/QEMU, Xen's own netfront (no model) on Xen.
+
+    On KVM/QEMU without its option ROM: the firmware would load and run iPXE for a network
+    boot we never do (we boot a kernel directly, or the first disk).
+    """
     interface = ET.Element("interface", {"type": "network"})
     _sub(interface, "source", {"network": network})
     if not flavour.is_xen:
         _sub(interface, "model", {"type": "virtio"})
+        _sub(interface, "rom", {"enabled": "no"})
     return interface
 
 

@@ -177,11 +177,17 @@ def _resolve_phases(
         in_config = holder.path.split(":")[0] == SF_CONFIG if holder.path else False
         (errors if in_config else warnings).append(error)
 
+    from .phases import function_phase
+
+    for problem in function_phase(root, sources):
+        in_config = problem.message.split(":")[0] == SF_CONFIG
+        (errors if in_config else warnings).append(problem)
     sfconfig = root.get(SF_CONFIG)
     if SF_CONFIG in root and not isinstance(sfconfig, Component):
         errors.append(
             ResolutionError(
-                "sfConfig must be a component description",
+                "sfConfig must be a Component Description, found "
+                + ("a function" if hasattr(sfconfig, "kind") else "a simple value"),
                 loc=root.location_of(SF_CONFIG),
                 hint="write sfConfig extends Compound { ... }",
                 source_line=sources.source_line(root.location_of(SF_CONFIG)),

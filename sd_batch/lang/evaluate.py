@@ -24,12 +24,14 @@ from ..errors import (
 )
 from .includes import SourceSet
 from .model import INT_RANGE, TBD, Attribute, Component, Long, Reference
+from .phases import FunctionCall
 from .resolve import AttributeSlot, Node, ancestors, copy_node, locate_part
+from .schemas import REMOVED, evaluate_call
 from .syntax import ApplyRef, IfExpr, ListExpr, OpExpr
 
 Result = tuple[Any, bool]  # (value, deferred)
 #: The values evaluation may change; every other value is already final.
-_EXPRESSIONS = (Reference, ListExpr, OpExpr, IfExpr, ApplyRef)
+_EXPRESSIONS = (Reference, ListExpr, OpExpr, IfExpr, ApplyRef, FunctionCall)
 
 
 def _is_number(value: Any) -> bool:
@@ -109,7 +111,8 @@ class Evaluator:
                     if not any(e is exc for e in errors):
                         errors.append(exc)
                     continue
-                value = node.attributes[name].value
+                attr = node.attributes.get(name)  # a schema that held is gone
+                value = attr.value if attr is not None else None
                 if isinstance(value, Component):
                     self.evaluate_tree(value, errors)
         finally:
@@ -136,14 +139,22 @@ class Evaluator:
         attr = node.attributes[name]
         self.active.append((node, name))
         try:
-            value, deferred = self.evaluate(attr.value, node)
-            if not deferred and value is not attr.value and isinstance(value, Component):
+            if isinstance(attr.value, FunctionCall):
+                value, deferred = evaluate_call(self, attr.value, node, name)
+            else:
+                value, deferred = self.evaluate(attr.value, node)
+            linked = not deferred and not isinstance(attr.value, FunctionCall)
+            if linked and value is not attr.value and isinstance(value, Component):
                 value = self._linked_copy(value, node, attr)
         except DescriptionError as exc:
             self.failures[key] = exc
             raise
         finally:
             self.active.pop()
+        if value is REMOVED:
+            del node.attributes[name]
+            self.results[key] = (None, False)
+            return self.results[key]
         if not deferred and value is not attr.value:
             node.set(name, value, attr.loc)
         self.results[key] = (node.attributes[name].value, deferred)
@@ -336,10 +347,21 @@ class Evaluator:
         if op == "<>":
             need(lambda v: isinstance(v, list), "vectors")
             return [item for v in values for item in v]
-        if op in ("&&", "||", "!"):
+        if op == "%":
+            need(lambda v: isinstance(v, int) and not isinstance(v, bool), "integers")
+            if values[1] == 0:
+                raise self._error(ResolutionError, "division by zero", expr.loc)
+            remainder = values[0] - values[1] * _java_divide(values[0], values[1])
+            return _number_kind(values, remainder)
+        if op in ("&&", "||", "!", "->"):
             need(lambda v: isinstance(v, bool), "booleans")
             if op == "!":
                 return not values[0]
+            if op == "->":  # SmartFrog's Implies folds left: (a -> b) -> c
+                result = values[0]
+                for value in values[1:]:
+                    result = (not result) or value
+                return result
             return all(values) if op == "&&" else any(values)
         compare = _COMPARISONS[op]
         if op not in ("==", "!="):

@@ -11,12 +11,12 @@ import math
 import re
 
 #: Words SmartFrog reserves that sd-batch has no use for; they must be quoted to be names.
-RESERVED_WORDS = frozenset({"SWITCH", "ENDSWITCH", "VAR"})
+RESERVED_WORDS = frozenset({"SWITCH", "ENDSWITCH"})
 #: Every keyword of the language: a name spelt like one must be quoted (parser and renderer).
 KEYWORDS = frozenset({
     "extends", "true", "false", "NULL", "TBD", "LAZY", "DATA", "ATTRIB", "HERE", "THIS",
     "PARENT", "ROOT", "HOST", "PROCESS", "PROPERTY", "IPROPERTY", "ENVPROPERTY", "IENVPROPERTY",
-    "CONSTANT", "OPTIONAL", "APPLY", "ASSERT", "IF", "THEN", "ELSE", "FI",
+    "CONSTANT", "OPTIONAL", "APPLY", "ASSERT", "IF", "THEN", "ELSE", "FI", "VAR",
 }) | RESERVED_WORDS  # fmt: skip
 
 _WORD = re.compile(

@@ -53,6 +53,21 @@ class _Tbd:
 
 TBD = _Tbd()
 
+
+@dataclass(frozen=True, slots=True)
+class FreeVar:
+    """`VAR`: a constraint variable (SmartFrog's constraint solver fills it; sd keeps it)."""
+
+    range: str | None = None
+    default: Any = None
+
+    def __str__(self) -> str:
+        if self.range is None:
+            return "VAR"
+        default = self.default
+        shown = format_string(default) if isinstance(default, str) else str(default)
+        return f"VAR {{{format_string(self.range)}, {shown}}}"
+
 #: Reference part kinds, as SmartFrog's grammar names them.
 PART_KINDS = (
     "ROOT",

@@ -190,6 +190,18 @@ class _ToSyntax(Transformer[Token, Any]):
     def tbd(self, _children: list[Token]) -> model._Tbd:
         return model.TBD
 
+    def free_var(self, children: list[Any]) -> model.FreeVar:
+        if len(children) == 1:
+            return model.FreeVar()
+        default = children[3]
+        if isinstance(default, Token):  # a number
+            default = float(default) if default.type == "FLOAT" else int(default)
+        return model.FreeVar(children[2], default)
+
+    def var_range(self, children: list[Any]) -> str:
+        value = children[0]
+        return value if isinstance(value, str) else str(value)
+
     def bytearray(self, children: list[Token]) -> bytes:
         return _literal(children[0], lambda: decode_bytes(children[0]))
 
@@ -322,6 +334,7 @@ def _describe_expected(expected: set[str]) -> str:
                 "APPLY",
                 "ASSERT",
                 "IF",
+                "VAR",
                 *PART_KINDS,  # a reference may start any value
                 "WORD",
                 "MINUS",

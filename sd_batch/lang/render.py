@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .formatting import format_name
-from .model import TBD, Component, Double, Long, Reference, literal_text
+from .model import TBD, Component, Double, FreeVar, Long, Reference, literal_text
 from .syntax import IfExpr, ListExpr, OpExpr
 
 
@@ -39,6 +39,15 @@ def render_value(value: Any, indent: int = 0) -> str:
         parts = (value.cond, value.then, value.otherwise)
         cond, then, otherwise = (render_value(p, indent) for p in parts)
         return f"IF {cond} THEN {then} ELSE {otherwise} FI"
+    if isinstance(value, FreeVar):
+        return str(value)
+    construct = getattr(value, "construct", None)  # a function-phase call (phases.py)
+    if construct is not None:
+        call = Component(loc=value.node.loc)
+        call.set("phase.function", construct)
+        for name, attr in value.node.attributes.items():
+            call.set(name, attr.value, attr.loc)
+        return render_component(call, indent)
     raise TypeError(f"cannot render {type(value).__name__}")
 
 

@@ -204,7 +204,8 @@ def error_of(text: str, **kw) -> DescriptionError:
         (
             ResolutionError,
             "sfConfig 5;\n",
-            "t.sf:1:1: sfConfig must be a component description; "
+            # SmartFrog: "The sfConfig attribute ... must be a Component Description, found a ..."
+            "t.sf:1:1: sfConfig must be a Component Description, found a simple value; "
             "write sfConfig extends Compound { ... }\nsfConfig 5;\n^^^^^^^^",
         ),
         (

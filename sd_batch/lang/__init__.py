@@ -143,9 +143,11 @@ def _resolve_phases(
     complete: bool,
 ) -> Description:
     from .evaluate import Evaluator, find_tbds, tbd_errors
+    from .phases import function_phase, other_phases, phase_list
     from .resolve import Node, TreeBuilder, TypeResolver
 
     root = TreeBuilder(sources).root(parsed.items, parsed.name)
+    phases = phase_list(root, sources)
     types = TypeResolver(root, sources)
     errors: list[DescriptionError] = []
     warnings: list[DescriptionError] = []
@@ -177,13 +179,13 @@ def _resolve_phases(
         in_config = holder.path.split(":")[0] == SF_CONFIG if holder.path else False
         (errors if in_config else warnings).append(error)
 
-    from .phases import function_phase
-
-    for problem in function_phase(root, sources):
+    problems = other_phases(root, phases, sources)
+    problems += function_phase(root, sources) if "function" in phases else []
+    for problem in problems:
         in_config = problem.message.split(":")[0] == SF_CONFIG
         (errors if in_config else warnings).append(problem)
-    sfconfig = root.get(SF_CONFIG)
-    if SF_CONFIG in root and not isinstance(sfconfig, Component):
+    sfconfig = root.get(SF_CONFIG) if "sfConfig" in phases else None
+    if "sfConfig" in phases and SF_CONFIG in root and not isinstance(sfconfig, Component):
         errors.append(
             ResolutionError(
                 "sfConfig must be a Component Description, found "
@@ -195,7 +197,7 @@ def _resolve_phases(
         )
         sfconfig = None
     tbds: list[tuple[str, SourceLocation | None]] = []
-    if not errors:
+    if not errors and "link" in phases:
         evaluator = Evaluator(root, sources, environ=environ, properties=properties)
         if sfconfig is not None:
             evaluator.evaluate_tree(sfconfig, errors)

@@ -90,6 +90,9 @@ class Evaluator:
         self.evaluated: set[int] = set()
         #: Components whose evaluate_tree has started and not finished (linking one is a cycle).
         self.in_progress: set[int] = set()
+        #: Copies made to evaluate function calls: kept alive, so their ids (the keys of
+        #: `results`) are never reused by a later copy.
+        self.scratch: list[Component] = []
 
     def _error(
         self, cls: type[DescriptionError], message: str, loc: Any, **kw: Any

@@ -101,3 +101,56 @@ def _construct(node: Node, action: Any, sources: Any) -> FunctionCall:
             element.set("name", name, attr.loc)  # SmartFrog's sfAddParameter("name", key)
             node.set(name, FunctionCall(element, "function", False, attr.value.loc), attr.loc)
     return FunctionCall(node, kind, lazy, node.loc)
+
+
+#: SmartFrog's default phases (SFComponentDescriptionImpl.sfGetPhases, this revision: no
+#: "predicate" phase; schemas are checked when link resolution evaluates them).
+DEFAULT_PHASES = ("type", "place", "function", "sfConfig", "link")
+#: Phases sd-batch runs; "print" only prints in SmartFrog and changes nothing.
+KNOWN_PHASES = frozenset({*DEFAULT_PHASES, "print"})
+
+
+def phase_list(root: Node, sources: Any) -> tuple[str, ...]:
+    """The top level's `phaseList` (removed, as SmartFrog does), or the default phases.
+
+    sd always runs type and place first (its tree is built by them) and function before link;
+    a list may leave out function, sfConfig or link, and each phase named must be one we know.
+    """
+    attr = root.attributes.pop("phaseList", None)
+    if attr is None:
+        return DEFAULT_PHASES
+    names = attr.value
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ResolutionError(
+            "phaseList must be a primitive vector of phase names",
+            loc=attr.loc,
+            source_line=sources.source_line(attr.loc),
+            hint='write phaseList [|"type", "place", "function", "sfConfig", "link"|]',
+        )
+    return tuple(names)
+
+
+def other_phases(root: Node, phases: tuple[str, ...], sources: Any) -> list[DescriptionError]:
+    """A phase of the list sd does not know acts on components carrying `phase.NAME` (as
+    SmartFrog's generic Phase visitor does): none may carry one, since we have no action."""
+    wanted = {f"phase.{name}" for name in phases if name not in KNOWN_PHASES}
+    errors: list[DescriptionError] = []
+    if not wanted:
+        return errors
+    stack: list[Component] = [root]
+    while stack:
+        node = stack.pop()
+        for name, attr in node.attributes.items():
+            if name in wanted:
+                errors.append(
+                    ResolutionError(
+                        f"{node.path}: {name} names {attr.value!r}: sd-batch has no action for "
+                        f"phase {name.removeprefix('phase.')}",
+                        loc=attr.loc,
+                        source_line=sources.source_line(attr.loc),
+                        hint="known phases: " + ", ".join(sorted(KNOWN_PHASES)),
+                    )
+                )
+            elif isinstance(attr.value, Component):
+                stack.append(attr.value)
+    return errors

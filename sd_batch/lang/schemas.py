@@ -46,6 +46,7 @@ def evaluate_call(evaluator: Any, call: FunctionCall, holder: Component, name: s
 
 def _evaluate(evaluator: Any, call: FunctionCall, holder: Component, name: str) -> Any:
     node = call.fresh(holder, name)
+    evaluator.scratch.append(node)
     if call.kind == "function":
         return _function(evaluator, call, node, holder, name)
     if call.kind == "schema":
@@ -105,6 +106,7 @@ def _check_element(
     call = schema.attributes[entry].value
     assert isinstance(call, FunctionCall)
     element = call.fresh(schema, entry)
+    evaluator.scratch.append(element)
     params, _deferred = _arguments(evaluator, element)
     target = params.get("name", entry)
     description = params.get("description") or ""

@@ -93,6 +93,8 @@ class Evaluator:
         #: Copies made to evaluate function calls: kept alive, so their ids (the keys of
         #: `results`) are never reused by a later copy.
         self.scratch: list[Component] = []
+        #: Check schemas and assertions (not when showing a library's prototypes).
+        self.check_assertions = True
 
     def _error(
         self, cls: type[DescriptionError], message: str, loc: Any, **kw: Any

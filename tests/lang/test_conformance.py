@@ -1,13 +1,15 @@
 """Real SmartFrog files (shared/conformance, beside the repository): every one parses; the core
 library resolves; files that include SmartFrog parts we do not ship fail cleanly.
 
-The corpus lives outside the repository: `<repo>/../shared/conformance`. CI runs in a fresh clone
-with a copy of shared/ beside it; elsewhere these tests skip and say why.
+The corpus lives outside the repository: `<repo>/../shared/conformance`, or where
+SD_CONFORMANCE_CORPUS says. CI runs in a fresh clone with a copy of shared/ beside it; elsewhere
+these tests skip and say why.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 
@@ -17,7 +19,10 @@ from sd_batch.cli.main import Environment, main
 from sd_batch.errors import IncludeError
 from sd_batch.lang import Component, load_file, parse_file
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
+CORPUS = Path(
+    os.environ.get("SD_CONFORMANCE_CORPUS")  # a git worktree elsewhere names it
+    or Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
+)
 SMARTFROG = CORPUS / "smartfrog"
 FILES = sorted(SMARTFROG.rglob("*.sf")) if SMARTFROG.is_dir() else []
 
@@ -190,3 +195,104 @@ def test_the_corpus_constructs_resolve_once_their_missing_parts_are_stubbed(tmp_
             "asynchronously",
         }
     }
+
+
+# -- SmartFrog's own corpus against SmartFrog itself -------------------------------------------
+# tests/data/conformance/smartfrog-oracle.json records what SmartFrog's parser and resolver
+# (built from steveloughran/smartfrog ebddc43, run by scripts/sf-oracle-record) say of every .sf
+# file of shared/conformance/smartfrog-repo: the outcome, the kind of error, and the values of
+# the attributes SmartFrog's JUnit tests read back. sd must give the same outcome and values.
+import json  # noqa: E402
+
+REPO_CORPUS = CORPUS / "smartfrog-repo"
+ORACLE = json.loads(
+    (Path(__file__).resolve().parents[1] / "data/conformance/smartfrog-oracle.json").read_text()
+)
+#: SmartFrog's classpath roots in the corpus: where `#include "org/..."` is looked up.
+CLASSPATH = [REPO_CORPUS / root for root in ORACLE["classpath"]]
+#: Values that differ from run to run in SmartFrog too: checked for their kind and a property.
+UNSTABLE = {
+    "testharness/test/org/smartfrog/test/system/functions/tcp15.sf": "random",
+    "testharness/test/org/smartfrog/test/system/functions/tcp16.sf": "next",
+    "testharness/test/org/smartfrog/test/system/functions/tcp17.sf": "date",
+}
+
+
+def java_view(value: object) -> tuple[str, str]:
+    """(Java class, Java toString) of a resolved value, as SmartFrog's oracle prints them."""
+    from sd_batch.lang import Double, Long, Reference
+    from sd_batch.lang.javaview import java_class, java_text
+
+    del Double, Long, Reference
+    return java_class(value), java_text(value)
+
+
+def sd_outcome(path: Path) -> tuple[str, object]:
+    """sd's outcome in SmartFrog's terms, and the Description or the error.
+
+    "parse-failed" (syntax, or an include: SmartFrog reads includes as it parses), "no-sfConfig"
+    (a library: SmartFrog's sfConfig phase fails on it), "resolution-failed" (an error, or a
+    problem in a prototype that sd only warns about: SmartFrog resolves every prototype and
+    stops there), or "valid".
+    """
+    from sd_batch.errors import DescriptionError, DescriptionSyntaxError
+
+    try:
+        description = load_file(path, include_dirs=CLASSPATH)
+    except (DescriptionSyntaxError, IncludeError) as exc:
+        return "parse-failed", exc
+    except DescriptionError as exc:
+        return "resolution-failed", exc
+    if description.warnings:
+        return "resolution-failed", description.warnings[0]
+    if description.sfconfig is None:
+        return "no-sfConfig", description
+    return "valid", description
+
+
+def smartfrog_outcome(record: dict) -> str:
+    if record["outcome"] == "resolution-failed" and record.get("kind") == "no-sfConfig":
+        return "no-sfConfig"
+    return str(record["outcome"])
+
+
+def disagreement(name: str) -> str | None:
+    """Why sd disagrees with SmartFrog on corpus file NAME, or None when it agrees."""
+    record = ORACLE["cases"][name]
+    outcome, result = sd_outcome(REPO_CORPUS / name)
+    if outcome != smartfrog_outcome(record):
+        said = record.get("message", "")[:200]
+        return f"SmartFrog: {smartfrog_outcome(record)} {said}; sd: {outcome} {str(result)[:300]}"
+    for path, expected in record["values"].items():
+        node: object = result.root  # type: ignore[union-attr]
+        for part in path.split(":"):
+            node = node.get(part) if isinstance(node, Component) else None  # type: ignore[union-attr]
+        cls, text = java_view(node)
+        if cls != expected["class"]:
+            return f"{path}: SmartFrog {expected['class']} {expected['value']!r}; sd {cls} {text!r}"
+        exact = name not in UNSTABLE and not cls.endswith(("DescriptionImpl", "Reference"))
+        if exact and text != expected["value"]:
+            return f"{path}: SmartFrog {expected['value']!r}; sd {text!r}"
+    return None
+
+
+#: Cases the oracle could not decide: the JVM ended inside the case (`userinput` reads the
+#: console) or ran out of time (a reference bomb): no outcome to compare with.
+UNDECIDED = {n for n, c in ORACLE["cases"].items() if c["outcome"].startswith("oracle-")}
+
+
+REPO_FILES = sorted(set(ORACLE["cases"]) - UNDECIDED) if REPO_CORPUS.is_dir() else []
+
+
+@pytest.mark.parametrize("name", REPO_FILES)
+def test_sd_agrees_with_smartfrog_on_its_own_corpus(name: str):
+    problem = disagreement(name)
+    assert problem is None, problem
+
+
+def test_the_record_covers_every_file_of_the_corpus():
+    on_disk = {p.relative_to(REPO_CORPUS).as_posix() for p in REPO_CORPUS.rglob("*.sf")}
+    assert on_disk == set(ORACLE["cases"])
+    decided = [c for n, c in ORACLE["cases"].items() if n not in UNDECIDED]
+    assert all(c["outcome"] in ("valid", "parse-failed", "resolution-failed") for c in decided)
+    assert len(UNDECIDED) <= 2

@@ -121,6 +121,25 @@ def load_text(
         return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
 
 
+def _follow_sfconfig(
+    ref: Reference, root: Any, types: Any, errors: list[DescriptionError]
+) -> Any:
+    """`sfConfig testX;`: SmartFrog's sfConfig phase resolves the reference and deploys the
+    component it names; sd puts a copy of it in sfConfig's place."""
+    from .resolve import Node, copy_node
+
+    try:
+        target = types.follow(ref, root, set())
+    except DescriptionError as exc:
+        errors.append(exc)
+        return None
+    if not isinstance(target, Node):
+        return target  # the check below says it is no component description
+    clone = copy_node(target)
+    root.set(SF_CONFIG, clone, root.location_of(SF_CONFIG))
+    return clone
+
+
 def _resolve(parsed: SourceFile, sources: SourceSet, **options: Any) -> Description:
     try:
         return _resolve_phases(parsed, sources, **options)
@@ -185,6 +204,8 @@ def _resolve_phases(
         in_config = problem.message.split(":")[0] == SF_CONFIG
         (errors if in_config else warnings).append(problem)
     sfconfig = root.get(SF_CONFIG) if "sfConfig" in phases else None
+    if isinstance(sfconfig, Reference) and not (sfconfig.lazy or sfconfig.data):
+        sfconfig = _follow_sfconfig(sfconfig, root, types, errors)
     if "sfConfig" in phases and SF_CONFIG in root and not isinstance(sfconfig, Component):
         errors.append(
             ResolutionError(

@@ -218,6 +218,16 @@ UNSTABLE = {
 }
 
 
+#: System properties every JVM has, so the oracle had them (sd reads only what it is given).
+JVM_PROPERTIES = {
+    "os.name": "Linux",
+    "user.name": "root",
+    "path.separator": ":",
+    "file.separator": "/",
+    "java.io.tmpdir": "/tmp",
+}
+
+
 def java_view(value: object) -> tuple[str, str]:
     """(Java class, Java toString) of a resolved value, as SmartFrog's oracle prints them."""
     from sd_batch.lang import Double, Long, Reference
@@ -238,7 +248,7 @@ def sd_outcome(path: Path) -> tuple[str, object]:
     from sd_batch.errors import DescriptionError, DescriptionSyntaxError
 
     try:
-        description = load_file(path, include_dirs=CLASSPATH)
+        description = load_file(path, include_dirs=CLASSPATH, properties=JVM_PROPERTIES)
     except (DescriptionSyntaxError, IncludeError) as exc:
         return "parse-failed", exc
     except DescriptionError as exc:
@@ -268,6 +278,7 @@ def disagreement(name: str) -> str | None:
         for part in path.split(":"):
             node = node.get(part) if isinstance(node, Component) else None  # type: ignore[union-attr]
         cls, text = java_view(node)
+        text = text.replace("\n", "\\n")  # the oracle prints a line break as \n
         if cls != expected["class"]:
             return f"{path}: SmartFrog {expected['class']} {expected['value']!r}; sd {cls} {text!r}"
         exact = name not in UNSTABLE and not cls.endswith(("DescriptionImpl", "Reference"))

@@ -213,3 +213,38 @@ def test_var_is_a_value_and_implies_folds_left():
 def test_var_is_a_keyword():
     with pytest.raises(DescriptionSyntaxError):
         load_text("VAR 1;", "t.sf")
+
+
+# -- our library's functions.sf and predicates.sf ------------------------------------------------
+DEMO = """#include "components.sf"
+#include "predicates.sf"
+Worker extends Prim {
+    workerSchema extends Schema {
+        cores extends Integer { description "CPU cores"; }
+        label extends OptionalString;
+    }
+    cores 2;
+}
+sfConfig extends Compound {
+    total extends sum { a 1; b 2L; }
+    greeting extends concat { a "node-"; b 7; }
+    hosts extends vector { a "h1"; b "h2"; }
+    w1 extends Worker { label "build"; }
+}
+"""
+
+
+def test_our_library_ships_functions_and_schemas_under_smartfrogs_names():
+    sfconfig = load_text(DEMO, "demo.sf").sfconfig
+    assert sfconfig is not None
+    assert (sfconfig["total"], sfconfig["greeting"], sfconfig["hosts"]) == (
+        3,
+        "node-7",
+        ["h1", "h2"],
+    )
+    assert isinstance(sfconfig["total"], Long)
+    assert list(sfconfig["w1"]) == ["sfCodeBase", "sfClass", "cores", "label"]
+    with pytest.raises(ResolutionError) as info:
+        load_text(DEMO.replace('label "build"', 'cores "2"'), "demo.sf")
+    assert info.value.message.startswith("sfConfig:w1:cores: error in schema workerSchema: wrong")
+    assert (info.value.loc.line, info.value.loc.column) == (14, 25)

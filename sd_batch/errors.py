@@ -117,6 +117,10 @@ class ResolutionError(DescriptionError):
     """Type, place or function resolution failed (bad prototype, bad operator operands...)."""
 
 
+class FunctionFailed(ResolutionError):
+    """A SmartFrog function (lang/functions.py) refused its arguments; the caller adds where."""
+
+
 class UnresolvedReference(DescriptionError):
     """A reference points at nothing (SmartFrog's "Unresolved Reference")."""
 

@@ -15,14 +15,11 @@ import random as _rng
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import FunctionFailed
 from .javaview import java_class, java_text
 from .model import Component, Double, Long
 
 PACKAGE = "org.smartfrog.sfcore.languages.sf.functions."
-
-
-class FunctionFailed(ValueError):
-    """A function refused its arguments; the evaluator adds where it was called."""
 
 
 Args = dict[str, Any]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import DescriptionError, ResolutionError
+from ..errors import DescriptionError, FunctionFailed, ResolutionError
 from . import functions
 from .javaview import is_instance, java_class, java_text
 from .model import Component, Reference
@@ -96,8 +96,8 @@ def _function(
         return call, True
     try:
         return functions.call(node.get("sfFunctionClass"), args), False
-    except functions.FunctionFailed as exc:
-        raise _error(evaluator, call, f"{holder.attribute_path(name)}: {exc}") from None
+    except FunctionFailed as exc:
+        raise _error(evaluator, call, f"{holder.attribute_path(name)}: {exc.message}") from None
 
 
 def _check_element(

@@ -100,7 +100,7 @@ def _compare(test: Callable[[float, float], bool]) -> Callable[[Args], Any]:
 
 
 def _vector(args: Args) -> list[Any]:
-    return [value for value in args.values() if value is not None]
+    return list(args.values())  # NULL too: Java's context holds SFNull, never null
 
 
 def _append(args: Args) -> list[Any]:

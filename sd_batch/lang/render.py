@@ -99,7 +99,9 @@ def to_data(value: Any) -> Any:
         return {"$tbd": True}
     if isinstance(value, bytes):
         return {"$bytes": value.hex()}
-    if isinstance(value, (ListExpr, OpExpr, IfExpr)):
+    if isinstance(value, (ListExpr, OpExpr, IfExpr, FreeVar)):
+        return {"$expr": render_value(value)}
+    if getattr(value, "construct", None) is not None:  # a function call kept LAZY (phases.py)
         return {"$expr": render_value(value)}
     if isinstance(value, (Long, Double)):
         return int(value) if isinstance(value, Long) else float(value)

@@ -339,6 +339,8 @@ class TypeResolver:
     def prototype(self, ref: Reference, user: Node) -> Node:
         """The component an `extends` reference names, fully resolved, ready to copy."""
         target = self.follow(ref, user, set())
+        if isinstance(target, ListExpr):
+            return list_as_vector_function(target)
         if not isinstance(target, Node):
             raise self._error(
                 ResolutionError,
@@ -432,6 +434,17 @@ class TypeResolver:
                 node.placements = keep
             if not moved:
                 return pending
+
+
+def list_as_vector_function(items: ListExpr) -> Node:
+    """`[a, b]` as SmartFrog's parser makes it: a `vector` function component (so `x extends
+    hosts`, hosts being a list, makes x that list once the function phase has run)."""
+    node = Node(loc=items.loc, state=State.DONE)
+    node.set("phase.function", "org.smartfrog.sfcore.languages.sf.ConstructFunction", items.loc)
+    node.set("sfFunctionClass", "org.smartfrog.sfcore.languages.sf.functions.Vector", items.loc)
+    for index, item in enumerate(items.items):
+        node.set(f"unique{index}", item, items.loc)
+    return node
 
 
 def walk_nodes(node: Node) -> Iterator[Node]:

@@ -6,8 +6,9 @@ the component that holds it, entry by entry, with SmartFrog's `CheckSchemaElemen
 - type: the value's Java class must be one of `class` (`"anyClass"` takes any) - an integer
   is `java.lang.Integer`, `42L` a Long, `1.5` a Float, NULL `SFNull`, `[| |]` a Vector...;
 - binding: `"lazy"` wants a LAZY reference, `"eager"` a value, `"anyBinding"` either.
-Errors name the attribute checked (its path) and the class expected. A schema or an assertion
-that holds leaves nothing behind (the attribute is removed, like SmartFrog's temporary values).
+Errors name the attribute checked (its path) and the class expected. A static schema or
+assertion that holds leaves nothing behind (the attribute is removed, like SmartFrog's temporary
+values); a dynamic one (the default) stays, as a LAZY check for the running component.
 May import: errors, lang.model, lang.javaview, lang.functions, lang.phases.
 """
 
@@ -53,7 +54,7 @@ def _evaluate(evaluator: Any, call: FunctionCall, holder: Component, name: str) 
         for entry in list(node.attributes):
             if entry not in _NOT_ELEMENTS:
                 _check_element(evaluator, node, entry, holder, name)
-        return REMOVED, False
+        return _after_check(evaluator, call, node)
     for entry in list(node.attributes):  # assertions
         if entry.startswith("sf"):
             continue
@@ -65,7 +66,17 @@ def _evaluate(evaluator: Any, call: FunctionCall, holder: Component, name: str) 
                 f"{holder.attribute_path(name)}: assertion {entry} "
                 f"evaluates to {java_text(value)}, not true",
             )
-    return REMOVED, False
+    return _after_check(evaluator, call, node)
+
+
+def _after_check(evaluator: Any, call: FunctionCall, node: Component) -> Any:
+    """A static check (`sfAssertionPhase "static"`, as PrimSchema says) leaves nothing; a
+    dynamic one (the default) stays in the tree as a LAZY check, as SmartFrog keeps it for
+    the running component to check again."""
+    phase = "dynamic"
+    if "sfAssertionPhase" in node.attributes:
+        phase, _deferred = evaluator.value_of(node, "sfAssertionPhase")
+    return (REMOVED, False) if phase in ("static", "staticLazy") else (call, True)
 
 
 def _arguments(evaluator: Any, node: Component) -> tuple[dict[str, Any], bool]:

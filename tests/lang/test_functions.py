@@ -172,7 +172,10 @@ def test_presence_optional_and_binding():
     eager = error(schema + 'sfConfig extends { s extends S; y "a"; l 5; }')
     assert "non-reference value found for lazy attribute 'l'" in eager.message
     sfconfig = resolve(schema + 'sfConfig extends { s extends S; y "a"; l LAZY y; n 2.5; }')
-    assert "s" not in sfconfig and sfconfig["y"] == "a"
+    # S is dynamic (no sfAssertionPhase "static"): SmartFrog keeps it, a LAZY check
+    assert "s" in sfconfig and sfconfig["y"] == "a"
+    static = schema.replace("S extends Schema {", 'S extends Schema { sfAssertionPhase "static";')
+    assert "s" not in resolve(static + 'sfConfig extends { s extends S; y "a"; l LAZY y; }')
 
 
 def test_a_schema_entry_that_is_not_a_description_is_an_error():
@@ -220,6 +223,7 @@ DEMO = """#include "components.sf"
 #include "predicates.sf"
 Worker extends Prim {
     workerSchema extends Schema {
+        sfAssertionPhase "static";     // checked once, then gone (the default: kept, LAZY)
         cores extends Integer { description "CPU cores"; }
         label extends OptionalString;
     }
@@ -247,4 +251,16 @@ def test_our_library_ships_functions_and_schemas_under_smartfrogs_names():
     with pytest.raises(ResolutionError) as info:
         load_text(DEMO.replace('label "build"', 'cores "2"'), "demo.sf")
     assert info.value.message.startswith("sfConfig:w1:cores: error in schema workerSchema: wrong")
-    assert (info.value.loc.line, info.value.loc.column) == (14, 25)
+    assert (info.value.loc.line, info.value.loc.column) == (15, 25)
+
+
+def test_a_dynamic_schema_kept_in_the_tree_renders_as_text_and_json():
+    from sd_batch.lang.render import to_data
+
+    text = DEMO.replace('sfAssertionPhase "static";', "")
+    sfconfig = load_text(text, "demo.sf").sfconfig
+    assert sfconfig is not None and "workerSchema" in sfconfig["w1"]
+    rendered = render_description("sfConfig", sfconfig)
+    assert 'phase.function "org.smartfrog.sfcore.languages.sf.ConstructSchema"' in rendered
+    assert load_text(rendered, "again.sf").sfconfig is not None  # the text reads back
+    assert to_data(sfconfig)["w1"]["workerSchema"]["$expr"].startswith("extends {")

@@ -24,9 +24,8 @@ from ..errors import (
 )
 from .includes import SourceSet
 from .model import INT_RANGE, TBD, Attribute, Component, Long, Reference
-from .phases import FunctionCall
+from .phases import REMOVED, FunctionCall
 from .resolve import AttributeSlot, Node, ancestors, copy_node, locate_part
-from .schemas import REMOVED, evaluate_call
 from .syntax import ApplyRef, IfExpr, ListExpr, OpExpr
 
 Result = tuple[Any, bool]  # (value, deferred)
@@ -145,6 +144,8 @@ class Evaluator:
         self.active.append((node, name))
         try:
             if isinstance(attr.value, FunctionCall):
+                from .schemas import evaluate_call  # here: only descriptions with functions
+
                 value, deferred = evaluate_call(self, attr.value, node, name)
             else:
                 value, deferred = self.evaluate(attr.value, node)

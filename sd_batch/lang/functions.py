@@ -10,8 +10,6 @@ May import: errors, lang.model, lang.javaview.
 
 from __future__ import annotations
 
-import datetime
-import random as _rng
 from collections.abc import Callable
 from typing import Any
 
@@ -132,8 +130,10 @@ def _next(args: Args) -> int:
 
 
 def _random(args: Args) -> Any:
+    import random  # here: imported only when a description asks for it (cold start)
+
     low, high = args.get("min", 0), args.get("max", 10)
-    number = _rng.random()
+    number = random.random()
     if args.get("integer", False):
         return low if high < low else int(number * (high - low + 1)) + low
     return float(number)
@@ -141,6 +141,8 @@ def _random(args: Args) -> Any:
 
 def _date(args: Args) -> str:
     """java.util.Date.toString(): `Sat Dec 05 17:09:12 UTC 2026`."""
+    import datetime  # here: imported only when a description asks for it (cold start)
+
     now = datetime.datetime.now(datetime.UTC).astimezone()
     return now.strftime("%a %b %d %H:%M:%S %Z %Y")
 

@@ -23,6 +23,8 @@ from .model import Component
 from .resolve import Node, copy_node
 
 PHASE_FUNCTION = "phase.function"
+#: The value of an attribute that disappears once evaluated (a static schema that held).
+REMOVED = object()
 _SF = "org.smartfrog.sfcore.languages.sf."
 CONSTRUCTS = {
     _SF + "ConstructFunction": "function",

@@ -20,10 +20,8 @@ from ..errors import DescriptionError, FunctionFailed, ResolutionError
 from . import functions
 from .javaview import is_instance, java_class, java_text
 from .model import Component, Reference
-from .phases import FunctionCall
+from .phases import REMOVED, FunctionCall
 
-#: The value of an attribute that disappears once evaluated (a schema or assertion that held).
-REMOVED = object()
 _SKIP = frozenset({"sfFunctionClass"})
 _NOT_ELEMENTS = frozenset({"sfFunctionClass", "sfAssertionPhase", "sfSchemaDescription"})
 

@@ -307,3 +307,20 @@ def test_the_record_covers_every_file_of_the_corpus():
     decided = [c for n, c in ORACLE["cases"].items() if n not in UNDECIDED]
     assert all(c["outcome"] in ("valid", "parse-failed", "resolution-failed") for c in decided)
     assert len(UNDECIDED) <= 2
+
+
+#: SmartFrog's schema tests (SchemaSystemTest): the error each expects, as the record holds it.
+SCHEMA_CASES = [
+    f"testharness/test/org/smartfrog/test/system/schema/tcn{n}.sf" for n in (43, 44, 45, 46)
+]
+
+
+@pytest.mark.parametrize("name", SCHEMA_CASES if REPO_FILES else [])
+def test_schema_errors_say_what_smartfrogs_say_and_name_the_attribute_path(name: str):
+    said = ORACLE["cases"][name]["message"]
+    expected = said.split("error in schema: ")[1].split(" during phase")[0]
+    outcome, error = sd_outcome(REPO_CORPUS / name)
+    assert outcome == "resolution-failed"
+    assert expected in error.message  # type: ignore[union-attr]
+    attribute = expected.split("attribute '")[1].split("'")[0].split(" ")[0]
+    assert error.message.startswith(f"sfConfig:bar:myFoo:{attribute}: ")  # type: ignore[union-attr]

@@ -18,6 +18,9 @@ from .javaview import java_class, java_text
 from .model import Component, Double, Long
 
 PACKAGE = "org.smartfrog.sfcore.languages.sf.functions."
+#: The longest text or vector a function may make: `formatString` repeats its arguments (a
+#: format of many `$0` times a long s0 is quadratic) and chains of `concat` double.
+MAX_RESULT = 1_000_000
 
 
 Args = dict[str, Any]
@@ -106,11 +109,15 @@ def _append(args: Args) -> list[Any]:
 
 
 def _format(args: Args) -> str:
-    text = args.get("format") or ""
+    text = str(args.get("format") or "")
     for index in range(10):
         value = args.get(f"s{index}")
-        text = text.replace(f"${index}", java_text(value) if value is not None else "null")
-    return str(text)
+        shown = java_text(value) if value is not None else "null"
+        marker = f"${index}"
+        if len(text) + text.count(marker) * len(shown) > MAX_RESULT:  # before building it
+            raise FunctionFailed(f"formatString would make more than {MAX_RESULT} characters")
+        text = text.replace(marker, shown)
+    return text
 
 
 def _if_then_else(args: Args) -> Any:
@@ -192,6 +199,8 @@ def call(class_name: Any, args: Args) -> Any:
             f"(it has: {known})"
         )
     result = function(args)
+    if isinstance(result, (str, list)) and len(result) > MAX_RESULT:
+        raise FunctionFailed(f"the result has more than {MAX_RESULT} characters or items")
     if isinstance(result, Component):
         result.parent = None
     return result

@@ -113,7 +113,8 @@ def _check_element(
     evaluator: Any, schema: Component, entry: str, holder: Component, schema_name: str
 ) -> None:
     call = schema.attributes[entry].value
-    assert isinstance(call, FunctionCall)
+    if not isinstance(call, FunctionCall):  # phases.py made every entry a call
+        raise TypeError(f"schema entry {entry} is {type(call).__name__}, not a call")
     element = call.fresh(schema, entry)
     evaluator.scratch.append(element)
     params, _deferred = _arguments(evaluator, element)

@@ -264,3 +264,22 @@ def test_a_dynamic_schema_kept_in_the_tree_renders_as_text_and_json():
     assert 'phase.function "org.smartfrog.sfcore.languages.sf.ConstructSchema"' in rendered
     assert load_text(rendered, "again.sf").sfconfig is not None  # the text reads back
     assert to_data(sfconfig)["w1"]["workerSchema"]["$expr"].startswith("extends {")
+
+
+def test_a_format_bomb_is_refused_before_it_is_built():
+    import time
+
+    bomb = "$0" * 200_000  # 400 KB of format times a 100 KB s0: 20 GB if built
+    long = "x" * 100_000
+    text = f'sfConfig extends {{ f extends formatString {{ format "{bomb}"; s0 "{long}"; }} }}'
+    started = time.process_time()
+    problem = error(text)
+    assert time.process_time() - started < 10
+    assert problem.message == "sfConfig:f: formatString would make more than 1000000 characters"
+
+
+def test_doubling_concats_stop_at_the_result_limit():
+    chain = ['x0 "' + "a" * 1000 + '";']
+    chain += [f"x{i} extends concat {{ a x{i - 1}; b x{i - 1}; }}" for i in range(1, 40)]
+    problem = error("sfConfig extends { " + " ".join(chain) + " }")
+    assert problem.message == ("sfConfig:x10: the result has more than 1000000 characters or items")

@@ -199,7 +199,8 @@ def _resolve_phases(
         (errors if in_config else warnings).append(error)
 
     problems = other_phases(root, phases, sources)
-    problems += function_phase(root, sources) if "function" in phases else []
+    if "function" in phases:
+        problems += function_phase(root, sources, made=types.made_functions)
     for problem in problems:
         in_config = problem.message.split(":")[0] == SF_CONFIG
         (errors if in_config else warnings).append(problem)

@@ -254,6 +254,8 @@ class TypeResolver:
         self.sources = sources
         #: Components whose prototypes are being applied, outermost first (to name a cycle).
         self.applying: list[Node] = []
+        #: An `extends` of a `[ ]` list made a vector function (the function phase must run).
+        self.made_functions = False
 
     def _error(
         self, cls: type[DescriptionError], message: str, loc: Any, **kw: Any
@@ -340,6 +342,7 @@ class TypeResolver:
         """The component an `extends` reference names, fully resolved, ready to copy."""
         target = self.follow(ref, user, set())
         if isinstance(target, ListExpr):
+            self.made_functions = True
             return list_as_vector_function(target)
         if not isinstance(target, Node):
             raise self._error(

@@ -1,8 +1,8 @@
 """SmartFrog's function phase, schemas, phase list, VAR and `->`, as SmartFrog itself behaves
 (each expectation was checked against SmartFrog's parser and resolver: see test_conformance.py).
 
-The prototypes below are written the way SmartFrog's functions.sf and predicates.sf write them:
-the `phase.function` construct and `sfFunctionClass` under SmartFrog's Java class names.
+The prototypes come from our library's functions.sf and predicates.sf, which carry the
+`phase.function` construct and `sfFunctionClass` under SmartFrog's Java class names.
 """
 
 from __future__ import annotations
@@ -13,39 +13,14 @@ from sd_batch.errors import DescriptionError, DescriptionSyntaxError, Resolution
 from sd_batch.lang import Component, Double, Long, load_text
 from sd_batch.lang.render import render_description
 
-SF = "org.smartfrog.sfcore.languages.sf."
-LIBRARY = f"""
-Function extends {{ phase.function "{SF}ConstructFunction"; sfFunctionClass ""; }}
-vector extends Function {{ sfFunctionClass "{SF}functions.Vector"; }}
-append extends Function {{ sfFunctionClass "{SF}functions.Append"; }}
-concat extends Function {{ sfFunctionClass "{SF}functions.Concatenate"; }}
-formatString extends Function {{ sfFunctionClass "{SF}functions.Format"; }}
-sum extends Function {{ sfFunctionClass "{SF}functions.Sum"; }}
-product extends Function {{ sfFunctionClass "{SF}functions.Product"; }}
-minus extends Function {{ sfFunctionClass "{SF}functions.Minus"; }}
-divide extends Function {{ sfFunctionClass "{SF}functions.Divide"; }}
-mod extends Function {{ sfFunctionClass "{SF}functions.Mod"; }}
-ifThenElse extends Function {{ sfFunctionClass "{SF}functions.IfThenElse"; }}
-random extends Function {{ sfFunctionClass "{SF}functions.Random"; }}
-next extends Function {{ sfFunctionClass "{SF}functions.Next"; }}
-Schema extends {{ phase.function "{SF}ConstructSchema"; }}
-SchemaElement extends Function {{
-    sfFunctionClass "{SF}functions.CheckSchemaElement";
-    name TBD; optional false; binding "anyBinding"; class "anyClass";
-}}
-Compulsory extends SchemaElement {{ optional false; }}
-Optional extends SchemaElement {{ optional true; }}
-Integer extends Compulsory {{ class "java.lang.Integer"; }}
-OptionalInteger extends Optional {{ class "java.lang.Integer"; }}
-String extends Compulsory {{ class "java.lang.String"; }}
-OptionalString extends Optional {{ class "java.lang.String"; }}
-Double extends Compulsory {{ class ["java.lang.Double", "java.lang.Float", "java.lang.Long",
-                                    "java.lang.Integer"]; }}
-PrimSchema extends Schema {{
+# Our library's functions.sf and predicates.sf (SmartFrog's names and class names), and a Prim
+# with a static schema as SmartFrog's prim.sf has.
+LIBRARY = """#include "predicates.sf"
+PrimSchema extends Schema {
     sfAssertionPhase "static";
-    sfClass extends String {{ binding "eager"; description "class that implements component"; }}
-}}
-Prim extends NULL {{ sfPrimSchema extends PrimSchema; }}
+    sfClass extends String { binding "eager"; description "class that implements component"; }
+}
+Prim extends NULL { sfPrimSchema extends PrimSchema; }
 """
 
 

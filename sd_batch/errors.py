@@ -129,13 +129,32 @@ class TbdError(DescriptionError):
     """An attribute under sfConfig is still TBD (to be defined)."""
 
 
-class DescriptionErrors(DescriptionError):
-    """Several independent problems found in one pass; `errors` lists them all."""
+class BudgetExceeded(DescriptionError):
+    """A description asks for more work than its budget allows (`lang.budget`): an
+    exponential bomb, or a description far larger than any real one. `budget` names which."""
 
-    def __init__(self, errors: Iterable[DescriptionError]) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str,
+        loc: SourceLocation | None = None,
+        hint: str | None = None,
+        source_line: str | None = None,
+    ) -> None:
+        super().__init__(message, loc=loc, hint=hint, source_line=source_line)
+        self.budget = budget
+
+
+class DescriptionErrors(DescriptionError):
+    """Several independent problems found in one pass; `errors` lists them all, or the first
+    ones when `truncated` (the errors budget stopped the pass: there are more)."""
+
+    def __init__(self, errors: Iterable[DescriptionError], *, truncated: bool = False) -> None:
         self.errors = tuple(errors)
         if not self.errors:
             raise ValueError("DescriptionErrors needs at least one error")
+        self.truncated = truncated
         first = self.errors[0]
         super().__init__(
             first.message,
@@ -148,10 +167,15 @@ class DescriptionErrors(DescriptionError):
     def headline(self) -> str:
         more = len(self.errors) - 1
         suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        if self.truncated:
+            suffix = f" (and {more} more errors, and more not checked)"
         return self.errors[0].headline() + suffix
 
     def __str__(self) -> str:
-        return "\n".join(str(e) for e in self.errors)
+        lines = [str(e) for e in self.errors]
+        if self.truncated:
+            lines.append(f"... and more errors (stopped after {len(self.errors)})")
+        return "\n".join(lines)
 
 
 class SpecError(DescriptionError):

@@ -13,6 +13,7 @@ May import: errors, lang.model, lang.syntax, lang.includes.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,16 @@ from ..errors import (
     DescriptionError,
     IncludeError,
     ResolutionError,
+    SourceLocation,
     UnresolvedReference,
 )
+from .budget import Budget
 from .includes import SourceSet, include_error
 from .model import Attribute, Component, Reference
-from .syntax import ApplyRef, AttrDef, Body, ComponentExpr, Include, ListExpr, NullProto
+from .syntax import AttrDef, Body, ComponentExpr, IfExpr, Include, ListExpr, NullProto, OpExpr
+
+#: Values that nest (vectors, `[ ]` lists, operators, IF): their depth counts against the budget.
+NESTING = (list, ListExpr, OpExpr, IfExpr)
 
 SF_CONFIG = "sfConfig"
 
@@ -57,8 +63,11 @@ class TreeBuilder:
 
     def __init__(self, sources: SourceSet) -> None:
         self.sources = sources
+        self.budget = sources.budget
         #: The files being included, outermost first: (real path, name as shown).
         self.chain: list[tuple[str, str]] = []
+        #: How many components the one being built is nested in.
+        self.depth = 0
 
     @staticmethod
     def _real(name: str) -> str:
@@ -72,19 +81,23 @@ class TreeBuilder:
         node = Node(state=State.APPLIED)
         self.chain.append((self._real(filename), filename))
         try:
-            self._fill(node, items)
+            self._fill(node, tuple(items), None)
         finally:
             self.chain.pop()
         return node
 
-    def _fill(self, node: Node, items: Iterable[AttrDef | Include]) -> None:
+    def _fill(
+        self, node: Node, items: tuple[AttrDef | Include, ...], loc: SourceLocation | None
+    ) -> None:
+        self.budget.attributes(len(items), loc)
         for item in items:
             if isinstance(item, Include):
                 self._include(node, item)
             elif len(item.name) > 1:
-                node.placements.append(AttrDef(item.name, self.value(item.value), item.loc))
+                value = self.value(item.value, item.loc)
+                node.placements.append(AttrDef(item.name, value, item.loc))
             else:
-                node.set(item.name[0], self.value(item.value), item.loc)
+                node.set(item.name[0], self.value(item.value, item.loc), item.loc)
 
     def _include(self, node: Node, include: Include) -> None:
         path = self.sources.locate(include)
@@ -92,6 +105,7 @@ class TreeBuilder:
             if include.optional:
                 return
             raise include_error(include, self.sources)
+        self.budget.include(include.loc)
         name = self.sources.display_name(path)
         real = [key for key, _shown in self.chain]
         if self._real(name) in real:
@@ -103,15 +117,16 @@ class TreeBuilder:
                 hint=f"chain: {cycle}",
                 source_line=self.sources.source_line(include.loc),
             )
-        parsed = self.sources.files.get(name) or self.sources.read(path)
+        parsed = self.sources.files.get(name) or self.sources.read(path, loc=include.loc)
         self.chain.append((self._real(name), name))
         try:
-            self._fill(node, parsed.items)
+            self._fill(node, parsed.items, include.loc)
         finally:
             self.chain.pop()
 
-    def value(self, value: Any) -> Any:
+    def value(self, value: Any, loc: SourceLocation | None = None) -> Any:
         if isinstance(value, ComponentExpr):
+            self.budget.component(value.loc)
             protos: list[Any] = []
             for proto in value.protos:
                 protos.append(self.body(proto) if isinstance(proto, Body) else proto)
@@ -121,29 +136,62 @@ class TreeBuilder:
                 is_lazy=value.modifier == "LAZY",
                 is_data=value.modifier == "DATA",
             )
-        if isinstance(value, ListExpr):
-            return ListExpr(tuple(self.value(v) for v in value.items), value.loc)
-        if isinstance(value, ApplyRef):
-            return value
+        if isinstance(value, NESTING):  # syntax holds no component below these: kept as is
+            where = getattr(value, "loc", loc)
+            limit = self.budget.budgets.depth
+            self.budget.nesting(self.depth + nesting_depth(value, limit - self.depth), where)
         return value
 
     def body(self, body: Body) -> Node:
+        self.depth += 1
+        self.budget.nesting(self.depth, body.loc)
+        self.budget.component(body.loc)
         node = Node(loc=body.loc, state=State.APPLIED)
-        self._fill(node, body.items)
+        try:
+            self._fill(node, body.items, body.loc)
+        finally:
+            self.depth -= 1
         return node
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply VALUE nests vectors, lists and operators (1: not at all), counted without
+    recursion and only up to just past LIMIT, so a bomb a million levels deep costs little."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack and deepest <= limit:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(current, list):
+            inner: Iterable[Any] = current
+        elif isinstance(current, ListExpr):
+            inner = current.items
+        elif isinstance(current, OpExpr):
+            inner = current.operands
+        elif isinstance(current, IfExpr):
+            inner = (current.cond, current.then, current.otherwise)
+        else:
+            continue
+        stack.extend((item, depth + 1) for item in inner if isinstance(item, NESTING))
+    return deepest
+
+
 # -- copying -----------------------------------------------------------------------------------
-def copy_value(value: Any) -> Any:
+def copy_value(value: Any, budget: Budget, loc: SourceLocation | None) -> Any:
     if isinstance(value, Node):
-        return copy_node(value)
+        return copy_node(value, budget, loc)
     if isinstance(value, list):
-        return [copy_value(v) for v in value]
+        budget.value(len(value), loc, single=False)
+        return [copy_value(v, budget, loc) for v in value]
     return value
 
 
-def copy_node(node: Node) -> Node:
-    """A deep copy: references inside are resolved relative to wherever the copy is put."""
+def copy_node(node: Node, budget: Budget, loc: SourceLocation | None) -> Node:
+    """A deep copy: references inside are resolved relative to wherever the copy is put.
+
+    Counted against BUDGET as it goes (LOC: what asked for the copy), since copies are how
+    prototypes extending each other twice grow exponentially."""
+    budget.component(loc, len(node.attributes) + len(node.placements))
     clone = Node(
         loc=node.loc,
         is_data=node.is_data,
@@ -156,12 +204,14 @@ def copy_node(node: Node) -> Node:
     for name, attr in node.attributes.items():
         value = attr.value
         if isinstance(value, Node):
-            clone.set(name, copy_node(value), attr.loc)
+            clone.set(name, copy_node(value, budget, loc), attr.loc)
         elif isinstance(value, list):
-            attributes[name] = Attribute(name, copy_value(value), attr.loc)
+            attributes[name] = Attribute(name, copy_value(value, budget, loc), attr.loc)
         else:  # immutable: the (frozen) attribute itself can be shared
             attributes[name] = attr
-    clone.placements = [AttrDef(p.name, copy_value(p.value), p.loc) for p in node.placements]
+    clone.placements = [
+        AttrDef(p.name, copy_value(p.value, budget, loc), p.loc) for p in node.placements
+    ]
     return clone
 
 
@@ -171,16 +221,30 @@ def ancestors(node: Component | None) -> Iterator[Component]:
         node = node.parent
 
 
-def suggest(name: str, scope: Component | None) -> str | None:
-    """`did you mean X?` from the names visible from SCOPE upwards."""
+#: Names a "did you mean" search compares at most, the nearest scopes first.
+SUGGESTION_CANDIDATES = 2000
+
+
+def suggest(name: str, scope: Component | None, budget: Budget | None = None) -> str | None:
+    """`did you mean X?` from the names visible from SCOPE upwards.
+
+    Bounded, as thousands of unknown names must not cost thousands of searches of thousands
+    of names each: at most `SUGGESTION_CANDIDATES` names, and (with BUDGET) only as many
+    searches as errors can be reported."""
+    if budget is not None and not budget.may_suggest():
+        return None
     import difflib  # here: only a failing description pays for it
 
-    names: list[str] = []
+    names: dict[str, None] = {}
     for node in ancestors(scope):
         if name in node.attributes:  # a later part (HERE) missed it: it is further up
             return f"{name} is defined in {node.path or 'the top level'}"
-        names.extend(n for n in node.attributes if not n.startswith("--"))
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if len(names) < SUGGESTION_CANDIDATES:
+            for candidate in itertools.islice(node.attributes, SUGGESTION_CANDIDATES):
+                if not candidate.startswith("--"):
+                    names[candidate] = None
+    candidates = itertools.islice(names, SUGGESTION_CANDIDATES)
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f"did you mean {close[0]}?" if close else None
 
 
@@ -203,14 +267,17 @@ def locate_part(
     error: ErrorFactory,
     *,
     here_hint: bool,
+    budget: Budget,
 ) -> AttributeSlot | Component | None:
     """The tree walk of one reference part, shared by type resolution and evaluation.
 
     ATTRIB and HERE land on an attribute (returned as its slot: the caller reads the raw value
     or evaluates it); PARENT, ROOT and THIS land on a component; other kinds (PROPERTY, HOST...)
-    are the caller's (None). Unknown names raise UnresolvedReference with a hint.
+    are the caller's (None). Unknown names raise UnresolvedReference with a hint (none for an
+    OPTIONAL reference: its error is never shown).
     """
     kind, name = part.kind, part.name
+    hint = not ref.optional
     if kind == "ATTRIB":
         for scope in ancestors(node):
             if name in scope.attributes:
@@ -219,7 +286,7 @@ def locate_part(
             UnresolvedReference,
             f"unknown reference ATTRIB {name}",
             ref.loc,
-            hint=suggest(name, node),
+            hint=suggest(name, node, budget) if hint else None,
         )
     if kind == "HERE":
         if name in node.attributes:
@@ -229,7 +296,7 @@ def locate_part(
             UnresolvedReference,
             f"unknown reference {ref.path_text()}: no attribute {name} in {where}",
             ref.loc,
-            hint=suggest(name, node) if here_hint else None,
+            hint=suggest(name, node, budget) if here_hint and hint else None,
         )
     if kind == "PARENT":
         if node.parent is None:
@@ -252,6 +319,7 @@ class TypeResolver:
     def __init__(self, root: Node, sources: SourceSet) -> None:
         self.root = root
         self.sources = sources
+        self.budget = sources.budget
         #: Components whose prototypes are being applied, outermost first (to name a cycle).
         self.applying: list[Node] = []
 
@@ -287,7 +355,7 @@ class TypeResolver:
                 if isinstance(proto, Node):  # an inline { ... } body: used once, no copy needed
                     source = proto
                 else:
-                    source = copy_node(self.prototype(proto, node))
+                    source = copy_node(self.prototype(proto, node), self.budget, proto.loc)
                 merged.update(source.attributes)
                 placements.extend(source.placements)
             node.attributes = merged
@@ -328,8 +396,7 @@ class TypeResolver:
                 if collect is None:
                     node.state, node.error = State.BROKEN, exc
                     raise
-                if not any(e is exc for e in collect):
-                    collect.append(exc)
+                self.budget.record(collect, exc)
                 failed = exc
         if failed is not None:
             node.state, node.error = State.BROKEN, failed
@@ -402,7 +469,9 @@ class TypeResolver:
         self, node: Component, part: Any, ref: Reference, *, first: bool
     ) -> tuple[Any, Component]:
         """One reference part from NODE: the value found and the component holding it."""
-        found = locate_part(node, part, ref, self.root, self._error, here_hint=first)
+        found = locate_part(
+            node, part, ref, self.root, self._error, here_hint=first, budget=self.budget
+        )
         if isinstance(found, AttributeSlot):
             return found.scope.attributes[found.name].value, found.scope
         if found is None:
@@ -418,6 +487,8 @@ class TypeResolver:
             moved = False
             pending: list[tuple[Node, AttrDef]] = []
             for node in walk_nodes(scope):
+                # a pass per placement that waits for another: quadratic at worst, so timed
+                self.budget.work(1 + len(node.placements), node.loc)
                 if not node.placements:
                     continue
                 keep: list[AttrDef] = []

@@ -1,0 +1,220 @@
+"""Budgets: the most work one description may ask for, counted while the work is done.
+
+A few bytes of SmartFrog can ask for exponential work: forty prototypes that each extend the
+previous one twice, a string or vector doubled forty times by `++` or `<>`, thirty files that
+each include the next twice. So every kind of work that can outgrow the text is counted where it
+happens, and checked *before* the big thing is built; an overrun is a `BudgetExceeded` naming the
+budget and the place in the description that asked for it. `Budgets` is the value (generous
+defaults for `sd validate`, the site's `[policy]` for jobs), `Budget` the counter that one
+resolution ticks. Resolution phases tick it in a few named calls (`component`, `copy`,
+`attributes`, `value`, `include`, `nesting`, `work`, `record`), nothing else.
+May import: errors, stdlib.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+from ..errors import BudgetExceeded, DescriptionError, DescriptionErrors, SourceLocation
+
+MIB = 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """The most one description may cost. The defaults (used by `sd validate`, pools and the
+    web) take a 10 MB generated description and stop a bomb in about a second and well under
+    1 GiB of memory; jobs get the site's `[policy]` values (`JOB_BUDGETS` by default)."""
+
+    #: Components created, copies by `extends` and by links to components included.
+    components: int = 250_000
+    #: Attributes created, copies included.
+    attributes: int = 2_500_000
+    #: Characters of one computed string, or items of one computed vector.
+    value_length: int = 1_000_000
+    #: Characters and vector items of every computed or copied value together.
+    value_total: int = 20_000_000
+    #: `#include` expansions (a file included twice counts twice).
+    includes: int = 10_000
+    #: Components, vectors, lists and operators nested in one another.
+    depth: int = 500
+    #: Errors reported before resolution stops (and says there are more).
+    errors: int = 100
+    #: Bytes of description text read, every file together.
+    source_bytes: int = 16 * MIB
+    #: Wall-clock seconds of parsing and resolution.
+    seconds: float = 120.0
+    #: Where these were set, for the message (`[policy]`); None: built-in defaults.
+    origin: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in BUDGET_NAMES:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"budget {name} must be positive")
+
+
+#: Budget fields and the `[policy]` key that sets each (site config).
+POLICY_KEYS = {
+    "components": "max_components",
+    "attributes": "max_attributes",
+    "value_length": "max_value_length",
+    "value_total": "max_value_total",
+    "includes": "max_includes",
+    "depth": "max_depth",
+    "errors": "max_errors",
+    "source_bytes": "max_source_bytes",
+    "seconds": "max_resolve_seconds",
+}
+BUDGET_NAMES = tuple(f.name for f in fields(Budgets) if f.name != "origin")
+
+#: A job's description (its own files and the site templates it includes): far above what a
+#: one-VM description needs (a few dozen components), far below what hurts a worker.
+JOB_BUDGETS = Budgets(
+    components=20_000,
+    attributes=200_000,
+    value_length=100_000,
+    value_total=2_000_000,
+    includes=1_000,
+    depth=100,
+    errors=20,
+    source_bytes=4 * MIB,
+    seconds=20.0,
+    origin="[policy]",
+)
+
+_WHAT = {
+    "components": "description too large: more than {} components",
+    "attributes": "description too large: more than {} attributes",
+    "value_length": "value too large: more than {} characters or vector items",
+    "value_total": "description too large: more than {} characters and vector items in values",
+    "includes": "description too large: more than {} #include expansions",
+    "depth": "description too deeply nested: more than {} levels",
+    "source_bytes": "description too large: more than {} bytes of text",
+    "seconds": "description too slow to resolve: more than {} seconds",
+}
+#: How much `work` passes between two looks at the clock.
+_CLOCK_EVERY = 4096
+
+
+class Overrun(Exception):
+    """Carries a `DescriptionError` that ends resolution at once: out of the resolver's
+    `except DescriptionError` (which collects errors and goes on with siblings), caught and
+    re-raised as the error by `Budget.guard`."""
+
+    def __init__(self, error: DescriptionError) -> None:
+        super().__init__(error.headline())
+        self.error = error
+
+
+class Budget:
+    """The counts of one resolution against its `Budgets`."""
+
+    def __init__(
+        self,
+        budgets: Budgets,
+        *,
+        quote: Callable[[SourceLocation | None], str | None] = lambda _loc: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budgets = budgets
+        #: The source line for a location (the caret excerpt of the error).
+        self.quote = quote
+        self.clock = clock
+        self.deadline = clock() + budgets.seconds
+        self.components = 0
+        self.attribute_count = 0
+        self.value_count = 0
+        self.include_count = 0
+        self.source_count = 0
+        self.suggestions = 0
+        self._work = 0
+        self._next_look = _CLOCK_EVERY
+
+    # -- the checks ----------------------------------------------------------------------------
+    def exceeded(self, name: str, loc: SourceLocation | None) -> Overrun:
+        limit = getattr(self.budgets, name)
+        origin = self.budgets.origin
+        where = f"; raise {origin} {POLICY_KEYS[name]}" if origin else ""
+        message = f"{_WHAT[name].format(limit)} (budget {name}{where})"
+        return Overrun(BudgetExceeded(message, budget=name, loc=loc, source_line=self.quote(loc)))
+
+    def component(self, loc: SourceLocation | None, attributes: int = 0) -> None:
+        """One component (with ATTRIBUTES attributes) is about to be made."""
+        self.components += 1
+        if self.components > self.budgets.components:
+            raise self.exceeded("components", loc)
+        if attributes:
+            self.attributes(attributes, loc)
+        self.work(1 + attributes, loc)
+
+    def attributes(self, count: int, loc: SourceLocation | None) -> None:
+        self.attribute_count += count
+        if self.attribute_count > self.budgets.attributes:
+            raise self.exceeded("attributes", loc)
+
+    def value(self, size: int, loc: SourceLocation | None, *, single: bool = True) -> None:
+        """A value of SIZE characters or items is about to be computed (SINGLE) or copied."""
+        if single and size > self.budgets.value_length:
+            raise self.exceeded("value_length", loc)
+        self.value_count += size
+        if self.value_count > self.budgets.value_total:
+            raise self.exceeded("value_total", loc)
+        self.work(size >> 6, loc)
+
+    def include(self, loc: SourceLocation | None) -> None:
+        self.include_count += 1
+        if self.include_count > self.budgets.includes:
+            raise self.exceeded("includes", loc)
+
+    def source(self, size: int, loc: SourceLocation | None) -> None:
+        """SIZE more bytes of text are about to be read or parsed."""
+        if self.source_count + size > self.budgets.source_bytes:
+            raise self.exceeded("source_bytes", loc)
+        self.source_count += size
+
+    def source_left(self) -> int:
+        return self.budgets.source_bytes - self.source_count
+
+    def nesting(self, depth: int, loc: SourceLocation | None) -> None:
+        if depth > self.budgets.depth:
+            raise self.exceeded("depth", loc)
+
+    def work(self, amount: int, loc: SourceLocation | None) -> None:
+        """AMOUNT units of work done; now and then, look at the clock."""
+        self._work += amount
+        if self._work >= self._next_look:
+            self._next_look = self._work + _CLOCK_EVERY
+            if self.clock() > self.deadline:
+                raise self.exceeded("seconds", loc)
+
+    # -- errors --------------------------------------------------------------------------------
+    def record(self, errors: list[DescriptionError], error: DescriptionError) -> None:
+        """Add ERROR to ERRORS (once); past the errors budget, stop resolving and report them."""
+        if any(e is error for e in errors):
+            return
+        if len(errors) >= self.budgets.errors:
+            raise Overrun(DescriptionErrors(errors, truncated=True))
+        errors.append(error)
+
+    def note(self, warnings: list[DescriptionError], warning: DescriptionError) -> None:
+        """Add WARNING to WARNINGS (once), keeping no more than the errors budget."""
+        if len(warnings) < self.budgets.errors and not any(w is warning for w in warnings):
+            warnings.append(warning)
+
+    def may_suggest(self) -> bool:
+        """Whether one more "did you mean" search fits: one per error that can be reported
+        (OPTIONAL references and prototypes fail without being shown, and cost the same)."""
+        self.suggestions += 1
+        return self.suggestions <= 2 * self.budgets.errors
+
+
+@contextmanager
+def enforced() -> Iterator[None]:
+    """Around a whole parse and resolution: an `Overrun` leaves as its `DescriptionError`."""
+    try:
+        yield
+    except Overrun as exc:
+        raise exc.error from None

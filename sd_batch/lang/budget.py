@@ -25,14 +25,15 @@ MIB = 1024**2
 
 @dataclass(frozen=True, slots=True)
 class Budgets:
-    """The most one description may cost. The defaults (used by `sd validate`, pools and the
-    web) take a 10 MB generated description and stop a bomb in about a second and well under
-    1 GiB of memory; jobs get the site's `[policy]` values (`JOB_BUDGETS` by default)."""
+    """The most one description may cost. The defaults (`sd validate`, pools, the web) are
+    thousands of times what a real description needs (a few dozen components) and stop a bomb
+    in well under a second and 100 MB; jobs get the site's `[policy]` (`JOB_BUDGETS` unless
+    set). A 10 MB generated description needs more (`sd validate --budget`)."""
 
     #: Components created, copies by `extends` and by links to components included.
-    components: int = 250_000
+    components: int = 100_000
     #: Attributes created, copies included.
-    attributes: int = 2_500_000
+    attributes: int = 1_000_000
     #: Characters of one computed string, or items of one computed vector.
     value_length: int = 1_000_000
     #: Characters and vector items of every computed or copied value together.
@@ -47,7 +48,8 @@ class Budgets:
     source_bytes: int = 16 * MIB
     #: Wall-clock seconds of parsing and resolution.
     seconds: float = 120.0
-    #: Where these were set, for the message (`[policy]`); None: built-in defaults.
+    #: Where these are set, for the message: `[policy]` (the site config's key names it),
+    #: an option (`--budget`: `NAME=N` follows it), or None (built in).
     origin: str | None = None
 
     def __post_init__(self) -> None:
@@ -137,7 +139,11 @@ class Budget:
     def exceeded(self, name: str, loc: SourceLocation | None) -> Overrun:
         limit = getattr(self.budgets, name)
         origin = self.budgets.origin
-        where = f"; raise {origin} {POLICY_KEYS[name]}" if origin else ""
+        where = ""
+        if origin == "[policy]":
+            where = f"; raise [policy] {POLICY_KEYS[name]}"
+        elif origin:
+            where = f"; raise it with {origin} {name}=N"
         message = f"{_WHAT[name].format(limit)} (budget {name}{where})"
         return Overrun(BudgetExceeded(message, budget=name, loc=loc, source_line=self.quote(loc)))
 
@@ -205,10 +211,9 @@ class Budget:
             warnings.append(warning)
 
     def may_suggest(self) -> bool:
-        """Whether one more "did you mean" search fits: one per error that can be reported
-        (OPTIONAL references and prototypes fail without being shown, and cost the same)."""
+        """Whether one more "did you mean" search fits: as many as errors can be reported."""
         self.suggestions += 1
-        return self.suggestions <= 2 * self.budgets.errors
+        return self.suggestions <= self.budgets.errors
 
 
 @contextmanager

@@ -191,7 +191,7 @@ def copy_node(node: Node, budget: Budget, loc: SourceLocation | None) -> Node:
 
     Counted against BUDGET as it goes (LOC: what asked for the copy), since copies are how
     prototypes extending each other twice grow exponentially."""
-    budget.component(loc, len(node.attributes) + len(node.placements))
+    budget.component(loc)
     clone = Node(
         loc=node.loc,
         is_data=node.is_data,
@@ -200,19 +200,29 @@ def copy_node(node: Node, budget: Budget, loc: SourceLocation | None) -> Node:
         state=node.state,
         error=node.error,
     )
-    attributes = clone.attributes
+    clone.attributes, clone.placements = copy_contents(node, clone, budget, loc)
+    return clone
+
+
+def copy_contents(
+    node: Node, parent: Node, budget: Budget, loc: SourceLocation | None
+) -> tuple[dict[str, Attribute], list[AttrDef]]:
+    """NODE's attributes and path-named attributes, deep-copied, nested components under
+    PARENT (`extends` takes these of a prototype: no copy of the prototype itself is made)."""
+    budget.attributes(len(node.attributes) + len(node.placements), loc)
+    attributes: dict[str, Attribute] = {}
     for name, attr in node.attributes.items():
         value = attr.value
         if isinstance(value, Node):
-            clone.set(name, copy_node(value, budget, loc), attr.loc)
+            child = copy_node(value, budget, loc)
+            child.parent, child.name = parent, name
+            attributes[name] = Attribute(name, child, attr.loc)
         elif isinstance(value, list):
             attributes[name] = Attribute(name, copy_value(value, budget, loc), attr.loc)
         else:  # immutable: the (frozen) attribute itself can be shared
             attributes[name] = attr
-    clone.placements = [
-        AttrDef(p.name, copy_value(p.value, budget, loc), p.loc) for p in node.placements
-    ]
-    return clone
+    placements = [AttrDef(p.name, copy_value(p.value, budget, loc), p.loc) for p in node.placements]
+    return attributes, placements
 
 
 def ancestors(node: Component | None) -> Iterator[Component]:
@@ -222,7 +232,7 @@ def ancestors(node: Component | None) -> Iterator[Component]:
 
 
 #: Names a "did you mean" search compares at most, the nearest scopes first.
-SUGGESTION_CANDIDATES = 2000
+SUGGESTION_CANDIDATES = 500
 
 
 def suggest(name: str, scope: Component | None, budget: Budget | None = None) -> str | None:
@@ -353,11 +363,12 @@ class TypeResolver:
                 if isinstance(proto, NullProto):
                     continue
                 if isinstance(proto, Node):  # an inline { ... } body: used once, no copy needed
-                    source = proto
+                    attributes, places = proto.attributes, proto.placements
                 else:
-                    source = copy_node(self.prototype(proto, node), self.budget, proto.loc)
-                merged.update(source.attributes)
-                placements.extend(source.placements)
+                    target = self.prototype(proto, node)
+                    attributes, places = copy_contents(target, node, self.budget, proto.loc)
+                merged.update(attributes)
+                placements.extend(places)
             node.attributes = merged
             for name, attr in merged.items():
                 if isinstance(attr.value, Component):

@@ -432,3 +432,14 @@ def test_sd_validate_says_when_the_errors_budget_stopped_it(tmp_path: Path):
     code, out, _err = sd(tmp_path, "validate", "--json", "--budget", "errors=3", str(job))
     data = json.loads(out)
     assert (code, len(data["errors"]), data["more_errors"]) == (4, 3, True)
+
+
+def test_the_documented_policy_table_is_the_default():
+    import tomllib
+
+    from sd_batch.policy import SitePolicy
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert "max_components" in block
+    assert parse_config(tomllib.loads(block)).policy == SitePolicy()

@@ -396,9 +396,9 @@ def _text_size(value: Any, limit: int) -> int:
             size += 2
             stack.extend(current)
         elif isinstance(current, Component):
-            size += 80  # its repr names its place, kind and flags
+            size += 300  # its repr names its place, kind, flags and state
             for name, attr in current.attributes.items():
-                size += len(name) + 60
+                size += len(name) + 150  # and the location of each attribute
                 stack.append(attr.value)
         else:
             size += 24

@@ -141,6 +141,16 @@ def test_a_vector_holding_one_long_string_many_times_cannot_be_concatenated(tmp_
     refused(send(bomb), "value_length", f"{bomb}:4:4:", 10.0)
 
 
+def test_a_vector_of_vectors_of_one_component_cannot_be_concatenated(tmp_path: Path):
+    """Ten levels of `[v, v, ...]` share one component 10^5 times: tiny, until printed."""
+    lines = ["  p extends P;", "  v0 [" + ", ".join(["p"] * 10) + "];"]
+    lines += [f"  v{i} [" + ", ".join([f"v{i - 1}"] * 10) + "];" for i in range(1, 5)]
+    bomb = tmp_path / "component.sf"
+    bomb.write_text('P extends { a 1; b "x"; c extends { d [| 1, 2 |]; } }\nsfConfig extends {\n'
+                    + "\n".join(lines) + '\n  t ("" ++ v4);\n}\n')  # fmt: skip
+    refused(send(bomb), "value_length", f"{bomb}:9:5:", 10.0)
+
+
 def test_many_values_each_under_the_single_limit_exceed_the_total(tmp_path: Path):
     lines = ['s0 "' + "x" * 900 + '";', "s1 (" + " ++ ".join(["s0"] * 10) + ");"]
     lines += ["s2 (" + " ++ ".join(["s1"] * 100) + ");"]  # 900,000 characters: under 1,000,000

@@ -152,7 +152,6 @@ def _resolve_phases(
     properties: Mapping[str, str] | None,
     complete: bool,
 ) -> Description:
-    from .budget import Overrun
     from .evaluate import Evaluator, find_tbds, tbd_errors
     from .resolve import Node, TreeBuilder, TypeResolver
 
@@ -161,7 +160,7 @@ def _resolve_phases(
     types = TypeResolver(root, sources)
     errors: list[DescriptionError] = []
     warnings: list[DescriptionError] = []
-    try:
+    with budget.reporting(errors):
         for name, child in list(root.children()):
             if not isinstance(child, Node):
                 raise TypeError(f"{name}: the tree builder made a {type(child).__name__}")
@@ -206,10 +205,6 @@ def _resolve_phases(
                 for _name, child in list(root.children()):
                     if not (isinstance(child, Node) and child.error is not None):
                         evaluator.evaluate_tree(child, warnings, warnings=True)
-    except Overrun as exc:  # the errors budget, or a budget exceeded past the first errors
-        if errors and not isinstance(exc.error, DescriptionErrors):
-            raise DescriptionErrors([exc.error, *errors]) from None
-        raise
     if errors:
         raise errors[0] if len(errors) == 1 else DescriptionErrors(errors)
     return Description(

@@ -101,10 +101,11 @@ _WHAT = {
 _CLOCK_EVERY = 4096
 
 
-class Overrun(Exception):
+class _Overrun(Exception):
     """Carries a `DescriptionError` that ends resolution at once: out of the resolver's
     `except DescriptionError` (which collects errors and goes on with siblings), caught and
-    re-raised as the error by `Budget.guard`."""
+    re-raised as the error by `enforced` or `Budget.reporting`. Private: only this module
+    names it (others raise what `Budget.exceeded` returns)."""
 
     def __init__(self, error: DescriptionError) -> None:
         super().__init__(error.headline())
@@ -136,7 +137,7 @@ class Budget:
         self._next_look = _CLOCK_EVERY
 
     # -- the checks ----------------------------------------------------------------------------
-    def exceeded(self, name: str, loc: SourceLocation | None) -> Overrun:
+    def exceeded(self, name: str, loc: SourceLocation | None) -> _Overrun:
         limit = getattr(self.budgets, name)
         origin = self.budgets.origin
         where = ""
@@ -145,7 +146,7 @@ class Budget:
         elif origin:
             where = f"; raise it with {origin} {name}=N"
         message = f"{_WHAT[name].format(limit)} (budget {name}{where})"
-        return Overrun(BudgetExceeded(message, budget=name, loc=loc, source_line=self.quote(loc)))
+        return _Overrun(BudgetExceeded(message, budget=name, loc=loc, source_line=self.quote(loc)))
 
     def component(self, loc: SourceLocation | None, attributes: int = 0) -> None:
         """One component (with ATTRIBUTES attributes) is about to be made."""
@@ -202,13 +203,24 @@ class Budget:
         if any(e is error for e in errors):
             return
         if len(errors) >= self.budgets.errors:
-            raise Overrun(DescriptionErrors(errors, truncated=True))
+            raise _Overrun(DescriptionErrors(errors, truncated=True))
         errors.append(error)
 
     def note(self, warnings: list[DescriptionError], warning: DescriptionError) -> None:
         """Add WARNING to WARNINGS (once), keeping no more than the errors budget."""
         if len(warnings) < self.budgets.errors and not any(w is warning for w in warnings):
             warnings.append(warning)
+
+    @contextmanager
+    def reporting(self, errors: list[DescriptionError]) -> Iterator[None]:
+        """Around phases that collect ERRORS: a budget exceeded after some errors were found
+        is reported first, with them."""
+        try:
+            yield
+        except _Overrun as exc:
+            if errors and not isinstance(exc.error, DescriptionErrors):
+                raise DescriptionErrors([exc.error, *errors]) from None
+            raise exc.error from None
 
     def may_suggest(self) -> bool:
         """Whether one more "did you mean" search fits: as many as errors can be reported."""
@@ -218,8 +230,8 @@ class Budget:
 
 @contextmanager
 def enforced() -> Iterator[None]:
-    """Around a whole parse and resolution: an `Overrun` leaves as its `DescriptionError`."""
+    """Around a whole parse and resolution: an overrun leaves as its `DescriptionError`."""
     try:
         yield
-    except Overrun as exc:
+    except _Overrun as exc:
         raise exc.error from None

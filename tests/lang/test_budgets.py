@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sd_batch.config import parse_config
+from sd_batch.config.site import parse_config
 from sd_batch.errors import BudgetExceeded, ConfigError, DescriptionError, DescriptionErrors
 from sd_batch.lang import JOB_BUDGETS, Budgets, load_file, load_text
 from sd_batch.lang.budget import Budget
@@ -49,7 +49,7 @@ print(json.dumps(result))
 #: `sd` in a child capped at 1 GiB.
 SD = (
     "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP)); "
-    "from sd_batch.cli import main; sys.exit(main(sys.argv[1:]))"
+    "from sd_batch.cli.main import main; sys.exit(main(sys.argv[1:]))"
 ).replace("CAP", str(GIB))
 
 
@@ -323,8 +323,8 @@ def test_a_pool_of_a_hundred_million_vms_is_refused_by_sd_plan(tmp_path: Path):
 
 
 def test_pools_within_pools_are_counted_as_their_vms_are_planned():
-    from sd_batch.config import BUILTIN_TEMPLATE_DIR
-    from sd_batch.deploy import plan
+    from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
+    from sd_batch.placement.steps import plan
 
     description = load_text(
         '#include "minimal.sf"\n'
@@ -401,7 +401,7 @@ def test_the_defaults_take_a_generated_megabyte_description_four_times_over():
 def sd(tmp_path: Path, *argv: str) -> tuple[int, str, str]:
     import io
 
-    from sd_batch.cli import Environment, main
+    from sd_batch.cli.main import Environment, main
 
     site = tmp_path / "site.toml"
     site.write_text("[policy]\nmax_components = 5\n")
@@ -447,7 +447,7 @@ def test_sd_validate_says_when_the_errors_budget_stopped_it(tmp_path: Path):
 def test_the_documented_policy_table_is_the_default():
     import tomllib
 
-    from sd_batch.policy import SitePolicy
+    from sd_batch.vm.site_policy import SitePolicy
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
     block = text.split("```toml\n", 1)[1].split("```", 1)[0]

@@ -249,7 +249,7 @@ def test_a_file_larger_than_the_source_budget_is_refused_before_it_is_read(tmp_p
     assert time.monotonic() - started < 2.0
     assert info.value.budget == "source_bytes"
     assert info.value.headline() == (
-        "description too large: more than 16777216 bytes of text (budget source_bytes)"
+        "description too large: more than 4194304 bytes of text (budget source_bytes)"
     )
 
 

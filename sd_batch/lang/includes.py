@@ -75,16 +75,16 @@ class SourceSet:
         never ends, a directory or socket is no description)."""
         left = self.budget.source_left()
         with open(path, "rb", buffering=0) as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if stat.S_ISREG(mode):
-                size = os.fstat(handle.fileno()).st_size
+            info = os.fstat(handle.fileno())
+            if stat.S_ISREG(info.st_mode):
+                size = info.st_size
                 if size > left:
                     raise self.budget.exceeded("source_bytes", loc)
                 data = handle.read(size + 1)  # +1: a file still growing is seen
                 if len(data) > left:
                     raise self.budget.exceeded("source_bytes", loc)
                 return data
-            if not stat.S_ISFIFO(mode):
+            if not stat.S_ISFIFO(info.st_mode):
                 raise DescriptionError(
                     f"cannot read {name}: not a regular file",
                     hint="a description is a .sf file (or a pipe)",

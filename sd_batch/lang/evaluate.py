@@ -99,14 +99,13 @@ class Evaluator:
             return
         self.evaluated.add(id(node))
         self.in_progress.add(id(node))
-        keep = self.budget.note if warnings else self.budget.record
         self.budget.work(len(node.attributes), node.loc)
         try:
             for name in list(node.attributes):
                 try:
                     self.value_of(node, name)
                 except DescriptionError as exc:
-                    keep(errors, exc)
+                    (self.budget.note if warnings else self.budget.record)(errors, exc)
                     continue
                 value = node.attributes[name].value
                 if isinstance(value, Component):

@@ -33,7 +33,7 @@ from .model import Attribute, Component, Reference
 from .syntax import AttrDef, Body, ComponentExpr, IfExpr, Include, ListExpr, NullProto, OpExpr
 
 #: Values that nest (vectors, `[ ]` lists, operators, IF): their depth counts against the budget.
-NESTING = (list, ListExpr, OpExpr, IfExpr)
+NESTING = frozenset({list, ListExpr, OpExpr, IfExpr})
 
 SF_CONFIG = "sfConfig"
 
@@ -66,8 +66,9 @@ class TreeBuilder:
         self.budget = sources.budget
         #: The files being included, outermost first: (real path, name as shown).
         self.chain: list[tuple[str, str]] = []
-        #: How many components the one being built is nested in.
+        #: How many components the one being built is nested in, and the most allowed.
         self.depth = 0
+        self.max_depth = sources.budget.budgets.depth
 
     @staticmethod
     def _real(name: str) -> str:
@@ -81,15 +82,15 @@ class TreeBuilder:
         node = Node(state=State.APPLIED)
         self.chain.append((self._real(filename), filename))
         try:
-            self._fill(node, tuple(items), None)
+            items = tuple(items)
+            self.budget.attributes(len(items), None)
+            self._fill(node, items)
         finally:
             self.chain.pop()
         return node
 
-    def _fill(
-        self, node: Node, items: tuple[AttrDef | Include, ...], loc: SourceLocation | None
-    ) -> None:
-        self.budget.attributes(len(items), loc)
+    def _fill(self, node: Node, items: tuple[AttrDef | Include, ...]) -> None:
+        """ITEMS into NODE (the caller has counted them)."""
         for item in items:
             if isinstance(item, Include):
                 self._include(node, item)
@@ -120,7 +121,8 @@ class TreeBuilder:
         parsed = self.sources.files.get(name) or self.sources.read(path, loc=include.loc)
         self.chain.append((self._real(name), name))
         try:
-            self._fill(node, parsed.items, include.loc)
+            self.budget.attributes(len(parsed.items), include.loc)
+            self._fill(node, parsed.items)
         finally:
             self.chain.pop()
 
@@ -136,19 +138,20 @@ class TreeBuilder:
                 is_lazy=value.modifier == "LAZY",
                 is_data=value.modifier == "DATA",
             )
-        if isinstance(value, NESTING):  # syntax holds no component below these: kept as is
-            where = getattr(value, "loc", loc)
-            limit = self.budget.budgets.depth
-            self.budget.nesting(self.depth + nesting_depth(value, limit - self.depth), where)
+        if type(value) in NESTING:  # syntax holds no component below these: kept as is
+            depth = self.depth + nesting_depth(value, self.max_depth - self.depth)
+            if depth > self.max_depth:
+                self.budget.nesting(depth, getattr(value, "loc", loc))
         return value
 
     def body(self, body: Body) -> Node:
         self.depth += 1
-        self.budget.nesting(self.depth, body.loc)
-        self.budget.component(body.loc)
+        if self.depth > self.max_depth:
+            self.budget.nesting(self.depth, body.loc)
+        self.budget.component(body.loc, len(body.items))
         node = Node(loc=body.loc, state=State.APPLIED)
         try:
-            self._fill(node, body.items, body.loc)
+            self._fill(node, body.items)
         finally:
             self.depth -= 1
         return node
@@ -162,17 +165,18 @@ def nesting_depth(value: Any, limit: int) -> int:
     while stack and deepest <= limit:
         current, depth = stack.pop()
         deepest = max(deepest, depth)
-        if isinstance(current, list):
+        kind = type(current)
+        if kind is list:
             inner: Iterable[Any] = current
-        elif isinstance(current, ListExpr):
+        elif kind is ListExpr:
             inner = current.items
-        elif isinstance(current, OpExpr):
+        elif kind is OpExpr:
             inner = current.operands
-        elif isinstance(current, IfExpr):
-            inner = (current.cond, current.then, current.otherwise)
         else:
-            continue
-        stack.extend((item, depth + 1) for item in inner if isinstance(item, NESTING))
+            inner = (current.cond, current.then, current.otherwise)
+        for item in inner:
+            if type(item) in NESTING:
+                stack.append((item, depth + 1))
     return deepest
 
 
@@ -191,7 +195,7 @@ def copy_node(node: Node, budget: Budget, loc: SourceLocation | None) -> Node:
 
     Counted against BUDGET as it goes (LOC: what asked for the copy), since copies are how
     prototypes extending each other twice grow exponentially."""
-    budget.component(loc)
+    budget.component(loc, len(node.attributes) + len(node.placements))
     clone = Node(
         loc=node.loc,
         is_data=node.is_data,
@@ -208,8 +212,8 @@ def copy_contents(
     node: Node, parent: Node, budget: Budget, loc: SourceLocation | None
 ) -> tuple[dict[str, Attribute], list[AttrDef]]:
     """NODE's attributes and path-named attributes, deep-copied, nested components under
-    PARENT (`extends` takes these of a prototype: no copy of the prototype itself is made)."""
-    budget.attributes(len(node.attributes) + len(node.placements), loc)
+    PARENT (`extends` takes these of a prototype: no copy of the prototype itself is made).
+    The caller has counted them."""
     attributes: dict[str, Attribute] = {}
     for name, attr in node.attributes.items():
         value = attr.value
@@ -366,6 +370,8 @@ class TypeResolver:
                     attributes, places = proto.attributes, proto.placements
                 else:
                     target = self.prototype(proto, node)
+                    count = len(target.attributes) + len(target.placements)
+                    self.budget.attributes(count, proto.loc)
                     attributes, places = copy_contents(target, node, self.budget, proto.loc)
                 merged.update(attributes)
                 placements.extend(places)
@@ -497,9 +503,9 @@ class TypeResolver:
         while True:
             moved = False
             pending: list[tuple[Node, AttrDef]] = []
+            walked = 0  # a pass per placement waiting for another: quadratic at worst, so timed
             for node in walk_nodes(scope):
-                # a pass per placement that waits for another: quadratic at worst, so timed
-                self.budget.work(1 + len(node.placements), node.loc)
+                walked += 1
                 if not node.placements:
                     continue
                 keep: list[AttrDef] = []
@@ -512,6 +518,7 @@ class TypeResolver:
                     target.set(placement.name[-1], placement.value, placement.loc)
                     moved = True
                 node.placements = keep
+            self.budget.work(walked, scope.loc)
             if not moved:
                 return pending
 

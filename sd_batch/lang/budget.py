@@ -8,19 +8,23 @@ budget and the place in the description that asked for it. `Budgets` is the valu
 defaults for `sd validate`, the site's `[policy]` for jobs), `Budget` the counter that one
 resolution ticks. Resolution phases tick it in a few named calls (`component`, `copy`,
 `attributes`, `value`, `include`, `nesting`, `work`, `record`), nothing else.
-May import: errors, stdlib.
+May import: errors, lang.syntax, stdlib.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from typing import Any
 
 from ..errors import BudgetExceeded, DescriptionError, DescriptionErrors, SourceLocation
+from .syntax import IfExpr, ListExpr, OpExpr
 
 MIB = 1024**2
+#: Values that nest (vectors, `[ ]` lists, operators, IF): their depth counts against `depth`.
+NESTING = frozenset({list, ListExpr, OpExpr, IfExpr})
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,3 +244,26 @@ def enforced() -> Iterator[None]:
         yield
     except _Overrun as exc:
         raise exc.error from None
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply VALUE nests vectors, lists and operators (1: not at all), counted without
+    recursion and only up to just past LIMIT, so a bomb a million levels deep costs little."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack and deepest <= limit:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        kind = type(current)
+        if kind is list:
+            inner: Iterable[Any] = current
+        elif kind is ListExpr:
+            inner = current.items
+        elif kind is OpExpr:
+            inner = current.operands
+        else:
+            inner = (current.cond, current.then, current.otherwise)
+        for item in inner:
+            if type(item) in NESTING:
+                stack.append((item, depth + 1))
+    return deepest

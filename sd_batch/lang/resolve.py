@@ -13,7 +13,6 @@ May import: errors, lang.model, lang.syntax, lang.includes.
 from __future__ import annotations
 
 import enum
-import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +26,11 @@ from ..errors import (
     SourceLocation,
     UnresolvedReference,
 )
-from .budget import Budget
+from .budget import NESTING, Budget, nesting_depth
 from .includes import SourceSet, include_error
 from .model import Attribute, Component, Reference
-from .syntax import AttrDef, Body, ComponentExpr, IfExpr, Include, ListExpr, NullProto, OpExpr
-
-#: Values that nest (vectors, `[ ]` lists, operators, IF): their depth counts against the budget.
-NESTING = frozenset({list, ListExpr, OpExpr, IfExpr})
+from .suggest import suggest
+from .syntax import AttrDef, Body, ComponentExpr, Include, NullProto
 
 SF_CONFIG = "sfConfig"
 
@@ -157,29 +154,6 @@ class TreeBuilder:
         return node
 
 
-def nesting_depth(value: Any, limit: int) -> int:
-    """How deeply VALUE nests vectors, lists and operators (1: not at all), counted without
-    recursion and only up to just past LIMIT, so a bomb a million levels deep costs little."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack and deepest <= limit:
-        current, depth = stack.pop()
-        deepest = max(deepest, depth)
-        kind = type(current)
-        if kind is list:
-            inner: Iterable[Any] = current
-        elif kind is ListExpr:
-            inner = current.items
-        elif kind is OpExpr:
-            inner = current.operands
-        else:
-            inner = (current.cond, current.then, current.otherwise)
-        for item in inner:
-            if type(item) in NESTING:
-                stack.append((item, depth + 1))
-    return deepest
-
-
 # -- copying -----------------------------------------------------------------------------------
 def copy_value(value: Any, budget: Budget, loc: SourceLocation | None) -> Any:
     if isinstance(value, Node):
@@ -233,33 +207,6 @@ def ancestors(node: Component | None) -> Iterator[Component]:
     while node is not None:
         yield node
         node = node.parent
-
-
-#: Names a "did you mean" search compares at most, the nearest scopes first.
-SUGGESTION_CANDIDATES = 500
-
-
-def suggest(name: str, scope: Component | None, budget: Budget | None = None) -> str | None:
-    """`did you mean X?` from the names visible from SCOPE upwards.
-
-    Bounded, as thousands of unknown names must not cost thousands of searches of thousands
-    of names each: at most `SUGGESTION_CANDIDATES` names, and (with BUDGET) only as many
-    searches as errors can be reported."""
-    if budget is not None and not budget.may_suggest():
-        return None
-    import difflib  # here: only a failing description pays for it
-
-    names: dict[str, None] = {}
-    for node in ancestors(scope):
-        if name in node.attributes:  # a later part (HERE) missed it: it is further up
-            return f"{name} is defined in {node.path or 'the top level'}"
-        if len(names) < SUGGESTION_CANDIDATES:
-            for candidate in itertools.islice(node.attributes, SUGGESTION_CANDIDATES):
-                if not candidate.startswith("--"):
-                    names[candidate] = None
-    candidates = itertools.islice(names, SUGGESTION_CANDIDATES)
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return f"did you mean {close[0]}?" if close else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -453,3 +453,23 @@ def test_the_documented_policy_table_is_the_default():
     block = text.split("```toml\n", 1)[1].split("```", 1)[0]
     assert "max_components" in block
     assert parse_config(tomllib.loads(block)).policy == SitePolicy()
+
+
+def test_an_error_on_a_megabyte_line_quotes_a_window_of_it():
+    """A prototype with a long unknown name, extended a hundred times on one 1 MB line: each
+    error is shown in a few hundred characters, not a megabyte (the place says where)."""
+    name = "n" * 5000
+    text = (
+        f"P extends {{ x {name}; }}\nsfConfig extends {{ {'a' * 1_000_000} 1; "
+        + " ".join(f"p{i} extends P;" for i in range(100))
+        + " }\n"
+    )
+    with pytest.raises(DescriptionErrors) as info:
+        load_text(text, "wide.sf")
+    shown = str(info.value)
+    assert len(info.value.errors) == 100 and len(shown) < 100 * 2500
+    first = shown.splitlines()
+    assert first[0].startswith("wide.sf:1:15: unknown reference ATTRIB nnnn")
+    assert "n..." in first[0] and len(first[0]) < 1100
+    assert first[1] == "P extends { x " + name[:80] + "..."
+    assert first[2] == " " * 14 + "^" * 80

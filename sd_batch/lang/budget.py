@@ -73,7 +73,7 @@ POLICY_KEYS = {
     "depth": "max_depth",
     "errors": "max_errors",
     "source_bytes": "max_source_bytes",
-    "seconds": "max_resolve_seconds",
+    "seconds": "max_description_seconds",
 }
 BUDGET_NAMES = tuple(f.name for f in fields(Budgets) if f.name != "origin")
 

@@ -341,7 +341,7 @@ def test_pools_within_pools_are_counted_as_their_vms_are_planned():
 
 # -- the budgets themselves --------------------------------------------------------------------
 def test_the_site_policy_sets_a_jobs_budgets_and_names_the_key_to_raise():
-    config = parse_config({"policy": {"max_components": 50, "max_resolve_seconds": 2.5}})
+    config = parse_config({"policy": {"max_components": 50, "max_description_seconds": 2.5}})
     budgets = config.policy.budgets
     assert (budgets.components, budgets.seconds, budgets.origin) == (50, 2.5, "[policy]")
     assert budgets.attributes == JOB_BUDGETS.attributes

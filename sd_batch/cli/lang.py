@@ -7,7 +7,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DescriptionError, DescriptionErrors, UsageError
+from ..errors import BudgetExceeded, DescriptionError, DescriptionErrors, UsageError
 from ..lang import Budgets, Component, Description, load_file, parse_file
 from ..lang.budget import BUDGET_NAMES
 from . import properties, site_config
@@ -72,6 +72,8 @@ def _error_data(exc: DescriptionError) -> list[dict[str, Any]]:
             item["hint"] = error.hint
         if error.path:
             item["path"] = error.path
+        if isinstance(error, BudgetExceeded):
+            item["budget"] = error.budget
         out.append(item)
     return out
 

@@ -419,6 +419,10 @@ def test_sd_validate_raises_a_budget_or_takes_the_sites_for_jobs(tmp_path: Path)
     assert (code, out) == (4, "")
     assert err.startswith(f"sd: error: {job}:6:5: description too large: more than 10 components "
                           "(budget components; raise it with --budget components=N)\n")  # fmt: skip
+    code, out, _err = sd(tmp_path, "validate", "--json", "--budget", "components=10", str(job))
+    (error,) = json.loads(out)["errors"]
+    assert (code, error["kind"], error["budget"], error["line"]) == (4, "BudgetExceeded",
+                                                                  "components", 6)  # fmt: skip
     code, out, err = sd(tmp_path, "validate", "--job-budgets", str(job))
     assert (code, out) == (4, "")
     assert err.startswith(f"sd: error: {job}:3:13: description too large: more than 5 components "

@@ -23,6 +23,8 @@ from ..errors import BudgetExceeded, DescriptionError, DescriptionErrors, Source
 from .syntax import IfExpr, ListExpr, OpExpr
 
 MIB = 1024**2
+#: Nesting levels one component counts for (a vector, list or operator counts one).
+COMPONENT_LEVELS = 2
 #: Values that nest (vectors, `[ ]` lists, operators, IF): their depth counts against `depth`.
 NESTING = frozenset({list, ListExpr, OpExpr, IfExpr})
 
@@ -44,7 +46,9 @@ class Budgets:
     value_total: int = 20_000_000
     #: `#include` expansions (a file included twice counts twice).
     includes: int = 10_000
-    #: Components, vectors, lists and operators nested in one another.
+    #: Levels of components, vectors, lists and operators nested in one another (a component
+    #: counts `COMPONENT_LEVELS`: every phase recurses through it, and Python's stack holds
+    #: ~1000 frames, so 250 components deep is what resolution and rendering can take).
     depth: int = 500
     #: Errors reported before resolution stops (and says there are more).
     errors: int = 100
@@ -98,7 +102,7 @@ _WHAT = {
     "value_length": "value too large: more than {} characters or vector items",
     "value_total": "description too large: more than {} characters and vector items in values",
     "includes": "description too large: more than {} #include expansions",
-    "depth": "description too deeply nested: more than {} levels",
+    "depth": "description too deeply nested: more than {} levels (a component counts two)",
     "source_bytes": "description too large: more than {} bytes of text",
     "seconds": "description too slow to resolve: more than {} seconds",
 }

@@ -26,7 +26,7 @@ from ..errors import (
     SourceLocation,
     UnresolvedReference,
 )
-from .budget import NESTING, Budget, nesting_depth
+from .budget import COMPONENT_LEVELS, NESTING, Budget, nesting_depth
 from .includes import SourceSet, include_error
 from .model import Attribute, Component, Reference
 from .suggest import suggest
@@ -63,7 +63,7 @@ class TreeBuilder:
         self.budget = sources.budget
         #: The files being included, outermost first: (real path, name as shown).
         self.chain: list[tuple[str, str]] = []
-        #: How many components the one being built is nested in, and the most allowed.
+        #: How deeply the component being built is nested (levels), and the most allowed.
         self.depth = 0
         self.max_depth = sources.budget.budgets.depth
 
@@ -142,7 +142,7 @@ class TreeBuilder:
         return value
 
     def body(self, body: Body) -> Node:
-        self.depth += 1
+        self.depth += COMPONENT_LEVELS
         if self.depth > self.max_depth:
             self.budget.nesting(self.depth, body.loc)
         self.budget.component(body.loc, len(body.items))
@@ -150,7 +150,7 @@ class TreeBuilder:
         try:
             self._fill(node, body.items)
         finally:
-            self.depth -= 1
+            self.depth -= COMPONENT_LEVELS
         return node
 
 

@@ -292,13 +292,23 @@ def test_components_nested_deeply_are_refused(tmp_path: Path):
     depth = 20_000
     bomb = tmp_path / "deep.sf"
     bomb.write_text("sfConfig extends " + "{ a extends " * depth + "{}" + "}" * depth + "\n")
-    refused(send(bomb, "job"), "depth", f"{bomb}:1:", JOB_SECONDS)
-    # sd validate's 500 levels are deeper than Python's stack lets the tree be built: still a
-    # clean error, bounded in time and memory
-    result = send(bomb)
-    assert result["outcome"] == "ResolutionError", result
-    assert result["headline"].startswith(f"{bomb}: too deeply nested to resolve")
-    assert result["seconds"] < DEFAULT_SECONDS and result["peak_mib"] < 1024
+    job = send(bomb, "job")
+    refused(job, "depth", f"{bomb}:1:", JOB_SECONDS)
+    assert "more than 100 levels (a component counts two)" in job["headline"]
+    # each component counts two levels, so the 251st is refused where Python's stack (~1000
+    # frames, which every phase recurses through) still holds: before, a RecursionError
+    refused(send(bomb), "depth", f"{bomb}:1:3018:", DEFAULT_SECONDS)
+
+
+def test_two_hundred_and_forty_nine_components_deep_resolve_and_render(tmp_path: Path):
+    from sd_batch.lang.render import render_description, to_data
+
+    depth = 248  # and sfConfig's own body: 249 components, 498 levels
+    text = "sfConfig extends " + "{ a extends " * depth + "{ x 1; }" + " }" * depth + "\n"
+    description = load_text(text, "deep.sf")
+    assert description.sfconfig is not None
+    assert render_description("sfConfig", description.sfconfig).count("extends") == depth + 1
+    assert json.dumps(to_data(description.sfconfig)).count('"a"') == depth
 
 
 def test_a_pool_of_a_hundred_million_vms_is_refused_by_sd_plan(tmp_path: Path):

@@ -86,10 +86,11 @@ class DescriptionError(SdError, ValueError):
         self.source_line = source_line
 
     def headline(self) -> str:
-        """`file:line:col: message; hint` on one line, as in a HoldReason."""
-        text = self.message
+        """`file:line:col: message; hint` on one line, as in a HoldReason (a name or value a
+        description repeats a megabyte long is clipped: the place says where it is)."""
+        text = _clip(self.message)
         if self.hint:
-            text = f"{text}; {self.hint}"
+            text = f"{text}; {_clip(self.hint)}"
         if self.loc is not None:
             return f"{self.loc}: {text}"
         return text
@@ -97,12 +98,37 @@ class DescriptionError(SdError, ValueError):
     def __str__(self) -> str:
         lines = [self.headline()]
         if self.source_line is not None and self.loc is not None:
-            lines.append(self.source_line.rstrip("\n"))
+            line, column, end = _around(self.source_line.rstrip("\n"), self.loc.column - 1)
             width = 1
             if self.loc.end_line == self.loc.line and self.loc.end_column:
                 width = max(1, self.loc.end_column - self.loc.column)
-            lines.append(" " * (self.loc.column - 1) + "^" * width)
+            lines.append(line)
+            lines.append(" " * column + "^" * max(1, min(width, end - column)))
         return "\n".join(lines)
+
+
+#: Longest message, hint or quoted source line shown whole.
+SHOWN_CHARS = 1000
+#: How much of a longer source line is shown before and after the place of an error.
+_CONTEXT = 80
+
+
+def _clip(text: str) -> str:
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[: SHOWN_CHARS - 200]}...{text[-197:]}"
+
+
+def _around(line: str, column: int) -> tuple[str, int, int]:
+    """LINE cut to a window around COLUMN (0-based) when it is too long to quote whole; the
+    column in it, and where its text ends (before a closing `...`)."""
+    if len(line) <= SHOWN_CHARS:
+        return line, column, len(line) + 1
+    start, end = max(0, column - _CONTEXT), column + _CONTEXT
+    prefix = "..." if start else ""
+    suffix = "..." if end < len(line) else ""
+    text = prefix + line[start:end]
+    return text + suffix, column - start + len(prefix), len(text)
 
 
 class DescriptionSyntaxError(DescriptionError):
@@ -133,13 +159,32 @@ class TbdError(DescriptionError):
     """An attribute under sfConfig is still TBD (to be defined)."""
 
 
-class DescriptionErrors(DescriptionError):
-    """Several independent problems found in one pass; `errors` lists them all."""
+class BudgetExceeded(DescriptionError):
+    """A description asks for more work than its budget allows (`lang.budget`): an
+    exponential bomb, or a description far larger than any real one. `budget` names which."""
 
-    def __init__(self, errors: Iterable[DescriptionError]) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str,
+        loc: SourceLocation | None = None,
+        hint: str | None = None,
+        source_line: str | None = None,
+    ) -> None:
+        super().__init__(message, loc=loc, hint=hint, source_line=source_line)
+        self.budget = budget
+
+
+class DescriptionErrors(DescriptionError):
+    """Several independent problems found in one pass; `errors` lists them all, or the first
+    ones when `truncated` (the errors budget stopped the pass: there are more)."""
+
+    def __init__(self, errors: Iterable[DescriptionError], *, truncated: bool = False) -> None:
         self.errors = tuple(errors)
         if not self.errors:
             raise ValueError("DescriptionErrors needs at least one error")
+        self.truncated = truncated
         first = self.errors[0]
         super().__init__(
             first.message,
@@ -152,10 +197,15 @@ class DescriptionErrors(DescriptionError):
     def headline(self) -> str:
         more = len(self.errors) - 1
         suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        if self.truncated:
+            suffix = f" (and {more} more errors, and more not checked)"
         return self.errors[0].headline() + suffix
 
     def __str__(self) -> str:
-        return "\n".join(str(e) for e in self.errors)
+        lines = [str(e) for e in self.errors]
+        if self.truncated:
+            lines.append(f"... and more errors (stopped after {len(self.errors)})")
+        return "\n".join(lines)
 
 
 class SpecError(DescriptionError):

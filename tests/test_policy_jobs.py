@@ -164,6 +164,20 @@ def test_a_petabyte_disk_is_held(site: Site) -> None:
     assert "sfConfig:disks:scratch:size 1 PiB is over the site limit of 64 GiB" in held(error)
 
 
+def test_a_description_bomb_is_held_by_the_sites_budget(site: Site) -> None:
+    """1.9 KB asking for 2^40 components (it grew the helper service to 24 GB): held in well
+    under a second, naming the budget, the place and the [policy] key to raise."""
+    lines = ["C0 extends { x 1; }"]
+    lines += [f"C{n} extends {{ a extends C{n - 1}; b extends C{n - 1}; }}" for n in range(1, 41)]
+    bomb = "\n".join(lines) + "\n" + MINIMAL + "bomb extends C40;\n}\n"
+    error = site.refusal(bomb)
+    assert held(error).endswith("description too large: more than 20000 components (budget "
+                                "components; raise [policy] max_components)")  # fmt: skip
+    assert held(error).startswith("my.sf:")
+    error = site.refusal(bomb, policy="max_components = 100\n")
+    assert "more than 100 components" in held(error)
+
+
 # --- host files and devices ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("line", "message"),

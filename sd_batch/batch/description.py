@@ -118,9 +118,10 @@ def _resolve(config: SiteConfig, name: str | None, tar: tarfile.TarFile, folder:
         )
     search = [*config.include_dirs, *config.template_dirs]
     props = dict(config.properties)
+    budgets = limits.policy.budgets  # the site's [policy] bounds a job's description
     if not name.endswith(".sf"):
         return load_file(find_template(name, config), include_dirs=search,
-                         properties=props, environ=None), name  # fmt: skip
+                         properties=props, environ=None, budgets=budgets), name  # fmt: skip
     if not limits.policy.allow_user_descriptions:
         raise PolicyError(
             f"this site does not run job descriptions of their own ({name})",
@@ -137,7 +138,7 @@ def _resolve(config: SiteConfig, name: str | None, tar: tarfile.TarFile, folder:
                           hint="list the .sf file in transfer_input_files")
     # user files may include each other (from their own folder) and site templates, nothing else
     return load_file(path, include_dirs=search, properties=props, environ=None,
-                     display_root=root), name
+                     display_root=root, budgets=budgets), name
 
 
 def _read_member(tar: tarfile.TarFile, name: str, limit: int) -> bytes | None:
@@ -193,7 +194,7 @@ def job_spec(config: SiteConfig, asks: JobAsks, key: JobKey, policy: SitePolicy)
         )
     spec = dataclasses.replace(vm_spec(vm, default_name=key.domain), name=key.domain)
     own = name.endswith(".sf")  # else a site template: its own VM is the template's
-    template = _extended_template(config, description, spec, key) if own else spec
+    template = _extended_template(config, description, spec, key, policy) if own else spec
     check_job(description, spec, template, policy)
     return size_vm(spec, asks.requests, asks.slot, named(name))
 
@@ -204,7 +205,7 @@ def named(name: str) -> str:
 
 
 def _extended_template(
-    config: SiteConfig, description: Description, spec: VMSpec, key: JobKey
+    config: SiteConfig, description: Description, spec: VMSpec, key: JobKey, policy: SitePolicy
 ) -> VMSpec | None:
     """The VM of the site template a job's own description includes (the closest, if several).
 
@@ -222,7 +223,8 @@ def _extended_template(
         if not real.is_file() or not any(real.is_relative_to(f) for f in folders):
             continue
         loaded = load_file(real, include_dirs=[*config.include_dirs, *config.template_dirs],
-                           properties=dict(config.properties), environ=None, complete=False)
+                           properties=dict(config.properties), environ=None, complete=False,
+                           budgets=policy.budgets)
         template = loaded.sfconfig
         if template is None or template.get("sfClass") != "sd_batch.VM":
             continue

@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import DescriptionError, DescriptionErrors
-from ..lang import Component, Description, load_file, parse_file
+from ..errors import BudgetExceeded, DescriptionError, DescriptionErrors, UsageError
+from ..lang import Budgets, Component, Description, load_file, parse_file
+from ..lang.budget import BUDGET_NAMES
 from . import properties, site_config
 from .main import Environment
+
+if TYPE_CHECKING:
+    from ..config.site import SiteConfig
+
+
+def _budgets(args: argparse.Namespace, config: SiteConfig) -> Budgets:
+    """sd validate's generous defaults, or the site's for jobs (--job-budgets), each NAME=N of
+    --budget applied on top."""
+    budgets = config.policy.budgets if args.job_budgets else Budgets(origin="--budget")
+    changes: dict[str, Any] = {}
+    for item in args.budgets:
+        name, sep, text = item.partition("=")
+        if not sep or name not in BUDGET_NAMES:
+            raise UsageError(f"--budget {item}: expected NAME=N",
+                             hint=f"names: {', '.join(BUDGET_NAMES)}")  # fmt: skip
+        try:
+            changes[name] = float(text) if name == "seconds" else int(text)
+        except ValueError:
+            raise UsageError(f"--budget {item}: {text!r} is not a number") from None
+    try:
+        return dataclasses.replace(budgets, **changes)
+    except ValueError as exc:
+        raise UsageError(f"--budget: {exc}") from None
 
 
 def _load(args: argparse.Namespace, env: Environment, *, complete: bool) -> Description:
@@ -21,6 +46,7 @@ def _load(args: argparse.Namespace, env: Environment, *, complete: bool) -> Desc
         environ=env.environ,
         properties=properties(args, config),
         complete=complete,
+        budgets=_budgets(args, config),
     )
 
 
@@ -46,6 +72,8 @@ def _error_data(exc: DescriptionError) -> list[dict[str, Any]]:
             item["hint"] = error.hint
         if error.path:
             item["path"] = error.path
+        if isinstance(error, BudgetExceeded):
+            item["budget"] = error.budget
         out.append(item)
     return out
 
@@ -53,7 +81,7 @@ def _error_data(exc: DescriptionError) -> list[dict[str, Any]]:
 def validate(args: argparse.Namespace, env: Environment) -> int:
     try:
         if args.syntax_only:
-            parse_file(args.file)
+            parse_file(args.file, budgets=_budgets(args, site_config(args, env)))
             if args.json:
                 print(
                     json.dumps({"file": args.file, "valid": True, "syntax_only": True}),
@@ -66,10 +94,10 @@ def validate(args: argparse.Namespace, env: Environment) -> int:
     except DescriptionError as exc:
         if not args.json:
             raise
-        print(
-            json.dumps({"file": args.file, "valid": False, "errors": _error_data(exc)}),
-            file=env.stdout,
-        )
+        data = {"file": args.file, "valid": False, "errors": _error_data(exc)}
+        if isinstance(exc, DescriptionErrors) and exc.truncated:
+            data["more_errors"] = True  # the errors budget stopped resolution: there are more
+        print(json.dumps(data), file=env.stdout)
         return exc.exit_code
     warnings = [w.headline() for w in description.warnings]
     tbds = [{"path": p, "where": str(loc) if loc else None} for p, loc in description.tbds]

@@ -83,6 +83,23 @@ def _add_include_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_budget_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--budget",
+        dest="budgets",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="raise (or lower) one of the budgets that bound a description's cost: components, "
+        "attributes, value_length, value_total, includes, depth, errors, source_bytes, seconds",
+    )
+    parser.add_argument(
+        "--job-budgets",
+        action="store_true",
+        help="use the budgets the site's [policy] gives jobs' descriptions",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sd",
@@ -119,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept attributes still TBD (site templates that users complete)",
     )
     validate.add_argument("--json", action="store_true", help="machine-readable result")
+    _add_budget_options(validate)
     validate.set_defaults(handler="sd_batch.cli.lang:validate")
 
     render = sub.add_parser(
@@ -132,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_include_options(render)
     render.add_argument("--allow-tbd", action="store_true", help="render even if TBDs remain")
     render.add_argument("--json", action="store_true", help="JSON instead of SmartFrog text")
+    _add_budget_options(render)
     render.set_defaults(handler="sd_batch.cli.lang:render")
 
     templates = sub.add_parser(

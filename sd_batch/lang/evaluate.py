@@ -22,6 +22,7 @@ from ..errors import (
     TbdError,
     UnresolvedReference,
 )
+from .budget import Budget
 from .includes import SourceSet
 from .model import INT_RANGE, TBD, Attribute, Component, Long, Reference
 from .phases import REMOVED, FunctionCall
@@ -50,14 +51,6 @@ def _java_divide(a: Any, b: Any) -> Any:
     return a / b
 
 
-def _concat_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "NULL"
-    return str(value)
-
-
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq,
     "!=": operator.ne,
@@ -81,6 +74,7 @@ class Evaluator:
     ) -> None:
         self.root = root
         self.sources = sources
+        self.budget: Budget = sources.budget
         self.environ = environ
         self.properties = properties or {}
         self.results: dict[tuple[int, str], Result] = {}
@@ -101,24 +95,28 @@ class Evaluator:
         return cls(message, loc=loc, source_line=self.sources.source_line(loc), **kw)
 
     # -- walking a tree --------------------------------------------------------------------------
-    def evaluate_tree(self, node: Component, errors: list[DescriptionError]) -> None:
-        """Evaluate every attribute under NODE, collecting one error per failing attribute."""
+    def evaluate_tree(
+        self, node: Component, errors: list[DescriptionError], *, warnings: bool = False
+    ) -> None:
+        """Evaluate every attribute under NODE, collecting one error per failing attribute.
+
+        ERRORS past the errors budget stop resolution; WARNINGS past it are just not kept."""
         if id(node) in self.evaluated:
             return
         self.evaluated.add(id(node))
         self.in_progress.add(id(node))
+        self.budget.work(len(node.attributes), node.loc)
         try:
             for name in list(node.attributes):
                 try:
                     self.value_of(node, name)
                 except DescriptionError as exc:
-                    if not any(e is exc for e in errors):
-                        errors.append(exc)
+                    (self.budget.note if warnings else self.budget.record)(errors, exc)
                     continue
                 attr = node.attributes.get(name)  # a schema that held is gone
                 value = attr.value if attr is not None else None
                 if isinstance(value, Component):
-                    self.evaluate_tree(value, errors)
+                    self.evaluate_tree(value, errors, warnings=warnings)
         finally:
             self.in_progress.discard(id(node))
 
@@ -189,10 +187,10 @@ class Evaluator:
                 "write LAZY to keep it a reference",
             )
         errors: list[DescriptionError] = []
-        self.evaluate_tree(target, errors)
+        self.evaluate_tree(target, errors, warnings=True)  # only the first is raised
         if errors:
             raise errors[0]
-        clone = copy_node(target)
+        clone = copy_node(target, self.budget, self._ref_loc(attr))
         self._mark_evaluated(clone)
         return clone
 
@@ -209,6 +207,7 @@ class Evaluator:
             items = [self.evaluate(item, ctx) for item in value.items]
             if any(deferred for _v, deferred in items):
                 return value, True
+            self.budget.value(len(items), value.loc)
             return [v for v, _d in items], False
         if isinstance(value, OpExpr):
             operands = [self.evaluate(item, ctx) for item in value.operands]
@@ -267,7 +266,9 @@ class Evaluator:
         return current, False
 
     def _step(self, node: Component, part: Any, ref: Reference, *, first: bool) -> Result:
-        found = locate_part(node, part, ref, self.root, self._error, here_hint=True)
+        found = locate_part(
+            node, part, ref, self.root, self._error, here_hint=True, budget=self.budget
+        )
         if isinstance(found, AttributeSlot):
             return self.value_of(found.scope, found.name)
         if found is not None:
@@ -349,9 +350,12 @@ class Evaluator:
             result = values[0] - values[1] if op == "-" else _java_divide(*values)
             return _number_kind(values, self._in_range(result, expr))
         if op == "++":
-            return "".join(_concat_text(v) for v in values)
+            texts = [self._concat_text(v, expr) for v in values]
+            self.budget.value(sum(map(len, texts)), expr.loc)
+            return "".join(texts)
         if op == "<>":
             need(lambda v: isinstance(v, list), "vectors")
+            self.budget.value(sum(map(len, values)), expr.loc)
             return [item for v in values for item in v]
         if op == "%":
             need(lambda v: isinstance(v, int) and not isinstance(v, bool), "integers")
@@ -383,6 +387,17 @@ class Evaluator:
                 )
         return compare(values[0], values[1])
 
+    def _concat_text(self, value: Any, expr: OpExpr) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if value is None:
+            return "NULL"
+        if isinstance(value, (list, Component)):  # its text can be far longer than its size
+            self.budget.value(_text_size(value, self.budget.budgets.value_length), expr.loc)
+        return str(value)
+
     def _in_range(self, value: Any, expr: OpExpr) -> Any:
         if isinstance(value, int) and value not in INT_RANGE:
             raise self._error(
@@ -393,6 +408,28 @@ class Evaluator:
                 ResolutionError, f"operator {expr.op} overflows: the result is too large", expr.loc
             )
         return value
+
+
+def _text_size(value: Any, limit: int) -> int:
+    """About how long `str(VALUE)` is, for a vector or component, counted without building it
+    (a vector can hold the same long string a thousand times), stopping just past LIMIT."""
+    size = 0
+    stack = [value]
+    while stack and size <= limit:
+        current = stack.pop()
+        if isinstance(current, str):
+            size += len(current) + 4
+        elif isinstance(current, list):
+            size += 2
+            stack.extend(current)
+        elif isinstance(current, Component):
+            size += 300  # its repr names its place, kind, flags and state
+            for name, attr in current.attributes.items():
+                size += len(name) + 150  # and the location of each attribute
+                stack.append(attr.value)
+        else:
+            size += 24
+    return size
 
 
 def _describe(value: Any) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DescriptionError, ResolutionError, SourceLocation
+from .budget import Budget
 from .model import Component
 from .resolve import Node, copy_node
 
@@ -47,9 +48,10 @@ class FunctionCall:
         """The Java class SmartFrog names for this kind of call (what `phase.function` said)."""
         return next(name for name, kind in CONSTRUCTS.items() if kind == self.kind)
 
-    def fresh(self, holder: Component, name: str) -> Node:
-        """A copy to evaluate inside HOLDER (a call may be evaluated in several places)."""
-        node = copy_node(self.node)
+    def fresh(self, holder: Component, name: str, budget: Budget) -> Node:
+        """A copy to evaluate inside HOLDER (a call may be evaluated in several places),
+        counted against BUDGET as every copy is."""
+        node = copy_node(self.node, budget, self.loc)
         node.parent, node.name = holder, name
         return node
 
@@ -104,7 +106,7 @@ def _construct(node: Node, action: Any, sources: Any) -> FunctionCall:
                     loc=attr.loc or node.loc,
                     source_line=sources.source_line(attr.loc or node.loc),
                 )
-            element = copy_node(attr.value.node)
+            element = copy_node(attr.value.node, sources.budget, attr.loc)
             element.set("name", name, attr.loc)  # SmartFrog's sfAddParameter("name", key)
             node.set(name, FunctionCall(element, "function", False, attr.value.loc), attr.loc)
     return FunctionCall(node, kind, lazy, node.loc)

@@ -23,11 +23,14 @@ from ..errors import (
     DescriptionError,
     IncludeError,
     ResolutionError,
+    SourceLocation,
     UnresolvedReference,
 )
+from .budget import COMPONENT_LEVELS, NESTING, Budget, nesting_depth
 from .includes import SourceSet, include_error
 from .model import Attribute, Component, Reference
-from .syntax import ApplyRef, AttrDef, Body, ComponentExpr, Include, ListExpr, NullProto
+from .suggest import suggest
+from .syntax import AttrDef, Body, ComponentExpr, Include, ListExpr, NullProto
 
 SF_CONFIG = "sfConfig"
 
@@ -57,8 +60,12 @@ class TreeBuilder:
 
     def __init__(self, sources: SourceSet) -> None:
         self.sources = sources
+        self.budget = sources.budget
         #: The files being included, outermost first: (real path, name as shown).
         self.chain: list[tuple[str, str]] = []
+        #: How deeply the component being built is nested (levels), and the most allowed.
+        self.depth = 0
+        self.max_depth = sources.budget.budgets.depth
 
     @staticmethod
     def _real(name: str) -> str:
@@ -72,19 +79,23 @@ class TreeBuilder:
         node = Node(state=State.APPLIED)
         self.chain.append((self._real(filename), filename))
         try:
+            items = tuple(items)
+            self.budget.attributes(len(items), None)
             self._fill(node, items)
         finally:
             self.chain.pop()
         return node
 
-    def _fill(self, node: Node, items: Iterable[AttrDef | Include]) -> None:
+    def _fill(self, node: Node, items: tuple[AttrDef | Include, ...]) -> None:
+        """ITEMS into NODE (the caller has counted them)."""
         for item in items:
             if isinstance(item, Include):
                 self._include(node, item)
             elif len(item.name) > 1:
-                node.placements.append(AttrDef(item.name, self.value(item.value), item.loc))
+                value = self.value(item.value, item.loc)
+                node.placements.append(AttrDef(item.name, value, item.loc))
             else:
-                node.set(item.name[0], self.value(item.value), item.loc)
+                node.set(item.name[0], self.value(item.value, item.loc), item.loc)
 
     def _include(self, node: Node, include: Include) -> None:
         path = self.sources.locate(include)
@@ -92,6 +103,7 @@ class TreeBuilder:
             if include.optional:
                 return
             raise include_error(include, self.sources)
+        self.budget.include(include.loc)
         name = self.sources.display_name(path)
         real = [key for key, _shown in self.chain]
         if self._real(name) in real:
@@ -103,15 +115,17 @@ class TreeBuilder:
                 hint=f"chain: {cycle}",
                 source_line=self.sources.source_line(include.loc),
             )
-        parsed = self.sources.files.get(name) or self.sources.read(path)
+        parsed = self.sources.files.get(name) or self.sources.read(path, loc=include.loc)
         self.chain.append((self._real(name), name))
         try:
+            self.budget.attributes(len(parsed.items), include.loc)
             self._fill(node, parsed.items)
         finally:
             self.chain.pop()
 
-    def value(self, value: Any) -> Any:
+    def value(self, value: Any, loc: SourceLocation | None = None) -> Any:
         if isinstance(value, ComponentExpr):
+            self.budget.component(value.loc)
             protos: list[Any] = []
             for proto in value.protos:
                 protos.append(self.body(proto) if isinstance(proto, Body) else proto)
@@ -121,29 +135,41 @@ class TreeBuilder:
                 is_lazy=value.modifier == "LAZY",
                 is_data=value.modifier == "DATA",
             )
-        if isinstance(value, ListExpr):
-            return ListExpr(tuple(self.value(v) for v in value.items), value.loc)
-        if isinstance(value, ApplyRef):
-            return value
+        if type(value) in NESTING:  # syntax holds no component below these: kept as is
+            depth = self.depth + nesting_depth(value, self.max_depth - self.depth)
+            if depth > self.max_depth:
+                self.budget.nesting(depth, getattr(value, "loc", loc))
         return value
 
     def body(self, body: Body) -> Node:
+        self.depth += COMPONENT_LEVELS
+        if self.depth > self.max_depth:
+            self.budget.nesting(self.depth, body.loc)
+        self.budget.component(body.loc, len(body.items))
         node = Node(loc=body.loc, state=State.APPLIED)
-        self._fill(node, body.items)
+        try:
+            self._fill(node, body.items)
+        finally:
+            self.depth -= COMPONENT_LEVELS
         return node
 
 
 # -- copying -----------------------------------------------------------------------------------
-def copy_value(value: Any) -> Any:
+def copy_value(value: Any, budget: Budget, loc: SourceLocation | None) -> Any:
     if isinstance(value, Node):
-        return copy_node(value)
+        return copy_node(value, budget, loc)
     if isinstance(value, list):
-        return [copy_value(v) for v in value]
+        budget.value(len(value), loc, single=False)
+        return [copy_value(v, budget, loc) for v in value]
     return value
 
 
-def copy_node(node: Node) -> Node:
-    """A deep copy: references inside are resolved relative to wherever the copy is put."""
+def copy_node(node: Node, budget: Budget, loc: SourceLocation | None) -> Node:
+    """A deep copy: references inside are resolved relative to wherever the copy is put.
+
+    Counted against BUDGET as it goes (LOC: what asked for the copy), since copies are how
+    prototypes extending each other twice grow exponentially."""
+    budget.component(loc, len(node.attributes) + len(node.placements))
     clone = Node(
         loc=node.loc,
         is_data=node.is_data,
@@ -152,36 +178,35 @@ def copy_node(node: Node) -> Node:
         state=node.state,
         error=node.error,
     )
-    attributes = clone.attributes
+    clone.attributes, clone.placements = copy_contents(node, clone, budget, loc)
+    return clone
+
+
+def copy_contents(
+    node: Node, parent: Node, budget: Budget, loc: SourceLocation | None
+) -> tuple[dict[str, Attribute], list[AttrDef]]:
+    """NODE's attributes and path-named attributes, deep-copied, nested components under
+    PARENT (`extends` takes these of a prototype: no copy of the prototype itself is made).
+    The caller has counted them."""
+    attributes: dict[str, Attribute] = {}
     for name, attr in node.attributes.items():
         value = attr.value
         if isinstance(value, Node):
-            clone.set(name, copy_node(value), attr.loc)
+            child = copy_node(value, budget, loc)
+            child.parent, child.name = parent, name
+            attributes[name] = Attribute(name, child, attr.loc)
         elif isinstance(value, list):
-            attributes[name] = Attribute(name, copy_value(value), attr.loc)
+            attributes[name] = Attribute(name, copy_value(value, budget, loc), attr.loc)
         else:  # immutable: the (frozen) attribute itself can be shared
             attributes[name] = attr
-    clone.placements = [AttrDef(p.name, copy_value(p.value), p.loc) for p in node.placements]
-    return clone
+    placements = [AttrDef(p.name, copy_value(p.value, budget, loc), p.loc) for p in node.placements]
+    return attributes, placements
 
 
 def ancestors(node: Component | None) -> Iterator[Component]:
     while node is not None:
         yield node
         node = node.parent
-
-
-def suggest(name: str, scope: Component | None) -> str | None:
-    """`did you mean X?` from the names visible from SCOPE upwards."""
-    import difflib  # here: only a failing description pays for it
-
-    names: list[str] = []
-    for node in ancestors(scope):
-        if name in node.attributes:  # a later part (HERE) missed it: it is further up
-            return f"{name} is defined in {node.path or 'the top level'}"
-        names.extend(n for n in node.attributes if not n.startswith("--"))
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    return f"did you mean {close[0]}?" if close else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,14 +228,17 @@ def locate_part(
     error: ErrorFactory,
     *,
     here_hint: bool,
+    budget: Budget,
 ) -> AttributeSlot | Component | None:
     """The tree walk of one reference part, shared by type resolution and evaluation.
 
     ATTRIB and HERE land on an attribute (returned as its slot: the caller reads the raw value
     or evaluates it); PARENT, ROOT and THIS land on a component; other kinds (PROPERTY, HOST...)
-    are the caller's (None). Unknown names raise UnresolvedReference with a hint.
+    are the caller's (None). Unknown names raise UnresolvedReference with a hint (none for an
+    OPTIONAL reference: its error is never shown).
     """
     kind, name = part.kind, part.name
+    hint = not ref.optional
     if kind == "ATTRIB":
         for scope in ancestors(node):
             if name in scope.attributes:
@@ -219,7 +247,7 @@ def locate_part(
             UnresolvedReference,
             f"unknown reference ATTRIB {name}",
             ref.loc,
-            hint=suggest(name, node),
+            hint=suggest(name, node, budget) if hint else None,
         )
     if kind == "HERE":
         if name in node.attributes:
@@ -229,7 +257,7 @@ def locate_part(
             UnresolvedReference,
             f"unknown reference {ref.path_text()}: no attribute {name} in {where}",
             ref.loc,
-            hint=suggest(name, node) if here_hint else None,
+            hint=suggest(name, node, budget) if here_hint and hint else None,
         )
     if kind == "PARENT":
         if node.parent is None:
@@ -252,6 +280,7 @@ class TypeResolver:
     def __init__(self, root: Node, sources: SourceSet) -> None:
         self.root = root
         self.sources = sources
+        self.budget = sources.budget
         #: Components whose prototypes are being applied, outermost first (to name a cycle).
         self.applying: list[Node] = []
         #: An `extends` of a `[ ]` list made a vector function (the function phase must run).
@@ -287,11 +316,14 @@ class TypeResolver:
                 if isinstance(proto, NullProto):
                     continue
                 if isinstance(proto, Node):  # an inline { ... } body: used once, no copy needed
-                    source = proto
+                    attributes, places = proto.attributes, proto.placements
                 else:
-                    source = copy_node(self.prototype(proto, node))
-                merged.update(source.attributes)
-                placements.extend(source.placements)
+                    target = self.prototype(proto, node)
+                    count = len(target.attributes) + len(target.placements)
+                    self.budget.attributes(count, proto.loc)
+                    attributes, places = copy_contents(target, node, self.budget, proto.loc)
+                merged.update(attributes)
+                placements.extend(places)
             node.attributes = merged
             for name, attr in merged.items():
                 if isinstance(attr.value, Component):
@@ -330,8 +362,7 @@ class TypeResolver:
                 if collect is None:
                     node.state, node.error = State.BROKEN, exc
                     raise
-                if not any(e is exc for e in collect):
-                    collect.append(exc)
+                self.budget.record(collect, exc)
                 failed = exc
         if failed is not None:
             node.state, node.error = State.BROKEN, failed
@@ -407,7 +438,9 @@ class TypeResolver:
         self, node: Component, part: Any, ref: Reference, *, first: bool
     ) -> tuple[Any, Component]:
         """One reference part from NODE: the value found and the component holding it."""
-        found = locate_part(node, part, ref, self.root, self._error, here_hint=first)
+        found = locate_part(
+            node, part, ref, self.root, self._error, here_hint=first, budget=self.budget
+        )
         if isinstance(found, AttributeSlot):
             return found.scope.attributes[found.name].value, found.scope
         if found is None:
@@ -422,7 +455,9 @@ class TypeResolver:
         while True:
             moved = False
             pending: list[tuple[Node, AttrDef]] = []
+            walked = 0  # a pass per placement waiting for another: quadratic at worst, so timed
             for node in walk_nodes(scope):
+                walked += 1
                 if not node.placements:
                     continue
                 keep: list[AttrDef] = []
@@ -435,6 +470,7 @@ class TypeResolver:
                     target.set(placement.name[-1], placement.value, placement.loc)
                     moved = True
                 node.placements = keep
+            self.budget.work(walked, scope.loc)
             if not moved:
                 return pending
 

@@ -44,7 +44,7 @@ def evaluate_call(evaluator: Any, call: FunctionCall, holder: Component, name: s
 
 
 def _evaluate(evaluator: Any, call: FunctionCall, holder: Component, name: str) -> Any:
-    node = call.fresh(holder, name)
+    node = call.fresh(holder, name, evaluator.budget)
     evaluator.scratch.append(node)
     if call.kind == "function":
         return _function(evaluator, call, node, holder, name)
@@ -104,9 +104,12 @@ def _function(
     if deferred:
         return call, True
     try:
-        return functions.call(node.get("sfFunctionClass"), args), False
+        result = functions.call(node.get("sfFunctionClass"), args)
     except FunctionFailed as exc:
         raise _error(evaluator, call, f"{holder.attribute_path(name)}: {exc.message}") from None
+    if isinstance(result, (str, bytes, list, tuple)):  # counted like any value made at link
+        evaluator.budget.value(len(result), call.loc)
+    return result, False
 
 
 def _check_element(
@@ -115,7 +118,7 @@ def _check_element(
     call = schema.attributes[entry].value
     if not isinstance(call, FunctionCall):  # phases.py made every entry a call
         raise TypeError(f"schema entry {entry} is {type(call).__name__}, not a call")
-    element = call.fresh(schema, entry)
+    element = call.fresh(schema, entry, evaluator.budget)
     evaluator.scratch.append(element)
     params, _deferred = _arguments(evaluator, element)
     target = params.get("name", entry)

@@ -27,6 +27,8 @@ POOL_CLASS = "sd_batch.Pool"
 CLUSTER_CLASS = "sd_batch.VirtualCluster"
 #: Components that are configuration for others, never deployed themselves.
 NOT_DEPLOYED = frozenset({"sd_batch.Scheduler"})
+#: The most VMs one plan may hold: `count 100000000` is refused before a single copy is made.
+MAX_PLANNED_VMS = 10_000
 
 class Order(enum.Enum):
     """How a step treats its children (SmartFrog's Compound, Sequence and Parallel)."""
@@ -70,15 +72,40 @@ class Step:
             yield from child.vms()
 
 
-def plan(description: Description, pool: str, uri: str) -> Step:
-    """The lifecycle tree of a description's sfConfig, every VM named `POOL-<where it is>`."""
+@dataclass
+class _Tally:
+    """What every step of one plan shares: the pool, the URI, and the VMs planned so far
+    against the most one plan may hold."""
+
+    pool: str
+    uri: str
+    limit: int
+    planned: int = 0
+
+    def check(self, count: int, node: Component, name: str | None = None) -> None:
+        """NODE (its attribute NAME: `count`) asks for COUNT more VMs: refused at once past the
+        limit (before any copy is made); a VM itself adds itself."""
+        if self.planned + count > self.limit:
+            path = node.attribute_path(name) if name else node.path
+            raise SpecError(
+                f"{path}: the plan would hold more than {self.limit} VMs (budget vms)",
+                loc=node.location_of(name) if name else node.loc, path=path,
+                hint="ask for fewer VMs, or split them into several pools",
+            )  # fmt: skip
+        if name is None:
+            self.planned += count
+
+
+def plan(description: Description, pool: str, uri: str, *, max_vms: int = MAX_PLANNED_VMS) -> Step:
+    """The lifecycle tree of a description's sfConfig, every VM named `POOL-<where it is>`;
+    more than MAX_VMS VMs is a SpecError (counted before counted copies are made)."""
     root = description.sfconfig
     if root is None:
         raise DescriptionError(
             "the description has no sfConfig: nothing to start",
             hint="write sfConfig extends Pool { ... } (or Compound, VM, VirtualCluster)",
         )
-    step = _plan(root, pool, uri, (), scheduling_of(root, None))
+    step = _plan(root, _Tally(pool, uri, max_vms), (), scheduling_of(root, None))
     names = [vm.domain for vm in step.vms()]
     if not names:
         raise DescriptionError(
@@ -98,17 +125,17 @@ def plan(description: Description, pool: str, uri: str) -> Step:
     return step
 
 
-def _plan(
-    node: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
-) -> Step:
+def _plan(node: Component, tally: _Tally, where: tuple[str, ...], sched: Scheduling | None) -> Step:
+    pool, uri = tally.pool, tally.uri
     sf_class = node.get("sfClass")
     path = node.path
     if sf_class == VM_CLASS:
+        tally.check(1, node)
         spec = vm_spec(node, default_name=_vm_name(pool, where))
         placed = None if sched is None else Scheduled(sched.scheduler, demand_of(node, spec, sched))
         return Step(path, vm=VMPlan(spec, uri, placed))
     if sf_class == POOL_CLASS:
-        children = list(_child_steps(node, pool, uri, where, sched))
+        children = list(_child_steps(node, tally, where, sched))
         template = node.get("template")
         count = node.get("count", 0)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
@@ -120,8 +147,9 @@ def _plan(
                 loc=node.location_of("template"),
                 hint="write template extends LAZY VM { ... }",
             )
+        tally.check(count, node, "count")
         for index in range(1, count + 1 if isinstance(template, Component) else 1):
-            children.append(_copy_step(template, pool, uri, (*where, f"{index}"), sched))
+            children.append(_copy_step(template, tally, (*where, f"{index}"), sched))
         return Step(path, Order.COMPOUND, tuple(children))
     if sf_class == CLUSTER_CLASS:
         head = node.get("head")
@@ -138,34 +166,34 @@ def _plan(
                             loc=node.location_of("worker"), hint="worker extends LAZY VM { ... }")
         if sched is not None:  # head and workers apart, as the cluster's `apart` says
             sched = sched.within_cluster(node, cluster_apart(node))
-        head_step = _plan(head, pool, uri, (*where, "head"), scheduling_of(head, sched))
+        head_step = _plan(head, tally, (*where, "head"), scheduling_of(head, sched))
+        tally.check(workers, node, "workers")
         worker_steps = tuple(
-            _copy_step(worker, pool, uri, (*where, f"worker{i}"), sched)
-            for i in range(1, workers + 1)
+            _copy_step(worker, tally, (*where, f"worker{i}"), sched) for i in range(1, workers + 1)
         )
         return Step(path, Order.SEQUENCE, (head_step, Step(path, Order.PARALLEL, worker_steps)))
     order = {SEQUENCE_CLASS: Order.SEQUENCE, PARALLEL_CLASS: Order.PARALLEL}.get(
         sf_class if isinstance(sf_class, str) else "", Order.COMPOUND
     )
-    return Step(path, order, tuple(_child_steps(node, pool, uri, where, sched)))
+    return Step(path, order, tuple(_child_steps(node, tally, where, sched)))
 
 
 def _child_steps(
-    node: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
+    node: Component, tally: _Tally, where: tuple[str, ...], sched: Scheduling | None
 ) -> Iterator[Step]:
     for name, child in node.children():
         if child.is_data or child.is_lazy or child.get("sfClass") in NOT_DEPLOYED:
             continue  # data, templates for counted copies, schedulers: not deployed themselves
         if "sfClass" not in child:
             continue
-        yield _plan(child, pool, uri, (*where, _short(name)), scheduling_of(child, sched))
+        yield _plan(child, tally, (*where, _short(name)), scheduling_of(child, sched))
 
 
 def _copy_step(
-    template: Component, pool: str, uri: str, where: tuple[str, ...], sched: Scheduling | None
+    template: Component, tally: _Tally, where: tuple[str, ...], sched: Scheduling | None
 ) -> Step:
     """A counted copy of a LAZY template (Pool, VirtualCluster workers)."""
-    return _plan(template, pool, uri, where, scheduling_of(template, sched))
+    return _plan(template, tally, where, scheduling_of(template, sched))
 
 
 def _short(name: str) -> str:

@@ -16,6 +16,7 @@ May import: errors, vm.spec, lang.model, stdlib.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -23,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, PolicyError, PolicyLimitReached, SourceLocation
+from ..lang.budget import JOB_BUDGETS, POLICY_KEYS, Budgets
 from ..lang.model import Component
 from .spec import DiskSpec, KernelBoot, VMSpec
 
@@ -66,6 +68,8 @@ class SitePolicy:
     max_resolve_mib: int = 1024
     max_resolve_cpu_seconds: int = 30
     max_resolve_seconds: int = 60
+    #: The most work resolving a job's description may cost (`max_components`... in [policy]).
+    budgets: Budgets = JOB_BUDGETS
 
 
 _BOOLS = ("allow_user_descriptions", "require_site_template")
@@ -91,7 +95,7 @@ def policy_from_table(table: Any, origin: str) -> SitePolicy:
     """The `[policy]` table of a site config, refusing unknown keys and impossible values."""
     if not isinstance(table, dict):
         raise ConfigError(f"{origin}: [policy] must be a table")
-    known = (*_BOOLS, *_NUMBERS, "networks")
+    known = (*_BOOLS, *_NUMBERS, "networks", *POLICY_KEYS.values())
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise ConfigError(f"{origin}: unknown [policy] setting {unknown[0]!r}",
@@ -114,6 +118,14 @@ def policy_from_table(table: Any, origin: str) -> SitePolicy:
             raise ConfigError(f"{origin}: [policy] networks must be a list of libvirt network "
                               "names", hint="[] (the default) gives jobs no network")  # fmt: skip
         values["networks"] = frozenset(networks)
+    budgets = {name: table[key] for name, key in POLICY_KEYS.items() if key in table}
+    for name, value in budgets.items():
+        number = (int, float) if name == "seconds" else int
+        if isinstance(value, bool) or not isinstance(value, number) or value < 1:
+            raise ConfigError(f"{origin}: [policy] {POLICY_KEYS[name]} must be a "
+                              f"{'number' if name == 'seconds' else 'whole number'} >= 1")
+    if budgets:
+        values["budgets"] = dataclasses.replace(JOB_BUDGETS, **budgets)
     return SitePolicy(**values)
 
 

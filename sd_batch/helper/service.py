@@ -76,12 +76,14 @@ from .door import (
     parse_request,
     read_request_line,
 )
+from .client import EVICT_LINE
 
 log = logging.getLogger("sd_batch.helper.service")
 
 DEFAULT_SOCKET = Path("/run/sd-batch/helper.sock")
 SLOT_GROUP = "sd-slots"
 DATA_SECONDS = 600.0  # the longest pause while a result tar moves
+CHECKPOINT_SECONDS = DATA_SECONDS
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
 
 
@@ -156,6 +158,7 @@ class HangupWatch:
         self.sock, self.what = sock, what
         self.done = threading.Event()
         self.hung_up = False
+        self.save: Callable[[], None] | None = None
         self.thread: threading.Thread | None = None
 
     def start(self, destroy: Callable[[], None]) -> None:
@@ -174,7 +177,12 @@ class HangupWatch:
                 continue
             if not events[0][1] & gone:
                 try:
-                    if self.sock.recv(4096, socket.MSG_DONTWAIT):
+                    data = self.sock.recv(4096, socket.MSG_DONTWAIT)
+                    if data:
+                        if EVICT_LINE in data and self.save is not None:
+                            log.info("%s: the job is being vacated: saving its VM", self.what)
+                            save, self.save = self.save, None
+                            save()
                         continue
                 except (BlockingIOError, InterruptedError):
                     continue
@@ -194,6 +202,10 @@ class HangupWatch:
         self.done.set()
         if self.thread is not None:
             self.thread.join()
+
+    def on_evict(self, save: Callable[[], None]) -> None:
+        """`jobs.run`'s INSTALL_EVICT: the runner sending EVICT_LINE calls SAVE (once)."""
+        self.save = save
 
 
 class Handler(socketserver.BaseRequestHandler):
@@ -264,13 +276,14 @@ class Handler(socketserver.BaseRequestHandler):
             self._run(sock, request, peer, what)
             return
         # prepare streams the input disk from the socket into the job's folder (bounded there)
+        streams_in = request.action in (Action.PREPARE, Action.RESTORE)
         data_in = (cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS))
-                   if request.action is Action.PREPARE else None)  # fmt: skip
+                   if streams_in else None)  # fmt: skip
         answer = perform(request.action, request.job, peer.uid, data_in=data_in,
                          connections=self.server.connections)  # fmt: skip
         log.info("%s: %s", what, _summary(answer.reply))
         self._send(answer.reply or {})
-        if request.action is Action.PREPARE:
+        if streams_in:
             # The reply is queued: the client reads it. Both ways, so that a client still
             # writing an input disk prepare stopped reading (a refusal, a full disk) gets EPIPE
             # at once instead of blocking on a full socket until its timeout.
@@ -286,9 +299,13 @@ class Handler(socketserver.BaseRequestHandler):
         try:
             answer = perform(Action.RUN, request.job, peer.uid, data_out=cast(BinaryIO, out),
                              connections=self.server.connections, runner_pid=peer.pid,
-                             install_signals=watch.start)  # fmt: skip
+                             install_signals=watch.start,
+                             install_evict=watch.on_evict)  # fmt: skip
         finally:
             watch.stop()
+        if answer.reply is not None and answer.reply.get("evicted") and not watch.hung_up:
+            self._send_checkpoint(sock, answer.reply, what)
+            return
         if answer.reply is None:
             out.status()  # an empty result still says ok
             log.info("%s: result sent", what)
@@ -296,6 +313,20 @@ class Handler(socketserver.BaseRequestHandler):
         log.info("%s: exit %s: %s", what, answer.code, answer.reply.get("message"))
         if not watch.hung_up:
             self._send(answer.reply)
+
+    def _send_checkpoint(self, sock: socket.socket, reply: dict[str, Any], what: str) -> None:
+        """The evicted run's status line (`checkpoint`: its size, 0 for none), then the
+        checkpoint's bytes; the runner writes them into the sandbox."""
+        path = Path(reply.pop("checkpoint", "") or "/nonexistent")
+        size = int(reply.get("size") or 0) if path.is_file() else 0
+        log.info("%s: evicted: %s", what, reply.get("message"))
+        self._send({**reply, "checkpoint": size})
+        if size:
+            sock.settimeout(CHECKPOINT_SECONDS)
+            with contextlib.suppress(OSError), open(path, "rb") as source:
+                sock.sendfile(source)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
     def _send(self, reply: dict[str, Any]) -> None:
         self.replied = True

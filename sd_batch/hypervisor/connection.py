@@ -268,6 +268,31 @@ class Hypervisor:
         with self._errors("start domain", name):
             dom.create()
 
+    def save(self, name: str, path: str | Path) -> None:
+        """Pause NAME and save its memory and device state to PATH (virDomainSaveFlags); the
+        domain is off afterwards. Pausing first stops the guest touching its disks."""
+        dom = self._lookup(name)
+        with self._errors("save domain", name):
+            if dom.isActive():
+                dom.suspend()
+            dom.saveFlags(str(path), None, 0)
+
+    def saved_xml(self, path: str | Path) -> str:
+        """The domain XML a save file holds (virDomainSaveImageGetXMLDesc)."""
+        with self._errors("read save file"):
+            return str(self._conn.saveImageGetXMLDesc(str(path), 0))
+
+    def restore(self, path: str | Path, xml: str) -> None:
+        """Start a domain from a save file, with XML (ABI-compatible with the saved one) in
+        place of the saved definition: paths and name of this host (virDomainRestoreFlags)."""
+        with self._errors("restore domain"):
+            self._conn.restoreFlags(str(path), xml, self._lv.VIR_DOMAIN_SAVE_RUNNING)
+
+    def domain_xml(self, name: str) -> str:
+        dom = self._lookup(name)
+        with self._errors("read domain XML", name):
+            return str(dom.XMLDesc(0))
+
     def shutdown(self, name: str) -> None:
         """Ask the guest to power off (ACPI); nothing to do when it is already off."""
         dom = self._lookup(name)

@@ -66,6 +66,9 @@ class SitePolicy:
     max_resolve_mib: int = 1024
     max_resolve_cpu_seconds: int = 30
     max_resolve_seconds: int = 60
+    #: An evicted job's checkpoint (saved memory + changed disks, compressed); a bigger one is
+    #: not kept and the job starts afresh next time.
+    max_checkpoint_bytes: int = 4 * GIB
 
 
 _BOOLS = ("allow_user_descriptions", "require_site_template")
@@ -84,6 +87,7 @@ _NUMBERS = {
     "max_resolve_mib": ("max_resolve_mib", 1, 256),
     "max_resolve_cpu_seconds": ("max_resolve_cpu_seconds", 1, 1),
     "max_resolve_seconds": ("max_resolve_seconds", 1, 1),
+    "max_checkpoint_mib": ("max_checkpoint_bytes", MIB, 0),
 }
 
 

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             env.stdout.flush()
 
     harness = Harness(Path(args.submit_file), default_user(args.user),
-                      keep_going=args.keep_going, progress=progress, environ=env.environ)
+                      keep_going=args.keep_going, progress=progress, environ=env.environ,
+                      evict_after=args.evict_after)
     outcomes = harness.run(report)
     code = next((o.process_exit_code for o in outcomes if o.process_exit_code != 0), 0)
     if args.json:

@@ -136,9 +136,11 @@ def restore_or_start(config: SiteConfig, key: JobKey, hv: HypervisorAPI) -> bool
         xml = xml.replace(f"{old}/", f"{folder}/")
         xml = re.sub(r"<name>[^<]*</name>", f"<name>{key.domain}</name>", xml, count=1)
         hv.undefine(key.domain)
-        try:
+        try:  # persistent, as PREPARE_JOB defines it: it stays there, off, for the result
+            hv.define(xml)
             hv.restore(state, xml)  # type: ignore[attr-defined]
         except SdError:
+            hv.undefine(key.domain)
             hv.define(prepared)  # the job's VM as PREPARE_JOB made it, for the next try
             raise
         return True

@@ -69,6 +69,8 @@ log = logging.getLogger("sd_batch.helper.hooks")
 
 KEYWORD = "SMARTDOMAINS"
 JOB_EXIT_REASONS = ("exit", "remove", "hold", "evict")
+#: PREPARE_JOB's note to the runner: why the job's checkpoint could not be used.
+REFUSED_NOTE = ".sd-batch.checkpoint-refused"
 SOCKET_ATTRIBUTE = "SDHelperSocket"  # in PREPARE_JOB's updates when it used the service
 #: What the startd cron publishes of each template's needs (records by template name), which
 #: the schedd transform's requests and requirements read as TARGET.<attr>[MY.SDVMDescription].
@@ -190,7 +192,13 @@ def _offer_checkpoint(job_id: str, sandbox: Path) -> bool | None:
         with contextlib.suppress(OSError):
             path.unlink()
     if not reply.get("restored"):
-        print(f"sd-batch: the job starts afresh: {reply.get('reason')}", file=sys.stderr)
+        line = f"sd-batch: the job starts afresh: {reply.get('reason')}\n"
+        sys.stderr.write(line)  # the starter's log; the runner puts it on the job's stderr
+        with contextlib.suppress(OSError):
+            fd = os.open(sandbox / REFUSED_NOTE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | os.O_NOFOLLOW, 0o600)  # fmt: skip
+            with os.fdopen(fd, "w") as note:
+                note.write(line[:4096])
         return False
     return True
 
@@ -231,6 +239,7 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     # replace the code on disk while the VM runs, and a module first imported then would be
     # the new version's (tests/test_package.py checks a job across an upgrade).
     from .. import staging  # noqa: F401
+    _say_refused(sandbox)
     sock = service_socket()
     if sock is None:
         return _run_through_helper(argv[1], sandbox)
@@ -258,6 +267,17 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
             print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
             return 1
     return _finish(result)
+
+
+def _say_refused(sandbox: Path) -> None:
+    """PREPARE_JOB's word on a checkpoint it could not use, on the job's own stderr."""
+    path = sandbox / REFUSED_NOTE
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as note:
+            sys.stderr.write(note.read(4096).decode("utf-8", "replace"))
+            sys.stderr.flush()
+        path.unlink()
 
 
 def _save_checkpoint(status: dict[str, Any], stream: IO[bytes], sandbox: Path) -> int:

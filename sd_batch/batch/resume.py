@@ -98,15 +98,16 @@ def unpack_into_job(config: SiteConfig, key: JobKey, hv: HypervisorAPI, stream: 
     folder = key.folder(config)
     xml = hv.domain_xml(key.domain)  # type: ignore[attr-defined]
     disks = job_disks(xml, folder)
-    targets: dict[str, tuple[Path, int]] = {
+    mine = identity(config, key, xml, description)
+    targets: dict[str, tuple[Path, int]] = {  # the save file: at most the VM's memory and more
         checkpoint.STATE: (folder / f".restore-{SAVED_STATE}",
-                           limits.policy.max_memory_mib * 1024**2 + checkpoint.STATE_SLACK),
+                           mine.memory_mib * 1024**2 + checkpoint.STATE_SLACK),
     }  # fmt: skip
     for name, path in disks.items():
         size = max(path.stat().st_size, hv.image_capacity(path))
         targets[name] = (folder / f".restore-{name}", size + checkpoint.STATE_SLACK)
     try:
-        restored = checkpoint.unpack(stream, identity(config, key, xml, description), targets,
+        restored = checkpoint.unpack(stream, mine, targets,
                                      key=checkpoint.site_key(config.state_dir),
                                      limit=limits.policy.max_checkpoint_bytes)  # fmt: skip
         if restored.old_folder.strip("/") == "" or "'" in restored.old_folder:

@@ -162,15 +162,17 @@ def _run_with_checkpoint(service: str, job_dir: Path, data: bytes) -> tuple[str,
     return done.stderr, (job_dir / "job.err").read_text()
 
 
-def test_a_corrupt_checkpoint_starts_the_job_afresh_and_says_why(service: str,
-                                                                 tmp_path: Path) -> None:  # fmt: skip
+def test_a_corrupt_checkpoint_starts_the_job_afresh_and_says_why(
+    service: str, tmp_path: Path
+) -> None:
     _err, job_err = _run_with_checkpoint(service, tmp_path, os.urandom(200_000))
     assert re.fullmatch(r"sd-batch: the job starts afresh: the checkpoint is corrupt: .*\n",
                         job_err), job_err  # fmt: skip
 
 
-def test_another_jobs_checkpoint_starts_the_job_afresh_and_says_why(service: str,
-                                                                    tmp_path: Path) -> None:  # fmt: skip
+def test_another_jobs_checkpoint_starts_the_job_afresh_and_says_why(
+    service: str, tmp_path: Path
+) -> None:
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
     folder = tmp_path / "saved"
     folder.mkdir()

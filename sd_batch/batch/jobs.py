@@ -263,8 +263,10 @@ def run(
         install_signals(destroy_now)
     if install_evict is not None:
         install_evict(evict.save)
+    started = time.monotonic()
     if resume.restore_or_start(config, key, connections(uri)):
-        log.info("job %s: its VM resumed from its checkpoint", key.job_id)
+        log.info("job %s: its VM resumed from its checkpoint in %.2f s", key.job_id,
+                 time.monotonic() - started)  # fmt: skip
     try:
         wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)
     except HypervisorError as exc:
@@ -307,8 +309,10 @@ class _Eviction:
         if self.requested.is_set():
             return
         self.requested.set()
+        started = time.monotonic()
         try:
             self._save()
+            log.info("the VM was saved in %.2f s", time.monotonic() - started)
         except SdError as exc:
             self.error = f"the VM could not be saved: {exc}"
             self._destroy()

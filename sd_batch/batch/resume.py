@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ def pack_saved(config: SiteConfig, key: JobKey, xml: str, description: str,
     """The saved state and the disks as one checkpoint file, or why there is none."""
     folder = key.folder(config)
     state = folder / SAVED_STATE
+    started = time.monotonic()
     try:
         files = {checkpoint.STATE: state, **job_disks(xml, folder)}
         size = checkpoint.pack(
@@ -87,6 +89,8 @@ def pack_saved(config: SiteConfig, key: JobKey, xml: str, description: str,
         return Evicted(None, reason=str(exc))
     finally:
         state.unlink(missing_ok=True)
+    log.info("job %s: checkpoint packed in %.2f s: %d bytes", key.job_id,
+             time.monotonic() - started, size)  # fmt: skip
     return Evicted(folder / PACKED, size)
 
 
@@ -106,6 +110,7 @@ def unpack_into_job(config: SiteConfig, key: JobKey, hv: HypervisorAPI, stream: 
     for name, path in disks.items():
         size = max(path.stat().st_size, hv.image_capacity(path))
         targets[name] = (folder / f".restore-{name}", size + checkpoint.STATE_SLACK)
+    started = time.monotonic()
     try:
         restored = checkpoint.unpack(stream, mine, targets,
                                      key=checkpoint.site_key(config.state_dir),
@@ -116,6 +121,8 @@ def unpack_into_job(config: SiteConfig, key: JobKey, hv: HypervisorAPI, stream: 
             final = folder / (SAVED_STATE if name == checkpoint.STATE else name)
             targets[name][0].replace(final)
         (folder / RESTORE_NOTE).write_text(json.dumps({"old_folder": restored.old_folder}))
+        log.info("job %s: checkpoint checked and unpacked in %.2f s", key.job_id,
+                 time.monotonic() - started)  # fmt: skip
     finally:
         for temporary, _bound in targets.values():
             temporary.unlink(missing_ok=True)

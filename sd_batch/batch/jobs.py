@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..config.site import SiteConfig
 from ..deploy.engine import Engine, SitePaths, disk_growth
@@ -240,15 +240,12 @@ def run(
     the helper service to the runner hanging up. RUNNER_PID is the process whose life is the
     job's, recorded for the reaper (None: this one; the service names its caller, the runner).
     """
-    from ..ledger.store import THIS_PROCESS, Ledger, OwnerKind, OwnerStatus
+    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus
 
     connections = connections or Connections()
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
-        owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
-        if owner is None:
-            raise DeployError(f"job {key.job_id} has no prepared VM on this host",
-                              hint="PREPARE_JOB did not run or failed")
+        owner = prepared_owner(ledger, key, uri)
         # the reaper's sign of life: while this process lives, the job does
         ledger.set_status(owner, OwnerStatus.ACTIVE,
                           pid=THIS_PROCESS if runner_pid is None else runner_pid)
@@ -381,21 +378,29 @@ def wait_off_across_restarts(
             sleep(1.0)
 
 
+def prepared_owner(ledger: Any, key: JobKey, uri: str) -> Any:
+    """The job's ledger owner, which PREPARE_JOB registered; a DeployError without one."""
+    from ..ledger.store import OwnerKind
+
+    owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+    if owner is None:
+        raise DeployError(f"job {key.job_id} has no prepared VM on this host",
+                          hint="PREPARE_JOB did not run or failed")  # fmt: skip
+    return owner
+
+
 def restore_checkpoint(config: SiteConfig, key: JobKey, stream: BinaryIO, *,
                        connections: Connections | None = None) -> str | None:
     """After `prepare`: check the job's checkpoint (untrusted, from its sandbox) and unpack
     it so that `run` restores instead of booting. None when it will resume, else why not (the
     job then starts afresh: never a hold)."""
     from ..errors import CheckpointUnusable
-    from ..ledger.store import Ledger, OwnerKind
+    from ..ledger.store import Ledger
 
     connections = connections or Connections()
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
-        owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
-    if owner is None:
-        raise DeployError(f"job {key.job_id} has no prepared VM on this host",
-                          hint="PREPARE_JOB did not run or failed")  # fmt: skip
+        owner = prepared_owner(ledger, key, uri)
     try:
         resume.unpack_into_job(config, key, connections(uri), stream, owner.description,
                                JobLimits.of(config.policy))  # fmt: skip

@@ -175,3 +175,16 @@ def test_the_site_key_is_made_once_and_root_only(tmp_path: Path) -> None:
     assert checkpoint.site_key(tmp_path) == first
     assert len(first) == 32
     assert (tmp_path / checkpoint.KEY_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_huge_pax_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A 3 GiB extended header: refused from its 512-byte header, without reading it."""
+    info = tarfile.TarInfo("manifest.json")
+    info.type, info.size = tarfile.XHDTYPE, 3 * 1024**3
+    bomb = info.tobuf(format=tarfile.USTAR_FORMAT) + bytes(1 << 20)
+    tracemalloc.start()
+    with pytest.raises(CheckpointUnusable, match="unexpected member"):
+        checkpoint.unpack(io.BytesIO(bomb), ME, _targets(tmp_path), key=KEY, limit=4 * 1024**3)
+    _now, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 16 * MIB

@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from ..errors import CheckpointUnusable
 
@@ -190,6 +190,18 @@ class Restored:
     members: tuple[str, ...]
 
 
+class _PlainMember(tarfile.TarInfo):
+    """Only plain files: a PAX or GNU long-name header is refused from its 512-byte header,
+    before tarfile reads its data into memory (whatever size it claims)."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise CheckpointUnusable(f"the checkpoint holds an unexpected member {info.name!r}")
+        return info
+
+
 class _Bounded(io.RawIOBase):
     """The checkpoint stream, refused past LIMIT bytes."""
 
@@ -231,7 +243,7 @@ def _unpack(stream: IO[bytes], identity: Identity, targets: Mapping[str, tuple[P
     manifest: dict[str, Any] | None = None
     raw_manifest = b""
     done: list[str] = []
-    with tarfile.open(fileobj=reader, mode="r|") as tar:
+    with tarfile.open(fileobj=reader, mode="r|", tarinfo=_PlainMember) as tar:
         for count, info in enumerate(_members(tar)):
             if count >= MAX_MEMBERS or not info.isreg():
                 raise CheckpointUnusable(f"the checkpoint holds an unexpected member {info.name!r}")

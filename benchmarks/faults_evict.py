@@ -23,7 +23,8 @@ from sd_batch.staging import CHECKPOINT_FILE
 
 COUNT = ("#!/bin/sh\ni=0\nwhile [ $i -lt 10 ]; do i=$((i+1)); sleep 1; done\n"
          "echo done > result.txt\n")
-STEPS = ["vacated, then resumed", "vacated, runner killed during the save",
+STEPS = ["vacated, then resumed", "vacated twice, resumed twice",
+         "vacated, runner killed during the save",
          "corrupt checkpoint", "checkpoint of another image"]  # fmt: skip
 REFUSED = ".sd-batch.checkpoint-refused"
 
@@ -75,15 +76,18 @@ def evicted(site: Any, step: str) -> str:
     job = site.job(COUNT)
     if step.startswith("vacated"):
         job.prepare()
-        kill = 0.2 if "killed" in step else None
-        first = job.run(_vacate(job, kill_after=kill))
-        saved = (job.sandbox / CHECKPOINT_FILE).stat().st_size \
-            if (job.sandbox / CHECKPOINT_FILE).exists() else 0  # fmt: skip
-        exit1 = job.exit_hook("evict")
-        again = job.prepare()
-        resumed = "resumes" if "SDVMResumed = true" in job.updates else "afresh"
-        return (f"{first[:60]}; checkpoint {saved >> 10} KiB; {exit1}; next start: {again} "
-                f"({resumed}); {job.run()}; {job.exit_hook()}")
+        said = []
+        for _ in range(2 if "twice" in step else 1):
+            kill = 0.2 if "killed" in step else None
+            first = job.run(_vacate(job, kill_after=kill))
+            saved = (job.sandbox / CHECKPOINT_FILE).stat().st_size \
+                if (job.sandbox / CHECKPOINT_FILE).exists() else 0  # fmt: skip
+            exit1 = job.exit_hook("evict")
+            again = job.prepare()
+            resumed = "resumes" if "SDVMResumed = true" in job.updates else "afresh"
+            said.append(f"{first[:60]}; checkpoint {saved >> 10} KiB; {exit1}; next start: "
+                        f"{again} ({resumed})")
+        return f"{'; '.join(said)}; {job.run()}; {job.exit_hook()}"
     config = load_config(site.config)
     if step.startswith("corrupt"):
         (job.sandbox / CHECKPOINT_FILE).write_bytes(os.urandom(300_000))

@@ -50,9 +50,9 @@ from ..vm.domain_xml import OwnerKind as XmlOwnerKind
 from ..vm.site_policy import SitePolicy, check_capacity
 from ..vm.sizing import check_disk
 from ..vm.spec import DiskFormat
+from . import resume
 from .confined import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ChildLimits, run_confined
 from .description import named, resolve_job
-from . import resume
 from .key import DEFAULT_LIMITS, JobKey, JobLimits
 from .resume import Evicted
 

@@ -67,6 +67,7 @@ from ..batch.confined import start_forkserver
 from ..batch.privileged import EX_TEMPFAIL, Action, perform
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
+from .client import EVICT_LINE
 from .door import (
     INPUT_SECONDS,
     REQUEST_SECONDS,
@@ -76,7 +77,6 @@ from .door import (
     parse_request,
     read_request_line,
 )
-from .client import EVICT_LINE
 
 log = logging.getLogger("sd_batch.helper.service")
 

@@ -220,6 +220,26 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
+def copy_bounded(stream: IO[bytes], path: Path, limit: int) -> int:
+    """The checkpoint as it arrives, unparsed, into PATH; over LIMIT bytes is refused."""
+    reader = _Bounded(stream, limit)
+    total = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        buffer = bytearray(CHUNK)
+        while count := reader.readinto(buffer):
+            out.write(buffer[:count])
+            total += count
+    return total
+
+
+def unpack_file(path: Path, identity: Identity, targets: Mapping[str, tuple[Path, int]],
+                key: bytes, limit: int) -> Restored:  # fmt: skip
+    """`unpack` of the file `copy_bounded` wrote (what a confined child runs)."""
+    with open(path, "rb") as stream:
+        return unpack(stream, identity, targets, key=key, limit=limit)
+
+
 def unpack(
     stream: IO[bytes],
     identity: Identity,

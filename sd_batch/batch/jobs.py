@@ -404,7 +404,7 @@ def restore_checkpoint(config: SiteConfig, key: JobKey, stream: BinaryIO, *,
     try:
         resume.unpack_into_job(config, key, connections(uri), stream, owner.description,
                                JobLimits.of(config.policy))  # fmt: skip
-    except CheckpointUnusable as exc:
+    except (CheckpointUnusable, ChildFailed, LimitExceeded) as exc:
         return str(exc)
     except OSError as exc:
         return f"the checkpoint could not be unpacked: {exc}"

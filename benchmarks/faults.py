@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import faults_evict  # noqa: E402 - the eviction rows (issue 18)
+
 from sd_batch.batch.key import JobKey  # noqa: E402
 from sd_batch.condor.jobad import JobAd, job_ad_from_submit, parse_job_ad  # noqa: E402
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, load_config  # noqa: E402
@@ -549,6 +551,7 @@ SCENARIOS: list[tuple[str, list[str], Callable[[Site, str], str], int]] = [
     ("JOB_EXIT twice/early", ["before PREPARE_JOB", "during PREPARE_JOB (input copy)",
                               "twice after run"],
      exit_twice, 300),
+    ("eviction (service door)", faults_evict.STEPS, faults_evict.evicted, 300),
 ]  # fmt: skip
 
 
@@ -575,7 +578,8 @@ def main() -> int:
                 if args.only not in f"{fault} | {step}":
                     continue
                 site = Site(root / f"site-{len(rows)}", max_run=max_run,
-                            scratch="overlay" in step, via=args.via)  # fmt: skip
+                            scratch="overlay" in step,
+                            via="service" if fault.startswith("eviction") else args.via)
                 try:
                     outcome = scenario(site, step)
                 except Exception as exc:  # noqa: BLE001 - the matrix reports, never stops

@@ -387,3 +387,10 @@ class InputTimeout(SdError):
     trickles on purpose; the job goes back to Idle (the service held a thread long enough)."""
 
     disposition = Disposition.REQUEUE
+
+
+class CheckpointUnusable(SdError):
+    """An evicted job's checkpoint cannot be restored here (corrupt, another job's, another
+    image or flavour, too big): never a hold, the job starts afresh and stderr says why."""
+
+    disposition = Disposition.REQUEUE

@@ -428,3 +428,21 @@ def test_each_node_file_connection_is_a_private_host() -> None:
         one.define(make_domain_xml("only-on-one"))
         assert [d.name for d in one.list_domains()] == ["only-on-one"]
         assert two.list_domains() == ()
+
+
+def test_a_saved_domain_is_off_and_restores_running_under_the_given_xml(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    """Eviction's save (pause, virDomainSave) and the next start's restore, on the test driver."""
+    hv.define(make_domain_xml("sd-evicted"))
+    hv.start("sd-evicted")
+    saved = tmp_path / "saved.state"
+    hv.save("sd-evicted", saved)
+    assert hv.state("sd-evicted").state is DomainState.SHUTOFF
+    assert saved.stat().st_size > 0
+    xml = hv.saved_xml(saved)
+    assert "<name>sd-evicted</name>" in xml
+    hv.restore(saved, None)  # the test driver takes no replacement XML (QEMU: test_evict_e2e)
+    assert hv.state("sd-evicted").state is DomainState.RUNNING
+    hv.destroy("sd-evicted")
+    hv.undefine("sd-evicted")

@@ -17,11 +17,12 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..config.site import SiteConfig
 from ..deploy.engine import Engine, SitePaths, disk_growth
@@ -49,9 +50,11 @@ from ..vm.domain_xml import OwnerKind as XmlOwnerKind
 from ..vm.site_policy import SitePolicy, check_capacity
 from ..vm.sizing import check_disk
 from ..vm.spec import DiskFormat
+from . import resume
 from .confined import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ChildLimits, run_confined
 from .description import named, resolve_job
 from .key import DEFAULT_LIMITS, JobKey, JobLimits
+from .resume import Evicted
 
 log = logging.getLogger(__name__)
 
@@ -225,25 +228,26 @@ def run(
     install_signals: Callable[[Callable[[], None]], None] | None = None,
     runner_pid: int | None = None,
     ready: Callable[[], None] | None = None,
-) -> None:
-    """Boot (or resume) the prepared VM, wait until it powers off, then stream its result tar
-    to OUT. READY is called just before: the helper service waits there for the VM's paused
-    start (`start_paused`), after the ledger work rather than before it.
+    install_evict: Callable[[Callable[[], None]], None] | None = None,
+) -> Evicted | None:
+    """Boot (or resume) the prepared VM, or restore its checkpoint (`resume`), wait until it
+    powers off, then stream its result tar to OUT. READY is called just before: the helper
+    service waits there for the VM's paused start (`start_paused`), after the ledger work.
+
+    INSTALL_EVICT receives a callback that saves the VM (the runner was told the job is being
+    vacated); the run then ends with the packed checkpoint (`Evicted`) instead of a result.
 
     INSTALL_SIGNALS receives a callback that destroys the VM at once: the sudo helper wires it
     to SIGTERM (HTCondor's hold, remove and evict kill the runner, and sudo relays the signal),
     the helper service to the runner hanging up. RUNNER_PID is the process whose life is the
     job's, recorded for the reaper (None: this one; the service names its caller, the runner).
     """
-    from ..ledger.store import THIS_PROCESS, Ledger, OwnerKind, OwnerStatus
+    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus
 
     connections = connections or Connections()
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
-        owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
-        if owner is None:
-            raise DeployError(f"job {key.job_id} has no prepared VM on this host",
-                              hint="PREPARE_JOB did not run or failed")
+        owner = prepared_owner(ledger, key, uri)
         # the reaper's sign of life: while this process lives, the job does
         ledger.set_status(owner, OwnerStatus.ACTIVE,
                           pid=THIS_PROCESS if runner_pid is None else runner_pid)
@@ -252,14 +256,23 @@ def run(
         with contextlib.suppress(SdError):
             connections(uri).destroy(key.domain)  # a new connection if libvirtd restarted
 
+    evict = _Eviction(lambda: resume.save_state(connections(uri), key, key.folder(config)),
+                      destroy_now)  # fmt: skip
     if install_signals is not None:
         install_signals(destroy_now)
+    if install_evict is not None:
+        install_evict(evict.save)
     if ready is not None:
         ready()
-    connections(uri).start_or_resume(key.domain)  # resumed when `start_paused` made it ready
+    started = time.monotonic()
+    if resume.restore_or_start(config, key, connections(uri)):
+        log.info("job %s: its VM resumed from its checkpoint in %.2f s", key.job_id,
+                 time.monotonic() - started)  # fmt: skip
     try:
         wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)
     except HypervisorError as exc:
+        if evict.requested.is_set():
+            return evict.packed(config, key, connections(uri), limits, owner.description or "")
         destroy_now()
         if isinstance(exc, ShutoffTimeout):
             raise VMFailed(
@@ -268,6 +281,8 @@ def run(
                 run_exit=VM_TIMEOUT_EXIT, hint="make the payload finish sooner, or ask the site",
             ) from exc
         raise
+    if evict.requested.is_set():
+        return evict.packed(config, key, connections(uri), limits, owner.description or "")
     from ..staging import result_extent, result_tar_from_disk
 
     # The guest is done: read its output disk now; libvirt ends the process meanwhile and
@@ -281,6 +296,49 @@ def run(
                        f"from outside): {exc}", run_exit=VM_LOST_EXIT) from exc
     with result:
         shutil.copyfileobj(result, out)
+    return None
+
+
+class _Eviction:
+    """The runner said the job is being vacated: save the VM (on the watcher's thread, while
+    `run` waits for the VM to stop), then `run` packs what was saved."""
+
+    def __init__(self, save: Callable[[], None], destroy: Callable[[], None]) -> None:
+        self._save, self._destroy = save, destroy
+        self.requested, self.done = threading.Event(), threading.Event()
+        self.error: str = ""
+
+    def save(self) -> None:
+        if self.requested.is_set():
+            return
+        self.requested.set()
+        started = time.monotonic()
+        try:
+            self._save()
+            log.info("the VM was saved in %.2f s", time.monotonic() - started)
+        except SdError as exc:
+            self.error = f"the VM could not be saved: {exc}"
+            self._destroy()
+        finally:
+            self.done.set()
+
+    def packed(self, config: SiteConfig, key: JobKey, hv: HypervisorAPI, limits: JobLimits,
+               description: str) -> Evicted:  # fmt: skip
+        self.done.wait(SAVE_SECONDS)
+        if not self.done.is_set():
+            self._destroy()
+            return Evicted(None, reason=f"the VM was not saved within {SAVE_SECONDS:.0f} s")
+        if self.error:
+            return Evicted(None, reason=self.error)
+        saved = key.folder(config) / resume.SAVED_STATE
+        if not saved.is_file():
+            return Evicted(None, reason="the VM stopped before it could be saved")
+        return resume.pack_saved(config, key, hv.domain_xml(key.domain), description, limits)  # type: ignore[attr-defined]
+
+
+#: How long `run` waits for an eviction's save after the VM stopped (HTCondor's vacate time,
+#: JobMaxVacateTime, is 10 minutes by default: saving and packing must fit in it).
+SAVE_SECONDS = 300.0
 
 
 def start_paused(config: SiteConfig, key: JobKey, *, connections: Connections | None = None
@@ -342,6 +400,39 @@ def wait_off_across_restarts(
                                       transient=True, hint=DAEMON_HINT) from exc  # fmt: skip
             log.warning("lost %s while %s runs (%s): reconnecting", uri, name, exc)
             sleep(1.0)
+
+
+def prepared_owner(ledger: Any, key: JobKey, uri: str) -> Any:
+    """The job's ledger owner, which PREPARE_JOB registered; a DeployError without one."""
+    from ..ledger.store import OwnerKind
+
+    owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+    if owner is None:
+        raise DeployError(f"job {key.job_id} has no prepared VM on this host",
+                          hint="PREPARE_JOB did not run or failed")  # fmt: skip
+    return owner
+
+
+def restore_checkpoint(config: SiteConfig, key: JobKey, stream: BinaryIO, *,
+                       connections: Connections | None = None) -> str | None:
+    """After `prepare`: check the job's checkpoint (untrusted, from its sandbox) and unpack
+    it so that `run` restores instead of booting. None when it will resume, else why not (the
+    job then starts afresh: never a hold)."""
+    from ..errors import CheckpointUnusable
+    from ..ledger.store import Ledger
+
+    connections = connections or Connections()
+    uri = config.default_uri
+    with Ledger.for_site(config) as ledger:
+        owner = prepared_owner(ledger, key, uri)
+    try:
+        resume.unpack_into_job(config, key, connections(uri), stream, owner.description,
+                               JobLimits.of(config.policy))  # fmt: skip
+    except (CheckpointUnusable, ChildFailed, LimitExceeded) as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"the checkpoint could not be unpacked: {exc}"
+    return None
 
 
 def cleanup(config: SiteConfig, key: JobKey, *, connections: Connections | None = None) -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..config.site import SiteConfig, load_config
-from ..errors import Disposition, SdError, VMFailed, clipped
+from ..errors import VM_REQUEUE_EXIT, Disposition, SdError, VMFailed, clipped
 
 if TYPE_CHECKING:
     from ..hypervisor.connections import Connections
@@ -57,10 +57,11 @@ class Action(enum.StrEnum):
     CLEANUP = "cleanup"
     PROBE = "probe"
     REAP = "reap"
+    RESTORE = "restore"  # after prepare: the job's checkpoint (issue 18) on DATA_IN
 
     @property
     def needs_job(self) -> bool:
-        return self in (Action.PREPARE, Action.RUN, Action.CLEANUP)
+        return self in (Action.PREPARE, Action.RUN, Action.CLEANUP, Action.RESTORE)
 
     @classmethod
     def named(cls, text: object) -> Action | None:
@@ -123,6 +124,7 @@ def perform(
     runner_pid: int | None = None,
     install_signals: Callable[[Callable[[], None]], None] | None = None,
     ready: Callable[[], None] | None = None,
+    install_evict: Callable[[Callable[[], None]], None] | None = None,
 ) -> Answer:
     """Carry out ACTION for UID (who the door vouched for) on JOB_ID.
 
@@ -149,14 +151,26 @@ def perform(
             return Answer(0, {"ok": True, "domain": prepared.domain, "uri": prepared.uri,
                               "memory_mib": prepared.memory_mib, "vcpus": prepared.vcpus,
                               "description": prepared.description})  # fmt: skip
+        if action is Action.RESTORE:
+            if data_in is None:
+                raise ValueError("perform(restore) needs DATA_IN")  # the door's mistake
+            why = jobs.restore_checkpoint(config, key, data_in, connections=connections)
+            return Answer(0, {"ok": True, "restored": why is None, "reason": why or ""})
         if action is Action.CLEANUP:
             return Answer(0, {"ok": True, "removed": jobs.cleanup(config, key,
                                                                   connections=connections)})
         if data_out is None:
             raise ValueError("perform(run) needs DATA_OUT")  # the door's mistake
-        jobs.run(config, key, data_out, limits=JobLimits.of(config.policy),
-                 connections=connections, install_signals=install_signals,
-                 runner_pid=runner_pid, ready=ready)  # fmt: skip
+        evicted = jobs.run(config, key, data_out, limits=JobLimits.of(config.policy),
+                           connections=connections, install_signals=install_signals,
+                           runner_pid=runner_pid, ready=ready,
+                           install_evict=install_evict)  # fmt: skip
+        if evicted is not None:
+            return Answer(VM_REQUEUE_EXIT, {
+                "ok": False, "exit": VM_REQUEUE_EXIT, "evicted": True,
+                "checkpoint": str(evicted.path or ""), "size": evicted.size,
+                "message": evicted.reason or f"the VM was saved ({evicted.size} bytes)",
+                "disposition": Disposition.REQUEUE.value})  # fmt: skip
         return Answer(0, None)
     except SdError as exc:
         if action is not Action.RUN:

@@ -264,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--user", metavar="SLOTUSER",
                      help="run hooks and job as this user (root only; default: sdslot1 for root)")
     run.add_argument("--json", action="store_true", help="one JSON document instead of lines")
+    run.add_argument("--evict-after", type=float, metavar="SECONDS",
+                     help="vacate each job SECONDS into its run (its KillSig, JOB_EXIT evict, "
+                     "ON_EXIT_OR_EVICT's spool), then run it again from the spooled files, "
+                     "as the schedd would: its VM resumes from its checkpoint")
     run.set_defaults(handler="sd_batch.cli.run:run")
 
     reap = sub.add_parser(

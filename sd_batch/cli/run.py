@@ -39,7 +39,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     harness = Harness(Path(args.submit_file), default_user(args.user),
                       keep_going=args.keep_going, progress=progress, environ=env.environ,
-                      cron_cache=cron_cache(env.environ))  # fmt: skip
+                      cron_cache=cron_cache(env.environ),
+                      evict_after=args.evict_after)  # fmt: skip
     outcomes = harness.run(report)
     code = next((o.process_exit_code for o in outcomes if o.process_exit_code != 0), 0)
     if args.json:

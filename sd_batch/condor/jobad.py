@@ -70,6 +70,8 @@ SET OnExitHold (SDJobOnExitHold =?= true) || (ExitBySignal =?= false && (ExitCod
 SET OnExitHoldReason ifThenElse(ExitBySignal =?= false && ExitCode =?= 170, "sd-batch: the job's VM did not power off within the site's run time limit ([policy] max_run_seconds) and was destroyed", ifThenElse(ExitBySignal =?= false && ExitCode =?= 171, "sd-batch: the job's VM stopped without a result (it crashed or was destroyed); the job's stderr has the details", SDJobOnExitHoldReason))
 SET OnExitHoldSubCode ifThenElse(ExitBySignal =?= false && (ExitCode =?= 170 || ExitCode =?= 171), ExitCode, SDJobOnExitHoldSubCode)
 SET OnExitRemove (SDJobOnExitRemove =!= false) && !(ExitBySignal =?= false && ExitCode =?= 172)
+SET KillSig "SIGUSR2"
+SET WhenToTransferOutput "ON_EXIT_OR_EVICT"
 """  # noqa: E501 - a transform statement is one line
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

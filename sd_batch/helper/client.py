@@ -30,6 +30,9 @@ log = logging.getLogger("sd_batch.helper.hooks")
 #: Where the helper service listens (`socket_path` says what moves it).
 DEFAULT_SOCKET = "/run/sd-batch/helper.sock"
 MAX_REPLY_BYTES = 1 << 20
+#: What a runner sends on its `run` connection when HTCondor vacates the job (its KillSig):
+#: the service saves the VM and answers with the checkpoint (issue 18).
+EVICT_LINE = b"evict\n"
 PREPARE_SECONDS = 300.0  # the longest silence while PREPARE_JOB talks to the service
 
 
@@ -171,11 +174,18 @@ def checked(reply: dict[str, Any]) -> dict[str, Any]:
 def prepare(job_id: str, write: Callable[[IO[bytes]], None]) -> tuple[dict[str, Any], str]:
     """`prepare JOB_ID` with the input disk WRITE writes: the checked reply, and the service's
     socket path ("" when the helper command did it)."""
+    return streamed("prepare", job_id, write)
+
+
+def streamed(action: str, job_id: str,
+             write: Callable[[IO[bytes]], None]) -> tuple[dict[str, Any], str]:  # fmt: skip
+    """ACTION JOB_ID with the data WRITE writes (`prepare`: the input disk; `restore`: the
+    job's checkpoint): the checked reply, and the service's socket path ("" for the command)."""
     sock = service_socket()
     if sock is not None:
         with sock, sock.makefile("rb") as stream:
             sock.settimeout(PREPARE_SECONDS)
-            request(sock, "prepare", job_id)
+            request(sock, action, job_id)
             # a service that stopped reading has said why in its reply
             with contextlib.suppress(BrokenPipeError, ConnectionResetError), \
                     sock.makefile("wb") as sink:  # fmt: skip
@@ -185,7 +195,7 @@ def prepare(job_id: str, write: Callable[[IO[bytes]], None]) -> tuple[dict[str, 
             return checked(service_reply(stream)), str(sock.getpeername())
     from subprocess import PIPE
 
-    proc = helper(["prepare", job_id], stdin=PIPE, stdout=PIPE, stderr=PIPE)
+    proc = helper([action, job_id], stdin=PIPE, stdout=PIPE, stderr=PIPE)
     if proc.stdin is None:
         raise OSError("the helper command has no stdin pipe")
     try:

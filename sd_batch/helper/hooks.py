@@ -26,6 +26,7 @@ stdlib.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -48,6 +49,7 @@ from ..errors import (
     clipped,
 )
 from .client import (
+    EVICT_LINE,
     call,
     checked,
     helper,
@@ -55,6 +57,7 @@ from .client import (
     request,
     service_reply,
     service_socket,
+    streamed,
 )
 
 TYPE_CHECKING = False  # typing itself costs a hook 5 ms
@@ -67,6 +70,8 @@ log = logging.getLogger("sd_batch.helper.hooks")
 
 KEYWORD = "SMARTDOMAINS"
 JOB_EXIT_REASONS = ("exit", "remove", "hold", "evict")
+#: PREPARE_JOB's note to the runner: why the job's checkpoint could not be used.
+REFUSED_NOTE = ".sd-batch.checkpoint-refused"
 SOCKET_ATTRIBUTE = "SDHelperSocket"  # in PREPARE_JOB's updates when it used the service
 #: What the startd cron publishes of each template's needs (records by template name), which
 #: the schedd transform's requests and requirements read as TARGET.<attr>[MY.SDVMDescription].
@@ -151,8 +156,52 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
     }
     if socket_path:  # for JOB_EXIT, which need not read the knob again (`known_socket`)
         updates[SOCKET_ATTRIBUTE] = socket_path
+    resumed = _offer_checkpoint(ad.global_job_id, sandbox)
+    if resumed is not None:
+        updates["SDVMResumed"] = resumed
+        if resumed:
+            updates["HookStatusMessage"] += "; resumes from its checkpoint"
     stdout.write(format_updates(updates))
     return 0
+
+
+def _offer_checkpoint(job_id: str, sandbox: Path) -> bool | None:
+    """The checkpoint an evicted run left in the sandbox (HTCondor brought it back from the
+    spool): sent to the privileged side, which checks it and restores the VM from it at `run`.
+    None when there is none; False (said on stderr, never a hold) when it cannot be used. The
+    file is consumed either way: a later eviction writes a new one."""
+    from ..staging import CHECKPOINT_FILE
+
+    path = sandbox / CHECKPOINT_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as source:
+            if os.fstat(source.fileno()).st_size == 0:
+                return None
+
+            def write(out: IO[bytes]) -> None:
+                while chunk := source.read(1 << 20):
+                    out.write(chunk)
+
+            reply, _socket = streamed("restore", job_id, write)
+    except (SdError, OSError) as exc:
+        reply = {"restored": False, "reason": f"the checkpoint could not be sent: {exc}"}
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    if not reply.get("restored"):
+        line = f"sd-batch: the job starts afresh: {reply.get('reason')}\n"
+        sys.stderr.write(line)  # the starter's log; the runner puts it on the job's stderr
+        with contextlib.suppress(OSError):
+            fd = os.open(sandbox / REFUSED_NOTE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | os.O_NOFOLLOW, 0o600)  # fmt: skip
+            with os.fdopen(fd, "w") as note:
+                note.write(line[:4096])
+        return False
+    return True
 
 
 def _cpus(count: object) -> str:
@@ -191,14 +240,20 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     # replace the code on disk while the VM runs, and a module first imported then would be
     # the new version's (tests/test_package.py checks a job across an upgrade).
     from .. import staging  # noqa: F401
+    _say_refused(sandbox)
     sock = service_socket()
     if sock is None:
         return _run_through_helper(argv[1], sandbox)
-    # HTCondor's SIGTERM kills us as it comes: the service sees us hang up and destroys the VM
+    # HTCondor's SIGTERM (remove, hold) kills us as it comes: the service sees us hang up and
+    # destroys the VM. Its KillSig, which the schedd transform makes SIGUSR2, is a vacate: we
+    # ask the service to save the VM and wait for the checkpoint (`_save_checkpoint`).
     with sock, sock.makefile("rb") as stream:
+        signal.signal(signal.SIGUSR2, lambda _s, _f: sock.sendall(EVICT_LINE))
         request(sock, "run", argv[1])  # and our side stays open: closing it is hanging up
         try:
             status = service_reply(stream)
+            if status.get("evicted"):
+                return _save_checkpoint(status, stream, sandbox)
             if not status.get("ok"):
                 print(f"sd-batch: {status.get('message')}", file=sys.stderr)
                 code = int(status.get("exit", 1))
@@ -215,6 +270,43 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     return _finish(result)
 
 
+def _say_refused(sandbox: Path) -> None:
+    """PREPARE_JOB's word on a checkpoint it could not use, on the job's own stderr."""
+    path = sandbox / REFUSED_NOTE
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as note:
+            sys.stderr.write(note.read(4096).decode("utf-8", "replace"))
+            sys.stderr.flush()
+        path.unlink()
+
+
+def _save_checkpoint(status: dict[str, Any], stream: IO[bytes], sandbox: Path) -> int:
+    """The vacated job's checkpoint (the service's `checkpoint` bytes) into the sandbox, where
+    HTCondor's ON_EXIT_OR_EVICT takes it to the spool; an empty file when there is none, so an
+    older one is not brought back."""
+    from ..staging import CHECKPOINT_FILE
+
+    size = int(status.get("checkpoint") or 0)
+    partial = sandbox / f".{CHECKPOINT_FILE}.part"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        left = size
+        while left > 0 and (chunk := stream.read(min(left, 1 << 20))):
+            out.write(chunk)
+            left -= len(chunk)
+        if left:
+            out.truncate(0)
+    partial.replace(sandbox / CHECKPOINT_FILE)
+    if size and not left:
+        print(f"sd-batch: the job was vacated: its VM was saved ({size} bytes in "
+              f"{CHECKPOINT_FILE}); it resumes at its next start", file=sys.stderr)
+    else:
+        print(f"sd-batch: the job was vacated and starts afresh next time: "
+              f"{status.get('message') or 'the checkpoint was cut short'}", file=sys.stderr)
+    return VM_REQUEUE_EXIT
+
+
 def _run_through_helper(job_id: str, sandbox: Path) -> int:
     import subprocess
 
@@ -223,9 +315,10 @@ def _run_through_helper(job_id: str, sandbox: Path) -> int:
         raise OSError("the helper command has no stdout pipe")
 
     def forward(signum: int, _frame: object) -> None:
-        proc.send_signal(signum)  # the helper destroys the VM at once
+        # the helper destroys the VM at once (no checkpoint through sudo: a vacate is a stop)
+        proc.send_signal(signal.SIGTERM if signum == signal.SIGUSR2 else signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(sig, forward)
     try:
         result = _read_result(proc.stdout, sandbox)

@@ -71,6 +71,7 @@ from ..batch.confined import start_forkserver
 from ..batch.privileged import EX_TEMPFAIL, Action, perform, start_paused
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
+from .client import EVICT_LINE
 from .door import (
     INPUT_SECONDS,
     REQUEST_SECONDS,
@@ -86,6 +87,7 @@ log = logging.getLogger("sd_batch.helper.service")
 DEFAULT_SOCKET = Path("/run/sd-batch/helper.sock")
 SLOT_GROUP = "sd-slots"
 DATA_SECONDS = 600.0  # the longest pause while a result tar moves
+CHECKPOINT_SECONDS = DATA_SECONDS
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
 #: The longest a job's run, cleanup or repeated prepare waits for its paused start to end.
 STARTING_SECONDS = 300.0
@@ -191,6 +193,7 @@ class HangupWatch:
         self.sock, self.what = sock, what
         self.done = threading.Event()
         self.hung_up = False
+        self.save: Callable[[], None] | None = None
         self.thread: threading.Thread | None = None
         # `stop` wakes the poll at once: the result's connection closes when the run ends,
         # not up to a poll period later (the runner waits for that end of the stream)
@@ -213,7 +216,12 @@ class HangupWatch:
                 continue
             if not events[0][1] & gone:
                 try:
-                    if self.sock.recv(4096, socket.MSG_DONTWAIT):
+                    data = self.sock.recv(4096, socket.MSG_DONTWAIT)
+                    if data:
+                        if EVICT_LINE in data and self.save is not None:
+                            log.info("%s: the job is being vacated: saving its VM", self.what)
+                            save, self.save = self.save, None
+                            save()
                         continue
                 except (BlockingIOError, InterruptedError):
                     continue
@@ -236,6 +244,10 @@ class HangupWatch:
             self.thread.join()
         os.close(self.wake_read)
         os.close(self.wake_write)
+
+    def on_evict(self, save: Callable[[], None]) -> None:
+        """`jobs.run`'s INSTALL_EVICT: the runner sending EVICT_LINE calls SAVE (once)."""
+        self.save = save
 
 
 class Handler(socketserver.BaseRequestHandler):
@@ -311,8 +323,9 @@ class Handler(socketserver.BaseRequestHandler):
         if key is not None:
             self.server.starting.wait(key)  # its VM's paused start, if one is under way
         # prepare streams the input disk from the socket into the job's folder (bounded there)
+        streams_in = request.action in (Action.PREPARE, Action.RESTORE)
         data_in = (cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS))
-                   if request.action is Action.PREPARE else None)  # fmt: skip
+                   if streams_in else None)  # fmt: skip
         answer = perform(request.action, request.job, peer.uid, data_in=data_in,
                          connections=self.server.connections)  # fmt: skip
         log.info("%s: %s", what, _summary(answer.reply))
@@ -320,7 +333,7 @@ class Handler(socketserver.BaseRequestHandler):
         if request.action is Action.PREPARE and answer.code == 0 and key is not None:
             starting = self.server.starting.begin(key)  # before the reply: the run waits
         self._send(answer.reply or {})
-        if request.action is Action.PREPARE:
+        if streams_in:
             # The reply is queued: the client reads it. Both ways, so that a client still
             # writing an input disk prepare stopped reading (a refusal, a full disk) gets EPIPE
             # at once instead of blocking on a full socket until its timeout.
@@ -346,9 +359,13 @@ class Handler(socketserver.BaseRequestHandler):
         try:
             answer = perform(Action.RUN, request.job, peer.uid, data_out=cast(BinaryIO, out),
                              connections=self.server.connections, runner_pid=peer.pid,
-                             install_signals=watch.start, ready=ready)  # fmt: skip
+                             install_signals=watch.start, ready=ready,
+                             install_evict=watch.on_evict)  # fmt: skip
         finally:
             watch.stop()
+        if answer.reply is not None and answer.reply.get("evicted") and not watch.hung_up:
+            self._send_checkpoint(sock, answer.reply, what)
+            return
         if answer.reply is None:
             out.status()  # an empty result still says ok
             log.info("%s: result sent", what)
@@ -356,6 +373,20 @@ class Handler(socketserver.BaseRequestHandler):
         log.info("%s: exit %s: %s", what, answer.code, answer.reply.get("message"))
         if not watch.hung_up:
             self._send(answer.reply)
+
+    def _send_checkpoint(self, sock: socket.socket, reply: dict[str, Any], what: str) -> None:
+        """The evicted run's status line (`checkpoint`: its size, 0 for none), then the
+        checkpoint's bytes; the runner writes them into the sandbox."""
+        path = Path(reply.pop("checkpoint", "") or "/nonexistent")
+        size = int(reply.get("size") or 0) if path.is_file() else 0
+        log.info("%s: evicted: %s", what, reply.get("message"))
+        self._send({**reply, "checkpoint": size})
+        if size:
+            sock.settimeout(CHECKPOINT_SECONDS)
+            with contextlib.suppress(OSError), open(path, "rb") as source:
+                sock.sendfile(source)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
     def _send(self, reply: dict[str, Any]) -> None:
         self.replied = True

@@ -95,6 +95,7 @@ class _Stop:
         self.signum: int | None = None
         self.runner: subprocess.Popen[bytes] | None = None
         self.saved: dict[int, Any] = {}
+        self.kill_sig = signal.SIGTERM  # the job's KillSig: what a vacate sends it
 
     def __enter__(self) -> _Stop:
         if threading.current_thread() is threading.main_thread():
@@ -110,8 +111,11 @@ class _Stop:
         if self.reason is None:
             self.reason, self.signum = STOP_SIGNALS[signal.Signals(signum)], signum
         if self.runner is not None and self.runner.poll() is None:
+            # a vacate sends the job's KillSig, remove and hold RemoveKillSig / HoldKillSig
+            # (SIGTERM when unset: our transform leaves them so), as the starter does
+            evict = STOP_SIGNALS[signal.Signals(signum)] == "evict"
             with contextlib.suppress(ProcessLookupError):
-                self.runner.send_signal(signal.SIGTERM)  # the job's KillSig, as the starter
+                self.runner.send_signal(self.kill_sig if evict else signal.SIGTERM)
 
 
 @dataclass
@@ -128,6 +132,12 @@ class Harness:
     update_interval: tuple[float, float] = (8.0, 300.0)  # STARTER_(INITIAL_)UPDATE_INTERVAL
     machine: Machine | None = None  # this machine as a slot: the startd cron's, on first use
     cron_cache: CronCache | None = None  # reuse a recent online startd cron output (sd run)
+    #: Evict each job this many seconds into its run, once, and run it again from the files
+    #: ON_EXIT_OR_EVICT spooled (`sd run --evict-after`); None: never.
+    evict_after: float | None = None
+    vacate_grace: float = 600.0  # JobMaxVacateTime when the ad has none (MACHINE_MAX_VACATE_TIME)
+    _spool: Path | None = field(default=None, init=False, repr=False)
+    _evicted_jobs: set[str] = field(default_factory=set, init=False, repr=False)
 
     def job_ads(self) -> list[str]:
         try:
@@ -145,7 +155,13 @@ class Harness:
         outcomes: list[Outcome] = []
         with _Stop() as stop:
             for text in self.job_ads():
-                outcome = self.run_one(parse_job_ad(text), stop)
+                ad = parse_job_ad(text)
+                outcome = self.run_one(ad, stop)
+                while outcome.state == "evicted" and self._spool is not None:
+                    # the schedd matches it again; its spooled files come back as input
+                    on_outcome(outcome)
+                    stop.reason = stop.signum = None
+                    outcome = self.run_one(ad, stop)
                 outcomes.append(outcome)
                 on_outcome(outcome)
                 if stop.reason is not None:
@@ -202,6 +218,12 @@ class Harness:
                 return outcome
             reason = stop.reason or "exit"
             self._job_exit(ad, reason, env, scratch, exit_attrs)
+            if reason == "evict" and self.evict_after is not None:
+                self._spool = self._spool_out(ad, scratch, before)
+                spooled = ", ".join(sorted(p.name for p in self._spool.iterdir())) or "nothing"
+                outcome.message = f"evicted after {self.evict_after:g} s; spooled {spooled}"
+                outcome.state, outcome.stopped_by = "evicted", stop.signum
+                return outcome
             if reason != "exit":
                 outcome.state = stopped_state(reason)
                 outcome.message = f"{reason} requested; the runner was stopped and JOB_EXIT run"
@@ -244,8 +266,23 @@ class Harness:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def _spool_out(self, ad: JobAd, scratch: Path, before: Catalogue) -> Path:
+        """ON_EXIT_OR_EVICT at eviction: the output sandbox (transfer_output_files, else every
+        new or changed top-level file) to the schedd's SPOOL."""
+        spool = Path(tempfile.mkdtemp(prefix="sd-run-spool-"))
+        stage_out(ad.get("TransferOutput"), spool, scratch, before, {})
+        return spool
+
     def _stage_in(self, ad: JobAd, iwd: Path, scratch: Path) -> tuple[JobAd, Catalogue]:
-        """The shadow's input transfer: inputs and the executable into the scratch dir."""
+        """The shadow's input transfer: inputs and the executable into the scratch dir, and
+        what an eviction spooled (ON_EXIT_OR_EVICT), which the starter puts back."""
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            try:
+                for child in sorted(spool.iterdir()):
+                    self.user.copy_in(child, scratch / child.name)
+            finally:
+                shutil.rmtree(spool, ignore_errors=True)
         updates: dict[str, str | int | float | bool] = {"Iwd": str(scratch)}
         for entry in file_list(ad.get("TransferInput")):
             if "://" in entry:
@@ -332,15 +369,25 @@ class Harness:
                 stderr=stderr, start_new_session=True, **self.user.process_options(),
             )  # fmt: skip
         stop.runner = runner
+        kill_sig = ad.get("KillSig")
+        with contextlib.suppress(KeyError, AttributeError):
+            stop.kill_sig = signal.Signals[str(kill_sig).upper()]
         if stop.reason is not None:  # a signal came while we were starting it
             runner.send_signal(signal.SIGTERM)
+        timer: threading.Timer | None = None
+        if self.evict_after is not None and stop.reason is None and not self._evicted(ad):
+            timer = threading.Timer(self.evict_after, stop._handle, (signal.SIGUSR2, None))
+            timer.daemon = True
+            timer.start()
         updater = Updater(
             self.hooks_dir, self.user, self.update_interval, ad, env, scratch, runner.pid, started
         )
         updater.start()
         try:
-            status = self._wait(runner, stop)
+            status = self._wait(runner, stop, ad)
         finally:
+            if timer is not None:
+                timer.cancel()
             stop.runner = None
             updater.stop()
         duration = time.time() - started
@@ -360,8 +407,15 @@ class Harness:
             attrs["ExitReason"] = f"exited normally with status {status}"
         return attrs, duration
 
-    def _wait(self, runner: subprocess.Popen[bytes], stop: _Stop) -> int:
-        """Wait for the runner; after a stop request, SIGKILL its session after the grace."""
+    def _evicted(self, ad: JobAd) -> bool:
+        """Whether --evict-after already evicted this job once (it then runs through)."""
+        done = ad.global_job_id in self._evicted_jobs
+        self._evicted_jobs.add(ad.global_job_id)
+        return done
+
+    def _wait(self, runner: subprocess.Popen[bytes], stop: _Stop, ad: JobAd) -> int:
+        """Wait for the runner; after a stop request, SIGKILL its session after the grace
+        (a vacate's: the job's JobMaxVacateTime)."""
         deadline: float | None = None
         while True:
             try:
@@ -369,7 +423,10 @@ class Harness:
             except subprocess.TimeoutExpired:
                 pass
             if stop.reason is not None and deadline is None:
-                deadline = time.monotonic() + self.kill_grace
+                vacate = ad.get("JobMaxVacateTime")
+                grace = self.kill_grace if stop.reason != "evict" else (
+                    float(vacate) if isinstance(vacate, int) else self.vacate_grace)
+                deadline = time.monotonic() + grace
             if deadline is not None and time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(runner.pid, signal.SIGKILL)

@@ -13,12 +13,13 @@ May import: errors, guest.contract, the standard library.
 
 from __future__ import annotations
 
-from ._common import HTCONDOR_FILES, HTCONDOR_PREFIXES, is_htcondor_file
+from ._common import CHECKPOINT_FILE, HTCONDOR_FILES, HTCONDOR_PREFIXES, is_htcondor_file
 from .disk import create_output_disk, result_extent, result_tar_from_disk
 from .inputs import write_input_tar
 from .outputs import JobResult, read_result
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "HTCONDOR_FILES",
     "HTCONDOR_PREFIXES",
     "JobResult",

@@ -21,6 +21,8 @@ HTCONDOR_FILES = frozenset(
 )
 #: Name prefixes with the same status (condor_ssh_to_job's per-session directories).
 HTCONDOR_PREFIXES = (".condor_ssh_to_job",)
+#: An evicted job's saved VM (issue 18): ours, never the guest's input nor a result name.
+CHECKPOINT_FILE = "sd-batch.checkpoint"
 #: Our own directory inside a sandbox while a result is extracted.
 STAGING_PREFIX = ".sd-batch-result-"
 SECTOR = contract.SECTOR
@@ -32,7 +34,8 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def is_htcondor_file(name: str) -> bool:
     """True for a top-level sandbox name that belongs to HTCondor, not to the job."""
-    return name in HTCONDOR_FILES or name.startswith(HTCONDOR_PREFIXES)
+    return (name in HTCONDOR_FILES or name.startswith(HTCONDOR_PREFIXES)
+            or name.startswith((CHECKPOINT_FILE, f".{CHECKPOINT_FILE}")))
 
 
 def blocks(size: int) -> int:

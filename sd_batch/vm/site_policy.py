@@ -70,6 +70,9 @@ class SitePolicy:
     max_resolve_seconds: int = 60
     #: The most work resolving a job's description may cost (`max_components`... in [policy]).
     budgets: Budgets = JOB_BUDGETS
+    #: An evicted job's checkpoint (saved memory + changed disks, compressed); a bigger one is
+    #: not kept and the job starts afresh next time.
+    max_checkpoint_bytes: int = 4 * GIB
 
 
 _BOOLS = ("allow_user_descriptions", "require_site_template")
@@ -88,6 +91,7 @@ _NUMBERS = {
     "max_resolve_mib": ("max_resolve_mib", 1, 256),
     "max_resolve_cpu_seconds": ("max_resolve_cpu_seconds", 1, 1),
     "max_resolve_seconds": ("max_resolve_seconds", 1, 1),
+    "max_checkpoint_mib": ("max_checkpoint_bytes", MIB, 0),
 }
 
 

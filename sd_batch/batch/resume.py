@@ -1,0 +1,183 @@
+"""Saving an evicted job's VM into a checkpoint, and resuming it at the next start (issue 18).
+
+The privileged side of `batch.checkpoint`: which files a job's VM has, what identity its
+checkpoint carries (read from the domain's own XML, so that saving and checking agree), the
+save when the runner says the job is being vacated, the check-and-unpack at PREPARE_JOB, and
+the restore in place of a boot at `run`. Every file lives in the job's root-owned folder; the
+checkpoint travels through the runner (the slot user) into the sandbox and back.
+May import: config, errors, hypervisor, ledger, batch.key, batch.checkpoint, batch.confined,
+stdlib.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ..config.site import SiteConfig
+from ..errors import CheckpointUnusable, SdError
+from ..hypervisor.types import HypervisorAPI
+from . import checkpoint
+from .confined import ChildLimits, run_confined
+from .key import JobKey, JobLimits
+
+log = logging.getLogger(__name__)
+
+#: The confined child's CPU and wall seconds to check and inflate a checkpoint (a 1 GiB
+#: guest's took 0.6 s on a loaded 2-core host).
+UNPACK_SECONDS = 300
+CHECKPOINT_SETTINGS = ("256 MiB per checkpoint", "300 CPU seconds per checkpoint",
+                       "300 s per checkpoint")
+
+SAVED_STATE = "saved.state"  # virDomainSave's file, in the job folder
+PACKED = "checkpoint.out"  # the packed checkpoint on its way to the runner
+RESTORE_NOTE = "restore.json"  # PREPARE_JOB unpacked a checkpoint: `run` restores
+INPUT_DISK = "input.img"  # made afresh from the sandbox: never in a checkpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """What `jobs.run` ends with when the job was vacated: the packed checkpoint, or why none."""
+
+    path: Path | None
+    size: int = 0
+    reason: str = ""
+
+
+def job_disks(xml: str, folder: Path) -> dict[str, Path]:
+    """The VM's disks in its job folder (output disk, overlays), by file name; not the input."""
+    disks = {}
+    for source in ET.fromstring(xml).iterfind("./devices/disk/source"):
+        path = Path(source.get("file") or "")
+        if path.parent == folder and path.name != INPUT_DISK:
+            disks[path.name] = path
+    return disks
+
+
+def identity(config: SiteConfig, key: JobKey, xml: str, description: str) -> checkpoint.Identity:
+    root = ET.fromstring(xml)
+    memory = root.find("./memory")
+    kib = int(memory.text or 0) if memory is not None else 0
+    if memory is not None and memory.get("unit", "KiB") not in ("KiB", "k"):
+        raise CheckpointUnusable(f"unexpected memory unit {memory.get('unit')} in the domain")
+    vcpu = root.find("./vcpu")
+    return checkpoint.Identity(
+        job_id=key.job_id, description=description, flavour=str(root.get("type")),
+        memory_mib=kib >> 10, vcpus=int(vcpu.text or 1) if vcpu is not None else 1,
+        images=checkpoint.image_digests(xml, config.image_dir),
+    )  # fmt: skip
+
+
+def save_state(hv: HypervisorAPI, key: JobKey, folder: Path) -> None:
+    """Pause the VM and save its memory to the job folder (the runner said: vacated)."""
+    hv.save(key.domain, folder / SAVED_STATE)  # type: ignore[attr-defined]
+
+
+def pack_saved(config: SiteConfig, key: JobKey, xml: str, description: str,
+               limits: JobLimits) -> Evicted:  # fmt: skip
+    """The saved state and the disks as one checkpoint file, or why there is none."""
+    folder = key.folder(config)
+    state = folder / SAVED_STATE
+    started = time.monotonic()
+    try:
+        files = {checkpoint.STATE: state, **job_disks(xml, folder)}
+        size = checkpoint.pack(
+            folder / PACKED, identity(config, key, xml, description), files,
+            key=checkpoint.site_key(config.state_dir), folder=folder,
+            limit=limits.policy.max_checkpoint_bytes,
+        )  # fmt: skip
+    except (SdError, OSError) as exc:
+        return Evicted(None, reason=str(exc))
+    finally:
+        state.unlink(missing_ok=True)
+    log.info("job %s: checkpoint packed in %.2f s: %d bytes", key.job_id,
+             time.monotonic() - started, size)  # fmt: skip
+    return Evicted(folder / PACKED, size)
+
+
+def unpack_into_job(config: SiteConfig, key: JobKey, hv: HypervisorAPI, stream: IO[bytes],
+                    description: str, limits: JobLimits) -> None:  # fmt: skip
+    """Check the checkpoint STREAM against the prepared (defined, not started) VM and unpack
+    it into the job's folder; `run` then restores instead of booting. Every refusal is a
+    `CheckpointUnusable`, and the prepared VM is left as it was (a fresh start)."""
+    folder = key.folder(config)
+    xml = hv.domain_xml(key.domain)  # type: ignore[attr-defined]
+    disks = job_disks(xml, folder)
+    mine = identity(config, key, xml, description)
+    targets: dict[str, tuple[Path, int]] = {  # the save file: at most the VM's memory and more
+        checkpoint.STATE: (folder / f".restore-{SAVED_STATE}",
+                           mine.memory_mib * 1024**2 + checkpoint.STATE_SLACK),
+    }  # fmt: skip
+    for name, path in disks.items():
+        size = max(path.stat().st_size, hv.image_capacity(path))
+        targets[name] = (folder / f".restore-{name}", size + checkpoint.STATE_SLACK)
+    started = time.monotonic()
+    arrived = folder / ".restore-checkpoint"
+    try:
+        # as it came, unparsed (bounded); then read, checked and inflated in a confined child
+        limit = limits.policy.max_checkpoint_bytes
+        checkpoint.copy_bounded(stream, arrived, limit)
+        biggest = max(bound for _path, bound in targets.values())
+        restored = run_confined(
+            checkpoint.unpack_file,
+            (arrived, mine, targets, checkpoint.site_key(config.state_dir), limit),
+            ChildLimits(memory_mib=256, cpu_seconds=UNPACK_SECONDS, wall_seconds=UNPACK_SECONDS,
+                        file_mib=(biggest >> 20) + 1, what="the job's checkpoint",
+                        doing="to unpack", settings=CHECKPOINT_SETTINGS),
+        )  # fmt: skip
+        if restored.old_folder.strip("/") == "" or "'" in restored.old_folder:
+            raise CheckpointUnusable("the checkpoint names an impossible folder")
+        for name in restored.members:
+            final = folder / (SAVED_STATE if name == checkpoint.STATE else name)
+            targets[name][0].replace(final)
+        (folder / RESTORE_NOTE).write_text(json.dumps({"old_folder": restored.old_folder}))
+        log.info("job %s: checkpoint checked and unpacked in %.2f s", key.job_id,
+                 time.monotonic() - started)  # fmt: skip
+    finally:
+        arrived.unlink(missing_ok=True)
+        for temporary, _bound in targets.values():
+            temporary.unlink(missing_ok=True)
+
+
+def restore_or_start(config: SiteConfig, key: JobKey, hv: HypervisorAPI) -> bool:
+    """Start the job's VM: from its unpacked checkpoint when PREPARE_JOB left one (True), else
+    booted (False). The saved XML gets this host's name and paths; its UUID stays (libvirt's
+    ABI check wants it), so the prepared definition gives way to the restored domain."""
+    folder = key.folder(config)
+    note, state = folder / RESTORE_NOTE, folder / SAVED_STATE
+    if not (note.is_file() and state.is_file()):
+        hv.start_or_resume(key.domain)  # resumed when the service's paused start made it ready
+        return False
+    # The service may have started the prepared VM paused after PREPARE_JOB: it never ran, and
+    # the checkpoint's memory replaces it.
+    hv.destroy(key.domain)
+    prepared = hv.domain_xml(key.domain)  # type: ignore[attr-defined]
+    try:
+        old = str(json.loads(note.read_text())["old_folder"]).rstrip("/")
+        xml = hv.saved_xml(state)  # type: ignore[attr-defined]
+        xml = xml.replace(f"{old}/", f"{folder}/")
+        xml = re.sub(r"<name>[^<]*</name>", f"<name>{key.domain}</name>", xml, count=1)
+        hv.undefine(key.domain)
+        try:  # persistent, as PREPARE_JOB defines it: it stays there, off, for the result
+            hv.define(xml)
+            hv.restore(state, xml)  # type: ignore[attr-defined]
+        except SdError:
+            hv.undefine(key.domain)
+            hv.define(prepared)  # the job's VM as PREPARE_JOB made it, for the next try
+            raise
+        return True
+    except (SdError, OSError, ValueError, KeyError) as exc:
+        # its disks are the checkpoint's now: no fresh boot on them, the job runs again
+        raise CheckpointUnusable(f"the job's checkpoint could not be restored ({exc}); the "
+                                 "job goes back to Idle and starts afresh") from exc
+    finally:
+        note.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            state.unlink()

@@ -162,7 +162,7 @@ def test_destroying_a_shut_off_domain_is_fine(hv: Hypervisor) -> None:
 def test_undefine_drops_managed_save_and_snapshots(hv: Hypervisor) -> None:
     hv.define(make_domain_xml("job-4"))
     hv.start("job-4")
-    dom = hv._conn.lookupByName("job-4")  # a private host: only this connection sees it
+    dom = hv.libvirt_connection().lookupByName("job-4")  # a private host: only it sees this
     dom.snapshotCreateXML("<domainsnapshot><name>s1</name></domainsnapshot>", 0)
     dom.managedSave(0)
     assert dom.hasManagedSaveImage(0)
@@ -273,7 +273,8 @@ def test_overlay_in_a_folder_gets_one_transient_dir_pool(hv: Hypervisor) -> None
     second = hv.create_overlay("/srv/sd/overlays/", "b.qcow2", base, 4 << 30, "qcow2")
     assert (first, second) == ("/srv/sd/overlays/a.qcow2", "/srv/sd/overlays/b.qcow2")
     assert hv.volume_path("/srv/sd/overlays/", "b.qcow2") == second
-    pools = [p for p in hv._conn.listAllStoragePools(0) if p.name().startswith("sd-batch-")]
+    pools = [p for p in hv.libvirt_connection().listAllStoragePools(0)
+             if p.name().startswith("sd-batch-")]  # fmt: skip
     assert len(pools) == 1
     assert not pools[0].isPersistent()
     assert sorted(pools[0].listVolumes()) == ["a.qcow2", "b.qcow2"]
@@ -291,7 +292,7 @@ def test_overlay_in_a_named_pool(hv: Hypervisor) -> None:
 def test_an_overlay_without_capacity_keeps_the_base_size(hv: Hypervisor) -> None:
     base = "/var/lib/sd-batch/images-hostA/debian-base.qcow2"  # 4 GiB, in the `images` pool
     path = hv.create_overlay("/srv/sd/overlays", "sized.qcow2", base)
-    assert hv._conn.storageVolLookupByPath(path).info()[1] == 4 << 30
+    assert hv.libvirt_connection().storageVolLookupByPath(path).info()[1] == 4 << 30
     with pytest.raises(HypervisorError, match="no base image /nowhere/base.qcow2 on that host"):
         hv.create_overlay("/srv/sd/overlays", "unsized.qcow2", "/nowhere/base.qcow2")
 
@@ -299,7 +300,7 @@ def test_an_overlay_without_capacity_keeps_the_base_size(hv: Hypervisor) -> None
 @libvirt_only
 def test_a_blank_volume(hv: Hypervisor) -> None:
     path = hv.create_blank("images", "scratch.raw", 1 << 30, "raw")
-    volume = ET.fromstring(hv._conn.storageVolLookupByPath(path).XMLDesc(0))
+    volume = ET.fromstring(hv.libvirt_connection().storageVolLookupByPath(path).XMLDesc(0))
     assert volume.find("target/format").get("type") == "raw"  # type: ignore[union-attr]
     assert volume.find("backingStore") is None
 
@@ -321,8 +322,13 @@ def test_volume_errors_are_ours(hv: Hypervisor) -> None:
 
 @libvirt_only
 def test_delete_volume_is_idempotent(hv: Hypervisor) -> None:
+    libvirt = pytest.importorskip("libvirt")
     path = hv.create_overlay("/srv/sd/overlays", "c.qcow2", "/base.qcow2", 1 << 30)
+    conn = hv.libvirt_connection()
+    assert conn.storageVolLookupByPath(path).path() == path
     hv.delete_volume(path)
+    with pytest.raises(libvirt.libvirtError, match="no storage vol with matching path"):
+        conn.storageVolLookupByPath(path)
     hv.delete_volume(path)
     hv.delete_volume("/nowhere/at/all.qcow2")
     hv.delete_volume(Path("/srv/sd/overlays/never-made.qcow2"))

@@ -129,7 +129,7 @@ def domains(uri: str) -> dict[str, DomainState]:
 
 def volumes(uri: str, folder: Path) -> list[str]:
     """Volumes libvirt knows in FOLDER (the test driver keeps them in memory, not on disk)."""
-    conn = host(uri)._conn
+    conn = host(uri).libvirt_connection()
     return sorted(v.path() for p in conn.listAllStoragePools(0) for v in p.listAllVolumes(0)
                   if Path(v.path()).parent == folder)  # fmt: skip
 
@@ -162,7 +162,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     assert volumes(made.uri, made.overlay_dir) == []
     for uri, names in before.items():
         assert set(domains(uri)) == names, f"the test left domains on {uri}"
-    SHARED_CONNECTIONS._open.pop(made.uri).close()  # this host file dies with the test
+    SHARED_CONNECTIONS.forget(made.uri)  # this host file dies with the test
 
 
 def hosts_ab() -> tuple[str, str]:
@@ -306,7 +306,7 @@ def test_a_pool_failing_at_its_third_vm_rolls_back_the_two_started(site: Site) -
         "<os><type>hvm</type></os></domain>"
     )
     host(site.uri).start(foreign)
-    foreign_xml = host(site.uri)._conn.lookupByName(foreign).XMLDesc(0)
+    foreign_xml = host(site.uri).libvirt_connection().lookupByName(foreign).XMLDesc(0)
     try:
         run = site.sd("start", "localhost", "lab", site.description(FIVE_IN_SEQUENCE))
         assert run.code == 8
@@ -318,7 +318,7 @@ def test_a_pool_failing_at_its_third_vm_rolls_back_the_two_started(site: Site) -
         assert "'lab-c' already exists" in error
         assert "; rolled back: removed 2 domains, 3 volumes" in error
         assert domains(site.uri) == {"lab-c": DomainState.RUNNING}
-        assert host(site.uri)._conn.lookupByName(foreign).XMLDesc(0) == foreign_xml
+        assert host(site.uri).libvirt_connection().lookupByName(foreign).XMLDesc(0) == foreign_xml
         assert volumes(site.uri, site.overlay_dir) == []
         assert site.ledger_rows() == ([], [])
     finally:

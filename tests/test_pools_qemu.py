@@ -106,9 +106,7 @@ def connect() -> Hypervisor:
 def drop_shared_connection() -> None:
     """The commands' cached connection is made afresh for each test: a cached one would not
     survive a libvirtd restart between tests."""
-    shared = SHARED_CONNECTIONS._open.pop(URI, None)
-    if shared is not None:
-        shared.close()
+    SHARED_CONNECTIONS.forget(URI)
 
 
 @pytest.fixture
@@ -159,7 +157,7 @@ def _drop_pools_under(hv: Hypervisor, folder: Path) -> None:
     """The transient dir pools libvirtd made over our tmp folders die with them."""
     import xml.etree.ElementTree as ET
 
-    for pool in hv._conn.listAllStoragePools(0):
+    for pool in hv.libvirt_connection().listAllStoragePools(0):
         target = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or ""
         if Path(target).is_relative_to(folder) and pool.isActive():
             pool.destroy()

@@ -220,7 +220,7 @@ class Site:
         return {d.name: d.state for d in self.hv().list_domains()}
 
     def volumes(self) -> list[str]:
-        conn = self.hv()._conn
+        conn = self.hv().libvirt_connection()
         return sorted(v.path() for p in conn.listAllStoragePools(0) for v in p.listAllVolumes(0)
                       if str(self.root / "state") in v.path())  # fmt: skip
 
@@ -282,9 +282,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
     made = Site(tmp_path, uri, environ)
     yield made
-    hv = SHARED_CONNECTIONS._open.pop(uri, None)  # this host file dies with the test
-    if hv is not None:
-        hv.close()
+    SHARED_CONNECTIONS.forget(uri)  # this host file dies with the test
 
 
 libvirt_test = pytest.mark.libvirt

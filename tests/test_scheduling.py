@@ -345,7 +345,7 @@ def test_vms_of_a_host_that_stops_answering_move_to_the_others_and_status_says_w
         # Cut n2 off: its host file goes (no new connection opens) and so does the open one;
         # the host itself, with its VM still running, is kept aside, as a partitioned host.
         host_file = Path(site.hosts["n2"].removeprefix("test://"))
-        saved_xml, cut_off = host_file.read_text(), conns._open.pop(site.hosts["n2"])
+        saved_xml, cut_off = host_file.read_text(), conns.detach(site.hosts["n2"])
         host_file.unlink()
         lines: list[str] = []
         watcher = watch_pool(config, "n4", "ha", connections=conns, progress=lines.append,
@@ -366,7 +366,8 @@ def test_vms_of_a_host_that_stops_answering_move_to_the_others_and_status_says_w
 
         # n2 answers again, with the old copy still running: it is removed, never run twice.
         host_file.write_text(saved_xml)
-        conns._open[site.hosts["n2"]] = cut_off
+        assert cut_off is not None
+        conns.attach(site.hosts["n2"], cut_off)
         assert lost in site.domains("n2", conns)
         watch_pool(config, "n4", "ha", connections=conns, progress=lines.append,
                    sleep=slept.append, rounds=1)  # fmt: skip

@@ -127,9 +127,7 @@ def web(tmp_path: Path) -> Iterator[WebSiteDir]:
     yield made
     code, out, _err = made.sd("status")
     assert out == "no pools or jobs\n", "the test left pools behind"
-    hv = SHARED_CONNECTIONS._open.pop(made.uri, None)
-    if hv is not None:
-        hv.close()
+    SHARED_CONNECTIONS.forget(made.uri)
 
 
 def csrf_of(html: str) -> str:

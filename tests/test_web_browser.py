@@ -72,9 +72,7 @@ def served(tmp_path: Path, gate: Gate) -> Iterator[tuple[str, dict[str, str]]]:
     gate.opened.set()  # a failed test must not leave the server waiting for a start at shutdown
     server.should_exit = True
     thread.join(10)
-    hv = SHARED_CONNECTIONS._open.pop(f"test://{host_file}", None)
-    if hv is not None:
-        hv.close()
+    SHARED_CONNECTIONS.forget(f"test://{host_file}")
 
 
 @pytest.fixture

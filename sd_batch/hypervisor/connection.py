@@ -199,6 +199,11 @@ class Hypervisor:
         with contextlib.suppress(self._lv.libvirtError):
             self._conn.close()
 
+    def libvirt_connection(self) -> Any:
+        """The libvirt connection itself, for what this class does not wrap: a test driver's
+        host lives only in its connection, so tests set up and read back its state here."""
+        return self._conn
+
     def is_alive(self) -> bool:
         """Whether the connection still works (libvirtd restarted, ssh dropped: it does not)."""
         try:

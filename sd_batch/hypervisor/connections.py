@@ -60,6 +60,16 @@ class Connections:
         if hv is not None:
             hv.close()
 
+    def detach(self, uri: str) -> HypervisorAPI | None:
+        """Hand over URI's connection, open, and drop it here (a test partitions a host)."""
+        with self._guard:
+            return self._open.pop(uri, None)
+
+    def attach(self, uri: str, hv: HypervisorAPI) -> None:
+        """Use HV for URI from now on (a detached connection coming back)."""
+        with self._guard:
+            self._open[uri] = hv
+
     def close(self) -> None:
         with self._guard:
             opened, self._open = list(self._open.values()), {}

@@ -11,7 +11,7 @@ import pytest
 from sd_batch.errors import DescriptionSyntaxError
 from sd_batch.lang import TBD, Component, Double, Long, Reference, load_text
 from sd_batch.lang.parser import parse_text
-from sd_batch.lang.syntax import AttrDef, Include
+from sd_batch.lang.syntax import AttrDef, Body, Include
 
 
 def config(body: str) -> Component:
@@ -272,7 +272,15 @@ def test_a_closing_brace_too_many_is_pointed_at():
 
 
 def test_several_prototypes_and_inline_bodies_parse():
-    parse_text("a extends A, B, { x 1; }, NULL, C { y 2; }; b extends LAZY A; c extends DATA { }")
+    text = "a extends A, B, { x 1; }, NULL, C { y 2; }; b extends LAZY A; c extends DATA { }"
+    a, b, c = (item.value for item in parse_text(text).items if isinstance(item, AttrDef))
+    assert [type(p).__name__ for p in a.protos] == [
+        "Reference", "Reference", "Body", "NullProto", "Reference", "Body"]
+    assert [str(p) for p in a.protos if isinstance(p, Reference)] == ["A", "B", "C"]
+    bodies = [p for p in a.protos if isinstance(p, Body)]
+    assert [[i.name for i in p.items] for p in bodies] == [[("x",)], [("y",)]]
+    assert (a.modifier, b.modifier, c.modifier) == (None, "LAZY", "DATA")
+    assert len(b.protos) == 1 and c.protos[0].items == ()
 
 
 def test_lazy_and_data_references_parse_as_references():

@@ -1,12 +1,21 @@
-"""Shared pytest wiring: the `--regenerate-golden` switch and the `golden` comparison fixture."""
+"""Shared pytest wiring: the `--regenerate-golden` switch and the `golden` comparison fixture;
+the scaffolding of a site on libvirt's test driver (host files, site.toml, in-process `sd`),
+imported by the test files as `from conftest import ...`.
+"""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import io
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+
+from sd_batch.cli.main import Environment, main
 
 GoldenCheck = Callable[[Path, str], None]
 
@@ -48,3 +57,86 @@ def golden(request: pytest.FixtureRequest) -> GoldenCheck:
             )
 
     return check
+
+
+# --- a site on libvirt's test driver ------------------------------------------------------------
+class Run(NamedTuple):
+    """What one `sd` command did; unpacks as `code, out, err`."""
+
+    code: int
+    out: str
+    err: str
+
+
+def sd_in_process(environ: Mapping[str, str], *argv: str) -> Run:
+    """`sd ARGV` run in this process (so on its `SHARED_CONNECTIONS`), with ENVIRON."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), Environment(stdout=out, stderr=err, environ=dict(environ)))
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def node_xml(cpus: int = 4, memory_kib: int = 8 << 20, images: Path | None = None) -> str:
+    """A libvirt test-driver host: CPUS cores, MEMORY_KIB; with IMAGES, an `images` dir pool
+    there holding a 64 MiB base.qcow2 (the site's base image, as the host sees it)."""
+    pool = "" if images is None else f"""
+  <pool type='dir'><name>images</name><target><path>{images}</path></target>
+    <volume type='file'><name>base.qcow2</name><capacity unit='MiB'>64</capacity>
+      <target><format type='qcow2'/></target></volume></pool>"""
+    return f"""<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>{cpus}</cores><threads>1</threads>
+    <active>{cpus}</active><mhz>2400</mhz><model>x86_64</model></cpu>
+  <memory>{memory_kib}</memory>{pool}
+</node>
+"""
+
+
+def write_node(path: Path, cpus: int = 4, memory_kib: int = 8 << 20,
+               images: Path | None = None) -> str:  # fmt: skip
+    """Write a `node_xml` host file at PATH; its URI (each connection to it: a private host)."""
+    path.write_text(node_xml(cpus, memory_kib, images), encoding="utf-8")
+    return f"test://{path}"
+
+
+def fake_kernel(image_dir: Path, content: tuple[bytes, bytes] = (b"kernel", b"initrd")) -> None:
+    """The `minimal` flavour's kernel and initrd: files the test driver never boots."""
+    (image_dir / "minimal").mkdir(parents=True, exist_ok=True)
+    (image_dir / "minimal" / "vmlinux").write_bytes(content[0])
+    (image_dir / "minimal" / "initrd.img").write_bytes(content[1])
+
+
+def write_site_toml(root: Path, default_uri: str, *, image_dir: Path | None = None,
+                    template_dirs: Iterable[Path] = (), hosts: Mapping[str, str] | None = None,
+                    tables: str = "") -> Path:  # fmt: skip
+    """ROOT/site.toml: images in IMAGE_DIR (ROOT/images), state in ROOT/state, DEFAULT_URI,
+    named HOSTS, the `qemu` flavour, then TABLES (`[policy]`, `[placement]`, ... as text)."""
+    lines = [f'image_dir = "{image_dir or root / "images"}"', f'state_dir = "{root / "state"}"',
+             f'default_uri = "{default_uri}"']  # fmt: skip
+    folders = list(template_dirs)
+    if folders:
+        lines.append("template_dirs = [" + ", ".join(f'"{d}"' for d in folders) + "]")
+    if hosts is not None:
+        lines += ["[hosts]", *(f'{name} = "{uri}"' for name, uri in hosts.items())]
+    lines += ["[properties]", '"sd.flavour" = "qemu"']
+    path = root / "site.toml"
+    path.write_text("\n".join(lines) + "\n" + tables, encoding="utf-8")
+    return path
+
+
+def site_environ(config_file: Path) -> dict[str, str]:
+    """The environment of `sd` for the site of CONFIG_FILE (and no other site's settings)."""
+    return {"SD_BATCH_CONFIG": str(config_file), "PATH": os.environ["PATH"]}
+
+
+@dataclass
+class SdSite:
+    """A test site's folder and `sd`'s environment there: the base of the files' `Site`s."""
+
+    root: Path
+    environ: dict[str, str]
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "site.toml"
+
+    def sd(self, *argv: str) -> Run:
+        return sd_in_process(self.environ, *argv)

@@ -10,7 +10,6 @@ end that no domain, no overlay and no ledger row of the test is left. The shippe
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.cli.main import Environment, main, sf_start, sf_terminate
+from sd_batch.cli.main import sf_start, sf_terminate
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
 from sd_batch.deploy.pools import (
     SHARED_CONNECTIONS,
@@ -34,23 +33,13 @@ from sd_batch.errors import DeployError
 from sd_batch.hypervisor.connection import DomainState, Hypervisor
 from sd_batch.ledger.store import Ledger, OwnerStatus
 
+from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml
+
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
 HOSTS = Path(__file__).resolve().parent / "data" / "hosts"
 POOL_SF = BUILTIN_TEMPLATE_DIR / "pool.sf"
-HOST_XML = """<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
-    <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>8388608</memory>
-  <pool type='dir'>
-    <name>images</name>
-    <target><path>{images}</path></target>
-    <volume type='file'><name>base.qcow2</name><capacity unit='MiB'>64</capacity>
-      <target><format type='qcow2'/></target></volume>
-  </pool>
-</node>
-"""
 #: Five VMs one after the other, each with a copy-on-write overlay of base.qcow2.
 FIVE_IN_SEQUENCE = """#include "minimal.sf"
 Vm extends MinimalVM { disks extends DATA { root extends Disk { image "base.qcow2"; } } }
@@ -70,22 +59,9 @@ def uri_of(host_file: Path) -> str:
     return f"test://{host_file}"
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
 @dataclass
-class Site:
-    root: Path
+class Site(SdSite):
     uri: str  # `localhost`: this test's private host
-    environ: dict[str, str]
-
-    @property
-    def config_file(self) -> Path:
-        return self.root / "site.toml"
 
     @property
     def image_dir(self) -> Path:
@@ -97,11 +73,6 @@ class Site:
 
     def config(self) -> SiteConfig:
         return load_config(self.config_file)
-
-    def sd(self, *argv: str) -> Run:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), Environment(stdout=out, stderr=err, environ=self.environ))
-        return Run(code, out.getvalue(), err.getvalue())
 
     def description(self, text: str, name: str = "pool.sf") -> str:
         path = self.root / name
@@ -137,25 +108,12 @@ def volumes(uri: str, folder: Path) -> list[str]:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     images = tmp_path / "images"
-    (images / "minimal").mkdir(parents=True)
-    (images / "minimal" / "vmlinux").write_bytes(b"kernel")
-    (images / "minimal" / "initrd.img").write_bytes(b"initrd")
+    fake_kernel(images)
     (images / "base.qcow2").write_bytes(b"QFI\xfb" + bytes(508))
-    host_file = tmp_path / "host.xml"
-    host_file.write_text(HOST_XML.format(images=images), encoding="utf-8")
-    (tmp_path / "site.toml").write_text(
-        f'image_dir = "{images}"\n'
-        f'state_dir = "{tmp_path / "state"}"\n'
-        f'default_uri = "{uri_of(host_file)}"\n'
-        "[hosts]\n"
-        f'a = "{uri_of(HOSTS / "hostA.xml")}"\n'
-        f'b = "{uri_of(HOSTS / "hostB.xml")}"\n'
-        "[properties]\n"
-        '"sd.flavour" = "qemu"\n',
-        encoding="utf-8",
-    )
-    environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
-    made = Site(tmp_path, uri_of(host_file), environ)
+    uri = write_node(tmp_path / "host.xml", images=images)
+    hosts = {"a": uri_of(HOSTS / "hostA.xml"), "b": uri_of(HOSTS / "hostB.xml")}
+    config = write_site_toml(tmp_path, uri, hosts=hosts)
+    made = Site(tmp_path, site_environ(config), uri)
     before = {uri: set(domains(uri)) for uri in ("test:///default", *hosts_ab())}
     yield made
     assert made.ledger_rows() == ([], []), "the test left rows in the ledger"

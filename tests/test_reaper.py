@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from sd_batch.batch import jobs
-from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
 from sd_batch.deploy.pools import start_pool, terminate_pool
 from sd_batch.deploy.reaper import (
@@ -49,6 +48,8 @@ from sd_batch.ledger.store import (
     ResourceState,
 )
 from sd_batch.vm.domain_xml import SD_NAMESPACE
+
+from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml
 
 URI = "test:///default"
 BOOT = "boot-1"
@@ -169,15 +170,6 @@ def test_the_job_digest_is_the_helpers() -> None:
 
 
 # --- on libvirt's test driver ---------------------------------------------------------------------
-HOST_XML = """<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
-    <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>8388608</memory>
-  <pool type='dir'><name>images</name><target><path>{images}</path></target>
-    <volume type='file'><name>base.qcow2</name><capacity unit='MiB'>64</capacity>
-      <target><format type='qcow2'/></target></volume></pool>
-</node>
-"""
 TWO_WITH_OVERLAYS = """#include "minimal.sf"
 sfConfig extends Pool {
     count 2;
@@ -190,26 +182,12 @@ FOREIGN = """<domain type='test'><name>{name}</name><memory>1024</memory>
   <os><type>hvm</type></os>{metadata}</domain>"""
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-
 @dataclass
-class Site:
-    root: Path
+class Site(SdSite):
     uri: str
-    environ: dict[str, str]
 
     def config(self) -> SiteConfig:
-        return load_config(self.root / "site.toml")
-
-    def sd(self, *argv: str) -> Run:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), Environment(stdout=out, stderr=err, environ=self.environ))
-        return Run(code, out.getvalue(), err.getvalue())
+        return load_config(self.config_file)
 
     def hv(self) -> Hypervisor:
         hv = SHARED_CONNECTIONS(self.uri)
@@ -268,19 +246,11 @@ class Site:
 def site(tmp_path: Path) -> Iterator[Site]:
     pytest.importorskip("libvirt", reason="libvirt-python is not installed")
     images = tmp_path / "images"
-    (images / "minimal").mkdir(parents=True)
-    (images / "minimal" / "vmlinux").write_bytes(b"kernel")
-    (images / "minimal" / "initrd.img").write_bytes(b"initrd")
+    fake_kernel(images)
     (images / "base.qcow2").write_bytes(b"QFI\xfb" + bytes(508))
-    (tmp_path / "host.xml").write_text(HOST_XML.format(images=images), encoding="utf-8")
-    uri = f"test://{tmp_path / 'host.xml'}"
-    (tmp_path / "site.toml").write_text(
-        f'image_dir = "{images}"\nstate_dir = "{tmp_path / "state"}"\ndefault_uri = "{uri}"\n'
-        f'template_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n[properties]\n"sd.flavour" = "qemu"\n',
-        encoding="utf-8",
-    )
-    environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
-    made = Site(tmp_path, uri, environ)
+    uri = write_node(tmp_path / "host.xml", images=images)
+    config = write_site_toml(tmp_path, uri, template_dirs=[BUILTIN_TEMPLATE_DIR])
+    made = Site(tmp_path, site_environ(config), uri)
     yield made
     SHARED_CONNECTIONS.forget(uri)  # this host file dies with the test
 

@@ -9,16 +9,13 @@ end); the HA tests pass their own `Connections` so they can cut one host off.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
 from sd_batch.deploy.pools import (
     SHARED_CONNECTIONS,
@@ -31,16 +28,10 @@ from sd_batch.deploy.watch import watch_pool
 from sd_batch.hypervisor.connection import DomainState
 from sd_batch.ledger.store import Ledger
 
+from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml
+
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
-
-NODE = """<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>{cpus}</cores><threads>1</threads>
-    <active>{cpus}</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>{kib}</memory>
-</node>
-"""
-
 
 def description(scheduler: str, vms: str) -> str:
     return f'#include "minimal.sf"\nplacer extends Scheduler {{ {scheduler} }}\n' \
@@ -53,15 +44,8 @@ def vms(count: int, memory: str = '"384M"', prefix: str = "v") -> str:
 
 
 @dataclass
-class Site:
-    root: Path
+class Site(SdSite):
     hosts: dict[str, str]  # n1 -> test:///.../host1.xml
-    environ: dict[str, str]
-
-    def sd(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), Environment(stdout=out, stderr=err, environ=self.environ))
-        return code, out.getvalue(), err.getvalue()
 
     def write(self, text: str, name: str = "pool.sf") -> str:
         (self.root / name).write_text(text, encoding="utf-8")
@@ -79,25 +63,13 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    images = tmp_path / "images" / "minimal"
-    images.mkdir(parents=True)
-    (images / "vmlinux").write_bytes(b"kernel")
-    (images / "initrd.img").write_bytes(b"initrd")
-    hosts = {}
-    for n, (cpus, mib) in enumerate([(2, 1024), (2, 1024), (2, 1024), (4, 4096)], 1):
-        path = tmp_path / f"host{n}.xml"
-        path.write_text(NODE.format(cpus=cpus, kib=mib * 1024), encoding="utf-8")
-        hosts[f"n{n}"] = f"test://{path}"
-    table = "".join(f'{name} = "{uri}"\n' for name, uri in hosts.items())
-    (tmp_path / "site.toml").write_text(
-        f'image_dir = "{tmp_path / "images"}"\nstate_dir = "{tmp_path / "state"}"\n'
-        f'default_uri = "{hosts["n4"]}"\n[hosts]\n{table}'
-        '[properties]\n"sd.flavour" = "qemu"\n'
-        '[placement]\ncpu_overcommit = 2.0\n[placement.tags]\nn3 = ["ssd"]\n',
-        encoding="utf-8",
-    )
-    made = Site(tmp_path, hosts, {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"),
-                                  "PATH": os.environ["PATH"]})  # fmt: skip
+    fake_kernel(tmp_path / "images")
+    hosts = {f"n{n}": write_node(tmp_path / f"host{n}.xml", cpus, mib * 1024)
+             for n, (cpus, mib) in enumerate([(2, 1024), (2, 1024), (2, 1024), (4, 4096)], 1)}
+    config = write_site_toml(tmp_path, hosts["n4"], hosts=hosts,
+                             tables='[placement]\ncpu_overcommit = 2.0\n'
+                                    '[placement.tags]\nn3 = ["ssd"]\n')  # fmt: skip
+    made = Site(tmp_path, site_environ(config), hosts)
     yield made
     assert made.ledger_rows() == (0, 0), "the test left rows in the ledger"
     for uri in hosts.values():
@@ -273,9 +245,10 @@ def test_sd_plan_json_is_reproducible_and_names_the_inventory_errors(site: Site)
 def test_live_hosts_are_read_at_the_same_time_and_one_that_does_not_answer_is_reported(
     site: Site,
 ) -> None:
-    """Each host's connection takes 0.4 s to open here: read one after the other, four hosts
-    would take 1.6 s; an unreachable one costs its own retries, not the others'."""
-    import time
+    """Each host's connection opens only once all four are being opened: read one after the
+    other, the first would wait alone and break the barrier; an unreachable one costs its own
+    retries, not the others'."""
+    import threading
 
     from sd_batch.hypervisor.connection import Hypervisor
     from sd_batch.hypervisor.inventory import live_hosts
@@ -283,21 +256,20 @@ def test_live_hosts_are_read_at_the_same_time_and_one_that_does_not_answer_is_re
     config = load_config(site.root / "site.toml")
     gone = Path(site.hosts["n2"].removeprefix("test://"))
     gone.unlink()  # n2 does not answer
+    together = threading.Barrier(len(site.hosts))
 
-    def slow_open(uri: str) -> Hypervisor:
-        time.sleep(0.4)
+    def open_together(uri: str) -> Hypervisor:
+        together.wait(timeout=30)  # raises BrokenBarrierError unless all four are opening
         return Hypervisor.connect(uri, attempts=1)
 
-    conns = Connections(opener=slow_open)
+    conns = Connections(opener=open_together)
     try:
-        started = time.monotonic()
         hosts, unreachable = live_hosts(["n*"], config, conns)
-        elapsed = time.monotonic() - started
     finally:
         conns.close()
+    assert not together.broken, "hosts read one after the other"
     assert [h.name for h in hosts] == ["n1", "n3", "n4"]  # in the order written
     assert [u.name for u in unreachable] == ["n2"]
-    assert elapsed < 1.2, f"hosts read one after the other ({elapsed:.2f} s)"
 
 
 def test_threads_asking_for_one_uri_at_once_share_one_connection(site: Site) -> None:

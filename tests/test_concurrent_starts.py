@@ -29,25 +29,18 @@ from sd_batch.hypervisor.connections import Connections
 from sd_batch.hypervisor.inventory import live_host
 from sd_batch.ledger.store import Claim, Ledger
 
+from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml
+
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
 DEFAULT = "test:///default"
-#: 1 GiB, 2 CPUs: room for one pool of one 768 MiB VM, not two.
-NODE = """<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
-    <active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>1048576</memory>
-</node>
-"""
 SD = [sys.executable, "-c", "from sd_batch.cli.main import console_main; console_main()"]
 
 
 @dataclass
-class Site:
-    root: Path
+class Site(SdSite):
     host: str  # test:///ROOT/host.xml
-    environ: dict[str, str]
 
     @property
     def config(self) -> SiteConfig:
@@ -72,27 +65,17 @@ class Site:
         with Ledger.for_site(self.config) as ledger:
             return ledger.claims()
 
-    def sd(self, *argv: str, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+    def sd_process(self, *argv: str, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen([*SD, *argv], env=self.environ, stdin=subprocess.DEVNULL,
                                 stdout=stdout, stderr=stderr)  # fmt: skip
 
 
 def make_site(root: Path, memory_overcommit: float = 1.0) -> Site:
-    images = root / "images" / "minimal"
-    images.mkdir(parents=True)
-    (images / "vmlinux").write_bytes(b"kernel")
-    (images / "initrd.img").write_bytes(b"initrd")
-    (root / "host.xml").write_text(NODE, encoding="utf-8")
-    host = f"test://{root / 'host.xml'}"
-    (root / "site.toml").write_text(
-        f'image_dir = "{root / "images"}"\nstate_dir = "{root / "state"}"\n'
-        f'default_uri = "{host}"\n[hosts]\nh1 = "{host}"\n'
-        '[properties]\n"sd.flavour" = "qemu"\n'
-        f"[placement]\nmemory_overcommit = {memory_overcommit}\n",
-        encoding="utf-8",
-    )
-    environ = {"SD_BATCH_CONFIG": str(root / "site.toml"), "PATH": os.environ["PATH"]}
-    return Site(root, host, environ)
+    fake_kernel(root / "images")
+    host = write_node(root / "host.xml", cpus=2, memory_kib=1 << 20)  # room for one 768 MiB VM
+    config = write_site_toml(root, host, hosts={"h1": host},
+                             tables=f"[placement]\nmemory_overcommit = {memory_overcommit}\n")
+    return Site(root, site_environ(config), host)
 
 
 @pytest.fixture
@@ -249,12 +232,12 @@ def test_two_sd_start_processes_and_a_claim_of_a_killed_one(site: Site) -> None:
     and nothing left. Once `first` is killed, its claim holds nothing: `second` starts."""
     file = str(site.pool("h1", 768))
     read, write = full_pipe()
-    first = site.sd("start", "h1", "first", file, stdout=subprocess.DEVNULL, stderr=write)
+    first = site.sd_process("start", "h1", "first", file, stdout=subprocess.DEVNULL, stderr=write)
     os.close(write)
     try:
         wait_for(lambda: site.claims() != () or first.poll() is not None, "first's claim")
         assert site.claims() == (Claim("first-v1", site.host, 768, 1),)
-        second = site.sd("start", "h1", "second", file, stdout=subprocess.PIPE,
+        second = site.sd_process("start", "h1", "second", file, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)  # fmt: skip
         out, err = second.communicate(timeout=60)
         assert second.returncode == 8, err
@@ -269,14 +252,14 @@ def test_two_sd_start_processes_and_a_claim_of_a_killed_one(site: Site) -> None:
         first.wait(30)
         os.close(read)
     assert site.claims() == ()  # its process died: the claim holds no room
-    second = site.sd("start", "h1", "second", file, stdout=subprocess.PIPE,
+    second = site.sd_process("start", "h1", "second", file, stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE)  # fmt: skip
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
     assert out.decode().startswith(f"pool second started on {site.host}: 1 VM running")
     assert site.owners() == ["first", "second"]
     for name in ("first", "second"):  # first: an interrupted start, cleaned up by terminate
-        done = site.sd("terminate", "h1", name, "--grace", "0", stdout=subprocess.DEVNULL,
+        done = site.sd_process("terminate", "h1", name, "--grace", "0", stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE)  # fmt: skip
         assert done.wait(60) == 0, done.stderr.read() if done.stderr else ""
 

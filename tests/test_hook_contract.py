@@ -28,16 +28,12 @@ from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
 from sd_batch.helper.hooks import HOOKS_DIR
 from sd_batch.ledger.store import Ledger
 
+from conftest import fake_kernel, write_node, write_site_toml
+
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 classad2 = pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
-NODE_XML = """<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
-    <active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>4194304</memory>
-</node>
-"""
 SUBMIT = """executable = hello.sh
 arguments = "a 'b c'"
 transfer_input_files = input.txt{extra_inputs}
@@ -99,25 +95,15 @@ class Site:
 
 
 def write_site(root: Path, uri: str, *, kernel: bool = True) -> Path:
-    images = root / "images"
-    (images / "minimal").mkdir(parents=True, exist_ok=True)
+    (root / "images" / "minimal").mkdir(parents=True, exist_ok=True)
     if kernel:
-        (images / "minimal" / "vmlinux").write_bytes(b"kernel")
-        (images / "minimal" / "initrd.img").write_bytes(b"initrd")
-    config = root / "site.toml"
-    config.write_text(
-        f'image_dir = "{images}"\nstate_dir = "{root / "state"}"\ndefault_uri = "{uri}"\n'
-        f'template_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n[properties]\n"sd.flavour" = "qemu"\n',
-        encoding="utf-8",
-    )
-    return config
+        fake_kernel(root / "images")
+    return write_site_toml(root, uri, template_dirs=[BUILTIN_TEMPLATE_DIR])
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    node = tmp_path / "node.xml"
-    node.write_text(NODE_XML, encoding="utf-8")
-    config = write_site(tmp_path, f"test://{node}")
+    config = write_site(tmp_path, write_node(tmp_path / "node.xml", cpus=2, memory_kib=4 << 20))
     sandbox = tmp_path / "scratch"
     sandbox.mkdir()
     (sandbox / "hello.sh").write_text("#!/bin/sh\ncat input.txt\n", encoding="utf-8")

@@ -31,16 +31,12 @@ from sd_batch.hypervisor.connections import Connections
 from sd_batch.ledger.store import Ledger
 from sd_batch.staging import write_input_tar
 
+from conftest import fake_kernel, write_node, write_site_toml
+
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 classad2 = pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
-NODE_XML = """<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
-    <active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>4194304</memory>
-</node>
-"""
 MINIMAL = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    '
 
 
@@ -55,15 +51,10 @@ class Site:
     def config_path(self) -> Path:
         return self.root / "site.toml"
 
-    def write_config(self, policy: str = "", templates: str = "") -> SiteConfig:
-        self.config_path.write_text(
-            f'image_dir = "{self.root / "images"}"\nstate_dir = "{self.root / "state"}"\n'
-            f'default_uri = "test://{self.root / "node.xml"}"\n'
-            f'template_dirs = [{templates}"{BUILTIN_TEMPLATE_DIR}"]\n'
-            '[properties]\n"sd.flavour" = "qemu"\n'
-            f"[policy]\n{policy}",
-            encoding="utf-8",
-        )
+    def write_config(self, policy: str = "", templates: tuple[Path, ...] = ()) -> SiteConfig:
+        write_site_toml(self.root, f"test://{self.root / 'node.xml'}",
+                        template_dirs=[*templates, BUILTIN_TEMPLATE_DIR],
+                        tables=f"[policy]\n{policy}")
         return load_config(self.config_path)
 
     def job(self, description: str, sf_text: str | None = None) -> tuple[jobs.JobKey, bytes]:
@@ -112,11 +103,8 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    (tmp_path / "node.xml").write_text(NODE_XML, encoding="utf-8")
-    kernel = tmp_path / "images" / "minimal"
-    kernel.mkdir(parents=True)
-    (kernel / "vmlinux").write_bytes(b"kernel")
-    (kernel / "initrd.img").write_bytes(b"initrd")
+    write_node(tmp_path / "node.xml", cpus=2, memory_kib=4 << 20)
+    fake_kernel(tmp_path / "images")
     sandbox = tmp_path / "scratch"
     sandbox.mkdir()
     made = Site(tmp_path, sandbox, Connections())
@@ -259,7 +247,7 @@ def test_a_templates_tbd_fields_are_the_users_to_fill(site: Site) -> None:
     (folder / "custom.sf").write_text(
         '#include "minimal.sf"\nCustomVM extends MinimalVM {\n    cmdline TBD;\n}\n'
         "sfConfig extends CustomVM;\n", encoding="utf-8")  # fmt: skip
-    config = site.write_config(templates=f'"{folder}", ')
+    config = site.write_config(templates=(folder,))
     text = '#include "custom.sf"\nsfConfig extends CustomVM {\n    cmdline "console=ttyS0";\n'
     prepared = site.prepare(config, '"my.sf"', text + "    memory 512;\n}\n")
     assert prepared.memory_mib == 512

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import socket
 import threading
@@ -31,7 +30,6 @@ pytest.importorskip("httpx", reason="starlette's test client needs httpx")
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from sd_batch.cli.main import Environment, main  # noqa: E402
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
 from sd_batch.deploy.pools import start_pool  # noqa: E402
 from sd_batch.errors import ConfigError  # noqa: E402
@@ -39,12 +37,8 @@ from sd_batch.hypervisor.connections import SHARED_CONNECTIONS  # noqa: E402
 from sd_batch.web.access import Access, hash_password, verify_password  # noqa: E402
 from sd_batch.web.app import WebSite, create_app  # noqa: E402
 
-HOST_XML = """<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
-    <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>8388608</memory>
-</node>
-"""
+from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml  # noqa: E402
+
 #: Where the tests' clients say they are (an Access's default `Served` is loopback, any port).
 SERVED = "http://127.0.0.1:8080"
 ROLE_SF = """#include "minimal.sf"
@@ -73,10 +67,8 @@ def gate() -> Iterator[Gate]:
 
 
 @dataclass
-class WebSiteDir:
-    root: Path
+class WebSiteDir(SdSite):
     uri: str
-    environ: dict[str, str]
 
     def site(self, access: Access | None = None, gate: Gate | None = None) -> WebSite:
         return WebSite(load_config(self.root / "site.toml"), access or Access(local_user="alice"),
@@ -93,37 +85,17 @@ class WebSiteDir:
         return [TestClient(app, base_url=SERVED, follow_redirects=False,
                            headers={"X-Remote-User": user}) for user in users]  # fmt: skip
 
-    def sd(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), Environment(stdout=out, stderr=err, environ=self.environ))
-        return code, out.getvalue(), err.getvalue()
-
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[WebSiteDir]:
-    images = tmp_path / "images" / "minimal"
-    images.mkdir(parents=True)
-    (images / "vmlinux").write_bytes(b"kernel")
-    (images / "initrd.img").write_bytes(b"initrd")
+    fake_kernel(tmp_path / "images")
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "role.sf").write_text(ROLE_SF, encoding="utf-8")
-    host_file = tmp_path / "host.xml"
-    host_file.write_text(HOST_XML, encoding="utf-8")
-    (tmp_path / "site.toml").write_text(
-        f'image_dir = "{tmp_path / "images"}"\n'
-        f'state_dir = "{tmp_path / "state"}"\n'
-        f'default_uri = "test://{host_file}"\n'
-        f'template_dirs = ["{templates}", "{BUILTIN_TEMPLATE_DIR}"]\n'
-        "[properties]\n"
-        '"sd.flavour" = "qemu"\n'
-        "[policy]\n"
-        "max_memory_mib = 2048\n"
-        "max_vcpus = 4\n",
-        encoding="utf-8",
-    )
-    environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
-    made = WebSiteDir(tmp_path, f"test://{host_file}", environ)
+    uri = write_node(tmp_path / "host.xml")
+    config = write_site_toml(tmp_path, uri, template_dirs=[templates, BUILTIN_TEMPLATE_DIR],
+                             tables="[policy]\nmax_memory_mib = 2048\nmax_vcpus = 4\n")
+    made = WebSiteDir(tmp_path, site_environ(config), uri)
     yield made
     code, out, _err = made.sd("status")
     assert out == "no pools or jobs\n", "the test left pools behind"

@@ -10,8 +10,6 @@ Screenshots go to the test's tmp folder.
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,47 +30,31 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from test_web import Gate, gate, serve  # noqa: E402
 
-from sd_batch.cli.main import Environment, main  # noqa: E402
 from sd_batch.config.site import load_config  # noqa: E402
 from sd_batch.hypervisor.connections import SHARED_CONNECTIONS  # noqa: E402
 from sd_batch.web.access import Access  # noqa: E402
 from sd_batch.web.app import WebSite, create_app  # noqa: E402
 
-__all__ = ["gate"]  # the fixture, shared with test_web
+from conftest import fake_kernel, sd_in_process, site_environ, write_node, write_site_toml  # noqa: E402
 
-HOST_XML = """<node>
-  <cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
-    <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
-  <memory>8388608</memory>
-</node>
-"""
+__all__ = ["gate"]  # the fixture, shared with test_web
 
 
 @pytest.fixture
 def served(tmp_path: Path, gate: Gate) -> Iterator[tuple[str, dict[str, str]]]:
     """(base URL, environment for `sd`) of a site served on 127.0.0.1 from this process,
     whose pool starts wait for GATE."""
-    images = tmp_path / "images" / "minimal"
-    images.mkdir(parents=True)
-    (images / "vmlinux").write_bytes(b"kernel")
-    (images / "initrd.img").write_bytes(b"initrd")
-    host_file = tmp_path / "host.xml"
-    host_file.write_text(HOST_XML, encoding="utf-8")
-    (tmp_path / "site.toml").write_text(
-        f'image_dir = "{tmp_path / "images"}"\nstate_dir = "{tmp_path / "state"}"\n'
-        f'default_uri = "test://{host_file}"\n[properties]\n"sd.flavour" = "qemu"\n'
-        "[policy]\nmax_memory_mib = 2048\n",
-        encoding="utf-8",
-    )
-    site = WebSite(load_config(tmp_path / "site.toml"), Access(local_user="tester"),
+    fake_kernel(tmp_path / "images")
+    uri = write_node(tmp_path / "host.xml")
+    config = write_site_toml(tmp_path, uri, tables="[policy]\nmax_memory_mib = 2048\n")
+    site = WebSite(load_config(config), Access(local_user="tester"),
                    grace_seconds=0, start_pool=gate.start_pool)  # fmt: skip
     server, port, thread = serve(create_app(site))
-    environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
-    yield f"http://127.0.0.1:{port}", environ
+    yield f"http://127.0.0.1:{port}", site_environ(config)
     gate.opened.set()  # a failed test must not leave the server waiting for a start at shutdown
     server.should_exit = True
     thread.join(10)
-    SHARED_CONNECTIONS.forget(f"test://{host_file}")
+    SHARED_CONNECTIONS.forget(uri)
 
 
 @pytest.fixture
@@ -98,10 +80,9 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 
 def sd_status(environ: dict[str, str], *argv: str) -> str:
-    out = io.StringIO()
-    assert main(["status", *argv], Environment(stdout=out, stderr=io.StringIO(),
-                                               environ=environ)) == 0  # fmt: skip
-    return out.getvalue()
+    code, out, _err = sd_in_process(environ, "status", *argv)
+    assert code == 0
+    return out
 
 
 def test_fill_the_qa_testbed_form_start_watch_and_terminate_it(

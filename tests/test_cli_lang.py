@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
 from sd_batch.lang import COMPONENT_LIBRARY_DIR, load_file
+
+from conftest import Run, sd_in_process
 
 SEED = """#include "components.sf"
 simpleScheduler extends Scheduler { hosts [|"host1", "host2", "host3"|]; }
@@ -28,11 +28,8 @@ def site(tmp_path: Path) -> Path:
     return path
 
 
-def sd(site: Path, *argv: str, environ: dict[str, str] | None = None) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    env = Environment(stdout=out, stderr=err, environ=environ if environ is not None else {})
-    code = main(["--config", str(site), *argv], env)
-    return code, out.getvalue(), err.getvalue()
+def sd(site: Path, *argv: str, environ: dict[str, str] | None = None) -> Run:
+    return sd_in_process(environ or {}, "--config", str(site), *argv)
 
 
 def write(tmp_path: Path, text: str, name: str = "job.sf") -> str:

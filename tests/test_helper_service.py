@@ -36,14 +36,13 @@ from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
 from sd_batch.helper.hooks import HOOKS_DIR, global_job_id
 from sd_batch.ledger.store import Ledger, Owner, OwnerKind, OwnerStatus
 
+from conftest import fake_kernel, write_node, write_site_toml
+
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
 GROUP, USER_A, USER_B, OUTSIDER = "sd-slots", "sdslot1", "sdtest-svc-b", "sdtest-svc-x"
-NODE_XML = ("<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>"
-            "<active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>"
-            "<memory>4194304</memory></node>\n")  # fmt: skip
 SUBMIT = """executable = hello.sh
 transfer_input_files = input.txt
 +SDVMDescription = "minimal"
@@ -158,15 +157,10 @@ def users() -> Iterator[tuple[User, User]]:
 def service(users: tuple[User, User]) -> Iterator[Service]:
     root = Path(tempfile.mkdtemp(prefix="sd-svc-"))
     root.chmod(0o755)  # slot users pass through to the socket and their scratch dirs
-    (root / "node.xml").write_text(NODE_XML, encoding="utf-8")
-    (root / "images" / "minimal").mkdir(parents=True)
-    for name in ("vmlinux", "initrd.img"):
-        (root / "images" / "minimal" / name).write_bytes(b"x")
-    (root / "site.toml").write_text(
-        f'image_dir = "{root / "images"}"\nstate_dir = "{root / "state"}"\n'
-        f'default_uri = "test://{root / "node.xml"}"\ntemplate_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n'
-        '[properties]\n"sd.flavour" = "qemu"\n[policy]\nmax_run_seconds = 2\n',
-        encoding="utf-8")  # fmt: skip
+    uri = write_node(root / "node.xml", cpus=2, memory_kib=4 << 20)
+    fake_kernel(root / "images", (b"x", b"x"))
+    write_site_toml(root, uri, template_dirs=[BUILTIN_TEMPLATE_DIR],
+                    tables="[policy]\nmax_run_seconds = 2\n")
     (root / "bin").mkdir()  # what the hook scripts need on PATH, and no sudo
     for tool in ("dirname", "readlink"):
         (root / "bin" / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")

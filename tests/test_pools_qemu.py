@@ -10,7 +10,6 @@ then checks that libvirtd has no domain of ours and that no overlay file is left
 
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import os
@@ -24,13 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import load_config
 from sd_batch.deploy.pools import start_pool
 from sd_batch.errors import SdError
 from sd_batch.hypervisor.connection import DomainState, Hypervisor
 from sd_batch.hypervisor.connections import SHARED_CONNECTIONS
 from sd_batch.ledger.store import Ledger
+
+from conftest import SdSite, site_environ, write_site_toml
 
 pytestmark = pytest.mark.qemu
 
@@ -52,9 +52,7 @@ sfConfig extends Pool {
 
 
 @dataclass
-class RealSite:
-    root: Path
-    environ: dict[str, str]
+class RealSite(SdSite):
     description: Path
 
     @property
@@ -64,11 +62,6 @@ class RealSite:
     @property
     def console_dir(self) -> Path:
         return self.root / "state" / "consoles"
-
-    def sd(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), Environment(stdout=out, stderr=err, environ=self.environ))
-        return code, out.getvalue(), err.getvalue()
 
     def ledger_owners(self) -> list[str]:
         config = load_config(self.root / "site.toml")
@@ -129,15 +122,10 @@ def site(tmp_path: Path, hv: Hypervisor) -> Iterator[RealSite]:
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", str(images / "base.qcow2"), "64M"], check=True
     )
-    (tmp_path / "site.toml").write_text(
-        f'image_dir = "{images}"\nstate_dir = "{tmp_path / "state"}"\ndefault_uri = "{URI}"\n'
-        '[properties]\n"sd.flavour" = "qemu"\n',  # TCG: this host's /dev/kvm cannot run guests
-        encoding="utf-8",
-    )
+    config = write_site_toml(tmp_path, URI, image_dir=images)  # flavour qemu: TCG, no /dev/kvm
     description = tmp_path / "pool.sf"
     description.write_text(TWO_WITH_OVERLAYS, encoding="utf-8")
-    environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
-    made = RealSite(tmp_path, environ, description)
+    made = RealSite(tmp_path, site_environ(config), description)
     try:
         yield made
     finally:

@@ -18,13 +18,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.helper.hooks import HOOKS_DIR
+
+from conftest import Run as SdRun
 
 pytestmark = pytest.mark.qemu
 
@@ -63,11 +64,8 @@ def host_ready() -> None:
         pytest.skip(reason)
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
+class Run(SdRun):
+    __slots__ = ()
 
     @property
     def domains(self) -> list[str]:

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import pytest
 
 from sd_batch.cli.main import Environment, main
+from sd_batch.config.site import SiteConfig
+from sd_batch.ledger.store import Ledger
 
 GoldenCheck = Callable[[Path, str], None]
 
@@ -125,6 +127,15 @@ def write_site_toml(root: Path, default_uri: str, *, image_dir: Path | None = No
 def site_environ(config_file: Path) -> dict[str, str]:
     """The environment of `sd` for the site of CONFIG_FILE (and no other site's settings)."""
     return {"SD_BATCH_CONFIG": str(config_file), "PATH": os.environ["PATH"]}
+
+
+def ledger_rows(config: SiteConfig) -> tuple[list[str], list[str]]:
+    """(owners, resources) CONFIG's ledger holds, as `kind id` / `kind name` strings."""
+    with Ledger.for_site(config) as ledger:
+        owners = ledger.owners()
+        resources = [r for o in owners for r in ledger.resources(o)]
+    return ([f"{o.kind.value} {o.owner_id}" for o in owners],
+            [f"{r.kind.value} {r.name}" for r in resources])  # fmt: skip
 
 
 @dataclass

@@ -31,9 +31,9 @@ from sd_batch.deploy.pools import (
 )
 from sd_batch.errors import DeployError
 from sd_batch.hypervisor.connection import DomainState, Hypervisor
-from sd_batch.ledger.store import Ledger, OwnerStatus
+from sd_batch.ledger.store import OwnerStatus
 
-from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml
+from conftest import SdSite, fake_kernel, ledger_rows, site_environ, write_node, write_site_toml
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -80,12 +80,7 @@ class Site(SdSite):
         return str(path)
 
     def ledger_rows(self) -> tuple[list[str], list[str]]:
-        """(owners, resources) the ledger holds, as `kind id` / `kind name` strings."""
-        with Ledger.for_site(self.config()) as ledger:
-            owners = ledger.owners()
-            resources = [r for o in owners for r in ledger.resources(o)]
-        return ([f"{o.kind.value} {o.owner_id}" for o in owners],
-                [f"{r.kind.value} {r.name}" for r in resources])  # fmt: skip
+        return ledger_rows(self.config())
 
 
 def host(uri: str) -> Hypervisor:

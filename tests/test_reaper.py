@@ -49,7 +49,7 @@ from sd_batch.ledger.store import (
 )
 from sd_batch.vm.domain_xml import SD_NAMESPACE
 
-from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml
+from conftest import SdSite, fake_kernel, ledger_rows, site_environ, write_node, write_site_toml
 
 URI = "test:///default"
 BOOT = "boot-1"
@@ -203,11 +203,7 @@ class Site(SdSite):
                       if str(self.root / "state") in v.path())  # fmt: skip
 
     def rows(self) -> tuple[list[str], list[str]]:
-        with Ledger.for_site(self.config()) as ledger:
-            owners = ledger.owners()
-            resources = [r for o in owners for r in ledger.resources(o)]
-        return ([f"{o.kind.value} {o.owner_id}" for o in owners],
-                [f"{r.kind.value} {r.name}" for r in resources])  # fmt: skip
+        return ledger_rows(self.config())
 
     def die_as(self, kind: OwnerKind, owner_id: str, status: OwnerStatus) -> int:
         """Make OWNER's recorded process one that then dies (a real pid, really gone)."""

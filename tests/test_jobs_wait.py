@@ -8,14 +8,14 @@ as a restarted libvirtd takes back the VMs QEMU kept running.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sd_batch.batch.jobs import wait_off_across_restarts
 from sd_batch.errors import DomainNotFound, HypervisorError, ShutoffTimeout
-from sd_batch.hypervisor.connection import DomainState, Hypervisor
+from sd_batch.hypervisor.connection import DomainState, DomainStatus, Hypervisor
 from sd_batch.hypervisor.connection import _status as status_of
 from sd_batch.hypervisor.connections import Connections
 
@@ -23,18 +23,41 @@ pytestmark = pytest.mark.libvirt
 HOST_R = f"test://{Path(__file__).resolve().parent / 'data' / 'hosts' / 'hostR.xml'}"
 
 
+class Watched(Hypervisor):
+    """A Hypervisor that says when a wait on it has begun (instead of a test sleeping)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waiting = threading.Event()
+
+    def wait_shutoff(self, name: str, timeout: float, *, poll: float = 1.0) -> DomainStatus:
+        self.waiting.set()
+        return super().wait_shutoff(name, timeout, poll=poll)
+
+
 class Opened:
     """A Connections opener that keeps every connection it made, in order."""
 
     def __init__(self, *, fail_after: int | None = None) -> None:
-        self.made: list[Hypervisor] = []
+        self.made: list[Watched] = []
         self.fail_after = fail_after
+        self.changed = threading.Condition()
 
     def __call__(self, uri: str) -> Hypervisor:
         if self.fail_after is not None and len(self.made) >= self.fail_after:
             raise HypervisorError(f"{uri}: cannot connect: no socket", transient=True)
-        self.made.append(Hypervisor.connect(uri))
-        return self.made[-1]
+        with self.changed:
+            self.made.append(Watched.connect(uri))
+            self.changed.notify_all()
+            return self.made[-1]
+
+    def waiting_on(self, index: int, seconds: float = 30) -> Watched:
+        """The INDEXth connection, once a wait on it has begun."""
+        with self.changed:
+            came = self.changed.wait_for(lambda: len(self.made) > index, seconds)
+        assert came, "no such connection came"
+        assert self.made[index].waiting.wait(seconds), "no wait began on it"
+        return self.made[index]
 
 
 def test_the_wait_reconnects_when_libvirtd_restarts_and_ends_when_the_vm_stops() -> None:
@@ -44,22 +67,17 @@ def test_the_wait_reconnects_when_libvirtd_restarts_and_ends_when_the_vm_stops()
     assert connections(HOST_R).state("job-r").state is DomainState.RUNNING
 
     def restart_then_power_off() -> None:
-        time.sleep(0.3)
-        opened.made[0].close()  # the daemon is gone; the VM runs on
-        deadline = time.monotonic() + 10
-        while len(opened.made) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        opened.made[-1].destroy("job-r")  # the guest finishes, seen by the new daemon
+        opened.waiting_on(0).close()  # the daemon is gone; the VM runs on
+        opened.waiting_on(1).destroy("job-r")  # the guest finishes, seen by the new daemon
 
     thread = threading.Thread(target=restart_then_power_off)
-    started = time.monotonic()
     thread.start()
-    wait_off_across_restarts(connections, HOST_R, "job-r", timeout=30)
+    slept: list[float] = []
+    wait_off_across_restarts(connections, HOST_R, "job-r", timeout=30, sleep=slept.append)
     thread.join()
     assert len(opened.made) == 2  # one reconnection, no more
+    assert slept == [1.0]  # one pause before reconnecting
     assert connections(HOST_R).state("job-r").state is DomainState.SHUTOFF
-    assert time.monotonic() - started < 5
     connections.close()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import threading
 
 import pytest
 
@@ -159,6 +159,25 @@ def test_a_name_taken_while_the_start_waited_is_a_failed_start(web: WebSiteDir, 
     assert web.sd("terminate", "localhost", "qa", "--grace", "0")[0] == 0
 
 
+class Said(logging.Handler):
+    """An event set once sd_batch.web logs a line holding TEXT (no sleeping until it has)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.event = text, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+    def __enter__(self) -> Said:
+        logging.getLogger("sd_batch.web").addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging.getLogger("sd_batch.web").removeHandler(self)
+
+
 def test_server_shutdown_waits_for_a_start_in_progress(
     web: WebSiteDir, gate: Gate, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -171,9 +190,9 @@ def test_server_shutdown_waits_for_a_start_in_progress(
         )
     assert (started.status_code, started.headers["location"]) == (303, "/pools/p1")
 
-    with caplog.at_level(logging.WARNING, logger="sd_batch.web"):
+    with caplog.at_level(logging.WARNING, logger="sd_batch.web"), Said("in progress") as said:
         server.should_exit = True
-        time.sleep(1.5)
+        assert said.event.wait(30), "the server never said it waits for the start"
         assert thread.is_alive(), "the server stopped with a start in progress"
         assert "waiting for the pool starts in progress: p1" in caplog.text
         gate.opened.set()

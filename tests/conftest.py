@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import io
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,3 +152,13 @@ class SdSite:
 
     def sd(self, *argv: str) -> Run:
         return sd_in_process(self.environ, *argv)
+
+
+def wait_until(condition: Callable[[], object], what: str, seconds: float = 30.0,
+               every: float = 0.05) -> None:  # fmt: skip
+    """Poll CONDITION (another process's state: nothing to wait on) until true; fail after
+    SECONDS naming WHAT. The bound is only a hang guard: no test asserts on the time taken."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)

@@ -14,8 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from sd_batch.hypervisor.connections import Connections
 from sd_batch.hypervisor.inventory import live_host
 from sd_batch.ledger.store import Claim, Ledger
 
-from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml
+from conftest import SdSite, fake_kernel, site_environ, wait_until, write_node, write_site_toml
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -85,13 +84,6 @@ def site(tmp_path: Path) -> Iterator[Site]:
     assert made.owners() == [], "the test left pools in the ledger"
 
 
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 # --- two threads, one shared host ------------------------------------------------------------
 def test_two_starts_racing_for_room_for_one_pool_one_wins_the_other_leaves_nothing(
     tmp_path: Path,
@@ -117,7 +109,7 @@ def test_two_starts_racing_for_room_for_one_pool_one_wins_the_other_leaves_nothi
         def progress(line: str) -> None:
             if " placed " in line:
                 placed[name].set()
-                wait_for(lambda: placed[other].is_set() or done[other].is_set(),
+                wait_until(lambda: placed[other].is_set() or done[other].is_set(),
                          f"{other} to place or finish")  # fmt: skip
 
         conns = Connections()
@@ -235,7 +227,7 @@ def test_two_sd_start_processes_and_a_claim_of_a_killed_one(site: Site) -> None:
     first = site.sd_process("start", "h1", "first", file, stdout=subprocess.DEVNULL, stderr=write)
     os.close(write)
     try:
-        wait_for(lambda: site.claims() != () or first.poll() is not None, "first's claim")
+        wait_until(lambda: site.claims() != () or first.poll() is not None, "first's claim")
         assert site.claims() == (Claim("first-v1", site.host, 768, 1),)
         second = site.sd_process("start", "h1", "second", file, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)  # fmt: skip

@@ -36,7 +36,7 @@ from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
 from sd_batch.helper.hooks import HOOKS_DIR, global_job_id
 from sd_batch.ledger.store import Ledger, Owner, OwnerKind, OwnerStatus
 
-from conftest import fake_kernel, write_node, write_site_toml
+from conftest import fake_kernel, wait_until, write_node, write_site_toml
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -233,10 +233,7 @@ def new_job(service: Service, user: User, name: str) -> Job:
 
 
 def until(check: Callable[[], object], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    wait_until(check, "the service", seconds)
 
 
 def started_run(job: Job) -> subprocess.Popen[bytes]:

@@ -29,6 +29,8 @@ from sd_batch.ledger.store import (
 )
 from sd_batch.vm.domain_xml import OwnerKind
 
+from conftest import wait_until
+
 URI = "test:///default"
 # Child processes start by "spawn": forking a pytest process that may run libvirt's event
 # thread is asking for trouble, and spawn is what a fresh hook process looks like anyway.
@@ -264,10 +266,8 @@ def test_a_killed_process_not_yet_waited_for_is_dead() -> None:
         recorded = ProcessRef.of(child.pid)
         assert recorded.is_alive()
         os.kill(child.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
-            assert time.monotonic() < deadline, "the child never died"
-            time.sleep(0.01)
+        wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] == "Z",
+                   "the child to die", 10, every=0.01)
         assert not recorded.is_alive()
     finally:
         child.kill()

@@ -7,7 +7,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
@@ -73,6 +73,15 @@ def _claim_then_die(path: Path) -> None:
     owner = ledger.register_owner(OwnerKind.POOL, "crashed", URI, new_only=True)
     ledger.record_claims(owner, [Claim("crashed-vm1", URI, 512, 1)])
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def killed_in_a_child(target: Callable[[Path], None], path: Path) -> None:
+    """Run TARGET(PATH) on a fresh ledger in a child process that kills itself half-way."""
+    Ledger.open(path).close()
+    child = SPAWN.Process(target=target, args=(path,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
 
 
 def _churn(path: Path, worker: int, count: int) -> None:
@@ -203,11 +212,7 @@ def test_owner_status_and_fields_round_trip(ledger: Ledger) -> None:
 
 
 def test_a_row_left_creating_by_a_killed_process_is_a_leftover(path: Path) -> None:
-    Ledger.open(path).close()
-    child = SPAWN.Process(target=_create_then_die, args=(path,))
-    child.start()
-    child.join(30)
-    assert child.exitcode == -signal.SIGKILL
+    killed_in_a_child(_create_then_die, path)
     with Ledger.open(path) as ledger:
         leftovers = ledger.leftovers()
     assert [r.name for r in leftovers.resources] == ["job-13-0"]
@@ -333,11 +338,7 @@ def test_claims_go_with_their_owner(ledger: Ledger) -> None:
 
 
 def test_the_claims_of_a_killed_start_hold_no_room(path: Path) -> None:
-    Ledger.open(path).close()
-    child = SPAWN.Process(target=_claim_then_die, args=(path,))
-    child.start()
-    child.join(30)
-    assert child.exitcode == -signal.SIGKILL
+    killed_in_a_child(_claim_then_die, path)
     with Ledger.open(path) as ledger:
         assert ledger.claims() == ()
         [crashed] = ledger.leftovers().owners  # the reaper's view agrees: it is a leftover

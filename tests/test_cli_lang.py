@@ -39,7 +39,7 @@ def write(tmp_path: Path, text: str, name: str = "job.sf") -> str:
 
 
 # -- sd validate -----------------------------------------------------------------------------------
-def test_validate_prints_one_summary_line(site: Path, tmp_path: Path):
+def test_validate_prints_one_summary_line(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, SEED)
     assert sd(site, "validate", job) == (
         0,
@@ -48,7 +48,7 @@ def test_validate_prints_one_summary_line(site: Path, tmp_path: Path):
     )
 
 
-def test_validate_json_of_a_valid_description(site: Path, tmp_path: Path):
+def test_validate_json_of_a_valid_description(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, SEED)
     code, out, err = sd(site, "validate", "--json", job)
     assert (code, err) == (0, "")
@@ -62,7 +62,9 @@ def test_validate_json_of_a_valid_description(site: Path, tmp_path: Path):
     }
 
 
-def test_validate_error_shows_location_source_line_and_caret_and_exits_4(site, tmp_path):
+def test_validate_error_shows_location_source_line_and_caret_and_exits_4(
+    site: Path, tmp_path: Path
+) -> None:
     job = write(tmp_path, "sfConfig extends {\n  port 80;\n  url ATTRIB prot;\n}\n")
     assert sd(site, "validate", job) == (
         4,
@@ -72,7 +74,7 @@ def test_validate_error_shows_location_source_line_and_caret_and_exits_4(site, t
     )
 
 
-def test_validate_json_lists_every_error(site: Path, tmp_path: Path):
+def test_validate_json_lists_every_error(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, "sfConfig extends {\n  a ATTRIB nope;\n  b TBD;\n}\n")
     code, out, err = sd(site, "validate", "--json", job)
     assert (code, err) == (4, "")
@@ -100,14 +102,14 @@ def test_validate_json_lists_every_error(site: Path, tmp_path: Path):
     }
 
 
-def test_validate_syntax_only_does_not_follow_includes(site: Path, tmp_path: Path):
+def test_validate_syntax_only_does_not_follow_includes(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, '#include "not/there.sf"\nsfConfig extends Missing;\n')
     assert sd(site, "validate", "--syntax-only", job) == (0, f"{job}: syntax OK\n", "")
     code, out, _err = sd(site, "validate", "--syntax-only", "--json", job)
     assert (code, json.loads(out)) == (0, {"file": job, "valid": True, "syntax_only": True})
 
 
-def test_validate_syntax_only_reports_syntax_errors(site: Path, tmp_path: Path):
+def test_validate_syntax_only_reports_syntax_errors(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, "a (1 + 2 * 3);\n")
     assert sd(site, "validate", "--syntax-only", job) == (
         4,
@@ -116,7 +118,7 @@ def test_validate_syntax_only_reports_syntax_errors(site: Path, tmp_path: Path):
     )
 
 
-def test_allow_tbd_accepts_and_lists_what_is_left(site: Path, tmp_path: Path):
+def test_allow_tbd_accepts_and_lists_what_is_left(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, "sfConfig extends { a TBD; n extends { b TBD; } }\n")
     assert sd(site, "validate", "--allow-tbd", job) == (
         0,
@@ -131,7 +133,7 @@ def test_allow_tbd_accepts_and_lists_what_is_left(site: Path, tmp_path: Path):
     ]
 
 
-def test_warnings_for_unused_broken_prototypes_go_to_stderr(site: Path, tmp_path: Path):
+def test_warnings_for_unused_broken_prototypes_go_to_stderr(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, "Bad extends Missing;\nsfConfig extends { a 1; }\n")
     assert sd(site, "validate", job) == (
         0,
@@ -141,7 +143,7 @@ def test_warnings_for_unused_broken_prototypes_go_to_stderr(site: Path, tmp_path
     )
 
 
-def test_a_library_without_sfconfig_is_summarised(site: Path):
+def test_a_library_without_sfconfig_is_summarised(site: Path) -> None:
     library = str(COMPONENT_LIBRARY_DIR / "components.sf")
     prototypes = sum(1 for _ in load_file(library).root.children())
     code, out, err = sd(site, "validate", library)
@@ -149,7 +151,9 @@ def test_a_library_without_sfconfig_is_summarised(site: Path):
     assert out == f"{library}: valid; no sfConfig: a library of {prototypes} prototypes; 1 file\n"
 
 
-def test_include_dirs_and_properties_and_the_injected_environment(site: Path, tmp_path: Path):
+def test_include_dirs_and_properties_and_the_injected_environment(
+    site: Path, tmp_path: Path
+) -> None:
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "protos.sf").write_text("P extends { flavour PROPERTY flavour; }\n")
     job = write(tmp_path, '#include "/protos.sf"\nsfConfig extends P { home ENVPROPERTY HOME; }\n')
@@ -168,7 +172,9 @@ def test_include_dirs_and_properties_and_the_injected_environment(site: Path, tm
     assert json.loads(out) == {"flavour": "qemu", "home": "/home/u"}
 
 
-def test_envproperty_never_reads_the_real_process_environment(site, tmp_path, monkeypatch):
+def test_envproperty_never_reads_the_real_process_environment(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SD_TEST_SECRET", "leak")
     job = write(tmp_path, 'sfConfig extends { s OPTIONAL("none") ENVPROPERTY SD_TEST_SECRET; }\n')
     assert json.loads(sd(site, "render", "--json", job)[1]) == {"s": "none"}
@@ -183,13 +189,13 @@ def test_envproperty_never_reads_the_real_process_environment(site, tmp_path, mo
         (["validate", "--bogus", "x.sf"], "sd: unrecognized arguments: --bogus"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(site: Path, argv: list[str], message: str):
+def test_usage_errors_exit_2_with_one_line(site: Path, argv: list[str], message: str) -> None:
     code, out, err = sd(site, *argv)
     assert (code, out) == (2, "")
     assert err.startswith(f"sd: error: {message}") and err.count("\n") == 1
 
 
-def test_a_missing_file_is_a_description_error(site: Path, tmp_path: Path):
+def test_a_missing_file_is_a_description_error(site: Path, tmp_path: Path) -> None:
     missing = str(tmp_path / "none.sf")
     assert sd(site, "validate", missing) == (
         4,
@@ -198,7 +204,7 @@ def test_a_missing_file_is_a_description_error(site: Path, tmp_path: Path):
     )
 
 
-def test_no_traceback_without_debug_and_one_with_it(site: Path, tmp_path: Path):
+def test_no_traceback_without_debug_and_one_with_it(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, "sfConfig extends { a (1 / 0); }\n")
     code, _out, err = sd(site, "validate", job)
     assert code == 4 and "Traceback" not in err
@@ -207,7 +213,9 @@ def test_no_traceback_without_debug_and_one_with_it(site: Path, tmp_path: Path):
     assert err.rstrip().endswith("^")
 
 
-def test_a_description_too_deep_to_resolve_is_an_error_not_a_traceback(site, tmp_path):
+def test_a_description_too_deep_to_resolve_is_an_error_not_a_traceback(
+    site: Path, tmp_path: Path
+) -> None:
     chain = " ".join(f"a{i} a{i + 1};" for i in range(500))
     job = write(tmp_path, f"sfConfig extends {{ {chain} a500 1; }}\n")
     code, out, err = sd(site, "validate", job)
@@ -215,7 +223,7 @@ def test_a_description_too_deep_to_resolve_is_an_error_not_a_traceback(site, tmp
     assert err.startswith(f"sd: error: {job}: too deeply nested to resolve; ")
 
 
-def test_a_tree_too_deep_to_print_is_an_error_not_a_traceback(site, tmp_path):
+def test_a_tree_too_deep_to_print_is_an_error_not_a_traceback(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, "sfConfig extends { v " + "[|" * 450 + "|]" * 450 + "; }\n")
     code, out, err = sd(site, "render", job)
     assert (code, out, err) == (
@@ -225,7 +233,7 @@ def test_a_tree_too_deep_to_print_is_an_error_not_a_traceback(site, tmp_path):
     )
 
 
-def test_help_works(site: Path, capsys: pytest.CaptureFixture[str]):
+def test_help_works(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _err = sd(site)
     assert code == 0 and out.startswith("usage: sd ")
     assert "Exit codes: 0 ok, 2 usage, 3 site config, 4 description" in out
@@ -245,7 +253,9 @@ sfConfig extends {
 """
 
 
-def test_render_json_keeps_order_nests_objects_and_keeps_lazy_refs(site: Path, tmp_path: Path):
+def test_render_json_keeps_order_nests_objects_and_keeps_lazy_refs(
+    site: Path, tmp_path: Path
+) -> None:
     code, out, err = sd(site, "render", "--json", write(tmp_path, RENDER))
     assert (code, err) == (0, "")
     data = json.loads(out)
@@ -258,27 +268,27 @@ def test_render_json_keeps_order_nests_objects_and_keeps_lazy_refs(site: Path, t
     assert list(data) == ["live", "n", "s", "copy"]
 
 
-def test_render_text_parses_and_renders_again_identically(site: Path, tmp_path: Path):
+def test_render_text_parses_and_renders_again_identically(site: Path, tmp_path: Path) -> None:
     code, out, _err = sd(site, "render", write(tmp_path, SEED))
     assert code == 0 and out.startswith('sfConfig extends {\n    sfCodeBase "default";\n')
     assert "        scheduler LAZY simpleScheduler;\n" in out
     assert sd(site, "render", write(tmp_path, out, "again.sf")) == (0, out, "")
 
 
-def test_render_refuses_tbds_unless_allowed(site: Path, tmp_path: Path):
+def test_render_refuses_tbds_unless_allowed(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, "sfConfig extends { a TBD; }\n")
     assert sd(site, "render", job)[0] == 4
     assert sd(site, "render", "--allow-tbd", job) == (0, "sfConfig extends {\n    a TBD;\n}\n", "")
     assert json.loads(sd(site, "render", "--json", "--allow-tbd", job)[1]) == {"a": {"$tbd": True}}
 
 
-def test_render_of_a_library_prints_its_prototypes(site: Path, tmp_path: Path):
+def test_render_of_a_library_prints_its_prototypes(site: Path, tmp_path: Path) -> None:
     job = write(tmp_path, 'sfCodeBase "d"; P extends NULL { c PARENT:ATTRIB sfCodeBase; }\n')
     assert sd(site, "render", job) == (0, 'sfCodeBase "d";\nP extends {\n    c "d";\n}\n', "")
 
 
 # -- sd templates ----------------------------------------------------------------------------------
-def test_templates_json_lists_each_template_with_its_tbd_fields(site: Path):
+def test_templates_json_lists_each_template_with_its_tbd_fields(site: Path) -> None:
     code, out, err = sd(site, "templates", "--json")
     assert (code, err) == (0, "")
     templates = json.loads(out)

@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,7 +126,7 @@ def guest() -> Path:
 
 
 @pytest.fixture(scope="module")
-def conn() -> Iterator[object]:
+def conn() -> Iterator[Any]:
     if not SOCKET.exists():
         pytest.skip(f"libvirtd is not running ({SOCKET} is missing): run scripts/setup-host")
     _start_event_loop()
@@ -156,7 +157,7 @@ def workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _remove(dom: object) -> None:
+def _remove(dom: Any) -> None:
     """Destroy and undefine, whatever state the domain reached (it may stop meanwhile)."""
     with contextlib.suppress(libvirt.libvirtError):
         if dom.isActive():
@@ -168,7 +169,7 @@ def _remove(dom: object) -> None:
 class Stopped:
     """A STOPPED lifecycle event for one domain, waited for without polling."""
 
-    def __init__(self, conn: object, name: str) -> None:
+    def __init__(self, conn: Any, name: str) -> None:
         self.name = name
         self.event = threading.Event()
         self.detail: int | None = None
@@ -178,7 +179,7 @@ class Stopped:
         )
         self.conn = conn
 
-    def _on_event(self, _conn: object, dom: object, event: int, detail: int, _o: object) -> None:
+    def _on_event(self, _conn: object, dom: Any, event: int, detail: int, _o: object) -> None:
         if dom.name() == self.name and event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
             self.detail, self.at = detail, time.monotonic()
             self.event.set()
@@ -236,7 +237,7 @@ def make_output_disk(path: Path, size: int) -> None:
 
 
 def run_job(
-    conn: object,
+    conn: Any,
     guest: Path,
     workdir: Path,
     manifest: Manifest,
@@ -295,7 +296,7 @@ exit 3
 """
 
 
-def test_service_vm_powers_off_on_acpi_shutdown(conn, guest: Path, workdir: Path) -> None:
+def test_service_vm_powers_off_on_acpi_shutdown(conn: Any, guest: Path, workdir: Path) -> None:
     name = f"{OWN_PREFIX}{uuid.uuid4().hex[:8]}"
     console = workdir / "console.log"
     stopped = Stopped(conn, name)
@@ -321,7 +322,7 @@ def test_service_vm_powers_off_on_acpi_shutdown(conn, guest: Path, workdir: Path
 
 @pytest.mark.parametrize("serials", [True, False], ids=["by-serial", "by-magic-sector"])
 def test_job_vm_runs_payload_and_writes_result_tar(
-    conn, guest: Path, workdir: Path, serials: bool
+    conn: Any, guest: Path, workdir: Path, serials: bool
 ) -> None:
     manifest = Manifest(
         argv=["./run.sh", "two words", "$(poweroff -f)", "*", ""],
@@ -350,7 +351,7 @@ def test_job_vm_runs_payload_and_writes_result_tar(
 
 
 def test_job_result_larger_than_output_disk_becomes_an_error_report(
-    conn, guest: Path, workdir: Path
+    conn: Any, guest: Path, workdir: Path
 ) -> None:
     script = b"#!/bin/sh\nhead -c 3000000 /dev/zero > big.bin\necho done\n"
     run = run_job(
@@ -363,7 +364,9 @@ def test_job_result_larger_than_output_disk_becomes_an_error_report(
     assert run.members["stdout"] == b"done\n"
 
 
-def test_acpi_shutdown_of_a_job_vm_terminates_the_payload(conn, guest: Path, workdir: Path) -> None:
+def test_acpi_shutdown_of_a_job_vm_terminates_the_payload(
+    conn: Any, guest: Path, workdir: Path
+) -> None:
     script = b"#!/bin/sh\necho started\nexec sleep 600\n"
     run = run_job(
         conn, guest, workdir, Manifest(["./wait.sh"]), {"wait.sh": (script, 0o755)},

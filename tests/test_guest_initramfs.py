@@ -52,7 +52,8 @@ INIT_SH = Path(__file__).resolve().parent.parent / "sd_batch" / "guest" / "init.
 
 def read_newc(data: bytes) -> list[CpioEntry]:
     """A minimal newc reader, written from the format description, to check the writer."""
-    entries, offset = [], 0
+    entries: list[CpioEntry] = []
+    offset = 0
     while True:
         header = data[offset : offset + 110]
         assert header[:6] == b"070701", f"bad magic at {offset}"

@@ -33,7 +33,8 @@ import pytest
 from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import job_ad_from_submit
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
-from sd_batch.helper.hooks import HOOKS_DIR, global_job_id
+from sd_batch.helper.client import HOOKS_DIR
+from sd_batch.helper.hooks import global_job_id
 from sd_batch.ledger.store import Ledger, Owner, OwnerKind, OwnerStatus
 
 from conftest import fake_kernel, wait_until, write_node, write_site_toml

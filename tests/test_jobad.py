@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ MANUAL_ENVIRONMENT = [
 ]
 
 
-def submit(tmp_path: Path, body: str, **kwargs: object) -> list[str]:
+def submit(tmp_path: Path, body: str, **kwargs: Any) -> list[str]:
     return job_ad_from_submit(
         "executable = run.sh\n" + body, submit_dir=tmp_path, owner="alice", **kwargs
     )

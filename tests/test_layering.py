@@ -171,7 +171,7 @@ class Edge:
 @functools.cache
 def module_edges() -> tuple[Edge, ...]:
     """Each import of one sd_batch module by another (a module importing itself is no edge)."""
-    edges = {}
+    edges: dict[tuple[str, str], Edge] = {}
     for path in modules().values():
         source = module_name(path)
         for imp in imports_of(path):

@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 
 from sd_batch.batch import jobs
+from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import job_ad_from_submit
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
 from sd_batch.errors import DescriptionError, Disposition, PolicyError, PolicyLimitReached, SdError
 from sd_batch.guest.contract import Manifest
-from sd_batch.helper.hooks import HOOKS_DIR
+from sd_batch.helper.client import HOOKS_DIR
 from sd_batch.hypervisor.connections import Connections
 from sd_batch.ledger.store import Ledger
 from sd_batch.staging import write_input_tar
@@ -57,7 +58,7 @@ class Site:
                         tables=f"[policy]\n{policy}")
         return load_config(self.config_path)
 
-    def job(self, description: str, sf_text: str | None = None) -> tuple[jobs.JobKey, bytes]:
+    def job(self, description: str, sf_text: str | None = None) -> tuple[JobKey, bytes]:
         """A job asking for DESCRIPTION (with my.sf holding SF_TEXT): its key and input disk."""
         inputs = ""
         if sf_text is not None:
@@ -74,10 +75,10 @@ class Site:
         out = io.BytesIO()
         write_input_tar(self.sandbox, Manifest(("/bin/true",), {}, "."), out, job_ad_text=ad,
                         max_bytes=1 << 30)  # fmt: skip
-        return jobs.JobKey(os.getuid(), job_id), out.getvalue()
+        return JobKey(os.getuid(), job_id), out.getvalue()
 
     def prepare(self, config: SiteConfig, description: str, sf_text: str | None = None,
-                key: jobs.JobKey | None = None) -> jobs.PreparedJob:  # fmt: skip
+                key: JobKey | None = None) -> jobs.PreparedJob:  # fmt: skip
         made_key, disk = self.job(description, sf_text)
         return jobs.prepare(config, key or made_key, io.BytesIO(disk),
                             connections=self.connections)  # fmt: skip
@@ -236,7 +237,7 @@ def test_allowed_overrides_prepare_a_vm(site: Site) -> None:
     config = site.write_config()
     prepared = site.prepare(config, '"my.sf"', MINIMAL + 'memory "1G";\n    vcpus 2;\n}\n')
     assert (prepared.memory_mib, prepared.vcpus, prepared.description) == (1024, 2, "my.sf")
-    jobs.cleanup(config, jobs.JobKey(os.getuid(), _job_of(site, config)),
+    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)),
                  connections=site.connections)  # fmt: skip
     assert site.leftovers(config) == []
 
@@ -251,7 +252,7 @@ def test_a_templates_tbd_fields_are_the_users_to_fill(site: Site) -> None:
     text = '#include "custom.sf"\nsfConfig extends CustomVM {\n    cmdline "console=ttyS0";\n'
     prepared = site.prepare(config, '"my.sf"', text + "    memory 512;\n}\n")
     assert prepared.memory_mib == 512
-    jobs.cleanup(config, jobs.JobKey(os.getuid(), _job_of(site, config)),
+    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)),
                  connections=site.connections)  # fmt: skip
     with pytest.raises(PolicyError, match='sfConfig:kernel "minimal/initrd.img" differs from the '
                        "site template custom"):  # fmt: skip
@@ -278,7 +279,7 @@ def test_a_cmdline_closing_its_element_reaches_libvirt_as_plain_text(site: Site)
     assert os_element is not None
     assert os_element.findtext("cmdline") == cmdline
     assert os_element.findtext("kernel") == str(site.root / "images" / "minimal" / "vmlinux")
-    jobs.cleanup(config, jobs.JobKey(os.getuid(), _job_of(site, config)),
+    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)),
                  connections=site.connections)  # fmt: skip
 
 
@@ -293,7 +294,7 @@ def test_two_jobs_asking_for_the_same_name_get_different_domains(site: Site) -> 
     }
     assert "same" not in {d.name for d in site.connections(config.default_uri).list_domains()}
     for owner in _jobs(config):
-        jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+        jobs.cleanup(config, JobKey(os.getuid(), owner), connections=site.connections)
     assert site.leftovers(config) == []
 
 
@@ -305,10 +306,10 @@ def test_a_users_vm_limit_sends_the_next_job_back_to_idle(site: Site) -> None:
         site.prepare(config, '"minimal"')
     assert caught.value.disposition is Disposition.REQUEUE
     (owner,) = _jobs(config)
-    jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+    jobs.cleanup(config, JobKey(os.getuid(), owner), connections=site.connections)
     site.prepare(config, '"minimal"')  # room again
     for owner in _jobs(config):
-        jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+        jobs.cleanup(config, JobKey(os.getuid(), owner), connections=site.connections)
 
 
 def test_concurrent_prepares_never_pass_the_vm_limit_together(site: Site) -> None:
@@ -317,7 +318,7 @@ def test_concurrent_prepares_never_pass_the_vm_limit_together(site: Site) -> Non
     start = threading.Barrier(len(disks))
     outcomes: list[str] = []
 
-    def prepare(key: jobs.JobKey, disk: bytes) -> None:
+    def prepare(key: JobKey, disk: bytes) -> None:
         connections = Connections()
         start.wait()
         try:
@@ -335,7 +336,7 @@ def test_concurrent_prepares_never_pass_the_vm_limit_together(site: Site) -> Non
         thread.join(60)
     assert sorted(outcomes) == ["prepared", "requeued", "requeued", "requeued"]
     (owner,) = _jobs(config)
-    jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+    jobs.cleanup(config, JobKey(os.getuid(), owner), connections=site.connections)
 
 
 def _jobs(config: SiteConfig) -> list[str]:

@@ -23,14 +23,13 @@ import pytest
 from sd_batch.cli.main import sf_start, sf_terminate
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
 from sd_batch.deploy.pools import (
-    SHARED_CONNECTIONS,
-    Connections,
     start_pool,
     status,
     terminate_pool,
 )
 from sd_batch.errors import DeployError
 from sd_batch.hypervisor.connection import DomainState, Hypervisor
+from sd_batch.hypervisor.connections import SHARED_CONNECTIONS, Connections
 from sd_batch.ledger.store import OwnerStatus
 
 from conftest import SdSite, fake_kernel, ledger_rows, site_environ, write_node, write_site_toml

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from sd_batch.batch import jobs
+from sd_batch.batch.key import JobKey, JobLimits
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
 from sd_batch.deploy.pools import start_pool, terminate_pool
 from sd_batch.deploy.reaper import (
@@ -165,7 +166,7 @@ def test_job_folders_go_with_their_job_or_when_nobody_owns_them(tmp_path: Path) 
 
 
 def test_the_job_digest_is_the_helpers() -> None:
-    key = jobs.JobKey(1000, "sched#12.0#1700000000")
+    key = JobKey(1000, "sched#12.0#1700000000")
     assert job_digest(key.owner_id) == key.digest and key.domain.endswith(key.digest)
 
 
@@ -216,7 +217,7 @@ class Site(SdSite):
         proc.wait()
         return proc.pid
 
-    def job(self, name: str) -> jobs.JobKey:
+    def job(self, name: str) -> JobKey:
         """A job prepared by the helper's own code (input disk, output disk, VM defined)."""
         from sd_batch.condor.jobad import job_ad_from_submit
         from sd_batch.guest.contract import Manifest
@@ -232,7 +233,7 @@ class Site(SdSite):
         disk = io.BytesIO()
         write_input_tar(sandbox, Manifest(("/bin/true",), {}, "."), disk, job_ad_text=ad,
                         max_bytes=1 << 30)  # fmt: skip
-        key = jobs.JobKey(os.getuid(), job_id)
+        key = JobKey(os.getuid(), job_id)
         jobs.prepare(self.config(), key, io.BytesIO(disk.getvalue()),
                      connections=SHARED_CONNECTIONS)  # fmt: skip
         return key
@@ -308,7 +309,7 @@ def test_a_running_job_is_untouched_and_a_prepared_one_only_after_its_grace(site
     running, prepared = site.job("running"), site.job("prepared")
     with pytest.raises(Exception, match="did not power off"):  # the test driver never does
         jobs.run(site.config(), running, io.BytesIO(), connections=SHARED_CONNECTIONS,
-                 limits=jobs.JobLimits(run_timeout_seconds=0.2))  # fmt: skip
+                 limits=JobLimits(run_timeout_seconds=0.2))  # fmt: skip
     with Ledger.for_site(site.config()) as ledger:
         row = ledger.owner(OwnerKind.JOB, running.owner_id, site.uri)
     assert row is not None and row.status is OwnerStatus.ACTIVE

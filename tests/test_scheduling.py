@@ -18,14 +18,13 @@ import pytest
 
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
 from sd_batch.deploy.pools import (
-    SHARED_CONNECTIONS,
-    Connections,
     start_pool,
     status,
     terminate_pool,
 )
 from sd_batch.deploy.watch import watch_pool
 from sd_batch.hypervisor.connection import DomainState
+from sd_batch.hypervisor.connections import SHARED_CONNECTIONS, Connections
 from sd_batch.ledger.store import Ledger
 
 from conftest import SdSite, fake_kernel, site_environ, write_node, write_site_toml

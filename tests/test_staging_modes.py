@@ -34,5 +34,5 @@ def test_data_file_mode_drops_dangerous_bits(mode: int, expected: int) -> None:
 def test_data_file_mode_matches_tarfile_data_filter(mode: int) -> None:
     member = tarfile.TarInfo("f")
     member.mode = mode
-    filtered = tarfile.data_filter(member, "/nonexistent-destination")  # type: ignore[attr-defined]
+    filtered = tarfile.data_filter(member, "/nonexistent-destination")
     assert data_file_mode(mode) == filtered.mode

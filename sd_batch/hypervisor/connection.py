@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 from ..errors import DiskWriteError as DiskWriteError
 from ..errors import DomainNotFound, HypervisorError
@@ -165,7 +165,7 @@ class Hypervisor:
         max_delay: float = 20.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-    ) -> Hypervisor:
+    ) -> Self:
         """Open URI, retrying transient failures (daemon down or restarting) with backoff.
 
         The waits grow 0.25, 0.5, 1, 2, 4 s: 6 attempts sleep 7.75 s at most, well inside

@@ -66,7 +66,7 @@ def rel(path: Path) -> str:
     return path.relative_to(SMARTFROG).as_posix()
 
 
-def data(component: Component) -> dict:
+def data(component: Component) -> dict[str, object]:
     return {k: data(v) if isinstance(v, Component) else v for k, v in component.items()}
 
 
@@ -145,6 +145,7 @@ def test_a_file_including_smartfrog_parts_we_lack_names_the_include_and_where(na
         load_file(path, include_dirs=[SMARTFROG])
     error = info.value
     assert error.message == f'cannot find include "{missing}"'
+    assert error.loc is not None and error.hint is not None
     assert (error.loc.file, error.loc.line, error.loc.column) == (str(asker_path), line, 1)
     assert error.source_line == f'#include "{missing}"'
     assert error.hint.startswith(f"searched: {asker_path.parent}, {SMARTFROG}")
@@ -183,6 +184,7 @@ def test_the_corpus_constructs_resolve_once_their_missing_parts_are_stubbed(tmp_
     )
     description = load_file(main_file, include_dirs=[stubs, SMARTFROG])
     sfconfig = description.sfconfig
+    assert sfconfig is not None
     assert str(sfconfig["parent"]) == "LAZY THIS"
     assert sfconfig["hosts"] == ["localhost", "127.0.0.1"]
     assert sfconfig["template"].is_lazy and sfconfig["template"]["sfClass"] == "Pong"

@@ -261,6 +261,7 @@ def test_several_independent_errors_are_reported_together():
 
 def test_every_broken_child_of_sfconfig_is_reported():
     error = error_of("sfConfig extends {\n  a extends Nope;\n  b extends Nada;\n}\n")
+    assert isinstance(error, DescriptionErrors)
     assert [e.headline() for e in error.errors] == [
         "t.sf:2:13: unknown reference ATTRIB Nope",
         "t.sf:3:13: unknown reference ATTRIB Nada",

@@ -94,6 +94,7 @@ def test_anonymous_names_are_numbered_across_included_files(tmp_path):
     description = load_file(tmp_path / "main.sf")
     assert list(description.root) == ["--1", "P", "sfConfig"]
     # main.sf is read whole before lib.sf: P's `--` is the third; prototype attributes come first
+    assert description.sfconfig is not None
     assert list(description.sfconfig.items()) == [("--3", 1), ("--2", 2)]
 
 
@@ -146,6 +147,7 @@ def test_numbers_keep_their_smartfrog_kind():
 def test_booleans_null_and_tbd():
     description = load_text("sfConfig extends { t true; f false; n NULL; x TBD; }", complete=False)
     sfconfig = description.sfconfig
+    assert sfconfig is not None
     assert (sfconfig["t"], sfconfig["f"], sfconfig["n"], sfconfig["x"]) == (True, False, None, TBD)
 
 
@@ -175,6 +177,7 @@ def test_byte_arrays_in_hex_decimal_octal_binary_and_base64():
 )
 def test_numbers_out_of_range_are_syntax_errors_at_the_literal(literal: str, message: str):
     error = syntax_error(f"a {literal};")
+    assert error.loc is not None
     assert (error.message, error.loc.line, error.loc.column) == (message, 1, 3)
 
 
@@ -186,6 +189,7 @@ def test_the_64_bit_limits_themselves_are_fine():
 def test_malformed_base64_is_a_syntax_error():
     error = syntax_error("a #B64#a#;")
     assert error.message.startswith("malformed #B64# byte array: ")
+    assert error.loc is not None
     assert (error.loc.line, error.loc.column) == (1, 3)
 
 
@@ -278,13 +282,15 @@ def test_several_prototypes_and_inline_bodies_parse():
         "Reference", "Reference", "Body", "NullProto", "Reference", "Body"]
     assert [str(p) for p in a.protos if isinstance(p, Reference)] == ["A", "B", "C"]
     bodies = [p for p in a.protos if isinstance(p, Body)]
-    assert [[i.name for i in p.items] for p in bodies] == [[("x",)], [("y",)]]
+    names = [[i.name for i in p.items if isinstance(i, AttrDef)] for p in bodies]
+    assert names == [[("x",)], [("y",)]]
     assert (a.modifier, b.modifier, c.modifier) == (None, "LAZY", "DATA")
     assert len(b.protos) == 1 and c.protos[0].items == ()
 
 
 def test_lazy_and_data_references_parse_as_references():
     sfconfig = load_text("x 1; sfConfig extends { l LAZY x; d DATA x:y; }").sfconfig
+    assert sfconfig is not None
     assert isinstance(sfconfig["l"], Reference) and sfconfig["l"].lazy
     assert isinstance(sfconfig["d"], Reference) and sfconfig["d"].data
 

@@ -86,6 +86,7 @@ def components(draw, depth: int = 0) -> Component:
 def test_render_parse_render_is_stable(tree: Component):
     text = render_description("sfConfig", tree)
     description = load_text(text, "r.sf", complete=False, properties={}, environ={})
+    assert description.sfconfig is not None
     assert render_description("sfConfig", description.sfconfig) == text
 
 
@@ -139,7 +140,7 @@ def test_random_text_raises_only_description_errors(text: str):
 
 @st.composite
 def mutated(draw) -> str:
-    text = draw(st.sampled_from(SAMPLES))
+    text: str = draw(st.sampled_from(SAMPLES))
     for _ in range(draw(st.integers(1, 4))):
         at = draw(st.integers(0, len(text)))
         kind = draw(st.sampled_from(["insert", "delete", "duplicate", "replace"]))

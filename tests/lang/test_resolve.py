@@ -26,7 +26,7 @@ def resolve(text: str, **kw) -> Component:
     return description.sfconfig
 
 
-def data(component: Component) -> dict:
+def data(component: Component) -> dict[str, object]:
     """A component as plain nested dicts, for whole-tree comparisons."""
     return {k: data(v) if isinstance(v, Component) else v for k, v in component.items()}
 
@@ -131,6 +131,7 @@ def test_a_value_placed_into_a_prototype_from_outside_is_not_inherited():
               sfConfig extends { b extends B; a extends A; }"""
     description = load_text(text)
     assert data(description.root["A"]) == {"n": {"x": 1, "y": 2}}
+    assert description.sfconfig is not None
     assert data(description.sfconfig) == {"b": {"n": {"x": 1}}, "a": {"n": {"x": 1}}}
 
 
@@ -314,6 +315,7 @@ def test_includes_are_found_beside_the_including_file_then_on_the_search_path(tm
         tmp_path / "job", "main.sf", '#include "/org/x/protos.sf"\nsfConfig extends P, Q;\n'
     )
     description = load_file(main, include_dirs=[tmp_path / "lib"])
+    assert description.sfconfig is not None
     assert data(description.sfconfig) == {"a": 1, "b": 2}
     assert description.files[1:] == (
         str(tmp_path / "lib/org/x/protos.sf"),

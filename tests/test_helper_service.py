@@ -33,7 +33,7 @@ import pytest
 from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import job_ad_from_submit
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
-from sd_batch.helper.client import HOOKS_DIR
+from sd_batch.data import HOOKS_DIR
 from sd_batch.helper.hooks import global_job_id
 from sd_batch.ledger.store import Ledger, Owner, OwnerKind, OwnerStatus
 

@@ -25,7 +25,7 @@ import pytest
 from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import job_ad_from_submit
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
-from sd_batch.helper.client import HOOKS_DIR
+from sd_batch.data import HOOKS_DIR
 from sd_batch.ledger.store import Ledger
 
 from conftest import fake_kernel, write_node, write_site_toml

@@ -11,7 +11,6 @@ Real QEMU VMs (TCG) boot on the hosts: the minimal guest, 256-384 MiB, 1 vCPU.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import multiprocessing
@@ -28,7 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import SiteConfig, load_config
 from sd_batch.deploy.images import push
 from sd_batch.deploy.pools import start_pool
@@ -36,6 +34,8 @@ from sd_batch.errors import SdError
 from sd_batch.hypervisor.connection import DomainState, Hypervisor
 from sd_batch.hypervisor.connections import SHARED_CONNECTIONS
 from sd_batch.ledger.store import Ledger
+
+from conftest import Run, sd_in_process
 
 pytestmark = [pytest.mark.hosts, pytest.mark.qemu]
 
@@ -123,10 +123,8 @@ class Site:
     run: str  # this test's folder under the site folder, on every host alike
     environ: dict[str, str]
 
-    def sd(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = main(list(argv), Environment(stdout=out, stderr=err, environ=self.environ))
-        return code, out.getvalue(), err.getvalue()
+    def sd(self, *argv: str) -> Run:
+        return sd_in_process(self.environ, *argv)
 
     def sd_process(self, *argv: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-c", SD, *argv], text=True,
@@ -160,7 +158,7 @@ def snapshot(k: int) -> tuple[dict[str, DomainState], set[str], set[str]]:
     with Hypervisor.connect(uri(k), attempts=1) as hv:
         listed = {d.name: d.state for d in hv.list_domains()}
         volumes = set()
-        for pool in hv._conn.listAllStoragePools(0):
+        for pool in hv.libvirt_connection().listAllStoragePools(0):
             if pool.isActive():
                 pool.refresh(0)
                 volumes |= {v.path() for v in pool.listAllVolumes(0)}
@@ -212,7 +210,7 @@ def _clean_up(run: str, before: dict[int, tuple], after: dict[int, tuple]) -> No
             for name in set(after[k][0]) - set(before[k][0]):
                 hv.destroy(name)
                 hv.undefine(name)
-            for pool in hv._conn.listAllStoragePools(0):
+            for pool in hv.libvirt_connection().listAllStoragePools(0):
                 target = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or ""
                 if Path(target).is_relative_to(SITE / "runs" / run) and pool.isActive():
                     pool.destroy()

@@ -25,9 +25,9 @@ from sd_batch.batch import jobs
 from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import job_ad_from_submit
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.data import HOOKS_DIR
 from sd_batch.errors import DescriptionError, Disposition, PolicyError, PolicyLimitReached, SdError
 from sd_batch.guest.contract import Manifest
-from sd_batch.helper.client import HOOKS_DIR
 from sd_batch.hypervisor.connections import Connections
 from sd_batch.ledger.store import Ledger
 from sd_batch.staging import write_input_tar

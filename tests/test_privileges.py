@@ -29,7 +29,7 @@ import pytest
 from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import job_ad_from_submit
 from sd_batch.config.site import SYSTEM_CONFIG, load_config
-from sd_batch.helper.client import HOOKS_DIR
+from sd_batch.data import HOOKS_DIR
 
 pytestmark = pytest.mark.qemu
 

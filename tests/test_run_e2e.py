@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sd_batch.config.site import SYSTEM_CONFIG, load_config
-from sd_batch.helper.client import HOOKS_DIR
+from sd_batch.data import HOOKS_DIR
 
 from conftest import Run as SdRun
 

@@ -21,11 +21,12 @@ import pytest
 from test_policy_jobs import MINIMAL, Site, held, site
 
 from sd_batch.batch import jobs
+from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import format_updates, job_ad_from_submit
 from sd_batch.config.site import SiteConfig
+from sd_batch.data import HOOKS_DIR
 from sd_batch.errors import Disposition, SdError
 from sd_batch.guest.contract import Manifest
-from sd_batch.helper.hooks import HOOKS_DIR
 from sd_batch.staging import write_input_tar
 
 pytestmark = pytest.mark.libvirt
@@ -64,7 +65,7 @@ def prepare(site: Site, config: SiteConfig, ad: str, machine: str | None) -> job
     out = io.BytesIO()
     write_input_tar(site.sandbox, Manifest(("/bin/true",), {}, "."), out, job_ad_text=ad,
                     machine_ad_text=machine, max_bytes=1 << 30)  # fmt: skip
-    return jobs.prepare(config, jobs.JobKey(os.getuid(), job_id), io.BytesIO(out.getvalue()),
+    return jobs.prepare(config, JobKey(os.getuid(), job_id), io.BytesIO(out.getvalue()),
                         connections=site.connections)  # fmt: skip
 
 
@@ -77,7 +78,7 @@ def vm_of(site: Site, config: SiteConfig, prepared: jobs.PreparedJob) -> tuple[i
     size = (int(memory.text or 0) // 1024, int(xml.findtext("vcpu") or 0))
     assert size == (prepared.memory_mib, prepared.vcpus)
     for owner in list_jobs(config):
-        jobs.cleanup(config, jobs.JobKey(os.getuid(), owner), connections=site.connections)
+        jobs.cleanup(config, JobKey(os.getuid(), owner), connections=site.connections)
     assert site.leftovers(config) == []
     return size
 

@@ -22,6 +22,7 @@ pytest.importorskip("classad2", reason="the htcondor bindings are not installed"
 from test_web import WebSiteDir, csrf_of, web  # noqa: E402
 
 from sd_batch.batch import jobs  # noqa: E402
+from sd_batch.batch.key import JobKey  # noqa: E402
 from sd_batch.condor.jobad import format_updates, job_ad_from_submit, parse_job_ad  # noqa: E402
 from sd_batch.config.site import load_config  # noqa: E402
 from sd_batch.guest.contract import Manifest  # noqa: E402
@@ -56,7 +57,7 @@ def test_a_job_templates_submit_file_requests_the_vms_size(web: WebSiteDir) -> N
     write_input_tar(sandbox, Manifest(("./job.sh",), {}, "."), out, job_ad_text=ad,
                     machine_ad_text=machine, max_bytes=1 << 30)  # fmt: skip
     config = load_config(web.root / "site.toml")
-    key = jobs.JobKey(os.getuid(), job.global_job_id)
+    key = JobKey(os.getuid(), job.global_job_id)
     prepared = jobs.prepare(config, key, io.BytesIO(out.getvalue()),
                             connections=SHARED_CONNECTIONS)  # fmt: skip
     try:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
+from sd_batch.cli.main import Environment, main
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR
 from sd_batch.lang import COMPONENT_LIBRARY_DIR, load_file
 
@@ -296,3 +299,28 @@ def test_templates_json_lists_each_template_with_its_tbd_fields(site: Path) -> N
     for template in templates:
         assert set(template) == {"name", "file", "description", "tbd", "error"}
         assert all(set(f) == {"path", "where"} for f in template["tbd"])
+
+
+class LoggingOut(io.StringIO):
+    """A stdout whose every write logs a warning naming NAME: a command that logs as it runs."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def write(self, text: str) -> int:
+        logging.getLogger("sd_batch.test").warning("%s wrote", self.name)
+        return super().write(text)
+
+
+def test_each_in_process_main_logs_to_its_own_stderr(site: Path) -> None:
+    """Not into the first call's stream, as logging.basicConfig would have it."""
+    runs = []
+    for name in ("first", "second"):
+        out, err = LoggingOut(name), io.StringIO()
+        code = main(["--config", str(site), "templates"], Environment(out, err, {}))
+        runs.append((code, set(err.getvalue().splitlines())))
+    assert runs == [(0, {"sd: WARNING sd_batch.test: first wrote"}),
+                    (0, {"sd: WARNING sd_batch.test: second wrote"})]  # fmt: skip
+    logging.getLogger("sd_batch.test").warning("after")  # no call runs: no stream of theirs
+    assert "after" not in err.getvalue()

@@ -1,6 +1,7 @@
-"""The `sd` command line: `main` (the parser, the one mapping of errors to exit codes, the
-console scripts) and one module per area of subcommands, each imported only when its command
-runs (`lang`, `pool`, `plan`, `run`, `reap`, `web`).
+"""The `sd` command line: `main` (the one mapping of errors to exit codes, the console
+scripts), `parser` (the subcommands and the function each runs), `environment` (where a command
+reads and writes) and one module per area of subcommands, each imported only when its command
+runs (`lang`, `pool`, `plan`, `images`, `run`, `reap`, `web`, `admin`).
 
 Layer: face.
 May import: errors, lang, placement, config, hypervisor, deploy, localrun, web, the standard
@@ -17,7 +18,7 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..config.site import SiteConfig
-    from .main import Environment
+    from .environment import Environment
 
 
 def site_config(args: argparse.Namespace, env: Environment) -> SiteConfig:

@@ -14,7 +14,7 @@ import sys
 
 from ..data import DATA_DIR, HOOKS_DIR, SETUP_HOST, TEMPLATES_DIR
 from ..errors import UsageError
-from .main import Environment
+from .environment import Environment
 
 
 def setup_host(args: argparse.Namespace, env: Environment) -> int:

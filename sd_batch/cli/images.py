@@ -7,7 +7,7 @@ import json
 
 from ..deploy.images import push
 from . import site_config
-from .main import Environment
+from .environment import Environment
 
 
 def images_push(args: argparse.Namespace, env: Environment) -> int:

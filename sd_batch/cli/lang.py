@@ -11,7 +11,7 @@ from ..errors import BudgetExceeded, DescriptionError, DescriptionErrors, UsageE
 from ..lang import Budgets, Component, Description, load_file, parse_file
 from ..lang.budget import BUDGET_NAMES
 from . import properties, site_config
-from .main import Environment
+from .environment import Environment
 
 if TYPE_CHECKING:
     from ..config.site import SiteConfig

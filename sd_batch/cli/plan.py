@@ -11,7 +11,7 @@ from ..deploy.plan_text import plan_lines
 from ..deploy.pools import POOL_NAME, DryRun, plan_pool
 from ..errors import NoHostHasCapacity
 from . import properties, site_config
-from .main import Environment
+from .environment import Environment
 
 if TYPE_CHECKING:
     pass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..deploy.pools import start_pool, status, terminate_pool
 from . import properties, site_config
-from .main import Environment
+from .environment import Environment
 
 
 class _Progress:

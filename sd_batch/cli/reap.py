@@ -7,7 +7,7 @@ import json
 
 from ..deploy.reaper import ReapPolicy, reap
 from . import site_config
-from .main import Environment
+from .environment import Environment
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:

@@ -1,5 +1,5 @@
 """`sd run JOB.sub`: run a job through our HTCondor hooks here, as a worker would (the parser
-is in cli.main.build_parser; the work in localrun/harness.py)."""
+is in cli.parser; the work in localrun/harness.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import SdError
 from ..localrun.harness import Harness, Outcome, default_user
 from ..localrun.slot import CronCache
-from .main import Environment
+from .environment import Environment
 
 
 def cron_cache(environ: Mapping[str, str]) -> CronCache:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, UsageError
 from . import site_config
-from .main import Environment
+from .environment import Environment
 
 
 def _bind(text: str) -> tuple[str, int]:

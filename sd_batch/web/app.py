@@ -43,6 +43,7 @@ from .starts import FAILED, LOG, STARTING, Start, Starts
 
 HERE = Path(__file__).resolve().parent
 Handler = Callable[[Request, str], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -63,91 +64,121 @@ class WebSite:
 
 
 def create_app(site: WebSite) -> SameServer:
-    pages = Jinja2Templates(directory=str(HERE / "templates"))
+    pages = _Pages(site)
+    routes = [
+        Route("/", pages.page(pages.index)),
+        Route("/templates/{name}", pages.page(pages.form_page), methods=["GET"]),
+        Route("/templates/{name}", pages.page(pages.preview, post=True), methods=["POST"]),
+        Route("/templates/{name}/start", pages.page(pages.start, post=True), methods=["POST"]),
+        Route("/templates/{name}/files/{file}", pages.page(pages.download)),
+        Route("/pools", pages.page(pages.pool_list)),
+        Route("/pools/{name}", pages.page(pages.pool_page)),
+        Route("/api/pools/{name}", pages.page(pages.pool_json)),
+        Route("/pools/{name}/terminate", pages.page(pages.terminate, post=True), methods=["POST"]),
+        Route("/pools/{name}/dismiss", pages.page(pages.dismiss, post=True), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    return SameServer(Starlette(routes=routes, lifespan=pages.lifespan), site.access.served)
 
-    def render(request: Request, user: str, name: str, status_code: int = 200,
+
+class _Pages:
+    """The pages of one `sd web` site: each handler takes the request and the logged-in user."""
+
+    def __init__(self, site: WebSite) -> None:
+        self.site = site
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+    def render(self, request: Request, user: str, name: str, status_code: int = 200,
                **context: Any) -> Response:  # fmt: skip
-        context.update(user=user, csrf=site.access.csrf_token(user))
-        return pages.TemplateResponse(request, name, context, status_code=status_code)
+        context.update(user=user, csrf=self.site.access.csrf_token(user))
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
-    def page(handler: Handler, *, post: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def page(self, handler: Handler, *, post: bool = False) -> Endpoint:
         """HANDLER for an authenticated user; a POST also needs the form's CSRF token."""
 
         async def endpoint(request: Request) -> Response:
-            client = request.client.host if request.client is not None else ""
-            login = await run_in_threadpool(site.access.login, request.headers, client)
-            if login.retry_after > 0:
-                wait = math.ceil(login.retry_after)
+            user = await self._user(request)
+            if isinstance(user, Response):
+                return user
+            if post and not await self._csrf_ok(request, user):
                 return PlainTextResponse(
-                    f"too many failed logins: try again in {wait} s",
-                    status_code=429,
-                    headers={"Retry-After": str(wait)},
+                    "this form is out of date or was not sent by sd web (CSRF token "
+                    "missing or wrong): reload the page and send it again",
+                    status_code=403,
                 )
-            user = login.user
-            if user is None:
-                return PlainTextResponse(
-                    "log in to use sd web",
-                    status_code=401,
-                    headers={"WWW-Authenticate": 'Basic realm="sd web"'},
-                )
-            if post:
-                form = await request.form()
-                token = form.get("csrf")
-                if not isinstance(token, str) or not site.access.csrf_ok(user, token):
-                    return PlainTextResponse(
-                        "this form is out of date or was not sent by sd web (CSRF token "
-                        "missing or wrong): reload the page and send it again",
-                        status_code=403,
-                    )
             try:
                 return await handler(request, user)
             except SdError as exc:
-                return render(request, user, "error.html", 404 if _missing(exc) else 400,
-                              message=str(exc))  # fmt: skip
+                return self.render(request, user, "error.html", 404 if _missing(exc) else 400,
+                                   message=str(exc))  # fmt: skip
 
         return endpoint
 
-    async def index(request: Request, user: str) -> Response:
-        infos = await run_in_threadpool(describe_templates, site.config)
+    async def _user(self, request: Request) -> str | Response:
+        """The logged-in user, or the answer for one who is not (429 after failed logins, 401)."""
+        client = request.client.host if request.client is not None else ""
+        login = await run_in_threadpool(self.site.access.login, request.headers, client)
+        if login.retry_after > 0:
+            wait = math.ceil(login.retry_after)
+            return PlainTextResponse(
+                f"too many failed logins: try again in {wait} s",
+                status_code=429,
+                headers={"Retry-After": str(wait)},
+            )
+        if login.user is None:
+            return PlainTextResponse(
+                "log in to use sd web",
+                status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="sd web"'},
+            )
+        return login.user
+
+    async def _csrf_ok(self, request: Request, user: str) -> bool:
+        """Whether the POSTed form carries USER's CSRF token."""
+        token = (await request.form()).get("csrf")
+        return isinstance(token, str) and self.site.access.csrf_ok(user, token)
+
+    async def index(self, request: Request, user: str) -> Response:
+        infos = await run_in_threadpool(describe_templates, self.site.config)
         forms: list[tuple[Any, TemplateForm | None]] = []
         for info in infos:
             form = None if info.error else await run_in_threadpool(build_form, info.name,
-                                                                    site.config)  # fmt: skip
+                                                                   self.site.config)  # fmt: skip
             forms.append((info, form))
-        return render(request, user, "index.html", templates=forms)
+        return self.render(request, user, "index.html", templates=forms)
 
-    async def form_page(request: Request, user: str) -> Response:
-        form = await run_in_threadpool(build_form, request.path_params["name"], site.config)
+    async def form_page(self, request: Request, user: str) -> Response:
+        form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
         values = {f.path: f.default for f in form.fields}
         values[POOL_FIELD] = form.name
-        return render(request, user, "form.html", form=form, values=values, errors={})
+        return self.render(request, user, "form.html", form=form, values=values, errors={})
 
-    async def preview(request: Request, user: str) -> Response:
-        form = await run_in_threadpool(build_form, request.path_params["name"], site.config)
+    async def preview(self, request: Request, user: str) -> Response:
+        form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
         values = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        checked = await run_in_threadpool(check, form, values, site.config)
+        checked = await run_in_threadpool(check, form, values, self.site.config)
         if not checked.ok:
-            return render(request, user, "form.html", 400, form=form, values=checked.values,
-                          errors=checked.errors)  # fmt: skip
+            return self.render(request, user, "form.html", 400, form=form,
+                               values=checked.values, errors=checked.errors)  # fmt: skip
         placement: list[str] = []
         if form.result == "pool":
-            placement = await run_in_threadpool(_plan_lines, site, form, checked.sf_text,
+            placement = await run_in_threadpool(_plan_lines, self.site, form, checked.sf_text,
                                                 checked.values[POOL_FIELD])  # fmt: skip
         query = "&".join(f"{_q(k)}={_q(v)}" for k, v in checked.values.items())
-        disk = await run_in_threadpool(_disk_kib, site, checked.vm)
-        return render(request, user, "preview.html", form=form, checked=checked,
-                      submit=submit_file(form, checked.vm, disk), placement=placement,
-                      query=query)  # fmt: skip
+        disk = await run_in_threadpool(_disk_kib, self.site, checked.vm)
+        return self.render(request, user, "preview.html", form=form, checked=checked,
+                           submit=submit_file(form, checked.vm, disk), placement=placement,
+                           query=query)  # fmt: skip
 
-    async def download(request: Request, user: str) -> Response:
-        form = await run_in_threadpool(build_form, request.path_params["name"], site.config)
-        checked = await run_in_threadpool(check, form, dict(request.query_params), site.config)
+    async def download(self, request: Request, user: str) -> Response:
+        form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
+        checked = await run_in_threadpool(check, form, dict(request.query_params), self.site.config)
         if not checked.ok:
             return PlainTextResponse(
                 "\n".join(f"{k or 'form'}: {v}" for k, v in checked.errors.items()), status_code=400
             )
         file = request.path_params["file"]
-        disk = await run_in_threadpool(_disk_kib, site, checked.vm)
+        disk = await run_in_threadpool(_disk_kib, self.site, checked.vm)
         files = {USER_FILE: checked.sf_text, "job.sub": submit_file(form, checked.vm, disk)}
         text = files.get(file)
         if text is None:
@@ -156,12 +187,12 @@ def create_app(site: WebSite) -> SameServer:
             text, headers={"Content-Disposition": f'attachment; filename="{file}"'}
         )
 
-    async def start(request: Request, user: str) -> Response:
-        form = await run_in_threadpool(build_form, request.path_params["name"], site.config)
+    async def start(self, request: Request, user: str) -> Response:
+        form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
         values = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        checked = await run_in_threadpool(check, form, values, site.config)
+        checked = await run_in_threadpool(check, form, values, self.site.config)
         if form.result != "pool":
-            return render(
+            return self.render(
                 request,
                 user,
                 "error.html",
@@ -170,25 +201,33 @@ def create_app(site: WebSite) -> SameServer:
                 "template: download its submit file and condor_submit it",
             )
         if not checked.ok:
-            return render(request, user, "form.html", 400, form=form, values=checked.values,
-                          errors=checked.errors)  # fmt: skip
-        name, uri = checked.values[POOL_FIELD], site.config.default_uri
+            return self.render(request, user, "form.html", 400, form=form,
+                               values=checked.values, errors=checked.errors)  # fmt: skip
+        name, uri = checked.values[POOL_FIELD], self.site.config.default_uri
 
         def taken(mine: bool) -> Response:  # never say whose, nor from which file
             error = (f"you already have a pool named {name} (see /pools/{name})" if mine
                      else f"the pool name {name} is taken: choose another")  # fmt: skip
-            return render(request, user, "form.html", 400, form=form, values=checked.values,
-                          errors={POOL_FIELD: error})  # fmt: skip
+            return self.render(request, user, "form.html", 400, form=form,
+                               values=checked.values, errors={POOL_FIELD: error})  # fmt: skip
 
-        claim = site.starts.claim(uri, name, user, form.name)
+        claim = self.site.starts.claim(uri, name, user, form.name)
         if claim is None:  # being started here right now
-            busy = site.starts.get(uri, name)
+            busy = self.site.starts.get(uri, name)
             return taken(busy is not None and busy.user == user)
+        if not await self._launch(claim, form, checked.sf_text):
+            return taken(self.site.owners.owner(uri, name) == user)
+        return RedirectResponse(f"/pools/{name}", status_code=303)
+
+    async def _launch(self, claim: Start, form: TemplateForm, sf_text: str) -> bool:
+        """Start CLAIM's pool of FORM in the background; False (and CLAIM let go) when a pool of
+        that name exists already."""
+        site, name, uri, user = self.site, claim.name, claim.uri, claim.user
         running = False
         try:
             if await run_in_threadpool(_exists, site, name):
-                return taken(site.owners.owner(uri, name) == user)
-            file = _user_file(site, user, name, checked.sf_text)
+                return False
+            file = _user_file(site, user, name, sf_text)
             site.owners.record(uri, name, user)
             site.starts.run(
                 claim,
@@ -202,70 +241,55 @@ def create_app(site: WebSite) -> SameServer:
         finally:
             if not running:
                 site.starts.release(claim)
-        return RedirectResponse(f"/pools/{name}", status_code=303)
+        return True
 
-    async def pool_list(request: Request, user: str) -> Response:
-        uri = site.config.default_uri
-        mine = {n: "" for u, n in site.owners.pools_of(user) if u == uri}
-        mine.update({s.name: s.state for s in site.starts.of(user) if s.uri == uri})
-        return render(request, user, "pools.html", pools=sorted(mine.items()))
+    async def pool_list(self, request: Request, user: str) -> Response:
+        uri = self.site.config.default_uri
+        mine = {n: "" for u, n in self.site.owners.pools_of(user) if u == uri}
+        mine.update({s.name: s.state for s in self.site.starts.of(user) if s.uri == uri})
+        return self.render(request, user, "pools.html", pools=sorted(mine.items()))
 
-    async def pool_page(request: Request, user: str) -> Response:
-        report = await run_in_threadpool(_report, site, user, request.path_params["name"])
-        return render(request, user, "pool.html", pool=report)
+    async def pool_page(self, request: Request, user: str) -> Response:
+        report = await run_in_threadpool(_report, self.site, user, request.path_params["name"])
+        return self.render(request, user, "pool.html", pool=report)
 
-    async def pool_json(request: Request, user: str) -> Response:
+    async def pool_json(self, request: Request, user: str) -> Response:
         try:
-            report = await run_in_threadpool(_report, site, user, request.path_params["name"])
+            report = await run_in_threadpool(_report, self.site, user, request.path_params["name"])
         except SdError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         return JSONResponse(report)
 
-    async def terminate(request: Request, user: str) -> Response:
+    async def terminate(self, request: Request, user: str) -> Response:
         name = request.path_params["name"]
-        busy = site.starts.get(site.config.default_uri, name)
+        busy = self.site.starts.get(self.site.config.default_uri, name)
         if busy is not None and busy.user == user and busy.state == STARTING:
-            return render(request, user, "error.html", 409,
-                          message=f"pool {name} is still starting: terminate it once it is up "
-                          f"(its page, /pools/{name}, shows when)")  # fmt: skip
-        if site.starts.dismiss(site.config.default_uri, name, user):
+            return self.render(request, user, "error.html", 409,
+                               message=f"pool {name} is still starting: terminate it once it "
+                               f"is up (its page, /pools/{name}, shows when)")  # fmt: skip
+        if self.site.starts.dismiss(self.site.config.default_uri, name, user):
             return RedirectResponse("/pools", status_code=303)  # it failed: nothing is left
-        await run_in_threadpool(_report, site, user, name)  # 404 unless it is the user's
+        await run_in_threadpool(_report, self.site, user, name)  # 404 unless it is the user's
         await run_in_threadpool(lambda: terminate_pool(
-            site.config, "localhost", name, grace_seconds=site.grace_seconds,
-            connections=site.connections))  # fmt: skip
-        site.owners.forget(site.config.default_uri, name)
+            self.site.config, "localhost", name, grace_seconds=self.site.grace_seconds,
+            connections=self.site.connections))  # fmt: skip
+        self.site.owners.forget(self.site.config.default_uri, name)
         return RedirectResponse("/pools", status_code=303)
 
-    async def dismiss(request: Request, user: str) -> Response:
+    async def dismiss(self, request: Request, user: str) -> Response:
         name = request.path_params["name"]
-        if not site.starts.dismiss(site.config.default_uri, name, user):
+        if not self.site.starts.dismiss(self.site.config.default_uri, name, user):
             raise PoolNotFound(f"you have no failed start of a pool named {name}",
                                hint="your pools are under /pools")  # fmt: skip
         return RedirectResponse("/pools", status_code=303)
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         yield
-        busy = site.starts.in_progress()
+        busy = self.site.starts.in_progress()
         if busy:  # each either starts or rolls back: no VM is left behind by the shutdown
             LOG.warning("waiting for the pool starts in progress: %s", ", ".join(busy))
-            await run_in_threadpool(site.starts.wait)
-
-    routes = [
-        Route("/", page(index)),
-        Route("/templates/{name}", page(form_page), methods=["GET"]),
-        Route("/templates/{name}", page(preview, post=True), methods=["POST"]),
-        Route("/templates/{name}/start", page(start, post=True), methods=["POST"]),
-        Route("/templates/{name}/files/{file}", page(download)),
-        Route("/pools", page(pool_list)),
-        Route("/pools/{name}", page(pool_page)),
-        Route("/api/pools/{name}", page(pool_json)),
-        Route("/pools/{name}/terminate", page(terminate, post=True), methods=["POST"]),
-        Route("/pools/{name}/dismiss", page(dismiss, post=True), methods=["POST"]),
-        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
-    ]
-    return SameServer(Starlette(routes=routes, lifespan=lifespan), site.access.served)
+            await run_in_threadpool(self.site.starts.wait)
 
 
 class SameServer:

@@ -216,17 +216,17 @@ class Component:
         return node
 
 
+#: The values written as a keyword (compared by identity: 1 is not true).
+_CONSTANT_TEXTS: tuple[tuple[object, str], ...] = (
+    (None, "NULL"), (TBD, "TBD"), (True, "true"), (False, "false"))  # fmt: skip
+
+
 def literal_text(value: Any) -> str | None:
     """A literal value (NULL, TBD, a boolean, number, string, byte array or reference) as
     SmartFrog text; None for anything else (vectors, components, expressions: `render`'s)."""
-    if value is None:
-        return "NULL"
-    if value is TBD:
-        return "TBD"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
+    for constant, text in _CONSTANT_TEXTS:
+        if value is constant:
+            return text
     if isinstance(value, Long):
         return f"{int(value)}L"
     if isinstance(value, int):

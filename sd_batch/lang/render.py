@@ -24,11 +24,21 @@ def render_value(value: Any, indent: int = 0) -> str:
     if text is not None:
         return text
     if isinstance(value, list):
-        if all(_is_literal(v) for v in value):
-            return "[|" + ", ".join(render_value(v) for v in value) + "|]"
-        return "[" + ", ".join(render_value(v, indent) for v in value) + "]"
+        return _render_vector(value, indent)
     if isinstance(value, Component):
         return render_component(value, indent)
+    return _render_expression(value, indent)
+
+
+def _render_vector(value: list[Any], indent: int) -> str:
+    """`[| 1, 2 |]` when it holds only literals (a vector), else `[a, (b + 1)]` (a list)."""
+    if all(_is_literal(v) for v in value):
+        return "[|" + ", ".join(render_value(v) for v in value) + "|]"
+    return "[" + ", ".join(render_value(v, indent) for v in value) + "]"
+
+
+def _render_expression(value: Any, indent: int) -> str:
+    """A list expression, an operator expression or an IF, as written."""
     if isinstance(value, ListExpr):
         return "[" + ", ".join(render_value(v, indent) for v in value.items) + "]"
     if isinstance(value, OpExpr):

@@ -107,19 +107,21 @@ def fake_kernel(image_dir: Path, content: tuple[bytes, bytes] = (b"kernel", b"in
     (image_dir / "minimal" / "initrd.img").write_bytes(content[1])
 
 
-def write_site_toml(root: Path, default_uri: str, *, image_dir: Path | None = None,
+def write_site_toml(root: Path, default_uri: str | None, *, image_dir: Path | None = None,
                     template_dirs: Iterable[Path] = (), hosts: Mapping[str, str] | None = None,
-                    tables: str = "") -> Path:  # fmt: skip
+                    flavour: str | None = "qemu", tables: str = "") -> Path:  # fmt: skip
     """ROOT/site.toml: images in IMAGE_DIR (ROOT/images), state in ROOT/state, DEFAULT_URI,
-    named HOSTS, the `qemu` flavour, then TABLES (`[policy]`, `[placement]`, ... as text)."""
-    lines = [f'image_dir = "{image_dir or root / "images"}"', f'state_dir = "{root / "state"}"',
-             f'default_uri = "{default_uri}"']  # fmt: skip
+    named HOSTS, the VM FLAVOUR (qemu: no KVM), then TABLES (`[policy]`, ... as text)."""
+    lines = [f'image_dir = "{image_dir or root / "images"}"', f'state_dir = "{root / "state"}"']
+    if default_uri is not None:
+        lines.append(f'default_uri = "{default_uri}"')
     folders = list(template_dirs)
     if folders:
         lines.append("template_dirs = [" + ", ".join(f'"{d}"' for d in folders) + "]")
     if hosts is not None:
         lines += ["[hosts]", *(f'{name} = "{uri}"' for name, uri in hosts.items())]
-    lines += ["[properties]", '"sd.flavour" = "qemu"']
+    if flavour is not None:
+        lines += ["[properties]", f'"sd.flavour" = "{flavour}"']
     path = root / "site.toml"
     path.write_text("\n".join(lines) + "\n" + tables, encoding="utf-8")
     return path

@@ -12,6 +12,8 @@ import pytest
 from sd_batch.cli.main import Environment, main
 from sd_batch.hypervisor.types import is_remote
 
+from conftest import write_site_toml
+
 
 @pytest.mark.parametrize(("uri", "remote"), [
     ("qemu+tcp://10.211.1.2/system", True), ("qemu+ssh://root@node01/system", True),
@@ -32,9 +34,8 @@ def test_push_refuses_names_outside_or_missing_from_the_image_folder_before_conn
     tmp_path: Path, name: str, said: str,
 ) -> None:
     (tmp_path / "images" / "empty").mkdir(parents=True)
-    (tmp_path / "site.toml").write_text(
-        f'image_dir = "{tmp_path / "images"}"\nstate_dir = "{tmp_path / "state"}"\n'
-        '[hosts]\nnode1 = "qemu+tcp://192.0.2.250/system"\n', encoding="utf-8")  # fmt: skip
+    write_site_toml(tmp_path, None, hosts={"node1": "qemu+tcp://192.0.2.250/system"},
+                    flavour=None)
     out, err = io.StringIO(), io.StringIO()
     environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml")}
     code = main(["images", "push", "node1", name], Environment(stdout=out, stderr=err,

@@ -376,7 +376,7 @@ def test_acpi_shutdown_of_a_job_vm_terminates_the_payload(
 
 
 def test_a_paused_start_resumes_and_the_wait_ends_at_the_guests_power_off(
-    conn, guest: Path, workdir: Path
+    conn: Any, guest: Path, workdir: Path
 ) -> None:
     """The job's lifecycle as `jobs` drives it, on real QEMU: started paused (the helper
     service, after PREPARE_JOB), resumed (the runner's run), and the wait ended by libvirt's

@@ -367,7 +367,7 @@ def test_a_paused_start_is_resumed_by_the_run(site: Site) -> None:
     try:
         with pytest.raises(Exception, match="did not power off"):  # the test driver never does
             jobs.run(site.config(), key, io.BytesIO(), connections=SHARED_CONNECTIONS,
-                     limits=jobs.JobLimits(run_timeout_seconds=0.2))  # fmt: skip
+                     limits=JobLimits(run_timeout_seconds=0.2))  # fmt: skip
     finally:
         del hv.start_or_resume
     assert seen == [DomainState.RUNNING]
@@ -377,7 +377,7 @@ def test_a_paused_start_is_resumed_by_the_run(site: Site) -> None:
 
 def test_a_paused_start_that_fails_is_left_to_the_run(site: Site) -> None:
     """No domain to start (a prepare that did not finish): logged, False, nothing raised."""
-    key = jobs.JobKey(os.getuid(), "nobody#1.0#1")
+    key = JobKey(os.getuid(), "nobody#1.0#1")
     assert jobs.start_paused(site.config(), key, connections=SHARED_CONNECTIONS) is False
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from sd_batch.cli.main import Environment, main
-from sd_batch.errors import IncludeError
-from sd_batch.lang import Component, load_file, parse_file
+from sd_batch.errors import DescriptionError, IncludeError
+from sd_batch.lang import Component, Description, load_file, parse_file
 
 CORPUS = Path(
     os.environ.get("SD_CONFORMANCE_CORPUS")  # a git worktree elsewhere names it
@@ -262,7 +262,7 @@ def sd_outcome(path: Path) -> tuple[str, object]:
     return "valid", description
 
 
-def smartfrog_outcome(record: dict) -> str:
+def smartfrog_outcome(record: dict[str, object]) -> str:
     if record["outcome"] == "resolution-failed" and record.get("kind") == "no-sfConfig":
         return "no-sfConfig"
     return str(record["outcome"])
@@ -276,9 +276,10 @@ def disagreement(name: str) -> str | None:
         said = record.get("message", "")[:200]
         return f"SmartFrog: {smartfrog_outcome(record)} {said}; sd: {outcome} {str(result)[:300]}"
     for path, expected in record["values"].items():
-        node: object = result.root  # type: ignore[union-attr]
+        assert isinstance(result, Description)
+        node: object = result.root
         for part in path.split(":"):
-            node = node.get(part) if isinstance(node, Component) else None  # type: ignore[union-attr]
+            node = node.get(part) if isinstance(node, Component) else None
         cls, text = java_view(node)
         text = text.replace("\n", "\\n")  # the oracle prints a line break as \n
         if cls != expected["class"]:
@@ -323,6 +324,7 @@ def test_schema_errors_say_what_smartfrogs_say_and_name_the_attribute_path(name:
     expected = said.split("error in schema: ")[1].split(" during phase")[0]
     outcome, error = sd_outcome(REPO_CORPUS / name)
     assert outcome == "resolution-failed"
-    assert expected in error.message  # type: ignore[union-attr]
+    assert isinstance(error, DescriptionError)
+    assert expected in error.message
     attribute = expected.split("attribute '")[1].split("'")[0].split(" ")[0]
-    assert error.message.startswith(f"sfConfig:bar:myFoo:{attribute}: ")  # type: ignore[union-attr]
+    assert error.message.startswith(f"sfConfig:bar:myFoo:{attribute}: ")

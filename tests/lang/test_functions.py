@@ -226,6 +226,7 @@ def test_our_library_ships_functions_and_schemas_under_smartfrogs_names():
     with pytest.raises(ResolutionError) as info:
         load_text(DEMO.replace('label "build"', 'cores "2"'), "demo.sf")
     assert info.value.message.startswith("sfConfig:w1:cores: error in schema workerSchema: wrong")
+    assert info.value.loc is not None
     assert (info.value.loc.line, info.value.loc.column) == (15, 25)
 
 

@@ -396,7 +396,7 @@ def test_the_defaults_take_a_generated_megabyte_description_four_times_over():
     fits a quarter of sd validate's budgets: they are far above anything real."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     try:
-        from language import generate  # type: ignore[import-not-found]
+        from language import generate
     finally:
         sys.path.pop(0)
     default = Budgets()

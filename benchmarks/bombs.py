@@ -44,9 +44,11 @@ from sd_batch.guest import contract  # noqa: E402
 PYTHON = ROOT / ".venv" / "bin" / "python"
 HOOKS = ROOT / "condor_hooks"
 SLOT_USER, GROUP = "sdslot1", "sd-slots"
-NODE_XML = ("<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>"
-            "<active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>"
-            "<memory>4194304</memory></node>\n")  # fmt: skip
+NODE_XML = (
+    "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>"
+    "<active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>"
+    "<memory>4194304</memory></node>\n"
+)
 Member = tuple[tarfile.TarInfo, bytes]
 
 
@@ -54,8 +56,9 @@ Member = tuple[tarfile.TarInfo, bytes]
 def bomb_sf(levels: int = 40) -> str:
     """2**LEVELS components from a 1.9 KB file: each level extends the one below twice."""
     lines = ["C0 extends { x 1; }"]
-    lines += [f"C{n} extends {{ a extends C{n - 1}; b extends C{n - 1}; }}"
-              for n in range(1, levels + 1)]  # fmt: skip
+    lines += [
+        f"C{n} extends {{ a extends C{n - 1}; b extends C{n - 1}; }}" for n in range(1, levels + 1)
+    ]
     return "\n".join([*lines, f"sfConfig extends C{levels};"]) + "\n"
 
 
@@ -68,8 +71,9 @@ def doubling_sf(first: str, operator: str, levels: int = 40) -> str:
 
 def include_files(levels: int = 31) -> dict[str, str]:
     """LEVELS files that each include the next twice: 2**(LEVELS-1) expansions."""
-    files = {f"f{n}.sf": f'#include "f{n + 1}.sf";\n#include "f{n + 1}.sf";\n'
-             for n in range(levels - 1)}  # fmt: skip
+    files = {
+        f"f{n}.sf": f'#include "f{n + 1}.sf";\n#include "f{n + 1}.sf";\n' for n in range(levels - 1)
+    }
     files[f"f{levels - 1}.sf"] = "x 1;\n"
     files["main.sf"] = 'sfConfig extends {\n#include "f0.sf";\n}\n'
     return files
@@ -78,10 +82,12 @@ def include_files(levels: int = 31) -> dict[str, str]:
 LANGUAGE = {
     "components doubling 40 times (1.9 KB)": ({"bomb.sf": bomb_sf()}, "bomb.sf"),
     "a string ++ doubling 40 times": (
-        {"bomb.sf": doubling_sf('"xxxxxxxxxxxxxxxx"', "++")}, "bomb.sf"),
+        {"bomb.sf": doubling_sf('"xxxxxxxxxxxxxxxx"', "++")},
+        "bomb.sf",
+    ),
     "a vector <> doubling 40 times": ({"bomb.sf": doubling_sf("[|1, 2, 3, 4|]", "<>")}, "bomb.sf"),
     "31 files each including the next twice": (include_files(), "main.sf"),
-}  # fmt: skip
+}
 
 
 def member(name: str, data: bytes = b"") -> Member:
@@ -92,8 +98,9 @@ def member(name: str, data: bytes = b"") -> Member:
 
 def tar_of(members: list[Member], *, end: bool = True) -> bytes:
     """MEMBERS as ustar, with the two end blocks if END (no padding to a record)."""
-    out = b"".join(info.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512)
-                   for info, data in members)  # fmt: skip
+    out = b"".join(
+        info.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512) for info, data in members
+    )
     return out + bytes(1024) if end else out
 
 
@@ -117,21 +124,31 @@ def job_ad(name: str, description: str = "minimal") -> tuple[str, str]:
     """(GlobalJobId, job ad) of a job named NAME asking for DESCRIPTION."""
     submit = f'executable = /bin/true\n+SDVMDescription = "{description}"\nqueue\n'
     schedd = f"bomb-{name.replace(' ', '-')}-{os.getpid()}@test"
-    (ad,) = job_ad_from_submit(submit, submit_dir=Path("/"), owner="root", schedd_name=schedd,
-                               qdate=1700000000)  # fmt: skip
+    (ad,) = job_ad_from_submit(
+        submit, submit_dir=Path("/"), owner="root", schedd_name=schedd, qdate=1700000000
+    )
     job = next(line.split('"')[1] for line in ad.splitlines() if line.startswith("GlobalJobId"))
     return job, ad
 
 
-INPUT_CASES = ("not a tar", "no marker", "cve-2024-6232", "digits under the size limit",
-               "sparse", "mtime nan", "conflict")  # fmt: skip
+INPUT_CASES = (
+    "not a tar",
+    "no marker",
+    "cve-2024-6232",
+    "digits under the size limit",
+    "sparse",
+    "mtime nan",
+    "conflict",
+)
 
 
 def crafted(case: str) -> tuple[str, bytes, str]:
     """(job id, input disk, what the hold must say) for each of INPUT_CASES."""
     job, ad = job_ad(case, "x.sf" if case == "conflict" else "minimal")
-    head = [member(contract.INPUT_MARKER, contract.INPUT_MARKER_TEXT),
-            member(contract.JOB_AD_MEMBER, ad.encode())]  # fmt: skip
+    head = [
+        member(contract.INPUT_MARKER, contract.INPUT_MARKER_TEXT),
+        member(contract.JOB_AD_MEMBER, ad.encode()),
+    ]
     start, rest = tar_of(head, end=False), tar_of([member("sandbox/a")])
     if case == "not a tar":
         return job, os.urandom(64 * 1024), "holds no valid tar header"
@@ -148,8 +165,10 @@ def crafted(case: str) -> tuple[str, bytes, str]:
     if case == "mtime nan":
         return job, start + pax_header(record("mtime", b"nan")) + rest, "is not a time"
     assert case == "conflict"
-    files = [member("sandbox/x.sf", b"sfConfig extends { x 1; }\n"),
-             member("sandbox/x.sf/y.sf", b"y 1;\n")]  # fmt: skip
+    files = [
+        member("sandbox/x.sf", b"sfConfig extends { x 1; }\n"),
+        member("sandbox/x.sf/y.sf", b"y 1;\n"),
+    ]
     return job, tar_of(head + files), "conflicts with another of its .sf files"
 
 
@@ -176,8 +195,9 @@ class Site:
     def usage(self) -> tuple[float, float]:
         """The service's (peak RSS in MiB, CPU seconds so far)."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        hwm = next(int(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmHWM:"))  # fmt: skip
+        hwm = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")
+        )
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
         cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return hwm / 1024, cpu
@@ -195,13 +215,21 @@ def start_site(root: Path, policy: str) -> Site:
     config.write_text(
         f'image_dir = "{root / "images"}"\nstate_dir = "{root / "state"}"\n'
         f'default_uri = "test://{root / "node.xml"}"\ntemplate_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n'
-        f'[properties]\n"sd.flavour" = "qemu"\n[policy]\n{policy}', encoding="utf-8")  # fmt: skip
+        f'[properties]\n"sd.flavour" = "qemu"\n[policy]\n{policy}',
+        encoding="utf-8",
+    )
     sock = root / "run" / "helper.sock"
     with open(root / "service.log", "ab") as log:
-        proc = subprocess.Popen([str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket",
-                                 str(sock)], stdout=log, stderr=log,
-                                env={"PATH": "/usr/bin:/bin", "SD_BATCH_CONFIG": str(config),
-                                     "CONDOR_CONFIG": "/dev/null"})  # fmt: skip
+        proc = subprocess.Popen(
+            [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
+            stdout=log,
+            stderr=log,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "SD_BATCH_CONFIG": str(config),
+                "CONDOR_CONFIG": "/dev/null",
+            },
+        )
     deadline = time.monotonic() + 60
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -220,15 +248,33 @@ def prepare_hook(site: Site, name: str, files: dict[str, str], description: str)
     for path in (scratch, *scratch.iterdir()):
         os.chown(path, user.pw_uid, user.pw_gid)
     submit = f'executable = /bin/true\n+SDVMDescription = "{description}"\nqueue\n'
-    (ad,) = job_ad_from_submit(submit, submit_dir=scratch, owner=SLOT_USER,
-                               schedd_name=f"bombs-{os.getpid()}@test", qdate=1700000000)
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/", "CONDOR_CONFIG": "/dev/null",
-           "_CONDOR_SCRATCH_DIR": str(scratch),
-           "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(site.socket)}  # fmt: skip
-    done = subprocess.run([str(HOOKS / "prepare_job")], input=ad, capture_output=True, text=True,
-                          cwd=scratch, env=env, user=user.pw_uid, group=user.pw_gid,
-                          extra_groups=os.getgrouplist(SLOT_USER, user.pw_gid), timeout=300,
-                          check=False)  # fmt: skip
+    (ad,) = job_ad_from_submit(
+        submit,
+        submit_dir=scratch,
+        owner=SLOT_USER,
+        schedd_name=f"bombs-{os.getpid()}@test",
+        qdate=1700000000,
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/",
+        "CONDOR_CONFIG": "/dev/null",
+        "_CONDOR_SCRATCH_DIR": str(scratch),
+        "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(site.socket),
+    }
+    done = subprocess.run(
+        [str(HOOKS / "prepare_job")],
+        input=ad,
+        capture_output=True,
+        text=True,
+        cwd=scratch,
+        env=env,
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=os.getgrouplist(SLOT_USER, user.pw_gid),
+        timeout=300,
+        check=False,
+    )
     found = [line for line in done.stdout.splitlines() if line.startswith("HookStatus")]
     return " ".join(found) or f"exit {done.returncode}: {done.stderr.strip()[-200:]}"
 
@@ -271,9 +317,15 @@ print(s.makefile("rb").readline().decode().strip())
 
 
 def as_uid(uid: int, gid: int, script: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(["/usr/bin/python3", "-I", "-c", script, *args], user=uid,
-                            group=gid, extra_groups=[], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        ["/usr/bin/python3", "-I", "-c", script, *args],
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def probe_as(uid: int, gid: int, sock: Path) -> dict[str, object]:
@@ -300,25 +352,35 @@ def hoarders(site: Site) -> str:
     finally:
         for proc in procs:
             proc.communicate("", timeout=60)
-    return (f"root's probe ok={root}, another user's ok={other.get('ok')}, a hoarder's "
-            f"{mine.get('error')} ({took:.1f} s)")
+    return (
+        f"root's probe ok={root}, another user's ok={other.get('ok')}, a hoarder's "
+        f"{mine.get('error')} ({took:.1f} s)"
+    )
 
 
 def cases() -> list[tuple[str, Callable[[Site], str]]]:
     found: list[tuple[str, Callable[[Site], str]]] = []
     for name, (files, description) in LANGUAGE.items():
-        found.append((f"language: {name}",
-                      lambda site, n=name, f=files, d=description: prepare_hook(site, n, f, d)))
+        found.append(
+            (
+                f"language: {name}",
+                lambda site, n=name, f=files, d=description: prepare_hook(site, n, f, d),
+            )
+        )
     for case in INPUT_CASES:
+
         def send(site: Site, case: str = case) -> str:
             job, data, _ = crafted(case)
-            reply = site.ask(json.dumps({"action": "prepare", "job": job}).encode() + b"\n"
-                             + data)  # fmt: skip
+            reply = site.ask(json.dumps({"action": "prepare", "job": job}).encode() + b"\n" + data)
             return f"{reply.get('disposition')}: {reply.get('message')}"
 
         found.append((f"input disk: {case}", send))
-    found.append(("request: a 2000-deep JSON line",
-                  lambda site: str(site.ask(b"[" * 2000 + b"]" * 2000 + b"\n").get("message"))))
+    found.append(
+        (
+            "request: a 2000-deep JSON line",
+            lambda site: str(site.ask(b"[" * 2000 + b"]" * 2000 + b"\n").get("message")),
+        )
+    )
     found.append(("request: a byte every 2 s", trickle))
     found.append(("request: 16 uids x 32 connections", hoarders))
     return found
@@ -327,8 +389,11 @@ def cases() -> list[tuple[str, Callable[[Site], str]]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run the cases naming TEXT")
-    parser.add_argument("--policy", default="max_resolve_mib = 512\nmax_resolve_seconds = 60\n",
-                        help="the private site's [policy] lines")  # fmt: skip
+    parser.add_argument(
+        "--policy",
+        default="max_resolve_mib = 512\nmax_resolve_seconds = 60\n",
+        help="the private site's [policy] lines",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run me as root (a root service, the slot user)")
@@ -351,8 +416,11 @@ def main() -> int:
             peak, cpu = site.usage()
             alive = site.answers()
             failures += not alive
-            print(f"{name:<48} {took:5.1f} {peak:8.0f} {cpu - cpu_before:6.2f}  "
-                  f"{'yes' if alive else 'NO':<5}  {outcome[:160]}", flush=True)
+            print(
+                f"{name:<48} {took:5.1f} {peak:8.0f} {cpu - cpu_before:6.2f}  "
+                f"{'yes' if alive else 'NO':<5}  {outcome[:160]}",
+                flush=True,
+            )
     finally:
         site.proc.terminate()
         site.proc.wait(timeout=60)

@@ -52,15 +52,26 @@ def one(memory: int, sock: Path, log: Path) -> dict[str, str]:
         (job / "count.sh").write_text(COUNT)
         (job / "my.sf").write_text(SF.format(memory=memory))
         before = log.read_text()
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
-               "CONDOR_CONFIG": "/dev/null", "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(sock)}
-        done = subprocess.run([str(SD), "run", "job.sub", "--evict-after", "10"], cwd=job,
-                              env=env, capture_output=True, text=True, timeout=600, check=False)
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/root",
+            "CONDOR_CONFIG": "/dev/null",
+            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(sock),
+        }
+        done = subprocess.run(
+            [str(SD), "run", "job.sub", "--evict-after", "10"],
+            cwd=job,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if done.returncode != 0:
             return {"error": (done.stdout + done.stderr)[-400:]}
         count = (job / "count.txt").read_text().split()
         found = {"steps": f"{len(count)} (1..{count[-1]})"}
-        text = log.read_text()[len(before):]
+        text = log.read_text()[len(before) :]
         for name, pattern in PATTERNS.items():
             match = re.search(pattern, text)
             found[name] = match.group(1) if match else "?"
@@ -75,21 +86,29 @@ def main() -> int:
     folder.chmod(0o755)
     sock, log = folder / "helper.sock", folder / "service.log"
     with open(log, "wb") as out:
-        service = subprocess.Popen([str(PYTHON), "-I", "-m", "sd_batch.helper.service",
-                                    "--socket", str(sock)], stdout=out, stderr=subprocess.STDOUT)
+        service = subprocess.Popen(
+            [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         while not sock.exists():
             time.sleep(0.2)
-        print(f"{'memory':>8} {'checkpoint':>12} {'save s':>7} {'pack s':>7} {'unpack s':>9} "
-              f"{'restore s':>10}  steps")
+        print(
+            f"{'memory':>8} {'checkpoint':>12} {'save s':>7} {'pack s':>7} {'unpack s':>9} "
+            f"{'restore s':>10}  steps"
+        )
         for memory in args.memory:
             row = one(memory, sock, log)
             if "error" in row:
                 print(f"{memory:>5} MiB  failed: {row['error']}")
                 continue
             size = f"{int(row['bytes']) / 2**20:.1f} MiB" if row["bytes"].isdigit() else "?"
-            print(f"{memory:>5} MiB {size:>12} {row['save_s']:>7} {row['pack_s']:>7} "
-                  f"{row['unpack_s']:>9} {row['restore_s']:>10}  {row['steps']}", flush=True)
+            print(
+                f"{memory:>5} MiB {size:>12} {row['save_s']:>7} {row['pack_s']:>7} "
+                f"{row['unpack_s']:>9} {row['restore_s']:>10}  {row['steps']}",
+                flush=True,
+            )
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=60)

@@ -78,8 +78,9 @@ class Row:
 class Site:
     """A private site: its own state dir and config; jobs are driven hook by hook."""
 
-    def __init__(self, root: Path, *, max_run: int = 300, scratch: bool = False,
-                 via: str = "helper") -> None:  # fmt: skip
+    def __init__(
+        self, root: Path, *, max_run: int = 300, scratch: bool = False, via: str = "helper"
+    ) -> None:
         self.root, self.max_run, self.via = root, max_run, via
         self.service: subprocess.Popen[bytes] | None = None
         self.state = root / "state"
@@ -100,7 +101,8 @@ class Site:
             f'image_dir = "{images}"\nstate_dir = "{self.state}"\ndefault_uri = "{uri}"\n'
             f'template_dirs = [{dirs}]\n[properties]\n"sd.flavour" = "qemu"\n'
             f"[policy]\nmax_run_seconds = {self.max_run}\noutput_disk_mib = {OUTPUT_MIB}\n",
-            encoding="utf-8")  # fmt: skip
+            encoding="utf-8",
+        )
         if via == "service":
             self.start_service()
 
@@ -110,8 +112,15 @@ class Site:
         log = (self.root / "service.log").open("ab")
         self.service = subprocess.Popen(
             [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
-            env={"PATH": "/usr/bin:/bin", "HOME": "/root", "SD_BATCH_CONFIG": str(self.config),
-                 "CONDOR_CONFIG": "/dev/null"}, stdout=log, stderr=log)  # fmt: skip
+            env={
+                "PATH": "/usr/bin:/bin",
+                "HOME": "/root",
+                "SD_BATCH_CONFIG": str(self.config),
+                "CONDOR_CONFIG": "/dev/null",
+            },
+            stdout=log,
+            stderr=log,
+        )
         log.close()
         if not wait_for(sock.exists, 30):
             raise RuntimeError(f"the helper service did not start: see {self.root}/service.log")
@@ -131,8 +140,10 @@ class Site:
         and a template folder with scratch.sf."""
         images, templates = self.root / "images", self.root / "templates"
         shutil.copytree(IMAGES / "minimal", images / "minimal", copy_function=os.link)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "scratch.qcow2"),
-                        "64M"], check=True)  # fmt: skip
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(images / "scratch.qcow2"), "64M"],
+            check=True,
+        )
         templates.mkdir()
         (templates / "scratch.sf").write_text(SCRATCH_TEMPLATE)
         return images, [templates, BUILTIN_TEMPLATE_DIR]
@@ -147,34 +158,57 @@ class Site:
         (sandbox / "job.sh").write_text(payload)
         (sandbox / "job.sh").chmod(0o755)
         (sandbox / "input.txt").write_text("hello\n" + "x" * input_bytes)
-        (text,) = job_ad_from_submit(SUBMIT.replace('"minimal"', f'"{vm}"'), submit_dir=sandbox,
-                                     owner="root",
-                                     schedd_name=f"faults-{os.getpid()}-{len(self.jobs)}@host",
-                                     qdate=int(time.time()))  # fmt: skip
+        (text,) = job_ad_from_submit(
+            SUBMIT.replace('"minimal"', f'"{vm}"'),
+            submit_dir=sandbox,
+            owner="root",
+            schedd_name=f"faults-{os.getpid()}-{len(self.jobs)}@host",
+            qdate=int(time.time()),
+        )
         job = Job(self, sandbox, parse_job_ad(text))
         self.jobs.append(job.domain)
         return job
 
     def env(self, sandbox: Path) -> dict[str, str]:
-        door = ({"_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.root / "run" / "helper.sock")}
-                if self.via == "service"
-                else {"_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.batch.privileged"})
-        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
-                "SD_BATCH_CONFIG": str(self.config), "CONDOR_CONFIG": "/dev/null",
-                "_CONDOR_SCRATCH_DIR": str(sandbox), "SD_BATCH_PYTHON": str(PYTHON),
-                **door}  # fmt: skip
+        door = (
+            {"_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.root / "run" / "helper.sock")}
+            if self.via == "service"
+            else {"_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.batch.privileged"}
+        )
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/root",
+            "SD_BATCH_CONFIG": str(self.config),
+            "CONDOR_CONFIG": "/dev/null",
+            "_CONDOR_SCRATCH_DIR": str(sandbox),
+            "SD_BATCH_PYTHON": str(PYTHON),
+            **door,
+        }
 
     def reap(self) -> str:
-        done = subprocess.run([str(SD), "reap", "--prepared-grace", "0"], capture_output=True,
-                              text=True, env=self.env(self.root), timeout=120, check=False)
-        lines = [line.split(" on ")[0].split(": ")[0] for line in done.stdout.splitlines()
-                 if line.strip()]  # fmt: skip
+        done = subprocess.run(
+            [str(SD), "reap", "--prepared-grace", "0"],
+            capture_output=True,
+            text=True,
+            env=self.env(self.root),
+            timeout=120,
+            check=False,
+        )
+        lines = [
+            line.split(" on ")[0].split(": ")[0]
+            for line in done.stdout.splitlines()
+            if line.strip()
+        ]
         return f"reap exit {done.returncode}: {'; '.join(lines)}"
 
     def leaks(self) -> tuple[int, int]:
         """(our domains libvirt still has, ledger rows + files under the state dir)."""
-        listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
-                                capture_output=True, text=True, check=False).stdout.split()
+        listed = subprocess.run(
+            ["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
         domains = len((set(self.jobs) & set(listed)) | set(domains_under(self.root)))
         config = load_config(self.config)
         with Ledger.for_site(config) as ledger:
@@ -192,10 +226,16 @@ class Job:
         self.updates = ""
 
     def spawn(self, hook: str, *argv: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(HOOKS / hook), *argv], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=self.sandbox, env=self.site.env(self.sandbox),
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            [str(HOOKS / hook), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.sandbox,
+            env=self.site.env(self.sandbox),
+            start_new_session=True,
+        )
 
     def prepare(self) -> str:
         proc = self.spawn("prepare_job")
@@ -256,12 +296,17 @@ def close_stdin(proc: subprocess.Popen[str], text: str = "") -> None:
 
 def domains_under(root: Path) -> list[str]:
     """libvirt's domains (any name) whose XML names a path under ROOT: a site's own."""
-    listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
-                            capture_output=True, text=True, check=False).stdout.split()
+    listed = subprocess.run(
+        ["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
     found = []
     for name in listed:
-        xml = subprocess.run(["virsh", "-c", GOOD_URI, "dumpxml", name], capture_output=True,
-                             text=True, check=False).stdout
+        xml = subprocess.run(
+            ["virsh", "-c", GOOD_URI, "dumpxml", name], capture_output=True, text=True, check=False
+        ).stdout
         if f"{root}/" in xml:
             found.append(name)
     return found
@@ -272,8 +317,7 @@ def remove_leftovers(root: Path) -> None:
     count: the next run of the matrix starts clean."""
     for name in domains_under(root):
         for verb in ("destroy", "undefine"):
-            subprocess.run(["virsh", "-c", GOOD_URI, verb, name], capture_output=True,
-                           check=False)  # fmt: skip
+            subprocess.run(["virsh", "-c", GOOD_URI, verb, name], capture_output=True, check=False)
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 120.0) -> bool:
@@ -286,8 +330,9 @@ def wait_for(check: Callable[[], bool], timeout: float = 120.0) -> bool:
 
 
 def domstate(domain: str) -> str:
-    done = subprocess.run(["virsh", "-c", GOOD_URI, "domstate", domain], capture_output=True,
-                          text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["virsh", "-c", GOOD_URI, "domstate", domain], capture_output=True, text=True, check=False
+    )
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
@@ -316,8 +361,12 @@ def libvirtd_down(site: Site, step: str) -> str:
             said = f"prepared; {job.run()}"
         return f"{said}; {job.exit_hook()}"
     said = job.prepare()
-    note = ("no fault through the service (the link goes, but the connection it opened at "
-            "PREPARE_JOB stays; see libvirtd restarting): " if site.via == "service" else "")
+    note = (
+        "no fault through the service (the link goes, but the connection it opened at "
+        "PREPARE_JOB stays; see libvirtd restarting): "
+        if site.via == "service"
+        else ""
+    )
     if step == "runner":
         site.libvirtd(up=False)
         said = job.run()
@@ -335,8 +384,12 @@ def systemd_runs(question: str) -> bool:
     """Whether systemd manages libvirtd here (`systemctl is-active`/`is-enabled`)."""
     if shutil.which("systemctl") is None:
         return False
-    return subprocess.run(["systemctl", question, "--quiet", "libvirtd"], capture_output=True,
-                          check=False).returncode == 0  # fmt: skip
+    return (
+        subprocess.run(
+            ["systemctl", question, "--quiet", "libvirtd"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
 
 
 def stop_libvirtd() -> None:
@@ -363,6 +416,7 @@ def libvirtd_restart(site: Site, step: str) -> str:
     job = site.job(SLOW_ECHO)
     said = job.prepare()
     if step.startswith("runner"):
+
         def restart_while_running() -> None:
             wait_for(lambda: domstate(job.domain) == "running")
             time.sleep(1.0)
@@ -384,8 +438,11 @@ def killed(site: Site, step: str) -> str:
     if step.startswith("PREPARE_JOB"):
         proc = job.spawn("prepare_job")
         close_stdin(proc, job.ad.text)
-        point = ((lambda: (job.folder / "output.img").exists()) if "input" in step
-                 else (lambda: domstate(job.domain) != ""))  # fmt: skip
+        point = (
+            (lambda: (job.folder / "output.img").exists())
+            if "input" in step
+            else (lambda: domstate(job.domain) != "")
+        )
         reached = wait_for(point)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -429,8 +486,9 @@ def crashed(site: Site, _step: str) -> str:
     def destroy() -> None:
         wait_for(lambda: domstate(job.domain) == "running")
         time.sleep(1.0)
-        subprocess.run(["virsh", "-c", GOOD_URI, "destroy", job.domain], capture_output=True,
-                       check=False)  # fmt: skip
+        subprocess.run(
+            ["virsh", "-c", GOOD_URI, "destroy", job.domain], capture_output=True, check=False
+        )
 
     return f"{job.run(destroy)}; {job.exit_hook()}"
 
@@ -442,22 +500,35 @@ def disk_full(site: Site, step: str) -> str:
     folder, input.img, output.img): the scratch disk's overlay is the file that cannot be
     made. VM running: the output disk's blocks released again (as on a filesystem without
     fallocate) and the rest of the tmpfs filled, so the guest's result write finds no room."""
-    size = {"PREPARE_JOB input disk": "size=2M", "PREPARE_JOB output disk": "size=8M",
-            "PREPARE_JOB overlay": f"size={OUTPUT_MIB + 8}M,nr_inodes=9"}.get(
-                step, f"size={OUTPUT_MIB + 8}M")  # fmt: skip
-    subprocess.run(["mount", "-t", "tmpfs", "-o", size, "sd-faults", str(site.state)],
-                   check=True)  # fmt: skip
+    size = {
+        "PREPARE_JOB input disk": "size=2M",
+        "PREPARE_JOB output disk": "size=8M",
+        "PREPARE_JOB overlay": f"size={OUTPUT_MIB + 8}M,nr_inodes=9",
+    }.get(step, f"size={OUTPUT_MIB + 8}M")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", size, "sd-faults", str(site.state)], check=True)
     try:
         running = step.startswith("VM running")
-        job = site.job(SLOW_ECHO if running else ECHO,
-                       input_bytes=3 * 1024**2 if "input" in step else 0,
-                       vm="scratch" if "overlay" in step else "minimal")  # fmt: skip
+        job = site.job(
+            SLOW_ECHO if running else ECHO,
+            input_bytes=3 * 1024**2 if "input" in step else 0,
+            vm="scratch" if "overlay" in step else "minimal",
+        )
         said = job.prepare()
         if running and said == "prepared":
             output, filler = job.folder / "output.img", site.state / "filler"
             size = output.stat().st_size
-            subprocess.run(["fallocate", "--punch-hole", "--offset", "4096", "--length",
-                            str(size - 4096), str(output)], check=True)  # fmt: skip
+            subprocess.run(
+                [
+                    "fallocate",
+                    "--punch-hole",
+                    "--offset",
+                    "4096",
+                    "--length",
+                    str(size - 4096),
+                    str(output),
+                ],
+                check=True,
+            )
 
             def fill_when_running() -> None:  # the payload writes its result 8 s after boot
                 wait_for(lambda: domstate(job.domain) == "running")
@@ -509,12 +580,23 @@ def four_at_once(root: Path) -> Row:
         folder.mkdir(mode=0o755)
         (folder / "job.sh").write_text(ECHO)
         (folder / "input.txt").write_text(f"hello {n}\n")
-        (folder / "job.sub").write_text(SUBMIT.replace("queue", "output = out.txt\n"
-                                                       "transfer_output_files = result.txt\nqueue"))
-        runs.append(subprocess.Popen([str(SD), "run", "job.sub"], cwd=folder, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
-                                          "CONDOR_CONFIG": "/dev/null"}))  # fmt: skip
+        (folder / "job.sub").write_text(
+            SUBMIT.replace("queue", "output = out.txt\ntransfer_output_files = result.txt\nqueue")
+        )
+        runs.append(
+            subprocess.Popen(
+                [str(SD), "run", "job.sub"],
+                cwd=folder,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={
+                    "PATH": "/usr/local/bin:/usr/bin:/bin",
+                    "HOME": "/root",
+                    "CONDOR_CONFIG": "/dev/null",
+                },
+            )
+        )
     codes, domains = [], []
     for n, proc in enumerate(runs):
         _out, err = proc.communicate(timeout=600)
@@ -523,46 +605,90 @@ def four_at_once(root: Path) -> Row:
         result = root / f"sd-run-{n}" / "result.txt"
         if not (result.is_file() and result.read_text() == "done\n"):
             codes[-1] = f"{proc.returncode} (no output)"  # type: ignore[call-overload]
-    listed = subprocess.run(["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
-                            capture_output=True, text=True, check=False).stdout.split()
+    listed = subprocess.run(
+        ["virsh", "-c", GOOD_URI, "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
     digests = {d.removeprefix("sd-job-") for d in domains}
     with Ledger.for_site(config) as ledger:
-        rows = sum(1 for o in ledger.owners()
-                   if hashlib.sha256(o.owner_id.encode()).hexdigest()[:16] in digests)
+        rows = sum(
+            1
+            for o in ledger.owners()
+            if hashlib.sha256(o.owner_id.encode()).hexdigest()[:16] in digests
+        )
     files = sum(1 for d in digests if (config.state_dir / "jobs" / d).exists())
     outcome = "exits " + " ".join(map(str, codes)) + f" ({len(set(domains))} VMs)"
-    return Row("four jobs at once", "sd run x4", outcome, len(set(domains) & set(listed)),
-               rows + files)
+    return Row(
+        "four jobs at once", "sd run x4", outcome, len(set(domains) & set(listed)), rows + files
+    )
 
 
 SCENARIOS: list[tuple[str, list[str], Callable[[Site, str], str], int]] = [
-    ("libvirtd down", ["PREPARE_JOB", "PREPARE_JOB, down after the input copy",
-                       "PREPARE_JOB, restarting (down 2 s)", "runner", "JOB_EXIT"],
-     libvirtd_down, 300),
+    (
+        "libvirtd down",
+        [
+            "PREPARE_JOB",
+            "PREPARE_JOB, down after the input copy",
+            "PREPARE_JOB, restarting (down 2 s)",
+            "runner",
+            "JOB_EXIT",
+        ],
+        libvirtd_down,
+        300,
+    ),
     ("libvirtd restarting", ["runner (VM running)", "JOB_EXIT"], libvirtd_restart, 300),
-    ("hook/runner SIGKILL", ["PREPARE_JOB after input copy", "PREPARE_JOB after define",
-                             "PREPARE_JOB after define, next run", "runner after start"],
-     killed, 300),
+    (
+        "hook/runner SIGKILL",
+        [
+            "PREPARE_JOB after input copy",
+            "PREPARE_JOB after define",
+            "PREPARE_JOB after define, next run",
+            "runner after start",
+        ],
+        killed,
+        300,
+    ),
     ("VM never powers off", ["runner (max_run_seconds 5)"], never_off, 5),
     ("VM crashes", ["runner (virsh destroy)"], crashed, 300),
-    ("disk full (tmpfs state dir)", ["PREPARE_JOB input disk", "PREPARE_JOB output disk",
-                                     "PREPARE_JOB overlay", "VM running (result write)"],
-     disk_full, 300),
-    ("JOB_EXIT twice/early", ["before PREPARE_JOB", "during PREPARE_JOB (input copy)",
-                              "twice after run"],
-     exit_twice, 300),
+    (
+        "disk full (tmpfs state dir)",
+        [
+            "PREPARE_JOB input disk",
+            "PREPARE_JOB output disk",
+            "PREPARE_JOB overlay",
+            "VM running (result write)",
+        ],
+        disk_full,
+        300,
+    ),
+    (
+        "JOB_EXIT twice/early",
+        ["before PREPARE_JOB", "during PREPARE_JOB (input copy)", "twice after run"],
+        exit_twice,
+        300,
+    ),
     ("eviction (service door)", faults_evict.STEPS, faults_evict.evicted, 300),
-]  # fmt: skip
+]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one kill point, no four jobs")
-    parser.add_argument("--only", metavar="TEXT", default="",
-                        help="only the rows whose fault or step contains TEXT (e.g. restarting)")
-    parser.add_argument("--via", choices=("helper", "service"), default="helper",
-                        help="the hooks' door to root: the helper command (default) or a "
-                             "private helper service per site")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        default="",
+        help="only the rows whose fault or step contains TEXT (e.g. restarting)",
+    )
+    parser.add_argument(
+        "--via",
+        choices=("helper", "service"),
+        default="helper",
+        help="the hooks' door to root: the helper command (default) or a "
+        "private helper service per site",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (the helper runs without sudo, on private state dirs)")
@@ -577,9 +703,12 @@ def main() -> int:
                     continue
                 if args.only not in f"{fault} | {step}":
                     continue
-                site = Site(root / f"site-{len(rows)}", max_run=max_run,
-                            scratch="overlay" in step,
-                            via="service" if fault.startswith("eviction") else args.via)
+                site = Site(
+                    root / f"site-{len(rows)}",
+                    max_run=max_run,
+                    scratch="overlay" in step,
+                    via="service" if fault.startswith("eviction") else args.via,
+                )
                 try:
                     outcome = scenario(site, step)
                 except Exception as exc:  # noqa: BLE001 - the matrix reports, never stops

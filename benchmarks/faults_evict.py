@@ -21,17 +21,26 @@ from sd_batch.batch.key import JobKey
 from sd_batch.config.site import load_config
 from sd_batch.staging import CHECKPOINT_FILE
 
-COUNT = ("#!/bin/sh\ni=0\nwhile [ $i -lt 10 ]; do i=$((i+1)); sleep 1; done\n"
-         "echo done > result.txt\n")
-STEPS = ["vacated, then resumed", "vacated twice, resumed twice",
-         "vacated, runner killed during the save",
-         "corrupt checkpoint", "checkpoint of another image"]  # fmt: skip
+COUNT = (
+    "#!/bin/sh\ni=0\nwhile [ $i -lt 10 ]; do i=$((i+1)); sleep 1; done\necho done > result.txt\n"
+)
+STEPS = [
+    "vacated, then resumed",
+    "vacated twice, resumed twice",
+    "vacated, runner killed during the save",
+    "corrupt checkpoint",
+    "checkpoint of another image",
+]
 REFUSED = ".sd-batch.checkpoint-refused"
 
 
 def _running(domain: str) -> bool:
-    done = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", domain],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "domstate", domain],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return done.stdout.strip() == "running"
 
 
@@ -48,8 +57,11 @@ def _vacate(job: Any, *, kill_after: float | None = None) -> Callable[[], None]:
     def during() -> None:
         _wait(lambda: _running(job.domain))
         time.sleep(3.0)
-        runners = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                   and _cmdline(p).endswith(f"runner --job {job.ad.global_job_id}")]
+        runners = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _cmdline(p).endswith(f"runner --job {job.ad.global_job_id}")
+        ]
         for pid in runners:
             os.kill(pid, signal.SIGUSR2)
         if kill_after is not None:
@@ -80,32 +92,51 @@ def evicted(site: Any, step: str) -> str:
         for _ in range(2 if "twice" in step else 1):
             kill = 0.2 if "killed" in step else None
             first = job.run(_vacate(job, kill_after=kill))
-            saved = (job.sandbox / CHECKPOINT_FILE).stat().st_size \
-                if (job.sandbox / CHECKPOINT_FILE).exists() else 0  # fmt: skip
+            saved = (
+                (job.sandbox / CHECKPOINT_FILE).stat().st_size
+                if (job.sandbox / CHECKPOINT_FILE).exists()
+                else 0
+            )
             exit1 = job.exit_hook("evict")
             again = job.prepare()
             resumed = "resumes" if "SDVMResumed = true" in job.updates else "afresh"
-            said.append(f"{first[:60]}; checkpoint {saved >> 10} KiB; {exit1}; next start: "
-                        f"{again} ({resumed})")
+            said.append(
+                f"{first[:60]}; checkpoint {saved >> 10} KiB; {exit1}; next start: "
+                f"{again} ({resumed})"
+            )
         return f"{'; '.join(said)}; {job.run()}; {job.exit_hook()}"
     config = load_config(site.config)
     if step.startswith("corrupt"):
         (job.sandbox / CHECKPOINT_FILE).write_bytes(os.urandom(300_000))
     else:  # a checkpoint this site signed for this very job, but of other guest images
         job.prepare()
-        xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", job.domain],
-                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        xml = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "dumpxml", job.domain],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         key = JobKey(os.getuid(), job.ad.global_job_id)
         mine = resume.identity(config, key, xml, "minimal")
-        other = checkpoint.Identity(mine.job_id, mine.description, mine.flavour,
-                                    mine.memory_mib, mine.vcpus,
-                                    dict.fromkeys(mine.images, "0" * 64))  # fmt: skip
+        other = checkpoint.Identity(
+            mine.job_id,
+            mine.description,
+            mine.flavour,
+            mine.memory_mib,
+            mine.vcpus,
+            dict.fromkeys(mine.images, "0" * 64),
+        )
         job.exit_hook("hold")
         state = job.sandbox.parent / f"{job.sandbox.name}.state"
         state.write_bytes(b"not a VM")
-        checkpoint.pack(job.sandbox / CHECKPOINT_FILE, other, {checkpoint.STATE: state},
-                        key=checkpoint.site_key(config.state_dir), folder=job.sandbox.parent,
-                        limit=1 << 20)  # fmt: skip
+        checkpoint.pack(
+            job.sandbox / CHECKPOINT_FILE,
+            other,
+            {checkpoint.STATE: state},
+            key=checkpoint.site_key(config.state_dir),
+            folder=job.sandbox.parent,
+            limit=1 << 20,
+        )
         state.unlink()
     prepared = job.prepare()
     said = _refused(job)

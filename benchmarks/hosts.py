@@ -56,8 +56,10 @@ def load() -> str:
 
 
 def spread(values: list[float]) -> str:
-    return (f"{statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f},"
-            f" n={len(values)})")  # fmt: skip
+    return (
+        f"{statistics.median(values):6.2f} s  (min {min(values):.2f}, max {max(values):.2f},"
+        f" n={len(values)})"
+    )
 
 
 def test_hosts(*argv: str) -> None:
@@ -65,16 +67,24 @@ def test_hosts(*argv: str) -> None:
 
 
 def sd(environ: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", SD, *argv], capture_output=True, text=True,
-                          env={**os.environ, **environ}, cwd=REPO, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", SD, *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **environ},
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 def description(count: int, hosts: int, liveness: str = "") -> str:
     names = ", ".join(f'"h{k}"' for k in range(1, hosts + 1))
-    return (f'#include "minimal.sf"\nplacer extends Scheduler {{ hosts [| {names} |]; '
-            f'strategy "spread"; {liveness} }}\nsfConfig extends Pool {{ scheduler LAZY ATTRIB '
-            f'placer; count {count};\n  template extends LAZY MinimalVM {{ softAntiAffinity "w";'
-            ' disks extends DATA { root extends Disk { image "base.qcow2"; } } } }\n')
+    return (
+        f'#include "minimal.sf"\nplacer extends Scheduler {{ hosts [| {names} |]; '
+        f'strategy "spread"; {liveness} }}\nsfConfig extends Pool {{ scheduler LAZY ATTRIB '
+        f'placer; count {count};\n  template extends LAZY MinimalVM {{ softAntiAffinity "w";'
+        ' disks extends DATA { root extends Disk { image "base.qcow2"; } } } }\n'
+    )
 
 
 def console(run: str, k: int, domain: str) -> Path:
@@ -104,7 +114,8 @@ def site(work: Path, run: str) -> dict[str, str]:
     (work / "site.toml").write_text(
         f'image_dir = "{SITE / "images"}"\nstate_dir = "{SITE / "runs" / run / "state"}"\n'
         f'default_uri = "{uri(1)}"\n[hosts]\n{table}[properties]\n"sd.flavour" = "qemu"\n',
-        encoding="utf-8")  # fmt: skip
+        encoding="utf-8",
+    )
     return {"SD_BATCH_CONFIG": str(work / "site.toml")}
 
 
@@ -124,21 +135,29 @@ def bench_starts(work: Path, rounds: int) -> None:
                 if done.returncode:
                     raise SystemExit(f"sd start failed: {done.stderr}")
                 placed = where(environ, run)
-                wait(lambda placed=placed, run=run: all(ready(console(run, k, d))
-                                                        for d, k in placed.items()),
-                     BOOT_TIMEOUT, f"pool {run} ready")  # fmt: skip
+                wait(
+                    lambda placed=placed, run=run: all(
+                        ready(console(run, k, d)) for d, k in placed.items()
+                    ),
+                    BOOT_TIMEOUT,
+                    f"pool {run} ready",
+                )
                 times.append(time.monotonic() - began)
                 sd(environ, "terminate", "h1", run, "--grace", "0")
             medians[count, hosts] = statistics.median(times)
-            print(f"   {count} VMs over {hosts} host{'s' * (hosts > 1)}: {spread(times)}  "
-                  f"[{load()}]", flush=True)
+            print(
+                f"   {count} VMs over {hosts} host{'s' * (hosts > 1)}: {spread(times)}  [{load()}]",
+                flush=True,
+            )
         one, three = medians[count, 1], medians[count, 3]
         print(f"   {count} VMs: 1 host / 3 hosts = {one / three:.2f}x", flush=True)
 
 
 def bench_failover(work: Path, rounds: int) -> None:
-    print("2. failover: a host killed (libvirtd, virtlogd, QEMUs) under sd watch "
-          "(sfLivenessDelay 2 x sfLivenessFactor 3 = 6 s)")
+    print(
+        "2. failover: a host killed (libvirtd, virtlogd, QEMUs) under sd watch "
+        "(sfLivenessDelay 2 x sfLivenessFactor 3 = 6 s)"
+    )
     running, booted = [], []
     for r in range(rounds):
         up, ready_again = failover_round(work, r)
@@ -157,14 +176,21 @@ def failover_round(work: Path, r: int) -> tuple[float, float]:
     if sd(environ, "start", "h1", run, str(file)).returncode:
         raise SystemExit("sd start failed")
     placed = where(environ, run)
-    wait(lambda: all(ready(console(run, k, d)) for d, k in placed.items()), BOOT_TIMEOUT,
-         "pool ready")  # fmt: skip
+    wait(
+        lambda: all(ready(console(run, k, d)) for d, k in placed.items()),
+        BOOT_TIMEOUT,
+        "pool ready",
+    )
     victim = 1 + r % 3
     moving = [d for d, k in placed.items() if k == victim]
     survivors = [k for k in (1, 2, 3) if k != victim]
-    watcher = subprocess.Popen([sys.executable, "-c", SD, "watch", "h1", run],
-                               env={**os.environ, **environ}, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", SD, "watch", "h1", run],
+        env={**os.environ, **environ},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def moved_running() -> bool:
         up = set()
@@ -180,11 +206,17 @@ def failover_round(work: Path, r: int) -> tuple[float, float]:
         wait(moved_running, BOOT_TIMEOUT, "moved VMs running")
         running = time.monotonic() - killed
         now = where(environ, run)
-        wait(lambda: all(ready(console(run, now[d], d)) for d in moving), BOOT_TIMEOUT,
-             "moved VMs ready")  # fmt: skip
+        wait(
+            lambda: all(ready(console(run, now[d], d)) for d in moving),
+            BOOT_TIMEOUT,
+            "moved VMs ready",
+        )
         booted = time.monotonic() - killed
-        print(f"   round {r + 1}: host {victim} killed -> running on a survivor "
-              f"{running:.2f} s, guest ready {booted:.2f} s  [{load()}]", flush=True)
+        print(
+            f"   round {r + 1}: host {victim} killed -> running on a survivor "
+            f"{running:.2f} s, guest ready {booted:.2f} s  [{load()}]",
+            flush=True,
+        )
         test_hosts("revive", str(victim))
         time.sleep(6)  # the watcher removes the stale copy once the host answers
     finally:
@@ -211,8 +243,10 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         for name in ("vmlinux", "initrd.img"):
             shutil.copyfile(GUEST / name, SITE / "images" / "minimal" / name)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
-                        str(SITE / "images" / "base.qcow2"), "64M"], check=True)  # fmt: skip
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(SITE / "images" / "base.qcow2"), "64M"],
+            check=True,
+        )
         for k in (1, 2, 3):
             push(SiteConfig(image_dir=SITE / "images"), uri(k), "base.qcow2")
         if args.only != "failover":

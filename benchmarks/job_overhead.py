@@ -73,8 +73,7 @@ GUEST = "the guest (boot, payload, power-off), as libvirt saw it"
 
 def stats(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
     v = [x * scale for x in values]
-    return (f"{statistics.median(v):7.3f} {unit} (min {min(v):.3f}, max {max(v):.3f}, "
-            f"n={len(v)})")  # fmt: skip
+    return f"{statistics.median(v):7.3f} {unit} (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})"
 
 
 def make_job(folder: Path) -> Path:
@@ -93,14 +92,27 @@ def run_sd(submit: Path, sock: Path) -> tuple[float, dict[str, float]]:
     privileged side through the helper service on SOCK (this checkout's code)."""
     for name in ("job.out", "job.err", "result.txt"):
         (submit.parent / name).unlink(missing_ok=True)
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "CONDOR_CONFIG": "/dev/null",
-           "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(sock)}
-    events = subprocess.Popen(["virsh", "-c", "qemu:///system", "event", "--loop", "--timestamp",
-                               "--event", "lifecycle"], stdout=subprocess.PIPE, text=True)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/root",
+        "CONDOR_CONFIG": "/dev/null",
+        "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(sock),
+    }
+    events = subprocess.Popen(
+        ["virsh", "-c", "qemu:///system", "event", "--loop", "--timestamp", "--event", "lifecycle"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.3)  # let virsh register before the domain exists
     started, wall0 = time.perf_counter(), time.time()
-    proc = subprocess.Popen([str(SD), "run", submit.name], cwd=submit.parent, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(SD), "run", submit.name],
+        cwd=submit.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     marks: list[tuple[float, str]] = []
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -137,24 +149,29 @@ def _event_time(text: str, domain: str, event: str) -> float | None:
     for line in text.splitlines():
         if f"'{domain}': {event}" in line:
             stamp = line.split("+0000")[0]
-            return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(
-                tzinfo=UTC).timestamp()  # fmt: skip
+            return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
     return None
 
 
 def raw_boot() -> dict[str, str]:
     """The kernel, initrd, command line, memory and vCPUs sd gives a `minimal` job VM."""
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    description = load_file(find_template("minimal", config),
-                            include_dirs=[*config.include_dirs, *config.template_dirs],
-                            properties=dict(config.properties), environ=None)  # fmt: skip
+    description = load_file(
+        find_template("minimal", config),
+        include_dirs=[*config.include_dirs, *config.template_dirs],
+        properties=dict(config.properties),
+        environ=None,
+    )
     assert description.sfconfig is not None
     spec = vm_spec(description.sfconfig, default_name="bench")
     assert isinstance(spec.boot, KernelBoot)
-    return {"kernel": str(config.image_dir / str(spec.boot.kernel)),
-            "initrd": str(config.image_dir / str(spec.boot.initrd)),
-            "cmdline": spec.boot.cmdline or "", "memory": str(spec.memory_mib),
-            "vcpus": str(spec.vcpus)}  # fmt: skip
+    return {
+        "kernel": str(config.image_dir / str(spec.boot.kernel)),
+        "initrd": str(config.image_dir / str(spec.boot.initrd)),
+        "cmdline": spec.boot.cmdline or "",
+        "memory": str(spec.memory_mib),
+        "vcpus": str(spec.vcpus),
+    }
 
 
 def run_raw(sandbox: Path, work: Path, boot: dict[str, str], round_no: int) -> tuple[float, float]:
@@ -162,21 +179,45 @@ def run_raw(sandbox: Path, work: Path, boot: dict[str, str], round_no: int) -> t
     built = time.perf_counter()
     input_img, output_img = work / f"in-{round_no}.img", work / f"out-{round_no}.img"
     with open(input_img, "wb") as out:
-        size = write_input_tar(sandbox, Manifest(("./job.sh",), {}, "."), out,
-                               max_bytes=JobLimits().max_input_bytes)  # fmt: skip
+        size = write_input_tar(
+            sandbox, Manifest(("./job.sh",), {}, "."), out, max_bytes=JobLimits().max_input_bytes
+        )
         out.write(b"\0" * (-size % SECTOR))
     create_output_disk(output_img, JobLimits().output_disk_bytes)
     built = time.perf_counter() - built
     argv = [
-        "qemu-system-x86_64", "-machine", "pc,usb=off", "-accel", "tcg", "-cpu", "qemu64",
-        "-m", boot["memory"], "-smp", boot["vcpus"], "-nodefaults", "-no-user-config",
-        "-display", "none", "-kernel", boot["kernel"], "-initrd", boot["initrd"],
-        "-append", boot["cmdline"], "-serial", f"file:{work / f'console-{round_no}.log'}",
-        "-blockdev", f"driver=file,filename={input_img},node-name=in,read-only=on",
-        "-device", "virtio-blk-pci,drive=in,serial=sd-input",
-        "-blockdev", f"driver=file,filename={output_img},node-name=out",
-        "-device", "virtio-blk-pci,drive=out,serial=sd-output",
-    ]  # fmt: skip
+        "qemu-system-x86_64",
+        "-machine",
+        "pc,usb=off",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "qemu64",
+        "-m",
+        boot["memory"],
+        "-smp",
+        boot["vcpus"],
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-kernel",
+        boot["kernel"],
+        "-initrd",
+        boot["initrd"],
+        "-append",
+        boot["cmdline"],
+        "-serial",
+        f"file:{work / f'console-{round_no}.log'}",
+        "-blockdev",
+        f"driver=file,filename={input_img},node-name=in,read-only=on",
+        "-device",
+        "virtio-blk-pci,drive=in,serial=sd-input",
+        "-blockdev",
+        f"driver=file,filename={output_img},node-name=out",
+        "-device",
+        "virtio-blk-pci,drive=out,serial=sd-output",
+    ]
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
     took = time.perf_counter() - started
@@ -202,8 +243,9 @@ def bench_vs_qemu(work: Path, runs: int) -> None:
     boot = raw_boot()
     # A private helper service of this checkout on the site's own config (the system one at
     # /run/sd-batch may run another checkout's code): the production door, measured as it is.
-    service = _start_service(work / "service", {"PATH": "/usr/bin:/bin", "HOME": "/root",
-                                                "CONDOR_CONFIG": "/dev/null"})
+    service = _start_service(
+        work / "service", {"PATH": "/usr/bin:/bin", "HOME": "/root", "CONDOR_CONFIG": "/dev/null"}
+    )
     try:
         _bench_vs_qemu(submit, sandbox, work, boot, runs, work / "service" / "run" / "helper.sock")
     finally:
@@ -211,8 +253,9 @@ def bench_vs_qemu(work: Path, runs: int) -> None:
         service.wait(timeout=60)
 
 
-def _bench_vs_qemu(submit: Path, sandbox: Path, work: Path, boot: dict[str, str], runs: int,
-                   sock: Path) -> None:  # fmt: skip
+def _bench_vs_qemu(
+    submit: Path, sandbox: Path, work: Path, boot: dict[str, str], runs: int, sock: Path
+) -> None:
     sd_times: list[float] = []
     raw_times: list[float] = []
     disk_times: list[float] = []
@@ -238,18 +281,29 @@ def _bench_vs_qemu(submit: Path, sandbox: Path, work: Path, boot: dict[str, str]
     print(f"   sd run's guest alone (libvirt events): {stats(phases[GUEST])}")
     print(f"   raw: building both disks (staging):   {stats(disk_times, 'ms', 1000)}")
     ratio = sd_median / raw_median
-    print(f"   ratio sd run / raw QEMU: {ratio:.3f} (we add {sd_median - raw_median:+.2f} s, "
-          f"{100 * (ratio - 1):+.1f} %; target <= 1.15): {_verdict(ratio <= 1.15)}")
-    print(f"   guest alone under libvirt / raw QEMU: {guest / raw_median:.3f} "
-          f"({guest - raw_median:+.2f} s; target <= 1.05): {_verdict(guest / raw_median <= 1.05)}")
-    print(f"   sd run minus its own guest time: {sd_median - guest:.2f} s (what we add around a "
-          "boot)")
+    print(
+        f"   ratio sd run / raw QEMU: {ratio:.3f} (we add {sd_median - raw_median:+.2f} s, "
+        f"{100 * (ratio - 1):+.1f} %; target <= 1.15): {_verdict(ratio <= 1.15)}"
+    )
+    print(
+        f"   guest alone under libvirt / raw QEMU: {guest / raw_median:.3f} "
+        f"({guest - raw_median:+.2f} s; target <= 1.05): {_verdict(guest / raw_median <= 1.05)}"
+    )
+    print(
+        f"   sd run minus its own guest time: {sd_median - guest:.2f} s (what we add around a boot)"
+    )
     targets = {"PREPARE_JOB": 0.150, "runner until": 0.050, "runner after power-off": 0.100}
     print("   where sd run's time goes (medians):")
     for name, values in phases.items():
         median = statistics.median(values)
-        target = next((f"  target <= {1000 * t:.0f} ms: {_verdict(median <= t)}"
-                       for start, t in targets.items() if name.startswith(start)), "")
+        target = next(
+            (
+                f"  target <= {1000 * t:.0f} ms: {_verdict(median <= t)}"
+                for start, t in targets.items()
+                if name.startswith(start)
+            ),
+            "",
+        )
         print(f"     {median:6.3f} s  {name}{target}")
 
 
@@ -259,8 +313,10 @@ def _verdict(met: bool) -> str:
 
 # -- 2. the hook cycle on the test driver ------------------------------------------------------
 def bench_hooks(work: Path, runs: int) -> None:
-    print(f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles "
-          "per way to the privileged side, interleaved)")
+    print(
+        f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles "
+        "per way to the privileged side, interleaved)"
+    )
     site = work / "site"
     (site / "images" / "minimal").mkdir(parents=True)
     for name in ("vmlinux", "initrd.img"):
@@ -270,31 +326,56 @@ def bench_hooks(work: Path, runs: int) -> None:
     config.write_text(
         f'image_dir = "{site / "images"}"\nstate_dir = "{site / "state"}"\n'
         f'default_uri = "test://{site / "node.xml"}"\n[properties]\n"sd.flavour" = "qemu"\n',
-        encoding="utf-8")  # fmt: skip
+        encoding="utf-8",
+    )
     submit = make_job(work / "hookjob")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "CONDOR_CONFIG": "/dev/null",
-           "SD_BATCH_CONFIG": str(config), "_CONDOR_SCRATCH_DIR": str(submit.parent)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(work),
+        "CONDOR_CONFIG": "/dev/null",
+        "SD_BATCH_CONFIG": str(config),
+        "_CONDOR_SCRATCH_DIR": str(submit.parent),
+    }
     condor_config = site / "condor_config"  # a worker's: the hook reads the knob through it
-    condor_config.write_text(f"SMARTDOMAINS_HELPER_SOCKET = {site / 'run' / 'helper.sock'}\n",
-                             encoding="utf-8")  # fmt: skip
-    ways = {"helper service (one Python per hook)":
-            {**env, "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(site / "run" / "helper.sock")},
-            "helper service, its socket read from an HTCondor config (a worker's case)":
-            {**env, "CONDOR_CONFIG": str(condor_config)},
-            "helper command, run directly": {
-                **env, "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.batch.privileged"}}
+    condor_config.write_text(
+        f"SMARTDOMAINS_HELPER_SOCKET = {site / 'run' / 'helper.sock'}\n", encoding="utf-8"
+    )
+    ways = {
+        "helper service (one Python per hook)": {
+            **env,
+            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(site / "run" / "helper.sock"),
+        },
+        "helper service, its socket read from an HTCondor config (a worker's case)": {
+            **env,
+            "CONDOR_CONFIG": str(condor_config),
+        },
+        "helper command, run directly": {
+            **env,
+            "_CONDOR_SMARTDOMAINS_HELPER": f"{PYTHON} -m sd_batch.batch.privileged",
+        },
+    }
     if os.geteuid() == 0 and shutil.which("sudo"):
-        ways["helper command through sudo"] = {**env, "_CONDOR_SMARTDOMAINS_HELPER": (
-            f"sudo -n /usr/bin/env SD_BATCH_CONFIG={config} CONDOR_CONFIG=/dev/null "
-            f"{PYTHON} -I -m sd_batch.batch.privileged")}  # fmt: skip
+        ways["helper command through sudo"] = {
+            **env,
+            "_CONDOR_SMARTDOMAINS_HELPER": (
+                f"sudo -n /usr/bin/env SD_BATCH_CONFIG={config} CONDOR_CONFIG=/dev/null "
+                f"{PYTHON} -I -m sd_batch.batch.privileged"
+            ),
+        }
     service = _start_service(site, env)
-    times: dict[str, dict[str, list[float]]] = {w: {"PREPARE_JOB": [], "JOB_EXIT": []}
-                                                 for w in ways}  # fmt: skip
+    times: dict[str, dict[str, list[float]]] = {
+        w: {"PREPARE_JOB": [], "JOB_EXIT": []} for w in ways
+    }
     try:
         for i in range(runs + 1):  # the first cycle of each warms the page cache
             for n, way in enumerate(ways):
-                (ad,) = job_ad_from_submit(SUBMIT, submit_dir=submit.parent, owner="bench",
-                                           schedd_name=f"bench{os.getpid()}-{i}-{n}@x", qdate=1)
+                (ad,) = job_ad_from_submit(
+                    SUBMIT,
+                    submit_dir=submit.parent,
+                    owner="bench",
+                    schedd_name=f"bench{os.getpid()}-{i}-{n}@x",
+                    qdate=1,
+                )
                 took = _hook_cycle(ad, ways[way], submit.parent)
                 for hook, seconds in took.items():
                     if i:
@@ -312,7 +393,8 @@ def bench_hooks(work: Path, runs: int) -> None:
         if not way.startswith("helper service"):
             ratios = ", ".join(
                 f"{name} {statistics.median(times[way][name]) / statistics.median(v):.1f}x"
-                for name, v in fast.items())  # fmt: skip
+                for name, v in fast.items()
+            )
             print(f"   {way} / helper service: {ratios}")
     bare = [_timed([str(PYTHON), "-c", "pass"]) for _ in range(runs)]
     isolated = [_timed([str(PYTHON), "-I", "-S", "-c", "pass"]) for _ in range(runs)]
@@ -320,18 +402,23 @@ def bench_hooks(work: Path, runs: int) -> None:
     print(f"   python -I -S start (no site):   {stats(isolated, 'ms', 1000)}")
     service = _start_service(site, env)  # the hooks' imports as they run: through the service
     ways_env = ways["helper service (one Python per hook)"]
-    for module, args in (("sd_batch.helper.hooks", ["prepare-job"]),
-                         ("sd_batch.helper.hooks", ["job-exit"]),
-                         ("sd_batch.batch.privileged", ["probe"])):  # fmt: skip
-        print(f"   imports of `python -m {module} {args[0]}` (-X importtime, self+children, "
-              "top 8):")
+    for module, args in (
+        ("sd_batch.helper.hooks", ["prepare-job"]),
+        ("sd_batch.helper.hooks", ["job-exit"]),
+        ("sd_batch.batch.privileged", ["probe"]),
+    ):
+        print(
+            f"   imports of `python -m {module} {args[0]}` (-X importtime, self+children, top 8):"
+        )
         for line in _importtime(module, args, ways_env, submit.parent, ad.encode())[:8]:
             print(f"     {line}")
     service.terminate()
     service.wait(timeout=30)
-    print("   through the helper command a hook is two Python processes (the hook, then the "
-          "helper it runs), so interpreter start and imports count twice; through the service "
-          "once, and the service has libvirt's connection, lark's parser and its modules loaded.")
+    print(
+        "   through the helper command a hook is two Python processes (the hook, then the "
+        "helper it runs), so interpreter start and imports count twice; through the service "
+        "once, and the service has libvirt's connection, lark's parser and its modules loaded."
+    )
 
 
 def _start_service(site: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -339,8 +426,12 @@ def _start_service(site: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     sock = site / "run" / "helper.sock"
     site.mkdir(parents=True, exist_ok=True)
     log = open(site / "service.log", "ab")  # noqa: SIM115 - the service's, closed with it
-    proc = subprocess.Popen([str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket",
-                             str(sock)], env=env, stdout=log, stderr=log)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
     for _ in range(200):
         if sock.exists():
             return proc
@@ -356,8 +447,14 @@ def _hook_cycle(ad: str, env: dict[str, str], cwd: Path) -> dict[str, float]:
     took = {}
     for name, argv in (("PREPARE_JOB", ["prepare_job"]), ("JOB_EXIT", ["job_exit", "exit"])):
         started = time.perf_counter()
-        done = subprocess.run([str(HOOKS_DIR / argv[0]), *argv[1:]], input=ad.encode(),
-                              capture_output=True, env=env, cwd=cwd, check=False)  # fmt: skip
+        done = subprocess.run(
+            [str(HOOKS_DIR / argv[0]), *argv[1:]],
+            input=ad.encode(),
+            capture_output=True,
+            env=env,
+            cwd=cwd,
+            check=False,
+        )
         took[name] = time.perf_counter() - started
         if name == "PREPARE_JOB" and b"HookStatusCode = 0" not in done.stdout:
             raise SystemExit(f"PREPARE_JOB failed: {done.stdout!r} {done.stderr!r}")
@@ -374,10 +471,17 @@ def _timed(argv: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _importtime(module: str, args: list[str], env: dict[str, str], cwd: Path,
-                stdin: bytes = b"") -> list[str]:  # fmt: skip
-    done = subprocess.run([str(PYTHON), "-X", "importtime", "-m", module, *args], input=stdin,
-                          capture_output=True, env=env, cwd=cwd, check=False)  # fmt: skip
+def _importtime(
+    module: str, args: list[str], env: dict[str, str], cwd: Path, stdin: bytes = b""
+) -> list[str]:
+    done = subprocess.run(
+        [str(PYTHON), "-X", "importtime", "-m", module, *args],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
     rows = []
     for line in done.stderr.decode().splitlines():
         match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -391,10 +495,15 @@ def _importtime(module: str, args: list[str], env: dict[str, str], cwd: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="repetitions of each (default 5)")
-    parser.add_argument("--hook-runs", type=int, default=20,
-                        help="hook cycles per way to the privileged side (default 20)")
-    parser.add_argument("--only", choices=("qemu", "hooks"),
-                        help="run only part 1 (qemu) or part 2 (hooks)")
+    parser.add_argument(
+        "--hook-runs",
+        type=int,
+        default=20,
+        help="hook cycles per way to the privileged side (default 20)",
+    )
+    parser.add_argument(
+        "--only", choices=("qemu", "hooks"), help="run only part 1 (qemu) or part 2 (hooks)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("CONDOR_CONFIG", "/dev/null")
     with tempfile.TemporaryDirectory(prefix="sd-bench-") as tmp:

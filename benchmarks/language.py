@@ -129,8 +129,10 @@ def throughput() -> dict[str, float]:
         full = best_time(lambda t: load_text(t, "bench.sf", budgets=BUDGETS), text, repeat)
         rows.append((size, len(text), parse, full))
     print("1. Throughput (least CPU time of several runs; MB = 10^6 bytes of description text)")
-    print(f"{'size':>8} {'bytes':>10} {'parse s':>9} {'parse MB/s':>11} {'ratio':>6}"
-          f" {'parse+resolve s':>16} {'parse+resolve MB/s':>19} {'ratio':>6}")  # fmt: skip
+    print(
+        f"{'size':>8} {'bytes':>10} {'parse s':>9} {'parse MB/s':>11} {'ratio':>6}"
+        f" {'parse+resolve s':>16} {'parse+resolve MB/s':>19} {'ratio':>6}"
+    )
     previous = None
     for size, nbytes, parse, full in rows:
         ratios = ("", "")
@@ -189,8 +191,10 @@ def cold_validate(runs: int) -> None:
         }
     median = statistics.median(validate)
     print(f"\n2. Cold `sd validate` of a small file ({runs} runs, fresh process each, wall time)")
-    print(f"   sd validate                median {median:6.1f} ms   (min {min(validate):.1f}, "
-          f"max {max(validate):.1f})")  # fmt: skip
+    print(
+        f"   sd validate                median {median:6.1f} ms   (min {min(validate):.1f}, "
+        f"max {max(validate):.1f})"
+    )
     print(f"   sd validate --syntax-only  median {statistics.median(syntax):6.1f} ms")
     print("   where it goes (medians of fresh processes doing only this much):")
     for name, times in floors.items():

@@ -38,13 +38,19 @@ def hosts(count: int) -> list[HostState]:
 
 
 def uniform_small(rng: random.Random, count: int) -> list[Demand]:
-    return [Demand(f"vm{i}", rng.randint(2, 16) * 512, rng.randint(1, 4), rng.randint(10, 40) * GiB)
-            for i in range(count)]  # fmt: skip
+    return [
+        Demand(f"vm{i}", rng.randint(2, 16) * 512, rng.randint(1, 4), rng.randint(10, 40) * GiB)
+        for i in range(count)
+    ]
 
 
 def bimodal(rng: random.Random, count: int) -> list[Demand]:
-    return [Demand(f"vm{i}", 2 * GiB, 1, 20 * GiB) if rng.random() < 0.8
-            else Demand(f"vm{i}", 64 * GiB, 8, 200 * GiB) for i in range(count)]  # fmt: skip
+    return [
+        Demand(f"vm{i}", 2 * GiB, 1, 20 * GiB)
+        if rng.random() < 0.8
+        else Demand(f"vm{i}", 64 * GiB, 8, 200 * GiB)
+        for i in range(count)
+    ]
 
 
 def heavy_tailed(rng: random.Random, count: int) -> list[Demand]:
@@ -76,8 +82,10 @@ def main() -> int:
     started = time.perf_counter()
     pool = hosts(args.hosts)
     failures = []
-    print(f"{args.vms} VMs over {args.hosts} hosts (64 CPUs, 256 GiB, 2 TiB each; "
-          f"cpu_overcommit {POLICY.cpu_overcommit})")  # fmt: skip
+    print(
+        f"{args.vms} VMs over {args.hosts} hosts (64 CPUs, 256 GiB, 2 TiB each; "
+        f"cpu_overcommit {POLICY.cpu_overcommit})"
+    )
     for mix, make in MIXES.items():
         demands = make(random.Random(args.seed), args.vms)
         bound = lower_bound(pool, demands, POLICY)
@@ -92,8 +100,10 @@ def main() -> int:
             check(plan, demands)
             used = plan.hosts_used()
             rate = args.vms / best
-            print(f"  {name:<10} {rate:>9,.0f} placements/s   {used:>4} hosts used "
-                  f"({used / bound:.3f} x lower bound)")
+            print(
+                f"  {name:<10} {rate:>9,.0f} placements/s   {used:>4} hosts used "
+                f"({used / bound:.3f} x lower bound)"
+            )
             if name == "pack" and (rate < TARGET_RATE or used > TARGET_RATIO * bound):
                 failures.append(f"pack on {mix}: {rate:,.0f}/s, {used / bound:.3f} x bound")
     elapsed = time.perf_counter() - started
@@ -101,8 +111,10 @@ def main() -> int:
     if failures:
         print("MISSED TARGETS: " + "; ".join(failures))
         return 1
-    print(f"targets met: pack >= {TARGET_RATE:,} placements/s and <= {TARGET_RATIO} x the "
-          "lower bound on every mix")
+    print(
+        f"targets met: pack >= {TARGET_RATE:,} placements/s and <= {TARGET_RATIO} x the "
+        "lower bound on every mix"
+    )
     return 0
 
 

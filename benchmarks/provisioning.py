@@ -52,8 +52,10 @@ TAG = f"bench{os.getpid()}"
 
 def median_spread(values: list[float], scale: float = 1.0, unit: str = "ms") -> str:
     values = [v * scale for v in values]
-    return (f"{statistics.median(values):8.1f} {unit}  "
-            f"(min {min(values):.1f}, max {max(values):.1f}, n={len(values)})")  # fmt: skip
+    return (
+        f"{statistics.median(values):8.1f} {unit}  "
+        f"(min {min(values):.1f}, max {max(values):.1f}, n={len(values)})"
+    )
 
 
 def libvirtd_reason() -> str | None:
@@ -142,8 +144,10 @@ def test_domain_xml(name: str) -> str:
 
 
 def bench_lifecycle(batches: int, cycles: int) -> None:
-    print(f"2. define + start + destroy + undefine on test:///default, through Hypervisor "
-          f"({batches} batches of {cycles} cycles)")  # fmt: skip
+    print(
+        f"2. define + start + destroy + undefine on test:///default, through Hypervisor "
+        f"({batches} batches of {cycles} cycles)"
+    )
     rates = []
     steps: dict[str, list[float]] = {"define": [], "start": [], "destroy": [], "undefine": []}
     with Hypervisor.connect("test:///default") as hv:
@@ -170,12 +174,17 @@ def bench_lifecycle(batches: int, cycles: int) -> None:
             unvalidated.append(time.perf_counter() - t0)
             hv.undefine(name)
     print(f"   {median_spread(rates, unit='cycles/s')}")
-    print(f"   = {1000 / statistics.median(rates):.3f} ms per VM lifecycle in our layer + libvirt; "
-          "median per call: " + ", ".join(
-              f"{step} {statistics.median(values) * 1000:.3f} ms" for step, values in steps.items()
-          ))  # fmt: skip
-    print(f"   define without VIR_DOMAIN_DEFINE_VALIDATE (raw libvirt call, for comparison): "
-          f"{statistics.median(unvalidated) * 1000:.3f} ms")  # fmt: skip
+    print(
+        f"   = {1000 / statistics.median(rates):.3f} ms per VM lifecycle in our layer + libvirt; "
+        "median per call: "
+        + ", ".join(
+            f"{step} {statistics.median(values) * 1000:.3f} ms" for step, values in steps.items()
+        )
+    )
+    print(
+        f"   define without VIR_DOMAIN_DEFINE_VALIDATE (raw libvirt call, for comparison): "
+        f"{statistics.median(unvalidated) * 1000:.3f} ms"
+    )
 
 
 # --- 3. pools of real VMs ------------------------------------------------------------------------
@@ -208,16 +217,24 @@ def run_sd_pool(site: Path, environ: dict[str, str], count: int, name: str) -> t
     description = site / f"pool{count}.sf"
     consoles = [site / "state" / "consoles" / f"{name}-{i}.log" for i in range(1, count + 1)]
     started = time.perf_counter()
-    result = subprocess.run([*sd_command(), "start", "localhost", name, str(description)],
-                            env=environ, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [*sd_command(), "start", "localhost", name, str(description)],
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
     returned = time.perf_counter() - started
     try:
         if result.returncode != 0:
             raise RuntimeError(f"sd start failed: {result.stderr.strip()}")
         ready = wait_all_ready(consoles, started)
     finally:
-        stop = subprocess.run([*sd_command(), "terminate", "localhost", name, "--grace", "0"],
-                              env=environ, capture_output=True, text=True)  # fmt: skip
+        stop = subprocess.run(
+            [*sd_command(), "terminate", "localhost", name, "--grace", "0"],
+            env=environ,
+            capture_output=True,
+            text=True,
+        )
         if stop.returncode != 0 and result.returncode == 0:
             print(f"   warning: sd terminate {name} failed: {stop.stderr.strip()}")
     return returned, ready
@@ -231,14 +248,41 @@ def run_raw_qemu(work: Path, count: int, boot: dict[str, str], round_no: int) ->
     try:
         for console in consoles:
             argv = [
-                "qemu-system-x86_64", "-name", f"{TAG}-raw", "-machine", "pc,usb=off",
-                "-accel", "tcg", "-cpu", "qemu64", "-m", boot["memory"], "-smp", boot["vcpus"],
-                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-                "-kernel", boot["kernel"], "-initrd", boot["initrd"], "-append", boot["cmdline"],
-                "-serial", f"file:{console}",
-            ]  # fmt: skip
-            processes.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                "qemu-system-x86_64",
+                "-name",
+                f"{TAG}-raw",
+                "-machine",
+                "pc,usb=off",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "qemu64",
+                "-m",
+                boot["memory"],
+                "-smp",
+                boot["vcpus"],
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-kernel",
+                boot["kernel"],
+                "-initrd",
+                boot["initrd"],
+                "-append",
+                boot["cmdline"],
+                "-serial",
+                f"file:{console}",
+            ]
+            processes.append(
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
         return wait_all_ready(consoles, started)
     finally:
         for process in processes:
@@ -248,8 +292,10 @@ def run_raw_qemu(work: Path, count: int, boot: dict[str, str], round_no: int) ->
 
 
 def bench_pools(work: Path, rounds: int, counts: tuple[int, ...]) -> None:
-    print(f"3. pool start to all guests ready (ready line on the serial console), "
-          f"median of {rounds} rounds")  # fmt: skip
+    print(
+        f"3. pool start to all guests ready (ready line on the serial console), "
+        f"median of {rounds} rounds"
+    )
     reason = libvirtd_reason()
     guest = load_config().image_dir / "minimal"
     if reason is None and not all((guest / f).is_file() for f in ("vmlinux", "initrd.img")):
@@ -274,8 +320,10 @@ def bench_pools(work: Path, rounds: int, counts: tuple[int, ...]) -> None:
         )
     environ = {**os.environ, "SD_BATCH_CONFIG": str(site / "site.toml")}
     boot = same_boot_as_sd(site, guest.parent)
-    print(f"   both: kernel {boot['kernel']}, {boot['memory']} MiB, {boot['vcpus']} vCPU, TCG; "
-          f"cmdline {boot['cmdline']!r}")  # fmt: skip
+    print(
+        f"   both: kernel {boot['kernel']}, {boot['memory']} MiB, {boot['vcpus']} vCPU, TCG; "
+        f"cmdline {boot['cmdline']!r}"
+    )
     print(f"   host: {os.cpu_count()} CPUs; the VMs of a pool boot at once on them")
     for count in counts:
         sd_returned: list[float] = []
@@ -303,8 +351,9 @@ def bench_pools(work: Path, rounds: int, counts: tuple[int, ...]) -> None:
 def same_boot_as_sd(site: Path, image_dir: Path) -> dict[str, str]:
     """The kernel, initrd, command line, memory and vCPUs sd gives a pool VM, from the plan."""
     config = load_config(site / "site.toml")
-    description = load_file(site / "pool2.sf", include_dirs=[BUILTIN_TEMPLATE_DIR],
-                            properties=config.properties)  # fmt: skip
+    description = load_file(
+        site / "pool2.sf", include_dirs=[BUILTIN_TEMPLATE_DIR], properties=config.properties
+    )
     spec = next(plan(description, "x", SYSTEM_URI).vms()).spec
     assert isinstance(spec.boot, KernelBoot)
     return {

@@ -287,8 +287,14 @@ class HostStorageError(StagingError):
 class NoHostHasCapacity(DeployError):
     """Placement found no host for some VMs (`vms`), so nothing was started."""
 
-    def __init__(self, message: str, *, vms: tuple[str, ...] = (), tightest: str = "",
-                 hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        vms: tuple[str, ...] = (),
+        tightest: str = "",
+        hint: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.vms = vms
         self.tightest = tightest

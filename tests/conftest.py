@@ -81,10 +81,14 @@ def sd_in_process(environ: Mapping[str, str], *argv: str) -> Run:
 def node_xml(cpus: int = 4, memory_kib: int = 8 << 20, images: Path | None = None) -> str:
     """A libvirt test-driver host: CPUS cores, MEMORY_KIB; with IMAGES, an `images` dir pool
     there holding a 64 MiB base.qcow2 (the site's base image, as the host sees it)."""
-    pool = "" if images is None else f"""
+    pool = (
+        ""
+        if images is None
+        else f"""
   <pool type='dir'><name>images</name><target><path>{images}</path></target>
     <volume type='file'><name>base.qcow2</name><capacity unit='MiB'>64</capacity>
       <target><format type='qcow2'/></target></volume></pool>"""
+    )
     return f"""<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>{cpus}</cores><threads>1</threads>
     <active>{cpus}</active><mhz>2400</mhz><model>x86_64</model></cpu>
@@ -93,8 +97,9 @@ def node_xml(cpus: int = 4, memory_kib: int = 8 << 20, images: Path | None = Non
 """
 
 
-def write_node(path: Path, cpus: int = 4, memory_kib: int = 8 << 20,
-               images: Path | None = None) -> str:  # fmt: skip
+def write_node(
+    path: Path, cpus: int = 4, memory_kib: int = 8 << 20, images: Path | None = None
+) -> str:
     """Write a `node_xml` host file at PATH; its URI (each connection to it: a private host)."""
     path.write_text(node_xml(cpus, memory_kib, images), encoding="utf-8")
     return f"test://{path}"
@@ -107,9 +112,16 @@ def fake_kernel(image_dir: Path, content: tuple[bytes, bytes] = (b"kernel", b"in
     (image_dir / "minimal" / "initrd.img").write_bytes(content[1])
 
 
-def write_site_toml(root: Path, default_uri: str | None, *, image_dir: Path | None = None,
-                    template_dirs: Iterable[Path] = (), hosts: Mapping[str, str] | None = None,
-                    flavour: str | None = "qemu", tables: str = "") -> Path:  # fmt: skip
+def write_site_toml(
+    root: Path,
+    default_uri: str | None,
+    *,
+    image_dir: Path | None = None,
+    template_dirs: Iterable[Path] = (),
+    hosts: Mapping[str, str] | None = None,
+    flavour: str | None = "qemu",
+    tables: str = "",
+) -> Path:
     """ROOT/site.toml: images in IMAGE_DIR (ROOT/images), state in ROOT/state, DEFAULT_URI,
     named HOSTS, the VM FLAVOUR (qemu: no KVM), then TABLES (`[policy]`, ... as text)."""
     lines = [f'image_dir = "{image_dir or root / "images"}"', f'state_dir = "{root / "state"}"']
@@ -137,8 +149,10 @@ def ledger_rows(config: SiteConfig) -> tuple[list[str], list[str]]:
     with Ledger.for_site(config) as ledger:
         owners = ledger.owners()
         resources = [r for o in owners for r in ledger.resources(o)]
-    return ([f"{o.kind.value} {o.owner_id}" for o in owners],
-            [f"{r.kind.value} {r.name}" for r in resources])  # fmt: skip
+    return (
+        [f"{o.kind.value} {o.owner_id}" for o in owners],
+        [f"{r.kind.value} {r.name}" for r in resources],
+    )
 
 
 @dataclass
@@ -156,8 +170,9 @@ class SdSite:
         return sd_in_process(self.environ, *argv)
 
 
-def wait_until(condition: Callable[[], object], what: str, seconds: float = 30.0,
-               every: float = 0.05) -> None:  # fmt: skip
+def wait_until(
+    condition: Callable[[], object], what: str, seconds: float = 30.0, every: float = 0.05
+) -> None:
     """Poll CONDITION (another process's state: nothing to wait on) until true; fail after
     SECONDS naming WHAT. The bound is only a hang guard: no test asserts on the time taken."""
     deadline = time.monotonic() + seconds

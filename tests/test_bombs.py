@@ -52,8 +52,9 @@ def test_a_description_bomb_is_held_by_the_childs_limits_not_the_service(
 ) -> None:
     """Without the language's own budgets: the confined child's limits alone hold it."""
     with open(service.config, "a", encoding="utf-8") as config:  # under [policy]
-        config.write("max_resolve_mib = 256\nmax_resolve_cpu_seconds = 10\n"
-                     "max_resolve_seconds = 20\n")
+        config.write(
+            "max_resolve_mib = 256\nmax_resolve_cpu_seconds = 10\nmax_resolve_seconds = 20\n"
+        )
     files, description = LANGUAGE[case]
     job = new_job(service, users[0], "bomb")
     for name, text in files.items():
@@ -64,11 +65,18 @@ def test_a_description_bomb_is_held_by_the_childs_limits_not_the_service(
     code, out, err = job.hook("prepare_job")
     took = time.monotonic() - started
     assert code == 1 and "HookStatusCode = 180" in out, out + err  # held, not requeued
-    assert any(limit in out for limit in (
-        "needed more than 256 MiB to resolve (site limit [policy] max_resolve_mib)",
-        "needed more than 10 s of CPU to resolve (site limit [policy] max_resolve_cpu_seconds)",
-        "took more than 20 s to resolve (site limit [policy] max_resolve_seconds)",
-    )) or "budget" in out, out  # fmt: skip
+    assert (
+        any(
+            limit in out
+            for limit in (
+                "needed more than 256 MiB to resolve (site limit [policy] max_resolve_mib)",
+                "needed more than 10 s of CPU to resolve "
+                "(site limit [policy] max_resolve_cpu_seconds)",
+                "took more than 20 s to resolve (site limit [policy] max_resolve_seconds)",
+            )
+        )
+        or "budget" in out
+    ), out
     assert took < 35
     assert peak_rss(service) < SERVICE_PEAK
     still_answers(service)

@@ -66,12 +66,15 @@ def test_a_checkpoint_comes_back_as_it_was_saved(tmp_path: Path) -> None:
         (Identity("schedd#8.0#1", "minimal", "kvm", 256, 1, ME.images), "another job"),
         (Identity(ME.job_id, "minimal", "qemu", 256, 1, ME.images), "flavour"),
         (Identity(ME.job_id, "minimal", "kvm", 512, 1, ME.images), "memory_mib"),
-        (Identity(ME.job_id, "minimal", "kvm", 256, 1, {"minimal/vmlinux": "cd" * 32}),
-         "other guest images"),
+        (
+            Identity(ME.job_id, "minimal", "kvm", 256, 1, {"minimal/vmlinux": "cd" * 32}),
+            "other guest images",
+        ),
     ],
-)  # fmt: skip
-def test_another_jobs_or_another_vms_checkpoint_is_refused(tmp_path: Path, other: Identity,
-                                                           why: str) -> None:  # fmt: skip
+)
+def test_another_jobs_or_another_vms_checkpoint_is_refused(
+    tmp_path: Path, other: Identity, why: str
+) -> None:
     packed = _packed(tmp_path, identity=other)
     with open(packed, "rb") as stream, pytest.raises(CheckpointUnusable, match=why):
         checkpoint.unpack(stream, ME, _targets(tmp_path), key=KEY, limit=64 * MIB)
@@ -112,8 +115,7 @@ def test_a_corrupt_checkpoint_is_refused(tmp_path: Path, damage: str) -> None:
     else:
         data = bytearray()
     with pytest.raises(CheckpointUnusable):
-        checkpoint.unpack(io.BytesIO(bytes(data)), ME, _targets(tmp_path), key=KEY,
-                          limit=64 * MIB)  # fmt: skip
+        checkpoint.unpack(io.BytesIO(bytes(data)), ME, _targets(tmp_path), key=KEY, limit=64 * MIB)
 
 
 def _signed_bomb(tmp_path: Path, gib: int) -> bytes:
@@ -124,13 +126,22 @@ def _signed_bomb(tmp_path: Path, gib: int) -> bytes:
         for _ in range(gib * 1024):
             gz.write(zeros)
     digest = hashlib.sha256(blob.getvalue()).hexdigest()
-    manifest = json.dumps({"format": 1, "identity": dataclasses.asdict(ME), "folder": "/x",
-                           "members": {"state": digest}}, sort_keys=True).encode()
+    manifest = json.dumps(
+        {
+            "format": 1,
+            "identity": dataclasses.asdict(ME),
+            "folder": "/x",
+            "members": {"state": digest},
+        },
+        sort_keys=True,
+    ).encode()
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in ((checkpoint.MANIFEST, manifest),
-                           (checkpoint.SIGNATURE, checkpoint._sign(KEY, manifest)),
-                           ("state", blob.getvalue())):  # fmt: skip
+        for name, data in (
+            (checkpoint.MANIFEST, manifest),
+            (checkpoint.SIGNATURE, checkpoint._sign(KEY, manifest)),
+            ("state", blob.getvalue()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

@@ -320,7 +320,9 @@ def test_each_in_process_main_logs_to_its_own_stderr(site: Path) -> None:
         out, err = LoggingOut(name), io.StringIO()
         code = main(["--config", str(site), "templates"], Environment(out, err, {}))
         runs.append((code, set(err.getvalue().splitlines())))
-    assert runs == [(0, {"sd: WARNING sd_batch.test: first wrote"}),
-                    (0, {"sd: WARNING sd_batch.test: second wrote"})]  # fmt: skip
+    assert runs == [
+        (0, {"sd: WARNING sd_batch.test: first wrote"}),
+        (0, {"sd: WARNING sd_batch.test: second wrote"}),
+    ]
     logging.getLogger("sd_batch.test").warning("after")  # no call runs: no stream of theirs
     assert "after" not in err.getvalue()

@@ -65,15 +65,20 @@ class Site(SdSite):
             return ledger.claims()
 
     def sd_process(self, *argv: str, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*SD, *argv], env=self.environ, stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=stderr)  # fmt: skip
+        return subprocess.Popen(
+            [*SD, *argv], env=self.environ, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+        )
 
 
 def make_site(root: Path, memory_overcommit: float = 1.0) -> Site:
     fake_kernel(root / "images")
     host = write_node(root / "host.xml", cpus=2, memory_kib=1 << 20)  # room for one 768 MiB VM
-    config = write_site_toml(root, host, hosts={"h1": host},
-                             tables=f"[placement]\nmemory_overcommit = {memory_overcommit}\n")
+    config = write_site_toml(
+        root,
+        host,
+        hosts={"h1": host},
+        tables=f"[placement]\nmemory_overcommit = {memory_overcommit}\n",
+    )
     return Site(root, site_environ(config), host)
 
 
@@ -109,13 +114,16 @@ def test_two_starts_racing_for_room_for_one_pool_one_wins_the_other_leaves_nothi
         def progress(line: str) -> None:
             if " placed " in line:
                 placed[name].set()
-                wait_until(lambda: placed[other].is_set() or done[other].is_set(),
-                         f"{other} to place or finish")  # fmt: skip
+                wait_until(
+                    lambda: placed[other].is_set() or done[other].is_set(),
+                    f"{other} to place or finish",
+                )
 
         conns = Connections()
         try:
-            results[name] = start_pool(config, DEFAULT, name, file, connections=conns,
-                                       progress=progress)  # fmt: skip
+            results[name] = start_pool(
+                config, DEFAULT, name, file, connections=conns, progress=progress
+            )
         except Exception as exc:  # noqa: BLE001 - the loser's error is what the test checks
             results[name] = exc
         finally:
@@ -132,8 +140,9 @@ def test_two_starts_racing_for_room_for_one_pool_one_wins_the_other_leaves_nothi
         [loser] = [n for n in names if n != winner]
         error = results[loser]
         assert isinstance(error, NoHostHasCapacity), error
-        assert str(error).startswith(f"no host can take 1 VM ({loser}-v1); tightest: memory: "
-                                     f"{loser}-v1 (")  # fmt: skip
+        assert str(error).startswith(
+            f"no host can take 1 VM ({loser}-v1); tightest: memory: {loser}-v1 ("
+        )
         assert "nothing was started" in (error.hint or "")
         on_host = {d.name for d in conns(DEFAULT).list_domains()}
         assert f"{winner}-v1" in on_host and f"{loser}-v1" not in on_host
@@ -162,8 +171,9 @@ def test_a_placed_vm_not_yet_running_holds_its_room(site: Site) -> None:
     def first() -> None:
         conns = Connections()
         try:
-            results.append(start_pool(config, "h1", "first", file, connections=conns,
-                                      progress=progress))  # fmt: skip
+            results.append(
+                start_pool(config, "h1", "first", file, connections=conns, progress=progress)
+            )
             terminate_pool(config, "h1", "first", grace_seconds=0, connections=conns)
         finally:
             conns.close()
@@ -193,8 +203,12 @@ def test_a_running_vm_counts_once_though_its_claim_is_still_recorded(site: Site)
     conns = Connections()
     try:
         hv = conns(site.host)
-        hv.start(hv.define("<domain type='test'><name>up</name><memory unit='MiB'>256</memory>"
-                           "<os><type>hvm</type></os></domain>"))  # fmt: skip
+        hv.start(
+            hv.define(
+                "<domain type='test'><name>up</name><memory unit='MiB'>256</memory>"
+                "<os><type>hvm</type></os></domain>"
+            )
+        )
         claims = [Claim("up", site.host, 256, 1), Claim("placed", site.host, 512, 2)]
         host = live_host("h1", site.host, hv, site.config, claims=claims)
         assert (host.used_memory_mib, host.used_vcpus, host.vms) == (256 + 512, 1 + 2, 2)
@@ -229,14 +243,16 @@ def test_two_sd_start_processes_and_a_claim_of_a_killed_one(site: Site) -> None:
     try:
         wait_until(lambda: site.claims() != () or first.poll() is not None, "first's claim")
         assert site.claims() == (Claim("first-v1", site.host, 768, 1),)
-        second = site.sd_process("start", "h1", "second", file, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)  # fmt: skip
+        second = site.sd_process(
+            "start", "h1", "second", file, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         out, err = second.communicate(timeout=60)
         assert second.returncode == 8, err
         assert err.decode().startswith(
             "sd: error: no host can take 1 VM (second-v1); tightest: memory: second-v1 "
             "(768 MiB, 1 vCPU): memory is the tightest: it needs 768 MiB, the most free on any "
-            "host is 256 MiB (h1)")  # fmt: skip
+            "host is 256 MiB (h1)"
+        )
         assert "nothing was started" in err.decode() and out == b""
         assert site.owners() == ["first"]
     finally:
@@ -244,15 +260,23 @@ def test_two_sd_start_processes_and_a_claim_of_a_killed_one(site: Site) -> None:
         first.wait(30)
         os.close(read)
     assert site.claims() == ()  # its process died: the claim holds no room
-    second = site.sd_process("start", "h1", "second", file, stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)  # fmt: skip
+    second = site.sd_process(
+        "start", "h1", "second", file, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
     assert out.decode().startswith(f"pool second started on {site.host}: 1 VM running")
     assert site.owners() == ["first", "second"]
     for name in ("first", "second"):  # first: an interrupted start, cleaned up by terminate
-        done = site.sd_process("terminate", "h1", name, "--grace", "0", stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE)  # fmt: skip
+        done = site.sd_process(
+            "terminate",
+            "h1",
+            name,
+            "--grace",
+            "0",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         assert done.wait(60) == 0, done.stderr.read() if done.stderr else ""
 
 
@@ -268,7 +292,8 @@ def test_a_start_that_waits_too_long_for_the_placing_lock_says_so(
             start_pool(config, "h1", "late", file, connections=conns)
         assert caught.value.message == (
             "another sd start has been placing VMs on this site for more than 0.2 s (it holds "
-            f"{site.root / 'state' / 'placing.lock'}); nothing was started")
+            f"{site.root / 'state' / 'placing.lock'}); nothing was started"
+        )
         assert site.owners() == [] and conns(site.host).list_domains() == ()
         start_pool(config, "h1", "late", file, connections=conns)  # the lock is free again
         terminate_pool(config, "h1", "late", grace_seconds=0, connections=conns)

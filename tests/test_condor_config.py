@@ -175,46 +175,65 @@ Requirements = true
 """
 
 
-@pytest.mark.parametrize(("requests", "slot", "matches", "carved"), [
-    ("", (8, 16384), True, (512, 2, 8650752)),  # asks for nothing: the template's needs
-    ("request_memory = 1024\nrequest_cpus = 4\n", (8, 16384), True, (1024, 4, 8650752)),
-    ("request_memory = 100\n", (8, 16384), True, (512, 2, 8650752)),  # never below them
-    ("", (8, 400), False, None),  # what is left of the slot cannot hold the template
-    ("", (1, 16384), False, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("requests", "slot", "matches", "carved"),
+    [
+        ("", (8, 16384), True, (512, 2, 8650752)),  # asks for nothing: the template's needs
+        ("request_memory = 1024\nrequest_cpus = 4\n", (8, 16384), True, (1024, 4, 8650752)),
+        ("request_memory = 100\n", (8, 16384), True, (512, 2, 8650752)),  # never below them
+        ("", (8, 400), False, None),  # what is left of the slot cannot hold the template
+        ("", (1, 16384), False, None),
+    ],
+)
 # (a job's own my.sf is in no record: its requests count, its disk at least the output disk)
 def test_the_transformed_job_matches_only_slots_its_template_fits(
-    tmp_path: Path, requests: str, slot: tuple[int, int], matches: bool,
+    tmp_path: Path,
+    requests: str,
+    slot: tuple[int, int],
+    matches: bool,
     carved: tuple[int, int, int] | None,
 ) -> None:
     """Matchmaking with the real bindings: the job's Requirements against the worker's slot,
     and its requests evaluated against it, as the startd does when it carves the slot."""
     classad2 = pytest.importorskip("classad2")
     submit = f'executable = run.sh\n+SDVMDescription = "debian-batch"\n{requests}queue\n'
-    [text] = job_ad_from_submit(submit, submit_dir=tmp_path, owner="alice", schedd_name="ap",
-                                qdate=1)  # fmt: skip
+    [text] = job_ad_from_submit(
+        submit, submit_dir=tmp_path, owner="alice", schedd_name="ap", qdate=1
+    )
     job = classad2.parseOne(text, classad2.ParserType.Old)
-    machine = classad2.parseOne(PSLOT.format(cpus=slot[0], memory=slot[1]),
-                                classad2.ParserType.Old)  # fmt: skip
+    machine = classad2.parseOne(PSLOT.format(cpus=slot[0], memory=slot[1]), classad2.ParserType.Old)
     assert job.symmetricMatch(machine) is matches  # both Requirements hold
     if carved is not None:
-        assert tuple(job.lookup(name).eval(job, machine) for name in
-                     ("RequestMemory", "RequestCpus", "RequestDisk")) == carved  # fmt: skip
+        assert (
+            tuple(
+                job.lookup(name).eval(job, machine)
+                for name in ("RequestMemory", "RequestCpus", "RequestDisk")
+            )
+            == carved
+        )
     # without a machine (condor_q, the schedd): the job's own requests
     assert job.eval("RequestMemory") == parse_job_ad(text).request_memory_mib
 
 
-@pytest.mark.parametrize(("code", "held", "says"), [
-    (0, False, None), (170, True, "did not power off"), (171, True, "without a result"),
-    (3, True, "my own reason"), (172, False, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("code", "held", "says"),
+    [
+        (0, False, None),
+        (170, True, "did not power off"),
+        (171, True, "without a result"),
+        (3, True, "my own reason"),
+        (172, False, None),
+    ],
+)
 def test_the_transforms_exit_policy_holds_on_the_runners_codes_and_keeps_the_jobs_own(
     tmp_path: Path, code: int, held: bool, says: str | None
 ) -> None:
     """The shadow evaluates the job's exit policy on its own ad: the transform sets it at
     submit (a hook's updates never reach the shadow), or'd with the job's own."""
-    submit = ('executable = run.sh\n+SDVMDescription = "minimal"\non_exit_hold = ExitCode == 3\n'
-              'on_exit_hold_reason = "my own reason"\nqueue\n')  # fmt: skip
+    submit = (
+        'executable = run.sh\n+SDVMDescription = "minimal"\non_exit_hold = ExitCode == 3\n'
+        'on_exit_hold_reason = "my own reason"\nqueue\n'
+    )
     common = {"submit_dir": tmp_path, "owner": "alice", "schedd_name": "ap", "qdate": 1}
     [plain] = job_ad_from_submit(submit, transform=None, **common)  # type: ignore[arg-type]
     by_config = apply_job_transform(plain, raw_block("JOB_TRANSFORM_SmartDomains"))

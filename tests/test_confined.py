@@ -17,8 +17,15 @@ from sd_batch.batch.confined import ChildLimits, run_confined
 from sd_batch.errors import ChildFailed, Disposition, LimitExceeded, PolicyError, VMFailed
 
 #: Wall-clock time well above the CPU second: the machine is shared, a CPU second may take 5.
-LIMITS = ChildLimits(memory_mib=256, cpu_seconds=1, wall_seconds=20.0, file_mib=1,
-                     open_files=32, what="the job's description", doing="to resolve")  # fmt: skip
+LIMITS = ChildLimits(
+    memory_mib=256,
+    cpu_seconds=1,
+    wall_seconds=20.0,
+    file_mib=1,
+    open_files=32,
+    what="the job's description",
+    doing="to resolve",
+)
 
 
 def grow() -> None:
@@ -60,12 +67,17 @@ def start(request: pytest.FixtureRequest) -> object:
     confined._context = None
 
 
-@pytest.mark.parametrize(("work", "says"), [
-    (grow, "needed more than 256 MiB to resolve (site limit [policy] max_resolve_mib)"),
-    (spin, "needed more than 1 s of CPU to resolve (site limit [policy] "
-           "max_resolve_cpu_seconds)"),
-    (sleep, "took more than 2 s to resolve (site limit [policy] max_resolve_seconds)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("work", "says"),
+    [
+        (grow, "needed more than 256 MiB to resolve (site limit [policy] max_resolve_mib)"),
+        (
+            spin,
+            "needed more than 1 s of CPU to resolve (site limit [policy] max_resolve_cpu_seconds)",
+        ),
+        (sleep, "took more than 2 s to resolve (site limit [policy] max_resolve_seconds)"),
+    ],
+)
 def test_an_overrun_is_a_hold_naming_the_limit(start: object, work: object, says: str) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()

@@ -54,8 +54,13 @@ def image() -> Path:
     if reason:
         pytest.skip(reason)
     started = time.monotonic()
-    done = subprocess.run([str(ROOT / "scripts" / "build-guest"), "--full"], capture_output=True,
-                          text=True, timeout=BUILD_TIMEOUT, check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "build-guest"), "--full"],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     print(f"\nbuild-guest --full: {time.monotonic() - started:.1f} s\n{done.stdout}")
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)

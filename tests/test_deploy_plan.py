@@ -95,15 +95,16 @@ def test_a_virtual_cluster_starts_its_head_then_its_workers_in_parallel() -> Non
         pool="qa",
     )
     assert shape(step) == (
-        "sequence", "qa-head", ("parallel", "qa-worker1", "qa-worker2", "qa-worker3")
-    )  # fmt: skip
+        "sequence",
+        "qa-head",
+        ("parallel", "qa-worker1", "qa-worker2", "qa-worker3"),
+    )
 
 
 def test_the_shipped_templates_plan_as_documented() -> None:
     pool = load_file(BUILTIN_TEMPLATE_DIR / "pool.sf", include_dirs=[BUILTIN_TEMPLATE_DIR])
     assert names(plan(pool, "lab", URI)) == ["lab-vm1", "lab-vm2"]
-    testbed = load_file(BUILTIN_TEMPLATE_DIR / "qa-testbed.sf",
-                        include_dirs=[BUILTIN_TEMPLATE_DIR])  # fmt: skip
+    testbed = load_file(BUILTIN_TEMPLATE_DIR / "qa-testbed.sf", include_dirs=[BUILTIN_TEMPLATE_DIR])
     step = plan(testbed, "qa", URI)
     assert names(step) == ["qa-head", "qa-worker1", "qa-worker2"]  # the scheduler is no VM
     assert next(step.vms()).spec.memory_mib == 384
@@ -178,16 +179,24 @@ def test_an_sfconfig_without_any_vm_is_refused() -> None:
     ("body", "message"),
     [
         ("sfConfig extends Pool { count 2; }", "a Pool with count 2 needs a template"),
-        ("sfConfig extends Pool { count -1; template extends LAZY MinimalVM; }",
-         "count must be a whole number >= 0"),
-        ('sfConfig extends Pool { count "two"; template extends LAZY MinimalVM; }',
-         "count must be a whole number >= 0"),
-        ("sfConfig extends VirtualCluster { head NULL; workers 0; worker NULL; }",
-         "a VirtualCluster needs a head VM"),
-        ("sfConfig extends VirtualCluster { head extends MinimalVM; workers 2; worker NULL; }",
-         "workers need a worker template"),
+        (
+            "sfConfig extends Pool { count -1; template extends LAZY MinimalVM; }",
+            "count must be a whole number >= 0",
+        ),
+        (
+            'sfConfig extends Pool { count "two"; template extends LAZY MinimalVM; }',
+            "count must be a whole number >= 0",
+        ),
+        (
+            "sfConfig extends VirtualCluster { head NULL; workers 0; worker NULL; }",
+            "a VirtualCluster needs a head VM",
+        ),
+        (
+            "sfConfig extends VirtualCluster { head extends MinimalVM; workers 2; worker NULL; }",
+            "workers need a worker template",
+        ),
     ],
-)  # fmt: skip
+)
 def test_pool_and_cluster_shapes_that_cannot_be_planned(body: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         plan_text(body)

@@ -69,56 +69,97 @@ class Case:
     owner: Owner = JOB
 
 
-KERNEL = KernelBoot(
-    IMAGES / "vmlinuz", IMAGES / "initrd.cpio.gz", "console=hvc0 quiet panic=-1"
-)  # fmt: skip
+KERNEL = KernelBoot(IMAGES / "vmlinuz", IMAGES / "initrd.cpio.gz", "console=hvc0 quiet panic=-1")
 CASES = {
     "xen-pv": Case(
-        VMSpec("job-1234-0", 512, 1, Flavour.XEN_PV, KERNEL,
-               disks=(disk("root", 0, Flavour.XEN_PV, image=IMAGES / "debian-12.qcow2"),)),
+        VMSpec(
+            "job-1234-0",
+            512,
+            1,
+            Flavour.XEN_PV,
+            KERNEL,
+            disks=(disk("root", 0, Flavour.XEN_PV, image=IMAGES / "debian-12.qcow2"),),
+        ),
         HostFiles(disks=(source("root.qcow2"),), extra_disks=job_disks()),
     ),
     "xen-pv-pygrub": Case(
-        VMSpec("workers-w1", 2048, 2, Flavour.XEN_PV, DiskBoot("pygrub"),
-               disks=(disk("root", 0, Flavour.XEN_PV, image=IMAGES / "debian-12.qcow2"),),
-               network="default"),
+        VMSpec(
+            "workers-w1",
+            2048,
+            2,
+            Flavour.XEN_PV,
+            DiskBoot("pygrub"),
+            disks=(disk("root", 0, Flavour.XEN_PV, image=IMAGES / "debian-12.qcow2"),),
+            network="default",
+        ),
         HostFiles(disks=(source("root.qcow2"),)),
         POOL,
     ),
     "xen-pvh": Case(
-        VMSpec("job-1234-0", 1024, 2, Flavour.XEN_PVH, KERNEL,
-               disks=(disk("root", 0, Flavour.XEN_PVH, image=IMAGES / "debian-12.qcow2"),
-                      disk("scratch", 1, Flavour.XEN_PVH, size_bytes=10 << 30, format=RAW))),
-        HostFiles(disks=(source("root.qcow2"), source("scratch.img", RAW)),
-                  extra_disks=job_disks()),
+        VMSpec(
+            "job-1234-0",
+            1024,
+            2,
+            Flavour.XEN_PVH,
+            KERNEL,
+            disks=(
+                disk("root", 0, Flavour.XEN_PVH, image=IMAGES / "debian-12.qcow2"),
+                disk("scratch", 1, Flavour.XEN_PVH, size_bytes=10 << 30, format=RAW),
+            ),
+        ),
+        HostFiles(
+            disks=(source("root.qcow2"), source("scratch.img", RAW)), extra_disks=job_disks()
+        ),
     ),
     "xen-hvm": Case(
-        VMSpec("job-1234-0", 4096, 4, Flavour.XEN_HVM, DiskBoot(),
-               disks=(disk("root", 0, Flavour.XEN_HVM, image=IMAGES / "debian-12.qcow2"),),
-               network="default", on_reboot=LifecycleAction.RESTART,
-               on_crash=LifecycleAction.COREDUMP_DESTROY),
-        HostFiles(disks=(source("root.qcow2"),), extra_disks=job_disks(),
-                  console_log=JOBS / "console.log"),
+        VMSpec(
+            "job-1234-0",
+            4096,
+            4,
+            Flavour.XEN_HVM,
+            DiskBoot(),
+            disks=(disk("root", 0, Flavour.XEN_HVM, image=IMAGES / "debian-12.qcow2"),),
+            network="default",
+            on_reboot=LifecycleAction.RESTART,
+            on_crash=LifecycleAction.COREDUMP_DESTROY,
+        ),
+        HostFiles(
+            disks=(source("root.qcow2"),), extra_disks=job_disks(), console_log=JOBS / "console.log"
+        ),
     ),
     "kvm": Case(
-        VMSpec("job-1234-0", 2048, 2, Flavour.KVM,
-               KernelBoot(PurePosixPath("vmlinuz"), None, "console=ttyS0 panic=-1"),
-               disks=(disk("root", 0, Flavour.KVM, image=IMAGES / "debian-12.qcow2",
-                           serial="root"),
-                      disk("data", 1, Flavour.KVM, image=IMAGES / "data.img", format=RAW,
-                           readonly=True)),
-               network="default"),
-        HostFiles(disks=(source("root.qcow2"), DiskSource(IMAGES / "data.img", RAW)),
-                  extra_disks=job_disks(serials=True), kernel=IMAGES / "vmlinuz",
-                  console_log=JOBS / "console.log"),
+        VMSpec(
+            "job-1234-0",
+            2048,
+            2,
+            Flavour.KVM,
+            KernelBoot(PurePosixPath("vmlinuz"), None, "console=ttyS0 panic=-1"),
+            disks=(
+                disk("root", 0, Flavour.KVM, image=IMAGES / "debian-12.qcow2", serial="root"),
+                disk("data", 1, Flavour.KVM, image=IMAGES / "data.img", format=RAW, readonly=True),
+            ),
+            network="default",
+        ),
+        HostFiles(
+            disks=(source("root.qcow2"), DiskSource(IMAGES / "data.img", RAW)),
+            extra_disks=job_disks(serials=True),
+            kernel=IMAGES / "vmlinuz",
+            console_log=JOBS / "console.log",
+        ),
     ),
     "qemu": Case(
-        VMSpec("job-1234-0", 256, 1, Flavour.QEMU, DiskBoot(),
-               disks=(disk("root", 0, Flavour.QEMU, image=IMAGES / "debian-12.qcow2"),),
-               on_reboot=LifecycleAction.RESTART),
+        VMSpec(
+            "job-1234-0",
+            256,
+            1,
+            Flavour.QEMU,
+            DiskBoot(),
+            disks=(disk("root", 0, Flavour.QEMU, image=IMAGES / "debian-12.qcow2"),),
+            on_reboot=LifecycleAction.RESTART,
+        ),
         HostFiles(disks=(source("root.qcow2"),), extra_disks=job_disks()),
     ),
-}  # fmt: skip
+}
 VOLUMES = {
     "volume-overlay": ("root.qcow2", 10 << 30, IMAGES / "debian-12.qcow2", QCOW2, QCOW2),
     "volume-overlay-on-raw": ("data.qcow2", 1 << 30, IMAGES / "data.img", RAW, QCOW2),
@@ -271,8 +312,21 @@ def test_every_disk_names_its_format_and_host_disks_follow_the_described_ones(ca
 
 
 #: Devices a batch VM never uses; libvirt adds none of them unless the XML asks.
-UNUSED_DEVICES = ("graphics", "video", "sound", "audio", "input", "channel", "rng", "redirdev",
-                  "hostdev", "smartcard", "watchdog", "tpm", "filesystem")  # fmt: skip
+UNUSED_DEVICES = (
+    "graphics",
+    "video",
+    "sound",
+    "audio",
+    "input",
+    "channel",
+    "rng",
+    "redirdev",
+    "hostdev",
+    "smartcard",
+    "watchdog",
+    "tpm",
+    "filesystem",
+)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -303,8 +357,13 @@ def test_libvirts_qemu_command_line_has_the_disks_and_console_alone() -> None:
     conn = libvirt.open("qemu:///system")
     try:
         case = CASES["qemu"]
-        spec = VMSpec("job-1234-0", 256, 1, Flavour.QEMU,
-                      KernelBoot(IMAGES / "vmlinux", IMAGES / "initrd.img", "console=ttyS0"))
+        spec = VMSpec(
+            "job-1234-0",
+            256,
+            1,
+            Flavour.QEMU,
+            KernelBoot(IMAGES / "vmlinux", IMAGES / "initrd.img", "console=ttyS0"),
+        )
         files = HostFiles(extra_disks=job_disks(serials=True), console_log=JOBS / "console.log")
         argv = conn.domainXMLToNative("qemu-argv", build_domain_xml(spec, files, case.owner))
     finally:
@@ -346,11 +405,14 @@ NASTY_CMDLINE = "quiet </cmdline></os><devices><disk type='block'/></devices><os
 
 def nasty_case() -> tuple[VMSpec, HostFiles, Owner]:
     spec = VMSpec(
-        NASTY, 512, 1, Flavour.KVM,
+        NASTY,
+        512,
+        1,
+        Flavour.KVM,
         KernelBoot(PurePosixPath(f"/k/{NASTY}"), PurePosixPath(f"/i/{NASTY}"), NASTY_CMDLINE),
         disks=(disk(NASTY, 0, Flavour.KVM, image=PurePosixPath(NASTY)),),
         network=NASTY,
-    )  # fmt: skip
+    )
     files = HostFiles(
         disks=(DiskSource(PurePosixPath(f"/o/{NASTY}"), QCOW2),),
         console_log=PurePosixPath(f"/log/{NASTY}"),

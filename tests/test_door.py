@@ -54,7 +54,8 @@ def test_the_line_and_what_follows_it_are_told_apart() -> None:
         theirs.sendall(b" DATA")
         theirs.shutdown(socket.SHUT_WR)
         assert stream.read(2) + stream.read(-1) + stream.read(1 << 20) + stream.read(10) == (
-            b"TAR DATA")
+            b"TAR DATA"
+        )
 
 
 def test_an_input_disk_trickling_in_is_cut_at_its_whole_deadline() -> None:
@@ -70,10 +71,16 @@ def test_an_input_disk_trickling_in_is_cut_at_its_whole_deadline() -> None:
         assert InputTimeout("x").disposition.value == "requeue"
 
 
-@pytest.mark.parametrize(("text", "depth"), [
-    (b'{"action": "probe"}', 1), (b'{"a": "[[[[{{{{"}', 1), (b'{"a": "\\"[[[["}', 1),
-    (b"[" * 2000 + b"]" * 2000, 2000), (b'[{"a": [1, {"b": []}]}]', 5),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        (b'{"action": "probe"}', 1),
+        (b'{"a": "[[[[{{{{"}', 1),
+        (b'{"a": "\\"[[[["}', 1),
+        (b"[" * 2000 + b"]" * 2000, 2000),
+        (b'[{"a": [1, {"b": []}]}]', 5),
+    ],
+)
 def test_nesting_counts_brackets_outside_strings(text: bytes, depth: int) -> None:
     assert nesting(text) == depth
 

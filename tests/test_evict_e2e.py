@@ -43,8 +43,9 @@ def _missing() -> str | None:
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
     if not (config.image_dir / "minimal" / "vmlinux").is_file():
         return "the minimal guest is not built (scripts/build-guest)"
-    probe = subprocess.run(["virsh", "-q", "-c", config.default_uri, "version"],
-                           capture_output=True, check=False)  # fmt: skip
+    probe = subprocess.run(
+        ["virsh", "-q", "-c", config.default_uri, "version"], capture_output=True, check=False
+    )
     if probe.returncode != 0:
         return f"{config.default_uri} does not answer"
     return None
@@ -60,8 +61,11 @@ def service() -> Iterator[str]:
     folder.chmod(0o755)
     sock = folder / "helper.sock"
     log = open(folder / "service.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket",
-                             str(sock)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         while not sock.exists() and time.monotonic() < deadline:
@@ -76,16 +80,24 @@ def service() -> Iterator[str]:
 
 
 def _env(sock: str) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "CONDOR_CONFIG": "/dev/null",
-            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": sock}  # fmt: skip
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/root",
+        "CONDOR_CONFIG": "/dev/null",
+        "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": sock,
+    }
 
 
 def assert_nothing_left(err: str, job_dir: Path) -> None:
     domains = sorted(set(re.findall(r"VM (sd-job-[0-9a-f]+) ready", err)))
     assert domains, err
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    listed = subprocess.run(["virsh", "-c", config.default_uri, "list", "--all", "--name"],
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["virsh", "-c", config.default_uri, "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert not set(domains) & set(listed), f"domains left: {set(domains) & set(listed)}"
     for domain in domains:
         folder = config.state_dir / "jobs" / domain.removeprefix("sd-job-")
@@ -117,15 +129,23 @@ echo "counted to $1"
 def test_an_evicted_job_resumes_where_it_stopped(service: str, tmp_path: Path) -> None:
     (tmp_path / "count.sub").write_text(COUNT_SUB)
     (tmp_path / "count.sh").write_text(COUNT_SH)
-    proc = subprocess.Popen([str(SD), "run", "count.sub", "--evict-after", "10"], cwd=tmp_path,
-                            env=_env(service), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(SD), "run", "count.sub", "--evict-after", "10"],
+        cwd=tmp_path,
+        env=_env(service),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()
     evicted_at = time.time()  # the host's clock when the first run was over
     out, err = proc.communicate(timeout=TIMEOUT)
-    assert re.fullmatch(r"job 1\.0: evicted in [\d.]+ s: evicted after 10 s; spooled "
-                        rf"{CHECKPOINT_FILE}\n", first), first + err  # fmt: skip
+    assert re.fullmatch(
+        r"job 1\.0: evicted in [\d.]+ s: evicted after 10 s; spooled "
+        rf"{CHECKPOINT_FILE}\n",
+        first,
+    ), first + err
     assert proc.returncode == 0, first + out + err
     assert "resumes from its checkpoint" in err, err
     lines = (tmp_path / "count.txt").read_text().splitlines()
@@ -153,8 +173,15 @@ queue
 def _run_with_checkpoint(service: str, job_dir: Path, data: bytes) -> tuple[str, str]:
     (job_dir / "echo.sub").write_text(ECHO_SUB)
     (job_dir / CHECKPOINT_FILE).write_bytes(data)
-    done = subprocess.run([str(SD), "run", "echo.sub"], cwd=job_dir, env=_env(service),
-                          capture_output=True, text=True, timeout=TIMEOUT, check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(SD), "run", "echo.sub"],
+        cwd=job_dir,
+        env=_env(service),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (job_dir / "job.out").read_text() == "ran\n"  # it ran afresh, not held
     (job_dir / CHECKPOINT_FILE).unlink()  # the user's own input file
@@ -166,8 +193,9 @@ def test_a_corrupt_checkpoint_starts_the_job_afresh_and_says_why(
     service: str, tmp_path: Path
 ) -> None:
     _err, job_err = _run_with_checkpoint(service, tmp_path, os.urandom(200_000))
-    assert re.fullmatch(r"sd-batch: the job starts afresh: the checkpoint is corrupt: .*\n",
-                        job_err), job_err  # fmt: skip
+    assert re.fullmatch(
+        r"sd-batch: the job starts afresh: the checkpoint is corrupt: .*\n", job_err
+    ), job_err
 
 
 def test_another_jobs_checkpoint_starts_the_job_afresh_and_says_why(
@@ -179,8 +207,16 @@ def test_another_jobs_checkpoint_starts_the_job_afresh_and_says_why(
     (folder / "state").write_bytes(b"not really a VM")
     other = checkpoint.Identity("elsewhere#9.0#1", "minimal", "kvm", 256, 1, {})
     packed = tmp_path / "packed"
-    checkpoint.pack(packed, other, {checkpoint.STATE: folder / "state"},
-                    key=checkpoint.site_key(config.state_dir), folder=folder, limit=1 << 20)
+    checkpoint.pack(
+        packed,
+        other,
+        {checkpoint.STATE: folder / "state"},
+        key=checkpoint.site_key(config.state_dir),
+        folder=folder,
+        limit=1 << 20,
+    )
     _err, job_err = _run_with_checkpoint(service, tmp_path, packed.read_bytes())
-    assert "the job starts afresh: the checkpoint cannot resume this job: it belongs to another " \
-           "job (elsewhere#9.0#1)" in job_err, job_err
+    assert (
+        "the job starts afresh: the checkpoint cannot resume this job: it belongs to another "
+        "job (elsewhere#9.0#1)" in job_err
+    ), job_err

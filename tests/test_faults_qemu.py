@@ -23,8 +23,13 @@ REPO = Path(__file__).resolve().parent.parent
 def matrix(only: str) -> list[str]:
     if os.geteuid() != 0:
         pytest.skip("the fault matrix mounts tmpfs and drives the helper as root")
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "faults.py"), "--only", only],
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "faults.py"), "--only", only],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     lines = done.stdout.splitlines()
     assert done.returncode == 0 and lines[-1] == "leaks: 0", done.stdout + done.stderr
     return [line for line in lines[1:-1] if only in line]

@@ -355,9 +355,13 @@ def test_job_result_larger_than_output_disk_becomes_an_error_report(
 ) -> None:
     script = b"#!/bin/sh\nhead -c 3000000 /dev/zero > big.bin\necho done\n"
     run = run_job(
-        conn, guest, workdir, Manifest(["./big.sh"]), {"big.sh": (script, 0o755)},
+        conn,
+        guest,
+        workdir,
+        Manifest(["./big.sh"]),
+        {"big.sh": (script, 0o755)},
         output_size=1 * MiB,
-    )  # fmt: skip
+    )
     assert run.members["exit_status"] == b"exit 0\n"
     assert b"exceeds the output disk" in run.members["error"]
     assert not [n for n in run.members if n.startswith("outputs/")]
@@ -369,9 +373,13 @@ def test_acpi_shutdown_of_a_job_vm_terminates_the_payload(
 ) -> None:
     script = b"#!/bin/sh\necho started\nexec sleep 600\n"
     run = run_job(
-        conn, guest, workdir, Manifest(["./wait.sh"]), {"wait.sh": (script, 0o755)},
+        conn,
+        guest,
+        workdir,
+        Manifest(["./wait.sh"]),
+        {"wait.sh": (script, 0o755)},
         press_power_after="sd-batch: job starting",
-    )  # fmt: skip
+    )
     assert run.members["exit_status"] == b"signal 15\n"
 
 
@@ -401,8 +409,11 @@ def test_a_paused_start_resumes_and_the_wait_ends_at_the_guests_power_off(
         status = hv.wait_shutoff(name, BOOT_TIMEOUT)
         ended = time.monotonic()
         with tarfile.open(outdisk) as result:  # read at once, as jobs.run does
-            members = {m.name: result.extractfile(m).read()  # type: ignore[union-attr]
-                       for m in result.getmembers() if m.isfile()}  # fmt: skip
+            members = {
+                m.name: result.extractfile(m).read()  # type: ignore[union-attr]
+                for m in result.getmembers()
+                if m.isfile()
+            }
         assert status == DomainStatus(DomainState.SHUTDOWN, "finished")
         assert stopped.wait(30), "libvirt never reported the domain off"
         print(f"the wait ended {1000 * (stopped.at - ended):.0f} ms before libvirt's STOPPED")

@@ -59,8 +59,14 @@ def read_newc(data: bytes) -> list[CpioEntry]:
         assert header[:6] == b"070701", f"bad magic at {offset}"
         fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
         mode, uid, gid, size, rmaj, rmin, namesize = (
-            fields[1], fields[2], fields[3], fields[6], fields[9], fields[10], fields[11],
-        )  # fmt: skip
+            fields[1],
+            fields[2],
+            fields[3],
+            fields[6],
+            fields[9],
+            fields[10],
+            fields[11],
+        )
         name_start = offset + 110
         name = data[name_start : name_start + namesize - 1].decode()
         assert data[name_start + namesize - 1] == 0

@@ -111,12 +111,19 @@ class Service:
 
 
 def start_service(root: Path, sock: Path) -> Service:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SD_BATCH_CONFIG": str(root / "site.toml"),
-           "CONDOR_CONFIG": "/dev/null"}  # fmt: skip
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "SD_BATCH_CONFIG": str(root / "site.toml"),
+        "CONDOR_CONFIG": "/dev/null",
+    }
     log = root / "service.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-I", "-m", "sd_batch.helper.service",
-                                 "--socket", str(sock)], env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
     for _ in range(200):
         if proc.poll() is not None:
             raise AssertionError(f"the service exited: {log.read_text()}")
@@ -133,8 +140,11 @@ def start_service(root: Path, sock: Path) -> Service:
 def useradd(*args: str) -> None:
     """A system user with no home; again while another test holds /etc/passwd's lock."""
     for _ in range(20):
-        made = subprocess.run(["useradd", "-r", "-M", "-d", "/nonexistent", "-s",
-                               "/usr/sbin/nologin", *args], capture_output=True, text=True)
+        made = subprocess.run(
+            ["useradd", "-r", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", *args],
+            capture_output=True,
+            text=True,
+        )
         if made.returncode == 0:
             return
         time.sleep(0.5)
@@ -160,8 +170,9 @@ def service(users: tuple[User, User]) -> Iterator[Service]:
     root.chmod(0o755)  # slot users pass through to the socket and their scratch dirs
     uri = write_node(root / "node.xml", cpus=2, memory_kib=4 << 20)
     fake_kernel(root / "images", (b"x", b"x"))
-    write_site_toml(root, uri, template_dirs=[BUILTIN_TEMPLATE_DIR],
-                    tables="[policy]\nmax_run_seconds = 2\n")
+    write_site_toml(
+        root, uri, template_dirs=[BUILTIN_TEMPLATE_DIR], tables="[policy]\nmax_run_seconds = 2\n"
+    )
     (root / "bin").mkdir()  # what the hook scripts need on PATH, and no sudo
     for tool in ("dirname", "readlink"):
         (root / "bin" / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
@@ -193,17 +204,27 @@ class Job:
         return JobKey(self.user.uid, self.id)
 
     def env(self) -> dict[str, str]:
-        return {"PATH": str(self.service.root / "bin"), "HOME": "/", "CONDOR_CONFIG": "/dev/null",
-                "_CONDOR_SCRATCH_DIR": str(self.scratch),
-                "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.service.socket)}  # fmt: skip
+        return {
+            "PATH": str(self.service.root / "bin"),
+            "HOME": "/",
+            "CONDOR_CONFIG": "/dev/null",
+            "_CONDOR_SCRATCH_DIR": str(self.scratch),
+            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.service.socket),
+        }
 
     def start(self, hook: str, *argv: str, user: User | None = None) -> subprocess.Popen[bytes]:
         who = user or self.user
         return subprocess.Popen(
-            [str(HOOKS_DIR / hook), *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=self.scratch, env=self.env(), user=who.uid, group=who.gid,
+            [str(HOOKS_DIR / hook), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.scratch,
+            env=self.env(),
+            user=who.uid,
+            group=who.gid,
             extra_groups=os.getgrouplist(who.name, who.gid),
-        )  # fmt: skip
+        )
 
     def hook(self, hook: str, *argv: str, user: User | None = None) -> tuple[int, str, str]:
         proc = self.start(hook, *argv, user=user)
@@ -216,8 +237,9 @@ class Job:
 
     def owner(self) -> Owner | None:
         with Ledger.for_site(load_config(self.service.config)) as ledger:
-            return ledger.owner(OwnerKind.JOB, self.key.owner_id, f"test://{self.service.root}"
-                                "/node.xml")
+            return ledger.owner(
+                OwnerKind.JOB, self.key.owner_id, f"test://{self.service.root}/node.xml"
+            )
 
 
 def new_job(service: Service, user: User, name: str) -> Job:
@@ -228,8 +250,13 @@ def new_job(service: Service, user: User, name: str) -> Job:
     (scratch / "input.txt").write_text("input\n", encoding="utf-8")
     for path in (scratch, *scratch.iterdir()):
         os.chown(path, user.uid, user.gid)
-    (ad,) = job_ad_from_submit(SUBMIT, submit_dir=scratch, owner=user.name,
-                               schedd_name=f"svc-{name}-{os.getpid()}@test", qdate=1700000000)
+    (ad,) = job_ad_from_submit(
+        SUBMIT,
+        submit_dir=scratch,
+        owner=user.name,
+        schedd_name=f"svc-{name}-{os.getpid()}@test",
+        qdate=1700000000,
+    )
     return Job(service, user, scratch, ad)
 
 
@@ -248,15 +275,20 @@ def started_run(job: Job) -> subprocess.Popen[bytes]:
 def running_under(job: Job, pid: int) -> Callable[[], bool]:
     def check() -> bool:
         owner = job.owner()
-        return (owner is not None and owner.status is OwnerStatus.ACTIVE
-                and owner.process is not None and owner.process.pid == pid)  # fmt: skip
+        return (
+            owner is not None
+            and owner.status is OwnerStatus.ACTIVE
+            and owner.process is not None
+            and owner.process.pid == pid
+        )
 
     return check
 
 
 # --- the hooks through the service --------------------------------------------------------------
-def test_prepare_run_and_job_exit_go_through_the_service(service: Service,
-                                                         users: tuple[User, User]) -> None:
+def test_prepare_run_and_job_exit_go_through_the_service(
+    service: Service, users: tuple[User, User]
+) -> None:
     job = new_job(service, users[0], "life")
     code, out, err = job.hook("prepare_job")
     assert code == 0 and "HookStatusCode = 0" in out, err
@@ -272,8 +304,9 @@ def test_prepare_run_and_job_exit_go_through_the_service(service: Service,
         assert f"{action} {job.id} for uid {job.user.uid} (pid " in log, log
 
 
-def test_the_service_reads_the_site_config_for_each_request(service: Service,
-                                                            users: tuple[User, User]) -> None:
+def test_the_service_reads_the_site_config_for_each_request(
+    service: Service, users: tuple[User, User]
+) -> None:
     job = new_job(service, users[0], "config")
     with open(service.config, "a", encoding="utf-8") as config:  # under [policy]
         config.write("max_memory_mib = 128\n")
@@ -314,8 +347,9 @@ def test_a_job_exit_right_after_prepare_waits_for_the_paused_start_then_removes_
 
 
 # --- the runner's life is the job's ---------------------------------------------------------------
-def test_the_runner_hanging_up_destroys_its_vm_at_once(service: Service,
-                                                       users: tuple[User, User]) -> None:
+def test_the_runner_hanging_up_destroys_its_vm_at_once(
+    service: Service, users: tuple[User, User]
+) -> None:
     job = new_job(service, users[0], "hangup")
     runner = started_run(job)
     time.sleep(0.5)  # well into the wait (the VM's start came just before it)
@@ -342,7 +376,7 @@ def test_a_runner_that_died_while_the_service_ran_its_vm_is_reaped(
         f"removed job {job.key.owner_id} on test://{service.root}/node.xml (1 domain, 0 volumes,"
         f" 3 files): its runner (process {runner.pid}) died",
         f"removed job folder {service.root}/state/jobs/{job.key.digest}: its job is reaped",
-    ]  # fmt: skip
+    ]
 
 
 # --- many at once, and without the service ------------------------------------------------------
@@ -362,16 +396,30 @@ def test_concurrent_jobs_through_one_service(service: Service, users: tuple[User
     assert all("removed 1 domain, 0 volumes, 3 files" in err for _, _, err in exits), exits
 
 
-def test_without_a_socket_the_hooks_use_the_helper_command(service: Service,
-                                                           tmp_path: Path) -> None:
+def test_without_a_socket_the_hooks_use_the_helper_command(
+    service: Service, tmp_path: Path
+) -> None:
     """As root the helper command is the helper module itself (a slot user's is sudo)."""
     job = new_job(service, User.named("root"), "fallback")
-    env = {**job.env(), "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(tmp_path / "none.sock"),
-           "SD_BATCH_CONFIG": str(service.config), "PATH": "/usr/bin:/bin"}  # fmt: skip
-    outputs = [subprocess.run([str(HOOKS_DIR / hook), *argv], input=job.ad, env=env,
-                              cwd=job.scratch, capture_output=True, text=True, timeout=60,
-                              check=True)  # fmt: skip
-               for hook, argv in (("prepare_job", []), ("job_exit", ["exit"]))]
+    env = {
+        **job.env(),
+        "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(tmp_path / "none.sock"),
+        "SD_BATCH_CONFIG": str(service.config),
+        "PATH": "/usr/bin:/bin",
+    }
+    outputs = [
+        subprocess.run(
+            [str(HOOKS_DIR / hook), *argv],
+            input=job.ad,
+            env=env,
+            cwd=job.scratch,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        for hook, argv in (("prepare_job", []), ("job_exit", ["exit"]))
+    ]
     assert "HookStatusCode = 0" in outputs[0].stdout, outputs[0].stderr
     assert f"job {job.id} (exit): removed" in outputs[1].stderr
     assert job.id not in service.log_text()  # the service never saw it
@@ -388,23 +436,45 @@ def test_job_exit_finds_the_socket_prepare_job_used_in_the_job_ad(
     env = {**job.env(), "CONDOR_CONFIG": str(config)}
     del env["_CONDOR_SMARTDOMAINS_HELPER_SOCKET"]
     ad = f'{job.ad}SDHelperSocket = "{service.socket}"\n'
-    done = subprocess.run([str(HOOKS_DIR / "job_exit"), "exit"], input=ad, env=env,
-                          cwd=job.scratch, capture_output=True, text=True, timeout=60,
-                          user=job.user.uid, group=job.user.gid, check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(HOOKS_DIR / "job_exit"), "exit"],
+        input=ad,
+        env=env,
+        cwd=job.scratch,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        user=job.user.uid,
+        group=job.user.gid,
+        check=False,
+    )
     assert "removed 1 domain, 0 volumes, 3 files" in done.stderr, done.stderr
 
 
-def test_a_helper_command_named_explicitly_wins_over_the_socket(service: Service,
-                                                                tmp_path: Path) -> None:
+def test_a_helper_command_named_explicitly_wins_over_the_socket(
+    service: Service, tmp_path: Path
+) -> None:
     helper = tmp_path / "helper"
-    helper.write_text("#!/bin/sh\necho '{\"ok\": true, \"templates\": [\"fake\"], "
-                      "\"free_memory_mib\": 1, \"reason\": \"\"}'\n", encoding="utf-8")
+    helper.write_text(
+        '#!/bin/sh\necho \'{"ok": true, "templates": ["fake"], '
+        '"free_memory_mib": 1, "reason": ""}\'\n',
+        encoding="utf-8",
+    )
     helper.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "CONDOR_CONFIG": "/dev/null",
-           "_CONDOR_SMARTDOMAINS_HELPER": str(helper),
-           "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(service.socket)}  # fmt: skip
-    done = subprocess.run([str(HOOKS_DIR / "startd_cron")], env=env, capture_output=True,
-                          text=True, timeout=60, check=True)  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CONDOR_CONFIG": "/dev/null",
+        "_CONDOR_SMARTDOMAINS_HELPER": str(helper),
+        "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(service.socket),
+    }
+    done = subprocess.run(
+        [str(HOOKS_DIR / "startd_cron")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert 'SmartDomainsTemplates = "fake"' in done.stdout, done.stderr
 
 
@@ -436,10 +506,20 @@ def test_a_runner_whose_service_dies_sends_its_job_back_to_idle(
 
 def cleanup_without_the_service(job: Job) -> None:
     """JOB_EXIT's cleanup through the helper module, for the job's user (as sudo would)."""
-    env = {"PATH": "/usr/bin:/bin", "SD_BATCH_CONFIG": str(job.service.config),
-           "CONDOR_CONFIG": "/dev/null", "SUDO_UID": str(job.user.uid)}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "sd_batch.batch.privileged", "cleanup", job.id],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SD_BATCH_CONFIG": str(job.service.config),
+        "CONDOR_CONFIG": "/dev/null",
+        "SUDO_UID": str(job.user.uid),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sd_batch.batch.privileged", "cleanup", job.id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert json.loads(done.stdout)["ok"] is True, done.stderr
 
 
@@ -457,5 +537,3 @@ def test_an_input_over_the_site_limit_is_refused_with_the_limits_message(
     # the service stopped reading at the limit and shut the connection both ways: the hook,
     # still writing 2 MiB, got EPIPE at once rather than blocking until its 300 s timeout
     assert time.monotonic() - started < 30
-
-

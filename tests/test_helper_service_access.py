@@ -57,9 +57,25 @@ print(s.makefile("rb").readline().decode().strip())
 
 
 def as_outsider(user: User, sock: Path) -> dict[str, object]:
-    done = subprocess.run(["setpriv", "--reuid", str(user.uid), "--regid", str(user.gid),
-                           "--clear-groups", "/usr/bin/python3", "-I", "-c", CONNECT, str(sock)],
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            str(user.uid),
+            "--regid",
+            str(user.gid),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-I",
+            "-c",
+            CONNECT,
+            str(sock),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     reply: dict[str, object] = json.loads(done.stdout)
     return reply
@@ -68,7 +84,10 @@ def as_outsider(user: User, sock: Path) -> dict[str, object]:
 def test_the_socket_is_root_and_the_slot_groups_alone(service: Service, outsider: User) -> None:
     info = service.socket.stat()
     assert (info.st_uid, info.st_gid, oct(info.st_mode & 0o777)) == (
-        0, grp.getgrnam(GROUP).gr_gid, "0o660")
+        0,
+        grp.getgrnam(GROUP).gr_gid,
+        "0o660",
+    )
     assert as_outsider(outsider, service.socket) == {"errno": 13}  # EACCES, from the kernel
     service.socket.chmod(0o666)  # an admin's mistake: the service still asks the kernel who
     reply = as_outsider(outsider, service.socket)
@@ -76,11 +95,20 @@ def test_the_socket_is_root_and_the_slot_groups_alone(service: Service, outsider
     assert f"refused uid {outsider.uid}" in service.log_text()
 
 
-@pytest.mark.parametrize("raw", [
-    b"not json\n", b"[1, 2]\n", b'{"action": "rm -rf /"}\n', b'{"action": "probe", "job": "x"}\n',
-    b'{"action": "run"}\n', b'{"action": "cleanup", "job": 7}\n',
-    b'{"action": "cleanup", "job": "x", "uid": 0}\n', b"x" * 10_000, b'{"action": "probe"}',
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"action": "rm -rf /"}\n',
+        b'{"action": "probe", "job": "x"}\n',
+        b'{"action": "run"}\n',
+        b'{"action": "cleanup", "job": 7}\n',
+        b'{"action": "cleanup", "job": "x", "uid": 0}\n',
+        b"x" * 10_000,
+        b'{"action": "probe"}',
+    ],
+)
 def test_a_malformed_request_gets_a_json_error_and_the_service_carries_on(
     service: Service, raw: bytes
 ) -> None:
@@ -95,19 +123,23 @@ def test_a_malformed_job_id_is_refused_as_the_helper_refuses_it(service: Service
     assert "is not an HTCondor job id" in str(reply["message"])
 
 
-
-
-def test_one_caller_cannot_take_every_request_thread(service: Service,
-                                                    users: tuple[User, User]) -> None:
+def test_one_caller_cannot_take_every_request_thread(
+    service: Service, users: tuple[User, User]
+) -> None:
     """A slot user's connections that never send their line hold its own pending slots (for
     10 s each at most): its next request is Busy; root's and another user's are served."""
     from sd_batch.helper.door import CAPS
 
     user, other = users
-    hold = subprocess.Popen(["/usr/bin/python3", "-I", "-c", HOLD, str(service.socket),
-                             str(CAPS["pending"][0])], user=user.uid, group=user.gid,
-                            extra_groups=[], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    hold = subprocess.Popen(
+        ["/usr/bin/python3", "-I", "-c", HOLD, str(service.socket), str(CAPS["pending"][0])],
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert hold.stdout is not None and hold.stdout.readline() == "ready\n"
         reply = ask_as(user, service.socket)
@@ -131,9 +163,16 @@ sys.stdin.read()
 
 def ask_as(user: User, sock: Path) -> dict[str, object]:
     """A probe from USER's process (in the slot group as its primary group)."""
-    done = subprocess.run(["/usr/bin/python3", "-I", "-c", CONNECT, str(sock)], user=user.uid,
-                          group=user.gid, extra_groups=[], capture_output=True, text=True,
-                          timeout=30, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", CONNECT, str(sock)],
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     reply: dict[str, object] = json.loads(done.stdout)
     return reply
@@ -141,8 +180,9 @@ def ask_as(user: User, sock: Path) -> dict[str, object]:
 
 # --- the cheap GlobalJobId of JOB_EXIT ----------------------------------------------------------
 def test_job_exit_reads_the_global_job_id_as_the_classad_library_does(tmp_path: Path) -> None:
-    (ad,) = job_ad_from_submit(SUBMIT, submit_dir=tmp_path, owner="u", schedd_name="s@h",
-                               qdate=1700000000)  # fmt: skip
+    (ad,) = job_ad_from_submit(
+        SUBMIT, submit_dir=tmp_path, owner="u", schedd_name="s@h", qdate=1700000000
+    )
     assert global_job_id(ad) == parse_job_ad(ad).global_job_id == "s@h#1.0#1700000000"
     twice = ad + 'GLOBALJOBID = "other#1.0#1"\n'  # the last one counts: left to the library
     assert global_job_id(twice) == parse_job_ad(twice).global_job_id == "other#1.0#1"

@@ -44,9 +44,18 @@ queue
 """
 #: A user description whose error is at a place we know: line 3, column 18.
 BROKEN_SF = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    memory (512 +);\n}\n'
-PREPARE_UPDATES = ["SDOriginalCmd", "SDOriginalArguments", "SDVMDomain", "SDVMMemoryMiB",
-                   "SDVMCpus", "Cmd", "Arguments", "Args", "HookStatusCode",
-                   "HookStatusMessage"]  # fmt: skip
+PREPARE_UPDATES = [
+    "SDOriginalCmd",
+    "SDOriginalArguments",
+    "SDVMDomain",
+    "SDVMMemoryMiB",
+    "SDVMCpus",
+    "Cmd",
+    "Arguments",
+    "Args",
+    "HookStatusCode",
+    "HookStatusMessage",
+]
 
 
 @dataclass(frozen=True)
@@ -73,17 +82,29 @@ class Site:
     def job_ad(self, description: str | None = '"minimal"', extra_inputs: str = "") -> str:
         line = f"+SDVMDescription = {description}" if description else '+HookKeyword = "X"'
         text = SUBMIT.format(description=line, extra_inputs=extra_inputs)
-        (ad,) = job_ad_from_submit(text, submit_dir=self.sandbox, owner="tester",
-                                   schedd_name=f"contract-{os.getpid()}@test", qdate=1700000000)
+        (ad,) = job_ad_from_submit(
+            text,
+            submit_dir=self.sandbox,
+            owner="tester",
+            schedd_name=f"contract-{os.getpid()}@test",
+            qdate=1700000000,
+        )
         return ad
 
     def hook(self, name: str, *argv: str, stdin: str = "") -> Done:
         started = time.monotonic()
-        done = subprocess.run([str(HOOKS_DIR / name), *argv], input=stdin.encode(),
-                              capture_output=True, cwd=self.sandbox, env=self.environ,
-                              timeout=60, check=False)  # fmt: skip
-        return Done(done.returncode, done.stdout.decode(), done.stderr.decode(),
-                    time.monotonic() - started)
+        done = subprocess.run(
+            [str(HOOKS_DIR / name), *argv],
+            input=stdin.encode(),
+            capture_output=True,
+            cwd=self.sandbox,
+            env=self.environ,
+            timeout=60,
+            check=False,
+        )
+        return Done(
+            done.returncode, done.stdout.decode(), done.stderr.decode(), time.monotonic() - started
+        )
 
     def leftovers(self) -> list[str]:
         """Ledger rows and job folders: what a finished job must not leave."""
@@ -110,13 +131,17 @@ def site(tmp_path: Path) -> Iterator[Site]:
     (sandbox / "hello.sh").chmod(0o755)
     (sandbox / "input.txt").write_text("hello\n", encoding="utf-8")
     environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-        "SD_BATCH_CONFIG": str(config), "CONDOR_CONFIG": "/dev/null",
-        "SD_BATCH_PYTHON": sys.executable, "_CONDOR_SCRATCH_DIR": str(sandbox),
-        "_CONDOR_JOB_AD": str(sandbox / ".job.ad"), "_CONDOR_SLOT": "slot1",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "SD_BATCH_CONFIG": str(config),
+        "CONDOR_CONFIG": "/dev/null",
+        "SD_BATCH_PYTHON": sys.executable,
+        "_CONDOR_SCRATCH_DIR": str(sandbox),
+        "_CONDOR_JOB_AD": str(sandbox / ".job.ad"),
+        "_CONDOR_SLOT": "slot1",
         # the helper in-process as this user: no sudo, our private site config
         "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
-    }  # fmt: skip
+    }
     made = Site(tmp_path, sandbox, environ)
     yield made
     assert made.leftovers() == [], "the test left a ledger row or a job folder"
@@ -161,26 +186,30 @@ def test_sd_run_judges_the_exit_on_the_shadows_ad_after_moving_the_outputs(
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "prepare_job").write_text(
-        "#!/bin/sh\ncat >/dev/null\necho 'OnExitHold = true'\necho 'OnExitRemove = false'\n")
+        "#!/bin/sh\ncat >/dev/null\necho 'OnExitHold = true'\necho 'OnExitRemove = false'\n"
+    )
     (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
     for hook in hooks.iterdir():
         hook.chmod(0o755)
     job = tmp_path / "job"
     job.mkdir()
-    (job / "job.sh").write_text("#!/bin/sh\necho partial > part.txt\nexit \"$1\"\n")
+    (job / "job.sh").write_text('#!/bin/sh\necho partial > part.txt\nexit "$1"\n')
     outcomes = {}
     for code in (0, 3, 171, 172):
         submit = job / f"job{code}.sub"
-        submit.write_text(f"executable = job.sh\narguments = {code}\n+SDVMDescription = \"x\"\n"
-                          "on_exit_hold = ExitCode == 3\n"
-                          "on_exit_hold_reason = \"my own reason\"\nqueue\n")  # fmt: skip
+        submit.write_text(
+            f'executable = job.sh\narguments = {code}\n+SDVMDescription = "x"\n'
+            "on_exit_hold = ExitCode == 3\n"
+            'on_exit_hold_reason = "my own reason"\nqueue\n'
+        )
         harness = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={})
         (outcomes[code],) = harness.run(lambda _outcome: None)
     assert (outcomes[0].state, outcomes[0].process_exit_code) == ("exited", 0)
     held = outcomes[171]
     assert (held.state, held.process_exit_code) == ("held", EXIT_HELD)
-    assert held.summary().startswith("job 1.0: held: sd-batch: the job's VM stopped without a "
-                                     "result")  # fmt: skip
+    assert held.summary().startswith(
+        "job 1.0: held: sd-batch: the job's VM stopped without a result"
+    )
     assert (job / "part.txt").read_text() == "partial\n"  # the outputs came back first
     assert outcomes[3].summary() == "job 1.0: held: my own reason"
     assert (outcomes[172].state, outcomes[172].process_exit_code) == ("idle", EXIT_IDLE)
@@ -220,8 +249,18 @@ def test_prepare_job_leaves_a_job_without_sdvmdescription_to_run_natively(site: 
 
 
 @pytest.mark.parametrize(
-    "value", ["42", '{"minimal", "pool"}', "ClusterId * 2", "undefined", "NoSuchAttribute",
-              "true", '[ name = "minimal" ]', '""', "1.5e300"],  # fmt: skip
+    "value",
+    [
+        "42",
+        '{"minimal", "pool"}',
+        "ClusterId * 2",
+        "undefined",
+        "NoSuchAttribute",
+        "true",
+        '[ name = "minimal" ]',
+        '""',
+        "1.5e300",
+    ],
 )
 def test_prepare_job_holds_an_sdvmdescription_that_is_not_a_string(site: Site, value: str) -> None:
     """A job that wrote SDVMDescription meant a VM: it never runs natively without one."""
@@ -232,15 +271,20 @@ def test_prepare_job_holds_an_sdvmdescription_that_is_not_a_string(site: Site, v
     assert 1 <= int(updates["HookStatusCode"]) <= 299  # type: ignore[call-overload]
     message = str(updates["HookStatusMessage"])
     assert message.startswith("sd-batch: SDVMDescription = "), message
-    assert "does not name a VM description (it must be a string); write +SDVMDescription = " \
+    assert (
+        "does not name a VM description (it must be a string); write +SDVMDescription = "
         '"minimal"' in message
+    )
 
 
-@pytest.mark.parametrize(("value", "says"), [
-    ('"mini" + 1', "SDVMDescription evaluates to an error"),
-    # a cycle: the transform's RequestMemory reads SDVMDescription, which reads RequestMemory
-    ("RequestMemory * 2", "the job attribute SDVMDescription cannot be evaluated"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ('"mini" + 1', "SDVMDescription evaluates to an error"),
+        # a cycle: the transform's RequestMemory reads SDVMDescription, which reads RequestMemory
+        ("RequestMemory * 2", "the job attribute SDVMDescription cannot be evaluated"),
+    ],
+)
 def test_an_sdvmdescription_error_value_is_held_too(site: Site, value: str, says: str) -> None:
     done = site.hook("prepare_job", stdin=site.job_ad(value))
     updates = done.updates()
@@ -313,10 +357,16 @@ def test_startd_cron_advertises_smartdomains(site: Site) -> None:
     done = site.hook("startd_cron")
     assert done.code == 0, done.stderr
     updates = done.updates()
-    assert list(updates) == ["HasSmartDomains", "SmartDomainsTemplates",
-                             "SmartDomainsFreeVMMemory", "SmartDomainsOfflineReason",
-                             "SmartDomainsOutputDisk", "SmartDomainsTemplateMemory",
-                             "SmartDomainsTemplateCpus", "SmartDomainsTemplateDisk"]  # fmt: skip
+    assert list(updates) == [
+        "HasSmartDomains",
+        "SmartDomainsTemplates",
+        "SmartDomainsFreeVMMemory",
+        "SmartDomainsOfflineReason",
+        "SmartDomainsOutputDisk",
+        "SmartDomainsTemplateMemory",
+        "SmartDomainsTemplateCpus",
+        "SmartDomainsTemplateDisk",
+    ]
     assert updates["HasSmartDomains"] is True
     # what a job naming each one-VM template needs (pools are no job's); disk in KiB: the
     # output disk (256 MiB by default), as minimal has no disk of its own

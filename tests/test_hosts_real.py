@@ -61,12 +61,19 @@ def host_folder(k: int) -> Path:
     return BASE / f"host{k}" / "site"
 
 
-def scheduled_pool(count: int, *, constraint: str = 'softAntiAffinity "w";',
-                   scheduler: str = 'strategy "spread";', disk: bool = True) -> str:  # fmt: skip
+def scheduled_pool(
+    count: int,
+    *,
+    constraint: str = 'softAntiAffinity "w";',
+    scheduler: str = 'strategy "spread";',
+    disk: bool = True,
+) -> str:
     disks = 'disks extends DATA { root extends Disk { image "base.qcow2"; } }' if disk else ""
-    return (f'#include "minimal.sf"\nplacer extends Scheduler {{ hosts [| "h1", "h2", "h3" |]; '
-            f"{scheduler} }}\nsfConfig extends Pool {{ scheduler LAZY ATTRIB placer; "
-            f"count {count};\n  template extends LAZY MinimalVM {{ {constraint} {disks} }} }}\n")
+    return (
+        f'#include "minimal.sf"\nplacer extends Scheduler {{ hosts [| "h1", "h2", "h3" |]; '
+        f"{scheduler} }}\nsfConfig extends Pool {{ scheduler LAZY ATTRIB placer; "
+        f"count {count};\n  template extends LAZY MinimalVM {{ {constraint} {disks} }} }}\n"
+    )
 
 
 def _why_no_hosts() -> str | None:
@@ -105,8 +112,10 @@ def hosts() -> Iterator[None]:
         (SITE / "images" / "minimal").mkdir(parents=True, exist_ok=True)
         for name in ("vmlinux", "initrd.img"):
             shutil.copyfile(GUEST / name, SITE / "images" / "minimal" / name)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
-                        str(SITE / "images" / "base.qcow2"), "64M"], check=True)  # fmt: skip
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(SITE / "images" / "base.qcow2"), "64M"],
+            check=True,
+        )
         config = SiteConfig(image_dir=SITE / "images")
         for k in HOSTS:  # the base disk, put on each host through its libvirt
             assert [p.outcome for p in push(config, uri(k), "base.qcow2")] == ["copied"]
@@ -127,9 +136,14 @@ class Site:
         return sd_in_process(self.environ, *argv)
 
     def sd_process(self, *argv: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-c", SD, *argv], text=True,
-                                env={**os.environ, **self.environ}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, cwd=ROOT)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-c", SD, *argv],
+            text=True,
+            env={**os.environ, **self.environ},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
 
     def write(self, text: str, name: str = "pool.sf") -> str:
         (self.root / name).write_text(text, encoding="utf-8")
@@ -184,7 +198,9 @@ def site(hosts: None, tmp_path: Path) -> Iterator[Site]:
     table = "".join(f'h{k} = "{uri(k)}"\n' for k in HOSTS)
     (tmp_path / "site.toml").write_text(
         f'image_dir = "{SITE / "images"}"\nstate_dir = "{state}"\ndefault_uri = "{uri(1)}"\n'
-        f'[hosts]\n{table}[properties]\n"sd.flavour" = "qemu"\n', encoding="utf-8")  # fmt: skip
+        f'[hosts]\n{table}[properties]\n"sd.flavour" = "qemu"\n',
+        encoding="utf-8",
+    )
     environ = {"SD_BATCH_CONFIG": str(tmp_path / "site.toml"), "PATH": os.environ["PATH"]}
     before = {k: snapshot(k) for k in HOSTS}
     made = Site(tmp_path, run, environ)
@@ -199,7 +215,8 @@ def site(hosts: None, tmp_path: Path) -> Iterator[Site]:
         _clean_up(run, before, after)
         for k in HOSTS:
             assert after[k] == before[k], f"host {k} differs after the test:\n" + _diff(
-                before[k], after[k])
+                before[k], after[k]
+            )
         assert rows == 0, f"the test left {rows} rows in the ledger"
 
 
@@ -222,8 +239,9 @@ def _diff(before: tuple, after: tuple) -> str:  # type: ignore[type-arg]
     lines = []
     for what, old, new in zip(("domains", "volumes", "files"), before, after, strict=True):
         if old != new:
-            lines.append(f"  {what}: added {sorted(set(new) - set(old))}, "
-                         f"gone {sorted(set(old) - set(new))}")  # fmt: skip
+            lines.append(
+                f"  {what}: added {sorted(set(new) - set(old))}, gone {sorted(set(old) - set(new))}"
+            )
     return "\n".join(lines) or "  (domain states differ)"
 
 
@@ -263,9 +281,14 @@ def test_a_pool_of_six_is_placed_over_three_real_hosts_and_each_vm_boots_on_its_
         assert domains(k)[vm] is DomainState.RUNNING
         assert all(vm not in domains(j) for j in HOSTS if j != k)
         overlay = site.on_host(k, f"overlays/{vm}-root.qcow2")  # made by host k's libvirt
-        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U",
-                                          str(overlay)], check=True, capture_output=True,
-                                         text=True).stdout)  # fmt: skip
+        info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "--output=json", "-U", str(overlay)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         assert info["backing-filename"] == str(SITE / "images" / "base.qcow2")
     for vm, k in where.items():
         wait_for(lambda vm=vm, k=k: booted(site, k, vm), BOOT_SECONDS, f"{vm} on host {k}")
@@ -281,8 +304,9 @@ def test_a_pool_of_six_is_placed_over_three_real_hosts_and_each_vm_boots_on_its_
 def test_the_qa_testbed_cluster_spans_the_hosts_head_first_and_sd_plan_reads_them(
     site: Site,
 ) -> None:
-    file = site.write('#include "qa-testbed.sf"\ntestbedScheduler:hosts [| "h1", "h2", "h3" |];\n',
-                      "qa.sf")  # fmt: skip
+    file = site.write(
+        '#include "qa-testbed.sf"\ntestbedScheduler:hosts [| "h1", "h2", "h3" |];\n', "qa.sf"
+    )
     with Hypervisor.connect(uri(2), attempts=1) as hv:
         before = hv.host_capacity()
         code, out, _err = site.sd("plan", file, "--json")  # no --hosts: the live daemons
@@ -341,8 +365,10 @@ def test_a_host_without_the_base_image_stops_the_start_before_anything_exists(
 def test_a_vm_refused_on_the_third_host_rolls_back_the_first_two(site: Site) -> None:
     name = f"{PREFIX}-rb"
     # not ours (no sd-batch metadata): the third VM's name is taken on host 3
-    other = (f"<domain type='qemu'><name>{name}-3</name><memory unit='MiB'>64</memory>"
-             "<os><type>hvm</type></os></domain>")  # fmt: skip
+    other = (
+        f"<domain type='qemu'><name>{name}-3</name><memory unit='MiB'>64</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
     with Hypervisor.connect(uri(3), attempts=1) as hv:
         hv.define(other)
     try:
@@ -423,7 +449,8 @@ def test_sd_reap_removes_an_interrupted_start_from_every_host(site: Site) -> Non
     name = f"{PREFIX}-reap"
     text = scheduled_pool(3, constraint='antiAffinity "w";', scheduler='strategy "first-fit";')
     child = multiprocessing.get_context("spawn").Process(
-        target=start_and_die, args=(site.config_file, name, site.write(text)))
+        target=start_and_die, args=(site.config_file, name, site.write(text))
+    )
     child.start()
     child.join(180)
     assert child.exitcode == -signal.SIGKILL
@@ -431,8 +458,10 @@ def test_sd_reap_removes_an_interrupted_start_from_every_host(site: Site) -> Non
     assert made == {1: [f"{name}-1"], 2: [f"{name}-2"], 3: [f"{name}-3"]}
     code, out, err = site.sd("reap")
     assert code == 0, err
-    assert f"removed pool {name} on {uri(1)} (3 domains, 3 volumes, 3 files): pool start " \
-           "interrupted" in out, out
+    assert (
+        f"removed pool {name} on {uri(1)} (3 domains, 3 volumes, 3 files): pool start "
+        "interrupted" in out
+    ), out
     assert not [d for k in HOSTS for d in domains(k) if d.startswith(name)]
 
 
@@ -460,8 +489,9 @@ def test_watch_moves_the_vms_of_a_killed_host_and_removes_its_copies_when_it_is_
 ) -> None:
     name = f"{PREFIX}-ha"
     delay, factor = 2, 3
-    text = scheduled_pool(3, scheduler=f'strategy "spread"; sfLivenessDelay {delay}; '
-                                       f"sfLivenessFactor {factor};")  # fmt: skip
+    text = scheduled_pool(
+        3, scheduler=f'strategy "spread"; sfLivenessDelay {delay}; sfLivenessFactor {factor};'
+    )
     code, _out, err = site.sd("start", "h1", name, site.write(text))
     assert code == 0, err
     where = placed_on(site, name)
@@ -477,8 +507,9 @@ def test_watch_moves_the_vms_of_a_killed_host_and_removes_its_copies_when_it_is_
         survivors = [k for k in HOSTS if k != victim]
 
         def all_running() -> bool:
-            running = {d for k in survivors for d, s in domains(k).items()
-                       if s is DomainState.RUNNING}  # fmt: skip
+            running = {
+                d for k in survivors for d, s in domains(k).items() if s is DomainState.RUNNING
+            }
             return set(where) <= running
 
         wait_for(all_running, delay * factor + BOOT_SECONDS, "the moved VMs running")
@@ -487,15 +518,20 @@ def test_watch_moves_the_vms_of_a_killed_host_and_removes_its_copies_when_it_is_
         for vm in moving:
             wait_for(lambda vm=vm: booted(site, moved_to[vm], vm), BOOT_SECONDS, f"{vm} booted")
         booted_after = time.monotonic() - killed
-        print(f"\nfailover: host {victim} killed -> its {len(moving)} VM(s) running on the "
-              f"survivors in {running_after:.1f} s, booted in {booted_after:.1f} s "
-              f"(sfLivenessDelay {delay} x sfLivenessFactor {factor} = {delay * factor} s; "
-              f"load {os.getloadavg()[0]:.1f})")
+        print(
+            f"\nfailover: host {victim} killed -> its {len(moving)} VM(s) running on the "
+            f"survivors in {running_after:.1f} s, booted in {booted_after:.1f} s "
+            f"(sfLivenessDelay {delay} x sfLivenessFactor {factor} = {delay * factor} s; "
+            f"load {os.getloadavg()[0]:.1f})"
+        )
         assert running_after <= delay * factor + BOOT_SECONDS
 
         test_hosts("revive", str(victim))
-        wait_for(lambda: not [d for d in domains(victim) if d.startswith(name)],
-                 delay * 4 + 30, "the stale copies removed")  # fmt: skip
+        wait_for(
+            lambda: not [d for d in domains(victim) if d.startswith(name)],
+            delay * 4 + 30,
+            "the stale copies removed",
+        )
         [report] = json.loads(site.sd("status", name, "--json")[1])
         assert sorted(m["vm"] for m in report["moves"]) == moving
         assert all(m["from"] == uri(victim) for m in report["moves"])

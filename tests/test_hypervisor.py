@@ -285,8 +285,11 @@ def test_overlay_in_a_folder_gets_one_transient_dir_pool(hv: Hypervisor) -> None
     second = hv.create_overlay("/srv/sd/overlays/", "b.qcow2", base, 4 << 30, "qcow2")
     assert (first, second) == ("/srv/sd/overlays/a.qcow2", "/srv/sd/overlays/b.qcow2")
     assert hv.volume_path("/srv/sd/overlays/", "b.qcow2") == second
-    pools = [p for p in hv.libvirt_connection().listAllStoragePools(0)
-             if p.name().startswith("sd-batch-")]  # fmt: skip
+    pools = [
+        p
+        for p in hv.libvirt_connection().listAllStoragePools(0)
+        if p.name().startswith("sd-batch-")
+    ]
     assert len(pools) == 1
     assert not pools[0].isPersistent()
     assert sorted(pools[0].listVolumes()) == ["a.qcow2", "b.qcow2"]

@@ -95,8 +95,15 @@ def test_a_daemon_that_stays_away_ends_the_wait_with_a_transient_error_naming_th
         now[0] += seconds
 
     with pytest.raises(HypervisorError) as info:
-        wait_off_across_restarts(connections, HOST_R, "job-r", timeout=3600, away_limit=20,
-                                 clock=lambda: now[0], sleep=sleep)  # fmt: skip
+        wait_off_across_restarts(
+            connections,
+            HOST_R,
+            "job-r",
+            timeout=3600,
+            away_limit=20,
+            clock=lambda: now[0],
+            sleep=sleep,
+        )
     assert info.value.transient  # a requeue: the job runs again elsewhere
     assert "did not come back within 20 s" in str(info.value)
     assert sum(slept) == 20 and len(opened.made) == 1

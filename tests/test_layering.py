@@ -40,8 +40,10 @@ TABLE: dict[str, tuple[str, str]] = {
     "ledger": (EDGE, "errors vm config"),
     "hypervisor": (EDGE, "errors lang vm placement config ledger"),
     "deploy": (ORCHESTRATION, "errors lang vm placement config hypervisor ledger"),
-    "batch": (ORCHESTRATION,
-              "errors lang vm placement condor config guest staging hypervisor ledger deploy"),
+    "batch": (
+        ORCHESTRATION,
+        "errors lang vm placement condor config guest staging hypervisor ledger deploy",
+    ),
     "localrun": (ORCHESTRATION, "errors data condor"),
     "helper": (FACE, "errors data lang condor config guest staging hypervisor deploy batch"),
     "cli": (FACE, "errors data lang placement config hypervisor deploy localrun web"),
@@ -63,9 +65,16 @@ HOMES: dict[str, str] = {
 }
 #: Pure modules: no processes, no network, and nothing impure of sd_batch behind their back. The
 #: pure core packages, and the pure value modules of a few edges.
-PURE = ("sd_batch/errors.py", "sd_batch/lang/*.py", "sd_batch/vm/*.py", "sd_batch/placement/*.py",
-        "sd_batch/hypervisor/types.py", "sd_batch/condor/syntax.py", "sd_batch/ledger/types.py",
-        "sd_batch/guest/contract.py")  # fmt: skip
+PURE = (
+    "sd_batch/errors.py",
+    "sd_batch/lang/*.py",
+    "sd_batch/vm/*.py",
+    "sd_batch/placement/*.py",
+    "sd_batch/hypervisor/types.py",
+    "sd_batch/condor/syntax.py",
+    "sd_batch/ledger/types.py",
+    "sd_batch/guest/contract.py",
+)
 IMPURE_STDLIB = frozenset({"subprocess", "socket"})
 
 
@@ -192,7 +201,7 @@ def find_cycle(graph: Mapping[str, Mapping[str, Edge]]) -> list[Edge]:
         nodes.append(node)
         for successor, edge in sorted(graph.get(node, {}).items()):
             if state.get(successor) == 1:
-                return [*path[nodes.index(successor):], edge]
+                return [*path[nodes.index(successor) :], edge]
             if successor not in state:
                 path.append(edge)
                 found = visit(successor)
@@ -222,9 +231,12 @@ def test_the_table_names_every_package_and_only_packages_that_exist() -> None:
 
 
 def test_the_table_itself_points_down_or_sideways() -> None:
-    upward = [f"{name} ({layer}) may import {other} ({PACKAGES[other][0]})"
-              for name, (layer, allowed) in PACKAGES.items() for other in sorted(allowed)
-              if LAYERS.index(PACKAGES[other][0]) > LAYERS.index(layer)]  # fmt: skip
+    upward = [
+        f"{name} ({layer}) may import {other} ({PACKAGES[other][0]})"
+        for name, (layer, allowed) in PACKAGES.items()
+        for other in sorted(allowed)
+        if LAYERS.index(PACKAGES[other][0]) > LAYERS.index(layer)
+    ]
     assert upward == []
 
 
@@ -273,8 +285,12 @@ def test_the_pure_core_starts_no_process_and_opens_no_socket() -> None:
 
 def test_the_pure_modules_import_only_pure_modules() -> None:
     pure = {module_name(p) for p in pure_files()} | {"sd_batch"}
-    strays = [str(i) for p in pure_files() for i in imports_of(p)
-              if resolve(i.module) not in (None, *pure)]  # fmt: skip
+    strays = [
+        str(i)
+        for p in pure_files()
+        for i in imports_of(p)
+        if resolve(i.module) not in (None, *pure)
+    ]
     assert strays == []
 
 
@@ -313,10 +329,17 @@ def test_the_cycle_finder_names_the_modules_of_a_circle() -> None:
     def edge(a: str, b: str) -> Edge:
         return Edge(a, b, Import(f"{a}.py", 1, b))
 
-    graph = {"a": {"b": edge("a", "b")}, "b": {"c": edge("b", "c")},
-             "c": {"a": edge("c", "a")}, "d": {"a": edge("d", "a")}}  # fmt: skip
+    graph = {
+        "a": {"b": edge("a", "b")},
+        "b": {"c": edge("b", "c")},
+        "c": {"a": edge("c", "a")},
+        "d": {"a": edge("d", "a")},
+    }
     assert [str(e) for e in find_cycle(graph)] == [
-        "a.py:1: a imports b", "b.py:1: b imports c", "c.py:1: c imports a"]
+        "a.py:1: a imports b",
+        "b.py:1: b imports c",
+        "c.py:1: c imports a",
+    ]
     assert find_cycle({"a": {"b": edge("a", "b")}, "b": {}}) == []
 
 
@@ -325,16 +348,20 @@ def test_every_public_exception_is_an_sd_error_in_errors_py() -> None:
     module's private signal that never leaves it (`_BadLiteral`)."""
     errors_tree = ast.parse((PACKAGE / "errors.py").read_text(encoding="utf-8"))
     ours = {node.name for node in errors_tree.body if isinstance(node, ast.ClassDef)}
-    builtin = {name for name, value in vars(builtins).items()
-               if isinstance(value, type) and issubclass(value, BaseException)}  # fmt: skip
+    builtin = {
+        name
+        for name, value in vars(builtins).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
     strays = []
     for path in modules().values():
         if path.name == "errors.py" and path.parent == PACKAGE:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
-                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")
-                         for b in node.bases}  # fmt: skip
+                bases = {
+                    b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases
+                }
                 if bases & (ours | builtin):
                     strays.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.name}")
     assert strays == [], "exceptions belong in sd_batch/errors.py:\n" + "\n".join(strays)
@@ -351,7 +378,8 @@ def test_no_private_name_crosses_modules() -> None:
         rel = path.relative_to(PACKAGE.parent).as_posix()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             ours = isinstance(node, ast.ImportFrom) and (
-                node.level > 0 or (node.module or "").startswith("sd_batch"))  # fmt: skip
+                node.level > 0 or (node.module or "").startswith("sd_batch")
+            )
             if ours and isinstance(node, ast.ImportFrom):
                 names = [a.name for a in node.names if is_private(a.name)]
                 strays += [f"{rel}:{node.lineno}: {name}" for name in names]

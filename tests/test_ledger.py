@@ -271,8 +271,12 @@ def test_a_killed_process_not_yet_waited_for_is_dead() -> None:
         recorded = ProcessRef.of(child.pid)
         assert recorded.is_alive()
         os.kill(child.pid, signal.SIGKILL)
-        wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] == "Z",
-                   "the child to die", 10, every=0.01)
+        wait_until(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] == "Z",
+            "the child to die",
+            10,
+            every=0.01,
+        )
         assert not recorded.is_alive()
     finally:
         child.kill()
@@ -363,15 +367,21 @@ def test_a_ledger_of_schema_2_is_upgraded_and_keeps_its_rows(path: Path) -> None
         " pid_start, boot_id) VALUES (1, 'domain', 'old-vm1', ?, 'created', 1.0, 1, NULL, '')",
         (URI,),
     )
-    db.execute("INSERT INTO move (owner_row, domain, from_uri, to_uri, reason, at)"
-               " VALUES (1, 'old-vm1', 'test:///a', ?, 'host a died', 2.0)", (URI,))  # fmt: skip
+    db.execute(
+        "INSERT INTO move (owner_row, domain, from_uri, to_uri, reason, at)"
+        " VALUES (1, 'old-vm1', 'test:///a', ?, 'host a died', 2.0)",
+        (URI,),
+    )
     db.commit()
     db.close()
     assert SCHEMA_VERSION >= 3  # claims came with 3
     with Ledger.open(path) as ledger:
         [owner] = ledger.owners()
         assert (owner.owner_id, owner.status, owner.description) == (
-            "old", OwnerStatus.ACTIVE, "old.sf")
+            "old",
+            OwnerStatus.ACTIVE,
+            "old.sf",
+        )
         assert [r.name for r in ledger.resources(owner)] == ["old-vm1"]
         assert [m.reason for m in ledger.moves(owner)] == ["host a died"]
         assert ledger.claims() == ()

@@ -43,8 +43,13 @@ DROP_IN = Path("/etc/condor/config.d/99-smartdomains.conf")
 SOCKET = Path("/run/sd-batch/helper.sock")
 PIDFILE = Path("/run/sd-batch/helper.pid")
 WANTS = Path("/etc/systemd/system/multi-user.target.wants/sd-batch-helper.service")
-ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-       "DEBIAN_FRONTEND": "noninteractive", "CONDOR_CONFIG": "/dev/null"}  # fmt: skip
+ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "CONDOR_CONFIG": "/dev/null",
+}
 APT = ["apt-get", "-q", "-y", "-o", "DPkg::Lock::Timeout=300"]
 NEW_VERSION = "99.0.1"
 #: Appended to every module of the rebuilt package: a process of the old version that imports
@@ -66,17 +71,31 @@ queue
 SLOW_SH = "#!/bin/sh\necho started\nsleep {seconds}\necho survived the upgrade > slow.txt\n"
 
 
-def run(*argv: str | Path, env: dict[str, str] | None = None, timeout: float = 900,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=cwd,
-                          env=env or ENV, timeout=timeout, check=False)  # fmt: skip
+def run(
+    *argv: str | Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env or ENV,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def tracked_data_files() -> set[str]:
     listed = run("git", "-C", ROOT, "ls-files", "sd_batch/data")
     if listed.returncode != 0:  # not a git checkout: every file there
-        return {p.relative_to(ROOT).as_posix() for p in DATA.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts}  # fmt: skip
+        return {
+            p.relative_to(ROOT).as_posix()
+            for p in DATA.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
     return set(listed.stdout.split())
 
 
@@ -84,22 +103,41 @@ def tracked_data_files() -> set[str]:
 
 
 def test_the_wheel_carries_what_a_worker_needs_and_its_hooks_find_its_python(
-        tmp_path: Path) -> None:  # fmt: skip
+    tmp_path: Path,
+) -> None:
     pytest.importorskip("build", reason="the dist extra (python -m build) is not installed")
-    built = run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", ROOT,
-                env={**os.environ})  # fmt: skip
+    built = run(
+        sys.executable,
+        "-m",
+        "build",
+        "--wheel",
+        "--outdir",
+        tmp_path / "dist",
+        ROOT,
+        env={**os.environ},
+    )
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("sd_batch-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         modes = {i.filename: i.external_attr >> 16 for i in archive.infolist()}
     wanted = tracked_data_files()
-    assert {"sd_batch/data/setup-host", "sd_batch/data/sudoers.in",
-            "sd_batch/data/condor_hooks/99-smartdomains.conf",
-            "sd_batch/data/condor_hooks/sd-batch-helper.service",
-            "sd_batch/data/job_templates/minimal.sf"} <= wanted  # fmt: skip
+    assert {
+        "sd_batch/data/setup-host",
+        "sd_batch/data/sudoers.in",
+        "sd_batch/data/condor_hooks/99-smartdomains.conf",
+        "sd_batch/data/condor_hooks/sd-batch-helper.service",
+        "sd_batch/data/job_templates/minimal.sf",
+    } <= wanted
     assert wanted - set(modes) == set(), "package data missing from the wheel"
-    for name in ("setup-host", "subreaper", "condor_hooks/helper", "condor_hooks/prepare_job",
-                 "condor_hooks/job_exit", "condor_hooks/runner", "condor_hooks/startd_cron"):
+    for name in (
+        "setup-host",
+        "subreaper",
+        "condor_hooks/helper",
+        "condor_hooks/prepare_job",
+        "condor_hooks/job_exit",
+        "condor_hooks/runner",
+        "condor_hooks/startd_cron",
+    ):
         assert modes[f"sd_batch/data/{name}"] & 0o111, f"{name} lost its exec bits"
     assert any(n.startswith("sd_batch/guest/") and n.endswith("build.py") for n in modes)
 
@@ -112,14 +150,21 @@ def test_the_wheel_carries_what_a_worker_needs_and_its_hooks_find_its_python(
     paths = run(venv / "bin" / "sd", "admin", "paths", env={**os.environ})
     assert paths.returncode == 0, paths.stderr
     shown = dict(re.findall(r"^([^:]+):\s+(\S+)$", paths.stdout, re.M))
-    site = run(venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path("
-               "'purelib'))").stdout.strip()  # fmt: skip
+    site = run(
+        venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"
+    ).stdout.strip()
     assert shown["SMARTDOMAINS_HOME"] == f"{site}/sd_batch/data"
     hooks = Path(shown["hooks"])
     assert (hooks / "prepare_job").is_file()
     assert (Path(shown["templates"]) / "minimal.sf").is_file()
-    found = run("sh", "-c", 'here=$1; . "$here/find-python"; "$python" -I -c '
-                '"import sys, sd_batch; print(sys.prefix, sd_batch.__file__)"', "sh", hooks)
+    found = run(
+        "sh",
+        "-c",
+        'here=$1; . "$here/find-python"; "$python" -I -c '
+        '"import sys, sd_batch; print(sys.prefix, sd_batch.__file__)"',
+        "sh",
+        hooks,
+    )
     prefix, package = found.stdout.split()
     assert (Path(prefix), Path(package).parent) == (venv, Path(site) / "sd_batch"), found.stderr
     helped = run(venv / "bin" / "sd", "admin", "setup-host", "--help", env={**os.environ})
@@ -127,13 +172,20 @@ def test_the_wheel_carries_what_a_worker_needs_and_its_hooks_find_its_python(
 
 
 def test_a_checkout_keeps_its_old_paths_as_links_into_the_package() -> None:
-    for old, new in (("condor_hooks", "sd_batch/data/condor_hooks"),
-                     ("job_templates", "sd_batch/data/job_templates"),
-                     ("scripts/subreaper", "sd_batch/data/subreaper"),
-                     ("scripts/site-config", "sd_batch/data/site-config")):  # fmt: skip
+    for old, new in (
+        ("condor_hooks", "sd_batch/data/condor_hooks"),
+        ("job_templates", "sd_batch/data/job_templates"),
+        ("scripts/subreaper", "sd_batch/data/subreaper"),
+        ("scripts/site-config", "sd_batch/data/site-config"),
+    ):
         assert (ROOT / old).resolve() == (ROOT / new).resolve(), old
-    found = run("sh", "-c", 'here=$1; . "$here/find-python"; readlink -f "$python"', "sh",
-                (ROOT / "condor_hooks").resolve())  # fmt: skip
+    found = run(
+        "sh",
+        "-c",
+        'here=$1; . "$here/find-python"; readlink -f "$python"',
+        "sh",
+        (ROOT / "condor_hooks").resolve(),
+    )
     if (ROOT / ".venv" / "bin" / "python").exists():
         assert found.stdout.strip() == str((ROOT / ".venv" / "bin" / "python").resolve())
 
@@ -189,8 +241,12 @@ def cmdline(pid: int) -> str:
 
 def installed_processes() -> list[str]:
     """Every process running the package's Python (from /proc: ps truncates)."""
-    return [line for proc in Path("/proc").iterdir() if proc.name.isdigit()
-            if str(INSTALL) in (line := cmdline(int(proc.name)))]  # fmt: skip
+    return [
+        line
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit()
+        if str(INSTALL) in (line := cmdline(int(proc.name)))
+    ]
 
 
 def throwaway_config(folder: Path, *, job_recorded: bool) -> dict[str, str]:
@@ -223,8 +279,9 @@ def purge_and_restore(scratch: Path) -> None:
 
 def rebuilt_tree(target: Path, version: str) -> Path:
     """A copy of the checkout whose every module refuses a process of another version."""
-    listed = run("git", "-C", ROOT, "ls-files", "-z", "--cached", "--others",
-                 "--exclude-standard").stdout.split("\0")  # fmt: skip
+    listed = run(
+        "git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"
+    ).stdout.split("\0")
     for name in filter(None, listed):
         source, copy = ROOT / name, target / name
         copy.parent.mkdir(parents=True, exist_ok=True)
@@ -288,10 +345,12 @@ def scratch() -> Iterator[Path]:
 @pytest.mark.slow
 @pytest.mark.qemu
 def test_the_debian_package_installs_runs_a_job_upgrades_under_a_job_and_goes_away(
-        scratch: Path) -> None:  # fmt: skip
+    scratch: Path,
+) -> None:
     old_deb = build_deb(ROOT, scratch / "dist")
-    new_deb = build_deb(rebuilt_tree(scratch / "src-new", NEW_VERSION), scratch / "dist",
-                        "--version", NEW_VERSION)  # fmt: skip
+    new_deb = build_deb(
+        rebuilt_tree(scratch / "src-new", NEW_VERSION), scratch / "dist", "--version", NEW_VERSION
+    )
 
     # install: the host is set up from the package, and the README's job runs from it
     installed = run(*APT, "install", "--no-install-recommends", old_deb)
@@ -299,8 +358,16 @@ def test_the_debian_package_installs_runs_a_job_upgrades_under_a_job_and_goes_aw
     assert "setup-host: ready" in installed.stdout
     old_version = package_status().split()[0]
     assert package_status() == f"{old_version} ii"
-    helper = INSTALL / "lib" / "python3.11" / "site-packages" / "sd_batch" / "data" / \
-        "condor_hooks" / "helper"  # fmt: skip
+    helper = (
+        INSTALL
+        / "lib"
+        / "python3.11"
+        / "site-packages"
+        / "sd_batch"
+        / "data"
+        / "condor_hooks"
+        / "helper"
+    )
     assert f"NOPASSWD: {helper}" in SUDOERS.read_text(encoding="utf-8")
     assert run("visudo", "-cf", SUDOERS).returncode == 0
     assert "SMARTDOMAINS_HOME = /usr/lib/sd-batch" in DROP_IN.read_text(encoding="utf-8")
@@ -310,11 +377,17 @@ def test_the_debian_package_installs_runs_a_job_upgrades_under_a_job_and_goes_aw
     hello(scratch, "hello-1")
 
     # upgrade while a VM job runs: it ends well, on the old service, which then goes
-    slow = job_folder(scratch, "slow", {"slow.sub": SLOW_SUB,
-                                        "slow.sh": SLOW_SH.format(seconds=90)})  # fmt: skip
+    slow = job_folder(
+        scratch, "slow", {"slow.sub": SLOW_SUB, "slow.sh": SLOW_SH.format(seconds=90)}
+    )
     with open(scratch / "slow.progress", "w+", encoding="utf-8") as progress:
-        job = subprocess.Popen(["/usr/bin/sd", "run", "slow.sub"], cwd=slow, env=ENV,
-                               stdout=progress, stderr=subprocess.STDOUT)  # fmt: skip
+        job = subprocess.Popen(
+            ["/usr/bin/sd", "run", "slow.sub"],
+            cwd=slow,
+            env=ENV,
+            stdout=progress,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 240
             while "running runner" not in (scratch / "slow.progress").read_text():
@@ -357,8 +430,11 @@ def test_the_debian_package_installs_runs_a_job_upgrades_under_a_job_and_goes_aw
     assert "its ledger still records 1 job" in purged.stdout + purged.stderr
     assert (scratch / "busy" / "state").is_dir() and (scratch / "busy" / "images").is_dir()
     assert package_status() == ""
-    for path in (SUDOERS.with_name(".sd-batch.removed"),
-                 DROP_IN.with_name(".99-smartdomains.conf.removed"), WANTS):  # fmt: skip
+    for path in (
+        SUDOERS.with_name(".sd-batch.removed"),
+        DROP_IN.with_name(".99-smartdomains.conf.removed"),
+        WANTS,
+    ):
         assert not path.is_symlink() and not path.exists(), f"{path} is left after apt purge"
 
     # ...and when nothing is recorded, the same postrm removes both folders

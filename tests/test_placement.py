@@ -75,8 +75,11 @@ def test_pack_fills_every_resource_together_where_best_fit_strands_one() -> None
 
 
 def test_best_fit_puts_a_vm_on_the_fullest_host_with_room() -> None:
-    hosts = [host("roomy", 16 * GiB), host("tight", 16 * GiB, used_memory_mib=13 * GiB),
-             host("full", 16 * GiB, used_memory_mib=15 * GiB)]  # fmt: skip
+    hosts = [
+        host("roomy", 16 * GiB),
+        host("tight", 16 * GiB, used_memory_mib=13 * GiB),
+        host("full", 16 * GiB, used_memory_mib=15 * GiB),
+    ]
     assert where(place(hosts, [vm("v", 2 * GiB)], "best-fit")) == {"v": "tight"}
 
 
@@ -88,8 +91,9 @@ def test_spread_puts_each_vm_on_the_least_loaded_host() -> None:
 
 def test_spread_measures_load_on_the_most_used_resource() -> None:
     cpu_busy = host("cpu-busy", used_vcpus=7)  # memory idle, CPUs nearly all taken
-    assert where(place([cpu_busy, host("mem-half", used_memory_mib=8 * GiB)], [vm("v")],
-                       "spread")) == {"v": "mem-half"}  # fmt: skip
+    assert where(
+        place([cpu_busy, host("mem-half", used_memory_mib=8 * GiB)], [vm("v")], "spread")
+    ) == {"v": "mem-half"}
 
 
 def test_weighted_memory_weight_spreads_when_positive_and_stacks_when_negative() -> None:
@@ -140,14 +144,16 @@ def test_affinity_puts_a_group_on_one_host_and_joins_it_where_it_already_runs() 
 
 def test_required_tags_limit_a_vm_to_hosts_that_carry_them() -> None:
     hosts = [host("plain"), host("fast", tags=frozenset({"ssd", "10g"}))]
-    assert where(place(hosts, [vm("v", requires_tags=frozenset({"ssd"}))], "pack")) == {
-        "v": "fast"
-    }
+    assert where(place(hosts, [vm("v", requires_tags=frozenset({"ssd"}))], "pack")) == {"v": "fast"}
 
 
 def test_max_vms_per_host_caps_every_host() -> None:
-    plan = place([host("a"), host("b", vms=1)], [vm(f"v{i}") for i in range(3)], "pack",
-                 Policy(max_vms_per_host=2))  # fmt: skip
+    plan = place(
+        [host("a"), host("b", vms=1)],
+        [vm(f"v{i}") for i in range(3)],
+        "pack",
+        Policy(max_vms_per_host=2),
+    )
     assert sorted(len(v) for v in per_host(plan).values()) == [1, 2]
 
 
@@ -158,13 +164,15 @@ def test_overcommit_ratios_and_reserved_memory_change_what_a_host_can_take() -> 
     assert len(place(one, four_vcpu_vms, "pack", Policy(cpu_overcommit=4)).assignment) == 8
     big = [vm("v", 10 * GiB)]
     assert place(one, big, "pack", Policy(memory_overcommit=1.5)).complete
-    assert not place(one, big, "pack", Policy(memory_overcommit=1.5, reserved_memory_mib=4 * GiB)
-                     ).complete  # fmt: skip
+    assert not place(
+        one, big, "pack", Policy(memory_overcommit=1.5, reserved_memory_mib=4 * GiB)
+    ).complete
 
 
 def test_soft_anti_affinity_spreads_while_hosts_allow_then_doubles_up_evenly() -> None:
-    plan = place([host("a"), host("b")], [vm(f"w{i}", soft_anti_affinity=("c",))
-                                          for i in range(4)], "pack")  # fmt: skip
+    plan = place(
+        [host("a"), host("b")], [vm(f"w{i}", soft_anti_affinity=("c",)) for i in range(4)], "pack"
+    )
     assert sorted(len(v) for v in per_host(plan).values()) == [2, 2]
 
 
@@ -178,32 +186,67 @@ def test_disk_counts_only_on_hosts_that_report_it() -> None:
 @pytest.mark.parametrize(
     ("hosts", "demands", "policy", "tightest", "reason"),
     [
-        ([host("a", 4 * GiB), host("b", 6 * GiB)], [vm("big", 8 * GiB)], Policy(), "memory",
-         "big (8 GiB, 1 vCPU): memory is the tightest: it needs 8 GiB, the most free on any "
-         "host is 6 GiB (b)"),
-        ([host("a", vcpus=2)], [vm("wide", vcpus=4)], Policy(), "vcpus",
-         "wide (1 GiB, 4 vCPUs): vcpus is the tightest: it needs 4, the most free on any host "
-         "is 2 (a)"),
-        ([host("a")], [vm("v", requires_tags=frozenset({"gpu", "ssd"}))], Policy(), "tags",
-         "v (1 GiB, 1 vCPU): no host has all the tags it requires (gpu, ssd)"),
-        ([host("a"), host("b")], [vm(f"w{i}", anti_affinity=("workers",)) for i in range(3)],
-         Policy(), "anti-affinity",
-         "w2 (1 GiB, 1 vCPU): every host with room already runs a VM of anti-affinity group "
-         "workers"),
-        ([host("a", vms=2)], [vm("v")], Policy(max_vms_per_host=2), "VM slots",
-         "v (1 GiB, 1 vCPU): every host already has as many VMs as allowed (2 per host: "
-         "maxVMsPerHost, or the site's max_vms_per_host)"),
-        ([host("a", 4 * GiB), host("b", 4 * GiB)],
-         [vm("d1", 3 * GiB, affinity="db"), vm("d2", 3 * GiB, affinity="db")], Policy(),
-         "memory", "affinity group db (d1, d2: 6 GiB, 2 vCPUs together): memory is the "
-         "tightest: it needs 6 GiB, the most free on any host is 4 GiB (a)"),
-        ([host("a")], [vm("d1", affinity="db", anti_affinity=("x",)),
-                       vm("d2", affinity="db", anti_affinity=("x",))], Policy(), "affinity",
-         "affinity group db must share one host, but anti-affinity group x forbids two of its "
-         "VMs on one host"),
+        (
+            [host("a", 4 * GiB), host("b", 6 * GiB)],
+            [vm("big", 8 * GiB)],
+            Policy(),
+            "memory",
+            "big (8 GiB, 1 vCPU): memory is the tightest: it needs 8 GiB, the most free on any "
+            "host is 6 GiB (b)",
+        ),
+        (
+            [host("a", vcpus=2)],
+            [vm("wide", vcpus=4)],
+            Policy(),
+            "vcpus",
+            "wide (1 GiB, 4 vCPUs): vcpus is the tightest: it needs 4, the most free on any host "
+            "is 2 (a)",
+        ),
+        (
+            [host("a")],
+            [vm("v", requires_tags=frozenset({"gpu", "ssd"}))],
+            Policy(),
+            "tags",
+            "v (1 GiB, 1 vCPU): no host has all the tags it requires (gpu, ssd)",
+        ),
+        (
+            [host("a"), host("b")],
+            [vm(f"w{i}", anti_affinity=("workers",)) for i in range(3)],
+            Policy(),
+            "anti-affinity",
+            "w2 (1 GiB, 1 vCPU): every host with room already runs a VM of anti-affinity group "
+            "workers",
+        ),
+        (
+            [host("a", vms=2)],
+            [vm("v")],
+            Policy(max_vms_per_host=2),
+            "VM slots",
+            "v (1 GiB, 1 vCPU): every host already has as many VMs as allowed (2 per host: "
+            "maxVMsPerHost, or the site's max_vms_per_host)",
+        ),
+        (
+            [host("a", 4 * GiB), host("b", 4 * GiB)],
+            [vm("d1", 3 * GiB, affinity="db"), vm("d2", 3 * GiB, affinity="db")],
+            Policy(),
+            "memory",
+            "affinity group db (d1, d2: 6 GiB, 2 vCPUs together): memory is the "
+            "tightest: it needs 6 GiB, the most free on any host is 4 GiB (a)",
+        ),
+        (
+            [host("a")],
+            [
+                vm("d1", affinity="db", anti_affinity=("x",)),
+                vm("d2", affinity="db", anti_affinity=("x",)),
+            ],
+            Policy(),
+            "affinity",
+            "affinity group db must share one host, but anti-affinity group x forbids two of its "
+            "VMs on one host",
+        ),
         ([], [vm("v")], Policy(), "hosts", "v (1 GiB, 1 vCPU): the scheduler has no hosts"),
     ],
-)  # fmt: skip
+)
 def test_what_fits_nowhere_is_named_with_its_tightest_resource_or_rule(
     hosts: list[HostState], demands: list[Demand], policy: Policy, tightest: str, reason: str
 ) -> None:
@@ -213,14 +256,16 @@ def test_what_fits_nowhere_is_named_with_its_tightest_resource_or_rule(
 
 
 def test_require_raises_one_error_naming_every_vm_that_fits_nowhere() -> None:
-    plan = place([host("a", 4 * GiB)], [vm("ok", 2 * GiB), vm("x", 8 * GiB), vm("y", 6 * GiB)],
-                 "first-fit")  # fmt: skip
+    plan = place(
+        [host("a", 4 * GiB)], [vm("ok", 2 * GiB), vm("x", 8 * GiB), vm("y", 6 * GiB)], "first-fit"
+    )
     with pytest.raises(NoHostHasCapacity) as info:
         plan.require()
     assert info.value.vms == ("x", "y") and info.value.tightest == "memory"
     assert str(info.value).startswith("no host can take 2 VMs (x, y); tightest: memory: x (8 GiB")
-    assert str(info.value).endswith("; nothing was started; `sd plan` shows what each host has "
-                                    "left")  # fmt: skip
+    assert str(info.value).endswith(
+        "; nothing was started; `sd plan` shows what each host has left"
+    )
     assert where(plan) == {"ok": "a"}  # what fits is still placed, for sd plan to show
 
 
@@ -230,8 +275,12 @@ def test_an_unknown_strategy_lists_the_known_ones() -> None:
 
 
 def test_what_each_host_has_left_is_reported_after_overcommit() -> None:
-    plan = place([host("a", 8 * GiB, 2, disk_mib=100 * GiB)], [vm("v", GiB, 2, disk_mib=GiB)],
-                 "pack", Policy(cpu_overcommit=2.0))  # fmt: skip
+    plan = place(
+        [host("a", 8 * GiB, 2, disk_mib=100 * GiB)],
+        [vm("v", GiB, 2, disk_mib=GiB)],
+        "pack",
+        Policy(cpu_overcommit=2.0),
+    )
     [left] = plan.hosts
     assert (left.memory_mib, left.vcpus, left.disk_mib, left.placed) == (7 * GiB, 2, 99 * GiB, 1)
     assert (left.capacity_vcpus, left.capacity_memory_mib) == (4, 8 * GiB)
@@ -258,25 +307,40 @@ TAGS = st.frozensets(st.sampled_from(["ssd", "gpu"]), max_size=2)
 
 @st.composite
 def situations(draw: st.DrawFn) -> tuple[list[HostState], list[Demand], Policy, str, int]:
-    hosts = [HostState(f"h{i}", draw(st.integers(0, 64)) * 256, draw(st.integers(0, 16)),
-                       draw(st.one_of(st.none(), st.integers(0, 100 * GiB))), tags=draw(TAGS),
-                       used_memory_mib=draw(st.integers(0, 4 * GiB)),
-                       used_vcpus=draw(st.integers(0, 4)), vms=draw(st.integers(0, 3)),
-                       groups=tuple(draw(st.lists(GROUPS | AFFINITY, max_size=2))))
-             for i in range(draw(st.integers(0, 8)))]  # fmt: skip
+    hosts = [
+        HostState(
+            f"h{i}",
+            draw(st.integers(0, 64)) * 256,
+            draw(st.integers(0, 16)),
+            draw(st.one_of(st.none(), st.integers(0, 100 * GiB))),
+            tags=draw(TAGS),
+            used_memory_mib=draw(st.integers(0, 4 * GiB)),
+            used_vcpus=draw(st.integers(0, 4)),
+            vms=draw(st.integers(0, 3)),
+            groups=tuple(draw(st.lists(GROUPS | AFFINITY, max_size=2))),
+        )
+        for i in range(draw(st.integers(0, 8)))
+    ]
     demands = []
     for i in range(draw(st.integers(0, 25))):
-        demands.append(Demand(
-            f"v{i}", draw(st.integers(1, 32)) * 256, draw(st.integers(1, 8)),
-            draw(st.integers(0, 20 * GiB)), requires_tags=draw(TAGS),
-            affinity=draw(st.one_of(st.none(), AFFINITY)),
-            anti_affinity=tuple(draw(st.lists(GROUPS, max_size=1, unique=True))),
-            soft_anti_affinity=tuple(draw(st.lists(GROUPS, max_size=1))),
-        ))  # fmt: skip
-    policy = Policy(cpu_overcommit=draw(st.sampled_from([1.0, 2.0, 4.0])),
-                    memory_overcommit=draw(st.sampled_from([1.0, 1.5])),
-                    reserved_memory_mib=draw(st.sampled_from([0, 512])),
-                    max_vms_per_host=draw(st.one_of(st.none(), st.integers(1, 6))))  # fmt: skip
+        demands.append(
+            Demand(
+                f"v{i}",
+                draw(st.integers(1, 32)) * 256,
+                draw(st.integers(1, 8)),
+                draw(st.integers(0, 20 * GiB)),
+                requires_tags=draw(TAGS),
+                affinity=draw(st.one_of(st.none(), AFFINITY)),
+                anti_affinity=tuple(draw(st.lists(GROUPS, max_size=1, unique=True))),
+                soft_anti_affinity=tuple(draw(st.lists(GROUPS, max_size=1))),
+            )
+        )
+    policy = Policy(
+        cpu_overcommit=draw(st.sampled_from([1.0, 2.0, 4.0])),
+        memory_overcommit=draw(st.sampled_from([1.0, 1.5])),
+        reserved_memory_mib=draw(st.sampled_from([0, 512])),
+        max_vms_per_host=draw(st.one_of(st.none(), st.integers(1, 6))),
+    )
     return hosts, demands, policy, draw(st.sampled_from(sorted(STRATEGIES))), draw(st.integers())
 
 

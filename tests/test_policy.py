@@ -31,8 +31,9 @@ DEFAULT = SitePolicy()
 
 
 def resolve(text: str) -> Description:
-    return load_text(text, "my.sf", include_dirs=[BUILTIN_TEMPLATE_DIR], properties=PROPS,
-                     environ=None)  # fmt: skip
+    return load_text(
+        text, "my.sf", include_dirs=[BUILTIN_TEMPLATE_DIR], properties=PROPS, environ=None
+    )
 
 
 def spec_of(description: Description) -> VMSpec:
@@ -42,8 +43,9 @@ def spec_of(description: Description) -> VMSpec:
 
 def template(name: str) -> VMSpec:
     path = BUILTIN_TEMPLATE_DIR / f"{name}.sf"
-    return spec_of(load_file(path, include_dirs=[BUILTIN_TEMPLATE_DIR], properties=PROPS,
-                             environ=None))  # fmt: skip
+    return spec_of(
+        load_file(path, include_dirs=[BUILTIN_TEMPLATE_DIR], properties=PROPS, environ=None)
+    )
 
 
 def refusal(text: str, policy: SitePolicy = DEFAULT, base: str | None = "minimal") -> str:
@@ -73,8 +75,12 @@ def test_a_description_extending_a_template_may_change_memory_and_vcpus() -> Non
 def test_every_site_template_passes_its_own_policy() -> None:
     for name in ("minimal", "debian-batch"):
         spec = template(name)
-        description = load_file(BUILTIN_TEMPLATE_DIR / f"{name}.sf", properties=PROPS,
-                                include_dirs=[BUILTIN_TEMPLATE_DIR], environ=None)  # fmt: skip
+        description = load_file(
+            BUILTIN_TEMPLATE_DIR / f"{name}.sf",
+            properties=PROPS,
+            include_dirs=[BUILTIN_TEMPLATE_DIR],
+            environ=None,
+        )
         check_job(description, spec, spec, SitePolicy())
 
 
@@ -119,8 +125,10 @@ def test_a_petabyte_disk_is_refused() -> None:
 def own_vm_with_disks(count: int, size: str) -> str:
     """A VM of the job's own (no site template) with COUNT blank disks of SIZE each."""
     disks = "".join(f'    d{n} extends Disk {{ size "{size}"; }}\n' for n in range(count))
-    return ('#include "components.sf"\nsfConfig extends VM {\n  kernel "k";\n'
-            f"  disks extends DATA {{\n{disks}  }}\n}}\n")  # fmt: skip
+    return (
+        '#include "components.sf"\nsfConfig extends VM {\n  kernel "k";\n'
+        f"  disks extends DATA {{\n{disks}  }}\n}}\n"
+    )
 
 
 OWN_VMS = SitePolicy(require_site_template=False)
@@ -129,31 +137,40 @@ OWN_VMS = SitePolicy(require_site_template=False)
 def test_a_vm_of_its_own_cannot_ask_for_unbounded_blank_disks() -> None:
     """The issue's attack: 300 disks of 64 GiB, each within the per-disk limit."""
     message = refusal(own_vm_with_disks(300, "64G"), OWN_VMS, base=None)
-    assert message == ("my.sf:4:3: sfConfig:disks: 300 disks are over the site limit of 8 disks "
-                       "per VM ([policy] max_disks); ask for fewer disks")  # fmt: skip
+    assert message == (
+        "my.sf:4:3: sfConfig:disks: 300 disks are over the site limit of 8 disks "
+        "per VM ([policy] max_disks); ask for fewer disks"
+    )
 
 
 def test_blank_disks_together_are_capped() -> None:
     message = refusal(own_vm_with_disks(3, "64G"), OWN_VMS, base=None)
-    assert message == ("my.sf:4:3: sfConfig:disks: blank disks of 192 GiB together are over the "
-                       "site limit of 128 GiB per VM ([policy] max_disk_total_gib); ask for "
-                       "smaller or fewer blank disks")  # fmt: skip
+    assert message == (
+        "my.sf:4:3: sfConfig:disks: blank disks of 192 GiB together are over the "
+        "site limit of 128 GiB per VM ([policy] max_disk_total_gib); ask for "
+        "smaller or fewer blank disks"
+    )
     description = resolve(own_vm_with_disks(2, "64G"))
     check_job(description, spec_of(description), None, OWN_VMS)  # 128 GiB: at the limit
     tight = SitePolicy(require_site_template=False, max_disks=2, max_disk_total_bytes=10 << 30)
-    assert "over the site limit of 2 disks per VM" in refusal(own_vm_with_disks(3, "1G"), tight,
-                                                              base=None)  # fmt: skip
-    assert "blank disks of 12 GiB together" in refusal(own_vm_with_disks(2, "6G"), tight,
-                                                       base=None)  # fmt: skip
+    assert "over the site limit of 2 disks per VM" in refusal(
+        own_vm_with_disks(3, "1G"), tight, base=None
+    )
+    assert "blank disks of 12 GiB together" in refusal(own_vm_with_disks(2, "6G"), tight, base=None)
 
 
 def test_the_disk_caps_hold_for_site_template_jobs_too() -> None:
     small = SitePolicy(max_disk_total_bytes=1 << 30)
-    text = ('#include "minimal.sf"\nsfConfig extends MinimalVM {\n'
-            '    disks extends DATA { scratch extends Disk { size "2G"; } }\n}\n')  # fmt: skip
+    text = (
+        '#include "minimal.sf"\nsfConfig extends MinimalVM {\n'
+        '    disks extends DATA { scratch extends Disk { size "2G"; } }\n}\n'
+    )
     description = resolve(text)
-    with pytest.raises(PolicyError, match=r"blank disks of 2 GiB together are over the site "
-                       r"limit of 1 GiB per VM"):  # fmt: skip
+    with pytest.raises(
+        PolicyError,
+        match=r"blank disks of 2 GiB together are over the site "
+        r"limit of 1 GiB per VM",
+    ):
         check_job(description, spec_of(description), None, small)
 
 
@@ -199,16 +216,21 @@ def test_overriding_the_templates_kernel_is_refused_even_inside_the_image_folder
 
 def test_overriding_the_templates_cmdline_is_refused_wherever_it_comes_from() -> None:
     text = MINIMAL + 'extra "init=/bin/sh";\n    cmdline ("console=ttyS0 " ++ extra);\n}\n'
-    assert refusal(text).startswith('my.sf:4:5: sfConfig:cmdline "console=ttyS0 init=/bin/sh" '
-                                    "differs from the site template minimal")  # fmt: skip
+    assert refusal(text).startswith(
+        'my.sf:4:5: sfConfig:cmdline "console=ttyS0 init=/bin/sh" '
+        "differs from the site template minimal"
+    )
 
 
 @pytest.mark.parametrize(
     ("line", "attribute"),
-    [('flavour "kvm";', "flavour"), ('console "/etc/cron.d/x";', "console"),
-     ('onCrash "preserve";', "onCrash"),
-     ('disks extends DATA { root extends Disk { image "minimal/vmlinux"; } }', "disks")],
-)  # fmt: skip
+    [
+        ('flavour "kvm";', "flavour"),
+        ('console "/etc/cron.d/x";', "console"),
+        ('onCrash "preserve";', "onCrash"),
+        ('disks extends DATA { root extends Disk { image "minimal/vmlinux"; } }', "disks"),
+    ],
+)
 def test_everything_but_memory_vcpus_and_blank_disk_sizes_is_the_templates(
     line: str, attribute: str
 ) -> None:
@@ -300,16 +322,38 @@ def test_policy_defaults_are_safe() -> None:
 
 
 def test_policy_table_sets_every_knob() -> None:
-    config = parse_config({"policy": {
-        "allow_user_descriptions": False, "require_site_template": False, "max_memory_mib": 4096,
-        "max_vcpus": 2, "max_disk_gib": 10, "networks": ["jobs"], "max_vms_per_user": 1,
-        "max_vms_per_host": 4, "max_input_mib": 100, "output_disk_mib": 64, "max_disks": 3,
-        "max_disk_total_gib": 20}})  # fmt: skip
+    config = parse_config(
+        {
+            "policy": {
+                "allow_user_descriptions": False,
+                "require_site_template": False,
+                "max_memory_mib": 4096,
+                "max_vcpus": 2,
+                "max_disk_gib": 10,
+                "networks": ["jobs"],
+                "max_vms_per_user": 1,
+                "max_vms_per_host": 4,
+                "max_input_mib": 100,
+                "output_disk_mib": 64,
+                "max_disks": 3,
+                "max_disk_total_gib": 20,
+            }
+        }
+    )
     assert config.policy == SitePolicy(
-        allow_user_descriptions=False, require_site_template=False, max_memory_mib=4096,
-        max_vcpus=2, max_disk_bytes=10 << 30, networks=frozenset({"jobs"}), max_vms_per_user=1,
-        max_vms_per_host=4, max_input_bytes=100 << 20, output_disk_bytes=64 << 20, max_disks=3,
-        max_disk_total_bytes=20 << 30)  # fmt: skip
+        allow_user_descriptions=False,
+        require_site_template=False,
+        max_memory_mib=4096,
+        max_vcpus=2,
+        max_disk_bytes=10 << 30,
+        networks=frozenset({"jobs"}),
+        max_vms_per_user=1,
+        max_vms_per_host=4,
+        max_input_bytes=100 << 20,
+        output_disk_bytes=64 << 20,
+        max_disks=3,
+        max_disk_total_bytes=20 << 30,
+    )
 
 
 @pytest.mark.parametrize(
@@ -336,8 +380,19 @@ def test_policy_is_pure() -> None:
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
-    assert modules <= {"__future__", "json", "collections.abc", "dataclasses", "pathlib", "typing",
-                       "errors", "lang", "lang.budget", "lang.model", "spec"}, modules  # fmt: skip
+    assert modules <= {
+        "__future__",
+        "json",
+        "collections.abc",
+        "dataclasses",
+        "pathlib",
+        "typing",
+        "errors",
+        "lang",
+        "lang.budget",
+        "lang.model",
+        "spec",
+    }, modules
 
 
 def test_the_run_time_limit_is_the_sites_and_reaches_the_helpers_limits() -> None:

@@ -53,9 +53,12 @@ class Site:
         return self.root / "site.toml"
 
     def write_config(self, policy: str = "", templates: tuple[Path, ...] = ()) -> SiteConfig:
-        write_site_toml(self.root, f"test://{self.root / 'node.xml'}",
-                        template_dirs=[*templates, BUILTIN_TEMPLATE_DIR],
-                        tables=f"[policy]\n{policy}")
+        write_site_toml(
+            self.root,
+            f"test://{self.root / 'node.xml'}",
+            template_dirs=[*templates, BUILTIN_TEMPLATE_DIR],
+            tables=f"[policy]\n{policy}",
+        )
         return load_config(self.config_path)
 
     def job(self, description: str, sf_text: str | None = None) -> tuple[JobKey, bytes]:
@@ -65,23 +68,32 @@ class Site:
             (self.sandbox / "my.sf").write_text(sf_text, encoding="utf-8")
             inputs = "transfer_input_files = my.sf\n"
         self.count += 1
-        submit = (f"executable = /bin/true\n{inputs}+SDVMDescription = {description}\n"
-                  "queue\n")  # fmt: skip
-        (ad,) = job_ad_from_submit(submit, submit_dir=self.sandbox, owner="tester",
-                                   schedd_name=f"policy-{os.getpid()}-{self.count}@test",
-                                   qdate=1700000000)  # fmt: skip
-        job_id = next(line.split('"')[1] for line in ad.splitlines()
-                      if line.startswith("GlobalJobId = "))  # fmt: skip
+        submit = f"executable = /bin/true\n{inputs}+SDVMDescription = {description}\nqueue\n"
+        (ad,) = job_ad_from_submit(
+            submit,
+            submit_dir=self.sandbox,
+            owner="tester",
+            schedd_name=f"policy-{os.getpid()}-{self.count}@test",
+            qdate=1700000000,
+        )
+        job_id = next(
+            line.split('"')[1] for line in ad.splitlines() if line.startswith("GlobalJobId = ")
+        )
         out = io.BytesIO()
-        write_input_tar(self.sandbox, Manifest(("/bin/true",), {}, "."), out, job_ad_text=ad,
-                        max_bytes=1 << 30)  # fmt: skip
+        write_input_tar(
+            self.sandbox, Manifest(("/bin/true",), {}, "."), out, job_ad_text=ad, max_bytes=1 << 30
+        )
         return JobKey(os.getuid(), job_id), out.getvalue()
 
-    def prepare(self, config: SiteConfig, description: str, sf_text: str | None = None,
-                key: JobKey | None = None) -> jobs.PreparedJob:  # fmt: skip
+    def prepare(
+        self,
+        config: SiteConfig,
+        description: str,
+        sf_text: str | None = None,
+        key: JobKey | None = None,
+    ) -> jobs.PreparedJob:
         made_key, disk = self.job(description, sf_text)
-        return jobs.prepare(config, key or made_key, io.BytesIO(disk),
-                            connections=self.connections)  # fmt: skip
+        return jobs.prepare(config, key or made_key, io.BytesIO(disk), connections=self.connections)
 
     def refusal(self, sf_text: str, policy: str = "") -> SdError:
         config = self.write_config(policy)
@@ -124,8 +136,10 @@ def held(error: SdError) -> str:
 def test_a_terabyte_of_memory_is_held_with_the_users_file_line_column(site: Site) -> None:
     error = site.refusal(MINIMAL + 'memory "1T";\n}\n')
     assert isinstance(error, PolicyError)
-    assert held(error) == ("my.sf:3:5: sfConfig:memory 1048576 MiB is over the site limit of "
-                           "8192 MiB; ask for less memory")  # fmt: skip
+    assert held(error) == (
+        "my.sf:3:5: sfConfig:memory 1048576 MiB is over the site limit of "
+        "8192 MiB; ask for less memory"
+    )
 
 
 def test_the_site_limit_comes_from_the_policy_table(site: Site) -> None:
@@ -147,8 +161,10 @@ def test_zero_or_negative_vcpus_are_held(site: Site, vcpus: str) -> None:
 
 
 def test_a_petabyte_disk_is_held(site: Site) -> None:
-    text = ('#include "components.sf"\nsfConfig extends VM {\n  kernel "minimal/vmlinux";\n'
-            '  disks extends DATA { scratch extends Disk { size "1048576G"; } }\n}\n')  # fmt: skip
+    text = (
+        '#include "components.sf"\nsfConfig extends VM {\n  kernel "minimal/vmlinux";\n'
+        '  disks extends DATA { scratch extends Disk { size "1048576G"; } }\n}\n'
+    )
     error = site.refusal(text, policy="require_site_template = false\n")
     assert "sfConfig:disks:scratch:size 1 PiB is over the site limit of 64 GiB" in held(error)
 
@@ -160,8 +176,10 @@ def test_a_description_bomb_is_held_by_the_sites_budget(site: Site) -> None:
     lines += [f"C{n} extends {{ a extends C{n - 1}; b extends C{n - 1}; }}" for n in range(1, 41)]
     bomb = "\n".join(lines) + "\n" + MINIMAL + "bomb extends C40;\n}\n"
     error = site.refusal(bomb)
-    assert held(error).endswith("description too large: more than 20000 components (budget "
-                                "components; raise [policy] max_components)")  # fmt: skip
+    assert held(error).endswith(
+        "description too large: more than 20000 components (budget "
+        "components; raise [policy] max_components)"
+    )
     assert held(error).startswith("my.sf:")
     error = site.refusal(bomb, policy="max_components = 100\n")
     assert "more than 100 components" in held(error)
@@ -173,12 +191,16 @@ def test_a_description_bomb_is_held_by_the_sites_budget(site: Site) -> None:
     [
         ('kernel "/boot/vmlinuz";', 'sfConfig:kernel "/boot/vmlinuz" is outside the site image'),
         ('initrd "../../etc/shadow";', 'sfConfig:initrd "../../etc/shadow" is outside the site'),
-        ('disks extends DATA { root extends Disk { image "/dev/sda"; } }',
-         'sfConfig:disks:root:image "/dev/sda" is outside the site image folder'),
-        ('disks extends DATA { root extends Disk { image "../../etc/shadow"; } }',
-         'sfConfig:disks:root:image "../../etc/shadow" is outside the site image folder'),
+        (
+            'disks extends DATA { root extends Disk { image "/dev/sda"; } }',
+            'sfConfig:disks:root:image "/dev/sda" is outside the site image folder',
+        ),
+        (
+            'disks extends DATA { root extends Disk { image "../../etc/shadow"; } }',
+            'sfConfig:disks:root:image "../../etc/shadow" is outside the site image folder',
+        ),
     ],
-)  # fmt: skip
+)
 def test_host_paths_and_devices_are_held(site: Site, line: str, message: str) -> None:
     for policy in ("", "require_site_template = false\n"):
         assert message in held(site.refusal(MINIMAL + line + "\n}\n", policy))
@@ -203,14 +225,17 @@ def test_envproperty_is_held_and_the_environment_never_read(
 # --- the template rule, networks ----------------------------------------------------------------
 def test_a_network_is_held_when_the_site_allows_none(site: Site) -> None:
     error = site.refusal(MINIMAL + 'network "default";\n}\n')
-    assert held(error) == ('my.sf:3:5: sfConfig:network "default": jobs get no network on this '
-                           "site; set network NULL")  # fmt: skip
+    assert held(error) == (
+        'my.sf:3:5: sfConfig:network "default": jobs get no network on this site; set network NULL'
+    )
 
 
 def test_a_site_without_user_descriptions_holds_them(site: Site) -> None:
     error = site.refusal(MINIMAL + "}\n", policy="allow_user_descriptions = false\n")
-    assert held(error) == ("this site does not run job descriptions of their own (my.sf); "
-                           "name a site template instead (sd templates lists them)")  # fmt: skip
+    assert held(error) == (
+        "this site does not run job descriptions of their own (my.sf); "
+        "name a site template instead (sd templates lists them)"
+    )
 
 
 def test_a_description_extending_no_site_template_is_held(site: Site) -> None:
@@ -221,7 +246,9 @@ def test_a_description_extending_no_site_template_is_held(site: Site) -> None:
 def test_a_users_own_copy_of_a_template_is_not_the_site_template(site: Site) -> None:
     (site.sandbox / "minimal.sf").write_text(
         '#include "components.sf"\nMinimalVM extends VM { kernel "minimal/vmlinux"; }\n'
-        "sfConfig extends MinimalVM;\n", encoding="utf-8")  # fmt: skip
+        "sfConfig extends MinimalVM;\n",
+        encoding="utf-8",
+    )
     config = site.write_config()
     with pytest.raises(PolicyError, match="does not extend a site template"):
         site.prepare(config, '"my.sf"', MINIMAL + "}\n")
@@ -237,8 +264,7 @@ def test_allowed_overrides_prepare_a_vm(site: Site) -> None:
     config = site.write_config()
     prepared = site.prepare(config, '"my.sf"', MINIMAL + 'memory "1G";\n    vcpus 2;\n}\n')
     assert (prepared.memory_mib, prepared.vcpus, prepared.description) == (1024, 2, "my.sf")
-    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)),
-                 connections=site.connections)  # fmt: skip
+    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)), connections=site.connections)
     assert site.leftovers(config) == []
 
 
@@ -247,15 +273,18 @@ def test_a_templates_tbd_fields_are_the_users_to_fill(site: Site) -> None:
     folder.mkdir()
     (folder / "custom.sf").write_text(
         '#include "minimal.sf"\nCustomVM extends MinimalVM {\n    cmdline TBD;\n}\n'
-        "sfConfig extends CustomVM;\n", encoding="utf-8")  # fmt: skip
+        "sfConfig extends CustomVM;\n",
+        encoding="utf-8",
+    )
     config = site.write_config(templates=(folder,))
     text = '#include "custom.sf"\nsfConfig extends CustomVM {\n    cmdline "console=ttyS0";\n'
     prepared = site.prepare(config, '"my.sf"', text + "    memory 512;\n}\n")
     assert prepared.memory_mib == 512
-    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)),
-                 connections=site.connections)  # fmt: skip
-    with pytest.raises(PolicyError, match='sfConfig:kernel "minimal/initrd.img" differs from the '
-                       "site template custom"):  # fmt: skip
+    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)), connections=site.connections)
+    with pytest.raises(
+        PolicyError,
+        match='sfConfig:kernel "minimal/initrd.img" differs from the site template custom',
+    ):
         site.prepare(config, '"my.sf"', text + '    kernel "minimal/initrd.img";\n}\n')
     assert site.leftovers(config) == []
 
@@ -279,8 +308,7 @@ def test_a_cmdline_closing_its_element_reaches_libvirt_as_plain_text(site: Site)
     assert os_element is not None
     assert os_element.findtext("cmdline") == cmdline
     assert os_element.findtext("kernel") == str(site.root / "images" / "minimal" / "vmlinux")
-    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)),
-                 connections=site.connections)  # fmt: skip
+    jobs.cleanup(config, JobKey(os.getuid(), _job_of(site, config)), connections=site.connections)
 
 
 def test_two_jobs_asking_for_the_same_name_get_different_domains(site: Site) -> None:
@@ -355,9 +383,12 @@ def test_prepare_job_hook_holds_with_the_policy_message(site: Site) -> None:
     config = site.write_config()
     (site.sandbox / "my.sf").write_text(MINIMAL + 'memory "1T";\n}\n', encoding="utf-8")
     ad = job_ad_from_submit(
-        "executable = /bin/true\ntransfer_input_files = my.sf\n+SDVMDescription = \"my.sf\"\n"
-        "queue\n", submit_dir=site.sandbox, owner="tester", schedd_name="hook@test",
-        qdate=1700000000)[0]  # fmt: skip
+        'executable = /bin/true\ntransfer_input_files = my.sf\n+SDVMDescription = "my.sf"\nqueue\n',
+        submit_dir=site.sandbox,
+        owner="tester",
+        schedd_name="hook@test",
+        qdate=1700000000,
+    )[0]
     environ = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(site.root),
@@ -365,34 +396,48 @@ def test_prepare_job_hook_holds_with_the_policy_message(site: Site) -> None:
         "CONDOR_CONFIG": "/dev/null",
         "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
     }
-    done = subprocess.run([str(HOOKS_DIR / "prepare_job")], input=ad.encode(), cwd=site.sandbox,
-                          env=environ, capture_output=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(HOOKS_DIR / "prepare_job")],
+        input=ad.encode(),
+        cwd=site.sandbox,
+        env=environ,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     updates = classad2.parseOne(done.stdout.decode(), classad2.ParserType.Old)
     assert 1 <= updates.eval("HookStatusCode") <= 299, done.stderr
     assert updates.eval("HookStatusMessage") == (
         "sd-batch: my.sf:3:5: sfConfig:memory 1048576 MiB is over the site limit of 8192 MiB; "
-        "ask for less memory")  # fmt: skip
+        "ask for less memory"
+    )
     assert site.leftovers(config) == []
 
 
 @pytest.mark.parametrize("value", ["42", '{ "minimal" }', "ProcId + 1"])
-def test_the_root_side_holds_an_sdvmdescription_that_is_not_a_string(site: Site,
-                                                                     value: str) -> None:
+def test_the_root_side_holds_an_sdvmdescription_that_is_not_a_string(
+    site: Site, value: str
+) -> None:
     """The helper reads the ad again from the input disk: a hook that let such a job through
     (an older one, or a forged input) still gets a hold, and nothing is left."""
     config = site.write_config()
     with pytest.raises(SdError) as caught:
         site.prepare(config, value)
     assert caught.value.disposition is Disposition.HOLD
-    assert held(caught.value).startswith(f"SDVMDescription = {value} does not name a VM "
-                                         "description (it must be a string)")  # fmt: skip
+    assert held(caught.value).startswith(
+        f"SDVMDescription = {value} does not name a VM description (it must be a string)"
+    )
     assert site.leftovers(config) == []
 
 
 def test_a_vm_of_its_own_asking_for_300_blank_disks_is_held(site: Site) -> None:
     disks = "".join(f'    d{n} extends Disk {{ size "64G"; }}\n' for n in range(300))
-    sf = ('#include "components.sf"\nsfConfig extends VM {\n  kernel "minimal/vmlinux";\n'
-          f"  disks extends DATA {{\n{disks}  }}\n}}\n")  # fmt: skip
+    sf = (
+        '#include "components.sf"\nsfConfig extends VM {\n  kernel "minimal/vmlinux";\n'
+        f"  disks extends DATA {{\n{disks}  }}\n}}\n"
+    )
     error = site.refusal(sf, "require_site_template = false\n")
-    assert held(error) == ("my.sf:4:3: sfConfig:disks: 300 disks are over the site limit of 8 "
-                           "disks per VM ([policy] max_disks); ask for fewer disks")  # fmt: skip
+    assert held(error) == (
+        "my.sf:4:3: sfConfig:disks: 300 disks are over the site limit of 8 "
+        "disks per VM ([policy] max_disks); ask for fewer disks"
+    )

@@ -95,8 +95,12 @@ def domains(uri: str) -> dict[str, DomainState]:
 def volumes(uri: str, folder: Path) -> list[str]:
     """Volumes libvirt knows in FOLDER (the test driver keeps them in memory, not on disk)."""
     conn = host(uri).libvirt_connection()
-    return sorted(v.path() for p in conn.listAllStoragePools(0) for v in p.listAllVolumes(0)
-                  if Path(v.path()).parent == folder)  # fmt: skip
+    return sorted(
+        v.path()
+        for p in conn.listAllStoragePools(0)
+        for v in p.listAllVolumes(0)
+        if Path(v.path()).parent == folder
+    )
 
 
 @pytest.fixture
@@ -137,11 +141,18 @@ def test_start_status_terminate_a_pool_on_the_default_test_host(site: Site) -> N
 
     [report] = json.loads(site.sd("status", "rt", "--json").out)
     assert {k: v for k, v in report.items() if k != "files"} == {
-        "kind": "pool", "name": "rt", "uri": "test:///default", "status": "active",
-        "description": str(POOL_SF), "interrupted": False, "volumes": [],
-        "vms": [{"name": "rt-vm1", "uri": "test:///default", "state": "running"},
-                {"name": "rt-vm2", "uri": "test:///default", "state": "running"}],
-    }  # fmt: skip
+        "kind": "pool",
+        "name": "rt",
+        "uri": "test:///default",
+        "status": "active",
+        "description": str(POOL_SF),
+        "interrupted": False,
+        "volumes": [],
+        "vms": [
+            {"name": "rt-vm1", "uri": "test:///default", "state": "running"},
+            {"name": "rt-vm2", "uri": "test:///default", "state": "running"},
+        ],
+    }
 
     stopped = site.sd("terminate", "test:///default", "rt", "--grace", "2")
     assert stopped.code == 0
@@ -154,8 +165,10 @@ def test_a_pool_with_overlays_lists_and_removes_its_disks(site: Site) -> None:
     file = site.description(FOUR_COUNTED)
     started = site.sd("start", "localhost", "lab", file, "--json")
     assert json.loads(started.out) == {
-        "pool": "lab", "uri": site.uri, "vms": ["lab-1", "lab-2", "lab-3", "lab-4"],
-    }  # fmt: skip
+        "pool": "lab",
+        "uri": site.uri,
+        "vms": ["lab-1", "lab-2", "lab-3", "lab-4"],
+    }
     assert started.err == ""  # --json: no progress lines
     overlays = [str(site.overlay_dir / f"lab-{n}-root.qcow2") for n in range(1, 5)]
     assert volumes(site.uri, site.overlay_dir) == overlays
@@ -174,8 +187,9 @@ def test_the_library_calls_start_report_and_terminate_a_pool(site: Site) -> None
     config, connections = site.config(), Connections()
     try:
         lines: list[str] = []
-        result = start_pool(config, "localhost", "direct", POOL_SF, connections=connections,
-                            progress=lines.append)  # fmt: skip
+        result = start_pool(
+            config, "localhost", "direct", POOL_SF, connections=connections, progress=lines.append
+        )
         assert (result.uri, result.domains) == (site.uri, ("direct-vm1", "direct-vm2"))
         assert lines[-1] == "[2/2] started direct-vm2"
         [report] = status(config, "direct", connections=connections)
@@ -184,8 +198,9 @@ def test_the_library_calls_start_report_and_terminate_a_pool(site: Site) -> None
             ("direct-vm1", "running"),
             ("direct-vm2", "running"),
         ]
-        removed = terminate_pool(config, "localhost", "direct", grace_seconds=0,
-                                 connections=connections)  # fmt: skip
+        removed = terminate_pool(
+            config, "localhost", "direct", grace_seconds=0, connections=connections
+        )
         assert removed.startswith("2 domains, 0 volumes")
         assert connections(site.uri).list_domains() == ()
     finally:
@@ -319,8 +334,14 @@ def test_a_failed_rollback_still_says_why_the_start_failed(site: Site) -> None:
             gone = True
 
     with pytest.raises(DeployError) as info:
-        start_pool(config, "localhost", "lab", Path(site.description(FIVE_IN_SEQUENCE)),
-                   connections=connections, progress=break_connection)  # fmt: skip
+        start_pool(
+            config,
+            "localhost",
+            "lab",
+            Path(site.description(FIVE_IN_SEQUENCE)),
+            connections=connections,
+            progress=break_connection,
+        )
     message = str(info.value)
     assert message.startswith(f"pool lab: VM lab-b (sfConfig:b): {site.uri}: cannot ")
     assert "; NOT rolled back: pool lab: could not remove everything: " in message
@@ -390,7 +411,7 @@ def test_an_unknown_host_name_is_a_site_config_error(site: Site) -> None:
         (("start", "localhost", "lab", "missing.sf"), 4, "missing.sf"),
         (("start", "localhost", "lab"), 2, "the following arguments are required: FILE"),
     ],
-)  # fmt: skip
+)
 def test_bad_start_requests_exit_with_their_own_code_and_record_nothing(
     site: Site, argv: tuple[str, ...], code: int, message: str
 ) -> None:

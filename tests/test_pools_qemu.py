@@ -209,10 +209,14 @@ def test_real_vms_outlive_a_killed_start_and_the_next_terminate_removes_them(
     child.join(120)
     assert child.exitcode == -signal.SIGKILL
     assert {d.name: d.state for d in hv.list_domains() if d.name.startswith(name)} == {
-        f"{name}-1": DomainState.RUNNING, f"{name}-2": DomainState.RUNNING}  # fmt: skip
+        f"{name}-1": DomainState.RUNNING,
+        f"{name}-2": DomainState.RUNNING,
+    }
     [report] = json.loads(site.sd("status", name, "--json")[1])
     assert (report["interrupted"], [v["state"] for v in report["vms"]]) == (
-        True, ["running", "running"])  # fmt: skip
+        True,
+        ["running", "running"],
+    )
 
     code, out, err = site.sd("terminate", "localhost", name, "--grace", "0")
     assert code == 0, err

@@ -68,21 +68,43 @@ class Slot:
     uid: int
     gid: int
 
-    def run(self, argv: list[str], *, stdin: bytes = b"", cwd: str = "/",
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes = b"",
+        cwd: str = "/",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """ARGV as this user, with the starter's kind of minimal environment."""
-        environ = {"PATH": "/usr/bin:/bin", "HOME": "/", "CONDOR_CONFIG": "/dev/null",
-                   **(env or {})}  # fmt: skip
-        done = subprocess.run(argv, input=stdin, capture_output=True, cwd=cwd, env=environ,
-                              user=self.uid, group=self.gid,
-                              extra_groups=os.getgrouplist(self.name, self.gid),
-                              timeout=120, check=False)  # fmt: skip
-        return subprocess.CompletedProcess(done.args, done.returncode,
-                                           done.stdout.decode(errors="replace"),
-                                           done.stderr.decode(errors="replace"))
+        environ = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/",
+            "CONDOR_CONFIG": "/dev/null",
+            **(env or {}),
+        }
+        done = subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            cwd=cwd,
+            env=environ,
+            user=self.uid,
+            group=self.gid,
+            extra_groups=os.getgrouplist(self.name, self.gid),
+            timeout=120,
+            check=False,
+        )
+        return subprocess.CompletedProcess(
+            done.args,
+            done.returncode,
+            done.stdout.decode(errors="replace"),
+            done.stderr.decode(errors="replace"),
+        )
 
-    def helper(self, *args: str,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def helper(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(["sudo", "-n", HELPER, *args], env=env)
 
 
@@ -96,8 +118,22 @@ def slots() -> Iterator[tuple[Slot, Slot]]:
     reason = _missing()
     if reason:
         pytest.skip(reason)
-    subprocess.run(["useradd", "-r", "-g", GROUP, "-M", "-d", "/nonexistent", "-s",
-                    "/usr/sbin/nologin", USER_B], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "useradd",
+            "-r",
+            "-g",
+            GROUP,
+            "-M",
+            "-d",
+            "/nonexistent",
+            "-s",
+            "/usr/sbin/nologin",
+            USER_B,
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield _slot(USER_A), _slot(USER_B)
     finally:
@@ -106,8 +142,12 @@ def slots() -> Iterator[tuple[Slot, Slot]]:
 
 def domains() -> set[str]:
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    listed = subprocess.run(["virsh", "-c", config.default_uri, "list", "--all", "--name"],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    listed = subprocess.run(
+        ["virsh", "-c", config.default_uri, "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return set(listed.stdout.split())
 
 
@@ -117,14 +157,24 @@ def prepared(slots: tuple[Slot, Slot]) -> Iterator[tuple[str, str]]:
     a, _ = slots
     scratch = tempfile.mkdtemp(prefix="sd-priv-")
     os.chown(scratch, a.uid, a.gid)
-    (ad,) = job_ad_from_submit(SUBMIT, submit_dir=Path(scratch), owner=a.name,
-                               schedd_name=f"privileges-{os.getpid()}@test", qdate=1700000000)
-    job_id = next(line.split('"')[1] for line in ad.splitlines()
-                  if line.startswith("GlobalJobId = "))  # fmt: skip
+    (ad,) = job_ad_from_submit(
+        SUBMIT,
+        submit_dir=Path(scratch),
+        owner=a.name,
+        schedd_name=f"privileges-{os.getpid()}@test",
+        qdate=1700000000,
+    )
+    job_id = next(
+        line.split('"')[1] for line in ad.splitlines() if line.startswith("GlobalJobId = ")
+    )
     domain = JobKey(a.uid, job_id).domain
     try:
-        done = a.run([str(HOOKS_DIR / "prepare_job")], stdin=ad.encode(), cwd=scratch,
-                     env={"_CONDOR_SCRATCH_DIR": scratch})  # fmt: skip
+        done = a.run(
+            [str(HOOKS_DIR / "prepare_job")],
+            stdin=ad.encode(),
+            cwd=scratch,
+            env={"_CONDOR_SCRATCH_DIR": scratch},
+        )
         assert "HookStatusCode = 0" in done.stdout, done.stdout + done.stderr
         assert domain in domains()
         yield job_id, domain
@@ -150,14 +200,21 @@ def test_a_slot_user_cannot_open_qemu_system(slots: tuple[Slot, Slot]) -> None:
 
 
 # --- sudo allows the helper, nothing else ------------------------------------------------
-@pytest.mark.parametrize("argv", [
-    ["/bin/true"],
-    ["/bin/sh", "-c", "id"],
-    [str(HOOKS_DIR / "prepare_job")],
-    [str(HOOKS_DIR.parent / ".venv" / "bin" / "python"), "-m", "sd_batch.batch.privileged",
-     "probe"],
-    ["-u", "root", "/usr/bin/virsh", "list"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/bin/true"],
+        ["/bin/sh", "-c", "id"],
+        [str(HOOKS_DIR / "prepare_job")],
+        [
+            str(HOOKS_DIR.parent / ".venv" / "bin" / "python"),
+            "-m",
+            "sd_batch.batch.privileged",
+            "probe",
+        ],
+        ["-u", "root", "/usr/bin/virsh", "list"],
+    ],
+)
 def test_sudo_refuses_anything_but_the_helper(slots: tuple[Slot, Slot], argv: list[str]) -> None:
     a, _ = slots
     done = a.run(["sudo", "-n", *argv])
@@ -173,20 +230,30 @@ def test_sudo_lets_a_slot_user_probe_through_the_helper(slots: tuple[Slot, Slot]
 
 
 # --- the helper's arguments ----------------------------------------------------------------
-@pytest.mark.parametrize("args", [
-    [], ["probe", "extra"], ["rm", "-rf", "/"], ["cleanup"], ["cleanup", "a", "b"],
-    ["--job", "x"], ["run", "1.0", "--force"],
-])  # fmt: skip
-def test_the_helper_refuses_extra_or_unknown_arguments(slots: tuple[Slot, Slot],
-                                                       args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["probe", "extra"],
+        ["rm", "-rf", "/"],
+        ["cleanup"],
+        ["cleanup", "a", "b"],
+        ["--job", "x"],
+        ["run", "1.0", "--force"],
+    ],
+)
+def test_the_helper_refuses_extra_or_unknown_arguments(
+    slots: tuple[Slot, Slot], args: list[str]
+) -> None:
     a, _ = slots
     done = a.helper(*args)
     assert (done.returncode, done.stdout) == (2, ""), done.stderr
     assert "usage: helper" in done.stderr
 
 
-@pytest.mark.parametrize("job_id", ["../../etc/passwd", "a b", "", "x" * 300, "1.0;reboot",
-                                    "$(id)", "job\nid"])
+@pytest.mark.parametrize(
+    "job_id", ["../../etc/passwd", "a b", "", "x" * 300, "1.0;reboot", "$(id)", "job\nid"]
+)
 def test_the_helper_refuses_malformed_job_ids(slots: tuple[Slot, Slot], job_id: str) -> None:
     a, _ = slots
     done = a.helper("cleanup", job_id)
@@ -196,25 +263,33 @@ def test_the_helper_refuses_malformed_job_ids(slots: tuple[Slot, Slot], job_id: 
     assert "is not an HTCondor job id" in reply["message"]
 
 
-def test_the_helper_ignores_the_callers_environment(slots: tuple[Slot, Slot],
-                                                    tmp_path: Path) -> None:
+def test_the_helper_ignores_the_callers_environment(
+    slots: tuple[Slot, Slot], tmp_path: Path
+) -> None:
     """SD_BATCH_CONFIG and PYTHONPATH of the caller never reach the root side."""
     a, _ = slots
     evil = Path(tempfile.mkdtemp(prefix="sd-evil-"))
     try:
         (evil / "templates").mkdir()
-        (evil / "templates" / "evil.sf").write_text('#include "minimal.sf"\nsfConfig extends '
-                                                    "MinimalVM;\n", encoding="utf-8")
-        (evil / "site.toml").write_text(f'template_dirs = ["{evil / "templates"}"]\n'
-                                        'default_uri = "test:///default"\n', encoding="utf-8")
+        (evil / "templates" / "evil.sf").write_text(
+            '#include "minimal.sf"\nsfConfig extends MinimalVM;\n', encoding="utf-8"
+        )
+        (evil / "site.toml").write_text(
+            f'template_dirs = ["{evil / "templates"}"]\ndefault_uri = "test:///default"\n',
+            encoding="utf-8",
+        )
         marker = evil / "pwned"
         (evil / "sd_batch").mkdir()
         (evil / "sd_batch" / "__init__.py").write_text(
-            f"open({str(marker)!r}, 'w').write('root ran my code')\n", encoding="utf-8")
+            f"open({str(marker)!r}, 'w').write('root ran my code')\n", encoding="utf-8"
+        )
         for path in [evil, *evil.rglob("*")]:
             os.chown(path, a.uid, a.gid)
-        env = {"SD_BATCH_CONFIG": str(evil / "site.toml"), "PYTHONPATH": str(evil),
-               "PYTHONSTARTUP": str(evil / "sd_batch" / "__init__.py")}  # fmt: skip
+        env = {
+            "SD_BATCH_CONFIG": str(evil / "site.toml"),
+            "PYTHONPATH": str(evil),
+            "PYTHONSTARTUP": str(evil / "sd_batch" / "__init__.py"),
+        }
         done = a.helper("probe", env=env)
         assert done.returncode == 0, done.stderr
         assert "evil" not in json.loads(done.stdout)["templates"]
@@ -226,8 +301,9 @@ def test_the_helper_ignores_the_callers_environment(slots: tuple[Slot, Slot],
 
 
 # --- one slot user against another's job --------------------------------------------------
-def test_another_slot_user_cannot_touch_a_prepared_job(slots: tuple[Slot, Slot],
-                                                       prepared: tuple[str, str]) -> None:
+def test_another_slot_user_cannot_touch_a_prepared_job(
+    slots: tuple[Slot, Slot], prepared: tuple[str, str]
+) -> None:
     _, b = slots
     job_id, domain = prepared
     cleaned = b.helper("cleanup", job_id)
@@ -238,8 +314,12 @@ def test_another_slot_user_cannot_touch_a_prepared_job(slots: tuple[Slot, Slot],
     assert "has no prepared VM" in ran.stderr
     assert ran.stdout == ""
     assert domain in domains()  # A's VM: still defined, never started by B
-    state = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", domain],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    state = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "domstate", domain],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert state in ("shut off", "paused")  # defined, or started paused by the service: never run
 
 
@@ -254,7 +334,10 @@ def service(slots: tuple[Slot, Slot]) -> Path:
 def test_the_helper_services_socket_is_root_and_the_slot_groups_alone(service: Path) -> None:
     info, folder = service.stat(), service.parent.stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (
-        0, grp.getgrnam(GROUP).gr_gid, 0o660)  # fmt: skip
+        0,
+        grp.getgrnam(GROUP).gr_gid,
+        0o660,
+    )
     assert (folder.st_uid, stat.S_IMODE(folder.st_mode)) == (0, 0o755)
 
 
@@ -274,7 +357,11 @@ def test_another_slot_user_cannot_touch_a_prepared_job_through_the_service(
         log = SERVICE_LOG.read_text(encoding="utf-8", errors="replace")
         for action in ("cleanup", "run"):
             assert f"{action} {job_id} for uid {b.uid} (pid" in log
-    state = subprocess.run(["virsh", "-c", "qemu:///system", "domstate", domain],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    state = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "domstate", domain],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # A's VM: still defined (or started paused by the service after A's prepare), never run by B
     assert state in ("shut off", "paused")

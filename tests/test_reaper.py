@@ -66,16 +66,26 @@ def alive(ref: ProcessRef) -> bool:
     return ref.boot_id == BOOT and ref.pid in LIVE
 
 
-def owner(kind: OwnerKind, oid: str, status: OwnerStatus, pid: int | None, *, row: int = 1,
-          age: float = 60.0, boot: str = BOOT) -> Owner:  # fmt: skip
+def owner(
+    kind: OwnerKind,
+    oid: str,
+    status: OwnerStatus,
+    pid: int | None,
+    *,
+    row: int = 1,
+    age: float = 60.0,
+    boot: str = BOOT,
+) -> Owner:
     ref = None if pid is None else process(pid, boot)
     return Owner(row, kind, oid, URI, "", status, NOW - age, ref, boot)
 
 
-def resource(of: Owner, name: str, state: ResourceState = ResourceState.CREATED,
-             pid: int = 100) -> Resource:  # fmt: skip
-    return Resource(1, of.kind, of.owner_id, ResourceKind.DOMAIN, name, URI, state, NOW,
-                    process(pid))  # fmt: skip
+def resource(
+    of: Owner, name: str, state: ResourceState = ResourceState.CREATED, pid: int = 100
+) -> Resource:
+    return Resource(
+        1, of.kind, of.owner_id, ResourceKind.DOMAIN, name, URI, state, NOW, process(pid)
+    )
 
 
 POOL, JOB = OwnerKind.POOL, OwnerKind.JOB
@@ -91,19 +101,27 @@ STARTING, ACTIVE, TERMINATING = OwnerStatus.STARTING, OwnerStatus.ACTIVE, OwnerS
         (owner(POOL, "lab", STARTING, 100), None),
         (owner(POOL, "lab", STARTING, 999), "pool start interrupted (process 999 died)"),
         (owner(POOL, "lab", TERMINATING, 999), "pool terminate interrupted (process 999 died)"),
-        (owner(POOL, "lab", STARTING, None, boot="boot-0"),
-         "pool start interrupted (the machine rebooted)"),
+        (
+            owner(POOL, "lab", STARTING, None, boot="boot-0"),
+            "pool start interrupted (the machine rebooted)",
+        ),
         (owner(JOB, "0:j#1", ACTIVE, 200), None),
         (owner(JOB, "0:j#1", ACTIVE, 999), "its runner (process 999) died"),
-        (owner(JOB, "0:j#1", ACTIVE, 200, boot="boot-0"),
-         "its runner (process 200) died"),  # same pid, an earlier boot
+        (
+            owner(JOB, "0:j#1", ACTIVE, 200, boot="boot-0"),
+            "its runner (process 200) died",
+        ),  # same pid, an earlier boot
         (owner(JOB, "0:j#1", STARTING, None, age=600), None),
-        (owner(JOB, "0:j#1", STARTING, None, age=7200),
-         "prepared 120 min ago and never run (grace 60 min)"),
-        (owner(JOB, "0:j#1", STARTING, None, boot="boot-0"),
-         "prepared before this machine rebooted, never run"),
+        (
+            owner(JOB, "0:j#1", STARTING, None, age=7200),
+            "prepared 120 min ago and never run (grace 60 min)",
+        ),
+        (
+            owner(JOB, "0:j#1", STARTING, None, boot="boot-0"),
+            "prepared before this machine rebooted, never run",
+        ),
     ],
-)  # fmt: skip
+)
 def test_who_is_reaped_and_why(who: Owner, reason: str | None) -> None:
     actions = decide(LedgerView((Owned(who),), {}, BOOT), {}, alive, now=NOW)
     assert [a.reason for a in actions] == ([] if reason is None else [reason])
@@ -123,8 +141,14 @@ def test_rows_stuck_creating_go_alone_but_never_under_an_active_pool() -> None:
     pool = owner(POOL, "lab", ACTIVE, None, row=2)
     dead_row = resource(job, "sd-job-x", ResourceState.CREATING, pid=999)
     rows = (resource(job, "a"), dead_row, resource(job, "b", ResourceState.CREATING, pid=100))
-    view = LedgerView((Owned(job, rows), Owned(pool, (resource(pool, "lab-1",
-                       ResourceState.CREATING, pid=999),))), {}, BOOT)  # fmt: skip
+    view = LedgerView(
+        (
+            Owned(job, rows),
+            Owned(pool, (resource(pool, "lab-1", ResourceState.CREATING, pid=999),)),
+        ),
+        {},
+        BOOT,
+    )
     [action] = decide(view, {}, alive, now=NOW)
     assert (action.kind, action.resources) == (ActionKind.STUCK, (dead_row,))
     assert action.reason == "ledger row stuck `creating`, its process died (999)"
@@ -140,16 +164,20 @@ def test_only_our_job_domains_with_a_folder_here_and_no_owner_are_reaped(tmp_pat
         DomainInfo("other", DomainState.RUNNING, DomainOwner("cluster", "x")),  # newer kind
         DomainInfo(f"sd-job-{ghost}", DomainState.SHUTOFF, DomainOwner("job", "0:g#2")),
         DomainInfo("renamed", DomainState.SHUTOFF, DomainOwner("job", "0:g#2")),
-        DomainInfo(f"sd-job-{elsewhere}", DomainState.RUNNING,
-                   DomainOwner("job", "0:elsewhere#1")),  # another site's: no folder here
+        DomainInfo(
+            f"sd-job-{elsewhere}", DomainState.RUNNING, DomainOwner("job", "0:elsewhere#1")
+        ),  # another site's: no folder here
         DomainInfo("old-1", DomainState.RUNNING, DomainOwner("pool", "old")),  # no proof: left
-    )  # fmt: skip
+    )
     view = LedgerView((Owned(pool),), {ghost: tmp_path / ghost}, BOOT)
     assert [(a.kind, a.target, a.reason) for a in decide(view, {URI: on_host}, alive, now=NOW)] == [
-        (ActionKind.DOMAIN, f"sd-job-{ghost}",
-         "domain carries our metadata for job 0:g#2 but no ledger owner"),
+        (
+            ActionKind.DOMAIN,
+            f"sd-job-{ghost}",
+            "domain carries our metadata for job 0:g#2 but no ledger owner",
+        ),
         (ActionKind.FOLDER, str(tmp_path / ghost), "job folder with no ledger owner"),
-    ]  # fmt: skip
+    ]
 
 
 def test_job_folders_go_with_their_job_or_when_nobody_owns_them(tmp_path: Path) -> None:
@@ -162,7 +190,7 @@ def test_job_folders_go_with_their_job_or_when_nobody_owns_them(tmp_path: Path) 
         (ActionKind.OWNER, "job 0:dead#1", "its runner (process 999) died"),
         (ActionKind.FOLDER, str(tmp_path / "0000000000000000"), "job folder with no ledger owner"),
         (ActionKind.FOLDER, str(folders[job_digest("0:dead#1")]), "its job is reaped"),
-    ]  # fmt: skip
+    ]
 
 
 def test_the_job_digest_is_the_helpers() -> None:
@@ -200,8 +228,12 @@ class Site(SdSite):
 
     def volumes(self) -> list[str]:
         conn = self.hv().libvirt_connection()
-        return sorted(v.path() for p in conn.listAllStoragePools(0) for v in p.listAllVolumes(0)
-                      if str(self.root / "state") in v.path())  # fmt: skip
+        return sorted(
+            v.path()
+            for p in conn.listAllStoragePools(0)
+            for v in p.listAllVolumes(0)
+            if str(self.root / "state") in v.path()
+        )
 
     def rows(self) -> tuple[list[str], list[str]]:
         return ledger_rows(self.config())
@@ -225,17 +257,24 @@ class Site(SdSite):
 
         sandbox = self.root / "scratch"
         sandbox.mkdir(exist_ok=True)
-        (ad,) = job_ad_from_submit("executable = /bin/true\n+SDVMDescription = \"minimal\"\n"
-                                   "queue\n", submit_dir=sandbox, owner="tester",
-                                   schedd_name=f"{name}@reaper", qdate=1700000000)  # fmt: skip
-        job_id = next(line.split('"')[1] for line in ad.splitlines()
-                      if line.startswith("GlobalJobId = "))  # fmt: skip
+        (ad,) = job_ad_from_submit(
+            'executable = /bin/true\n+SDVMDescription = "minimal"\nqueue\n',
+            submit_dir=sandbox,
+            owner="tester",
+            schedd_name=f"{name}@reaper",
+            qdate=1700000000,
+        )
+        job_id = next(
+            line.split('"')[1] for line in ad.splitlines() if line.startswith("GlobalJobId = ")
+        )
         disk = io.BytesIO()
-        write_input_tar(sandbox, Manifest(("/bin/true",), {}, "."), disk, job_ad_text=ad,
-                        max_bytes=1 << 30)  # fmt: skip
+        write_input_tar(
+            sandbox, Manifest(("/bin/true",), {}, "."), disk, job_ad_text=ad, max_bytes=1 << 30
+        )
         key = JobKey(os.getuid(), job_id)
-        jobs.prepare(self.config(), key, io.BytesIO(disk.getvalue()),
-                     connections=SHARED_CONNECTIONS)  # fmt: skip
+        jobs.prepare(
+            self.config(), key, io.BytesIO(disk.getvalue()), connections=SHARED_CONNECTIONS
+        )
         return key
 
 
@@ -264,14 +303,19 @@ def test_a_pool_start_killed_half_way_is_reaped_and_a_second_reap_finds_nothing(
     pid = site.die_as(OwnerKind.POOL, "lab", OwnerStatus.STARTING)  # as if killed mid-start
 
     dry = site.sd("reap", "--dry-run")
-    assert (dry.code, dry.out) == (0, f"would remove pool lab on {site.uri}: pool start "
-                                      f"interrupted (process {pid} died)\n")  # fmt: skip
+    assert (dry.code, dry.out) == (
+        0,
+        f"would remove pool lab on {site.uri}: pool start interrupted (process {pid} died)\n",
+    )
     assert sorted(site.domains()) == ["lab-1", "lab-2"] and site.rows()[0] == ["pool lab"]
 
     done = site.sd("reap")
-    assert (done.code, done.out) == (0, f"removed pool lab on {site.uri} (2 domains, 2 volumes, "
-                                        f"2 files): pool start interrupted (process {pid} "
-                                        "died)\n")  # fmt: skip
+    assert (done.code, done.out) == (
+        0,
+        f"removed pool lab on {site.uri} (2 domains, 2 volumes, "
+        f"2 files): pool start interrupted (process {pid} "
+        "died)\n",
+    )
     assert site.domains() == {} and site.volumes() == [] and site.rows() == ([], [])
     assert site.sd("reap").out == "nothing to reap\n"
 
@@ -295,10 +339,9 @@ def test_a_job_whose_runner_died_loses_its_domain_disks_and_folder(site: Site) -
     [data] = [json.loads(site.sd("reap", "--json").out)]
     assert data["dry_run"] is False
     assert [(a["action"], a["target"], a["reason"], a["done"]) for a in data["actions"]] == [
-        ("owner", f"job {key.owner_id}", f"its runner (process {pid}) died",
-         True),
+        ("owner", f"job {key.owner_id}", f"its runner (process {pid}) died", True),
         ("folder", str(folder), "its job is reaped", True),
-    ]  # fmt: skip
+    ]
     assert data["actions"][0]["removed"] == "1 domain, 0 volumes, 3 files"
     assert key.domain not in site.domains() and not folder.exists()
     assert site.rows() == ([], []) and site.sd("reap").out == "nothing to reap\n"
@@ -308,8 +351,13 @@ def test_a_job_whose_runner_died_loses_its_domain_disks_and_folder(site: Site) -
 def test_a_running_job_is_untouched_and_a_prepared_one_only_after_its_grace(site: Site) -> None:
     running, prepared = site.job("running"), site.job("prepared")
     with pytest.raises(Exception, match="did not power off"):  # the test driver never does
-        jobs.run(site.config(), running, io.BytesIO(), connections=SHARED_CONNECTIONS,
-                 limits=JobLimits(run_timeout_seconds=0.2))  # fmt: skip
+        jobs.run(
+            site.config(),
+            running,
+            io.BytesIO(),
+            connections=SHARED_CONNECTIONS,
+            limits=JobLimits(run_timeout_seconds=0.2),
+        )
     with Ledger.for_site(site.config()) as ledger:
         row = ledger.owner(OwnerKind.JOB, running.owner_id, site.uri)
     assert row is not None and row.status is OwnerStatus.ACTIVE
@@ -340,7 +388,8 @@ def test_a_job_removed_between_prepare_and_run_leaves_nothing_of_its_paused_vm(
         assert site.domains()[key.domain] is DomainState.PAUSED
 
     assert jobs.cleanup(site.config(), removed, connections=SHARED_CONNECTIONS) == (
-        "1 domain, 0 volumes, 3 files")  # fmt: skip
+        "1 domain, 0 volumes, 3 files"
+    )
     assert removed.domain not in site.domains() and not removed.folder(site.config()).exists()
 
     later = reap(site.config(), clock=lambda: time.time() + 2 * 3600)
@@ -366,8 +415,13 @@ def test_a_paused_start_is_resumed_by_the_run(site: Site) -> None:
     hv.start_or_resume = watched  # type: ignore[method-assign]
     try:
         with pytest.raises(Exception, match="did not power off"):  # the test driver never does
-            jobs.run(site.config(), key, io.BytesIO(), connections=SHARED_CONNECTIONS,
-                     limits=JobLimits(run_timeout_seconds=0.2))  # fmt: skip
+            jobs.run(
+                site.config(),
+                key,
+                io.BytesIO(),
+                connections=SHARED_CONNECTIONS,
+                limits=JobLimits(run_timeout_seconds=0.2),
+            )
     finally:
         del hv.start_or_resume
     assert seen == [DomainState.RUNNING]
@@ -389,10 +443,17 @@ def test_domains_we_did_not_create_are_never_touched(site: Site) -> None:
     ghost, elsewhere = job_digest("1:ghost#1"), job_digest("1:elsewhere#1")
     hv.define(FOREIGN.format(name="sd-job-0123456789abcdef", metadata=""))
     hv.define(FOREIGN.format(name="sd-job-1111111111111111", metadata=other_tool))
-    hv.define(FOREIGN.format(name=f"sd-job-{ghost}",
-                             metadata=ours.format(ns=SD_NAMESPACE, id="1:ghost#1")))
-    hv.define(FOREIGN.format(name=f"sd-job-{elsewhere}",  # another site's job on this host
-                             metadata=ours.format(ns=SD_NAMESPACE, id="1:elsewhere#1")))
+    hv.define(
+        FOREIGN.format(
+            name=f"sd-job-{ghost}", metadata=ours.format(ns=SD_NAMESPACE, id="1:ghost#1")
+        )
+    )
+    hv.define(
+        FOREIGN.format(
+            name=f"sd-job-{elsewhere}",  # another site's job on this host
+            metadata=ours.format(ns=SD_NAMESPACE, id="1:elsewhere#1"),
+        )
+    )
     hv.start("sd-job-0123456789abcdef")
     jobs_dir = site.root / "state" / "jobs"
     (jobs_dir / ghost).mkdir(parents=True)
@@ -404,10 +465,12 @@ def test_domains_we_did_not_create_are_never_touched(site: Site) -> None:
         "job 1:ghost#1 but no ledger owner",
         f"removed job folder {jobs_dir / '0000000000000000'}: job folder with no ledger owner",
         f"removed job folder {jobs_dir / ghost}: job folder with no ledger owner",
-    ]  # fmt: skip
-    assert site.domains() == {"sd-job-0123456789abcdef": DomainState.RUNNING,
-                              "sd-job-1111111111111111": DomainState.SHUTOFF,
-                              f"sd-job-{elsewhere}": DomainState.SHUTOFF}  # fmt: skip
+    ]
+    assert site.domains() == {
+        "sd-job-0123456789abcdef": DomainState.RUNNING,
+        "sd-job-1111111111111111": DomainState.SHUTOFF,
+        f"sd-job-{elsewhere}": DomainState.SHUTOFF,
+    }
     assert site.sd("reap").out == "nothing to reap\n"
     for name in ("sd-job-0123456789abcdef", "sd-job-1111111111111111", f"sd-job-{elsewhere}"):
         hv.destroy(name)
@@ -422,7 +485,6 @@ def _write_pool(site: Site) -> None:
 def _pool_file(request: pytest.FixtureRequest) -> None:
     if "site" in request.fixturenames:
         _write_pool(request.getfixturevalue("site"))
-
 
 
 def start_and_die(config_file: str, file: str) -> None:
@@ -455,12 +517,18 @@ def test_the_helper_reaps_and_answers_one_json_line(site: Site) -> None:
     orphan = site.root / "state" / "jobs" / "0000000000000000"
     orphan.mkdir(parents=True)
     env = {**site.environ, "CONDOR_CONFIG": "/dev/null"}
-    done = subprocess.run([sys.executable, "-m", "sd_batch.batch.privileged", "reap"], env=env,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "sd_batch.batch.privileged", "reap"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
-        "ok": True, "actions": [f"removed job folder {orphan}: job folder with no ledger owner"],
-    }  # fmt: skip
+        "ok": True,
+        "actions": [f"removed job folder {orphan}: job folder with no ledger owner"],
+    }
     assert not orphan.exists()
 
 
@@ -468,9 +536,11 @@ def test_a_failing_reaper_never_takes_the_node_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     helper = tmp_path / "helper"
-    helper.write_text('#!/bin/sh\n[ "$1" = probe ] || { echo "reap broke" >&2; exit 3; }\n'
-                      'echo \'{"ok": true, "templates": ["minimal"], "free_memory_mib": 512}\'\n',
-                      encoding="utf-8")  # fmt: skip
+    helper.write_text(
+        '#!/bin/sh\n[ "$1" = probe ] || { echo "reap broke" >&2; exit 3; }\n'
+        'echo \'{"ok": true, "templates": ["minimal"], "free_memory_mib": 512}\'\n',
+        encoding="utf-8",
+    )
     helper.chmod(0o755)
     monkeypatch.setenv("_CONDOR_SMARTDOMAINS_HELPER", str(helper))
     out = io.StringIO()

@@ -44,28 +44,38 @@ def deep(levels: int) -> bytes:
 
 BOMBS = {
     "a tree 8000 directories deep": (result(deep(8000)), "nested deeper than 64 directories"),
-    "PAX mtime 1e300": (result(pax_header(record("mtime", b"1e300")) + header("outputs/f", b"x")),
-                        "PAX mtime b'1e300' is not a time"),
-    "PAX mtime nan": (result(pax_header(record("mtime", b"nan")) + header("outputs/f", b"x")),
-                      "PAX mtime b'nan' is not a time"),
+    "PAX mtime 1e300": (
+        result(pax_header(record("mtime", b"1e300")) + header("outputs/f", b"x")),
+        "PAX mtime b'1e300' is not a time",
+    ),
+    "PAX mtime nan": (
+        result(pax_header(record("mtime", b"nan")) + header("outputs/f", b"x")),
+        "PAX mtime b'nan' is not a time",
+    ),
     "exit status signal 999": (result(status=b"signal 999\n"), "impossible exit status"),
     "exit status signal 0": (result(status=b"signal 0\n"), "impossible exit status"),
     "exit status exit 300": (result(status=b"exit 300\n"), "impossible exit status"),
     "PAX header of 200,000 digits (CVE-2024-6232)": (
-        result(pax_header(b"9" * 200_000) + header("outputs/f", b"x")), "extended tar header of"),
+        result(pax_header(b"9" * 200_000) + header("outputs/f", b"x")),
+        "extended tar header of",
+    ),
     "PAX record of 60,000 digits": (
         result(pax_header(record("comment", b"7" * 60_000)) + header("outputs/f", b"x")),
-        "more than 40 digits in a row"),
+        "more than 40 digits in a row",
+    ),
     "PAX record whose length lies": (
         result(pax_header(b"5 comment=" + b"x" * 60_000 + b"\n") + header("outputs/f", b"x")),
-        "malformed PAX record"),
+        "malformed PAX record",
+    ),
     "sparse records after a MiB of PAX header": (
         result(pax_header(record("comment", b"x" * MiB) + record("GNU.sparse.major", b"1"))),
-        "extended tar header of"),
+        "extended tar header of",
+    ),
     "sparse records in a small PAX header": (
         result(pax_header(record("GNU.sparse.major", b"1")) + header("outputs/f", b"x")),
-        "sparse member"),
-}  # fmt: skip
+        "sparse member",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(BOMBS))
@@ -83,8 +93,9 @@ def test_a_crafted_result_is_refused_quickly_and_leaves_the_sandbox_alone(
     assert sorted(p.name for p in sandbox.iterdir()) == ["mine"]  # no tree, no staging left
 
 
-@pytest.mark.parametrize("case", sorted(c for c in BOMBS if "exit status" not in c
-                                        and "deep" not in c))  # fmt: skip
+@pytest.mark.parametrize(
+    "case", sorted(c for c in BOMBS if "exit status" not in c and "deep" not in c)
+)
 def test_the_root_side_refuses_the_same_headers_on_the_output_disk(
     tmp_path: Path, case: str
 ) -> None:
@@ -99,8 +110,8 @@ def test_the_root_side_refuses_the_same_headers_on_the_output_disk(
 def test_a_hold_reason_is_one_clipped_printable_line() -> None:
     code, message = status_for(DescriptionError("\x1b[2J" + "x" * 980_000, hint="\nforged"))
     assert int(code) == 180
-    # one printable line of at most 1 KiB; the message is cut where it is made (errors keep a
-    # window of a huge message, "..." in the middle) or, past that, where it leaves ("[... clipped]")
+    # one printable line of at most 1 KiB; the message is cut where it is made (errors keep
+    # a window of a huge message, "..." in the middle) or where it leaves ("[... clipped]")
     assert len(message) <= 1024 and message.isprintable() and "\x1b" not in message
     assert "..." in message and message.count("x") < 1024
 
@@ -109,8 +120,9 @@ def test_the_guests_error_reaches_the_runners_stderr_clipped(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    found = JobResult(contract.ExitStatus("exit", 0), b"", b"", "\x1b]0;owned\x07" + "e" * 980_000,
-                      (), "")  # fmt: skip
+    found = JobResult(
+        contract.ExitStatus("exit", 0), b"", b"", "\x1b]0;owned\x07" + "e" * 980_000, (), ""
+    )
     assert _finish(found) == 0
     sys.stderr.flush()
     err = capfd.readouterr().err

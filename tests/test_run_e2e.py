@@ -50,8 +50,9 @@ def _missing() -> str | None:
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
     if not (config.image_dir / "minimal" / "vmlinux").is_file():
         return "the minimal guest is not built (scripts/build-guest)"
-    probe = subprocess.run(["virsh", "-q", "-c", config.default_uri, "version"],
-                           capture_output=True, check=False)  # fmt: skip
+    probe = subprocess.run(
+        ["virsh", "-q", "-c", config.default_uri, "version"], capture_output=True, check=False
+    )
     if probe.returncode != 0:
         return f"{config.default_uri} does not answer (scripts/setup-host starts libvirtd)"
     return None
@@ -74,8 +75,15 @@ class Run(SdRun):
 
 
 def sd_run(submit: Path, *args: str) -> Run:
-    done = subprocess.run([str(SD), "run", str(submit), *args], capture_output=True, text=True,
-                          cwd=submit.parent, env=ENV, timeout=TIMEOUT, check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(SD), "run", str(submit), *args],
+        capture_output=True,
+        text=True,
+        cwd=submit.parent,
+        env=ENV,
+        timeout=TIMEOUT,
+        check=False,
+    )
     return Run(done.returncode, done.stdout, done.stderr)
 
 
@@ -83,8 +91,12 @@ def assert_nothing_left(domains: list[str]) -> None:
     """No domain, no job folder (input/output disks, console) of these jobs anywhere."""
     assert domains, "the run named no VM"
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    listed = subprocess.run(["virsh", "-c", config.default_uri, "list", "--all", "--name"],
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["virsh", "-c", config.default_uri, "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert not set(domains) & set(listed), f"domains left: {set(domains) & set(listed)}"
     for domain in domains:
         folder = config.state_dir / "jobs" / domain.removeprefix("sd-job-")
@@ -127,8 +139,9 @@ def test_a_job_with_its_own_sf_echoes_its_input_and_returns_its_files(job_dir: P
     summary = re.fullmatch(r"job 1\.0: exit 0 in [\d.]+ s; outputs: (.*)\n", run.out)
     assert summary is not None, run.out
     assert summary.group(1).split(", ") == ["job.out", "job.err", "memory.txt", "upper.txt"]
-    assert (job_dir / "job.out").read_text() == \
-        "hello from the submit side\nargs: 2 [first] [second arg]\n"
+    assert (
+        job_dir / "job.out"
+    ).read_text() == "hello from the submit side\nargs: 2 [first] [second arg]\n"
     assert (job_dir / "job.err").read_text() == "to stderr\n"
     assert (job_dir / "upper.txt").read_text() == "HELLO FROM THE SUBMIT SIDE\n"
     assert 300 < int((job_dir / "memory.txt").read_text()) <= 384  # my.sf's memory, not 256
@@ -184,8 +197,9 @@ def test_a_broken_user_sf_holds_the_job_with_file_line_column(job_dir: Path) -> 
     )
     run = sd_run(job_dir / "broken.sub")
     assert run.code == 3, run.err
-    assert re.fullmatch(r"job 1\.0: held: sd-batch: broken\.sf:3:18: unexpected '\)'.*\n",
-                        run.out), run.out  # fmt: skip
+    assert re.fullmatch(
+        r"job 1\.0: held: sd-batch: broken\.sf:3:18: unexpected '\)'.*\n", run.out
+    ), run.out
     assert run.domains == []
 
 
@@ -198,21 +212,31 @@ queue
 """
 
 
-@pytest.mark.parametrize(("signum", "reason", "state"), [
-    (signal.SIGINT, "remove", "removed"),
-    (signal.SIGUSR1, "hold", "held"),
-    (signal.SIGUSR2, "evict", "evicted"),
-])  # fmt: skip
-def test_a_job_stopped_mid_run_is_torn_down(job_dir: Path, signum: int, reason: str,
-                                            state: str) -> None:
+@pytest.mark.parametrize(
+    ("signum", "reason", "state"),
+    [
+        (signal.SIGINT, "remove", "removed"),
+        (signal.SIGUSR1, "hold", "held"),
+        (signal.SIGUSR2, "evict", "evicted"),
+    ],
+)
+def test_a_job_stopped_mid_run_is_torn_down(
+    job_dir: Path, signum: int, reason: str, state: str
+) -> None:
     """condor_rm / condor_hold / condor_vacate: the runner gets SIGTERM, then JOB_EXIT REASON.
 
     SIGINT goes to sd run's whole process group, as a terminal's Ctrl-C does: the hooks and the
     runner must not see it (the starter's children are never in the user's terminal group)."""
     (job_dir / "sleep.sub").write_text(SLEEP_SUB, encoding="utf-8")
-    proc = subprocess.Popen([str(SD), "run", "sleep.sub"], cwd=job_dir, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(SD), "run", "sleep.sub"],
+        cwd=job_dir,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     err_lines: list[str] = []
     try:
         assert proc.stderr is not None
@@ -247,9 +271,15 @@ def test_a_vm_destroyed_from_outside_holds_the_job_and_says_so(job_dir: Path) ->
     """The VM crashing mid-run (here: `virsh destroy`): the runner exits 171, PREPARE_JOB's
     OnExitHold holds the job with a reason that says the VM stopped without a result."""
     (job_dir / "sleep.sub").write_text(SLEEP_SUB, encoding="utf-8")
-    proc = subprocess.Popen([str(SD), "run", "sleep.sub"], cwd=job_dir, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(SD), "run", "sleep.sub"],
+        cwd=job_dir,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     err_lines: list[str] = []
     try:
         assert proc.stderr is not None
@@ -264,8 +294,9 @@ def test_a_vm_destroyed_from_outside_holds_the_job_and_says_so(job_dir: Path) ->
         _wait_running(domain)
         time.sleep(1.0)
         config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-        subprocess.run(["virsh", "-c", config.default_uri, "destroy", domain],
-                       capture_output=True, check=True)  # fmt: skip
+        subprocess.run(
+            ["virsh", "-c", config.default_uri, "destroy", domain], capture_output=True, check=True
+        )
         out, rest = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
@@ -273,8 +304,10 @@ def test_a_vm_destroyed_from_outside_holds_the_job_and_says_so(job_dir: Path) ->
             proc.wait()
     err = "".join(err_lines) + rest
     assert proc.returncode == 3, out + err
-    assert out == ("job 1.0: held: sd-batch: the job's VM stopped without a result (it crashed "
-                   "or was destroyed); the job's stderr has the details\n"), out + err
+    assert out == (
+        "job 1.0: held: sd-batch: the job's VM stopped without a result (it crashed "
+        "or was destroyed); the job's stderr has the details\n"
+    ), out + err
     assert "JOB_EXIT exit" in err
     assert_nothing_left([domain])
 
@@ -283,8 +316,12 @@ def _wait_running(domain: str, timeout: float = 60.0) -> None:
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = subprocess.run(["virsh", "-c", config.default_uri, "domstate", domain],
-                               capture_output=True, text=True, check=False).stdout.strip()
+        state = subprocess.run(
+            ["virsh", "-c", config.default_uri, "domstate", domain],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         if state == "running":
             return
         time.sleep(0.2)
@@ -316,8 +353,7 @@ def test_hooks_run_as_condor_starter_runs_them(job_dir: Path) -> None:
             (hooks / name).chmod(0o755)
         submit = job_dir / "sleep.sub"
         submit.write_text(SLEEP_SUB.replace("sleep 120; echo never", "sleep 3"))
-        harness = Harness(submit, user, hooks_dir=hooks, update_interval=(1.0, 300.0),
-                          environ=ENV)  # fmt: skip
+        harness = Harness(submit, user, hooks_dir=hooks, update_interval=(1.0, 300.0), environ=ENV)
         (outcome,) = harness.run(lambda _outcome: None)
         assert (outcome.state, outcome.exit_code) == ("exited", 0), outcome
         calls = {p.name.split(".")[0]: p for p in record.glob("*.env")}

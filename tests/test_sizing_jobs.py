@@ -35,15 +35,27 @@ classad2 = pytest.importorskip("classad2", reason="the htcondor bindings are not
 
 __all__ = ["site"]  # the fixture, shared with test_policy_jobs
 
-TEMPLATE_NEEDS = ("SmartDomainsTemplateMemory = [ minimal = 256 ]\n"
-                  "SmartDomainsTemplateCpus = [ minimal = 1 ]\n"
-                  "SmartDomainsTemplateDisk = [ minimal = 262144 ]\n")  # fmt: skip
+TEMPLATE_NEEDS = (
+    "SmartDomainsTemplateMemory = [ minimal = 256 ]\n"
+    "SmartDomainsTemplateCpus = [ minimal = 1 ]\n"
+    "SmartDomainsTemplateDisk = [ minimal = 262144 ]\n"
+)
 
 
 def slot(memory: int, cpus: int, disk_kib: int = 10 << 20) -> str:
     """A dynamic slot's machine ad, as the starter writes `.machine.ad`."""
-    return format_updates({"Name": "slot1_1@worker", "Cpus": cpus, "Memory": memory,
-                           "Disk": disk_kib, "HasSmartDomains": True}) + TEMPLATE_NEEDS  # fmt: skip
+    return (
+        format_updates(
+            {
+                "Name": "slot1_1@worker",
+                "Cpus": cpus,
+                "Memory": memory,
+                "Disk": disk_kib,
+                "HasSmartDomains": True,
+            }
+        )
+        + TEMPLATE_NEEDS
+    )
 
 
 def submit(site: Site, description: str, requests: str = "", sf_text: str | None = None) -> str:
@@ -53,26 +65,46 @@ def submit(site: Site, description: str, requests: str = "", sf_text: str | None
         inputs = "transfer_input_files = my.sf\n"
     site.count += 1
     text = f"executable = /bin/true\n{inputs}{requests}+SDVMDescription = {description}\nqueue\n"
-    (ad,) = job_ad_from_submit(text, submit_dir=site.sandbox, owner="tester",
-                               schedd_name=f"sizing-{os.getpid()}-{site.count}@test",
-                               qdate=1700000000)  # fmt: skip
+    (ad,) = job_ad_from_submit(
+        text,
+        submit_dir=site.sandbox,
+        owner="tester",
+        schedd_name=f"sizing-{os.getpid()}-{site.count}@test",
+        qdate=1700000000,
+    )
     return ad
 
 
 def prepare(site: Site, config: SiteConfig, ad: str, machine: str | None) -> jobs.PreparedJob:
-    job_id = next(line.split('"')[1] for line in ad.splitlines()
-                  if line.startswith("GlobalJobId = "))  # fmt: skip
+    job_id = next(
+        line.split('"')[1] for line in ad.splitlines() if line.startswith("GlobalJobId = ")
+    )
     out = io.BytesIO()
-    write_input_tar(site.sandbox, Manifest(("/bin/true",), {}, "."), out, job_ad_text=ad,
-                    machine_ad_text=machine, max_bytes=1 << 30)  # fmt: skip
-    return jobs.prepare(config, JobKey(os.getuid(), job_id), io.BytesIO(out.getvalue()),
-                        connections=site.connections)  # fmt: skip
+    write_input_tar(
+        site.sandbox,
+        Manifest(("/bin/true",), {}, "."),
+        out,
+        job_ad_text=ad,
+        machine_ad_text=machine,
+        max_bytes=1 << 30,
+    )
+    return jobs.prepare(
+        config,
+        JobKey(os.getuid(), job_id),
+        io.BytesIO(out.getvalue()),
+        connections=site.connections,
+    )
 
 
 def vm_of(site: Site, config: SiteConfig, prepared: jobs.PreparedJob) -> tuple[int, int]:
     """(MiB, vCPUs) as libvirt holds the domain, and the job cleaned up."""
-    xml = ET.fromstring(site.connections(config.default_uri)._lookup(  # type: ignore[attr-defined]
-        prepared.domain).XMLDesc(0))  # fmt: skip
+    xml = ET.fromstring(
+        site.connections(config.default_uri)
+        ._lookup(  # type: ignore[attr-defined]
+            prepared.domain
+        )
+        .XMLDesc(0)
+    )
     memory = xml.find("memory")
     assert memory is not None and memory.get("unit", "KiB") == "KiB"
     size = (int(memory.text or 0) // 1024, int(xml.findtext("vcpu") or 0))
@@ -141,7 +173,8 @@ def test_a_slot_too_small_for_its_template_is_held_saying_what_to_request(site: 
     ad = submit(site, '"minimal"', "request_memory = 100\n")
     assert refused(site, config, ad, slot(128, 1)) == (
         "the site template minimal needs 256 MiB of memory, more than the job's slot has "
-        "(128 MiB); write request_memory = 256 in the submit file")  # fmt: skip
+        "(128 MiB); write request_memory = 256 in the submit file"
+    )
 
 
 def test_a_jobs_own_sf_may_change_its_size_within_its_slot(site: Site) -> None:
@@ -158,11 +191,13 @@ def test_a_jobs_own_sf_asking_for_more_than_its_slot_is_held(site: Site) -> None
     ad = submit(site, '"my.sf"', "request_memory = 1024\n", MINIMAL + "memory 4096;\n}\n")
     assert refused(site, config, ad, slot(1024, 1)) == (
         "my.sf needs 4096 MiB of memory, more than the job's slot has (1024 MiB); "
-        "write request_memory = 4096 in the submit file")  # fmt: skip
+        "write request_memory = 4096 in the submit file"
+    )
     cpus = submit(site, '"my.sf"', "request_memory = 256\n", MINIMAL + "vcpus 3;\n}\n")
     assert refused(site, config, cpus, slot(256, 2)) == (
         "my.sf needs 3 vCPUs, more than the job's slot has (2 vCPUs); write request_cpus = 3 "
-        "in the submit file")  # fmt: skip
+        "in the submit file"
+    )
 
 
 # --- site policy on the requests ------------------------------------------------------------------
@@ -171,14 +206,17 @@ def test_requests_over_site_policy_are_held_naming_the_submit_command(site: Site
     ad = submit(site, '"minimal"', "request_memory = 8192\n")
     assert refused(site, config, ad, slot(8192, 1)) == (
         "request_memory 8192 MiB is over the site limit of 4096 MiB per job VM ([policy] "
-        "max_memory_mib); write request_memory = 4096 or less")  # fmt: skip
+        "max_memory_mib); write request_memory = 4096 or less"
+    )
     ad = submit(site, '"minimal"', "request_cpus = 6\n")
     assert refused(site, config, ad, None) == (
         "request_cpus 6 is over the site limit of 4 vCPUs per job VM ([policy] max_vcpus); "
-        "write request_cpus = 4 or less")  # fmt: skip
+        "write request_cpus = 4 or less"
+    )
     ad = submit(site, '"minimal"', "request_gpus = 1\n")
     assert refused(site, config, ad, slot(256, 1)).startswith(
-        "request_gpus 1: this site gives job VMs no GPUs (no device passthrough)")
+        "request_gpus 1: this site gives job VMs no GPUs (no device passthrough)"
+    )
 
 
 HOSTILE = """ClusterId = 7
@@ -195,11 +233,15 @@ RequestDisk = 1024
 """
 
 
-@pytest.mark.parametrize(("memory", "cpus", "says"), [
-    (1073741824, 1, "request_memory 1073741824 MiB is over the site limit of 8192 MiB"),
-    (256, 10000, "request_cpus 10000 is over the site limit of 8 vCPUs"),
-    ("1e300", 1, "request_memory 1e+300 MiB is over the site limit of 8192 MiB"),
-], ids=["1TB", "10000cpus", "1e300"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("memory", "cpus", "says"),
+    [
+        (1073741824, 1, "request_memory 1073741824 MiB is over the site limit of 8192 MiB"),
+        (256, 10000, "request_cpus 10000 is over the site limit of 8 vCPUs"),
+        ("1e300", 1, "request_memory 1e+300 MiB is over the site limit of 8192 MiB"),
+    ],
+    ids=["1TB", "10000cpus", "1e300"],
+)
 def test_hostile_requests_are_held_by_the_real_hook(
     site: Site, memory: object, cpus: int, says: str
 ) -> None:
@@ -207,14 +249,23 @@ def test_hostile_requests_are_held_by_the_real_hook(
     ad = HOSTILE.format(schedd=f"hostile-{os.getpid()}-{cpus}", memory=memory, cpus=cpus)
     (site.sandbox / ".machine.ad").write_text(slot(256, 1), encoding="utf-8")
     environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(site.root),
-        "SD_BATCH_CONFIG": str(site.config_path), "CONDOR_CONFIG": "/dev/null",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(site.root),
+        "SD_BATCH_CONFIG": str(site.config_path),
+        "CONDOR_CONFIG": "/dev/null",
         "_CONDOR_SCRATCH_DIR": str(site.sandbox),
         "_CONDOR_MACHINE_AD": str(site.sandbox / ".machine.ad"),
         "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
-    }  # fmt: skip
-    done = subprocess.run([str(HOOKS_DIR / "prepare_job")], input=ad.encode(), cwd=site.sandbox,
-                          env=environ, capture_output=True, timeout=60, check=False)  # fmt: skip
+    }
+    done = subprocess.run(
+        [str(HOOKS_DIR / "prepare_job")],
+        input=ad.encode(),
+        cwd=site.sandbox,
+        env=environ,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     updates = classad2.parseOne(done.stdout.decode(), classad2.ParserType.Old)
     assert done.returncode != 0 and 1 <= updates.eval("HookStatusCode") <= 299, done.stderr
     assert says in updates.eval("HookStatusMessage")
@@ -223,8 +274,10 @@ def test_hostile_requests_are_held_by_the_real_hook(
 
 # --- request_disk -------------------------------------------------------------------------------
 #: A VM of its own (the site allows them here) with a blank 1 GiB scratch disk.
-SCRATCH = ('#include "components.sf"\nsfConfig extends VM {\n    kernel "minimal/vmlinux";\n'
-           '    memory 256;\n    disks extends DATA { scratch extends Disk { size "1G"; } }\n}\n')
+SCRATCH = (
+    '#include "components.sf"\nsfConfig extends VM {\n    kernel "minimal/vmlinux";\n'
+    '    memory 256;\n    disks extends DATA { scratch extends Disk { size "1G"; } }\n}\n'
+)
 OWN_VMS = "require_site_template = false\n"
 
 
@@ -236,7 +289,8 @@ def test_the_output_disk_and_blank_disks_together_fit_the_slots_disk(site: Site)
     assert refused(site, config, small, slot(256, 1, 1 << 20)) == (
         "the VM of my.sf can write 1280 MiB to the host's disk (output disk 256 MiB, blank "
         "disks 1024 MiB), more than the job's slot has (1024 MiB); write request_disk = 1280M "
-        "in the submit file")  # fmt: skip
+        "in the submit file"
+    )
 
 
 def test_a_slot_without_room_for_the_output_disk_is_held(site: Site) -> None:
@@ -244,7 +298,8 @@ def test_a_slot_without_room_for_the_output_disk_is_held(site: Site) -> None:
     ad = submit(site, '"minimal"')
     assert refused(site, config, ad, slot(256, 1, 32 << 10)).endswith(
         "(output disk 64 MiB), more than the job's slot has (32 MiB); write request_disk = 64M "
-        "in the submit file")  # fmt: skip
+        "in the submit file"
+    )
     assert vm_of(site, config, prepare(site, config, ad, slot(256, 1, 64 << 10))) == (256, 1)
 
 
@@ -254,8 +309,13 @@ def test_the_blank_disks_are_made_at_the_size_counted(site: Site) -> None:
     config = site.write_config(OWN_VMS)
     ad = submit(site, '"my.sf"', "request_disk = 2G\n", SCRATCH)
     prepared = prepare(site, config, ad, slot(256, 1, 2 << 20))
-    xml = ET.fromstring(site.connections(config.default_uri)._lookup(  # type: ignore[attr-defined]
-        prepared.domain).XMLDesc(0))  # fmt: skip
+    xml = ET.fromstring(
+        site.connections(config.default_uri)
+        ._lookup(  # type: ignore[attr-defined]
+            prepared.domain
+        )
+        .XMLDesc(0)
+    )
     sources = [d.find("source") for d in xml.iter("disk")]
     files = [Path(s.get("file") or "") for s in sources if s is not None]
     assert {f.name.rsplit("-", 1)[-1] for f in files} >= {"scratch.qcow2", "output.img"}
@@ -275,8 +335,9 @@ echo 'SmartDomainsOutputDisk = 262144'
 """
 
 
-def run_with_stub_hooks(tmp_path: Path, up: str, prepare_line: str, requests: str,
-                        description: str = "minimal") -> Any:  # fmt: skip
+def run_with_stub_hooks(
+    tmp_path: Path, up: str, prepare_line: str, requests: str, description: str = "minimal"
+) -> Any:
     """`sd run` of a minimal job with stub hooks: a startd cron saying HasSmartDomains = UP
     (reason "no guest image") and minimal's needs, a PREPARE_JOB running PREPARE_LINE (and
     rewriting nothing: the job runs natively); its one outcome."""
@@ -293,11 +354,11 @@ def run_with_stub_hooks(tmp_path: Path, up: str, prepare_line: str, requests: st
         hook.chmod(0o755)
     (job / "job.sh").write_text("#!/bin/sh\nexit 0\n")
     submit = job / "job.sub"
-    submit.write_text(f'executable = job.sh\n{requests}+SDVMDescription = "{description}"\n'
-                      "queue\n")  # fmt: skip
+    submit.write_text(f'executable = job.sh\n{requests}+SDVMDescription = "{description}"\nqueue\n')
     progress: list[str] = []
-    (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={},
-                         progress=progress.append).run(lambda _outcome: None)  # fmt: skip
+    (outcome,) = Harness(
+        submit, SlotUser.current(), hooks_dir=hooks, environ={}, progress=progress.append
+    ).run(lambda _outcome: None)
     outcome.progress = progress  # type: ignore[attr-defined]
     return outcome
 
@@ -309,33 +370,47 @@ def test_sd_run_without_a_startd_cron_carves_no_slot(tmp_path: Path) -> None:
     outcome = run_with_stub_hooks(tmp_path, "none", f"cp .machine.ad {seen} || true", "")
     assert outcome.state == "exited", outcome.message
     assert not seen.exists()
-    assert any(line.startswith("startd cron: ") and "no slot is carved" in line
-               for line in outcome.progress)  # fmt: skip
+    assert any(
+        line.startswith("startd cron: ") and "no slot is carved" in line
+        for line in outcome.progress
+    )
 
 
-@pytest.mark.parametrize(("description", "requests", "carved"), [
-    ("minimal", "", (1, 256, 262144)),  # the template's needs, through the transform's requests
-    ("minimal", "request_memory = 1000\nrequest_cpus = 2\n", (2, 1024, 262144)),  # rounded up
-    ("minimal", "request_disk = 1G\n", (1, 256, 1048576)),
-    ("my.sf", "request_memory = 384\n", (1, 384, 262144)),  # no record: at least the output disk
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("description", "requests", "carved"),
+    [
+        ("minimal", "", (1, 256, 262144)),  # the template's needs, through the transform's requests
+        ("minimal", "request_memory = 1000\nrequest_cpus = 2\n", (2, 1024, 262144)),  # rounded up
+        ("minimal", "request_disk = 1G\n", (1, 256, 1048576)),
+        (
+            "my.sf",
+            "request_memory = 384\n",
+            (1, 384, 262144),
+        ),  # no record: at least the output disk
+    ],
+)
 def test_sd_run_writes_the_slot_the_startd_would_carve(
     tmp_path: Path, description: str, requests: str, carved: tuple[int, int, int]
 ) -> None:
     seen = tmp_path / "machine.ad"
-    outcome = run_with_stub_hooks(tmp_path, "true", f"cp .machine.ad {seen}", requests,
-                                  description)  # fmt: skip
+    outcome = run_with_stub_hooks(tmp_path, "true", f"cp .machine.ad {seen}", requests, description)
     assert outcome.state == "exited", outcome.message
     machine = classad2.parseOne(seen.read_text(), classad2.ParserType.Old)
     assert (machine.eval("Cpus"), machine.eval("Memory"), machine.eval("Disk")) == carved
     assert dict(machine.eval("SmartDomainsTemplateMemory")) == {"minimal": 256}
 
 
-@pytest.mark.parametrize(("up", "requests", "says"), [
-    ("false", "", "this machine runs no job VMs now (its startd cron says: no guest image)"),
-    ("true", "request_memory = 1000000000\n", "no slot of this machine fits the job: it asks "
-     "for 1000000000 MiB of memory"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("up", "requests", "says"),
+    [
+        ("false", "", "this machine runs no job VMs now (its startd cron says: no guest image)"),
+        (
+            "true",
+            "request_memory = 1000000000\n",
+            "no slot of this machine fits the job: it asks for 1000000000 MiB of memory",
+        ),
+    ],
+)
 def test_sd_run_leaves_a_job_idle_that_no_slot_here_would_match(
     tmp_path: Path, up: str, requests: str, says: str
 ) -> None:
@@ -358,8 +433,11 @@ def test_sd_run_reuses_a_recent_online_startd_cron_and_asks_an_offline_node_agai
     hooks.mkdir()
     job.mkdir()
     cron = hooks / "startd_cron"
-    cron.write_text(CRON.format(up="true", reason="").replace(
-        "#!/bin/sh\n", f"#!/bin/sh\necho run >> {count}\n"))  # fmt: skip
+    cron.write_text(
+        CRON.format(up="true", reason="").replace(
+            "#!/bin/sh\n", f"#!/bin/sh\necho run >> {count}\n"
+        )
+    )
     (hooks / "prepare_job").write_text("#!/bin/sh\ncat >/dev/null\n")
     (hooks / "job_exit").write_text("#!/bin/sh\ncat >/dev/null\n")
     for hook in hooks.iterdir():
@@ -373,8 +451,9 @@ def test_sd_run_reuses_a_recent_online_startd_cron_and_asks_an_offline_node_agai
     cache = CronCache(tmp_path / "cache" / "startd-cron.json", (site,), clock=lambda: now[0])
 
     def sd_run() -> int:
-        (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={},
-                             cron_cache=cache).run(lambda _outcome: None)  # fmt: skip
+        (outcome,) = Harness(
+            submit, SlotUser.current(), hooks_dir=hooks, environ={}, cron_cache=cache
+        ).run(lambda _outcome: None)
         assert outcome.state == "exited", outcome.message
         return len(count.read_text().splitlines())
 
@@ -383,11 +462,15 @@ def test_sd_run_reuses_a_recent_online_startd_cron_and_asks_an_offline_node_agai
     assert sd_run() == 2  # older than a minute: asked again
     site.write_text("[policy]\n")  # the site changed (as a startd reconfig reruns its cron)
     assert sd_run() == 3
-    cron.write_text(CRON.format(up="false", reason="no guest image").replace(
-        "#!/bin/sh\n", f"#!/bin/sh\necho run >> {count}\n"))  # fmt: skip
+    cron.write_text(
+        CRON.format(up="false", reason="no guest image").replace(
+            "#!/bin/sh\n", f"#!/bin/sh\necho run >> {count}\n"
+        )
+    )
     for _ in range(2):  # offline: never reused, so a fixed node is back at the next job
-        (outcome,) = Harness(submit, SlotUser.current(), hooks_dir=hooks, environ={},
-                             cron_cache=cache).run(lambda _outcome: None)  # fmt: skip
+        (outcome,) = Harness(
+            submit, SlotUser.current(), hooks_dir=hooks, environ={}, cron_cache=cache
+        ).run(lambda _outcome: None)
         assert outcome.state == "idle"
     assert len(count.read_text().splitlines()) == 5
     assert (cache.path.stat().st_mode & 0o777) == 0o600

@@ -48,8 +48,12 @@ def _missing() -> str | None:
     system = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
     if not (system.image_dir / "minimal" / "vmlinux").is_file():
         return "the minimal guest is not built (scripts/build-guest)"
-    if subprocess.run(["virsh", "-q", "-c", system.default_uri, "version"],
-                      capture_output=True, check=False).returncode != 0:  # fmt: skip
+    if (
+        subprocess.run(
+            ["virsh", "-q", "-c", system.default_uri, "version"], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         return f"{system.default_uri} does not answer (scripts/setup-host starts libvirtd)"
     return None
 
@@ -69,22 +73,35 @@ def private_site() -> Iterator[tuple[dict[str, str], Path]]:
     config.write_text(
         f'image_dir = "{system.image_dir}"\nstate_dir = "{root / "state"}"\n'
         f'default_uri = "{system.default_uri}"\ntemplate_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n'
-        '[properties]\n"sd.flavour" = "qemu"\n', encoding="utf-8")  # fmt: skip
+        '[properties]\n"sd.flavour" = "qemu"\n',
+        encoding="utf-8",
+    )
     sock = root / "run" / "helper.sock"
     log = (root / "service.log").open("ab")
     service = subprocess.Popen(
         [sys.executable, "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
-        env={"PATH": "/usr/bin:/bin", "HOME": "/root", "SD_BATCH_CONFIG": str(config),
-             "CONDOR_CONFIG": "/dev/null"}, stdout=log, stderr=log)  # fmt: skip
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/root",
+            "SD_BATCH_CONFIG": str(config),
+            "CONDOR_CONFIG": "/dev/null",
+        },
+        stdout=log,
+        stderr=log,
+    )
     log.close()
     try:
         deadline = time.monotonic() + 30
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sock.exists(), (root / "service.log").read_text(errors="replace")
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
-               "CONDOR_CONFIG": "/dev/null", "SD_BATCH_CONFIG": str(config),
-               "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(sock)}  # fmt: skip
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/root",
+            "CONDOR_CONFIG": "/dev/null",
+            "SD_BATCH_CONFIG": str(config),
+            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(sock),
+        }
         yield env, root
     finally:
         service.terminate()
@@ -100,9 +117,15 @@ def test_request_memory_and_cpus_are_what_the_guest_sees(
     env, root = private_site
     (tmp_path / "sized.sub").write_text(SIZED_SUB, encoding="utf-8")
     (tmp_path / "sized.sh").write_text(SIZED_SH, encoding="utf-8")
-    done = subprocess.run([str(SD), "run", str(tmp_path / "sized.sub")], capture_output=True,
-                          text=True, cwd=tmp_path, env=env, timeout=TIMEOUT,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(SD), "run", str(tmp_path / "sized.sub")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=TIMEOUT,
+        check=False,
+    )
     run = Run(done.returncode, done.stdout, done.stderr)
     service_log = (root / "service.log").read_text(errors="replace")
     assert run.code == 0, run.out + run.err + _read(tmp_path / "job.err") + service_log
@@ -111,8 +134,18 @@ def test_request_memory_and_cpus_are_what_the_guest_sees(
     assert seen["nproc"] == "2"
     memtotal_mib = int(seen["memtotal_kib"]) / 1024
     assert 0.9 * 1024 <= memtotal_mib <= 1024, memtotal_mib
-    listed = subprocess.run(["virsh", "-c", load_config(Path(env["SD_BATCH_CONFIG"])).default_uri,
-                             "list", "--all", "--name"], capture_output=True, text=True,
-                            check=True).stdout.split()  # fmt: skip
+    listed = subprocess.run(
+        [
+            "virsh",
+            "-c",
+            load_config(Path(env["SD_BATCH_CONFIG"])).default_uri,
+            "list",
+            "--all",
+            "--name",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert not set(run.domains) & set(listed)
     print(f"guest: nproc {seen['nproc']}, MemTotal {memtotal_mib:.0f} MiB")

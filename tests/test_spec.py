@@ -89,9 +89,15 @@ def test_prototype_defaults_give_a_small_kvm_vm() -> None:
 
 def test_null_attributes_mean_their_defaults() -> None:
     spec = spec_of(
-        name=None, kernel="/k", initrd=None, cmdline=None, bootloader=None, network=None,
-        console=None, disks=None,
-    )  # fmt: skip
+        name=None,
+        kernel="/k",
+        initrd=None,
+        cmdline=None,
+        bootloader=None,
+        network=None,
+        console=None,
+        disks=None,
+    )
     assert (spec.name, spec.boot, spec.disks) == ("pool-vm1", KernelBoot(PurePosixPath("/k")), ())
 
 
@@ -155,17 +161,41 @@ def test_disks_are_read_in_order_with_paths_kept_as_written() -> None:
     )
     spec = spec_of(disks=disks)
     assert spec.disks == (
-        DiskSpec("root", "vda", DiskBus.VIRTIO, DiskFormat.QCOW2,
-                 image=PurePosixPath("images/debian-12.qcow2"), serial="root 1",
-                 path="sfConfig:vms:vm1:disks:root"),
-        DiskSpec("data", "vdb", DiskBus.VIRTIO, DiskFormat.RAW,
-                 image=PurePosixPath("/srv/data.img"), readonly=True,
-                 path="sfConfig:vms:vm1:disks:data"),
-        DiskSpec("scratch", "vdc", DiskBus.VIRTIO, DiskFormat.RAW, size_bytes=10 << 30,
-                 path="sfConfig:vms:vm1:disks:scratch"),
-        DiskSpec("tmp", "vdd", DiskBus.VIRTIO, DiskFormat.QCOW2, size_bytes=64 << 20,
-                 path="sfConfig:vms:vm1:disks:tmp"),
-    )  # fmt: skip
+        DiskSpec(
+            "root",
+            "vda",
+            DiskBus.VIRTIO,
+            DiskFormat.QCOW2,
+            image=PurePosixPath("images/debian-12.qcow2"),
+            serial="root 1",
+            path="sfConfig:vms:vm1:disks:root",
+        ),
+        DiskSpec(
+            "data",
+            "vdb",
+            DiskBus.VIRTIO,
+            DiskFormat.RAW,
+            image=PurePosixPath("/srv/data.img"),
+            readonly=True,
+            path="sfConfig:vms:vm1:disks:data",
+        ),
+        DiskSpec(
+            "scratch",
+            "vdc",
+            DiskBus.VIRTIO,
+            DiskFormat.RAW,
+            size_bytes=10 << 30,
+            path="sfConfig:vms:vm1:disks:scratch",
+        ),
+        DiskSpec(
+            "tmp",
+            "vdd",
+            DiskBus.VIRTIO,
+            DiskFormat.QCOW2,
+            size_bytes=64 << 20,
+            path="sfConfig:vms:vm1:disks:tmp",
+        ),
+    )
     assert spec.boot == DiskBoot()
 
 
@@ -192,9 +222,12 @@ def test_kernel_boot_keeps_initrd_and_cmdline() -> None:
 
 def test_lifecycle_actions_are_read() -> None:
     spec = spec_of(
-        kernel="/k", flavour="xen-hvm", onPoweroff="preserve", onReboot="restart",
+        kernel="/k",
+        flavour="xen-hvm",
+        onPoweroff="preserve",
+        onReboot="restart",
         onCrash="coredump-destroy",
-    )  # fmt: skip
+    )
     assert (spec.on_poweroff, spec.on_reboot, spec.on_crash) == (
         LifecycleAction.PRESERVE,
         LifecycleAction.RESTART,
@@ -410,9 +443,13 @@ def test_component_library_defaults_agree_with_the_spec_reader() -> None:
     spec = vm_from_text('        kernel "/boot/vmlinuz";')
     # The prototype's `cmdline ""` means no arguments, not "a command line without a kernel".
     assert spec == VMSpec(
-        "pool-vm1", 512, 1, Flavour.KVM, KernelBoot(PurePosixPath("/boot/vmlinuz")),
+        "pool-vm1",
+        512,
+        1,
+        Flavour.KVM,
+        KernelBoot(PurePosixPath("/boot/vmlinuz")),
         path="sfConfig:vm1",
-    )  # fmt: skip
+    )
 
 
 def test_a_xen_pool_member_from_text() -> None:
@@ -425,15 +462,20 @@ def test_a_xen_pool_member_from_text() -> None:
         }"""
     )
     assert (spec.memory_mib, spec.vcpus, spec.flavour, spec.boot, spec.network) == (
-        2048, 2, Flavour.XEN_PV, DiskBoot("pygrub"), "default"
-    )  # fmt: skip
+        2048,
+        2,
+        Flavour.XEN_PV,
+        DiskBoot("pygrub"),
+        "default",
+    )
     assert [(d.name, d.device, d.image, d.size_bytes, d.format) for d in spec.disks] == [
         ("root", "xvda", PurePosixPath("debian-12.qcow2"), None, DiskFormat.QCOW2),
         ("scratch", "xvdb", None, 10 << 30, DiskFormat.RAW),
     ]
     assert spec.disks[0].loc is not None and (spec.disks[0].loc.line, spec.disks[0].path) == (
-        7, "sfConfig:vm1:disks:root"
-    )  # fmt: skip
+        7,
+        "sfConfig:vm1:disks:root",
+    )
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,15 @@ def test_a_host_that_stops_answering_is_asked_once_by_status_and_terminate(site:
         assert "could not remove everything: domain lab-v2: " in failed.value.message
         assert "domain lab-v1: " in failed.value.message
         node.write_text(saved)  # back: the rows left are removed (idempotently: a fresh
-        assert terminate_pool(config, "n4", "lab", grace_seconds=0,  # test:/// host has
-                              connections=conns) == "2 domains, 0 volumes"  # none left)
+        assert (
+            terminate_pool(
+                config,
+                "n4",
+                "lab",
+                grace_seconds=0,  # test:/// host has
+                connections=conns,
+            )
+            == "2 domains, 0 volumes"
+        )  # none left)
     finally:
         conns.close()

@@ -71,9 +71,12 @@ class WebSiteDir(SdSite):
     uri: str
 
     def site(self, access: Access | None = None, gate: Gate | None = None) -> WebSite:
-        return WebSite(load_config(self.root / "site.toml"), access or Access(local_user="alice"),
-                       grace_seconds=0,
-                       start_pool=gate.start_pool if gate is not None else start_pool)  # fmt: skip
+        return WebSite(
+            load_config(self.root / "site.toml"),
+            access or Access(local_user="alice"),
+            grace_seconds=0,
+            start_pool=gate.start_pool if gate is not None else start_pool,
+        )
 
     def client(self, access: Access | None = None, **kwargs: Any) -> TestClient:
         kwargs.setdefault("base_url", SERVED)
@@ -82,8 +85,12 @@ class WebSiteDir(SdSite):
     def clients(self, site: WebSite, *users: str) -> list[TestClient]:
         """One app for SITE, a client per user (named by a trusted proxy's header)."""
         app = create_app(site)
-        return [TestClient(app, base_url=SERVED, follow_redirects=False,
-                           headers={"X-Remote-User": user}) for user in users]  # fmt: skip
+        return [
+            TestClient(
+                app, base_url=SERVED, follow_redirects=False, headers={"X-Remote-User": user}
+            )
+            for user in users
+        ]
 
 
 @pytest.fixture
@@ -93,8 +100,12 @@ def web(tmp_path: Path) -> Iterator[WebSiteDir]:
     templates.mkdir()
     (templates / "role.sf").write_text(ROLE_SF, encoding="utf-8")
     uri = write_node(tmp_path / "host.xml")
-    config = write_site_toml(tmp_path, uri, template_dirs=[templates, BUILTIN_TEMPLATE_DIR],
-                             tables="[policy]\nmax_memory_mib = 2048\nmax_vcpus = 4\n")
+    config = write_site_toml(
+        tmp_path,
+        uri,
+        template_dirs=[templates, BUILTIN_TEMPLATE_DIR],
+        tables="[policy]\nmax_memory_mib = 2048\nmax_vcpus = 4\n",
+    )
     made = WebSiteDir(tmp_path, site_environ(config), uri)
     yield made
     code, out, _err = made.sd("status")
@@ -110,8 +121,13 @@ def csrf_of(html: str) -> str:
 
 def error_by(html: str, path: str) -> str:
     """The error shown inside the field of attribute PATH ('' when none)."""
-    match = re.search(r'<div class="field invalid" data-path="' + re.escape(path) +
-                      r'">.*?<p class="error"[^>]*>([^<]*)</p>', html, re.S)  # fmt: skip
+    match = re.search(
+        r'<div class="field invalid" data-path="'
+        + re.escape(path)
+        + r'">.*?<p class="error"[^>]*>([^<]*)</p>',
+        html,
+        re.S,
+    )
     return match[1] if match else ""
 
 
@@ -147,8 +163,13 @@ def until_started(client: TestClient, name: str, seconds: float = 15) -> dict[st
         time.sleep(0.05)
 
 
-QA = {"pool": "qa", "sfConfig:head:memory": "384", "sfConfig:head:vcpus": "1",
-      "sfConfig:worker:memory": "256", "sfConfig:worker:vcpus": "1"}  # fmt: skip
+QA = {
+    "pool": "qa",
+    "sfConfig:head:memory": "384",
+    "sfConfig:head:vcpus": "1",
+    "sfConfig:worker:memory": "256",
+    "sfConfig:worker:vcpus": "1",
+}
 
 
 # --- the list and the forms -----------------------------------------------------------------------
@@ -166,9 +187,13 @@ def test_the_list_shows_each_template_with_its_cost_and_fields(web: WebSiteDir) 
 def test_a_form_has_one_typed_input_per_tbd_and_overridable_value(web: WebSiteDir) -> None:
     page = web.client().get("/templates/qa-testbed").text
     names = re.findall(r'<input id="f-[^"]+" name="([^"]+)" type="(\w+)"', page)
-    assert names == [("pool", "text"), ("sfConfig:head:memory", "number"),
-                     ("sfConfig:head:vcpus", "number"), ("sfConfig:worker:memory", "number"),
-                     ("sfConfig:worker:vcpus", "number")]  # fmt: skip
+    assert names == [
+        ("pool", "text"),
+        ("sfConfig:head:memory", "number"),
+        ("sfConfig:head:vcpus", "number"),
+        ("sfConfig:worker:memory", "number"),
+        ("sfConfig:worker:vcpus", "number"),
+    ]
     assert 'min="32" max="2048" value="384"' in page  # the site's limit, the template's value
     assert 'max="4" value="1"' in page
     role = web.client().get("/templates/role").text
@@ -209,8 +234,9 @@ def test_a_value_over_the_site_limit_is_shown_by_its_field(web: WebSiteDir) -> N
 def test_values_of_the_wrong_type_and_missing_fields_are_refused(web: WebSiteDir) -> None:
     client = web.client()
     token = csrf_of(client.get("/templates/role").text)
-    page = client.post("/templates/role", data={"csrf": token, "sfConfig:memory": "lots",
-                                                "sfConfig:role": ""})  # fmt: skip
+    page = client.post(
+        "/templates/role", data={"csrf": token, "sfConfig:memory": "lots", "sfConfig:role": ""}
+    )
     assert page.status_code == 400
     assert error_by(page.text, "sfConfig:memory") == "enter a whole number"
     assert error_by(page.text, "sfConfig:role") == "fill this field: the template leaves it to you"
@@ -239,8 +265,10 @@ def test_a_job_template_previews_its_sf_and_submit_file_and_downloads_them(
         },
     )
     assert page.status_code == 200, page.text
-    sf = ('// my.sf: the site template role with your values (sd web)\n#include "role.sf"\n\n'
-          'sfConfig:role "a\\"b";\nsfConfig:memory 512;\n')  # fmt: skip
+    sf = (
+        '// my.sf: the site template role with your values (sd web)\n#include "role.sf"\n\n'
+        'sfConfig:role "a\\"b";\nsfConfig:memory 512;\n'
+    )
     assert sf.replace('"', "&#34;") in page.text
     assert "+SDVMDescription        = &#34;my.sf&#34;" in page.text
     query = {"sfConfig:memory": "512", "sfConfig:role": 'a"b'}
@@ -252,8 +280,10 @@ def test_a_job_template_previews_its_sf_and_submit_file_and_downloads_them(
     assert '+SDVMDescription        = "my.sf"\n' in submit
     bad = client.get("/templates/role/files/my.sf", params={**query, "sfConfig:memory": "4096"})
     assert bad.status_code == 400
-    assert bad.text == ("sfConfig:memory: sfConfig:memory 4096 MiB is over the site limit of "
-                        "2048 MiB; ask for less memory")  # fmt: skip
+    assert bad.text == (
+        "sfConfig:memory: sfConfig:memory 4096 MiB is over the site limit of "
+        "2048 MiB; ask for less memory"
+    )
     assert client.get("/templates/role/files/other.txt", params=query).status_code == 404
     refused = client.post("/templates/role/start", data={**query, "csrf": token})
     assert refused.status_code == 400 and "is a job template" in refused.text
@@ -279,8 +309,10 @@ def test_a_pool_previews_its_placement_starts_shows_status_and_terminates(web: W
     assert page.status_code == 200 and 'data-poll="/api/pools/qa"' in page.text
     assert 'id="terminate"' in page.text
     assert [(vm["name"], vm["host"], vm["state"]) for vm in report["vms"]] == [
-        ("qa-head", "localhost", "running"), ("qa-worker1", "localhost", "running"),
-        ("qa-worker2", "localhost", "running")]  # fmt: skip
+        ("qa-head", "localhost", "running"),
+        ("qa-worker1", "localhost", "running"),
+        ("qa-worker2", "localhost", "running"),
+    ]
     assert 'href="/pools/qa"' in client.get("/pools").text
     code, out, _ = web.sd("status", "qa", "--json")
     assert code == 0 and [vm["state"] for vm in json.loads(out)[0]["vms"]] == ["running"] * 3
@@ -305,8 +337,9 @@ def test_a_pool_previews_its_placement_starts_shows_status_and_terminates(web: W
 def test_a_pool_terminated_elsewhere_is_gone_from_the_page(web: WebSiteDir) -> None:
     client = web.client()
     token = csrf_of(client.get("/templates/pool").text)
-    assert client.post("/templates/pool/start", data={"csrf": token, "pool": "p1"}
-                       ).status_code == 303  # fmt: skip
+    assert (
+        client.post("/templates/pool/start", data={"csrf": token, "pool": "p1"}).status_code == 303
+    )
     assert until_started(client, "p1")["status"] == "active"
     assert web.sd("terminate", "localhost", "p1", "--grace", "0")[0] == 0
     page = client.get("/pools/p1")
@@ -321,8 +354,9 @@ def test_a_post_without_the_csrf_token_is_refused(web: WebSiteDir) -> None:
         assert refused.status_code == 403 and "CSRF token missing or wrong" in refused.text
     bob = web.client(Access(local_user="bob"))
     token_of_bob = csrf_of(bob.get("/templates/pool").text)
-    assert client.post("/templates/qa-testbed", data={**QA, "csrf": token_of_bob}
-                       ).status_code == 403  # fmt: skip
+    assert (
+        client.post("/templates/qa-testbed", data={**QA, "csrf": token_of_bob}).status_code == 403
+    )
     assert web.sd("status")[1] == "no pools or jobs\n"
 
 
@@ -331,8 +365,9 @@ def test_another_users_pool_cannot_be_seen_or_terminated(web: WebSiteDir) -> Non
     alice = web.client(Access(local_user="alice", secret=secret))
     bob = web.client(Access(local_user="bob", secret=secret))
     token = csrf_of(alice.get("/templates/pool").text)
-    assert alice.post("/templates/pool/start", data={"csrf": token, "pool": "mine"}
-                      ).status_code == 303  # fmt: skip
+    assert (
+        alice.post("/templates/pool/start", data={"csrf": token, "pool": "mine"}).status_code == 303
+    )
     assert until_started(alice, "mine")["status"] == "active"
     bob_token = csrf_of(bob.get("/templates/pool").text)
     assert bob.get("/pools/mine").status_code == 404
@@ -364,8 +399,9 @@ def test_basic_auth_against_scrypt_hashes(web: WebSiteDir) -> None:
 
 
 def test_a_reverse_proxys_user_header_when_the_admin_says_so(web: WebSiteDir) -> None:
-    access = Access.for_bind("10.0.0.5", None, "X-Remote-User", port=8081,
-                             names=("sd.example.org",))  # the proxy's public name  # fmt: skip
+    access = Access.for_bind(
+        "10.0.0.5", None, "X-Remote-User", port=8081, names=("sd.example.org",)
+    )  # the proxy's public name
     client = web.client(access, base_url="https://sd.example.org")
     assert client.get("/").status_code == 401
     page = client.get("/pools", headers={"X-Remote-User": "carol"})
@@ -421,12 +457,18 @@ def test_boolean_and_choice_fields_become_sf_literals() -> None:
     from sd_batch.web.forms import Field, TemplateForm, user_sf
 
     form = TemplateForm(
-        "t", Path("/site/t.sf"), "", "job",
-        (Field("sfConfig:debug", "debug", "boolean", "false"),
-         Field("sfConfig:network", "network", "choice", "NULL", choices=("NULL", "default")),
-         Field("sfConfig:note", "note", "text", "", required=True)),
-        None, ("sfConfig:note",),
-    )  # fmt: skip
+        "t",
+        Path("/site/t.sf"),
+        "",
+        "job",
+        (
+            Field("sfConfig:debug", "debug", "boolean", "false"),
+            Field("sfConfig:network", "network", "choice", "NULL", choices=("NULL", "default")),
+            Field("sfConfig:note", "note", "text", "", required=True),
+        ),
+        None,
+        ("sfConfig:note",),
+    )
     text, errors, line_of = user_sf(
         form, {"sfConfig:debug": "true", "sfConfig:network": "default", "sfConfig:note": "a\nb"}
     )
@@ -435,8 +477,11 @@ def test_boolean_and_choice_fields_become_sf_literals() -> None:
         'sfConfig:network "default";',
         'sfConfig:note "a\\nb";',
     ]
-    assert errors == {} and line_of == {4: "sfConfig:debug", 5: "sfConfig:network",
-                                        6: "sfConfig:note"}  # fmt: skip
+    assert errors == {} and line_of == {
+        4: "sfConfig:debug",
+        5: "sfConfig:network",
+        6: "sfConfig:note",
+    }
     _text, errors, _ = user_sf(form, {"sfConfig:network": "evil", "sfConfig:note": "x"})
     assert errors == {"sfConfig:network": "choose one of NULL, default"}
 

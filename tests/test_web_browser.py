@@ -47,8 +47,12 @@ def served(tmp_path: Path, gate: Gate) -> Iterator[tuple[str, dict[str, str]]]:
     fake_kernel(tmp_path / "images")
     uri = write_node(tmp_path / "host.xml")
     config = write_site_toml(tmp_path, uri, tables="[policy]\nmax_memory_mib = 2048\n")
-    site = WebSite(load_config(config), Access(local_user="tester"),
-                   grace_seconds=0, start_pool=gate.start_pool)  # fmt: skip
+    site = WebSite(
+        load_config(config),
+        Access(local_user="tester"),
+        grace_seconds=0,
+        start_pool=gate.start_pool,
+    )
     server, port, thread = serve(create_app(site))
     yield f"http://127.0.0.1:{port}", site_environ(config)
     gate.opened.set()  # a failed test must not leave the server waiting for a start at shutdown
@@ -143,8 +147,11 @@ def test_fill_the_qa_testbed_form_start_watch_and_terminate_it(
     )
     assert states
     rows = [r.text.split() for r in browser.find_elements(By.CSS_SELECTOR, "#vms tbody tr")]
-    assert rows == [["qa-head", "localhost", "running"], ["qa-worker1", "localhost", "running"],
-                    ["qa-worker2", "localhost", "running"]]  # fmt: skip
+    assert rows == [
+        ["qa-head", "localhost", "running"],
+        ["qa-worker1", "localhost", "running"],
+        ["qa-worker2", "localhost", "running"],
+    ]
     browser.save_screenshot(str(shots / "5-running.png"))
     assert [line.split() for line in sd_status(environ, "qa").splitlines()[1:4]] == [
         ["qa-head", "running"],

@@ -55,8 +55,16 @@ def test_the_bound_address_and_loopback_names_are_served(web: WebSiteDir, host: 
 
 
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1:9999", "127.0.0.1", "evil.example", "evil.example:8080", "10.0.0.1:8080",
-             "127.0.0.1:8080@evil.example", "127.0.0.1:x"],  # fmt: skip
+    "host",
+    [
+        "127.0.0.1:9999",
+        "127.0.0.1",
+        "evil.example",
+        "evil.example:8080",
+        "10.0.0.1:8080",
+        "127.0.0.1:8080@evil.example",
+        "127.0.0.1:x",
+    ],
 )
 def test_another_name_or_port_is_misdirected(web: WebSiteDir, host: str) -> None:
     client = web.client(LOCAL)
@@ -79,17 +87,24 @@ def test_a_form_posted_from_another_origin_is_refused(web: WebSiteDir) -> None:
     client = web.client(LOCAL)
     token = csrf_of(client.get("/templates/pool").text)
     form = {"csrf": token, "pool": "p1"}
-    for headers in ({"Origin": EVIL}, {"Origin": "null"}, {"Referer": f"{EVIL}/x"},
-                    {"Origin": "http://127.0.0.1:9999"}, {"Origin": "ftp://127.0.0.1:8080"}):
+    for headers in (
+        {"Origin": EVIL},
+        {"Origin": "null"},
+        {"Referer": f"{EVIL}/x"},
+        {"Origin": "http://127.0.0.1:9999"},
+        {"Origin": "ftp://127.0.0.1:8080"},
+    ):
         refused = client.post("/templates/pool/start", data=form, headers=headers)
         assert refused.status_code == 403, headers
         assert "not sent from a page of this server" in refused.text
     assert web.sd("status")[1] == "no pools or jobs\n"
-    previewed = client.post("/templates/pool", data=form,
-                            headers={"Origin": "http://127.0.0.1:8080"})  # fmt: skip
+    previewed = client.post(
+        "/templates/pool", data=form, headers={"Origin": "http://127.0.0.1:8080"}
+    )
     assert previewed.status_code == 200
-    previewed = client.post("/templates/pool", data=form,
-                            headers={"Referer": "http://localhost:8080/templates/pool"})
+    previewed = client.post(
+        "/templates/pool", data=form, headers={"Referer": "http://localhost:8080/templates/pool"}
+    )
     assert previewed.status_code == 200
     assert client.post("/templates/pool", data=form).status_code == 200  # not a browser: token
 
@@ -213,9 +228,20 @@ def test_sd_web_serves_its_bind_and_server_names(web: WebSiteDir) -> None:
     port = free_port()
     environ = {**web.environ, "CONDOR_CONFIG": "/dev/null", "HOME": str(web.root)}
     server = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from sd_batch.cli.main import main; sys.exit(main())",
-         "web", "--bind", f"127.0.0.1:{port}", "--server-name", "sd.example.org"],
-        env=environ, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sd_batch.cli.main import main; sys.exit(main())",
+            "web",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--server-name",
+            "sd.example.org",
+        ],
+        env=environ,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stderr is not None
         assert f"serving http://127.0.0.1:{port}/" in server.stderr.readline()

@@ -39,27 +39,39 @@ def test_a_job_templates_submit_file_requests_the_vms_size(web: WebSiteDir) -> N
     preview = client.post("/templates/role", data={**values, "csrf": token})
     assert "request_memory          = 768" in preview.text
     submit = client.get("/templates/role/files/job.sub", params=values).text
-    assert ("request_memory          = 768\nrequest_cpus            = 2\n"
-            "request_disk            = 256M\n") in submit  # fmt: skip
+    assert (
+        "request_memory          = 768\nrequest_cpus            = 2\n"
+        "request_disk            = 256M\n"
+    ) in submit
     sandbox = web.root / "job"
     sandbox.mkdir()
     (sandbox / "my.sf").write_text(client.get("/templates/role/files/my.sf", params=values).text)
     (sandbox / "job.sh").write_text("#!/bin/sh\nexit 0\n")
     (sandbox / "job.sub").write_text(submit)
-    (ad,) = job_ad_from_submit(submit, submit_dir=sandbox, owner="alice",
-                               schedd_name=f"web-{os.getpid()}@test", qdate=1)  # fmt: skip
+    (ad,) = job_ad_from_submit(
+        submit, submit_dir=sandbox, owner="alice", schedd_name=f"web-{os.getpid()}@test", qdate=1
+    )
     job = parse_job_ad(ad)
     # the slot a startd carves from the requests (my.sf is in no template record)
-    machine = format_updates({"Memory": job.request_memory_mib or 0,
-                              "Cpus": job.request_cpus or 0,
-                              "Disk": job.request_disk_kib or 0})  # fmt: skip
+    machine = format_updates(
+        {
+            "Memory": job.request_memory_mib or 0,
+            "Cpus": job.request_cpus or 0,
+            "Disk": job.request_disk_kib or 0,
+        }
+    )
     out = io.BytesIO()
-    write_input_tar(sandbox, Manifest(("./job.sh",), {}, "."), out, job_ad_text=ad,
-                    machine_ad_text=machine, max_bytes=1 << 30)  # fmt: skip
+    write_input_tar(
+        sandbox,
+        Manifest(("./job.sh",), {}, "."),
+        out,
+        job_ad_text=ad,
+        machine_ad_text=machine,
+        max_bytes=1 << 30,
+    )
     config = load_config(web.root / "site.toml")
     key = JobKey(os.getuid(), job.global_job_id)
-    prepared = jobs.prepare(config, key, io.BytesIO(out.getvalue()),
-                            connections=SHARED_CONNECTIONS)  # fmt: skip
+    prepared = jobs.prepare(config, key, io.BytesIO(out.getvalue()), connections=SHARED_CONNECTIONS)
     try:
         assert (prepared.memory_mib, prepared.vcpus) == (768, 2)
     finally:

@@ -53,9 +53,14 @@ def test_a_slow_start_answers_at_once_and_its_page_follows_it(web: WebSiteDir, g
     page = alice.get("/pools/qa").text
     assert '<strong id="pool-status">starting</strong>' in page and 'id="starting"' in page
     assert 'data-status="starting"' in page and 'id="terminate"' not in page
-    assert alice.get("/api/pools/qa").json() == {"kind": "pool", "name": "qa", "uri": web.uri,
-                                                 "vms": [], "status": "starting",
-                                                 "interrupted": False}  # fmt: skip
+    assert alice.get("/api/pools/qa").json() == {
+        "kind": "pool",
+        "name": "qa",
+        "uri": web.uri,
+        "vms": [],
+        "status": "starting",
+        "interrupted": False,
+    }
     assert '<a href="/pools/qa">qa</a> <span class="state-starting">(starting)' in (
         alice.get("/pools").text
     )
@@ -75,7 +80,10 @@ def test_a_slow_start_answers_at_once_and_its_page_follows_it(web: WebSiteDir, g
     report = until_started(alice, "qa")
     assert report["status"] == "active"
     assert [(vm["name"], vm["state"]) for vm in report["vms"]] == [
-        ("qa-head", "running"), ("qa-worker1", "running"), ("qa-worker2", "running")]  # fmt: skip
+        ("qa-head", "running"),
+        ("qa-worker1", "running"),
+        ("qa-worker2", "running"),
+    ]
     page = alice.get("/pools/qa").text
     assert 'data-status="active"' in page and 'id="terminate"' in page
     assert alice.post("/pools/qa/terminate", data={"csrf": token}).status_code == 303
@@ -98,15 +106,18 @@ def test_pools_of_one_user_and_of_two_start_at_the_same_time(web: WebSiteDir, ga
     code, out, _err = web.sd("status", "--json")
     assert code == 0 and sorted(p["name"] for p in json.loads(out)) == ["p1", "p2", "p3"]
     for client, user, name in ((alice, "alice", "p1"), (alice, "alice", "p2"), (bob, "bob", "p3")):
-        assert client.post(f"/pools/{name}/terminate", data={"csrf": tokens[user]}
-                           ).status_code == 303  # fmt: skip
+        assert (
+            client.post(f"/pools/{name}/terminate", data={"csrf": tokens[user]}).status_code == 303
+        )
 
 
 def test_a_failed_start_shows_why_on_the_pool_page_and_leaves_nothing(web: WebSiteDir) -> None:
     """A domain named like the third VM is already on the host: the start is rolled back."""
     host = SHARED_CONNECTIONS(web.uri)
-    foreign = host.define("<domain type='test'><name>qa-worker2</name><memory unit='MiB'>64"
-                          "</memory><os><type>hvm</type></os></domain>")  # fmt: skip
+    foreign = host.define(
+        "<domain type='test'><name>qa-worker2</name><memory unit='MiB'>64"
+        "</memory><os><type>hvm</type></os></domain>"
+    )
     try:
         site = web.site()
         client = web.clients(site, "alice")[0]
@@ -143,8 +154,9 @@ def test_a_name_taken_while_the_start_waited_is_a_failed_start(web: WebSiteDir, 
     site = web.site(gate=gate)
     client = web.clients(site, "alice")[0]
     token = csrf_of(client.get("/templates/pool").text)
-    assert client.post("/templates/pool/start", data={"csrf": token, "pool": "qa"}
-                       ).status_code == 303  # fmt: skip
+    assert (
+        client.post("/templates/pool/start", data={"csrf": token, "pool": "qa"}).status_code == 303
+    )
     assert web.sd("start", "localhost", "qa", str(BUILTIN_TEMPLATE_DIR / "pool.sf"))[0] == 0
     gate.opened.set()
     report = until_started(client, "qa")

@@ -68,8 +68,10 @@ class Identity:
             return f"it belongs to another job ({other.job_id})"
         for name in ("description", "flavour", "memory_mib", "vcpus"):
             if getattr(other, name) != getattr(self, name):
-                return (f"its VM had {name} {getattr(other, name)!r}, this one has "
-                        f"{getattr(self, name)!r}")  # fmt: skip
+                return (
+                    f"its VM had {name} {getattr(other, name)!r}, this one has "
+                    f"{getattr(self, name)!r}"
+                )
         if dict(other.images) != dict(self.images):
             return "it was saved with other guest images than this worker has"
         return None
@@ -97,7 +99,7 @@ def image_digests(xml: str, image_dir: Path) -> dict[str, str]:
     digests = {}
     for name in found:
         with open(name, "rb") as handle:
-            digests[name[len(prefix):]] = hashlib.file_digest(handle, "sha256").hexdigest()
+            digests[name[len(prefix) :]] = hashlib.file_digest(handle, "sha256").hexdigest()
     return digests
 
 
@@ -128,11 +130,19 @@ def pack(
             blobs[name] = blob
             digests[name], size = _compress(path, blob, level, limit - total)
             total += size
-        manifest = json.dumps({"format": FORMAT, "identity": asdict(identity),
-                               "folder": str(folder), "members": digests},
-                              sort_keys=True).encode()  # fmt: skip
-        with open(out_path, "wb") as raw, tarfile.open(fileobj=raw, mode="w|",
-                                                       format=tarfile.GNU_FORMAT) as tar:
+        manifest = json.dumps(
+            {
+                "format": FORMAT,
+                "identity": asdict(identity),
+                "folder": str(folder),
+                "members": digests,
+            },
+            sort_keys=True,
+        ).encode()
+        with (
+            open(out_path, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w|", format=tarfile.GNU_FORMAT) as tar,
+        ):
             _add(tar, MANIFEST, io.BytesIO(manifest), len(manifest))
             signature = _sign(key, manifest)
             _add(tar, SIGNATURE, io.BytesIO(signature), len(signature))
@@ -152,8 +162,10 @@ def pack(
 
 
 def _too_big(limit: int) -> CheckpointUnusable:
-    return CheckpointUnusable(f"the checkpoint is over the site limit of {limit >> 20} MiB "
-                              "([policy] max_checkpoint_mib): it is not kept")  # fmt: skip
+    return CheckpointUnusable(
+        f"the checkpoint is over the site limit of {limit >> 20} MiB "
+        "([policy] max_checkpoint_mib): it is not kept"
+    )
 
 
 def _add(tar: tarfile.TarFile, name: str, data: IO[bytes], size: int) -> None:
@@ -233,8 +245,9 @@ def copy_bounded(stream: IO[bytes], path: Path, limit: int) -> int:
     return total
 
 
-def unpack_file(path: Path, identity: Identity, targets: Mapping[str, tuple[Path, int]],
-                key: bytes, limit: int) -> Restored:  # fmt: skip
+def unpack_file(
+    path: Path, identity: Identity, targets: Mapping[str, tuple[Path, int]], key: bytes, limit: int
+) -> Restored:
     """`unpack` of the file `copy_bounded` wrote (what a confined child runs)."""
     with open(path, "rb") as stream:
         return unpack(stream, identity, targets, key=key, limit=limit)
@@ -257,8 +270,14 @@ def unpack(
         raise CheckpointUnusable(f"the checkpoint is corrupt: {exc}") from exc
 
 
-def _unpack(stream: IO[bytes], identity: Identity, targets: Mapping[str, tuple[Path, int]],
-            *, key: bytes, limit: int) -> Restored:  # fmt: skip
+def _unpack(
+    stream: IO[bytes],
+    identity: Identity,
+    targets: Mapping[str, tuple[Path, int]],
+    *,
+    key: bytes,
+    limit: int,
+) -> Restored:
     reader = io.BufferedReader(_Bounded(stream, limit), CHUNK)
     manifest: dict[str, Any] | None = None
     raw_manifest = b""
@@ -274,12 +293,15 @@ def _unpack(stream: IO[bytes], identity: Identity, targets: Mapping[str, tuple[P
                 raw_manifest = data.read()
             elif count == 1 and info.name == SIGNATURE and raw_manifest:
                 if not hmac.compare_digest(data.read(128), _sign(key, raw_manifest)):
-                    raise CheckpointUnusable("the checkpoint's signature does not match: it "
-                                             "was not written by this site's workers, or was "
-                                             "changed")  # fmt: skip
+                    raise CheckpointUnusable(
+                        "the checkpoint's signature does not match: it "
+                        "was not written by this site's workers, or was "
+                        "changed"
+                    )
                 manifest = _checked_manifest(raw_manifest, identity, targets)
-            elif manifest is not None and info.name in manifest["members"] \
-                    and info.name not in done:  # fmt: skip
+            elif (
+                manifest is not None and info.name in manifest["members"] and info.name not in done
+            ):
                 path, bound = targets[info.name]
                 _inflate(data, path, bound, manifest["members"][info.name], info.name)
                 done.append(info.name)
@@ -295,8 +317,9 @@ def _members(tar: tarfile.TarFile) -> Iterable[tarfile.TarInfo]:
         yield info
 
 
-def _checked_manifest(raw: bytes, identity: Identity,
-                      targets: Mapping[str, tuple[Path, int]]) -> dict[str, Any]:  # fmt: skip
+def _checked_manifest(
+    raw: bytes, identity: Identity, targets: Mapping[str, tuple[Path, int]]
+) -> dict[str, Any]:
     manifest = json.loads(raw)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointUnusable("the checkpoint is of another format")
@@ -325,8 +348,10 @@ def _inflate(data: IO[bytes], path: Path, bound: int, want: str, name: str) -> N
                 pending = unpacker.unconsumed_tail
                 written += len(piece)
                 if written > bound:
-                    raise CheckpointUnusable(f"the checkpoint's {name} decompresses to more "
-                                             f"than the {bound >> 20} MiB it may restore")
+                    raise CheckpointUnusable(
+                        f"the checkpoint's {name} decompresses to more "
+                        f"than the {bound >> 20} MiB it may restore"
+                    )
                 out.write(piece)
         if not unpacker.eof:
             raise CheckpointUnusable(f"the checkpoint's {name} is truncated")

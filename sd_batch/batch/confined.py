@@ -55,9 +55,10 @@ class ChildLimits:
     what: str = "the job's untrusted input"
     doing: str = "to read"
     settings: tuple[str, str, str] = (
-        "[policy] max_resolve_mib", "[policy] max_resolve_cpu_seconds",
+        "[policy] max_resolve_mib",
+        "[policy] max_resolve_cpu_seconds",
         "[policy] max_resolve_seconds",
-    )  # fmt: skip
+    )
 
 
 def start_forkserver(preload: Sequence[str]) -> None:
@@ -77,8 +78,9 @@ def run_confined(work: Callable[..., T], args: tuple[Any, ...], limits: ChildLim
     `ChildFailed`), or a `LimitExceeded` naming the limit it overran."""
     context = _context or multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(sender, limits, work, args), daemon=True,
-                            name="sd-batch confined")  # fmt: skip
+    child = context.Process(
+        target=_child, args=(sender, limits, work, args), daemon=True, name="sd-batch confined"
+    )
     started = time.monotonic()
     child.start()
     sender.close()
@@ -111,11 +113,13 @@ def run_confined(work: Callable[..., T], args: tuple[Any, ...], limits: ChildLim
     if kind == "oserror":
         number, text = value
         if number == errno.EMFILE:
-            raise LimitExceeded(f"{limits.what} needed more than {limits.open_files} open "
-                                f"files {limits.doing}")  # fmt: skip
+            raise LimitExceeded(
+                f"{limits.what} needed more than {limits.open_files} open files {limits.doing}"
+            )
         if number == errno.EFBIG:  # Python ignores SIGXFSZ: the write fails instead
-            raise LimitExceeded(f"{limits.what} wrote a file larger than {limits.file_mib} MiB "
-                                f"{limits.doing}")  # fmt: skip
+            raise LimitExceeded(
+                f"{limits.what} wrote a file larger than {limits.file_mib} MiB {limits.doing}"
+            )
         raise OSError(number, text)
     if kind == "crash":
         raise RuntimeError(f"{limits.what} {limits.doing}: {value}")
@@ -124,29 +128,38 @@ def run_confined(work: Callable[..., T], args: tuple[Any, ...], limits: ChildLim
 
 
 def _memory(limits: ChildLimits) -> LimitExceeded:
-    return LimitExceeded(f"{limits.what} needed more than {limits.memory_mib} MiB "
-                         f"{limits.doing} (site limit {limits.settings[0]})")  # fmt: skip
+    return LimitExceeded(
+        f"{limits.what} needed more than {limits.memory_mib} MiB "
+        f"{limits.doing} (site limit {limits.settings[0]})"
+    )
 
 
 def _overrun(limits: ChildLimits, exitcode: int | None, took: float) -> LimitExceeded:
     """Why a child gave no answer, from how it ended."""
     if exitcode in (-signal.SIGXCPU, -signal.SIGKILL):  # the soft, then the hard CPU limit
-        return LimitExceeded(f"{limits.what} needed more than {limits.cpu_seconds} s of CPU "
-                             f"{limits.doing} (site limit {limits.settings[1]})")  # fmt: skip
+        return LimitExceeded(
+            f"{limits.what} needed more than {limits.cpu_seconds} s of CPU "
+            f"{limits.doing} (site limit {limits.settings[1]})"
+        )
     if exitcode == -signal.SIGXFSZ:
-        return LimitExceeded(f"{limits.what} wrote a file larger than {limits.file_mib} MiB "
-                             f"{limits.doing}")  # fmt: skip
+        return LimitExceeded(
+            f"{limits.what} wrote a file larger than {limits.file_mib} MiB {limits.doing}"
+        )
     if exitcode in (-signal.SIGSEGV, -signal.SIGABRT, _EXIT_UNREPORTED):
         return _memory(limits)  # out of memory where Python could not even report it
     if exitcode is None:  # we killed it at the deadline
-        return LimitExceeded(f"{limits.what} took more than {limits.wall_seconds:.0f} s "
-                             f"{limits.doing} (site limit {limits.settings[2]})")  # fmt: skip
-    return LimitExceeded(f"{limits.what} could not be processed: its child process ended "
-                         f"with status {exitcode}")  # fmt: skip
+        return LimitExceeded(
+            f"{limits.what} took more than {limits.wall_seconds:.0f} s "
+            f"{limits.doing} (site limit {limits.settings[2]})"
+        )
+    return LimitExceeded(
+        f"{limits.what} could not be processed: its child process ended with status {exitcode}"
+    )
 
 
-def _child(out: Connection, limits: ChildLimits, work: Callable[..., Any],
-           args: tuple[Any, ...]) -> None:  # fmt: skip
+def _child(
+    out: Connection, limits: ChildLimits, work: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
     """In the child: the limits first, then the work; the answer goes back through OUT. What
     cannot even be answered (out of memory while reporting) ends it with _EXIT_UNREPORTED."""
     try:
@@ -158,11 +171,13 @@ def _child(out: Connection, limits: ChildLimits, work: Callable[..., Any],
         inherited = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1  # noqa: PTH208
         # likewise MEMORY_MIB more address space than it started with: a fork of a helper
         # with libvirt's threads and arenas inherits hundreds of MiB it never touches
-        for which, value in ((resource.RLIMIT_AS, _address_space() + limits.memory_mib * mib),
-                             (resource.RLIMIT_CPU, limits.cpu_seconds),
-                             (resource.RLIMIT_FSIZE, limits.file_mib * mib),
-                             (resource.RLIMIT_NOFILE, inherited + limits.open_files),
-                             (resource.RLIMIT_CORE, 0)):  # fmt: skip
+        for which, value in (
+            (resource.RLIMIT_AS, _address_space() + limits.memory_mib * mib),
+            (resource.RLIMIT_CPU, limits.cpu_seconds),
+            (resource.RLIMIT_FSIZE, limits.file_mib * mib),
+            (resource.RLIMIT_NOFILE, inherited + limits.open_files),
+            (resource.RLIMIT_CORE, 0),
+        ):
             # SIGXCPU at the soft CPU limit, SIGKILL a second later at the hard one
             hard = value + 1 if which == resource.RLIMIT_CPU else value
             resource.setrlimit(which, (value, hard))
@@ -195,8 +210,14 @@ def _reported(exc: BaseException, limits: ChildLimits) -> tuple[str, Any]:
     if isinstance(exc, (MemoryError, SystemError)) or (short and not isinstance(exc, SdError)):
         return ("memory", None)
     if isinstance(exc, RecursionError):
-        return ("error", (f"{limits.what} is nested too deeply {limits.doing}",
-                          Disposition.HOLD.value, "RecursionError"))  # fmt: skip
+        return (
+            "error",
+            (
+                f"{limits.what} is nested too deeply {limits.doing}",
+                Disposition.HOLD.value,
+                "RecursionError",
+            ),
+        )
     if isinstance(exc, SdError):
         with contextlib.suppress(Exception):  # the error itself, when it survives pickling
             if type(pickle.loads(pickle.dumps(exc))) is type(exc):
@@ -229,8 +250,11 @@ def drop_capabilities(keep: tuple[int, ...]) -> None:
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]  # fmt: skip
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
 
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")

@@ -66,9 +66,11 @@ def check_input_tar(input_path: Path) -> None:
         members = scan.members()
         first = next(members, None)
         if first is None or first.name != contract.INPUT_MARKER or not first.isreg():
-            raise StagingError("the job's input disk is not an sd-batch input (its first member "
-                               f"is {'none' if first is None else repr(first.name[:80])}, "
-                               f"not {contract.INPUT_MARKER})")  # fmt: skip
+            raise StagingError(
+                "the job's input disk is not an sd-batch input (its first member "
+                f"is {'none' if first is None else repr(first.name[:80])}, "
+                f"not {contract.INPUT_MARKER})"
+            )
         for _member in members:
             pass
     finally:
@@ -99,15 +101,17 @@ def _job_description(
         if ad.global_job_id != key.job_id:
             raise PolicyError(f"the job ad is for {ad.global_job_id}, not {key.job_id}")
         machine = _read_member(tar, contract.MACHINE_AD_MEMBER, 1024**2)
-        requests, slot = job_resources(ad, None if machine is None
-                                       else machine.decode("utf-8", "replace"))  # fmt: skip
+        requests, slot = job_resources(
+            ad, None if machine is None else machine.decode("utf-8", "replace")
+        )
         check_requests(requests, limits.policy)
         description, name = _resolve(config, ad.vm_description(), tar, folder, limits)
     return JobAsks(description, name, requests, slot)
 
 
-def _resolve(config: SiteConfig, name: str | None, tar: tarfile.TarFile, folder: Path,
-             limits: JobLimits) -> tuple[Description, str]:  # fmt: skip
+def _resolve(
+    config: SiteConfig, name: str | None, tar: tarfile.TarFile, folder: Path, limits: JobLimits
+) -> tuple[Description, str]:
     """The description NAME names; a job's own .sf files are copied out of TAR first."""
     from ..config.templates import find_template
 
@@ -120,25 +124,40 @@ def _resolve(config: SiteConfig, name: str | None, tar: tarfile.TarFile, folder:
     props = dict(config.properties)
     budgets = limits.policy.budgets  # the site's [policy] bounds a job's description
     if not name.endswith(".sf"):
-        return load_file(find_template(name, config), include_dirs=search,
-                         properties=props, environ=None, budgets=budgets), name  # fmt: skip
+        return load_file(
+            find_template(name, config),
+            include_dirs=search,
+            properties=props,
+            environ=None,
+            budgets=budgets,
+        ), name
     if not limits.policy.allow_user_descriptions:
         raise PolicyError(
             f"this site does not run job descriptions of their own ({name})",
             hint="name a site template instead (sd templates lists them)",
         )
     if not SF_PATH.fullmatch(name) or ".." in PurePosixPath(name).parts:
-        raise PolicyError(f"SDVMDescription {name!r} must be a relative path inside the "
-                          "job's sandbox", hint="list the file in transfer_input_files")
+        raise PolicyError(
+            f"SDVMDescription {name!r} must be a relative path inside the job's sandbox",
+            hint="list the file in transfer_input_files",
+        )
     root = folder / "description"
     _extract_descriptions(tar, root, limits)
     path = root / name
     if not path.is_file():
-        raise PolicyError(f"SDVMDescription {name} is not among the job's input files",
-                          hint="list the .sf file in transfer_input_files")
+        raise PolicyError(
+            f"SDVMDescription {name} is not among the job's input files",
+            hint="list the .sf file in transfer_input_files",
+        )
     # user files may include each other (from their own folder) and site templates, nothing else
-    return load_file(path, include_dirs=search, properties=props, environ=None,
-                     display_root=root, budgets=budgets), name
+    return load_file(
+        path,
+        include_dirs=search,
+        properties=props,
+        environ=None,
+        display_root=root,
+        budgets=budgets,
+    ), name
 
 
 def _read_member(tar: tarfile.TarFile, name: str, limit: int) -> bytes | None:
@@ -160,13 +179,15 @@ def _extract_descriptions(tar: tarfile.TarFile, root: Path, limits: JobLimits) -
     for member in tar.getmembers():
         if not member.name.startswith(contract.SANDBOX_PREFIX) or not member.name.endswith(".sf"):
             continue
-        relative = member.name[len(contract.SANDBOX_PREFIX):]
+        relative = member.name[len(contract.SANDBOX_PREFIX) :]
         if not member.isreg() or not SF_PATH.fullmatch(relative) or ".." in relative.split("/"):
             continue
         count, total = count + 1, total + member.size
         if count > limits.max_description_files or total > limits.max_description_bytes:
-            raise PolicyError("too many or too large .sf files in the job's sandbox",
-                              hint=f"at most {limits.max_description_files} files")
+            raise PolicyError(
+                "too many or too large .sf files in the job's sandbox",
+                hint=f"at most {limits.max_description_files} files",
+            )
         target = root / relative
         handle = tar.extractfile(member)
         if handle is None:
@@ -175,9 +196,11 @@ def _extract_descriptions(tar: tarfile.TarFile, root: Path, limits: JobLimits) -
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
-            raise PolicyError(f"the job's sandbox has {relative!r}, which conflicts with "
-                              "another of its .sf files (a file and a folder of one name)",
-                              hint="rename one of them") from exc  # fmt: skip
+            raise PolicyError(
+                f"the job's sandbox has {relative!r}, which conflicts with "
+                "another of its .sf files (a file and a folder of one name)",
+                hint="rename one of them",
+            ) from exc
         with os.fdopen(fd, "wb") as out:
             out.write(handle.read())
 
@@ -222,16 +245,22 @@ def _extended_template(
         real = path.resolve()
         if not real.is_file() or not any(real.is_relative_to(f) for f in folders):
             continue
-        loaded = load_file(real, include_dirs=[*config.include_dirs, *config.template_dirs],
-                           properties=dict(config.properties), environ=None, complete=False,
-                           budgets=policy.budgets)
+        loaded = load_file(
+            real,
+            include_dirs=[*config.include_dirs, *config.template_dirs],
+            properties=dict(config.properties),
+            environ=None,
+            complete=False,
+            budgets=policy.budgets,
+        )
         template = loaded.sfconfig
         if template is None or template.get("sfClass") != "sd_batch.VM":
             continue
         for tbd, _loc in loaded.tbds:  # the fields the template leaves to its users
             _fill(template, description.sfconfig, tbd)
-        found.append(dataclasses.replace(vm_spec(template, default_name=key.domain),
-                                         name=key.domain))  # fmt: skip
+        found.append(
+            dataclasses.replace(vm_spec(template, default_name=key.domain), name=key.domain)
+        )
     return closest_template(spec, found)
 
 

@@ -20,8 +20,12 @@ from . import description, jobs  # noqa: F401
 
 parse_job_ad('ClusterId = 1\nProcId = 0\nCmd = "/bin/true"\nGlobalJobId = "warm#1.0#1"\n')
 with contextlib.suppress(SdError, OSError):  # a job's first resolution, done once here
-    warm = load_file(BUILTIN_TEMPLATE_DIR / "minimal.sf", include_dirs=[BUILTIN_TEMPLATE_DIR],
-                     properties={"sd.flavour": "qemu"}, environ=None)  # fmt: skip
+    warm = load_file(
+        BUILTIN_TEMPLATE_DIR / "minimal.sf",
+        include_dirs=[BUILTIN_TEMPLATE_DIR],
+        properties={"sd.flavour": "qemu"},
+        environ=None,
+    )
     if warm.sfconfig is not None:
         vm_spec(warm.sfconfig, default_name="warm")
 # What is loaded now stays out of every child's collections: a collection touches each object

@@ -58,21 +58,29 @@ from .resume import Evicted
 
 log = logging.getLogger(__name__)
 
+
 def resolve_limits(policy: SitePolicy) -> ChildLimits:
     """The confined child's limits for a job's input and description, from [policy]."""
-    return ChildLimits(memory_mib=policy.max_resolve_mib,
-                       cpu_seconds=policy.max_resolve_cpu_seconds,
-                       wall_seconds=float(policy.max_resolve_seconds),
-                       keep_capabilities=(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH),
-                       what="the job's description", doing="to resolve")  # fmt: skip
+    return ChildLimits(
+        memory_mib=policy.max_resolve_mib,
+        cpu_seconds=policy.max_resolve_cpu_seconds,
+        wall_seconds=float(policy.max_resolve_seconds),
+        keep_capabilities=(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH),
+        what="the job's description",
+        doing="to resolve",
+    )
 
 
 def result_limits(policy: SitePolicy) -> ChildLimits:
     """... and for finding the result tar on the guest's output disk."""
-    return ChildLimits(memory_mib=256, cpu_seconds=policy.max_resolve_cpu_seconds,
-                       wall_seconds=float(policy.max_resolve_seconds),
-                       keep_capabilities=(CAP_DAC_READ_SEARCH,),  # it only reads
-                       what="the job's result", doing="to read")  # fmt: skip
+    return ChildLimits(
+        memory_mib=256,
+        cpu_seconds=policy.max_resolve_cpu_seconds,
+        wall_seconds=float(policy.max_resolve_seconds),
+        keep_capabilities=(CAP_DAC_READ_SEARCH,),  # it only reads
+        what="the job's result",
+        doing="to read",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +118,11 @@ def prepare(
     uri = config.default_uri
     folder = key.folder(config)
     with Ledger.for_site(config) as ledger, _counting_lock(ledger.path.parent) as counted:
-        others = [o for o in ledger.owners() if o.kind is OwnerKind.JOB and o.host_uri == uri
-                  and o.owner_id != key.owner_id]  # fmt: skip
+        others = [
+            o
+            for o in ledger.owners()
+            if o.kind is OwnerKind.JOB and o.host_uri == uri and o.owner_id != key.owner_id
+        ]
         mine = sum(1 for o in others if o.owner_id.startswith(f"{key.uid}:"))
         check_capacity(mine, len(others), limits.policy)
         existing = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
@@ -127,12 +138,15 @@ def prepare(
             with ledger.intent(owner, ResourceKind.FILE, str(input_path)):
                 _copy_bounded(input_stream, input_path, limits.max_input_bytes)
             # the job's untrusted work (its tar, its description) in a confined child
-            spec, name, slot = run_confined(resolve_job, (config, key, input_path, folder,
-                                                          limits), resolve_limits(limits.policy))
-            owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, description=name,
-                                          pid=None)
-            growth = disk_growth(spec, limits.output_disk_bytes, config.image_dir,
-                                 connections(uri))  # fmt: skip
+            spec, name, slot = run_confined(
+                resolve_job,
+                (config, key, input_path, folder, limits),
+                resolve_limits(limits.policy),
+            )
+            owner = ledger.register_owner(
+                OwnerKind.JOB, key.owner_id, uri, description=name, pid=None
+            )
+            growth = disk_growth(spec, limits.output_disk_bytes, config.image_dir, connections(uri))
             check_disk(growth, slot, named(name))
             output_path = folder / "output.img"
             with ledger.intent(owner, ResourceKind.FILE, str(output_path)):
@@ -141,11 +155,16 @@ def prepare(
                 create_output_disk(output_path, limits.output_disk_bytes)
             serials = not spec.flavour.is_xen  # Xen disks have no serial: the guest reads magic
             extra = (
-                ExtraDisk(DiskSource(PurePosixPath(input_path), DiskFormat.RAW), readonly=True,
-                          serial=contract.INPUT_SERIAL if serials else None),
-                ExtraDisk(DiskSource(PurePosixPath(output_path), DiskFormat.RAW),
-                          serial=contract.OUTPUT_SERIAL if serials else None),
-            )  # fmt: skip
+                ExtraDisk(
+                    DiskSource(PurePosixPath(input_path), DiskFormat.RAW),
+                    readonly=True,
+                    serial=contract.INPUT_SERIAL if serials else None,
+                ),
+                ExtraDisk(
+                    DiskSource(PurePosixPath(output_path), DiskFormat.RAW),
+                    serial=contract.OUTPUT_SERIAL if serials else None,
+                ),
+            )
             engine.deploy_vm(owner, VMPlan(spec, uri), extra)
         except BaseException as exc:
             engine.teardown(owner, graceful=False)
@@ -164,14 +183,14 @@ def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | Non
 
     cause = exc if isinstance(exc, OSError) else exc.__cause__
     if isinstance(exc, StagingError) and not (
-        isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
-                                                       errno.EIO)):  # fmt: skip
+        isinstance(cause, OSError)
+        and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+    ):
         return None
     if not isinstance(cause, OSError):
         return None
     return HostStorageError(
-        f"the worker cannot write the job's files in {folder.parent}: "
-        f"{cause.strerror or cause}",
+        f"the worker cannot write the job's files in {folder.parent}: {cause.strerror or cause}",
         hint="the site must free space in its state_dir (the job runs again, here or elsewhere)",
     )
 
@@ -249,15 +268,17 @@ def run(
     with Ledger.for_site(config) as ledger:
         owner = prepared_owner(ledger, key, uri)
         # the reaper's sign of life: while this process lives, the job does
-        ledger.set_status(owner, OwnerStatus.ACTIVE,
-                          pid=THIS_PROCESS if runner_pid is None else runner_pid)
+        ledger.set_status(
+            owner, OwnerStatus.ACTIVE, pid=THIS_PROCESS if runner_pid is None else runner_pid
+        )
 
     def destroy_now() -> None:
         with contextlib.suppress(SdError):
             connections(uri).destroy(key.domain)  # a new connection if libvirtd restarted
 
-    evict = _Eviction(lambda: resume.save_state(connections(uri), key, key.folder(config)),
-                      destroy_now)  # fmt: skip
+    evict = _Eviction(
+        lambda: resume.save_state(connections(uri), key, key.folder(config)), destroy_now
+    )
     if install_signals is not None:
         install_signals(destroy_now)
     if install_evict is not None:
@@ -266,8 +287,11 @@ def run(
         ready()
     started = time.monotonic()
     if resume.restore_or_start(config, key, connections(uri)):
-        log.info("job %s: its VM resumed from its checkpoint in %.2f s", key.job_id,
-                 time.monotonic() - started)  # fmt: skip
+        log.info(
+            "job %s: its VM resumed from its checkpoint in %.2f s",
+            key.job_id,
+            time.monotonic() - started,
+        )
     try:
         wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)
     except HypervisorError as exc:
@@ -278,7 +302,8 @@ def run(
             raise VMFailed(
                 f"the job's VM did not power off within {limits.run_timeout_seconds:.0f} s "
                 "(the site's [policy] max_run_seconds); it was destroyed",
-                run_exit=VM_TIMEOUT_EXIT, hint="make the payload finish sooner, or ask the site",
+                run_exit=VM_TIMEOUT_EXIT,
+                hint="make the payload finish sooner, or ask the site",
             ) from exc
         raise
     if evict.requested.is_set():
@@ -292,8 +317,11 @@ def run(
         end = run_confined(result_extent, (disk,), result_limits(limits.policy))
         result = result_tar_from_disk(disk, end)
     except (StagingError, ChildFailed, LimitExceeded) as exc:  # off, but no whole result
-        raise VMFailed(f"the job's VM stopped without a result (it crashed or was destroyed "
-                       f"from outside): {exc}", run_exit=VM_LOST_EXIT) from exc
+        raise VMFailed(
+            f"the job's VM stopped without a result (it crashed or was destroyed "
+            f"from outside): {exc}",
+            run_exit=VM_LOST_EXIT,
+        ) from exc
     with result:
         shutil.copyfileobj(result, out)
     return None
@@ -322,8 +350,14 @@ class _Eviction:
         finally:
             self.done.set()
 
-    def packed(self, config: SiteConfig, key: JobKey, hv: HypervisorAPI, limits: JobLimits,
-               description: str) -> Evicted:  # fmt: skip
+    def packed(
+        self,
+        config: SiteConfig,
+        key: JobKey,
+        hv: HypervisorAPI,
+        limits: JobLimits,
+        description: str,
+    ) -> Evicted:
         self.done.wait(SAVE_SECONDS)
         if not self.done.is_set():
             self._destroy()
@@ -341,8 +375,9 @@ class _Eviction:
 SAVE_SECONDS = 300.0
 
 
-def start_paused(config: SiteConfig, key: JobKey, *, connections: Connections | None = None
-                 ) -> bool:  # fmt: skip
+def start_paused(
+    config: SiteConfig, key: JobKey, *, connections: Connections | None = None
+) -> bool:
     """Make the prepared VM's process and devices now, paused, so `run` only resumes it.
 
     The helper service calls this right after answering PREPARE_JOB, while the starter gets
@@ -395,9 +430,12 @@ def wait_off_across_restarts(
             # the next connections(uri) finds this one dead and opens another
             away_since = clock() if away_since is None else away_since
             if clock() - away_since >= away_limit:
-                raise HypervisorError(f"{uri}: lost libvirtd while the job's VM ran, and it "
-                                      f"did not come back within {away_limit:.0f} s: {exc}",
-                                      transient=True, hint=DAEMON_HINT) from exc  # fmt: skip
+                raise HypervisorError(
+                    f"{uri}: lost libvirtd while the job's VM ran, and it "
+                    f"did not come back within {away_limit:.0f} s: {exc}",
+                    transient=True,
+                    hint=DAEMON_HINT,
+                ) from exc
             log.warning("lost %s while %s runs (%s): reconnecting", uri, name, exc)
             sleep(1.0)
 
@@ -408,13 +446,16 @@ def prepared_owner(ledger: Any, key: JobKey, uri: str) -> Any:
 
     owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
     if owner is None:
-        raise DeployError(f"job {key.job_id} has no prepared VM on this host",
-                          hint="PREPARE_JOB did not run or failed")  # fmt: skip
+        raise DeployError(
+            f"job {key.job_id} has no prepared VM on this host",
+            hint="PREPARE_JOB did not run or failed",
+        )
     return owner
 
 
-def restore_checkpoint(config: SiteConfig, key: JobKey, stream: BinaryIO, *,
-                       connections: Connections | None = None) -> str | None:
+def restore_checkpoint(
+    config: SiteConfig, key: JobKey, stream: BinaryIO, *, connections: Connections | None = None
+) -> str | None:
     """After `prepare`: check the job's checkpoint (untrusted, from its sandbox) and unpack
     it so that `run` restores instead of booting. None when it will resume, else why not (the
     job then starts afresh: never a hold)."""
@@ -426,8 +467,9 @@ def restore_checkpoint(config: SiteConfig, key: JobKey, stream: BinaryIO, *,
     with Ledger.for_site(config) as ledger:
         owner = prepared_owner(ledger, key, uri)
     try:
-        resume.unpack_into_job(config, key, connections(uri), stream, owner.description,
-                               JobLimits.of(config.policy))  # fmt: skip
+        resume.unpack_into_job(
+            config, key, connections(uri), stream, owner.description, JobLimits.of(config.policy)
+        )
     except (CheckpointUnusable, ChildFailed, LimitExceeded) as exc:
         return str(exc)
     except OSError as exc:

@@ -33,9 +33,12 @@ class JobLimits:
 
     @classmethod
     def of(cls, policy: SitePolicy) -> JobLimits:
-        return cls(policy, max_input_bytes=policy.max_input_bytes,
-                   output_disk_bytes=policy.output_disk_bytes,
-                   run_timeout_seconds=float(policy.max_run_seconds))  # fmt: skip
+        return cls(
+            policy,
+            max_input_bytes=policy.max_input_bytes,
+            output_disk_bytes=policy.output_disk_bytes,
+            run_timeout_seconds=float(policy.max_run_seconds),
+        )
 
 
 @dataclass(frozen=True, slots=True)

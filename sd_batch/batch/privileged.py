@@ -148,29 +148,52 @@ def perform(
             if data_in is None:
                 raise ValueError("perform(prepare) needs DATA_IN")  # the door's mistake
             prepared = jobs.prepare(config, key, data_in, connections=connections)
-            return Answer(0, {"ok": True, "domain": prepared.domain, "uri": prepared.uri,
-                              "memory_mib": prepared.memory_mib, "vcpus": prepared.vcpus,
-                              "description": prepared.description})  # fmt: skip
+            return Answer(
+                0,
+                {
+                    "ok": True,
+                    "domain": prepared.domain,
+                    "uri": prepared.uri,
+                    "memory_mib": prepared.memory_mib,
+                    "vcpus": prepared.vcpus,
+                    "description": prepared.description,
+                },
+            )
         if action is Action.RESTORE:
             if data_in is None:
                 raise ValueError("perform(restore) needs DATA_IN")  # the door's mistake
             why = jobs.restore_checkpoint(config, key, data_in, connections=connections)
             return Answer(0, {"ok": True, "restored": why is None, "reason": why or ""})
         if action is Action.CLEANUP:
-            return Answer(0, {"ok": True, "removed": jobs.cleanup(config, key,
-                                                                  connections=connections)})
+            return Answer(
+                0, {"ok": True, "removed": jobs.cleanup(config, key, connections=connections)}
+            )
         if data_out is None:
             raise ValueError("perform(run) needs DATA_OUT")  # the door's mistake
-        evicted = jobs.run(config, key, data_out, limits=JobLimits.of(config.policy),
-                           connections=connections, install_signals=install_signals,
-                           runner_pid=runner_pid, ready=ready,
-                           install_evict=install_evict)  # fmt: skip
+        evicted = jobs.run(
+            config,
+            key,
+            data_out,
+            limits=JobLimits.of(config.policy),
+            connections=connections,
+            install_signals=install_signals,
+            runner_pid=runner_pid,
+            ready=ready,
+            install_evict=install_evict,
+        )
         if evicted is not None:
-            return Answer(VM_REQUEUE_EXIT, {
-                "ok": False, "exit": VM_REQUEUE_EXIT, "evicted": True,
-                "checkpoint": str(evicted.path or ""), "size": evicted.size,
-                "message": evicted.reason or f"the VM was saved ({evicted.size} bytes)",
-                "disposition": Disposition.REQUEUE.value})  # fmt: skip
+            return Answer(
+                VM_REQUEUE_EXIT,
+                {
+                    "ok": False,
+                    "exit": VM_REQUEUE_EXIT,
+                    "evicted": True,
+                    "checkpoint": str(evicted.path or ""),
+                    "size": evicted.size,
+                    "message": evicted.reason or f"the VM was saved ({evicted.size} bytes)",
+                    "disposition": Disposition.REQUEUE.value,
+                },
+            )
         return Answer(0, None)
     except SdError as exc:
         if action is not Action.RUN:
@@ -203,8 +226,12 @@ def run_exit(exc: SdError) -> int:
 
 def failure(exc: SdError) -> dict[str, Any]:
     text = clipped(exc.headline() if hasattr(exc, "headline") else str(exc))
-    return {"ok": False, "disposition": exc.disposition.value, "message": text,
-            "error": type(exc).__name__}
+    return {
+        "ok": False,
+        "disposition": exc.disposition.value,
+        "message": text,
+        "error": type(exc).__name__,
+    }
 
 
 def probe() -> dict[str, Any]:
@@ -216,8 +243,14 @@ def probe() -> dict[str, Any]:
     from ..hypervisor.connection import connect
 
     config = site_config()
-    report: dict[str, Any] = {"ok": True, "templates": [], "free_memory_mib": None, "reason": "",
-                              "needs": {}, "output_disk_kib": config.policy.output_disk_bytes >> 10}
+    report: dict[str, Any] = {
+        "ok": True,
+        "templates": [],
+        "free_memory_mib": None,
+        "reason": "",
+        "needs": {},
+        "output_disk_kib": config.policy.output_disk_bytes >> 10,
+    }
     try:
         with connect(config.default_uri, attempts=2, max_delay=3.0) as hv:
             capacity = hv.host_capacity()
@@ -256,8 +289,11 @@ def template_needs(config: SiteConfig, infos: Sequence[Any], hv: Any) -> dict[st
         except SdError as exc:
             log.warning("template %s: its needs cannot be published: %s", info.name, exc)
             continue
-        needs[info.name] = {"memory_mib": spec.memory_mib, "vcpus": spec.vcpus,
-                            "disk_kib": -(-growth.total // 1024)}  # fmt: skip
+        needs[info.name] = {
+            "memory_mib": spec.memory_mib,
+            "vcpus": spec.vcpus,
+            "disk_kib": -(-growth.total // 1024),
+        }
     return needs
 
 
@@ -270,14 +306,22 @@ def reap_now(connections: Connections | None = None) -> Answer:
         outcomes = reap(site_config(), connections=connections)
     except SdError as exc:
         return Answer(1, failure(exc))
-    return Answer(0, {"ok": all(not o.error for o in outcomes),
-                      "actions": [o.line(dry_run=False) for o in outcomes]})  # fmt: skip
+    return Answer(
+        0,
+        {
+            "ok": all(not o.error for o in outcomes),
+            "actions": [o.line(dry_run=False) for o in outcomes],
+        },
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="sd-batch helper: %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="sd-batch helper: %(levelname)s %(message)s",
+    )
     action = Action.named(args[0]) if args else None
     job_id = args[1] if len(args) == 2 else None
     if action is None or len(args) != (2 if action.needs_job else 1):
@@ -285,9 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from .jobs import default_signal_installer
 
-    answer = perform(action, job_id, caller_uid(), data_in=sys.stdin.buffer,
-                     data_out=sys.stdout.buffer,
-                     install_signals=default_signal_installer if action is Action.RUN else None)
+    answer = perform(
+        action,
+        job_id,
+        caller_uid(),
+        data_in=sys.stdin.buffer,
+        data_out=sys.stdout.buffer,
+        install_signals=default_signal_installer if action is Action.RUN else None,
+    )
     if action is not Action.RUN:
         sys.stdout.write(json.dumps(answer.reply) + "\n")
         sys.stdout.flush()

@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 #: The confined child's CPU and wall seconds to check and inflate a checkpoint (a 1 GiB
 #: guest's took 0.6 s on a loaded 2-core host).
 UNPACK_SECONDS = 300
-CHECKPOINT_SETTINGS = ("256 MiB per checkpoint", "300 CPU seconds per checkpoint",
-                       "300 s per checkpoint")
+CHECKPOINT_SETTINGS = (
+    "256 MiB per checkpoint",
+    "300 CPU seconds per checkpoint",
+    "300 s per checkpoint",
+)
 
 SAVED_STATE = "saved.state"  # virDomainSave's file, in the job folder
 PACKED = "checkpoint.out"  # the packed checkpoint on its way to the runner
@@ -69,10 +72,13 @@ def identity(config: SiteConfig, key: JobKey, xml: str, description: str) -> che
         raise CheckpointUnusable(f"unexpected memory unit {memory.get('unit')} in the domain")
     vcpu = root.find("./vcpu")
     return checkpoint.Identity(
-        job_id=key.job_id, description=description, flavour=str(root.get("type")),
-        memory_mib=kib >> 10, vcpus=int(vcpu.text or 1) if vcpu is not None else 1,
+        job_id=key.job_id,
+        description=description,
+        flavour=str(root.get("type")),
+        memory_mib=kib >> 10,
+        vcpus=int(vcpu.text or 1) if vcpu is not None else 1,
         images=checkpoint.image_digests(xml, config.image_dir),
-    )  # fmt: skip
+    )
 
 
 def save_state(hv: HypervisorAPI, key: JobKey, folder: Path) -> None:
@@ -80,8 +86,9 @@ def save_state(hv: HypervisorAPI, key: JobKey, folder: Path) -> None:
     hv.save(key.domain, folder / SAVED_STATE)  # type: ignore[attr-defined]
 
 
-def pack_saved(config: SiteConfig, key: JobKey, xml: str, description: str,
-               limits: JobLimits) -> Evicted:  # fmt: skip
+def pack_saved(
+    config: SiteConfig, key: JobKey, xml: str, description: str, limits: JobLimits
+) -> Evicted:
     """The saved state and the disks as one checkpoint file, or why there is none."""
     folder = key.folder(config)
     state = folder / SAVED_STATE
@@ -89,21 +96,34 @@ def pack_saved(config: SiteConfig, key: JobKey, xml: str, description: str,
     try:
         files = {checkpoint.STATE: state, **job_disks(xml, folder)}
         size = checkpoint.pack(
-            folder / PACKED, identity(config, key, xml, description), files,
-            key=checkpoint.site_key(config.state_dir), folder=folder,
+            folder / PACKED,
+            identity(config, key, xml, description),
+            files,
+            key=checkpoint.site_key(config.state_dir),
+            folder=folder,
             limit=limits.policy.max_checkpoint_bytes,
-        )  # fmt: skip
+        )
     except (SdError, OSError) as exc:
         return Evicted(None, reason=str(exc))
     finally:
         state.unlink(missing_ok=True)
-    log.info("job %s: checkpoint packed in %.2f s: %d bytes", key.job_id,
-             time.monotonic() - started, size)  # fmt: skip
+    log.info(
+        "job %s: checkpoint packed in %.2f s: %d bytes",
+        key.job_id,
+        time.monotonic() - started,
+        size,
+    )
     return Evicted(folder / PACKED, size)
 
 
-def unpack_into_job(config: SiteConfig, key: JobKey, hv: HypervisorAPI, stream: IO[bytes],
-                    description: str, limits: JobLimits) -> None:  # fmt: skip
+def unpack_into_job(
+    config: SiteConfig,
+    key: JobKey,
+    hv: HypervisorAPI,
+    stream: IO[bytes],
+    description: str,
+    limits: JobLimits,
+) -> None:
     """Check the checkpoint STREAM against the prepared (defined, not started) VM and unpack
     it into the job's folder; `run` then restores instead of booting. Every refusal is a
     `CheckpointUnusable`, and the prepared VM is left as it was (a fresh start)."""
@@ -112,9 +132,11 @@ def unpack_into_job(config: SiteConfig, key: JobKey, hv: HypervisorAPI, stream: 
     disks = job_disks(xml, folder)
     mine = identity(config, key, xml, description)
     targets: dict[str, tuple[Path, int]] = {  # the save file: at most the VM's memory and more
-        checkpoint.STATE: (folder / f".restore-{SAVED_STATE}",
-                           mine.memory_mib * 1024**2 + checkpoint.STATE_SLACK),
-    }  # fmt: skip
+        checkpoint.STATE: (
+            folder / f".restore-{SAVED_STATE}",
+            mine.memory_mib * 1024**2 + checkpoint.STATE_SLACK,
+        ),
+    }
     for name, path in disks.items():
         size = max(path.stat().st_size, hv.image_capacity(path))
         targets[name] = (folder / f".restore-{name}", size + checkpoint.STATE_SLACK)
@@ -128,18 +150,27 @@ def unpack_into_job(config: SiteConfig, key: JobKey, hv: HypervisorAPI, stream: 
         restored = run_confined(
             checkpoint.unpack_file,
             (arrived, mine, targets, checkpoint.site_key(config.state_dir), limit),
-            ChildLimits(memory_mib=256, cpu_seconds=UNPACK_SECONDS, wall_seconds=UNPACK_SECONDS,
-                        file_mib=(biggest >> 20) + 1, what="the job's checkpoint",
-                        doing="to unpack", settings=CHECKPOINT_SETTINGS),
-        )  # fmt: skip
+            ChildLimits(
+                memory_mib=256,
+                cpu_seconds=UNPACK_SECONDS,
+                wall_seconds=UNPACK_SECONDS,
+                file_mib=(biggest >> 20) + 1,
+                what="the job's checkpoint",
+                doing="to unpack",
+                settings=CHECKPOINT_SETTINGS,
+            ),
+        )
         if restored.old_folder.strip("/") == "" or "'" in restored.old_folder:
             raise CheckpointUnusable("the checkpoint names an impossible folder")
         for name in restored.members:
             final = folder / (SAVED_STATE if name == checkpoint.STATE else name)
             targets[name][0].replace(final)
         (folder / RESTORE_NOTE).write_text(json.dumps({"old_folder": restored.old_folder}))
-        log.info("job %s: checkpoint checked and unpacked in %.2f s", key.job_id,
-                 time.monotonic() - started)  # fmt: skip
+        log.info(
+            "job %s: checkpoint checked and unpacked in %.2f s",
+            key.job_id,
+            time.monotonic() - started,
+        )
     finally:
         arrived.unlink(missing_ok=True)
         for temporary, _bound in targets.values():
@@ -175,8 +206,10 @@ def restore_or_start(config: SiteConfig, key: JobKey, hv: HypervisorAPI) -> bool
         return True
     except (SdError, OSError, ValueError, KeyError) as exc:
         # its disks are the checkpoint's now: no fresh boot on them, the job runs again
-        raise CheckpointUnusable(f"the job's checkpoint could not be restored ({exc}); the "
-                                 "job goes back to Idle and starts afresh") from exc
+        raise CheckpointUnusable(
+            f"the job's checkpoint could not be restored ({exc}); the "
+            "job goes back to Idle and starts afresh"
+        ) from exc
     finally:
         note.unlink(missing_ok=True)
         with contextlib.suppress(OSError):

@@ -28,11 +28,14 @@ def setup_host(args: argparse.Namespace, env: Environment) -> int:
         argv.append("--no-apt")
     env.stdout.flush()
     try:
-        done = subprocess.run(argv, env=env.environ, stdout=env.stdout, stderr=env.stderr,
-                              check=False)  # fmt: skip
+        done = subprocess.run(
+            argv, env=env.environ, stdout=env.stdout, stderr=env.stderr, check=False
+        )
     except OSError as exc:  # not executable, no bash: the install is broken
-        raise UsageError(f"cannot run {SETUP_HOST}: {exc}",
-                         hint="reinstall sd-batch; the script is part of the package") from exc
+        raise UsageError(
+            f"cannot run {SETUP_HOST}: {exc}",
+            hint="reinstall sd-batch; the script is part of the package",
+        ) from exc
     return done.returncode
 
 

@@ -17,12 +17,24 @@ def images_push(args: argparse.Namespace, env: Environment) -> int:
 
     results = push(site_config(args, env), args.host, args.name, progress=progress)
     if args.json:
-        print(json.dumps([{"path": r.path, "sha256": r.sha256, "size": r.size,
-                           "outcome": r.outcome} for r in results]), file=env.stdout)  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {"path": r.path, "sha256": r.sha256, "size": r.size, "outcome": r.outcome}
+                    for r in results
+                ]
+            ),
+            file=env.stdout,
+        )
         return 0
-    words = {"copied": "copied", "present": "already there (same sha256), not copied",
-             "verified": "already there (read back: same sha256), not copied"}  # fmt: skip
+    words = {
+        "copied": "copied",
+        "present": "already there (same sha256), not copied",
+        "verified": "already there (read back: same sha256), not copied",
+    }
     for r in results:
-        print(f"{r.path}: {words[r.outcome]} ({r.size} bytes, sha256 {r.sha256[:16]}...)",
-              file=env.stdout)
+        print(
+            f"{r.path}: {words[r.outcome]} ({r.size} bytes, sha256 {r.sha256[:16]}...)",
+            file=env.stdout,
+        )
     return 0

@@ -25,8 +25,9 @@ def _budgets(args: argparse.Namespace, config: SiteConfig) -> Budgets:
     for item in args.budgets:
         name, sep, text = item.partition("=")
         if not sep or name not in BUDGET_NAMES:
-            raise UsageError(f"--budget {item}: expected NAME=N",
-                             hint=f"names: {', '.join(BUDGET_NAMES)}")  # fmt: skip
+            raise UsageError(
+                f"--budget {item}: expected NAME=N", hint=f"names: {', '.join(BUDGET_NAMES)}"
+            )
         try:
             changes[name] = float(text) if name == "seconds" else int(text)
         except ValueError:

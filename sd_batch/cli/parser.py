@@ -165,7 +165,8 @@ def _add_language(sub: _Subcommands[_Parser]) -> None:
 def _add_pools(sub: _Subcommands[_Parser]) -> None:
     """`sd start`, `sd terminate`, `sd status`: pools on hypervisors."""
     start = sub.add_parser(
-        "start", help="create and start the VMs of a description as pool NAME on HOST",
+        "start",
+        help="create and start the VMs of a description as pool NAME on HOST",
         description="Resolve FILE and start every VM under its sfConfig on HOST, as pool NAME "
         "(the seed's `sfStart HOST NAME FILE`). All or nothing: when one VM fails, the ones "
         "already started are destroyed and their disks removed. HOST is a libvirt URI "
@@ -174,30 +175,41 @@ def _add_pools(sub: _Subcommands[_Parser]) -> None:
     )
     start.add_argument("host", metavar="HOST")
     start.add_argument("name", metavar="NAME", help="the pool's name, unique on HOST")
-    start.add_argument("file", metavar="FILE",
-                       help="a .sf description (e.g. job_templates/pool.sf)")  # fmt: skip
+    start.add_argument(
+        "file", metavar="FILE", help="a .sf description (e.g. job_templates/pool.sf)"
+    )
     _add_include_options(start)
     start.add_argument("--json", action="store_true", help="machine-readable result, no progress")
-    start.add_argument("--watch", action="store_true",
-                       help="then stay and watch it, as sd watch does (high availability)")
+    start.add_argument(
+        "--watch",
+        action="store_true",
+        help="then stay and watch it, as sd watch does (high availability)",
+    )
     start.set_defaults(handler=_start, rounds=None)
 
     terminate = sub.add_parser(
-        "terminate", help="stop pool NAME on HOST and remove its VMs and disks",
+        "terminate",
+        help="stop pool NAME on HOST and remove its VMs and disks",
         description="Ask every VM of pool NAME to power off (ACPI), destroy those still running "
         "after --grace seconds, undefine them and delete their disks, newest first (the seed's "
         "`sfTerminate HOST NAME`). Safe to run again after an interruption.",
     )
     terminate.add_argument("host", metavar="HOST")
     terminate.add_argument("name", metavar="NAME")
-    terminate.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
-                           help="how long guests get to power off before they are destroyed "
-                           "(default 10; 0 destroys at once)")
+    terminate.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long guests get to power off before they are destroyed "
+        "(default 10; 0 destroys at once)",
+    )
     terminate.add_argument("--json", action="store_true", help="machine-readable result")
     terminate.set_defaults(handler=_terminate)
 
     status = sub.add_parser(
-        "status", help="show pools and jobs, their VMs and disks",
+        "status",
+        help="show pools and jobs, their VMs and disks",
         description="Every pool and job the ledger records (or just NAME), each VM's live state "
         "from its hypervisor, and leftovers of interrupted runs.",
     )
@@ -209,31 +221,35 @@ def _add_pools(sub: _Subcommands[_Parser]) -> None:
 def _add_placement(sub: _Subcommands[_Parser]) -> None:
     """`sd plan`, `sd watch`: where VMs go, and moving them off failed hosts."""
     plan = sub.add_parser(
-        "plan", help="show where a description's VMs would be placed (a dry run)",
+        "plan",
+        help="show where a description's VMs would be placed (a dry run)",
         description="Place FILE's VMs as sd start would, creating nothing: which VM goes to "
         "which host, what each host has left, and why anything does not fit. Hosts come from "
         "--hosts INVENTORY (a TOML file of hosts on paper: name, uri, memory, vcpus, disk, "
         "tags, count) or, without it, from the site's live hypervisors. Exits 8 when some VM "
         "fits nowhere.",
-    )  # fmt: skip
+    )
     plan.add_argument("file", metavar="FILE", help="a .sf description with a Scheduler")
     _add_include_options(plan)
     plan.add_argument("--hosts", metavar="INVENTORY", help="hosts from this TOML inventory")
-    plan.add_argument("--name", metavar="NAME", help="pool name for the VM names (default: "
-                      "the file's name)")  # fmt: skip
-    plan.add_argument("--all-hosts", action="store_true",
-                      help="list every host, not only those that get VMs")
+    plan.add_argument(
+        "--name", metavar="NAME", help="pool name for the VM names (default: the file's name)"
+    )
+    plan.add_argument(
+        "--all-hosts", action="store_true", help="list every host, not only those that get VMs"
+    )
     plan.add_argument("--json", action="store_true", help="machine-readable plan")
     plan.set_defaults(handler=_plan)
 
     watch = sub.add_parser(
-        "watch", help="high availability: ping pool NAME's hosts, move VMs off failed ones",
+        "watch",
+        help="high availability: ping pool NAME's hosts, move VMs off failed ones",
         description="Every sfLivenessDelay seconds (the pool's Scheduler), ping each host "
         "running the pool's VMs and each VM. A host missing sfLivenessFactor pings in a row "
         "has failed: its VMs are placed again on the Scheduler's other hosts and started; "
         "sd status shows the moves. A VM found shut off is started again. Runs until "
         "interrupted, or until the pool is terminated.",
-    )  # fmt: skip
+    )
     watch.add_argument("host", metavar="HOST")
     watch.add_argument("name", metavar="NAME")
     _add_include_options(watch)
@@ -244,14 +260,16 @@ def _add_placement(sub: _Subcommands[_Parser]) -> None:
 def _add_images(sub: _Subcommands[_Parser]) -> None:
     """`sd images push`: site images onto hypervisor hosts."""
     images = sub.add_parser(
-        "images", help="site images on hypervisor hosts: sd images push HOST NAME",
+        "images",
+        help="site images on hypervisor hosts: sd images push HOST NAME",
         description="Site images (guest kernels, initramfs, base disks) live in the site image "
         "folder of every hypervisor host, at the same path. `push` copies NAME (a file or a "
         "folder, relative to this machine's site image folder) to HOST through libvirt's "
         "storage API; files already there with the same sha256 are not copied again.",
-    )  # fmt: skip
-    images_sub = images.add_subparsers(dest="images_command", metavar="ACTION", required=True,
-                                       parser_class=_Parser)  # fmt: skip
+    )
+    images_sub = images.add_subparsers(
+        dest="images_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
     images_push = images_sub.add_parser("push", help="copy a site image to HOST (once)")
     images_push.add_argument("host", metavar="HOST", help="a site host name or libvirt URI")
     images_push.add_argument("name", metavar="NAME", help="relative to the site image folder")
@@ -262,40 +280,57 @@ def _add_images(sub: _Subcommands[_Parser]) -> None:
 def _add_run(sub: _Subcommands[_Parser]) -> None:
     """`sd run`: a submit file's jobs here, through the hooks."""
     run = sub.add_parser(
-        "run", help="run a submit file's jobs here through the HTCondor hooks (no daemons)",
+        "run",
+        help="run a submit file's jobs here through the HTCondor hooks (no daemons)",
         description="Play condor_submit, the schedd and condor_starter for every proc of "
         "JOB.sub: a scratch dir with the input files, PREPARE_JOB, the job's command, JOB_EXIT "
         "and the outputs back next to JOB.sub, hooks and job as the slot user. One line per "
         "job; exits with the job's exit code (128+N: signal N; 3: held; 4: back to idle). "
         "SIGINT/SIGTERM removes the running job, SIGUSR1 holds it, SIGUSR2 evicts it.",
-    )  # fmt: skip
+    )
     run.add_argument("submit_file", metavar="JOB.sub", help="an HTCondor submit description")
-    run.add_argument("--keep-going", action="store_true",
-                     help="after a held or failed job, go on with the next proc")
-    run.add_argument("--user", metavar="SLOTUSER",
-                     help="run hooks and job as this user (root only; default: sdslot1 for root)")
+    run.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="after a held or failed job, go on with the next proc",
+    )
+    run.add_argument(
+        "--user",
+        metavar="SLOTUSER",
+        help="run hooks and job as this user (root only; default: sdslot1 for root)",
+    )
     run.add_argument("--json", action="store_true", help="one JSON document instead of lines")
-    run.add_argument("--evict-after", type=float, metavar="SECONDS",
-                     help="vacate each job SECONDS into its run (its KillSig, JOB_EXIT evict, "
-                     "ON_EXIT_OR_EVICT's spool), then run it again from the spooled files, "
-                     "as the schedd would: its VM resumes from its checkpoint")
+    run.add_argument(
+        "--evict-after",
+        type=float,
+        metavar="SECONDS",
+        help="vacate each job SECONDS into its run (its KillSig, JOB_EXIT evict, "
+        "ON_EXIT_OR_EVICT's spool), then run it again from the spooled files, "
+        "as the schedd would: its VM resumes from its checkpoint",
+    )
     run.set_defaults(handler=_run)
 
 
 def _add_reap(sub: _Subcommands[_Parser]) -> None:
     """`sd reap`: what crashed runs left."""
     reap = sub.add_parser(
-        "reap", help="remove what crashed runs left: dead jobs' VMs, interrupted pools, orphans",
+        "reap",
+        help="remove what crashed runs left: dead jobs' VMs, interrupted pools, orphans",
         description="Compare the ledger and the hypervisors with the jobs and pools still alive "
         "and remove what belongs to none: jobs whose runner died (or prepared and never run "
         "for --prepared-grace seconds), pools whose start or terminate was interrupted, rows "
         "stuck `creating`, domains carrying our metadata that no ledger owner has, job folders "
         "with no owner. One line per action. Never touches a domain without our metadata, an "
         "active pool, or a job whose process lives. The startd cron runs it.",
-    )  # fmt: skip
+    )
     reap.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    reap.add_argument("--prepared-grace", type=float, default=3600.0, metavar="SECONDS",
-                      help="a prepared job never run is abandoned after this long (default 3600)")
+    reap.add_argument(
+        "--prepared-grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="a prepared job never run is abandoned after this long (default 3600)",
+    )
     reap.add_argument("--json", action="store_true", help="machine-readable list of actions")
     reap.set_defaults(handler=_reap)
 
@@ -303,38 +338,59 @@ def _add_reap(sub: _Subcommands[_Parser]) -> None:
 def _add_web(sub: _Subcommands[_Parser]) -> None:
     """`sd web`: the template web form."""
     web = sub.add_parser(
-        "web", help="serve the template web form (list, fill, preview, start, status)",
+        "web",
+        help="serve the template web form (list, fill, preview, start, status)",
         description="Serve a small site: the site's templates, a form per template (its TBD "
         "fields and what site policy lets users change), a submit file for job templates, and "
         "start / status / terminate for pools. Bound to 127.0.0.1 it asks no login; bound "
         "elsewhere it needs --passwords or --remote-user-header.",
-    )  # fmt: skip
-    web.add_argument("--bind", default="127.0.0.1:8080", metavar="HOST:PORT",
-                     help="where to listen (default 127.0.0.1:8080)")
-    web.add_argument("--passwords", metavar="FILE",
-                     help="HTTP basic users: USER:HASH lines from sd web --hash-password USER")
-    web.add_argument("--remote-user-header", metavar="NAME",
-                     help="trust this header (set by a reverse proxy) as the user's name")
-    web.add_argument("--server-name", metavar="NAME", action="append",
-                     help="a name users reach this server by besides its --bind address (such "
-                     "as a reverse proxy's public name); repeat for more. Requests naming any "
-                     "other host are refused (DNS rebinding)")
-    web.add_argument("--hash-password", metavar="USER",
-                     help="print a password file line for USER (password from stdin) and exit")
+    )
+    web.add_argument(
+        "--bind",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:8080)",
+    )
+    web.add_argument(
+        "--passwords",
+        metavar="FILE",
+        help="HTTP basic users: USER:HASH lines from sd web --hash-password USER",
+    )
+    web.add_argument(
+        "--remote-user-header",
+        metavar="NAME",
+        help="trust this header (set by a reverse proxy) as the user's name",
+    )
+    web.add_argument(
+        "--server-name",
+        metavar="NAME",
+        action="append",
+        help="a name users reach this server by besides its --bind address (such "
+        "as a reverse proxy's public name); repeat for more. Requests naming any "
+        "other host are refused (DNS rebinding)",
+    )
+    web.add_argument(
+        "--hash-password",
+        metavar="USER",
+        help="print a password file line for USER (password from stdin) and exit",
+    )
     web.set_defaults(handler=_web)
 
 
 def _add_admin(sub: _Subcommands[_Parser]) -> None:
     """`sd admin ...`: setting a worker up from the installed package."""
     admin = sub.add_parser(
-        "admin", help="set this host up as a worker (site admins, as root)",
+        "admin",
+        help="set this host up as a worker (site admins, as root)",
         description="Commands for the site admin of a worker, run as root from the installed "
         "package (a wheel in a virtualenv, or the Debian package).",
-    )  # fmt: skip
-    steps = admin.add_subparsers(dest="admin_command", metavar="ACTION", parser_class=_Parser,
-                                 required=True)  # fmt: skip
+    )
+    steps = admin.add_subparsers(
+        dest="admin_command", metavar="ACTION", parser_class=_Parser, required=True
+    )
     setup = steps.add_parser(
-        "setup-host", help="install and start what a worker needs (idempotent)",
+        "setup-host",
+        help="install and start what a worker needs (idempotent)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Prepare this Debian 12 host to run sd-batch jobs in VMs, from this installed package:
@@ -357,22 +413,32 @@ upgrade, or from Puppet/Ansible/Salt. The Debian package's postinst runs it with
 --no-guest --no-apt. Then point HTCondor at it: `sd admin paths` shows SMARTDOMAINS_HOME
 and the config drop-in.""",
         epilog="example: sd admin setup-host --no-guest     (as root; exit 1 names what failed)",
-    )  # fmt: skip
-    setup.add_argument("--no-guest", action="store_true",
-                       help="skip building the guest image (it downloads Debian's kernel and "
-                       "busybox: ~1 min the first time)")  # fmt: skip
-    setup.add_argument("--image-dir", metavar="DIR",
-                       help="build the guest into DIR (default: the site config's image_dir)")
-    setup.add_argument("--no-apt", action="store_true",
-                       help="never run apt-get; stop naming missing packages instead (used from "
-                       "a Debian package's maintainer scripts, where dpkg holds apt's lock)")
+    )
+    setup.add_argument(
+        "--no-guest",
+        action="store_true",
+        help="skip building the guest image (it downloads Debian's kernel and "
+        "busybox: ~1 min the first time)",
+    )
+    setup.add_argument(
+        "--image-dir",
+        metavar="DIR",
+        help="build the guest into DIR (default: the site config's image_dir)",
+    )
+    setup.add_argument(
+        "--no-apt",
+        action="store_true",
+        help="never run apt-get; stop naming missing packages instead (used from "
+        "a Debian package's maintainer scripts, where dpkg holds apt's lock)",
+    )
     setup.set_defaults(handler=_setup_host)
     paths = steps.add_parser(
-        "paths", help="where this install keeps its hooks, helper, drop-in and templates",
+        "paths",
+        help="where this install keeps its hooks, helper, drop-in and templates",
         description="Print the paths an HTCondor config, sudoers or a configuration manager "
         "names: SMARTDOMAINS_HOME (for /etc/condor/config.d/99-smartdomains.conf), the hooks, "
         "the helper, the drop-in to copy, the templates and the Python.",
-    )  # fmt: skip
+    )
     paths.set_defaults(handler=_paths)
 
 

@@ -22,10 +22,13 @@ def plan(args: argparse.Namespace, env: Environment) -> int:
     stem = Path(args.file).stem
     name = args.name or (stem if POOL_NAME.fullmatch(stem) else "plan")
     result = plan_pool(
-        config, Path(args.file), name=name,
+        config,
+        Path(args.file),
+        name=name,
         inventory=Path(args.hosts) if args.hosts else None,
-        include_dirs=[Path(d) for d in args.include_dirs], properties=properties(args, config),
-    )  # fmt: skip
+        include_dirs=[Path(d) for d in args.include_dirs],
+        properties=properties(args, config),
+    )
     if args.json:
         print(json.dumps(_as_json(result), indent=2), file=env.stdout)
     else:
@@ -37,12 +40,15 @@ def plan(args: argparse.Namespace, env: Environment) -> int:
 def _as_json(result: DryRun) -> dict[str, Any]:
     return {
         "complete": result.complete,
-        "schedulers": [{"scheduler": spec.path, "hosts_written": list(spec.hosts),
-                        **placement.as_dict()} for spec, placement in result.placements],
+        "schedulers": [
+            {"scheduler": spec.path, "hosts_written": list(spec.hosts), **placement.as_dict()}
+            for spec, placement in result.placements
+        ],
         "unscheduled": list(result.unscheduled),
-        "unreachable": [{"host": u.name, "uri": u.uri, "reason": u.reason}
-                        for u in result.unreachable],
-    }  # fmt: skip
+        "unreachable": [
+            {"host": u.name, "uri": u.uri, "reason": u.reason} for u in result.unreachable
+        ],
+    }
 
 
 def watch(args: argparse.Namespace, env: Environment) -> int:
@@ -54,7 +60,13 @@ def watch(args: argparse.Namespace, env: Environment) -> int:
     def progress(line: str) -> None:  # every line stays: moves are news, not progress
         print(f"sd watch: {line}", file=env.stderr, flush=True)
 
-    watch_pool(config, args.host, args.name, include_dirs=tuple(Path(d) for d in args.include_dirs),
-               properties=properties(args, config), progress=progress,
-               rounds=args.rounds)  # fmt: skip
+    watch_pool(
+        config,
+        args.host,
+        args.name,
+        include_dirs=tuple(Path(d) for d in args.include_dirs),
+        properties=properties(args, config),
+        progress=progress,
+        rounds=args.rounds,
+    )
     return 0

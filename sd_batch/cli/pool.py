@@ -42,22 +42,32 @@ def start(args: argparse.Namespace, env: Environment) -> int:
     progress = _Progress(env, args.json)
     try:
         result = start_pool(
-            config, args.host, args.name, Path(args.file),
+            config,
+            args.host,
+            args.name,
+            Path(args.file),
             include_dirs=[Path(d) for d in args.include_dirs],
-            properties=properties(args, config), progress=progress,
-        )  # fmt: skip
+            properties=properties(args, config),
+            progress=progress,
+        )
     finally:
         progress.done()
     if args.json:
-        data: dict[str, object] = {"pool": result.name, "uri": result.uri,
-                                   "vms": list(result.domains)}  # fmt: skip
+        data: dict[str, object] = {
+            "pool": result.name,
+            "uri": result.uri,
+            "vms": list(result.domains),
+        }
         if result.placed:  # only when a Scheduler placed VMs
             data["placed"] = dict(result.placed)
         print(json.dumps(data), file=env.stdout)
     else:
         count = len(result.domains)
-        print(f"pool {result.name} started on {result.uri}: {count} VM{'s' * (count != 1)} "
-              f"running ({', '.join(result.domains)})", file=env.stdout)
+        print(
+            f"pool {result.name} started on {result.uri}: {count} VM{'s' * (count != 1)} "
+            f"running ({', '.join(result.domains)})",
+            file=env.stdout,
+        )
         for domain, uri in result.placed:
             print(f"  {domain} on {uri}", file=env.stdout)
     if getattr(args, "watch", False):
@@ -72,8 +82,9 @@ def terminate(args: argparse.Namespace, env: Environment) -> int:
     config = site_config(args, env)
     progress = _Progress(env, args.json)
     try:
-        removed = terminate_pool(config, args.host, args.name, grace_seconds=args.grace,
-                                 progress=progress)
+        removed = terminate_pool(
+            config, args.host, args.name, grace_seconds=args.grace, progress=progress
+        )
     finally:
         progress.done()
     if args.json:
@@ -92,11 +103,16 @@ def show_status(args: argparse.Namespace, env: Environment) -> int:
         print("no pools or jobs", file=env.stdout)
         return 0
     for report in reports:
-        note = "  INTERRUPTED: its process died; sd terminate (or sd start again) cleans up" \
-            if report.interrupted else ""
+        note = (
+            "  INTERRUPTED: its process died; sd terminate (or sd start again) cleans up"
+            if report.interrupted
+            else ""
+        )
         source = f" (from {report.description})" if report.description else ""
-        print(f"{report.kind} {report.name} on {report.uri}: {report.status}{source}{note}",
-              file=env.stdout)
+        print(
+            f"{report.kind} {report.name} on {report.uri}: {report.status}{source}{note}",
+            file=env.stdout,
+        )
         for vm in report.vms:
             where = f"  on {vm.uri}" if vm.uri != report.uri else ""
             print(f"  {vm.name:<30} {vm.state}{where}", file=env.stdout)
@@ -106,7 +122,10 @@ def show_status(args: argparse.Namespace, env: Environment) -> int:
             print(f"  file {path}", file=env.stdout)
         for move in report.moves:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(move.at))
-            what = (f"moved {move.domain} from {move.from_uri} to {move.to_uri}" if move.to_uri
-                    else f"could not move {move.domain} off {move.from_uri}")  # fmt: skip
+            what = (
+                f"moved {move.domain} from {move.from_uri} to {move.to_uri}"
+                if move.to_uri
+                else f"could not move {move.domain} off {move.from_uri}"
+            )
             print(f"  {what} at {when}: {move.reason}", file=env.stdout)
     return 0

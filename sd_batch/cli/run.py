@@ -37,13 +37,20 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             env.stdout.write(outcome.summary() + "\n")
             env.stdout.flush()
 
-    harness = Harness(Path(args.submit_file), default_user(args.user),
-                      keep_going=args.keep_going, progress=progress, environ=env.environ,
-                      cron_cache=cron_cache(env.environ),
-                      evict_after=args.evict_after)  # fmt: skip
+    harness = Harness(
+        Path(args.submit_file),
+        default_user(args.user),
+        keep_going=args.keep_going,
+        progress=progress,
+        environ=env.environ,
+        cron_cache=cron_cache(env.environ),
+        evict_after=args.evict_after,
+    )
     outcomes = harness.run(report)
     code = next((o.process_exit_code for o in outcomes if o.process_exit_code != 0), 0)
     if args.json:
-        env.stdout.write(json.dumps({"jobs": [o.as_json() for o in outcomes],
-                                     "exit_code": code}, indent=2) + "\n")
+        env.stdout.write(
+            json.dumps({"jobs": [o.as_json() for o in outcomes], "exit_code": code}, indent=2)
+            + "\n"
+        )
     return code

@@ -23,8 +23,11 @@ def web(args: argparse.Namespace, env: Environment) -> int:
     from ..web.access import hash_password
 
     if args.hash_password:
-        password = (getpass.getpass(f"password for {args.hash_password}: ")
-                    if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n"))  # fmt: skip
+        password = (
+            getpass.getpass(f"password for {args.hash_password}: ")
+            if sys.stdin.isatty()
+            else sys.stdin.readline().rstrip("\n")
+        )
         if not password:
             raise UsageError("an empty password", hint="type one, or pipe it on stdin")
         print(f"{args.hash_password}:{hash_password(password)}", file=env.stdout)
@@ -40,13 +43,23 @@ def web(args: argparse.Namespace, env: Environment) -> int:
             f"sd web needs its extra ({exc.name} is missing)",
             hint="pip install 'sd-batch[web]' (scripts/venv installs it)",
         ) from exc
-    access = Access.for_bind(host, Path(args.passwords) if args.passwords else None,
-                             args.remote_user_header, port=port,
-                             names=tuple(args.server_name or ()))  # fmt: skip
+    access = Access.for_bind(
+        host,
+        Path(args.passwords) if args.passwords else None,
+        args.remote_user_header,
+        port=port,
+        names=tuple(args.server_name or ()),
+    )
     app = create_app(WebSite(site_config(args, env), access))
-    who = "no login: this machine only" if not access.require_auth else (
-        f"user name from the {args.remote_user_header} header" if args.remote_user_header
-        else f"HTTP basic against {args.passwords}")  # fmt: skip
+    who = (
+        "no login: this machine only"
+        if not access.require_auth
+        else (
+            f"user name from the {args.remote_user_header} header"
+            if args.remote_user_header
+            else f"HTTP basic against {args.passwords}"
+        )
+    )
     print(f"sd web: serving http://{args.bind}/ ({who})", file=env.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

@@ -46,12 +46,26 @@ if TYPE_CHECKING:
 
 #: The argument/environment syntaxes live in condor.syntax (pure); callers import them from here.
 __all__ = [
-    "SMARTDOMAINS_TRANSFORM", "JobAd", "JobAdError", "apply_job_transform", "condor_param",
-    "format_updates", "job_ad_from_submit", "job_resources", "join_arguments", "parse_attributes",
-    "join_environment", "parse_job_ad", "parse_submit_arguments", "parse_submit_environment",
-    "split_arguments", "split_arguments_v1", "split_environment", "split_environment_v1",
+    "SMARTDOMAINS_TRANSFORM",
+    "JobAd",
+    "JobAdError",
+    "apply_job_transform",
+    "condor_param",
+    "format_updates",
+    "job_ad_from_submit",
+    "job_resources",
+    "join_arguments",
+    "parse_attributes",
+    "join_environment",
+    "parse_job_ad",
+    "parse_submit_arguments",
+    "parse_submit_environment",
+    "split_arguments",
+    "split_arguments_v1",
+    "split_environment",
+    "split_environment_v1",
     "unquote_submit_value",
-]  # fmt: skip
+]
 
 #: The schedd transform of `condor_hooks/99-smartdomains.conf` (JOB_TRANSFORM_SmartDomains),
 #: statement for statement; tests/test_condor_config.py keeps the two identical.
@@ -247,8 +261,9 @@ def _evaluate(ad: Any, name: str, default: Any = None) -> Any:
     except KeyError:
         return default
     except classad2.ClassAdException as exc:  # a reference cycle, say: X = X + 1
-        raise JobAdError(f"the job attribute {name} cannot be evaluated: "
-                         f"{_old_syntax_expr(ad, name)}") from exc  # fmt: skip
+        raise JobAdError(
+            f"the job attribute {name} cannot be evaluated: {_old_syntax_expr(ad, name)}"
+        ) from exc
     if value is classad2.Value.Undefined:
         return default
     if value is classad2.Value.Error:
@@ -286,8 +301,10 @@ def _whole(ad: Any, name: str, target: Any = None) -> int | None:
         except _classad2().ClassAdException:
             value = _classad2().Value.Error
         if value is _classad2().Value.Error:
-            raise JobAdError(f"the job attribute {name} evaluates to an error against the "
-                             f"slot: {ad.lookup(name)}")  # fmt: skip
+            raise JobAdError(
+                f"the job attribute {name} evaluates to an error against the "
+                f"slot: {ad.lookup(name)}"
+            )
         value = _to_python(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -296,8 +313,7 @@ def _whole(ad: Any, name: str, target: Any = None) -> int | None:
     return value
 
 
-def job_resources(ad: JobAd, machine_ad_text: str | None
-                  ) -> tuple[Resources, Resources | None]:  # fmt: skip
+def job_resources(ad: JobAd, machine_ad_text: str | None) -> tuple[Resources, Resources | None]:
     """(the job's requests, its slot). The slot is the machine ad's `Memory` (MiB), `Cpus`,
     `Disk` (KiB) and `GPUs`; the requests are `RequestMemory`, `RequestCpus`, `RequestDisk`,
     `RequestGPUs` evaluated with that machine ad as TARGET, as the startd evaluated them when
@@ -305,15 +321,21 @@ def job_resources(ad: JobAd, machine_ad_text: str | None
     machine ad: the requests on their own, and no slot. (vm.sizing is imported here: the hooks
     import this module and must not pay for the language it pulls in.)"""
     from ..vm.sizing import Resources
+
     if machine_ad_text is None:
-        return Resources(ad.request_memory_mib, ad.request_cpus, ad.request_disk_kib,
-                         ad.request_gpus), None  # fmt: skip
+        return Resources(
+            ad.request_memory_mib, ad.request_cpus, ad.request_disk_kib, ad.request_gpus
+        ), None
     try:
         machine = _parse_old_ad(machine_ad_text)
     except JobAdError as exc:
         raise JobAdError(f"the slot's machine ad: {exc}") from exc
-    requests = Resources(*(_whole(ad._ad, name, machine) for name in
-                           ("RequestMemory", "RequestCpus", "RequestDisk", "RequestGPUs")))
+    requests = Resources(
+        *(
+            _whole(ad._ad, name, machine)
+            for name in ("RequestMemory", "RequestCpus", "RequestDisk", "RequestGPUs")
+        )
+    )
     slot = Resources(*(_whole(machine, name) for name in ("Memory", "Cpus", "Disk", "GPUs")))
     return requests, slot
 

@@ -175,8 +175,10 @@ def _placement(table: Any, origin: str) -> tuple[Policy, dict[str, frozenset[str
     known = (*_RATIOS, "reserved_memory_mib", "max_vms_per_host", "tags")
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise ConfigError(f"{origin}: unknown [placement] setting {unknown[0]!r}",
-                          hint=f"known: {', '.join(known)}")  # fmt: skip
+        raise ConfigError(
+            f"{origin}: unknown [placement] setting {unknown[0]!r}",
+            hint=f"known: {', '.join(known)}",
+        )
     from ..placement.policy import Policy
 
     values: dict[str, Any] = {"cpu_overcommit": DEFAULT_CPU_OVERCOMMIT}

@@ -150,8 +150,7 @@ class Engine:
             if not deployed:
                 self._deploy_deferred(owner, step)
             with concurrent.futures.ThreadPoolExecutor(max_workers=len(step.children)) as pool:
-                futures = [pool.submit(self._start, owner, c, deployed=True)
-                           for c in step.children]
+                futures = [pool.submit(self._start, owner, c, deployed=True) for c in step.children]
                 for future in futures:
                     future.result()
         else:
@@ -184,11 +183,13 @@ class Engine:
             base = images.get(f"disk:{disk.name}")
             with self.ledger.intent(owner, ResourceKind.VOLUME, target, vm.uri):
                 if base is not None:
-                    created = hv.create_overlay(self.paths.overlay_dir, name, base[0],
-                                                disk.size_bytes or 0, base[1])
+                    created = hv.create_overlay(
+                        self.paths.overlay_dir, name, base[0], disk.size_bytes or 0, base[1]
+                    )
                 else:
-                    created = hv.create_blank(self.paths.overlay_dir, name,
-                                              disk.size_bytes or 0, disk.format.value)
+                    created = hv.create_blank(
+                        self.paths.overlay_dir, name, disk.size_bytes or 0, disk.format.value
+                    )
             sources.append(DiskSource(PurePosixPath(created), disk.format))
         console = None
         if self.paths.console_dir is not None and not spec.flavour.is_xen:
@@ -211,8 +212,7 @@ class Engine:
         xml = build_domain_xml(spec, files, XmlOwner(self.owner_kind, owner.owner_id))
         with self.ledger.intent(owner, ResourceKind.DOMAIN, vm.domain, vm.uri):
             hv.define(xml)
-        self.progress(f"defined {vm.domain} ({spec.memory_mib} MiB, {spec.vcpus} vCPU) "
-                      f"on {vm.uri}")
+        self.progress(f"defined {vm.domain} ({spec.memory_mib} MiB, {spec.vcpus} vCPU) on {vm.uri}")
 
     def _start_vm(self, vm: VMPlan) -> None:
         try:
@@ -223,8 +223,14 @@ class Engine:
         self.progress(f"[{self._done}/{self._total}] started {vm.domain}")
 
     # terminate: the ledger is the truth about what exists, newest first
-    def teardown(self, owner: Owner, *, graceful: bool = True, grace_seconds: float = 10.0,
-                 only: Callable[[Resource], bool] | None = None) -> str:  # fmt: skip
+    def teardown(
+        self,
+        owner: Owner,
+        *,
+        graceful: bool = True,
+        grace_seconds: float = 10.0,
+        only: Callable[[Resource], bool] | None = None,
+    ) -> str:
         """Remove every resource OWNER has (or ONLY those), newest first; idempotent.
         Returns what was removed."""
         from ..ledger.store import ResourceKind, ResourceState
@@ -290,8 +296,10 @@ class Engine:
         destroy a domain of the same name that sd-batch (or this owner) did not create."""
         for info in hv.list_domains():
             if info.name == name:
-                return info.owner is not None and info.owner.id == owner.owner_id and (
-                    info.owner.kind == self.owner_kind.value
+                return (
+                    info.owner is not None
+                    and info.owner.id == owner.owner_id
+                    and (info.owner.kind == self.owner_kind.value)
                 )
         return False
 
@@ -337,8 +345,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def disk_growth(spec: VMSpec, output_bytes: int, image_dir: Path,
-                hv: HypervisorAPI) -> DiskGrowth:  # fmt: skip
+def disk_growth(spec: VMSpec, output_bytes: int, image_dir: Path, hv: HypervisorAPI) -> DiskGrowth:
     """What SPEC's disks can make the host write at their full sizes: the output disk, each
     blank disk, and each copy-on-write overlay (up to its base image's virtual size, as libvirt
     reads it; a base outside the image folder or missing is the deploy's error, later)."""

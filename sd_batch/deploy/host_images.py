@@ -33,9 +33,13 @@ def resolve_image(image_dir: Path, relative: PurePosixPath, what: str, spec: VMS
 
 
 def host_image(
-    spec: VMSpec, uri: str, connect: Callable[[str], HypervisorAPI], image_dir: Path,
-    relative: PurePosixPath, what: str,
-) -> tuple[Path, str]:  # fmt: skip
+    spec: VMSpec,
+    uri: str,
+    connect: Callable[[str], HypervisorAPI],
+    image_dir: Path,
+    relative: PurePosixPath,
+    what: str,
+) -> tuple[Path, str]:
     """The image RELATIVE of SPEC on URI's host, and its format (qcow2 or raw)."""
     path = resolve_image(image_dir, relative, what, spec)
     if not is_remote(uri):
@@ -56,8 +60,9 @@ def host_image(
     return path, "qcow2" if found.format == "qcow2" else DiskFormat.RAW.value
 
 
-def images_of(spec: VMSpec, uri: str, connect: Callable[[str], HypervisorAPI],
-              image_dir: Path) -> dict[str, tuple[Path, str]]:  # fmt: skip
+def images_of(
+    spec: VMSpec, uri: str, connect: Callable[[str], HypervisorAPI], image_dir: Path
+) -> dict[str, tuple[Path, str]]:
     """Every image SPEC boots from on URI's host: `kernel`, `initrd`, `disk:NAME` -> (path,
     format)."""
     wanted: list[tuple[str, PurePosixPath, str]] = []
@@ -65,8 +70,7 @@ def images_of(spec: VMSpec, uri: str, connect: Callable[[str], HypervisorAPI],
         wanted.append(("kernel", spec.boot.kernel, "kernel"))
         if spec.boot.initrd is not None:
             wanted.append(("initrd", spec.boot.initrd, "initrd"))
-    wanted += [(f"disk:{d.name}", d.image, "disk image") for d in spec.disks
-               if d.image is not None]  # fmt: skip
+    wanted += [(f"disk:{d.name}", d.image, "disk image") for d in spec.disks if d.image is not None]
     return {key: host_image(spec, uri, connect, image_dir, rel, what) for key, rel, what in wanted}
 
 

@@ -44,17 +44,24 @@ def _local_files(config: SiteConfig, name: str) -> list[Path]:
     base = config.image_dir.resolve()
     source = (base / name.lstrip("/")).resolve()
     if not source.is_relative_to(base) or source == base:
-        raise UsageError(f"{name!r} is not inside the site image folder {base}",
-                         hint="name an image relative to it: minimal, base.qcow2")  # fmt: skip
+        raise UsageError(
+            f"{name!r} is not inside the site image folder {base}",
+            hint="name an image relative to it: minimal, base.qcow2",
+        )
     if source.is_file():
         return [source]
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()
-                       and not p.name.endswith(SUFFIX))  # fmt: skip
+        files = sorted(
+            p
+            for p in source.rglob("*")
+            if p.is_file() and not p.is_symlink() and not p.name.endswith(SUFFIX)
+        )
         if files:
             return files
-    raise UsageError(f"no image {name} in the site image folder {base}",
-                     hint="scripts/build-guest builds the minimal guest there")
+    raise UsageError(
+        f"no image {name} in the site image folder {base}",
+        hint="scripts/build-guest builds the minimal guest there",
+    )
 
 
 def sha256_of(path: Path) -> str:

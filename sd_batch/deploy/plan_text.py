@@ -24,14 +24,17 @@ def plan_lines(result: DryRun, *, all_hosts: bool) -> list[str]:
     lines: list[str] = []
     for spec, placement in result.placements:
         placed = len(placement.assignment)
-        lines.append(f"{spec.path}: {spec.strategy}, {placed} VM{'s' * (placed != 1)} on "
-                     f"{placement.hosts_used()} of {len(placement.hosts)} hosts")  # fmt: skip
+        lines.append(
+            f"{spec.path}: {spec.strategy}, {placed} VM{'s' * (placed != 1)} on "
+            f"{placement.hosts_used()} of {len(placement.hosts)} hosts"
+        )
         if placement.assignment:
             rows: list[tuple[str, ...]] = [("VM", "host", "memory", "vCPUs", "disk")]
             for vm, host in placement.assignment:
                 d: Demand = result.demands[vm]
-                rows.append((vm, host, _size(d.memory_mib), str(d.vcpus),
-                             _size(d.disk_mib or None)))  # fmt: skip
+                rows.append(
+                    (vm, host, _size(d.memory_mib), str(d.vcpus), _size(d.disk_mib or None))
+                )
             lines += _table(rows)
         shown = [h for h in placement.hosts if all_hosts or h.placed]
         if shown:
@@ -41,26 +44,36 @@ def plan_lines(result: DryRun, *, all_hosts: bool) -> list[str]:
             lines += _table(rows)
         if len(shown) < len(placement.hosts):
             rest = len(placement.hosts) - len(shown)
-            lines.append(f"  ({rest} more host{'s' * (rest != 1)} with nothing placed: "
-                         "--all-hosts lists them)")  # fmt: skip
+            lines.append(
+                f"  ({rest} more host{'s' * (rest != 1)} with nothing placed: "
+                "--all-hosts lists them)"
+            )
         for unplaced in placement.unplaced:
             lines.append(f"  does not fit: {unplaced.reason}")
     for gone in result.unreachable:
         lines.append(f"left out: host {gone.name} ({gone.uri}): {gone.reason}")
     if result.unscheduled:
-        lines.append("not scheduled (they start on the HOST given to sd start): "
-                     + ", ".join(result.unscheduled))  # fmt: skip
+        lines.append(
+            "not scheduled (they start on the HOST given to sd start): "
+            + ", ".join(result.unscheduled)
+        )
     return lines
 
 
 def _host_row(h: HostLeft) -> tuple[str, ...]:
     disk = "-" if h.disk_mib is None else f"{_size(h.disk_mib)} of {_size(h.capacity_disk_mib)}"
-    return (h.name, f"{h.vms} (+{h.placed})",
-            f"{_size(h.memory_mib)} of {_size(h.capacity_memory_mib)}",
-            f"{h.vcpus} of {h.capacity_vcpus}", disk)  # fmt: skip
+    return (
+        h.name,
+        f"{h.vms} (+{h.placed})",
+        f"{_size(h.memory_mib)} of {_size(h.capacity_memory_mib)}",
+        f"{h.vcpus} of {h.capacity_vcpus}",
+        disk,
+    )
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in rows]  # fmt: skip
+    return [
+        "    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in rows
+    ]

@@ -54,8 +54,9 @@ def site_paths(config: SiteConfig) -> SitePaths:
     )
 
 
-def _engine(config: SiteConfig, ledger: Ledger, connections: Connections, progress: Progress
-            ) -> Engine:
+def _engine(
+    config: SiteConfig, ledger: Ledger, connections: Connections, progress: Progress
+) -> Engine:
     return Engine(ledger, connections, site_paths(config), progress)
 
 
@@ -88,9 +89,10 @@ def placing_lock(config: SiteConfig, *, wait: float | None = None) -> Iterator[N
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise DeployError(f"cannot open the placing lock {path}: {exc.strerror}",
-                          hint="check the state folder (state_dir in the site config) is "
-                               "writable by this user") from exc  # fmt: skip
+        raise DeployError(
+            f"cannot open the placing lock {path}: {exc.strerror}",
+            hint="check the state folder (state_dir in the site config) is writable by this user",
+        ) from exc
     try:
         deadline, pause = time.monotonic() + wait, 0.005
         while True:
@@ -119,9 +121,12 @@ def claims_of(step: Step) -> list[Claim]:
 
 
 def place_plan(
-    step: Step, config: SiteConfig, connections: Connections, progress: Progress,
+    step: Step,
+    config: SiteConfig,
+    connections: Connections,
+    progress: Progress,
     claims: Sequence[Claim] = (),
-) -> Step:  # fmt: skip
+) -> Step:
     """STEP with each scheduled VM on the host its Scheduler chose, from the hosts' live
     capacity and load, and the CLAIMS of other starts counted as load; hosts that do not
     answer are left out (and said so)."""
@@ -141,8 +146,10 @@ def place_plan(
     scheduled = schedule(step, hosts_for, config.placement).require()
     for spec, placement in scheduled.placements:
         count = len(placement.assignment)
-        progress(f"{spec.path} ({spec.strategy}) placed {count} VM{'s' * (count != 1)} on "
-                 f"{placement.hosts_used()} of {len(placement.hosts)} hosts")  # fmt: skip
+        progress(
+            f"{spec.path} ({spec.strategy}) placed {count} VM{'s' * (count != 1)} on "
+            f"{placement.hosts_used()} of {len(placement.hosts)} hosts"
+        )
     return scheduled.step
 
 
@@ -209,13 +216,14 @@ def start_pool(
             with placing_lock(config):  # read load, place, claim: one start at a time
                 step = place_plan(step, config, connections, held.append, ledger.claims())
                 try:
-                    owner = ledger.register_owner(OwnerKind.POOL, name, uri,
-                                                  description=str(file), new_only=True)
+                    owner = ledger.register_owner(
+                        OwnerKind.POOL, name, uri, description=str(file), new_only=True
+                    )
                 except OwnerExists:
                     raise DeployError(
-                        f"pool {name} already exists on {uri} (another `sd start` is creating "
-                        "it)", hint=f"wait for it, or sd terminate {host} {name}",
-                    ) from None  # fmt: skip
+                        f"pool {name} already exists on {uri} (another `sd start` is creating it)",
+                        hint=f"wait for it, or sd terminate {host} {name}",
+                    ) from None
                 ledger.record_claims(owner, claims_of(step))
         finally:
             for line in held:
@@ -263,9 +271,10 @@ def plan_pool(
     check_pool_name(name)
     props = {**config.properties, **(properties or {})}
     description = load_file(
-        file, include_dirs=[*include_dirs, *config.include_dirs, *config.template_dirs],
+        file,
+        include_dirs=[*include_dirs, *config.include_dirs, *config.template_dirs],
         properties=props,
-    )  # fmt: skip
+    )
     step = plan(description, name, config.default_uri)
     paper = load_inventory(inventory) if inventory is not None else None
     unreachable: list[Unreachable] = []
@@ -307,8 +316,9 @@ def terminate_pool(
     with Ledger.for_site(config) as ledger:
         owner = ledger.owner(OwnerKind.POOL, name, uri)
         if owner is None:
-            known = sorted(f"{o.owner_id} on {o.host_uri}" for o in ledger.owners()
-                           if o.kind is OwnerKind.POOL)
+            known = sorted(
+                f"{o.owner_id} on {o.host_uri}" for o in ledger.owners() if o.kind is OwnerKind.POOL
+            )
             raise DeployError(
                 f"no pool named {name} on {uri}",
                 hint=f"pools: {', '.join(known)}" if known else "no pools are running (sd status)",
@@ -341,14 +351,21 @@ class OwnerReport:
 
     def as_dict(self) -> dict[str, Any]:
         data = {
-            "kind": self.kind, "name": self.name, "uri": self.uri, "status": self.status,
-            "description": self.description, "interrupted": self.interrupted,
+            "kind": self.kind,
+            "name": self.name,
+            "uri": self.uri,
+            "status": self.status,
+            "description": self.description,
+            "interrupted": self.interrupted,
             "vms": [{"name": v.name, "uri": v.uri, "state": v.state} for v in self.vms],
-            "volumes": list(self.volumes), "files": list(self.files),
-        }  # fmt: skip
+            "volumes": list(self.volumes),
+            "files": list(self.files),
+        }
         if self.moves:  # only pools a watcher moved VMs of have the key
-            data["moves"] = [{"vm": m.domain, "from": m.from_uri, "to": m.to_uri,
-                              "reason": m.reason, "at": m.at} for m in self.moves]  # fmt: skip
+            data["moves"] = [
+                {"vm": m.domain, "from": m.from_uri, "to": m.to_uri, "reason": m.reason, "at": m.at}
+                for m in self.moves
+            ]
         return data
 
 
@@ -368,18 +385,31 @@ def status(
             vms, volumes, files = [], [], []
             for resource in reversed(ledger.resources(owner)):
                 if resource.kind is ResourceKind.DOMAIN:
-                    vms.append(VMStatus(resource.name, resource.host_uri,
-                                        _live_state(connections, resource.host_uri, resource.name,
-                                                    down)))
+                    vms.append(
+                        VMStatus(
+                            resource.name,
+                            resource.host_uri,
+                            _live_state(connections, resource.host_uri, resource.name, down),
+                        )
+                    )
                 elif resource.kind is ResourceKind.VOLUME:
                     volumes.append(resource.name)
                 else:
                     files.append(resource.name)
-            reports.append(OwnerReport(
-                owner.kind.value, owner.owner_id, owner.host_uri, owner.status.value,
-                owner.description, owner.row_id in left, tuple(vms), tuple(volumes), tuple(files),
-                ledger.moves(owner),
-            ))  # fmt: skip
+            reports.append(
+                OwnerReport(
+                    owner.kind.value,
+                    owner.owner_id,
+                    owner.host_uri,
+                    owner.status.value,
+                    owner.description,
+                    owner.row_id in left,
+                    tuple(vms),
+                    tuple(volumes),
+                    tuple(files),
+                    ledger.moves(owner),
+                )
+            )
     if name is not None and not reports:
         raise DeployError(f"no pool or job named {name}", hint="sd status lists them all")
     return reports

@@ -137,20 +137,29 @@ def decide(
         label = f"{owner.kind.value} {owner.owner_id}"
         reason = _dead(owner, view.boot_id, alive, now, policy)
         if reason is not None:
-            actions.append(Action(ActionKind.OWNER, label, reason, owner.host_uri, owner,
-                                  owned.resources))  # fmt: skip
+            actions.append(
+                Action(ActionKind.OWNER, label, reason, owner.host_uri, owner, owned.resources)
+            )
             if owner.kind is OwnerKind.JOB:
                 reaped_jobs.add(job_digest(owner.owner_id))
             continue
         if owner.kind is OwnerKind.POOL and owner.status is OwnerStatus.ACTIVE:
             continue  # never an active pool: sd watch and sd terminate own its rows
-        stuck = tuple(r for r in owned.resources
-                      if r.state is ResourceState.CREATING and not alive(r.process))  # fmt: skip
+        stuck = tuple(
+            r for r in owned.resources if r.state is ResourceState.CREATING and not alive(r.process)
+        )
         if stuck:
             pids = ", ".join(sorted({str(r.process.pid) for r in stuck}))
-            actions.append(Action(ActionKind.STUCK, label,
-                                  f"ledger row stuck `creating`, its process died ({pids})",
-                                  owner.host_uri, owner, stuck))  # fmt: skip
+            actions.append(
+                Action(
+                    ActionKind.STUCK,
+                    label,
+                    f"ledger row stuck `creating`, its process died ({pids})",
+                    owner.host_uri,
+                    owner,
+                    stuck,
+                )
+            )
     owned_ids = {(o.owner.kind.value, o.owner.owner_id) for o in view.owners}
     for uri in sorted(domains_per_host):
         for info in domains_per_host[uri]:
@@ -164,11 +173,17 @@ def decide(
                 continue  # a pool's VM, or misnamed: no proof it is this site's
             if digest not in view.job_folders:
                 continue  # another site's (state folder) on a shared hypervisor, or gone
-            actions.append(Action(ActionKind.DOMAIN, info.name,
-                                  f"domain carries our metadata for {mark.kind} {mark.id} "
-                                  "but no ledger owner", uri))  # fmt: skip
-    job_digests = {job_digest(o.owner.owner_id) for o in view.owners
-                   if o.owner.kind is OwnerKind.JOB}  # fmt: skip
+            actions.append(
+                Action(
+                    ActionKind.DOMAIN,
+                    info.name,
+                    f"domain carries our metadata for {mark.kind} {mark.id} but no ledger owner",
+                    uri,
+                )
+            )
+    job_digests = {
+        job_digest(o.owner.owner_id) for o in view.owners if o.owner.kind is OwnerKind.JOB
+    }
     for digest in sorted(view.job_folders):
         if digest in reaped_jobs:
             reason = "its job is reaped"
@@ -180,8 +195,9 @@ def decide(
     return actions
 
 
-def _dead(owner: Owner, boot_id: str, alive: Callable[[ProcessRef], bool], now: float,
-          policy: ReapPolicy) -> str | None:  # fmt: skip
+def _dead(
+    owner: Owner, boot_id: str, alive: Callable[[ProcessRef], bool], now: float, policy: ReapPolicy
+) -> str | None:
     """Why OWNER belongs to nobody any more, or None while someone may still use it."""
     process = owner.process
     if owner.kind is OwnerKind.POOL:
@@ -202,8 +218,10 @@ def _dead(owner: Owner, boot_id: str, alive: Callable[[ProcessRef], bool], now: 
         return "prepared before this machine rebooted, never run"
     waited = now - owner.created_at
     if owner.status is OwnerStatus.STARTING and waited > policy.prepared_grace_seconds:
-        return (f"prepared {waited / 60:.0f} min ago and never run "
-                f"(grace {policy.prepared_grace_seconds / 60:.0f} min)")  # fmt: skip
+        return (
+            f"prepared {waited / 60:.0f} min ago and never run "
+            f"(grace {policy.prepared_grace_seconds / 60:.0f} min)"
+        )
     return None
 
 
@@ -230,10 +248,16 @@ class Outcome:
         return f"removed {action.describe()}{removed}: {action.reason}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"action": self.action.kind.value, "target": self.action.target,
-                "host": self.action.host_uri or None, "reason": self.action.reason,
-                "done": self.done, "removed": self.removed or None,
-                "error": self.error or None, "skipped": self.skipped or None}  # fmt: skip
+        return {
+            "action": self.action.kind.value,
+            "target": self.action.target,
+            "host": self.action.host_uri or None,
+            "reason": self.action.reason,
+            "done": self.done,
+            "removed": self.removed or None,
+            "error": self.error or None,
+            "skipped": self.skipped or None,
+        }
 
 
 def _hosts(config: SiteConfig, view: LedgerView) -> list[str]:
@@ -288,8 +312,9 @@ def _is_alive(process: ProcessRef) -> bool:
     return process.is_alive()
 
 
-def _carry_out(action: Action, config: SiteConfig, ledger: Ledger,
-               connections: Connections) -> Outcome:  # fmt: skip
+def _carry_out(
+    action: Action, config: SiteConfig, ledger: Ledger, connections: Connections
+) -> Outcome:
     try:
         if action.kind in (ActionKind.OWNER, ActionKind.STUCK):
             return _teardown(action, config, ledger, connections)
@@ -300,8 +325,9 @@ def _carry_out(action: Action, config: SiteConfig, ledger: Ledger,
         return Outcome(action, False, error=str(exc))
 
 
-def _teardown(action: Action, config: SiteConfig, ledger: Ledger,
-              connections: Connections) -> Outcome:  # fmt: skip
+def _teardown(
+    action: Action, config: SiteConfig, ledger: Ledger, connections: Connections
+) -> Outcome:
     from .engine import Engine
     from .pools import site_paths
 
@@ -332,8 +358,9 @@ def _remove_domain(action: Action, ledger: Ledger, connections: Connections) -> 
     if info is None:
         return Outcome(action, False, skipped="already gone")
     mark = info.owner
-    if mark is None or any(o.kind.value == mark.kind and o.owner_id == mark.id
-                           for o in ledger.owners()):  # fmt: skip
+    if mark is None or any(
+        o.kind.value == mark.kind and o.owner_id == mark.id for o in ledger.owners()
+    ):
         return Outcome(action, False, skipped="it has an owner now")
     try:
         hv.destroy(action.target)
@@ -347,8 +374,9 @@ def _remove_folder(action: Action, config: SiteConfig, ledger: Ledger) -> Outcom
     folder = Path(action.target)
     if folder.parent != config.state_dir / JOBS_FOLDER or folder.is_symlink():
         return Outcome(action, False, skipped="not a job folder")
-    if any(o.kind is OwnerKind.JOB and job_digest(o.owner_id) == folder.name
-           for o in ledger.owners()):  # fmt: skip
+    if any(
+        o.kind is OwnerKind.JOB and job_digest(o.owner_id) == folder.name for o in ledger.owners()
+    ):
         return Outcome(action, False, skipped="it has an owner now")
     if not folder.exists():
         return Outcome(action, False, skipped="already gone")

@@ -59,8 +59,11 @@ class Watcher:
 
     @property
     def watched(self) -> list[VMPlan]:
-        return [vm for vm in self.vms.values() if vm.placement is not None
-                and vm.placement.scheduler.liveness_delay > 0]  # fmt: skip
+        return [
+            vm
+            for vm in self.vms.values()
+            if vm.placement is not None and vm.placement.scheduler.liveness_delay > 0
+        ]
 
     @property
     def delay(self) -> float:
@@ -114,8 +117,10 @@ class Watcher:
     def _missed(self, uri: str, exc: SdError) -> None:
         self.missed[uri] = missed = self.missed.get(uri, 0) + 1
         here = [vm for vm in self.watched if vm.uri == uri and vm.placement is not None]
-        factor = min((vm.placement.scheduler.liveness_factor for vm in here
-                      if vm.placement is not None), default=3)  # fmt: skip
+        factor = min(
+            (vm.placement.scheduler.liveness_factor for vm in here if vm.placement is not None),
+            default=3,
+        )
         why = exc.message.removeprefix(f"{uri}: ")
         self.progress(f"host {uri} missed ping {missed} of {factor}: {why}")
         if missed < factor or uri in self.failed:
@@ -146,19 +151,35 @@ class Watcher:
         try:
             with placing_lock(self.config):
                 claims = claims_by_host(self.ledger.claims())
-                hosts, _unreachable = live_hosts(spec.hosts, self.config, self.connections,
-                                                 skip={uri, *self.failed}, groups=groups,
-                                                 claims=claims)  # fmt: skip
+                hosts, _unreachable = live_hosts(
+                    spec.hosts,
+                    self.config,
+                    self.connections,
+                    skip={uri, *self.failed},
+                    groups=groups,
+                    claims=claims,
+                )
                 demands = [vm.placement.demand for vm in vms if vm.placement is not None]
-                placement = place(hosts, demands, strategy_named(spec.strategy, spec.weights),
-                                  spec.policy(self.config.placement), seed=spec.seed)  # fmt: skip
+                placement = place(
+                    hosts,
+                    demands,
+                    strategy_named(spec.strategy, spec.weights),
+                    spec.policy(self.config.placement),
+                    seed=spec.seed,
+                )
                 self._start_moved(vms, placement, {h.name: h.uri for h in hosts}, uri, reason)
         except SdError as exc:  # the lock stayed busy: the next missed ping tries again
             self.failed.discard(uri)
             self.progress(f"could not move the VMs off {uri} yet: {exc}")
 
-    def _start_moved(self, vms: list[VMPlan], placement: Placement, uri_of: Mapping[str, str],
-                     uri: str, reason: str) -> None:  # fmt: skip
+    def _start_moved(
+        self,
+        vms: list[VMPlan],
+        placement: Placement,
+        uri_of: Mapping[str, str],
+        uri: str,
+        reason: str,
+    ) -> None:
         why_not = {name: u.reason for u in placement.unplaced for name in u.names}
         for vm in vms:
             host = placement.host_of(vm.domain)
@@ -272,10 +293,23 @@ def watch_pool(
                     stale.add((resource.name, resource.host_uri))
                 else:
                     where[resource.name] = resource.host_uri
-        vms = {vm.domain: dataclasses.replace(vm, uri=where[vm.domain])
-               for vm in plan(description, name, uri).vms() if vm.domain in where}  # fmt: skip
+        vms = {
+            vm.domain: dataclasses.replace(vm, uri=where[vm.domain])
+            for vm in plan(description, name, uri).vms()
+            if vm.domain in where
+        }
         engine = Engine(ledger, connections, site_paths(config), progress)
-        watcher = Watcher(engine, ledger, owner, config, connections, vms, stale,
-                          progress=progress, clock=clock, sleep=sleep)  # fmt: skip
+        watcher = Watcher(
+            engine,
+            ledger,
+            owner,
+            config,
+            connections,
+            vms,
+            stale,
+            progress=progress,
+            clock=clock,
+            sleep=sleep,
+        )
         watcher.run(rounds)
     return watcher

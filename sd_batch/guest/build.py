@@ -41,8 +41,12 @@ from .initramfs import DEFAULT_MODULES, assemble, load_modules, scan_module_tree
 GUEST_NAME = "minimal"
 INIT_SCRIPT = PACKAGE_DIR / "init.sh"
 #: Files whose content decides what the guest does: a change to any of them rebuilds it.
-SOURCES = (INIT_SCRIPT, PACKAGE_DIR / "initramfs.py", PACKAGE_DIR / "build.py",
-           PACKAGE_DIR / "common.py")  # fmt: skip
+SOURCES = (
+    INIT_SCRIPT,
+    PACKAGE_DIR / "initramfs.py",
+    PACKAGE_DIR / "build.py",
+    PACKAGE_DIR / "common.py",
+)
 OUTPUT_FILES = ("vmlinux", "vmlinuz", "initrd.img")
 
 
@@ -184,8 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.full:
             from .full import main as full_main
 
-            return full_main(image_dir.absolute(), cache_dir.absolute(), force=args.force,
-                             kernel_meta=args.kernel_package)  # fmt: skip
+            return full_main(
+                image_dir.absolute(),
+                cache_dir.absolute(),
+                force=args.force,
+                kernel_meta=args.kernel_package,
+            )
         result = build(
             image_dir.absolute(),
             cache_dir.absolute(),

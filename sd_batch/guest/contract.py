@@ -150,8 +150,10 @@ class ExitStatus:
         kind, code = match.group(1), int(match.group(2))
         low, high = (0, 255) if kind == "exit" else (1, MAX_SIGNAL)
         if not low <= code <= high:  # `signal 999` would crash the runner's os.kill
-            raise StagingError(f"guest wrote an impossible exit status {text.strip()!r} "
-                               f"({kind} takes {low} to {high})")  # fmt: skip
+            raise StagingError(
+                f"guest wrote an impossible exit status {text.strip()!r} "
+                f"({kind} takes {low} to {high})"
+            )
         return cls(kind, code)
 
     def __str__(self) -> str:

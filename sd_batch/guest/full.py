@@ -50,9 +50,13 @@ MODULES = (*DEFAULT_MODULES, "crc32c_generic", "ext4")
 ROOT_INIT = PACKAGE_DIR / "root-init.sh"
 INIT_SCRIPT = PACKAGE_DIR / "init.sh"
 SOURCES = (
-    INIT_SCRIPT, ROOT_INIT, PACKAGE_DIR / "full.py", PACKAGE_DIR / "build.py",
-    PACKAGE_DIR / "common.py", PACKAGE_DIR / "initramfs.py",
-)  # fmt: skip
+    INIT_SCRIPT,
+    ROOT_INIT,
+    PACKAGE_DIR / "full.py",
+    PACKAGE_DIR / "build.py",
+    PACKAGE_DIR / "common.py",
+    PACKAGE_DIR / "initramfs.py",
+)
 STAMP = "build-stamp.json"
 OUTPUT_FILES = ("vmlinux", "vmlinuz", "initrd.img", "root.qcow2")
 #: Virtual size of the root disk: sparse, so only what is written costs space. Jobs' files
@@ -124,12 +128,32 @@ def ensure_mmdebstrap() -> str:
 
 def make_root(root: Path, mirror: str, suite: str = SUITE) -> None:
     """The Debian root in ROOT (must not exist): minbase + PACKAGES + job user + the runner."""
-    run([
-        ensure_mmdebstrap(), "--quiet", "--mode=root", "--variant=minbase",
-        f"--include={','.join(PACKAGES)}", suite, str(root), mirror,
-    ])  # fmt: skip
-    run(["chroot", str(root), "useradd", "--uid", "1000", "--user-group", "--create-home",
-          "--shell", "/bin/sh", "job"])  # fmt: skip
+    run(
+        [
+            ensure_mmdebstrap(),
+            "--quiet",
+            "--mode=root",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES)}",
+            suite,
+            str(root),
+            mirror,
+        ]
+    )
+    run(
+        [
+            "chroot",
+            str(root),
+            "useradd",
+            "--uid",
+            "1000",
+            "--user-group",
+            "--create-home",
+            "--shell",
+            "/bin/sh",
+            "job",
+        ]
+    )
     runner = root / RUNNER_DIR
     (runner / "bin").mkdir(parents=True, exist_ok=True)
     for name in ("busybox", "sh"):  # the rest of the applets: init.sh's busybox --install
@@ -147,8 +171,7 @@ def make_disk(root: Path, raw: Path, qcow2: Path, size: int = DISK_BYTES) -> Non
     """ext4 from ROOT's tree (mke2fs -d: no mount), then qcow2 (zeros are not stored)."""
     with raw.open("wb") as handle:
         handle.truncate(size)
-    run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "sd-root", "-m", "0", "-d", str(root),
-          str(raw)])  # fmt: skip
+    run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "sd-root", "-m", "0", "-d", str(root), str(raw)])
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)])
 
 
@@ -166,8 +189,15 @@ def build(
     directory = image_dir / GUEST_NAME
     kernel, busybox = resolve_packages(kernel_meta)
     release = kernel.name.removeprefix("linux-image-")
-    stamp = FullStamp(SUITE, mirror, PACKAGES, kernel.name, kernel.version, busybox.version,
-                      source_digest(SOURCES))  # fmt: skip
+    stamp = FullStamp(
+        SUITE,
+        mirror,
+        PACKAGES,
+        kernel.name,
+        kernel.version,
+        busybox.version,
+        source_digest(SOURCES),
+    )
     if not force and up_to_date(directory, stamp):
         return FullResult(directory, False, release, time.monotonic() - started, steps)
     if os.geteuid() != 0:
@@ -203,8 +233,9 @@ def build(
         release = moddirs[-1].parent.name
         modules = load_modules(scan_module_tree(moddirs[-1].parent), MODULES)
         bzimage = (work / f"kernel/boot/vmlinuz-{release}").read_bytes()
-        initrd = assemble((work / "busybox/bin/busybox").read_bytes(), ROOT_INIT.read_bytes(),
-                          modules)  # fmt: skip
+        initrd = assemble(
+            (work / "busybox/bin/busybox").read_bytes(), ROOT_INIT.read_bytes(), modules
+        )
         steps["kernel+initramfs"] = time.monotonic() - mark
 
         partial.chmod(0o644)
@@ -212,8 +243,11 @@ def build(
     write(directory / "vmlinuz", bzimage)
     write(directory / "vmlinux", vmlinux_from_bzimage(bzimage))
     write(directory / "initrd.img", initrd)
-    record = {**stamp.key(), "kernel_release": release,
-              "loaded_modules": [name for name, _ in modules]}  # fmt: skip
+    record = {
+        **stamp.key(),
+        "kernel_release": release,
+        "loaded_modules": [name for name, _ in modules],
+    }
     write(directory / STAMP, (json.dumps(record, indent=2) + "\n").encode())
     return FullResult(directory, True, release, time.monotonic() - started, steps)
 
@@ -225,8 +259,10 @@ def main(image_dir: Path, cache_dir: Path, *, force: bool, kernel_meta: str) -> 
     if result.built:
         size = (where / "root.qcow2").stat().st_size / 1e6
         timings = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.steps.items())
-        say(f"built guest {GUEST_NAME!r} (kernel {result.kernel_release}, root.qcow2 "
-             f"{size:.0f} MB) in {result.seconds:.0f} s ({timings})")  # fmt: skip
+        say(
+            f"built guest {GUEST_NAME!r} (kernel {result.kernel_release}, root.qcow2 "
+            f"{size:.0f} MB) in {result.seconds:.0f} s ({timings})"
+        )
     else:
         say(f"guest {GUEST_NAME!r} is up to date (kernel {result.kernel_release})")
     for name in OUTPUT_FILES:

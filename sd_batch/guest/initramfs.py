@@ -81,9 +81,20 @@ def cpio_newc(entries: Iterable[CpioEntry]) -> bytes:
     for ino, entry in enumerate([*entries, CpioEntry("TRAILER!!!", 0)], start=1):
         name = entry.name.encode() + b"\x00"
         fields = (
-            ino, entry.mode, entry.uid, entry.gid, 1, 0, len(entry.data), 0, 0,
-            entry.rdev_major, entry.rdev_minor, len(name), 0,
-        )  # fmt: skip
+            ino,
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            1,
+            0,
+            len(entry.data),
+            0,
+            0,
+            entry.rdev_major,
+            entry.rdev_minor,
+            len(name),
+            0,
+        )
         header = b"070701" + b"".join(b"%08X" % value for value in fields)
         out += header + name + _pad4(len(header) + len(name))
         out += entry.data + _pad4(len(entry.data))

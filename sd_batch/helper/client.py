@@ -69,8 +69,9 @@ def socket_path(environ: Mapping[str, str] | None = None, known: str | None = No
     return path or ""
 
 
-def service_socket(environ: Mapping[str, str] | None = None,
-                   known: str | None = None) -> socket.socket | None:  # fmt: skip
+def service_socket(
+    environ: Mapping[str, str] | None = None, known: str | None = None
+) -> socket.socket | None:
     """A connection to the helper service, or None: use the helper command (`helper_argv`).
 
     None when `_CONDOR_SMARTDOMAINS_HELPER` names a command (it means: use that), when the
@@ -89,8 +90,11 @@ def service_socket(environ: Mapping[str, str] | None = None,
     except OSError as exc:
         sock.close()
         if not isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
-            log.warning("the helper service at %s cannot be used (%s): trying the helper "
-                        "command", path, exc.strerror or exc)  # fmt: skip
+            log.warning(
+                "the helper service at %s cannot be used (%s): trying the helper command",
+                path,
+                exc.strerror or exc,
+            )
         return None
     return sock
 
@@ -113,8 +117,11 @@ def service_reply(stream: IO[bytes]) -> dict[str, Any]:
     except ValueError:
         reply = None
     if not isinstance(reply, dict):
-        raise HelperFailed("the helper service closed the connection without an answer (see "
-                           "its log; was it restarted?)", Disposition.REQUEUE)  # fmt: skip
+        raise HelperFailed(
+            "the helper service closed the connection without an answer (see "
+            "its log; was it restarted?)",
+            Disposition.REQUEUE,
+        )
     return reply
 
 
@@ -130,8 +137,9 @@ def call(args: Sequence[str], timeout: float, known: str | None = None) -> dict[
     import subprocess  # the helper command's own cost (the service needs none of it)
 
     try:
-        done = subprocess.run([*helper_argv(), *args], capture_output=True, timeout=timeout,
-                              check=False)  # fmt: skip
+        done = subprocess.run(
+            [*helper_argv(), *args], capture_output=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise TimeoutError(str(exc)) from None
     try:
@@ -159,8 +167,8 @@ def _no_reply(err: bytes, code: int) -> NoReturn:
     lines = err.decode(errors="replace").strip().splitlines()  # one line: an ad value
     detail = lines[-1][-300:] if lines else f"exit status {code}"
     raise HelperFailed(
-        f"the privileged helper failed ({detail}); is sudo configured for it "
-        "(scripts/setup-host)?", Disposition.REQUEUE,
+        f"the privileged helper failed ({detail}); is sudo configured for it (scripts/setup-host)?",
+        Disposition.REQUEUE,
     ) from None
 
 
@@ -177,8 +185,9 @@ def prepare(job_id: str, write: Callable[[IO[bytes]], None]) -> tuple[dict[str, 
     return streamed("prepare", job_id, write)
 
 
-def streamed(action: str, job_id: str,
-             write: Callable[[IO[bytes]], None]) -> tuple[dict[str, Any], str]:  # fmt: skip
+def streamed(
+    action: str, job_id: str, write: Callable[[IO[bytes]], None]
+) -> tuple[dict[str, Any], str]:
     """ACTION JOB_ID with the data WRITE writes (`prepare`: the input disk; `restore`: the
     job's checkpoint): the checked reply, and the service's socket path ("" for the command)."""
     sock = service_socket()
@@ -187,8 +196,10 @@ def streamed(action: str, job_id: str,
             sock.settimeout(PREPARE_SECONDS)
             request(sock, action, job_id)
             # a service that stopped reading has said why in its reply
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError), \
-                    sock.makefile("wb") as sink:  # fmt: skip
+            with (
+                contextlib.suppress(BrokenPipeError, ConnectionResetError),
+                sock.makefile("wb") as sink,
+            ):
                 write(sink)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)  # the input's end

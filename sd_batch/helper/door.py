@@ -41,8 +41,7 @@ class Request:
 def parse_request(line: bytes) -> Request:
     """The request line, checked: a JSON object with `action`, and `job` where it belongs."""
     if len(line) > MAX_REQUEST_BYTES or not line.endswith(b"\n"):
-        raise BadRequest(f"the request must be one JSON line of at most {MAX_REQUEST_BYTES} "
-                         "bytes")  # fmt: skip
+        raise BadRequest(f"the request must be one JSON line of at most {MAX_REQUEST_BYTES} bytes")
     if nesting(line) > MAX_JSON_DEPTH:
         raise BadRequest(f"the request nests deeper than {MAX_JSON_DEPTH} levels")
     try:

@@ -75,8 +75,11 @@ REFUSED_NOTE = ".sd-batch.checkpoint-refused"
 SOCKET_ATTRIBUTE = "SDHelperSocket"  # in PREPARE_JOB's updates when it used the service
 #: What the startd cron publishes of each template's needs (records by template name), which
 #: the schedd transform's requests and requirements read as TARGET.<attr>[MY.SDVMDescription].
-TEMPLATE_NEEDS = {"SmartDomainsTemplateMemory": "memory_mib", "SmartDomainsTemplateCpus": "vcpus",
-                  "SmartDomainsTemplateDisk": "disk_kib"}  # fmt: skip
+TEMPLATE_NEEDS = {
+    "SmartDomainsTemplateMemory": "memory_mib",
+    "SmartDomainsTemplateCpus": "vcpus",
+    "SmartDomainsTemplateDisk": "disk_kib",
+}
 #: Bounds on what a job moves in and out (site policy may lower them).
 MAX_INPUT_BYTES = 2 * 1024**3
 MAX_RESULT_BYTES = 1024**3
@@ -127,8 +130,14 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         machine_ad = _machine_ad(sandbox)
 
         def write(out: IO[bytes]) -> None:
-            write_input_tar(sandbox, manifest, out, job_ad_text=ad_text,
-                            machine_ad_text=machine_ad, max_bytes=MAX_INPUT_BYTES)  # fmt: skip
+            write_input_tar(
+                sandbox,
+                manifest,
+                out,
+                job_ad_text=ad_text,
+                machine_ad_text=machine_ad,
+                max_bytes=MAX_INPUT_BYTES,
+            )
 
         reply, socket_path = prepare(ad.global_job_id, write)
     except (SdError, OSError) as exc:
@@ -151,8 +160,8 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         "Args": f"--job {ad.global_job_id}",
         "HookStatusCode": int(HookStatus.OK),
         "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
-                             f"({reply['description']}, {reply['memory_mib']} MiB, "
-                             f"{_cpus(reply['vcpus'])})",
+        f"({reply['description']}, {reply['memory_mib']} MiB, "
+        f"{_cpus(reply['vcpus'])})",
     }
     if socket_path:  # for JOB_EXIT, which need not read the knob again (`known_socket`)
         updates[SOCKET_ATTRIBUTE] = socket_path
@@ -196,8 +205,9 @@ def _offer_checkpoint(job_id: str, sandbox: Path) -> bool | None:
         line = f"sd-batch: the job starts afresh: {reply.get('reason')}\n"
         sys.stderr.write(line)  # the starter's log; the runner puts it on the job's stderr
         with contextlib.suppress(OSError):
-            fd = os.open(sandbox / REFUSED_NOTE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                         | os.O_NOFOLLOW, 0o600)  # fmt: skip
+            fd = os.open(
+                sandbox / REFUSED_NOTE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600
+            )
             with os.fdopen(fd, "w") as note:
                 note.write(line[:4096])
         return False
@@ -240,6 +250,7 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     # replace the code on disk while the VM runs, and a module first imported then would be
     # the new version's (tests/test_package.py checks a job across an upgrade).
     from .. import staging  # noqa: F401
+
     _say_refused(sandbox)
     sock = service_socket()
     if sock is None:
@@ -299,11 +310,17 @@ def _save_checkpoint(status: dict[str, Any], stream: IO[bytes], sandbox: Path) -
             out.truncate(0)
     partial.replace(sandbox / CHECKPOINT_FILE)
     if size and not left:
-        print(f"sd-batch: the job was vacated: its VM was saved ({size} bytes in "
-              f"{CHECKPOINT_FILE}); it resumes at its next start", file=sys.stderr)
+        print(
+            f"sd-batch: the job was vacated: its VM was saved ({size} bytes in "
+            f"{CHECKPOINT_FILE}); it resumes at its next start",
+            file=sys.stderr,
+        )
     else:
-        print(f"sd-batch: the job was vacated and starts afresh next time: "
-              f"{status.get('message') or 'the checkpoint was cut short'}", file=sys.stderr)
+        print(
+            f"sd-batch: the job was vacated and starts afresh next time: "
+            f"{status.get('message') or 'the checkpoint was cut short'}",
+            file=sys.stderr,
+        )
     return VM_REQUEUE_EXIT
 
 
@@ -377,8 +394,11 @@ def _finish(result: JobResult) -> int:
 
 
 def _requeue() -> int:
-    print("sd-batch: this worker could not run the job's VM (the message above says why); "
-          "the job goes back to Idle and runs again", file=sys.stderr)
+    print(
+        "sd-batch: this worker could not run the job's VM (the message above says why); "
+        "the job goes back to Idle and runs again",
+        file=sys.stderr,
+    )
     return VM_REQUEUE_EXIT  # the site's job transform makes OnExitRemove false for it
 
 
@@ -393,8 +413,10 @@ def job_exit(argv: Sequence[str], stdin: IO[str], timeout: float = 25.0) -> int:
         reply = checked(call(["cleanup", job_id], timeout, known=known_socket(ad_text)))
         log.info("job %s (%s): removed %s", job_id, reason, reply.get("removed"))
     except (SdError, OSError) as exc:
-        print(f"sd-batch: JOB_EXIT {reason}: cleanup incomplete ({exc}); the reaper will "
-              "finish it", file=sys.stderr)
+        print(
+            f"sd-batch: JOB_EXIT {reason}: cleanup incomplete ({exc}); the reaper will finish it",
+            file=sys.stderr,
+        )
     return 0  # HTCondor ignores JOB_EXIT's status; our own log says what happened
 
 
@@ -403,8 +425,9 @@ def plain_string(ad_text: str, name: str, chars: str) -> str | None:
     when the ad defines it once, as a plain string of CHARS (a regex class: no quote, no
     backslash, so the text is the value); else None."""
     defines = rf"^[ \t]*{name}[ \t]*="
-    found = re.findall(defines + rf'[ \t]*"({chars}{{1,255}})"[ \t]*$', ad_text,
-                       re.IGNORECASE | re.MULTILINE)  # fmt: skip
+    found = re.findall(
+        defines + rf'[ \t]*"({chars}{{1,255}})"[ \t]*$', ad_text, re.IGNORECASE | re.MULTILINE
+    )
     if len(found) == 1 and len(re.findall(defines, ad_text, re.IGNORECASE | re.MULTILINE)) == 1:
         return str(found[0])
     return None
@@ -436,8 +459,12 @@ def startd_cron(stdout: IO[str]) -> int:
     try:
         report = call(["probe"], 20.0)
     except (SdError, OSError) as exc:
-        report = {"ok": False, "reason": f"the privileged helper cannot be run: {exc}",
-                  "templates": [], "free_memory_mib": None}
+        report = {
+            "ok": False,
+            "reason": f"the privileged helper cannot be run: {exc}",
+            "templates": [],
+            "free_memory_mib": None,
+        }
     updates: dict[str, Any] = {
         "HasSmartDomains": bool(report.get("ok")),
         "SmartDomainsTemplates": ",".join(report.get("templates") or []),
@@ -448,8 +475,11 @@ def startd_cron(stdout: IO[str]) -> int:
     needs = needs if isinstance(needs, dict) else {}
     updates["SmartDomainsOutputDisk"] = int(report.get("output_disk_kib") or 0)
     for attribute, key in TEMPLATE_NEEDS.items():  # [ minimal = 256; 'debian-batch' = 512 ]
-        updates[attribute] = {name: int(need[key]) for name, need in sorted(needs.items())
-                              if isinstance(need, dict) and isinstance(need.get(key), int)}
+        updates[attribute] = {
+            name: int(need[key])
+            for name, need in sorted(needs.items())
+            if isinstance(need, dict) and isinstance(need.get(key), int)
+        }
     stdout.write(format_updates(updates))
     stdout.flush()  # the node's state first: a slow reap must not hold it back
     _reap_quietly()
@@ -470,8 +500,9 @@ def _reap_quietly(timeout: float = 60.0) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="sd-batch %(name)s: %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="sd-batch %(name)s: %(levelname)s %(message)s"
+    )
     verb, rest = (args[0], args[1:]) if args else ("", [])
     sandbox = Path(os.environ.get("_CONDOR_SCRATCH_DIR") or Path.cwd())
     if verb == "prepare-job":
@@ -485,8 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if verb == "startd-cron":
         return startd_cron(sys.stdout)
-    print("usage: python -m sd_batch.helper.hooks {prepare-job,runner,job-exit,update-job-info,"
-          "startd-cron} [args]", file=sys.stderr)
+    print(
+        "usage: python -m sd_batch.helper.hooks {prepare-job,runner,job-exit,update-job-info,"
+        "startd-cron} [args]",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -159,8 +159,12 @@ class Starting:
         with self._lock:
             done = self._under_way.get(key)
         if done is not None and not done.wait(timeout):
-            log.warning("uid %d job %s: its paused start still runs after %.0f s; going on",
-                        key[0], key[1], timeout)  # fmt: skip
+            log.warning(
+                "uid %d job %s: its paused start still runs after %.0f s; going on",
+                key[0],
+                key[1],
+                timeout,
+            )
 
 
 class StatusFirst:
@@ -201,8 +205,9 @@ class HangupWatch:
 
     def start(self, destroy: Callable[[], None]) -> None:
         """`jobs.run`'s INSTALL_SIGNALS: it hands us the destroy callback."""
-        self.thread = threading.Thread(target=self._watch, args=(destroy,), daemon=True,
-                                       name=f"watch {self.what}")  # fmt: skip
+        self.thread = threading.Thread(
+            target=self._watch, args=(destroy,), daemon=True, name=f"watch {self.what}"
+        )
         self.thread.start()
 
     def _watch(self, destroy: Callable[[], None]) -> None:
@@ -282,9 +287,15 @@ class Handler(socketserver.BaseRequestHandler):
             else:
                 log.exception("request failed")
             if not self.replied:
-                self._send({"ok": False, "exit": 1, "disposition": "requeue",
-                            "error": type(exc).__name__,
-                            "message": f"internal error in the helper service: {exc!r}"})
+                self._send(
+                    {
+                        "ok": False,
+                        "exit": 1,
+                        "disposition": "requeue",
+                        "error": type(exc).__name__,
+                        "message": f"internal error in the helper service: {exc!r}",
+                    }
+                )
         finally:
             if admitted is not None:
                 self.server.release(peer.uid, admitted)
@@ -293,8 +304,13 @@ class Handler(socketserver.BaseRequestHandler):
         if self.server.admit(peer.uid, kind):
             return True
         log.warning("uid %d (pid %d): too many %s requests under way", peer.uid, peer.pid, kind)
-        self._send({**bad("the helper service is busy: too many requests under way"),
-                    "error": "Busy", "exit": EX_TEMPFAIL})  # fmt: skip
+        self._send(
+            {
+                **bad("the helper service is busy: too many requests under way"),
+                "error": "Busy",
+                "exit": EX_TEMPFAIL,
+            }
+        )
         return False
 
     def _request(self, sock: socket.socket, peer: Peer) -> tuple[Request | None, bytes]:
@@ -324,10 +340,14 @@ class Handler(socketserver.BaseRequestHandler):
             self.server.starting.wait(key)  # its VM's paused start, if one is under way
         # prepare streams the input disk from the socket into the job's folder (bounded there)
         streams_in = request.action in (Action.PREPARE, Action.RESTORE)
-        data_in = (cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS))
-                   if streams_in else None)  # fmt: skip
-        answer = perform(request.action, request.job, peer.uid, data_in=data_in,
-                         connections=self.server.connections)  # fmt: skip
+        data_in = cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS)) if streams_in else None
+        answer = perform(
+            request.action,
+            request.job,
+            peer.uid,
+            data_in=data_in,
+            connections=self.server.connections,
+        )
         log.info("%s: %s", what, _summary(answer.reply))
         starting = None
         if request.action is Action.PREPARE and answer.code == 0 and key is not None:
@@ -346,21 +366,38 @@ class Handler(socketserver.BaseRequestHandler):
                 made = start_paused(key[1], key[0], self.server.connections)
             finally:
                 self.server.starting.end(key, starting)
-            log.info("%s: VM %s in %.0f ms", what, "started paused" if made else
-                     "not started ahead (the run boots it)", 1000 * (time.monotonic() - began))
+            log.info(
+                "%s: VM %s in %.0f ms",
+                what,
+                "started paused" if made else "not started ahead (the run boots it)",
+                1000 * (time.monotonic() - began),
+            )
 
-    def _run(self, sock: socket.socket, request: Request, peer: Peer, what: str,
-             ready: Callable[[], None]) -> None:  # fmt: skip
+    def _run(
+        self,
+        sock: socket.socket,
+        request: Request,
+        peer: Peer,
+        what: str,
+        ready: Callable[[], None],
+    ) -> None:
         if peer.pid <= 0:
             self._send(bad("the caller's process is not visible here (another pid namespace)"))
             return
         out = StatusFirst(sock, self)
         watch = HangupWatch(sock, what)
         try:
-            answer = perform(Action.RUN, request.job, peer.uid, data_out=cast(BinaryIO, out),
-                             connections=self.server.connections, runner_pid=peer.pid,
-                             install_signals=watch.start, ready=ready,
-                             install_evict=watch.on_evict)  # fmt: skip
+            answer = perform(
+                Action.RUN,
+                request.job,
+                peer.uid,
+                data_out=cast(BinaryIO, out),
+                connections=self.server.connections,
+                runner_pid=peer.pid,
+                install_signals=watch.start,
+                ready=ready,
+                install_evict=watch.on_evict,
+            )
         finally:
             watch.stop()
         if answer.reply is not None and answer.reply.get("evicted") and not watch.hung_up:
@@ -396,8 +433,7 @@ class Handler(socketserver.BaseRequestHandler):
 
 #: Faces the service never runs (and whose libraries a worker may lack): not imported.
 #: ... and what the fork server of confined children imports for itself (`start_forkserver`).
-NOT_WARMED = ("sd_batch.web", "sd_batch.cli", "sd_batch.localrun",
-              "sd_batch.batch.forkserver_warm")  # fmt: skip
+NOT_WARMED = ("sd_batch.web", "sd_batch.cli", "sd_batch.localrun", "sd_batch.batch.forkserver_warm")
 
 
 def warm_up() -> None:
@@ -529,15 +565,24 @@ def serve(path: Path, group: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -I -m sd_batch.helper.service",
-                                     description=__doc__.splitlines()[0])  # fmt: skip
-    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
-                        help=f"where to listen (default {DEFAULT_SOCKET})")
-    parser.add_argument("--group", default=SLOT_GROUP,
-                        help=f"the group that may connect (default {SLOT_GROUP})")
+    parser = argparse.ArgumentParser(
+        prog="python -I -m sd_batch.helper.service", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        help=f"where to listen (default {DEFAULT_SOCKET})",
+    )
+    parser.add_argument(
+        "--group", default=SLOT_GROUP, help=f"the group that may connect (default {SLOT_GROUP})"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s sd-batch helper-service: %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s sd-batch helper-service: %(levelname)s %(message)s",
+    )
     if os.geteuid() != 0:
         parser.error("run me as root (I act for the slot users, as the sudo helper does)")
     return serve(args.socket.absolute(), args.group)

@@ -46,10 +46,23 @@ log = logging.getLogger(__name__)
 
 #: The value types live in hypervisor.types (pure); callers import them from here too.
 __all__ = [
-    "DAEMON_HINT", "MIB", "DiskWriteError", "DomainInfo", "DomainOwner", "DomainState",
-    "DomainStatus", "HostCapacity", "HostLoad", "Hypervisor", "HypervisorAPI", "ShutoffTimeout",
-    "connect", "dir_pool_xml", "is_transient", "translate_error",
-]  # fmt: skip
+    "DAEMON_HINT",
+    "MIB",
+    "DiskWriteError",
+    "DomainInfo",
+    "DomainOwner",
+    "DomainState",
+    "DomainStatus",
+    "HostCapacity",
+    "HostLoad",
+    "Hypervisor",
+    "HypervisorAPI",
+    "ShutoffTimeout",
+    "connect",
+    "dir_pool_xml",
+    "is_transient",
+    "translate_error",
+]
 
 
 # --- libvirt, loaded once ----------------------------------------------------------------------
@@ -94,9 +107,21 @@ def _ensure_event_loop(lv: ModuleType) -> None:
 
 # --- the one error mapping ---------------------------------------------------------------------
 
-_RETRYABLE_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET,
-    errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT, errno.EAGAIN, errno.EHOSTUNREACH,
-    errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})  # fmt: skip
+_RETRYABLE_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+    }
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -226,13 +251,21 @@ class Hypervisor:
             raise translate_error(exc, uri=self._uri, action=action, name=name) from exc
 
     # -- volumes (HypervisorAPI): the storage's -------------------------------------------------
-    def create_overlay(self, pool_or_dir: str | Path, name: str, backing_path: str | Path,
-                       capacity_bytes: int = 0, backing_format: str = "qcow2") -> str:
-        return self.storage.create_overlay(pool_or_dir, name, backing_path, capacity_bytes,
-                                           backing_format)  # fmt: skip
+    def create_overlay(
+        self,
+        pool_or_dir: str | Path,
+        name: str,
+        backing_path: str | Path,
+        capacity_bytes: int = 0,
+        backing_format: str = "qcow2",
+    ) -> str:
+        return self.storage.create_overlay(
+            pool_or_dir, name, backing_path, capacity_bytes, backing_format
+        )
 
-    def create_blank(self, pool_or_dir: str | Path, name: str, capacity_bytes: int,
-                     format: str = "qcow2") -> str:
+    def create_blank(
+        self, pool_or_dir: str | Path, name: str, capacity_bytes: int, format: str = "qcow2"
+    ) -> str:
         return self.storage.create_blank(pool_or_dir, name, capacity_bytes, format)
 
     def volume_path(self, pool_or_dir: str | Path, name: str) -> str:
@@ -253,8 +286,9 @@ class Hypervisor:
     def upload_file(self, target: str | Path, source: Path) -> None:
         self.storage.upload_file(target, source)
 
-    def read_file(self, path: str | Path, sink: Callable[[bytes], object],
-                  limit: int | None = None) -> bool:  # fmt: skip
+    def read_file(
+        self, path: str | Path, sink: Callable[[bytes], object], limit: int | None = None
+    ) -> bool:
         return self.storage.read_file(path, sink, limit)
 
     def _lookup(self, name: str) -> Any:
@@ -402,8 +436,12 @@ class Hypervisor:
         def on_lifecycle(_c: object, _d: object, event: int, _detail: int, _o: object) -> None:
             if event == lv.VIR_DOMAIN_EVENT_SHUTDOWN:
                 finished.set()  # any detail: guest- or host-initiated, no guest code runs now
-            if event in (lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_UNDEFINED,
-                         lv.VIR_DOMAIN_EVENT_SUSPENDED, lv.VIR_DOMAIN_EVENT_SHUTDOWN):  # fmt: skip
+            if event in (
+                lv.VIR_DOMAIN_EVENT_STOPPED,
+                lv.VIR_DOMAIN_EVENT_UNDEFINED,
+                lv.VIR_DOMAIN_EVENT_SUSPENDED,
+                lv.VIR_DOMAIN_EVENT_SHUTDOWN,
+            ):
                 changed.set()
 
         deadline = clock() + timeout
@@ -420,10 +458,11 @@ class Hypervisor:
                 if status.state.is_off:
                     return status
                 if status.state is DomainState.PAUSED and status.reason == "ioerror":
-                    raise DiskWriteError(f"{self._uri}: domain {name} was paused: "
-                                         f"{self._disk_errors(dom)}",
-                                         hint="free space on the host's disk (overlays, "
-                                              "output disks live in the state dir)")  # fmt: skip
+                    raise DiskWriteError(
+                        f"{self._uri}: domain {name} was paused: {self._disk_errors(dom)}",
+                        hint="free space on the host's disk (overlays, "
+                        "output disks live in the state dir)",
+                    )
                 remaining = deadline - clock()
                 if remaining <= 0:
                     still = f"still {status.state.name.lower()} after {timeout:g} s"
@@ -436,14 +475,19 @@ class Hypervisor:
     def _disk_errors(self, dom: Any) -> str:
         """Which disks failed and how, in words ("vdc: no space left on the host's disk")."""
         lv = self._lv
-        words = {lv.VIR_DOMAIN_DISK_ERROR_NO_SPACE: "no space left on the host's disk",
-                 lv.VIR_DOMAIN_DISK_ERROR_UNSPEC: "the host's disk failed a write"}  # fmt: skip
+        words = {
+            lv.VIR_DOMAIN_DISK_ERROR_NO_SPACE: "no space left on the host's disk",
+            lv.VIR_DOMAIN_DISK_ERROR_UNSPEC: "the host's disk failed a write",
+        }
         try:
             errors = dom.diskErrors() or {}
         except lv.libvirtError:
             errors = {}
-        said = [f"{disk}: {words.get(code, f'error {code}')}"
-                for disk, code in sorted(errors.items()) if code != lv.VIR_DOMAIN_DISK_ERROR_NONE]
+        said = [
+            f"{disk}: {words.get(code, f'error {code}')}"
+            for disk, code in sorted(errors.items())
+            if code != lv.VIR_DOMAIN_DISK_ERROR_NONE
+        ]
         return "; ".join(said) or "a disk write failed on the host"
 
     def list_domains(self) -> tuple[DomainInfo, ...]:
@@ -485,7 +529,6 @@ class Hypervisor:
             free_memory_mib=free or None,  # 0 means "not known" (test driver node files)
             domain_types=tuple(sorted(types)),
         )
-
 
     def _free_memory_mib(self) -> int:
         """Memory the host could give a new VM: free plus page cache and buffers (the kernel

@@ -37,8 +37,19 @@ if TYPE_CHECKING:
     from ..ledger.types import Claim
     from .connection import HypervisorAPI
 
-_KEYS = ("name", "count", "uri", "memory", "vcpus", "disk", "tags", "used_memory", "used_vcpus",
-         "used_disk", "vms")  # fmt: skip
+_KEYS = (
+    "name",
+    "count",
+    "uri",
+    "memory",
+    "vcpus",
+    "disk",
+    "tags",
+    "used_memory",
+    "used_vcpus",
+    "used_disk",
+    "vms",
+)
 GLOB = frozenset("*?[")
 #: Hosts read at the same time by `live_hosts` (each a thread with its libvirt calls).
 MAX_PARALLEL_READS = 16
@@ -75,8 +86,10 @@ def parse_inventory(data: Mapping[str, Any], origin: str = "<inventory>") -> tup
     names = [h.name for h in hosts]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"{origin}: two hosts are named {dupes[0]!r}",
-                          hint='with count, put {n} in the name: name = "node-{n:03}"')  # fmt: skip
+        raise ConfigError(
+            f"{origin}: two hosts are named {dupes[0]!r}",
+            hint='with count, put {n} in the name: name = "node-{n:03}"',
+        )
     return tuple(hosts)
 
 
@@ -111,15 +124,17 @@ def _host(entry: Mapping[str, Any], where: str, n: int | None) -> HostState:
         raise ConfigError(f"{where}: tags must be a list of strings")
     disk = _mib(entry, "disk", where, required=False)
     return HostState(
-        name=name, uri=text("uri", entry["name"]),
+        name=name,
+        uri=text("uri", entry["name"]),
         memory_mib=_mib(entry, "memory", where) or 0,
         vcpus=_whole(entry, "vcpus", where, default=None, least=1),
-        disk_mib=disk, tags=frozenset(tags),
+        disk_mib=disk,
+        tags=frozenset(tags),
         used_memory_mib=_mib(entry, "used_memory", where, required=False) or 0,
         used_vcpus=_whole(entry, "used_vcpus", where, default=0, least=0),
         used_disk_mib=_mib(entry, "used_disk", where, required=False) or 0,
         vms=_whole(entry, "vms", where, default=0, least=0),
-    )  # fmt: skip
+    )
 
 
 def _mib(entry: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> int | None:
@@ -129,13 +144,16 @@ def _mib(entry: Mapping[str, Any], key: str, where: str, *, required: bool = Tru
         return None
     size = parse_size_bytes(entry[key])
     if size is None:
-        raise ConfigError(f"{where}: {key} = {entry[key]!r} is not a size",
-                          hint='a number of MiB, or "512M", "64G", "2T"')  # fmt: skip
+        raise ConfigError(
+            f"{where}: {key} = {entry[key]!r} is not a size",
+            hint='a number of MiB, or "512M", "64G", "2T"',
+        )
     return size >> 20
 
 
-def _whole(entry: Mapping[str, Any], key: str, where: str, *, default: int | None,
-           least: int) -> int:  # fmt: skip
+def _whole(
+    entry: Mapping[str, Any], key: str, where: str, *, default: int | None, least: int
+) -> int:
     value = entry.get(key, default)
     if value is None:
         raise ConfigError(f"{where}: {key} is missing")
@@ -169,8 +187,10 @@ def site_host_names(written: Iterable[str], config: SiteConfig) -> list[tuple[st
         if GLOB & set(entry) and "://" not in entry:
             found = sorted(n for n in config.hosts if fnmatch.fnmatchcase(n, entry))
             if not found:
-                raise ConfigError(f"no site host matches {entry!r}",
-                                  hint="hosts are named in the site config [hosts]")  # fmt: skip
+                raise ConfigError(
+                    f"no site host matches {entry!r}",
+                    hint="hosts are named in the site config [hosts]",
+                )
             for name in found:
                 chosen.setdefault(config.hosts[name], name)
         else:
@@ -179,9 +199,13 @@ def site_host_names(written: Iterable[str], config: SiteConfig) -> list[tuple[st
 
 
 def live_host(
-    name: str, uri: str, hv: HypervisorAPI, config: SiteConfig, groups: tuple[str, ...] = (),
+    name: str,
+    uri: str,
+    hv: HypervisorAPI,
+    config: SiteConfig,
+    groups: tuple[str, ...] = (),
     claims: Sequence[Claim] = (),
-) -> HostState:  # fmt: skip
+) -> HostState:
     """A host as its hypervisor reports it: CPUs and memory, and the active domains' load (or
     the memory in use by everything there, from the host's free memory, when that is more),
     plus the CLAIMS on it whose VM is not active yet (placed, not yet running)."""
@@ -196,11 +220,16 @@ def live_host(
     if capacity.free_memory_mib is not None:  # or what the host has in use, if more (other
         used_memory = max(used_memory, capacity.memory_mib - capacity.free_memory_mib)  # work)
     return HostState(
-        name=name, uri=uri, memory_mib=capacity.memory_mib, vcpus=capacity.cpus, tags=tags,
+        name=name,
+        uri=uri,
+        memory_mib=capacity.memory_mib,
+        vcpus=capacity.cpus,
+        tags=tags,
         used_memory_mib=used_memory + sum(c.memory_mib for c in pending),
         used_vcpus=load.vcpus + sum(c.vcpus for c in pending),
-        vms=load.domains + len(pending), groups=groups,
-    )  # fmt: skip
+        vms=load.domains + len(pending),
+        groups=groups,
+    )
 
 
 def live_hosts(
@@ -223,8 +252,14 @@ def live_hosts(
     def read(entry: tuple[str, str]) -> HostState | Unreachable:
         name, uri = entry
         try:
-            return live_host(name, uri, connect(uri), config, (groups or {}).get(uri, ()),
-                             (claims or {}).get(uri, ()))  # fmt: skip
+            return live_host(
+                name,
+                uri,
+                connect(uri),
+                config,
+                (groups or {}).get(uri, ()),
+                (claims or {}).get(uri, ()),
+            )
         except SdError as exc:
             return Unreachable(name, uri, exc.message)
 

@@ -25,8 +25,14 @@ Errors = Callable[[str, str | None], contextlib.AbstractContextManager[None]]
 class Storage:
     """Volumes by path, in pools made on demand over folders. Deleting a missing one is fine."""
 
-    def __init__(self, conn: Any, lv: Any, uri: str, errors: Errors,
-                 is_transient: Callable[[BaseException], bool]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        conn: Any,
+        lv: Any,
+        uri: str,
+        errors: Errors,
+        is_transient: Callable[[BaseException], bool],
+    ) -> None:
         self._conn = conn  # a libvirt connection, and LV the libvirt module: the caller's
         self._lv = lv
         self._uri = uri
@@ -78,8 +84,9 @@ class Storage:
         if base is not None and not capacity:
             capacity = self._capacity_of(base[0])
         try:
-            xml = volume_xml(name, capacity, base and base[0], base and DiskFormat(base[1]),
-                             DiskFormat(fmt))  # fmt: skip
+            xml = volume_xml(
+                name, capacity, base and base[0], base and DiskFormat(base[1]), DiskFormat(fmt)
+            )
         except ValueError as exc:
             raise HypervisorError(f"{self._uri}: cannot create volume {name}: {exc}") from exc
         with self._errors("create volume", name):
@@ -102,8 +109,10 @@ class Storage:
         """A base image's virtual size, as libvirt reads it on the host that has the file."""
         found = self.host_file(path)
         if found is None:
-            raise HypervisorError(f"{self._uri}: no base image {path} on that host",
-                                  hint="sd images push <host> <name> puts a site image on it")
+            raise HypervisorError(
+                f"{self._uri}: no base image {path} on that host",
+                hint="sd images push <host> <name> puts a site image on it",
+            )
         return found.size_bytes
 
     def host_file(self, path: str | Path) -> HostFile | None:
@@ -151,8 +160,9 @@ class Storage:
                 vol.delete(0)
             raise
 
-    def read_file(self, path: str | Path, sink: Callable[[bytes], object],
-                  limit: int | None = None) -> bool:  # fmt: skip
+    def read_file(
+        self, path: str | Path, sink: Callable[[bytes], object], limit: int | None = None
+    ) -> bool:
         """Stream the file at PATH on this connection's host (its first LIMIT bytes) into SINK
         through libvirt (virStorageVolDownload); False when the host has no such file."""
         found = self.host_file(path)

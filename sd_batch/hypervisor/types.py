@@ -37,12 +37,34 @@ class DomainState(enum.Enum):
 
 
 # virDomainShutoffReason, by index: tells a clean poweroff from a crash or a kill.
-SHUTOFF_REASONS = ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
-                    "from-snapshot", "daemon")  # fmt: skip
+SHUTOFF_REASONS = (
+    "unknown",
+    "shutdown",
+    "destroyed",
+    "crashed",
+    "migrated",
+    "saved",
+    "failed",
+    "from-snapshot",
+    "daemon",
+)
 # virDomainPausedReason, by index: "ioerror" is a host disk that refused a write (full, failing).
-PAUSED_REASONS = ("unknown", "user", "migration", "save", "dump", "ioerror", "watchdog",
-                  "from-snapshot", "shutdown", "snapshot", "api-error", "starting-up", "postcopy",
-                  "postcopy-failed")  # fmt: skip
+PAUSED_REASONS = (
+    "unknown",
+    "user",
+    "migration",
+    "save",
+    "dump",
+    "ioerror",
+    "watchdog",
+    "from-snapshot",
+    "shutdown",
+    "snapshot",
+    "api-error",
+    "starting-up",
+    "postcopy",
+    "postcopy-failed",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,19 +150,26 @@ class HypervisorAPI(Protocol):
     def state(self, name: str) -> DomainStatus: ...
     def wait_shutoff(self, name: str, timeout: float) -> DomainStatus: ...
     def list_domains(self) -> tuple[DomainInfo, ...]: ...
-    def create_overlay(self, pool_or_dir: str | Path, name: str, backing_path: str | Path,
-                       capacity_bytes: int = ..., backing_format: str = ...
-                       ) -> str: ...  # fmt: skip
-    def create_blank(self, pool_or_dir: str | Path, name: str, capacity_bytes: int,
-                     format: str = ...) -> str: ...  # fmt: skip
+    def create_overlay(
+        self,
+        pool_or_dir: str | Path,
+        name: str,
+        backing_path: str | Path,
+        capacity_bytes: int = ...,
+        backing_format: str = ...,
+    ) -> str: ...
+    def create_blank(
+        self, pool_or_dir: str | Path, name: str, capacity_bytes: int, format: str = ...
+    ) -> str: ...
     def volume_path(self, pool_or_dir: str | Path, name: str) -> str: ...
     def image_capacity(self, path: str | Path) -> int: ...
     def delete_volume(self, path: str | Path) -> None: ...
     def host_file(self, path: str | Path) -> HostFile | None: ...
     def ensure_folder(self, folder: str | Path) -> None: ...
     def upload_file(self, target: str | Path, source: Path) -> None: ...
-    def read_file(self, path: str | Path, sink: Callable[[bytes], object],
-                  limit: int | None = ...) -> bool: ...  # fmt: skip
+    def read_file(
+        self, path: str | Path, sink: Callable[[bytes], object], limit: int | None = ...
+    ) -> bool: ...
     def host_capacity(self) -> HostCapacity: ...
     def host_load(self) -> HostLoad: ...
     def close(self) -> None: ...

@@ -131,9 +131,7 @@ def load_text(
         return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
 
 
-def _follow_sfconfig(
-    ref: Reference, root: Any, types: Any, errors: list[DescriptionError]
-) -> Any:
+def _follow_sfconfig(ref: Reference, root: Any, types: Any, errors: list[DescriptionError]) -> Any:
     """`sfConfig testX;`: SmartFrog's sfConfig phase resolves the reference and deploys the
     component it names; sd puts a copy of it in sfConfig's place."""
     from .resolve import Node, copy_node

@@ -13,11 +13,40 @@ import re
 #: Words SmartFrog reserves that sd-batch has no use for; they must be quoted to be names.
 RESERVED_WORDS = frozenset({"SWITCH", "ENDSWITCH"})
 #: Every keyword of the language: a name spelt like one must be quoted (parser and renderer).
-KEYWORDS = frozenset({
-    "extends", "true", "false", "NULL", "TBD", "LAZY", "DATA", "ATTRIB", "HERE", "THIS",
-    "PARENT", "ROOT", "HOST", "PROCESS", "PROPERTY", "IPROPERTY", "ENVPROPERTY", "IENVPROPERTY",
-    "CONSTANT", "OPTIONAL", "APPLY", "ASSERT", "IF", "THEN", "ELSE", "FI", "VAR",
-}) | RESERVED_WORDS  # fmt: skip
+KEYWORDS = (
+    frozenset(
+        {
+            "extends",
+            "true",
+            "false",
+            "NULL",
+            "TBD",
+            "LAZY",
+            "DATA",
+            "ATTRIB",
+            "HERE",
+            "THIS",
+            "PARENT",
+            "ROOT",
+            "HOST",
+            "PROCESS",
+            "PROPERTY",
+            "IPROPERTY",
+            "ENVPROPERTY",
+            "IENVPROPERTY",
+            "CONSTANT",
+            "OPTIONAL",
+            "APPLY",
+            "ASSERT",
+            "IF",
+            "THEN",
+            "ELSE",
+            "FI",
+            "VAR",
+        }
+    )
+    | RESERVED_WORDS
+)
 
 _WORD = re.compile(
     r"[$A-Z_a-z\u00a2-\u00a5\u00aa\u00b5\u00ba\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff]"

@@ -29,11 +29,12 @@ SUPERTYPES: dict[str, frozenset[str]] = {
     "java.lang.Boolean": frozenset({"java.lang.Comparable"}),
     VECTOR: frozenset({"java.util.List", "java.util.Collection", "java.util.AbstractList"}),
     DESCRIPTION: frozenset({"org.smartfrog.sfcore.componentdescription.ComponentDescription"}),
-    REFERENCE: frozenset({"org.smartfrog.sfcore.reference.Reference",
-                          "org.smartfrog.sfcore.reference.SFReference"}),
+    REFERENCE: frozenset(
+        {"org.smartfrog.sfcore.reference.Reference", "org.smartfrog.sfcore.reference.SFReference"}
+    ),
     NULL: frozenset(),
     "org.smartfrog.sfcore.common.SFByteArray": frozenset(),
-}  # fmt: skip
+}
 #: Every class name a schema may name that we know of.
 KNOWN_CLASSES = (
     frozenset(SUPERTYPES)

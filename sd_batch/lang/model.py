@@ -68,6 +68,7 @@ class FreeVar:
         shown = format_string(default) if isinstance(default, str) else str(default)
         return f"VAR {{{format_string(self.range)}, {shown}}}"
 
+
 #: Reference part kinds, as SmartFrog's grammar names them.
 PART_KINDS = (
     "ROOT",
@@ -218,7 +219,11 @@ class Component:
 
 #: The values written as a keyword (compared by identity: 1 is not true).
 _CONSTANT_TEXTS: tuple[tuple[object, str], ...] = (
-    (None, "NULL"), (TBD, "TBD"), (True, "true"), (False, "false"))  # fmt: skip
+    (None, "NULL"),
+    (TBD, "TBD"),
+    (True, "true"),
+    (False, "false"),
+)
 
 
 def literal_text(value: Any) -> str | None:

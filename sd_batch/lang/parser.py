@@ -43,6 +43,7 @@ GRAMMAR = Path(__file__).with_name("sf.lark")
 KEYWORD_TYPES = {word: word.upper() for word in KEYWORDS - RESERVED_WORDS}
 _T = TypeVar("_T")
 
+
 class _BadLiteral(Exception):
     """A literal the lexer accepts but no value matches (`1e999`, `#B64#a#`): a syntax error."""
 

@@ -35,10 +35,26 @@ from .types import Claim, Move, OwnerStatus, ResourceKind, ResourceState
 #: The schema lives in ledger.schema, the process-free values in ledger.types; callers import
 #: them from here too.
 __all__ = [
-    "BOOT_ID_FILE", "LEDGER_FILE", "MIGRATIONS", "SCHEMA_VERSION", "THIS_PROCESS", "Claim",
-    "Ledger", "Leftovers", "Move", "Owner", "OwnerExists", "OwnerKind", "OwnerStatus",
-    "ProcessRef", "Resource", "ResourceKind", "ResourceState", "current_boot_id", "default_path",
-]  # fmt: skip
+    "BOOT_ID_FILE",
+    "LEDGER_FILE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "THIS_PROCESS",
+    "Claim",
+    "Ledger",
+    "Leftovers",
+    "Move",
+    "Owner",
+    "OwnerExists",
+    "OwnerKind",
+    "OwnerStatus",
+    "ProcessRef",
+    "Resource",
+    "ResourceKind",
+    "ResourceState",
+    "current_boot_id",
+    "default_path",
+]
 
 LEDGER_FILE = "ledger.sqlite3"
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
@@ -250,9 +266,17 @@ class Ledger:
                     "INSERT INTO owner (kind, owner_id, host_uri, description, status, created_at,"
                     " updated_at, pid, pid_start, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     + ("" if new_only else upsert),
-                    (kind.value, owner_id, host_uri, description, status.value, now, now,
-                     *_process_columns(process)),
-                )  # fmt: skip
+                    (
+                        kind.value,
+                        owner_id,
+                        host_uri,
+                        description,
+                        status.value,
+                        now,
+                        now,
+                        *_process_columns(process),
+                    ),
+                )
         except LedgerError as exc:
             if new_only and isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise OwnerExists(
@@ -471,11 +495,29 @@ def _owner_is_left(owner: Owner) -> bool:
 def _owner(row: tuple[Any, ...]) -> Owner:
     row_id, kind, owner_id, host_uri, description, status, created, pid, start, boot = row
     process = ProcessRef(pid, start, boot) if pid is not None else None
-    return Owner(row_id, OwnerKind(kind), owner_id, host_uri, description, OwnerStatus(status),
-                 created, process, boot)  # fmt: skip
+    return Owner(
+        row_id,
+        OwnerKind(kind),
+        owner_id,
+        host_uri,
+        description,
+        OwnerStatus(status),
+        created,
+        process,
+        boot,
+    )
 
 
 def _resource(row: tuple[Any, ...]) -> Resource:
     row_id, owner_kind, owner_id, kind, name, uri, state, created, pid, start, boot = row
-    return Resource(row_id, OwnerKind(owner_kind), owner_id, ResourceKind(kind), name, uri,
-                    ResourceState(state), created, ProcessRef(pid, start, boot))  # fmt: skip
+    return Resource(
+        row_id,
+        OwnerKind(owner_kind),
+        owner_id,
+        ResourceKind(kind),
+        name,
+        uri,
+        ResourceState(state),
+        created,
+        ProcessRef(pid, start, boot),
+    )

@@ -125,8 +125,9 @@ def stage_out(
         names = [Path(entry.rstrip("/")).name for entry in listed]
     else:
         now = catalogue(scratch)
-        names = sorted(n for n, key in now.items() if n not in STARTER_FILES
-                       and before.get(n) != key)  # fmt: skip
+        names = sorted(
+            n for n, key in now.items() if n not in STARTER_FILES and before.get(n) != key
+        )
     for name in names:
         copy_out(scratch / name, iwd / name)
         moved.append(name)

@@ -78,13 +78,27 @@ from .starter import DEFAULT_PATH, PASSED_THROUGH, HookRun, Updater, run_hook, s
 #: Outcome and the exit codes live in localrun.outcome, the slot user in localrun.files, the hooks'
 #: environment in localrun.starter; callers import them from here too.
 __all__ = [
-    "DEFAULT_PATH", "EXECUTE_DIR", "EXIT_HELD", "EXIT_IDLE", "HOOKS_DIR", "PASSED_THROUGH",
-    "STOP_SIGNALS", "Harness", "HarnessError", "Outcome", "SlotUser", "default_user",
-]  # fmt: skip
+    "DEFAULT_PATH",
+    "EXECUTE_DIR",
+    "EXIT_HELD",
+    "EXIT_IDLE",
+    "HOOKS_DIR",
+    "PASSED_THROUGH",
+    "STOP_SIGNALS",
+    "Harness",
+    "HarnessError",
+    "Outcome",
+    "SlotUser",
+    "default_user",
+]
 
 EXECUTE_DIR = Path("/var/lib/sd-batch/execute")  # root's runs; others use $TMPDIR
-STOP_SIGNALS = {signal.SIGINT: "remove", signal.SIGTERM: "remove", signal.SIGUSR1: "hold",
-                signal.SIGUSR2: "evict"}  # fmt: skip
+STOP_SIGNALS = {
+    signal.SIGINT: "remove",
+    signal.SIGTERM: "remove",
+    signal.SIGUSR1: "hold",
+    signal.SIGUSR2: "evict",
+}
 
 
 class _Stop:
@@ -147,9 +161,12 @@ class Harness:
         host = socket.gethostname() or "localhost"
         owner = pwd.getpwuid(os.getuid()).pw_name
         return job_ad_from_submit(
-            text, submit_dir=self.submit_file.resolve().parent, owner=owner,
-            schedd_name=f"sd-run-{os.getpid()}@{host}", qdate=int(time.time()),
-        )  # fmt: skip
+            text,
+            submit_dir=self.submit_file.resolve().parent,
+            owner=owner,
+            schedd_name=f"sd-run-{os.getpid()}@{host}",
+            qdate=int(time.time()),
+        )
 
     def run(self, on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -317,16 +334,19 @@ class Harness:
         """The job's slot's machine ad; None (no `.machine.ad`: the VM is sized from the
         job's requests alone) when the startd cron could not run here at all."""
         if self.machine is None:
-            self.machine = this_machine(self.hooks_dir, self.user, env, scratch,
-                                        self.cron_cache)  # fmt: skip
+            self.machine = this_machine(self.hooks_dir, self.user, env, scratch, self.cron_cache)
             if self.machine.failed is not None:
-                self.progress(f"startd cron: {self.machine.failed} (no slot is carved: "
-                              "the VM is sized from the job's requests)")  # fmt: skip
+                self.progress(
+                    f"startd cron: {self.machine.failed} (no slot is carved: "
+                    "the VM is sized from the job's requests)"
+                )
         if self.machine.failed is not None:
             return None
         if self.machine.offline is not None:
-            raise HarnessError(f"this machine runs no job VMs now (its startd cron says: "
-                               f"{self.machine.offline}): the job would stay Idle")  # fmt: skip
+            raise HarnessError(
+                f"this machine runs no job VMs now (its startd cron says: "
+                f"{self.machine.offline}): the job would stay Idle"
+            )
         return carve_slot(self.machine, ad)
 
     def _apply_prepare(self, ad: JobAd, hook: HookRun) -> tuple[JobAd, tuple[str, str] | None]:
@@ -365,9 +385,15 @@ class Harness:
             self._std(scratch, ad.err) as stderr,
         ):
             runner = subprocess.Popen(
-                [cmd, *ad.arguments], cwd=scratch, env=job_env, stdin=stdin, stdout=stdout,
-                stderr=stderr, start_new_session=True, **self.user.process_options(),
-            )  # fmt: skip
+                [cmd, *ad.arguments],
+                cwd=scratch,
+                env=job_env,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                **self.user.process_options(),
+            )
         stop.runner = runner
         kill_sig = ad.get("KillSig")
         with contextlib.suppress(KeyError, AttributeError):
@@ -393,12 +419,16 @@ class Harness:
         duration = time.time() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         attrs: dict[str, Any] = {
-            "JobState": "Running", "JobPid": runner.pid, "NumPids": 0,
-            "JobStartDate": int(started), "ImageSize": 0,
+            "JobState": "Running",
+            "JobPid": runner.pid,
+            "NumPids": 0,
+            "JobStartDate": int(started),
+            "ImageSize": 0,
             "RemoteUserCpu": round(after.ru_utime - before.ru_utime, 3),
             "RemoteSysCpu": round(after.ru_stime - before.ru_stime, 3),
-            "JobDuration": round(duration, 3), "ExitBySignal": status < 0,
-        }  # fmt: skip
+            "JobDuration": round(duration, 3),
+            "ExitBySignal": status < 0,
+        }
         if status < 0:
             attrs["ExitSignal"] = -status
             attrs["ExitReason"] = f"died on signal {-status}"
@@ -424,8 +454,11 @@ class Harness:
                 pass
             if stop.reason is not None and deadline is None:
                 vacate = ad.get("JobMaxVacateTime")
-                grace = self.kill_grace if stop.reason != "evict" else (
-                    float(vacate) if isinstance(vacate, int) else self.vacate_grace)
+                grace = (
+                    self.kill_grace
+                    if stop.reason != "evict"
+                    else (float(vacate) if isinstance(vacate, int) else self.vacate_grace)
+                )
                 deadline = time.monotonic() + grace
             if deadline is not None and time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):

@@ -64,8 +64,11 @@ class Outcome:
         return f"job {self.job}: {self.state}{took}: {self.message}"
 
     def as_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "duration": round(self.duration, 3),
-                "process_exit_code": self.process_exit_code}  # fmt: skip
+        return {
+            **dataclasses.asdict(self),
+            "duration": round(self.duration, 3),
+            "process_exit_code": self.process_exit_code,
+        }
 
 
 def stopped_state(reason: str) -> str:

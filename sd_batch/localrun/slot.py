@@ -48,9 +48,15 @@ class Machine:
     failed: str | None = None  # why the cron could not run at all (then no slot is carved)
 
     def base(self) -> dict[str, str | int | float | bool]:
-        return {"Name": f"slot1@{socket.gethostname()}", "SlotID": 1, "Arch": "X86_64",
-                "OpSys": "LINUX", "Cpus": self.cpus, "Memory": self.memory_mib,
-                "Disk": self.disk_kib}  # fmt: skip
+        return {
+            "Name": f"slot1@{socket.gethostname()}",
+            "SlotID": 1,
+            "Arch": "X86_64",
+            "OpSys": "LINUX",
+            "Cpus": self.cpus,
+            "Memory": self.memory_mib,
+            "Disk": self.disk_kib,
+        }
 
     def ad(self) -> str:
         return format_updates(self.base()) + self.cron
@@ -61,8 +67,18 @@ class Machine:
 #: a minute of it, and only an online one: a node that said it runs no VMs is asked again.
 CRON_REUSE_SECONDS = 60.0
 #: What the starter sets per job (`starter_env`): not part of what the cron sees of the node.
-_PER_JOB = frozenset({"_CONDOR_SCRATCH_DIR", "_CONDOR_JOB_AD", "_CONDOR_MACHINE_AD",
-                      "_CONDOR_JOB_IWD", "TMPDIR", "TEMP", "TMP", "OMP_NUM_THREADS"})  # fmt: skip
+_PER_JOB = frozenset(
+    {
+        "_CONDOR_SCRATCH_DIR",
+        "_CONDOR_JOB_AD",
+        "_CONDOR_MACHINE_AD",
+        "_CONDOR_JOB_IWD",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "OMP_NUM_THREADS",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -75,9 +91,13 @@ class CronCache:
     clock: Callable[[], float] = time.time
 
     def key(self, hooks_dir: Path, user: SlotUser, env: dict[str, str]) -> str:
-        facts = [str(hooks_dir.resolve()), _stat(hooks_dir / "startd_cron"), user.name,
-                 sorted((k, v) for k, v in env.items() if k not in _PER_JOB),
-                 [(str(p), _stat(p)) for p in self.inputs]]  # fmt: skip
+        facts = [
+            str(hooks_dir.resolve()),
+            _stat(hooks_dir / "startd_cron"),
+            user.name,
+            sorted((k, v) for k, v in env.items() if k not in _PER_JOB),
+            [(str(p), _stat(p)) for p in self.inputs],
+        ]
         return hashlib.sha256(json.dumps(facts).encode()).hexdigest()
 
     def recent(self, key: str) -> str | None:
@@ -109,8 +129,13 @@ def _stat(path: Path) -> list[int] | None:
     return [info.st_mtime_ns, info.st_size]
 
 
-def this_machine(hooks_dir: Path, user: SlotUser, env: dict[str, str], scratch: Path,
-                 cache: CronCache | None = None) -> Machine:  # fmt: skip
+def this_machine(
+    hooks_dir: Path,
+    user: SlotUser,
+    env: dict[str, str],
+    scratch: Path,
+    cache: CronCache | None = None,
+) -> Machine:
     """This machine's CPUs, memory and the scratch file system's free disk, and what the
     startd cron hook prints here (run once, as the slot user; or, with CACHE, reused from a
     run of the last minute on the same hooks, environment and site files)."""
@@ -129,8 +154,14 @@ def this_machine(hooks_dir: Path, user: SlotUser, env: dict[str, str], scratch: 
         elif cache is not None:
             cache.store(key, lines)
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return Machine(os.cpu_count() or 1, pages >> 20, shutil.disk_usage(scratch).free >> 10,
-                   lines, offline, failed)  # fmt: skip
+    return Machine(
+        os.cpu_count() or 1,
+        pages >> 20,
+        shutil.disk_usage(scratch).free >> 10,
+        lines,
+        offline,
+        failed,
+    )
 
 
 def carve_slot(machine: Machine, ad: JobAd) -> str:
@@ -140,14 +171,20 @@ def carve_slot(machine: Machine, ad: JobAd) -> str:
     memory = _quantize(max(requests.memory_mib or 0, 1), MEMORY_QUANTUM_MIB)
     cpus = max(requests.cpus or 1, 1)
     disk = _quantize(max(requests.disk_kib or 0, 1), DISK_QUANTUM_KIB)
-    for what, asked, has, unit in (("memory", memory, machine.memory_mib, " MiB"),
-                                   ("CPUs", cpus, machine.cpus, ""),
-                                   ("disk", disk, machine.disk_kib, " KiB")):  # fmt: skip
+    for what, asked, has, unit in (
+        ("memory", memory, machine.memory_mib, " MiB"),
+        ("CPUs", cpus, machine.cpus, ""),
+        ("disk", disk, machine.disk_kib, " KiB"),
+    ):
         if asked > has:
-            raise HarnessError(f"no slot of this machine fits the job: it asks for {asked}{unit} "
-                               f"of {what} and this machine has {has}{unit}")  # fmt: skip
-    return format_updates({**machine.base(), "Cpus": cpus, "Memory": memory,
-                           "Disk": disk}) + machine.cron  # fmt: skip
+            raise HarnessError(
+                f"no slot of this machine fits the job: it asks for {asked}{unit} "
+                f"of {what} and this machine has {has}{unit}"
+            )
+    return (
+        format_updates({**machine.base(), "Cpus": cpus, "Memory": memory, "Disk": disk})
+        + machine.cron
+    )
 
 
 def _quantize(value: int, quantum: int) -> int:

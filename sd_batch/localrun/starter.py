@@ -39,14 +39,21 @@ def starter_env(
     would."""
     cpus = str(ad.request_cpus or 1)
     env = {
-        "PATH": DEFAULT_PATH, "HOME": user.home, "USER": user.name,
-        "LOGNAME": user.name, "BATCH_SYSTEM": "HTCondor",
-        "_CONDOR_SCRATCH_DIR": str(scratch), "_CONDOR_SLOT": "slot1",
+        "PATH": DEFAULT_PATH,
+        "HOME": user.home,
+        "USER": user.name,
+        "LOGNAME": user.name,
+        "BATCH_SYSTEM": "HTCondor",
+        "_CONDOR_SCRATCH_DIR": str(scratch),
+        "_CONDOR_SLOT": "slot1",
         "_CONDOR_JOB_AD": str(scratch / JOB_AD_FILE),
         "_CONDOR_MACHINE_AD": str(scratch / MACHINE_AD_FILE),
-        "_CONDOR_JOB_IWD": str(scratch), "TMPDIR": str(scratch), "TEMP": str(scratch),
-        "TMP": str(scratch), "OMP_NUM_THREADS": cpus,
-    }  # fmt: skip
+        "_CONDOR_JOB_IWD": str(scratch),
+        "TMPDIR": str(scratch),
+        "TEMP": str(scratch),
+        "TMP": str(scratch),
+        "OMP_NUM_THREADS": cpus,
+    }
     for name, value in environ.items():
         if name in PASSED_THROUGH or name.startswith("_CONDOR_SMARTDOMAINS_"):
             env[name] = value
@@ -68,10 +75,16 @@ def run_hook(
     """Run one hook executable as a separate process, as the slot user; wait for it."""
     try:
         done = subprocess.run(
-            [str(hooks_dir / name), *argv], input=stdin.encode(), capture_output=True,
-            cwd=cwd, env=dict(env), timeout=timeout, check=False, start_new_session=True,
+            [str(hooks_dir / name), *argv],
+            input=stdin.encode(),
+            capture_output=True,
+            cwd=cwd,
+            env=dict(env),
+            timeout=timeout,
+            check=False,
+            start_new_session=True,
             **user.process_options(),  # a terminal's Ctrl-C is for sd run alone
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired as exc:
         err = (exc.stderr or b"").decode(errors="replace")
         return HookRun(-signal.SIGKILL, "", f"{err}\n{name} timed out after {timeout:.0f} s")
@@ -113,18 +126,31 @@ class Updater:
         first, every = self.interval
         wait = first
         while not self.done.wait(wait):
-            text = updated_ad(self.ad, format_updates({
-                "JobState": "Running", "JobPid": self.pid, "NumPids": 1,
-                "JobStartDate": int(self.started), "RemoteSysCpu": 0.0, "RemoteUserCpu": 0.0,
-                "ImageSize": 0,
-            })).text  # fmt: skip
+            text = updated_ad(
+                self.ad,
+                format_updates(
+                    {
+                        "JobState": "Running",
+                        "JobPid": self.pid,
+                        "NumPids": 1,
+                        "JobStartDate": int(self.started),
+                        "RemoteSysCpu": 0.0,
+                        "RemoteUserCpu": 0.0,
+                        "ImageSize": 0,
+                    }
+                ),
+            ).text
             with contextlib.suppress(OSError):
                 child = subprocess.Popen(
-                    [str(self.hooks_dir / "update_job_info")], stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.scratch,
-                    env=dict(self.env), start_new_session=True,
+                    [str(self.hooks_dir / "update_job_info")],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=self.scratch,
+                    env=dict(self.env),
+                    start_new_session=True,
                     **self.user.process_options(),
-                )  # fmt: skip
+                )
                 self.children.append(child)
                 with contextlib.suppress(OSError):
                     if child.stdin is None:

@@ -82,8 +82,9 @@ class AntiAffinity(Constraint):
         return all(g not in groups or not groups[g][h] for g in item.anti)
 
     def why(self, item: Item, table: Table) -> str:
-        return (f"every host with room already runs a VM of anti-affinity group "
-                f"{', '.join(item.anti)}")  # fmt: skip
+        return (
+            f"every host with room already runs a VM of anti-affinity group {', '.join(item.anti)}"
+        )
 
 
 #: Checked in this order; `why` reports the one refusing most hosts.

@@ -21,7 +21,6 @@ UNLIMITED = 1 << 62
 MEMORY, VCPUS, DISK, SLOTS = 0, 1, 2, 3
 
 
-
 @dataclass(frozen=True, slots=True)
 class HostState:
     """A host as placement sees it: physical capacity, tags, and what already runs there."""
@@ -56,11 +55,20 @@ class HostLeft:
     capacity_disk_mib: int | None
 
     def as_dict(self) -> dict[str, Any]:
-        capacity = {"memory_mib": self.capacity_memory_mib, "vcpus": self.capacity_vcpus,
-                    "disk_mib": self.capacity_disk_mib}  # fmt: skip
+        capacity = {
+            "memory_mib": self.capacity_memory_mib,
+            "vcpus": self.capacity_vcpus,
+            "disk_mib": self.capacity_disk_mib,
+        }
         free = {"memory_mib": self.memory_mib, "vcpus": self.vcpus, "disk_mib": self.disk_mib}
-        return {"host": self.name, "uri": self.uri, "placed": self.placed, "vms": self.vms,
-                "free": free, "capacity": capacity}  # fmt: skip
+        return {
+            "host": self.name,
+            "uri": self.uri,
+            "placed": self.placed,
+            "vms": self.vms,
+            "free": free,
+            "capacity": capacity,
+        }
 
 
 @dataclass(slots=True)
@@ -96,8 +104,12 @@ class Table:
             vcpus = int(h.vcpus * policy.cpu_overcommit)
             disk = UNLIMITED if h.disk_mib is None else int(h.disk_mib * policy.disk_overcommit)
             cap = (max(memory, 0), vcpus, disk, UNLIMITED if slots is None else slots)
-            used = (h.used_memory_mib, h.used_vcpus,
-                    0 if h.disk_mib is None else h.used_disk_mib, h.vms)  # fmt: skip
+            used = (
+                h.used_memory_mib,
+                h.used_vcpus,
+                0 if h.disk_mib is None else h.used_disk_mib,
+                h.vms,
+            )
             for r in range(4):
                 self.capacity[r].append(cap[r])
                 self.free[r].append(cap[r] - used[r])
@@ -114,8 +126,12 @@ class Table:
 
     def has_room(self, h: int, need: tuple[int, int, int, int]) -> bool:
         free = self.free
-        return (free[0][h] >= need[0] and free[1][h] >= need[1] and free[2][h] >= need[2]
-                and free[3][h] >= need[3])  # fmt: skip
+        return (
+            free[0][h] >= need[0]
+            and free[1][h] >= need[1]
+            and free[2][h] >= need[2]
+            and free[3][h] >= need[3]
+        )
 
     def take(self, h: int, item: Item) -> None:
         for r in range(4):
@@ -142,7 +158,7 @@ class Table:
                 self.capacity[MEMORY][i],
                 self.capacity[VCPUS][i],
                 shown(self.capacity[DISK][i]),
-            )  # fmt: skip
+            )
             for i, h in enumerate(self.hosts)
         )
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 RESOURCE_NAMES = ("memory", "vcpus", "disk", "VM slots")
 
+
 @dataclass(frozen=True, slots=True)
 class Demand:
     """One VM to place: what it needs and where it may go."""
@@ -103,10 +104,12 @@ class Placement:
         return sum(1 for host in self.hosts if host.placed)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy,
-                "placements": [{"vm": vm, "host": host} for vm, host in self.assignment],
-                "hosts": [h.as_dict() for h in self.hosts],
-                "unplaced": [u.as_dict() for u in self.unplaced]}  # fmt: skip
+        return {
+            "strategy": self.strategy,
+            "placements": [{"vm": vm, "host": host} for vm, host in self.assignment],
+            "hosts": [h.as_dict() for h in self.hosts],
+            "unplaced": [u.as_dict() for u in self.unplaced],
+        }
 
 
 # -- placing ------------------------------------------------------------------------------------
@@ -174,28 +177,48 @@ def _items(demands: Iterable[Demand]) -> tuple[list[Item], list[Unplaced]]:
         if d.affinity is not None:
             groups.setdefault(d.affinity, []).append((index, d))
             continue
-        items.append(Item((d.name,), (d.memory_mib, d.vcpus, d.disk_mib, 1), d.requires_tags,
-                           None, d.anti_affinity, d.soft_anti_affinity, index))  # fmt: skip
+        items.append(
+            Item(
+                (d.name,),
+                (d.memory_mib, d.vcpus, d.disk_mib, 1),
+                d.requires_tags,
+                None,
+                d.anti_affinity,
+                d.soft_anti_affinity,
+                index,
+            )
+        )
     refused: list[Unplaced] = []
     for group, members in groups.items():
         ds = [d for _i, d in members]
         anti = Counter(g for d in ds for g in set(d.anti_affinity))
         clash = sorted(g for g, count in anti.items() if count > 1)
         if clash:
-            refused.append(Unplaced(
-                tuple(d.name for d in ds), "affinity",
-                f"affinity group {group} must share one host, but anti-affinity group "
-                f"{clash[0]} forbids two of its VMs on one host",
-            ))  # fmt: skip
+            refused.append(
+                Unplaced(
+                    tuple(d.name for d in ds),
+                    "affinity",
+                    f"affinity group {group} must share one host, but anti-affinity group "
+                    f"{clash[0]} forbids two of its VMs on one host",
+                )
+            )
             continue
-        items.append(Item(
-            tuple(d.name for d in ds),
-            (sum(d.memory_mib for d in ds), sum(d.vcpus for d in ds),
-             sum(d.disk_mib for d in ds), len(ds)),
-            frozenset().union(*(d.requires_tags for d in ds)), group,
-            tuple(sorted(anti)), tuple(sorted({g for d in ds for g in d.soft_anti_affinity})),
-            members[0][0],
-        ))  # fmt: skip
+        items.append(
+            Item(
+                tuple(d.name for d in ds),
+                (
+                    sum(d.memory_mib for d in ds),
+                    sum(d.vcpus for d in ds),
+                    sum(d.disk_mib for d in ds),
+                    len(ds),
+                ),
+                frozenset().union(*(d.requires_tags for d in ds)),
+                group,
+                tuple(sorted(anti)),
+                tuple(sorted({g for d in ds for g in d.soft_anti_affinity})),
+                members[0][0],
+            )
+        )
     items.sort(key=lambda item: item.first)
     return items, refused
 
@@ -226,13 +249,17 @@ def _diagnose(item: Item, table: Table) -> Unplaced:
         most = table.free[r][best]
         if r == SLOTS:
             limit = table.policy.max_vms_per_host
-            reason = (f"{what}: every host already has as many VMs as allowed ({limit} per "
-                      "host: maxVMsPerHost, or the site's max_vms_per_host)")  # fmt: skip
+            reason = (
+                f"{what}: every host already has as many VMs as allowed ({limit} per "
+                "host: maxVMsPerHost, or the site's max_vms_per_host)"
+            )
         else:
             shown = size_text if r in (MEMORY, DISK) else str
-            reason = (f"{what}: {tightest} is the tightest: it needs {shown(item.need[r])}, the "
-                      f"most free on any host is {shown(max(most, 0))} "
-                      f"({table.hosts[best].name})")  # fmt: skip
+            reason = (
+                f"{what}: {tightest} is the tightest: it needs {shown(item.need[r])}, the "
+                f"most free on any host is {shown(max(most, 0))} "
+                f"({table.hosts[best].name})"
+            )
         return Unplaced(item.names, tightest, reason)
     rule = next(c for c in CONSTRAINTS if c.name == tightest)
     return Unplaced(item.names, tightest, f"{what}: {rule.why(item, table)}")
@@ -252,8 +279,11 @@ def lower_bound(
     """Hosts any placement needs at least: max over resources of ceil(total need / capacity of
     the average host), the bin-packing bound benchmarks compare against."""
     table = Table(hosts, policy, 0)
-    totals = (sum(d.memory_mib for d in demands), sum(d.vcpus for d in demands),
-              sum(d.disk_mib for d in demands))  # fmt: skip
+    totals = (
+        sum(d.memory_mib for d in demands),
+        sum(d.vcpus for d in demands),
+        sum(d.disk_mib for d in demands),
+    )
     bound = 0
     for r, total in enumerate(totals):
         capacity = sum(table.capacity[r]) / max(table.n, 1)

@@ -51,8 +51,11 @@ def schedule(step: Step, hosts_for: HostsFor, site: Policy = STRICT) -> Schedule
     for spec in schedulers(step):
         hosts = [_with_load(h, placed.get(h.uri, ())) for h in hosts_for(spec)]
         by_name = {h.name: h for h in hosts}
-        demands = [vm.placement.demand for vm in step.vms()
-                   if vm.placement is not None and vm.placement.scheduler == spec]  # fmt: skip
+        demands = [
+            vm.placement.demand
+            for vm in step.vms()
+            if vm.placement is not None and vm.placement.scheduler == spec
+        ]
         strategy = strategy_named(spec.strategy, spec.weights)
         placement = place(hosts, demands, strategy, spec.policy(site), seed=spec.seed)
         for demand in demands:
@@ -79,12 +82,18 @@ def _with_load(host: HostState, demands: Sequence[Demand]) -> HostState:
 def _rewrite(step: Step, uris: Mapping[str, str]) -> Step:
     if step.vm is not None:
         uri = uris.get(step.vm.domain)
-        return step if uri is None else dataclasses.replace(
-            step, vm=dataclasses.replace(step.vm, uri=uri))  # fmt: skip
+        return (
+            step
+            if uri is None
+            else dataclasses.replace(step, vm=dataclasses.replace(step.vm, uri=uri))
+        )
     return dataclasses.replace(step, children=tuple(_rewrite(c, uris) for c in step.children))
 
 
 def placement_groups(demand: Demand) -> tuple[str, ...]:
     """The groups a placed VM counts in on its host (for placing others next to it later)."""
-    return (*demand.anti_affinity, *demand.soft_anti_affinity,
-            *((demand.affinity,) if demand.affinity else ()))  # fmt: skip
+    return (
+        *demand.anti_affinity,
+        *demand.soft_anti_affinity,
+        *((demand.affinity,) if demand.affinity else ()),
+    )

@@ -26,10 +26,23 @@ if TYPE_CHECKING:
 
 SCHEDULER_CLASS = "sd_batch.Scheduler"
 #: Attributes a Scheduler may carry beyond those components.sf declares with defaults.
-SCHEDULER_OPTIONAL = ("maxVMsPerHost", "cpuOvercommit", "memoryOvercommit", "diskOvercommit",
-                      "weights", "seed")  # fmt: skip
-SCHEDULER_ATTRIBUTES = ("sfCodeBase", "sfClass", "hosts", "strategy", "sfLivenessDelay",
-                        "sfLivenessFactor", *SCHEDULER_OPTIONAL)  # fmt: skip
+SCHEDULER_OPTIONAL = (
+    "maxVMsPerHost",
+    "cpuOvercommit",
+    "memoryOvercommit",
+    "diskOvercommit",
+    "weights",
+    "seed",
+)
+SCHEDULER_ATTRIBUTES = (
+    "sfCodeBase",
+    "sfClass",
+    "hosts",
+    "strategy",
+    "sfLivenessDelay",
+    "sfLivenessFactor",
+    *SCHEDULER_OPTIONAL,
+)
 #: Placement attributes of a VM (all optional; documented in components.sf).
 VM_PLACEMENT = ("antiAffinity", "softAntiAffinity", "affinity", "requiresTags")
 APART = ("soft", "hard", "no")
@@ -55,25 +68,27 @@ class SchedulerSpec:
     def policy(self, site: Policy) -> Policy:
         """The site's policy, made stricter where this scheduler asks; never looser."""
         changes: dict[str, Any] = {}
-        for attr, name in (("cpu_overcommit", "cpuOvercommit"),
-                           ("memory_overcommit", "memoryOvercommit"),
-                           ("disk_overcommit", "diskOvercommit")):  # fmt: skip
+        for attr, name in (
+            ("cpu_overcommit", "cpuOvercommit"),
+            ("memory_overcommit", "memoryOvercommit"),
+            ("disk_overcommit", "diskOvercommit"),
+        ):
             wanted = getattr(self, attr)
             if wanted is None:
                 continue
             allowed = getattr(site, attr)
             if wanted > allowed:
                 raise PolicyError(
-                    f"{self.path}:{name} {wanted:g} is more than site policy allows "
-                    f"({allowed:g})",
+                    f"{self.path}:{name} {wanted:g} is more than site policy allows ({allowed:g})",
                     hint=f"ask for at most {allowed:g}, or have the site admin raise "
                     f"[placement] {attr} in the site config",
                 )
             changes[attr] = wanted
         if self.max_vms_per_host is not None:
             limit = site.max_vms_per_host
-            changes["max_vms_per_host"] = (self.max_vms_per_host if limit is None
-                                           else min(limit, self.max_vms_per_host))  # fmt: skip
+            changes["max_vms_per_host"] = (
+                self.max_vms_per_host if limit is None else min(limit, self.max_vms_per_host)
+            )
         return dataclasses.replace(site, **changes)
 
 
@@ -120,8 +135,9 @@ def follow(holder: Component, ref: Reference) -> Any:
             current = scope[name]
         elif part.kind == "HERE":
             if name not in current:
-                raise _unresolved(ref, f"no attribute {name} in {current.path or 'the top'}",
-                                  current, name)  # fmt: skip
+                raise _unresolved(
+                    ref, f"no attribute {name} in {current.path or 'the top'}", current, name
+                )
             current = current[name]
         elif part.kind == "PARENT":
             if current.parent is None:
@@ -134,8 +150,9 @@ def follow(holder: Component, ref: Reference) -> Any:
     return current
 
 
-def _unresolved(ref: Reference, why: str, where: Component | None = None,
-                name: str | None = None) -> UnresolvedReference:  # fmt: skip
+def _unresolved(
+    ref: Reference, why: str, where: Component | None = None, name: str | None = None
+) -> UnresolvedReference:
     hint = "write scheduler LAZY ATTRIB nameOfAScheduler"
     if where is not None and name is not None:
         names: list[str] = []
@@ -172,33 +189,48 @@ def scheduler_spec(node: Component) -> SchedulerSpec:
     for name in node:
         close = difflib.get_close_matches(name, SCHEDULER_ATTRIBUTES, n=1, cutoff=0.8)
         if name not in SCHEDULER_ATTRIBUTES and close:
-            raise read.error(name, f"unknown Scheduler attribute {name}",
-                             f"did you mean {close[0]}?")  # fmt: skip
+            raise read.error(
+                name, f"unknown Scheduler attribute {name}", f"did you mean {close[0]}?"
+            )
     hosts = read.strings("hosts")
     if not hosts:
-        raise read.error("hosts", "a Scheduler needs at least one host",
-                         'write hosts [| "host1", "host2" |] (site host names or libvirt URIs)')
+        raise read.error(
+            "hosts",
+            "a Scheduler needs at least one host",
+            'write hosts [| "host1", "host2" |] (site host names or libvirt URIs)',
+        )
     strategy = read.value("strategy", "pack")
     if strategy not in STRATEGIES:
         close = difflib.get_close_matches(str(strategy), STRATEGIES, n=1)
-        raise read.error("strategy", f"unknown strategy {strategy!r}",
-                         (f"did you mean {close[0]}? " if close else "")
-                         + f"strategies: {', '.join(STRATEGIES)}")  # fmt: skip
+        raise read.error(
+            "strategy",
+            f"unknown strategy {strategy!r}",
+            (f"did you mean {close[0]}? " if close else "")
+            + f"strategies: {', '.join(STRATEGIES)}",
+        )
     weights = None
     table = read.value("weights", None)
     if table is not None:
         if not isinstance(table, Component):
-            raise read.error("weights", "must be a DATA component",
-                             "write weights extends DATA { memory 1.0; vms -1.0; }")
+            raise read.error(
+                "weights",
+                "must be a DATA component",
+                "write weights extends DATA { memory 1.0; vms -1.0; }",
+            )
         unknown = [k for k in table if k not in Weights.NAMES]
         if unknown:
-            raise read.error("weights", f"unknown weigher {unknown[0]}",
-                             f"weighers: {', '.join(Weights.NAMES)}")
-        values = {k: _Reader(table).number(k, None, signed=True) for k in Weights.NAMES
-                  if k in table}  # fmt: skip
+            raise read.error(
+                "weights", f"unknown weigher {unknown[0]}", f"weighers: {', '.join(Weights.NAMES)}"
+            )
+        values = {
+            k: _Reader(table).number(k, None, signed=True) for k in Weights.NAMES if k in table
+        }
         weights = Weights(**{k: float(v) for k, v in values.items() if v is not None})
     return SchedulerSpec(
-        path=node.path, hosts=hosts, strategy=str(strategy), weights=weights,
+        path=node.path,
+        hosts=hosts,
+        strategy=str(strategy),
+        weights=weights,
         seed=read.whole("seed", 0, least=0) or 0,
         max_vms_per_host=read.whole("maxVMsPerHost", None, least=1),
         cpu_overcommit=read.number("cpuOvercommit", None, positive=True),
@@ -207,7 +239,7 @@ def scheduler_spec(node: Component) -> SchedulerSpec:
         liveness_delay=read.number("sfLivenessDelay", 0.0) or 0.0,
         liveness_factor=read.whole("sfLivenessFactor", 3, least=1) or 3,
         loc=node.loc,
-    )  # fmt: skip
+    )
 
 
 def cluster_apart(node: Component) -> str:
@@ -216,8 +248,11 @@ def cluster_apart(node: Component) -> str:
     read = _Reader(node)
     apart = read.value("apart", "soft")
     if apart not in APART:
-        raise read.error("apart", f"{apart!r} is not one of {', '.join(APART)}",
-                         '"soft": apart where hosts allow; "hard": always; "no"')
+        raise read.error(
+            "apart",
+            f"{apart!r} is not one of {', '.join(APART)}",
+            '"soft": apart where hosts allow; "hard": always; "no"',
+        )
     return str(apart)
 
 
@@ -227,21 +262,25 @@ def demand_of(node: Component, spec: VMSpec, scheduling: Scheduling) -> Demand:
     for name in node:
         close = difflib.get_close_matches(name, VM_PLACEMENT, n=1, cutoff=0.85)
         if close and name not in VM_PLACEMENT and name not in ("sfClass",):
-            raise read.error(name, f"unknown placement attribute {name}",
-                             f"did you mean {close[0]}?")
+            raise read.error(
+                name, f"unknown placement attribute {name}", f"did you mean {close[0]}?"
+            )
     disk_bytes = sum(d.size_bytes or 0 for d in spec.disks)
     affinity = read.strings("affinity")
     if len(affinity) > 1:
-        raise read.error("affinity", "a VM is in one affinity group at most",
-                         'write affinity "groupName"')
+        raise read.error(
+            "affinity", "a VM is in one affinity group at most", 'write affinity "groupName"'
+        )
     return Demand(
-        name=spec.name, memory_mib=spec.memory_mib, vcpus=spec.vcpus,
+        name=spec.name,
+        memory_mib=spec.memory_mib,
+        vcpus=spec.vcpus,
         disk_mib=-(-disk_bytes // (1 << 20)),
         requires_tags=frozenset(read.strings("requiresTags")),
         affinity=affinity[0] if affinity else None,
         anti_affinity=(*read.strings("antiAffinity"), *scheduling.hard_groups),
         soft_anti_affinity=(*read.strings("softAntiAffinity"), *scheduling.soft_groups),
-    )  # fmt: skip
+    )
 
 
 class _Reader:
@@ -252,15 +291,18 @@ class _Reader:
 
     def error(self, name: str, problem: str, hint: str | None = None) -> SpecError:
         path = self.node.attribute_path(name)
-        return SpecError(f"{path}: {problem}", loc=self.node.location_of(name), path=path,
-                         hint=hint)  # fmt: skip
+        return SpecError(
+            f"{path}: {problem}", loc=self.node.location_of(name), path=path, hint=hint
+        )
 
     def value(self, name: str, default: Any) -> Any:
         value = self.node.get(name, default)
         if isinstance(value, Reference):
-            raise self.error(name, f"{value} is not resolved here",
-                             "write the value itself (a Scheduler outside sfConfig is read "
-                             "as written)")  # fmt: skip
+            raise self.error(
+                name,
+                f"{value} is not resolved here",
+                "write the value itself (a Scheduler outside sfConfig is read as written)",
+            )
         return value
 
     def strings(self, name: str) -> tuple[str, ...]:
@@ -270,12 +312,16 @@ class _Reader:
             return ()
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-            raise self.error(name, f"{value!r} is not a name or a vector of names",
-                             f'write {name} "name" or {name} [| "a", "b" |]')
+            raise self.error(
+                name,
+                f"{value!r} is not a name or a vector of names",
+                f'write {name} "name" or {name} [| "a", "b" |]',
+            )
         return tuple(values)
 
-    def number(self, name: str, default: float | None, *, positive: bool = False,
-               signed: bool = False) -> float | None:  # fmt: skip
+    def number(
+        self, name: str, default: float | None, *, positive: bool = False, signed: bool = False
+    ) -> float | None:
         value = self.value(name, default)
         if value is None:
             return None

@@ -30,6 +30,7 @@ NOT_DEPLOYED = frozenset({"sd_batch.Scheduler"})
 #: The most VMs one plan may hold: `count 100000000` is refused before a single copy is made.
 MAX_PLANNED_VMS = 10_000
 
+
 class Order(enum.Enum):
     """How a step treats its children (SmartFrog's Compound, Sequence and Parallel)."""
 
@@ -89,9 +90,10 @@ class _Tally:
             path = node.attribute_path(name) if name else node.path
             raise SpecError(
                 f"{path}: the plan would hold more than {self.limit} VMs (budget vms)",
-                loc=node.location_of(name) if name else node.loc, path=path,
+                loc=node.location_of(name) if name else node.loc,
+                path=path,
                 hint="ask for fewer VMs, or split them into several pools",
-            )  # fmt: skip
+            )
         if name is None:
             self.planned += count
 
@@ -139,8 +141,11 @@ def _plan(node: Component, tally: _Tally, where: tuple[str, ...], sched: Schedul
         template = node.get("template")
         count = node.get("count", 0)
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise SpecError(f"{node.attribute_path('count')}: count must be a whole number >= 0",
-                            loc=node.location_of("count"), path=node.attribute_path("count"))
+            raise SpecError(
+                f"{node.attribute_path('count')}: count must be a whole number >= 0",
+                loc=node.location_of("count"),
+                path=node.attribute_path("count"),
+            )
         if count and not isinstance(template, Component):
             raise SpecError(
                 f"{node.attribute_path('template')}: a Pool with count {count} needs a template",
@@ -156,14 +161,22 @@ def _plan(node: Component, tally: _Tally, where: tuple[str, ...], sched: Schedul
         worker = node.get("worker")
         workers = node.get("workers", 0)
         if not isinstance(head, Component):
-            raise SpecError(f"{node.attribute_path('head')}: a VirtualCluster needs a head VM",
-                            loc=node.location_of("head"), hint="write head extends VM { ... }")
+            raise SpecError(
+                f"{node.attribute_path('head')}: a VirtualCluster needs a head VM",
+                loc=node.location_of("head"),
+                hint="write head extends VM { ... }",
+            )
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-            raise SpecError(f"{node.attribute_path('workers')}: workers must be a count >= 0",
-                            loc=node.location_of("workers"))
+            raise SpecError(
+                f"{node.attribute_path('workers')}: workers must be a count >= 0",
+                loc=node.location_of("workers"),
+            )
         if workers and not isinstance(worker, Component):
-            raise SpecError(f"{node.attribute_path('worker')}: workers need a worker template",
-                            loc=node.location_of("worker"), hint="worker extends LAZY VM { ... }")
+            raise SpecError(
+                f"{node.attribute_path('worker')}: workers need a worker template",
+                loc=node.location_of("worker"),
+                hint="worker extends LAZY VM { ... }",
+            )
         if sched is not None:  # head and workers apart, as the cluster's `apart` says
             sched = sched.within_cluster(node, cluster_apart(node))
         head_step = _plan(head, tally, (*where, "head"), scheduling_of(head, sched))

@@ -47,15 +47,21 @@ def _sizes(items: Sequence[Item], table: Table) -> dict[int, float]:
     for r in (MEMORY, VCPUS, DISK):
         finite = [c for c in table.capacity[r] if c < UNLIMITED // 2]
         means.append(sum(finite) / len(finite) if finite and sum(finite) else 0.0)
-    return {item.first: max((item.need[r] / m for r, m in enumerate(means) if m), default=0.0)
-            for item in items}  # fmt: skip
+    return {
+        item.first: max((item.need[r] / m for r, m in enumerate(means) if m), default=0.0)
+        for item in items
+    }
 
 
 def _smallest(items: Sequence[Item]) -> tuple[int, int, int, int]:
     if not items:
         return (0, 0, 0, 0)
-    return (min(i.need[0] for i in items), min(i.need[1] for i in items),
-            min(i.need[2] for i in items), min(i.need[3] for i in items))  # fmt: skip
+    return (
+        min(i.need[0] for i in items),
+        min(i.need[1] for i in items),
+        min(i.need[2] for i in items),
+        min(i.need[3] for i in items),
+    )
 
 
 class _Sorted(Strategy):
@@ -86,8 +92,13 @@ class _Sorted(Strategy):
         fm, fc, fd, fs = table.free
         for j in range(start, len(entries)):
             h = entries[j][2]
-            if (fm[h] >= need[0] and fc[h] >= need[1] and fd[h] >= need[2] and fs[h] >= need[3]
-                    and (check is None or check(h))):  # fmt: skip
+            if (
+                fm[h] >= need[0]
+                and fc[h] >= need[1]
+                and fd[h] >= need[2]
+                and fs[h] >= need[3]
+                and (check is None or check(h))
+            ):
                 return h
         return None
 
@@ -154,8 +165,9 @@ class Pack(Strategy):
                 covered = [c + max(table.free[k][h], 0) for k, c in enumerate(covered)]
         self.opened = sorted(self.open.values())  # scanned from the most free down
         rest = [h for h in range(table.n) if h not in self.open]
-        self.closed = sorted((table.free[r][h], table.tie[h], h) for h in rest
-                             if table.has_room(h, self.smallest))  # fmt: skip
+        self.closed = sorted(
+            (table.free[r][h], table.tie[h], h) for h in rest if table.has_room(h, self.smallest)
+        )
 
     def order(self, items: Sequence[Item], table: Table) -> list[Item]:
         r, sizes = self.resource, self.sizes
@@ -285,16 +297,21 @@ class Weighted(Strategy):
         if min(fm) >= m and min(fc) >= c and min(fd) >= d and min(fs) >= s:
             hosts = self.by_tie  # every host has room
         else:
-            hosts = [h for h in self.by_tie
-                     if fm[h] >= m and fc[h] >= c and fd[h] >= d and fs[h] >= s]  # fmt: skip
+            hosts = [
+                h for h in self.by_tie if fm[h] >= m and fc[h] >= c and fd[h] >= d and fs[h] >= s
+            ]
         if check is not None:
             hosts = [h for h in hosts if check(h)]
         if not hosts:
             return None
         w = self.weights
         score: list[float] | None = None
-        for multiplier, values in ((w.memory, fm), (w.vcpus, fc), (w.disk, fd),
-                                   (w.vms, table.count)):  # fmt: skip
+        for multiplier, values in (
+            (w.memory, fm),
+            (w.vcpus, fc),
+            (w.disk, fd),
+            (w.vms, table.count),
+        ):
             if not multiplier:
                 continue
             column = [values[h] for h in hosts]

@@ -34,8 +34,11 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def is_htcondor_file(name: str) -> bool:
     """True for a top-level sandbox name that belongs to HTCondor, not to the job."""
-    return (name in HTCONDOR_FILES or name.startswith(HTCONDOR_PREFIXES)
-            or name.startswith((CHECKPOINT_FILE, f".{CHECKPOINT_FILE}")))
+    return (
+        name in HTCONDOR_FILES
+        or name.startswith(HTCONDOR_PREFIXES)
+        or name.startswith((CHECKPOINT_FILE, f".{CHECKPOINT_FILE}"))
+    )
 
 
 def blocks(size: int) -> int:

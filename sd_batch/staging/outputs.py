@@ -157,12 +157,15 @@ def _checked_name(member: tarfile.TarInfo) -> str:
     if ".." in parts:
         raise StagingError(f"result member {member.name!r} is refused: '..' in its path")
     if len(parts) > MAX_DEPTH + 1:  # `outputs/` and MAX_DEPTH levels below it
-        raise StagingError(f"result member {member.name[:80]!r}... is refused: nested deeper "
-                           f"than {MAX_DEPTH} directories")  # fmt: skip
+        raise StagingError(
+            f"result member {member.name[:80]!r}... is refused: nested deeper "
+            f"than {MAX_DEPTH} directories"
+        )
     low, high = _MTIME_RANGE
     if not low <= member.mtime <= high:  # tarscan let only plain numbers through
-        raise StagingError(f"result member {member.name!r} is refused: its time "
-                           f"{member.mtime!r} is out of range")  # fmt: skip
+        raise StagingError(
+            f"result member {member.name!r} is refused: its time {member.mtime!r} is out of range"
+        )
     return "/".join(parts)
 
 

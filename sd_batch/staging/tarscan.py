@@ -56,8 +56,10 @@ def check_header(block: bytes, where: str) -> tarfile.TarInfo:
     if info.type == tarfile.GNUTYPE_SPARSE:
         raise StagingError(f"{where} is a sparse member, which sd-batch does not accept")
     if info.type in (*_PAX_TYPES, *_GNU_LONG) and info.size > MAX_EXTENDED:
-        raise StagingError(f"{where} is an extended tar header of {info.size} bytes, over the "
-                           f"limit of {MAX_EXTENDED} bytes")  # fmt: skip
+        raise StagingError(
+            f"{where} is an extended tar header of {info.size} bytes, over the "
+            f"limit of {MAX_EXTENDED} bytes"
+        )
     return info
 
 
@@ -112,8 +114,7 @@ class TarScan:
         while True:
             block = os.pread(self.fd, SECTOR, pos)
             if len(block) < SECTOR:
-                raise StagingError(f"{self.what} is cut short at byte {pos} "
-                                   f"(of {self.size} bytes)")  # fmt: skip
+                raise StagingError(f"{self.what} is cut short at byte {pos} (of {self.size} bytes)")
             where = f"{self.what} at byte {pos}"
             pos += SECTOR
             if block == _ZERO_BLOCK:  # end of archive; the second zero block if there
@@ -129,8 +130,7 @@ class TarScan:
                 yield info
             pos += blocks(length)
             if pos > self.size:
-                raise StagingError(f"{self.what} runs past the end of its disk "
-                                   f"({self.size} bytes)")  # fmt: skip
+                raise StagingError(f"{self.what} runs past the end of its disk ({self.size} bytes)")
 
 
 class GuardedReader:

@@ -102,8 +102,9 @@ def policy_from_table(table: Any, origin: str) -> SitePolicy:
     known = (*_BOOLS, *_NUMBERS, "networks", *POLICY_KEYS.values())
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise ConfigError(f"{origin}: unknown [policy] setting {unknown[0]!r}",
-                          hint=f"known: {', '.join(known)}")  # fmt: skip
+        raise ConfigError(
+            f"{origin}: unknown [policy] setting {unknown[0]!r}", hint=f"known: {', '.join(known)}"
+        )
     values: dict[str, Any] = {}
     for key in _BOOLS:
         if key in table:
@@ -119,15 +120,19 @@ def policy_from_table(table: Any, origin: str) -> SitePolicy:
     if "networks" in table:
         networks = table["networks"]
         if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
-            raise ConfigError(f"{origin}: [policy] networks must be a list of libvirt network "
-                              "names", hint="[] (the default) gives jobs no network")  # fmt: skip
+            raise ConfigError(
+                f"{origin}: [policy] networks must be a list of libvirt network names",
+                hint="[] (the default) gives jobs no network",
+            )
         values["networks"] = frozenset(networks)
     budgets = {name: table[key] for name, key in POLICY_KEYS.items() if key in table}
     for name, value in budgets.items():
         number = (int, float) if name == "seconds" else int
         if isinstance(value, bool) or not isinstance(value, number) or value < 1:
-            raise ConfigError(f"{origin}: [policy] {POLICY_KEYS[name]} must be a "
-                              f"{'number' if name == 'seconds' else 'whole number'} >= 1")
+            raise ConfigError(
+                f"{origin}: [policy] {POLICY_KEYS[name]} must be a "
+                f"{'number' if name == 'seconds' else 'whole number'} >= 1"
+            )
     if budgets:
         values["budgets"] = dataclasses.replace(JOB_BUDGETS, **budgets)
     return SitePolicy(**values)
@@ -232,9 +237,14 @@ def _check_limits(vm: Component, spec: VMSpec, policy: SitePolicy) -> None:
         allowed = ", ".join(sorted(policy.networks))
         raise PolicyError(
             f"{_where(vm.location_of('network'))}{vm.attribute_path('network')} "
-            f"{_show(spec.network)}: " + (f"jobs may join only {allowed} on this site" if allowed
-                                          else "jobs get no network on this site"),
-            hint="set network NULL" + (f" or one of {allowed}" if allowed else ""))  # fmt: skip
+            f"{_show(spec.network)}: "
+            + (
+                f"jobs may join only {allowed} on this site"
+                if allowed
+                else "jobs get no network on this site"
+            ),
+            hint="set network NULL" + (f" or one of {allowed}" if allowed else ""),
+        )
 
 
 def _check_paths(vm: Component, spec: VMSpec) -> None:
@@ -244,8 +254,8 @@ def _check_paths(vm: Component, spec: VMSpec) -> None:
             raise PolicyError(
                 f"{_where(where)}{name} {_show(str(path))} is outside the site image folder",
                 hint="images, kernels and initrds are named relative to the site image folder "
-                     '(such as "minimal/vmlinux"), without ".."',
-            )  # fmt: skip
+                '(such as "minimal/vmlinux"), without ".."',
+            )
 
 
 def _paths(vm: Component, spec: VMSpec) -> Iterator[tuple[str, PurePosixPath, Any]]:
@@ -273,8 +283,13 @@ _BOOT_ATTRIBUTES = {
     "cmdline": "cmdline",
     "bootloader": "bootloader",
 }
-_DISK_ATTRIBUTES = {"format": "format", "image": "image", "size_bytes": "size",
-                    "readonly": "readonly", "serial": "serial"}  # fmt: skip
+_DISK_ATTRIBUTES = {
+    "format": "format",
+    "image": "image",
+    "size_bytes": "size",
+    "readonly": "readonly",
+    "serial": "serial",
+}
 
 
 def _raw_differences(spec: VMSpec, template: VMSpec) -> Iterator[tuple[str, str | None, Any, Any]]:

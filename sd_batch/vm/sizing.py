@@ -88,15 +88,35 @@ def size_vm(spec: VMSpec, requests: Resources, slot: Resources | None, named: st
 
     NAMED is what the job named (`minimal`, `my.sf`), for messages."""
     has = slot if slot is not None else Resources()
-    memory = _fit(named, spec.memory_mib, requests.memory_mib, has.memory_mib, "request_memory",
-                  lambda n: f"{n} MiB", " of memory")  # fmt: skip
-    vcpus = _fit(named, spec.vcpus, requests.cpus, has.cpus, "request_cpus",
-                 lambda n: f"{n} vCPU{'s' if n != 1 else ''}")  # fmt: skip
+    memory = _fit(
+        named,
+        spec.memory_mib,
+        requests.memory_mib,
+        has.memory_mib,
+        "request_memory",
+        lambda n: f"{n} MiB",
+        " of memory",
+    )
+    vcpus = _fit(
+        named,
+        spec.vcpus,
+        requests.cpus,
+        has.cpus,
+        "request_cpus",
+        lambda n: f"{n} vCPU{'s' if n != 1 else ''}",
+    )
     return dataclasses.replace(spec, memory_mib=memory, vcpus=vcpus)
 
 
-def _fit(named: str, described: int, requested: int | None, has: int | None, command: str,
-         show: Callable[[int], str], what: str = "") -> int:  # fmt: skip
+def _fit(
+    named: str,
+    described: int,
+    requested: int | None,
+    has: int | None,
+    command: str,
+    show: Callable[[int], str],
+    what: str = "",
+) -> int:
     """max(DESCRIBED, REQUESTED) within the slot's HAS; a slot below DESCRIBED is a hold."""
     wanted = max(described, requested or 0)
     if has is None:

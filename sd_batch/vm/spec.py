@@ -23,10 +23,22 @@ from .values import SIZE_FORMS, Attrs, parse_size_bytes, show
 
 #: The value reading lives in vm.values; callers import parse_size_bytes from here too.
 __all__ = [
-    "DEFAULT_MEMORY_MIB", "MAX_CMDLINE_BYTES", "MIN_MEMORY_MIB", "NAME_PATTERN", "SERIAL_PATTERN",
-    "DiskBoot", "DiskBus", "DiskFormat", "DiskSpec", "Flavour", "KernelBoot", "LifecycleAction",
-    "VMSpec", "parse_size_bytes", "vm_spec",
-]  # fmt: skip
+    "DEFAULT_MEMORY_MIB",
+    "MAX_CMDLINE_BYTES",
+    "MIN_MEMORY_MIB",
+    "NAME_PATTERN",
+    "SERIAL_PATTERN",
+    "DiskBoot",
+    "DiskBus",
+    "DiskFormat",
+    "DiskSpec",
+    "Flavour",
+    "KernelBoot",
+    "LifecycleAction",
+    "VMSpec",
+    "parse_size_bytes",
+    "vm_spec",
+]
 
 #: libvirt accepts far more in a name; this is what is safe in file names, logs and `virsh`.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")

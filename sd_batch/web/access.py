@@ -49,8 +49,14 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         want = bytes.fromhex(digest)
-        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r),
-                             p=int(p), dklen=len(want))  # fmt: skip
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=bytes.fromhex(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+        )
     except (ValueError, MemoryError):
         return False
     return hmac.compare_digest(got, want)
@@ -69,8 +75,10 @@ def load_passwords(path: Path) -> dict[str, str]:
             continue
         user, sep, stored = line.partition(":")
         if not sep or not user or not stored.startswith("scrypt$"):
-            raise ConfigError(f"{path}:{number}: expected USER:scrypt$... ",
-                              hint="write lines with sd web --hash-password USER")  # fmt: skip
+            raise ConfigError(
+                f"{path}:{number}: expected USER:scrypt$... ",
+                hint="write lines with sd web --hash-password USER",
+            )
         users[user] = stored
     return users
 
@@ -124,8 +132,12 @@ class Served:
             addresses |= {"localhost", "127.0.0.1", "::1"}
         if _wildcard(host):
             addresses |= {socket.gethostname().lower(), socket.getfqdn().lower()}
-        return cls(port, frozenset(addresses), _wildcard(host),
-                   frozenset(n.strip().lower().rstrip(".") for n in names if n.strip()))
+        return cls(
+            port,
+            frozenset(addresses),
+            _wildcard(host),
+            frozenset(n.strip().lower().rstrip(".") for n in names if n.strip()),
+        )
 
     def host_ok(self, authority: str, default_port: int = 80) -> bool:
         """Whether a Host header (or an Origin's `host[:port]`) names this server."""
@@ -182,8 +194,15 @@ class Access:
     throttle: LoginThrottle = field(default_factory=LoginThrottle, compare=False)
 
     @classmethod
-    def for_bind(cls, host: str, passwords: Path | None, remote_user_header: str | None,
-                 *, port: int | None = None, names: tuple[str, ...] = ()) -> Access:  # fmt: skip
+    def for_bind(
+        cls,
+        host: str,
+        passwords: Path | None,
+        remote_user_header: str | None,
+        *,
+        port: int | None = None,
+        names: tuple[str, ...] = (),
+    ) -> Access:
         served = Served.for_bind(host, port, names)
         if is_loopback(host) and passwords is None and remote_user_header is None:
             return cls(served=served)

@@ -88,8 +88,9 @@ class _Pages:
         self.site = site
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
-    def render(self, request: Request, user: str, name: str, status_code: int = 200,
-               **context: Any) -> Response:  # fmt: skip
+    def render(
+        self, request: Request, user: str, name: str, status_code: int = 200, **context: Any
+    ) -> Response:
         context.update(user=user, csrf=self.site.access.csrf_token(user))
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -109,8 +110,9 @@ class _Pages:
             try:
                 return await handler(request, user)
             except SdError as exc:
-                return self.render(request, user, "error.html", 404 if _missing(exc) else 400,
-                                   message=str(exc))  # fmt: skip
+                return self.render(
+                    request, user, "error.html", 404 if _missing(exc) else 400, message=str(exc)
+                )
 
         return endpoint
 
@@ -142,8 +144,11 @@ class _Pages:
         infos = await run_in_threadpool(describe_templates, self.site.config)
         forms: list[tuple[Any, TemplateForm | None]] = []
         for info in infos:
-            form = None if info.error else await run_in_threadpool(build_form, info.name,
-                                                                   self.site.config)  # fmt: skip
+            form = (
+                None
+                if info.error
+                else await run_in_threadpool(build_form, info.name, self.site.config)
+            )
             forms.append((info, form))
         return self.render(request, user, "index.html", templates=forms)
 
@@ -158,17 +163,32 @@ class _Pages:
         values = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
         checked = await run_in_threadpool(check, form, values, self.site.config)
         if not checked.ok:
-            return self.render(request, user, "form.html", 400, form=form,
-                               values=checked.values, errors=checked.errors)  # fmt: skip
+            return self.render(
+                request,
+                user,
+                "form.html",
+                400,
+                form=form,
+                values=checked.values,
+                errors=checked.errors,
+            )
         placement: list[str] = []
         if form.result == "pool":
-            placement = await run_in_threadpool(_plan_lines, self.site, form, checked.sf_text,
-                                                checked.values[POOL_FIELD])  # fmt: skip
+            placement = await run_in_threadpool(
+                _plan_lines, self.site, form, checked.sf_text, checked.values[POOL_FIELD]
+            )
         query = "&".join(f"{_q(k)}={_q(v)}" for k, v in checked.values.items())
         disk = await run_in_threadpool(_disk_kib, self.site, checked.vm)
-        return self.render(request, user, "preview.html", form=form, checked=checked,
-                           submit=submit_file(form, checked.vm, disk), placement=placement,
-                           query=query)  # fmt: skip
+        return self.render(
+            request,
+            user,
+            "preview.html",
+            form=form,
+            checked=checked,
+            submit=submit_file(form, checked.vm, disk),
+            placement=placement,
+            query=query,
+        )
 
     async def download(self, request: Request, user: str) -> Response:
         form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
@@ -201,15 +221,32 @@ class _Pages:
                 "template: download its submit file and condor_submit it",
             )
         if not checked.ok:
-            return self.render(request, user, "form.html", 400, form=form,
-                               values=checked.values, errors=checked.errors)  # fmt: skip
+            return self.render(
+                request,
+                user,
+                "form.html",
+                400,
+                form=form,
+                values=checked.values,
+                errors=checked.errors,
+            )
         name, uri = checked.values[POOL_FIELD], self.site.config.default_uri
 
         def taken(mine: bool) -> Response:  # never say whose, nor from which file
-            error = (f"you already have a pool named {name} (see /pools/{name})" if mine
-                     else f"the pool name {name} is taken: choose another")  # fmt: skip
-            return self.render(request, user, "form.html", 400, form=form,
-                               values=checked.values, errors={POOL_FIELD: error})  # fmt: skip
+            error = (
+                f"you already have a pool named {name} (see /pools/{name})"
+                if mine
+                else f"the pool name {name} is taken: choose another"
+            )
+            return self.render(
+                request,
+                user,
+                "form.html",
+                400,
+                form=form,
+                values=checked.values,
+                errors={POOL_FIELD: error},
+            )
 
         claim = self.site.starts.claim(uri, name, user, form.name)
         if claim is None:  # being started here right now
@@ -231,12 +268,17 @@ class _Pages:
             site.owners.record(uri, name, user)
             site.starts.run(
                 claim,
-                lambda: site.start_pool(site.config, "localhost", name, file,
-                                        include_dirs=[form.path.parent],
-                                        connections=site.connections),
+                lambda: site.start_pool(
+                    site.config,
+                    "localhost",
+                    name,
+                    file,
+                    include_dirs=[form.path.parent],
+                    connections=site.connections,
+                ),
                 lambda exc: _explain(exc, name),
                 lambda done: site.owners.forget(uri, name, user=done.user),
-            )  # fmt: skip
+            )
             running = True
         finally:
             if not running:
@@ -264,23 +306,36 @@ class _Pages:
         name = request.path_params["name"]
         busy = self.site.starts.get(self.site.config.default_uri, name)
         if busy is not None and busy.user == user and busy.state == STARTING:
-            return self.render(request, user, "error.html", 409,
-                               message=f"pool {name} is still starting: terminate it once it "
-                               f"is up (its page, /pools/{name}, shows when)")  # fmt: skip
+            return self.render(
+                request,
+                user,
+                "error.html",
+                409,
+                message=f"pool {name} is still starting: terminate it once it "
+                f"is up (its page, /pools/{name}, shows when)",
+            )
         if self.site.starts.dismiss(self.site.config.default_uri, name, user):
             return RedirectResponse("/pools", status_code=303)  # it failed: nothing is left
         await run_in_threadpool(_report, self.site, user, name)  # 404 unless it is the user's
-        await run_in_threadpool(lambda: terminate_pool(
-            self.site.config, "localhost", name, grace_seconds=self.site.grace_seconds,
-            connections=self.site.connections))  # fmt: skip
+        await run_in_threadpool(
+            lambda: terminate_pool(
+                self.site.config,
+                "localhost",
+                name,
+                grace_seconds=self.site.grace_seconds,
+                connections=self.site.connections,
+            )
+        )
         self.site.owners.forget(self.site.config.default_uri, name)
         return RedirectResponse("/pools", status_code=303)
 
     async def dismiss(self, request: Request, user: str) -> Response:
         name = request.path_params["name"]
         if not self.site.starts.dismiss(self.site.config.default_uri, name, user):
-            raise PoolNotFound(f"you have no failed start of a pool named {name}",
-                               hint="your pools are under /pools")  # fmt: skip
+            raise PoolNotFound(
+                f"you have no failed start of a pool named {name}",
+                hint="your pools are under /pools",
+            )
         return RedirectResponse("/pools", status_code=303)
 
     @asynccontextmanager
@@ -357,8 +412,13 @@ def _plan_lines(site: WebSite, form: TemplateForm, sf_text: str, name: str) -> l
         path = Path(scratch) / USER_FILE
         path.write_text(sf_text, encoding="utf-8")
         try:
-            result = plan_pool(site.config, path, name=name, include_dirs=[form.path.parent],
-                               connections=site.connections)  # fmt: skip
+            result = plan_pool(
+                site.config,
+                path,
+                name=name,
+                include_dirs=[form.path.parent],
+                connections=site.connections,
+            )
         except SdError as exc:
             return [f"cannot plan: {exc}"]
     return plan_lines(result, all_hosts=True)
@@ -383,8 +443,10 @@ def _exists(site: WebSite, name: str) -> bool:
     """Whether the ledger has pool NAME on the default host (a leftover of a dead run aside:
     `start_pool` cleans that up first)."""
     uri = site.config.default_uri
-    return any(r.kind == "pool" and r.name == name and r.uri == uri and not r.interrupted
-               for r in status(site.config, connections=site.connections))  # fmt: skip
+    return any(
+        r.kind == "pool" and r.name == name and r.uri == uri and not r.interrupted
+        for r in status(site.config, connections=site.connections)
+    )
 
 
 def _explain(exc: SdError, name: str) -> str:
@@ -406,8 +468,11 @@ def _report(site: WebSite, user: str, name: str) -> dict[str, Any]:
     owner = start.user if start is not None and starting else site.owners.owner(uri, name)
     if owner != user:
         raise PoolNotFound(f"you have no pool named {name}", hint="your pools are under /pools")
-    reports = [r for r in status(site.config, connections=site.connections)
-               if r.kind == "pool" and r.name == name and r.uri == uri]  # fmt: skip
+    reports = [
+        r
+        for r in status(site.config, connections=site.connections)
+        if r.kind == "pool" and r.name == name and r.uri == uri
+    ]
     if not reports and not starting:
         site.owners.forget(uri, name)
         raise PoolNotFound(f"pool {name} is gone (terminated)", hint="your pools are under /pools")
@@ -423,6 +488,13 @@ def _report(site: WebSite, user: str, name: str) -> dict[str, Any]:
 
 
 def _failed(start: Start) -> dict[str, Any]:
-    return {"kind": "pool", "name": start.name, "uri": start.uri, "status": FAILED,
-            "error": start.error, "left_behind": start.left_behind,
-            "template": start.template, "vms": []}  # fmt: skip
+    return {
+        "kind": "pool",
+        "name": start.name,
+        "uri": start.uri,
+        "status": FAILED,
+        "error": start.error,
+        "left_behind": start.left_behind,
+        "template": start.template,
+        "vms": [],
+    }

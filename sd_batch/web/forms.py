@@ -92,14 +92,23 @@ def build_form(name: str, config: SiteConfig) -> TemplateForm:
     text = description.root.get("templateDescription")
     sfconfig = description.sfconfig
     tbd_paths = tuple(p for p, _loc in description.tbds)
-    fields = [Field(p, _label(p), "text", "", required=True, hint="to be defined: required")
-              for p in tbd_paths]  # fmt: skip
+    fields = [
+        Field(p, _label(p), "text", "", required=True, hint="to be defined: required")
+        for p in tbd_paths
+    ]
     if sfconfig is not None:
         for vm in _vms(sfconfig):
             fields.extend(_vm_fields(vm, config, set(tbd_paths)))
     result = "job" if sfconfig is not None and sfconfig.get("sfClass") == VM_CLASS else "pool"
-    return TemplateForm(name, path, text if isinstance(text, str) else "", result,
-                        tuple(fields), _cost(description), tbd_paths)  # fmt: skip
+    return TemplateForm(
+        name,
+        path,
+        text if isinstance(text, str) else "",
+        result,
+        tuple(fields),
+        _cost(description),
+        tbd_paths,
+    )
 
 
 def _label(path: str) -> str:
@@ -130,9 +139,15 @@ def _vm_fields(vm: Component, config: SiteConfig, tbds: set[str]) -> Iterator[Fi
         for _name, disk in disks.children():
             path = disk.attribute_path("size")
             if disk.get("image") is None and "size" in disk and path not in tbds:
-                yield _typed(path, disk.get("size"), 1, policy.max_disk_bytes >> 20, "MiB",
-                             hint=f"a number of MiB or a size such as \"2G\"; at most "
-                             f"{policy.max_disk_bytes >> 30} GiB")  # fmt: skip
+                yield _typed(
+                    path,
+                    disk.get("size"),
+                    1,
+                    policy.max_disk_bytes >> 20,
+                    "MiB",
+                    hint=f'a number of MiB or a size such as "2G"; at most '
+                    f"{policy.max_disk_bytes >> 30} GiB",
+                )
     if policy.networks and "network" in vm and vm.attribute_path("network") not in tbds:
         current = vm.get("network")
         yield Field(
@@ -182,8 +197,11 @@ def user_sf(
     form: TemplateForm, values: Mapping[str, str]
 ) -> tuple[str, dict[str, str], dict[int, str]]:
     """(the `.sf` text, errors of values that are not their field's type, line -> field)."""
-    lines = [f"// {USER_FILE}: the site template {form.name} with your values (sd web)",
-             f'#include "{form.path.name}"', ""]  # fmt: skip
+    lines = [
+        f"// {USER_FILE}: the site template {form.name} with your values (sd web)",
+        f'#include "{form.path.name}"',
+        "",
+    ]
     errors: dict[str, str] = {}
     line_of: dict[int, str] = {}
     for field in form.fields:
@@ -197,9 +215,10 @@ def user_sf(
         literal = _literal(field, raw)
         if literal is None:
             errors[field.path] = (
-                "enter a whole number" if field.kind == "number"
+                "enter a whole number"
+                if field.kind == "number"
                 else f"choose one of {', '.join(field.choices)}"
-            )  # fmt: skip
+            )
             continue
         lines.append(f"{field.path} {literal};")
         line_of[len(lines)] = field.path
@@ -219,8 +238,13 @@ def _literal(field: Field, raw: str) -> str | None:
 
 
 def _quote(text: str) -> str:
-    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-               .replace("\r", "\\r").replace("\t", "\\t"))  # fmt: skip
+    escaped = (
+        text.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 
@@ -250,8 +274,9 @@ def check(form: TemplateForm, values: Mapping[str, str], config: SiteConfig) -> 
 
 def _check_resolved(form: TemplateForm, sf_text: str, config: SiteConfig) -> list[VMSpec]:
     include_dirs = [form.path.parent, *config.include_dirs, *config.template_dirs]
-    description = load_text(sf_text, USER_FILE, include_dirs=include_dirs,
-                            properties=dict(config.properties))  # fmt: skip
+    description = load_text(
+        sf_text, USER_FILE, include_dirs=include_dirs, properties=dict(config.properties)
+    )
     template = load_template(form.path, config)
     theirs = _specs(template)
     checked = []
@@ -263,8 +288,9 @@ def _check_resolved(form: TemplateForm, sf_text: str, config: SiteConfig) -> lis
     return checked
 
 
-def _specs(description: Description, *, required: bool = False
-           ) -> dict[str, tuple[Component, VMSpec]]:  # fmt: skip
+def _specs(
+    description: Description, *, required: bool = False
+) -> dict[str, tuple[Component, VMSpec]]:
     """Attribute path of each VM component -> (component, its spec), as `sd start` plans it."""
     try:
         step = plan(description, "web", "test:///")
@@ -289,8 +315,9 @@ def _component_at(root: Component, path: str) -> Component | None:
     return node if isinstance(node, Component) else None
 
 
-def _place(exc: SdError, form: TemplateForm, line_of: Mapping[int, str],
-           errors: dict[str, str]) -> None:  # fmt: skip
+def _place(
+    exc: SdError, form: TemplateForm, line_of: Mapping[int, str], errors: dict[str, str]
+) -> None:
     """Put EXC's message next to the field it concerns: by the line of my.sf it names, else by
     the attribute path it names, else at the top of the form."""
     text = exc.headline() if isinstance(exc, DescriptionError) else str(exc)
@@ -318,10 +345,12 @@ def submit_file(form: TemplateForm, vm: VMSpec | None = None, disk_kib: int | No
     what its disks can write (output, blank and copy-on-write disks at full size)."""
     requests = ""
     if vm is not None:
-        requests = ("# the VM's size: HTCondor gives the job a slot this big, and the VM is that "
-                    "slot\n"
-                    f"request_memory          = {vm.memory_mib}\n"
-                    f"request_cpus            = {vm.vcpus}\n")  # fmt: skip
+        requests = (
+            "# the VM's size: HTCondor gives the job a slot this big, and the VM is that "
+            "slot\n"
+            f"request_memory          = {vm.memory_mib}\n"
+            f"request_cpus            = {vm.vcpus}\n"
+        )
         if disk_kib is not None:
             requests += f"request_disk            = {-(-disk_kib // 1024)}M\n"
     return (

@@ -53,8 +53,9 @@ class Starts:
 
     def of(self, user: str) -> list[Start]:
         with self._lock:
-            return sorted((s for s in self._starts.values() if s.user == user),
-                          key=lambda s: (s.uri, s.name))  # fmt: skip
+            return sorted(
+                (s for s in self._starts.values() if s.user == user), key=lambda s: (s.uri, s.name)
+            )
 
     def claim(self, uri: str, name: str, user: str, template: str) -> Start | None:
         """A new start of NAME for USER, or None while one (anyone's) is in progress.
@@ -82,18 +83,32 @@ class Starts:
             del self._starts[(uri, name)]
             return True
 
-    def run(self, start: Start, work: Callable[[], object], explain: Explain,
-            failed: Callable[[Start], None]) -> None:  # fmt: skip
+    def run(
+        self,
+        start: Start,
+        work: Callable[[], object],
+        explain: Explain,
+        failed: Callable[[Start], None],
+    ) -> None:
         """Run WORK (the start) in a thread of its own. If it raises, START becomes FAILED
         with the error (an SdError as EXPLAIN words it), then FAILED is called with it."""
-        thread = threading.Thread(target=self._run, args=(start, work, explain, failed),
-                                  name=f"sd web: start {start.name}", daemon=False)  # fmt: skip
+        thread = threading.Thread(
+            target=self._run,
+            args=(start, work, explain, failed),
+            name=f"sd web: start {start.name}",
+            daemon=False,
+        )
         with self._lock:
             self._threads[(start.uri, start.name)] = thread
         thread.start()
 
-    def _run(self, start: Start, work: Callable[[], object], explain: Explain,
-             failed: Callable[[Start], None]) -> None:  # fmt: skip
+    def _run(
+        self,
+        start: Start,
+        work: Callable[[], object],
+        explain: Explain,
+        failed: Callable[[Start], None],
+    ) -> None:
         key = (start.uri, start.name)
         try:
             work()

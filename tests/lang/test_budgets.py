@@ -146,8 +146,11 @@ def test_a_vector_of_vectors_of_one_component_cannot_be_concatenated(tmp_path: P
     lines = ["  p extends P;", "  v0 [" + ", ".join(["p"] * 10) + "];"]
     lines += [f"  v{i} [" + ", ".join([f"v{i - 1}"] * 10) + "];" for i in range(1, 5)]
     bomb = tmp_path / "component.sf"
-    bomb.write_text('P extends { a 1; b "x"; c extends { d [| 1, 2 |]; } }\nsfConfig extends {\n'
-                    + "\n".join(lines) + '\n  t ("" ++ v4);\n}\n')  # fmt: skip
+    bomb.write_text(
+        'P extends { a 1; b "x"; c extends { d [| 1, 2 |]; } }\nsfConfig extends {\n'
+        + "\n".join(lines)
+        + '\n  t ("" ++ v4);\n}\n'
+    )
     refused(send(bomb), "value_length", f"{bomb}:9:5:", 10.0)
 
 
@@ -163,8 +166,9 @@ def test_many_values_each_under_the_single_limit_exceed_the_total(tmp_path: Path
 
 
 def test_links_to_components_doubling_are_refused(tmp_path: Path):
-    lines = ["l0 extends { x 1; }"] + [f"l{i} extends {{ a l{i - 1}; b l{i - 1}; }}" for i in
-                                       range(1, 41)]  # fmt: skip
+    lines = ["l0 extends { x 1; }"] + [
+        f"l{i} extends {{ a l{i - 1}; b l{i - 1}; }}" for i in range(1, 41)
+    ]
     bomb = tmp_path / "links.sf"
     bomb.write_text("\n".join(lines) + "\nsfConfig extends { top l40; }\n")
     refused(send(bomb), "components", f"{bomb}:", DEFAULT_SECONDS)
@@ -232,8 +236,11 @@ def test_dev_zero_is_refused_without_reading_it(tmp_path: Path):
     for extra in ((), ("--syntax-only",)):
         done = subprocess.run(
             [sys.executable, "-c", SD, "--config", str(site), "validate", *extra, "/dev/zero"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert (done.returncode, done.stdout) == (4, "")
         assert done.stderr == (
             "sd: error: cannot read /dev/zero: not a regular file; a description is a .sf file "
@@ -324,8 +331,11 @@ def test_a_pool_of_a_hundred_million_vms_is_refused_by_sd_plan(tmp_path: Path):
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-c", SD, "--config", str(site), "plan", str(pool)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert time.monotonic() - started < DEFAULT_SECONDS
     assert (done.returncode, done.stdout) == (4, "")
     assert done.stderr == (
@@ -424,25 +434,37 @@ def sd(tmp_path: Path, *argv: str) -> tuple[int, str, str]:
 
 def test_sd_validate_raises_a_budget_or_takes_the_sites_for_jobs(tmp_path: Path):
     job = tmp_path / "job.sf"
-    job.write_text("sfConfig extends {\n" + "".join(f" c{i} extends {{ }}\n" for i in range(9))
-                   + "}\n")  # fmt: skip
+    job.write_text(
+        "sfConfig extends {\n" + "".join(f" c{i} extends {{ }}\n" for i in range(9)) + "}\n"
+    )
     assert sd(tmp_path, "validate", str(job))[0] == 0
     code, out, err = sd(tmp_path, "validate", "--budget", "components=10", str(job))
     assert (code, out) == (4, "")
-    assert err.startswith(f"sd: error: {job}:6:5: description too large: more than 10 components "
-                          "(budget components; raise it with --budget components=N)\n")  # fmt: skip
+    assert err.startswith(
+        f"sd: error: {job}:6:5: description too large: more than 10 components "
+        "(budget components; raise it with --budget components=N)\n"
+    )
     code, out, _err = sd(tmp_path, "validate", "--json", "--budget", "components=10", str(job))
     (error,) = json.loads(out)["errors"]
-    assert (code, error["kind"], error["budget"], error["line"]) == (4, "BudgetExceeded",
-                                                                  "components", 6)  # fmt: skip
+    assert (code, error["kind"], error["budget"], error["line"]) == (
+        4,
+        "BudgetExceeded",
+        "components",
+        6,
+    )
     code, out, err = sd(tmp_path, "validate", "--job-budgets", str(job))
     assert (code, out) == (4, "")
-    assert err.startswith(f"sd: error: {job}:3:13: description too large: more than 5 components "
-                          "(budget components; raise [policy] max_components)\n")  # fmt: skip
+    assert err.startswith(
+        f"sd: error: {job}:3:13: description too large: more than 5 components "
+        "(budget components; raise [policy] max_components)\n"
+    )
     code, _out, err = sd(tmp_path, "validate", "--budget", "sizes=1", str(job))
-    assert (code, err) == (2, "sd: error: --budget sizes=1: expected NAME=N; names: components, "
-                           "attributes, value_length, value_total, includes, depth, errors, "
-                           "source_bytes, seconds\n")  # fmt: skip
+    assert (code, err) == (
+        2,
+        "sd: error: --budget sizes=1: expected NAME=N; names: components, "
+        "attributes, value_length, value_total, includes, depth, errors, "
+        "source_bytes, seconds\n",
+    )
     code, _out, err = sd(tmp_path, "validate", "--budget", "errors=0", str(job))
     assert (code, err) == (2, "sd: error: --budget: budget errors must be positive\n")
 

@@ -279,7 +279,13 @@ def test_several_prototypes_and_inline_bodies_parse():
     text = "a extends A, B, { x 1; }, NULL, C { y 2; }; b extends LAZY A; c extends DATA { }"
     a, b, c = (item.value for item in parse_text(text).items if isinstance(item, AttrDef))
     assert [type(p).__name__ for p in a.protos] == [
-        "Reference", "Reference", "Body", "NullProto", "Reference", "Body"]
+        "Reference",
+        "Reference",
+        "Body",
+        "NullProto",
+        "Reference",
+        "Body",
+    ]
     assert [str(p) for p in a.protos if isinstance(p, Reference)] == ["A", "B", "C"]
     bodies = [p for p in a.protos if isinstance(p, Body)]
     names = [[i.name for i in p.items if isinstance(i, AttrDef)] for p in bodies]

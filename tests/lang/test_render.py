@@ -144,9 +144,27 @@ def test_a_library_renders_its_prototypes_resolved():
 def test_json_keeps_sfconfig_order_and_nests_objects_and_arrays():
     data = to_data(sfconfig_of(MIXED))
     assert list(data) == [
-        "a", "b", "c", "i", "neg", "o", "key word", "extends", "--1", "s", "f", "f2", "d", "l",
-        "by", "v", "t", "dt", "lz", "n",
-    ]  # fmt: skip
+        "a",
+        "b",
+        "c",
+        "i",
+        "neg",
+        "o",
+        "key word",
+        "extends",
+        "--1",
+        "s",
+        "f",
+        "f2",
+        "d",
+        "l",
+        "by",
+        "v",
+        "t",
+        "dt",
+        "lz",
+        "n",
+    ]
     assert data["a"] == {"$ref": "LAZY PARENT:base"}
     assert data["o"] == {"$ref": "LAZY OPTIONAL(3) x:y"}
     assert data["b"] == {"$expr": "(a + 1)"} and data["i"] == {"$expr": "IF a THEN 1 ELSE 2 FI"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import io
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import NamedTuple
 import pytest
 
 from sd_batch.cli.main import Environment, main
-from sd_batch.config.site import SiteConfig
+from sd_batch.config.site import SYSTEM_CONFIG, SiteConfig, load_config
 from sd_batch.ledger.store import Ledger
 
 GoldenCheck = Callable[[Path, str], None]
@@ -179,3 +180,21 @@ def wait_until(
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(every)
+
+
+def qemu_host_missing(slot_user: str) -> str | None:
+    """Why this machine cannot boot a job's VM for SLOT_USER, or None: root, the slot user,
+    the built `minimal` guest and an answering libvirtd (what the real-QEMU job tests need)."""
+    if os.geteuid() != 0:
+        return "needs root (sd run drops to the slot user; the helper is root's)"
+    if subprocess.run(["id", slot_user], capture_output=True, check=False).returncode != 0:
+        return f"no slot user {slot_user}: run scripts/setup-host"
+    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    if not (config.image_dir / "minimal" / "vmlinux").is_file():
+        return "the minimal guest is not built (scripts/build-guest)"
+    probe = subprocess.run(
+        ["virsh", "-q", "-c", config.default_uri, "version"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        return f"{config.default_uri} does not answer (scripts/setup-host starts libvirtd)"
+    return None

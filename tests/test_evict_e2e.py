@@ -25,6 +25,8 @@ from sd_batch.batch import checkpoint
 from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.staging import CHECKPOINT_FILE
 
+from conftest import qemu_host_missing
+
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,19 +38,7 @@ STEPS = 16
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (sd run drops to the slot user; the helper service is root's)"
-    if subprocess.run(["id", SLOT_USER], capture_output=True, check=False).returncode != 0:
-        return f"no slot user {SLOT_USER}: run scripts/setup-host"
-    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    if not (config.image_dir / "minimal" / "vmlinux").is_file():
-        return "the minimal guest is not built (scripts/build-guest)"
-    probe = subprocess.run(
-        ["virsh", "-q", "-c", config.default_uri, "version"], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        return f"{config.default_uri} does not answer"
-    return None
+    return qemu_host_missing(SLOT_USER)
 
 
 @pytest.fixture(scope="module")

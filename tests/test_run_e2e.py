@@ -26,6 +26,7 @@ from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.data import HOOKS_DIR
 
 from conftest import Run as SdRun
+from conftest import qemu_host_missing
 
 pytestmark = pytest.mark.qemu
 
@@ -45,17 +46,7 @@ def _missing() -> str | None:
         return "sudo or /etc/sudoers.d/sd-batch missing: run scripts/setup-host"
     if str(HOOKS_DIR / "helper") not in SUDOERS.read_text(encoding="utf-8"):
         return f"{SUDOERS} is for another checkout: run scripts/setup-host here"
-    if subprocess.run(["id", SLOT_USER], capture_output=True, check=False).returncode != 0:
-        return f"no slot user {SLOT_USER}: run scripts/setup-host"
-    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    if not (config.image_dir / "minimal" / "vmlinux").is_file():
-        return "the minimal guest is not built (scripts/build-guest)"
-    probe = subprocess.run(
-        ["virsh", "-q", "-c", config.default_uri, "version"], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        return f"{config.default_uri} does not answer (scripts/setup-host starts libvirtd)"
-    return None
+    return qemu_host_missing(SLOT_USER)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -189,8 +189,12 @@ def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | Non
         return None
     if not isinstance(cause, OSError):
         return None
+    what = cause.strerror or str(cause)
+    if cause.filename:  # which file: an unexpected cause is then found from the message alone
+        what = f"{what}: {cause.filename}"
+    log.warning("job files in %s: %r", folder, cause)
     return HostStorageError(
-        f"the worker cannot write the job's files in {folder.parent}: {cause.strerror or cause}",
+        f"the worker cannot write the job's files in {folder.parent}: {what}",
         hint="the site must free space in its state_dir (the job runs again, here or elsewhere)",
     )
 

@@ -474,13 +474,37 @@ def gc_paused() -> Iterator[None]:
     resolution take 2.4x as long, and grow faster than the input. Garbage cycles made meanwhile
     are collected once it is back on.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    global _gc_depth, _gc_was_enabled
+    with _GC_LOCK:  # threads parse at once: the first in turns it off, the last out back on
+        if _gc_depth == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _GC_LOCK:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+# Several threads pause the collector at once (the helper service, `sd web`): checking and
+# turning it off as two steps let a thread turn it off again just after another turned it
+# back on, and leave it off for good. A forked child starts with no pause of its parent's.
+_GC_LOCK = threading.Lock()
+_gc_depth = 0
+_gc_was_enabled = False
+
+
+def _reset_gc_pause_in_child() -> None:
+    global _GC_LOCK, _gc_depth
+    if _gc_depth and _gc_was_enabled:
+        gc.enable()  # the parent's pauses belong to its threads, which the child has not
+    _GC_LOCK, _gc_depth = threading.Lock(), 0
+
+
+os.register_at_fork(after_in_child=_reset_gc_pause_in_child)
 
 
 def parse_text(

@@ -365,3 +365,21 @@ def test_an_include_may_not_climb_out_of_its_folder(tmp_path: Path):
     main = write(tmp_path / "job", "main.sf", '#include "../secret.sf"\nsfConfig extends { }\n')
     with pytest.raises(IncludeError):
         load_file(main)
+
+
+def test_threads_loading_at_once_leave_the_cycle_collector_on():
+    # Checking and turning the collector off were two steps: a thread could turn it off just
+    # after another turned it back on, and leave it off for good (seen once in a CI run).
+    import gc
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert gc.isenabled()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can: the race shows
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda _: load_text("sfConfig extends { a 1; }"), range(2000)))
+    finally:
+        sys.setswitchinterval(interval)
+    assert gc.isenabled()

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
+import pkgutil
+
+import sd_batch
 
 from .. import staging  # noqa: F401
 from ..condor.jobad import parse_job_ad
@@ -17,6 +21,22 @@ from ..errors import SdError
 from ..lang import load_file
 from ..vm.spec import vm_spec
 from . import description, jobs  # noqa: F401
+
+#: The faces and `sd run`, never reached by a confined child (nor this module, running now).
+NOT_PRELOADED = (
+    "sd_batch.web",
+    "sd_batch.cli",
+    "sd_batch.localrun",
+    "sd_batch.helper",
+    "sd_batch.batch.forkserver_warm",
+)
+
+# Every module of the root side, loaded now: after a package upgrade replaced the code on disk,
+# a child importing a module lazily would mix the new version into the old (the helper
+# service's warm_up does the same for itself; this process is another interpreter).
+for _module in pkgutil.walk_packages(sd_batch.__path__, "sd_batch."):
+    if not _module.name.startswith(NOT_PRELOADED):
+        importlib.import_module(_module.name)
 
 parse_job_ad('ClusterId = 1\nProcId = 0\nCmd = "/bin/true"\nGlobalJobId = "warm#1.0#1"\n')
 with contextlib.suppress(SdError, OSError):  # a job's first resolution, done once here

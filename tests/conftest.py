@@ -198,3 +198,18 @@ def qemu_host_missing(slot_user: str) -> str | None:
     if probe.returncode != 0:
         return f"{config.default_uri} does not answer (scripts/setup-host starts libvirtd)"
     return None
+
+
+def assert_jobs_gone(domains: list[str]) -> None:
+    """No domain and no job folder (input/output disks, console) of these jobs anywhere."""
+    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    listed = subprocess.run(
+        ["virsh", "-c", config.default_uri, "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert not set(domains) & set(listed), f"domains left: {set(domains) & set(listed)}"
+    for domain in domains:
+        folder = config.state_dir / "jobs" / domain.removeprefix("sd-job-")
+        assert not folder.exists(), f"job folder left: {sorted(folder.rglob('*'))}"

@@ -25,7 +25,7 @@ from sd_batch.batch import checkpoint
 from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.staging import CHECKPOINT_FILE
 
-from conftest import qemu_host_missing
+from conftest import assert_jobs_gone, qemu_host_missing
 
 pytestmark = pytest.mark.qemu
 
@@ -81,17 +81,7 @@ def _env(sock: str) -> dict[str, str]:
 def assert_nothing_left(err: str, job_dir: Path) -> None:
     domains = sorted(set(re.findall(r"VM (sd-job-[0-9a-f]+) ready", err)))
     assert domains, err
-    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    listed = subprocess.run(
-        ["virsh", "-c", config.default_uri, "list", "--all", "--name"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert not set(domains) & set(listed), f"domains left: {set(domains) & set(listed)}"
-    for domain in domains:
-        folder = config.state_dir / "jobs" / domain.removeprefix("sd-job-")
-        assert not folder.exists(), f"job folder left: {sorted(folder.rglob('*'))}"
+    assert_jobs_gone(domains)
     assert not (job_dir / CHECKPOINT_FILE).exists()  # consumed: never an output
 
 

@@ -26,7 +26,7 @@ from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.data import HOOKS_DIR
 
 from conftest import Run as SdRun
-from conftest import qemu_host_missing
+from conftest import assert_jobs_gone, qemu_host_missing
 
 pytestmark = pytest.mark.qemu
 
@@ -81,17 +81,7 @@ def sd_run(submit: Path, *args: str) -> Run:
 def assert_nothing_left(domains: list[str]) -> None:
     """No domain, no job folder (input/output disks, console) of these jobs anywhere."""
     assert domains, "the run named no VM"
-    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    listed = subprocess.run(
-        ["virsh", "-c", config.default_uri, "list", "--all", "--name"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert not set(domains) & set(listed), f"domains left: {set(domains) & set(listed)}"
-    for domain in domains:
-        folder = config.state_dir / "jobs" / domain.removeprefix("sd-job-")
-        assert not folder.exists(), f"job folder left: {sorted(folder.rglob('*'))}"
+    assert_jobs_gone(domains)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 import io
 import os
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -213,3 +215,55 @@ def assert_jobs_gone(domains: list[str]) -> None:
     for domain in domains:
         folder = config.state_dir / "jobs" / domain.removeprefix("sd-job-")
         assert not folder.exists(), f"job folder left: {sorted(folder.rglob('*'))}"
+
+
+class PrivateService:
+    """A helper service of this checkout on a socket of its own in FOLDER (the system one
+    may run another checkout's code); started again on the same socket by `start`."""
+
+    def __init__(self, folder: Path, *args: str) -> None:
+        self.folder, self.args = folder, args
+        self.sock = folder / "helper.sock"
+        self.log_path = folder / "service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
+        python = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+        argv = [str(python), "-I", "-m", "sd_batch.helper.service", "--socket", str(self.sock)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*argv, *self.args], stdout=log, stderr=log)
+        wait_until(
+            lambda: self.answers() or self.proc is None or self.proc.poll() is not None,
+            "the helper service to listen",
+            timeout,
+        )
+        assert self.answers(), self.log()
+        return self.proc
+
+    def answers(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.sock))
+        except OSError:
+            return False
+        finally:
+            probe.close()
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def environ(self) -> dict[str, str]:
+        """What `sd run` needs to reach this service rather than the system one."""
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/root",
+            "CONDOR_CONFIG": "/dev/null",
+            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.sock),
+        }

@@ -212,7 +212,13 @@ class Job:
             "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.service.socket),
         }
 
-    def start(self, hook: str, *argv: str, user: User | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        hook: str,
+        *argv: str,
+        user: User | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         who = user or self.user
         return subprocess.Popen(
             [str(HOOKS_DIR / hook), *argv],
@@ -220,7 +226,7 @@ class Job:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=self.scratch,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             user=who.uid,
             group=who.gid,
             extra_groups=os.getgrouplist(who.name, who.gid),
@@ -492,11 +498,17 @@ def test_sigterm_stops_listening_at_once_and_finishes_the_runs_under_way(
     cleanup_without_the_service(job)
 
 
-def test_a_runner_whose_service_dies_sends_its_job_back_to_idle(
+def test_a_runner_whose_service_dies_and_none_comes_back_sends_its_job_back_to_idle(
     service: Service, users: tuple[User, User]
 ) -> None:
+    """It waits SMARTDOMAINS_REATTACH_SECONDS for the next service first (the VM runs on);
+    tests/test_service_restart_e2e.py has the next service come and take the VM up."""
     job = new_job(service, users[0], "died")
-    runner = started_run(job)
+    job.prepare()
+    runner = job.start(
+        "runner", "--job", job.id, env={"_CONDOR_SMARTDOMAINS_REATTACH_SECONDS": "2"}
+    )
+    until(running_under(job, runner.pid))
     service.proc.kill()
     _, err = runner.communicate(timeout=30)
     assert runner.returncode == 172, err  # the transform's OnExitRemove is false for it

@@ -43,7 +43,7 @@ from ..errors import (
 )
 from ..guest import contract
 from ..hypervisor.connections import Connections
-from ..hypervisor.types import DAEMON_HINT, HypervisorAPI
+from ..hypervisor.types import DAEMON_HINT, DomainState, HypervisorAPI
 from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
 from ..vm.domain_xml import OwnerKind as XmlOwnerKind
@@ -265,12 +265,19 @@ def run(
     the helper service to the runner hanging up. RUNNER_PID is the process whose life is the
     job's, recorded for the reaper (None: this one; the service names its caller, the runner).
     """
-    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus
+    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus, ProcessRef
 
     connections = connections or Connections()
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
         owner = prepared_owner(ledger, key, uri)
+        # The same runner again (pid and start time): the service that ran its VM stopped
+        # (an upgrade under systemd, a crash) and the runner came back to the next one.
+        again = (
+            runner_pid is not None
+            and owner.status is OwnerStatus.ACTIVE
+            and owner.process == ProcessRef.of(runner_pid)
+        )
         # the reaper's sign of life: while this process lives, the job does
         ledger.set_status(
             owner, OwnerStatus.ACTIVE, pid=THIS_PROCESS if runner_pid is None else runner_pid
@@ -290,7 +297,9 @@ def run(
     if ready is not None:
         ready()
     started = time.monotonic()
-    if resume.restore_or_start(config, key, connections(uri)):
+    if again and reattach(connections(uri), key, key.folder(config) / "output.img"):
+        log.info("job %s: its runner came back: waiting on its VM again", key.job_id)
+    elif resume.restore_or_start(config, key, connections(uri)):
         log.info(
             "job %s: its VM resumed from its checkpoint in %.2f s",
             key.job_id,
@@ -329,6 +338,21 @@ def run(
     with result:
         shutil.copyfileobj(result, out)
     return None
+
+
+def reattach(hv: HypervisorAPI, key: JobKey, output: Path) -> bool:
+    """Take up a VM a stopped service left running for the same runner: True when there is
+    one to wait on (a paused one is resumed: the old service stopped between its paused
+    start and the resume), False when it is off (booted, never run) and is to be started."""
+    status = hv.state(key.domain)
+    if status.state is DomainState.SHUTOFF:
+        # it never ran (its output disk still blank) or it ran to its end: the end's result
+        # is read below; a blank disk means the old service stopped before the boot
+        with open(output, "rb") as disk:  # one sector of a disk only we and the guest write
+            return not disk.read(len(contract.OUTPUT_MAGIC)).startswith(contract.OUTPUT_MAGIC)
+    if status.state is DomainState.PAUSED:
+        hv.start_or_resume(key.domain)
+    return True
 
 
 class _Eviction:

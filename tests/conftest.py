@@ -1,25 +1,35 @@
 """Shared pytest wiring: the `--regenerate-golden` switch and the `golden` comparison fixture;
-the scaffolding of a site on libvirt's test driver (host files, site.toml, in-process `sd`),
-imported by the test files as `from conftest import ...`.
+the scaffolding of a site on libvirt's test driver (host files, site.toml, in-process `sd`,
+jobs handed to the root side's `jobs.prepare`), imported by the test files as
+`from conftest import ...`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import io
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
+from sd_batch.batch import jobs
+from sd_batch.batch.key import JobKey
 from sd_batch.cli.main import Environment, main
-from sd_batch.config.site import SYSTEM_CONFIG, SiteConfig, load_config
+from sd_batch.condor.jobad import job_ad_from_submit
+from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, SiteConfig, load_config
+from sd_batch.errors import DescriptionError, Disposition, SdError
+from sd_batch.guest.contract import Manifest
+from sd_batch.hypervisor.connections import Connections
 from sd_batch.ledger.store import Ledger
+from sd_batch.staging import write_input_tar
 
 GoldenCheck = Callable[[Path, str], None]
 
@@ -169,6 +179,142 @@ class SdSite:
 
     def sd(self, *argv: str) -> Run:
         return sd_in_process(self.environ, *argv)
+
+
+# --- jobs on the root side (`jobs.prepare`) on libvirt's test driver -----------------------------
+#: A user's my.sf on the site's minimal template, open for its attributes and the closing "}".
+MINIMAL = '#include "minimal.sf"\nsfConfig extends MinimalVM {\n    '
+
+
+@dataclass
+class JobSite:
+    """A private site on `test:///ROOT/node.xml` and a submit folder (SANDBOX): jobs as
+    condor_submit makes them, their input disks as PREPARE_JOB writes them, handed to
+    `jobs.prepare`, the root side, as the helper does."""
+
+    root: Path
+    sandbox: Path
+    connections: Connections
+    count: int = 0
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "site.toml"
+
+    def write_config(self, policy: str = "", templates: tuple[Path, ...] = ()) -> SiteConfig:
+        write_site_toml(
+            self.root,
+            f"test://{self.root / 'node.xml'}",
+            template_dirs=[*templates, BUILTIN_TEMPLATE_DIR],
+            tables=f"[policy]\n{policy}",
+        )
+        return load_config(self.config_path)
+
+    def submit(self, description: str, requests: str = "", sf_text: str | None = None) -> str:
+        """The job ad of a job asking for DESCRIPTION, with REQUESTS (submit commands) and my.sf
+        holding SF_TEXT: what condor_submit makes of it (the real bindings)."""
+        inputs = ""
+        if sf_text is not None:
+            (self.sandbox / "my.sf").write_text(sf_text, encoding="utf-8")
+            inputs = "transfer_input_files = my.sf\n"
+        self.count += 1
+        text = (
+            f"executable = /bin/true\n{inputs}{requests}+SDVMDescription = {description}\nqueue\n"
+        )
+        (ad,) = job_ad_from_submit(
+            text,
+            submit_dir=self.sandbox,
+            owner="tester",
+            schedd_name=f"job-{os.getpid()}-{self.count}@test",
+            qdate=1700000000,
+        )
+        return ad
+
+    def input_disk(self, ad: str, machine: str | None = None) -> tuple[JobKey, bytes]:
+        """The job of AD: its key and the input disk PREPARE_JOB writes (with the slot's
+        MACHINE ad, if any)."""
+        job_id = next(
+            line.split('"')[1] for line in ad.splitlines() if line.startswith("GlobalJobId = ")
+        )
+        out = io.BytesIO()
+        write_input_tar(
+            self.sandbox,
+            Manifest(("/bin/true",), {}, "."),
+            out,
+            job_ad_text=ad,
+            machine_ad_text=machine,
+            max_bytes=1 << 30,
+        )
+        return JobKey(os.getuid(), job_id), out.getvalue()
+
+    def job(self, description: str, sf_text: str | None = None) -> tuple[JobKey, bytes]:
+        """A job asking for DESCRIPTION (with my.sf holding SF_TEXT): its key and input disk."""
+        return self.input_disk(self.submit(description, sf_text=sf_text))
+
+    def prepare(
+        self,
+        config: SiteConfig,
+        description: str,
+        sf_text: str | None = None,
+        key: JobKey | None = None,
+    ) -> jobs.PreparedJob:
+        made_key, disk = self.job(description, sf_text)
+        return jobs.prepare(config, key or made_key, io.BytesIO(disk), connections=self.connections)
+
+    def prepare_ad(self, config: SiteConfig, ad: str, machine: str | None) -> jobs.PreparedJob:
+        """`jobs.prepare` of the job of AD, in a slot whose machine ad is MACHINE."""
+        key, disk = self.input_disk(ad, machine)
+        return jobs.prepare(config, key, io.BytesIO(disk), connections=self.connections)
+
+    def refusal(self, sf_text: str, policy: str = "") -> SdError:
+        """The hold a job with SF_TEXT as its my.sf gets, under POLICY; nothing left behind."""
+        config = self.write_config(policy)
+        with pytest.raises(SdError) as caught:
+            self.prepare(config, '"my.sf"', sf_text)
+        assert caught.value.disposition is Disposition.HOLD
+        assert self.leftovers(config) == []
+        return caught.value
+
+    def leftovers(self, config: SiteConfig) -> list[str]:
+        with Ledger.for_site(config) as ledger:
+            rows = [f"{o.kind.value} {o.owner_id}" for o in ledger.owners()]
+        folder = config.state_dir / "jobs"
+        return rows + (sorted(str(p) for p in folder.iterdir()) if folder.is_dir() else [])
+
+    def job_ids(self, config: SiteConfig) -> list[str]:
+        """The job ids of the job owners in the ledger."""
+        with Ledger.for_site(config) as ledger:
+            return [o.owner_id.partition(":")[2] for o in ledger.owners()]
+
+    def clean_up(self, config: SiteConfig) -> None:
+        """`jobs.cleanup` of every job the ledger has."""
+        for job_id in self.job_ids(config):
+            jobs.cleanup(config, JobKey(os.getuid(), job_id), connections=self.connections)
+
+    def domain_xml(self, config: SiteConfig, domain: str) -> ET.Element:
+        hv = self.connections(config.default_uri)
+        return ET.fromstring(hv._lookup(domain).XMLDesc(0))  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def job_site(root: Path) -> Iterator[JobSite]:
+    """A JobSite in ROOT: a 2-CPU 4 GiB test-driver host, the minimal guest's (fake) kernel."""
+    write_node(root / "node.xml", cpus=2, memory_kib=4 << 20)
+    fake_kernel(root / "images")
+    sandbox = root / "scratch"
+    sandbox.mkdir()
+    made = JobSite(root, sandbox, Connections())
+    try:
+        yield made
+    finally:
+        made.connections.close()
+
+
+def held(error: SdError) -> str:
+    """The HoldReason's text, as the hook writes it (one line, file:line:col first)."""
+    text = error.headline() if isinstance(error, DescriptionError) else str(error)
+    assert "\n" not in text
+    return text
 
 
 def wait_until(

@@ -69,6 +69,27 @@ def _add_include_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_description_file(
+    parser: argparse.ArgumentParser, file_help: str = "a .sf description"
+) -> None:
+    """FILE and where its #includes and PROPERTYs come from: every command that reads one."""
+    parser.add_argument("file", metavar="FILE", help=file_help)
+    _add_include_options(parser)
+
+
+def _add_pool_address(parser: argparse.ArgumentParser, name_help: str | None = None) -> None:
+    """HOST NAME: a pool, as the seed's sfStart and sfTerminate name it."""
+    parser.add_argument("host", metavar="HOST")
+    parser.add_argument("name", metavar="NAME", help=name_help)
+
+
+def _add_resolution_options(parser: argparse.ArgumentParser, *, allow_tbd: str, json: str) -> None:
+    """How `validate` and `render` resolve FILE: TBDs allowed or not, JSON out, the budgets."""
+    parser.add_argument("--allow-tbd", action="store_true", help=allow_tbd)
+    parser.add_argument("--json", action="store_true", help=json)
+    _add_budget_options(parser)
+
+
 def _add_budget_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget",
@@ -121,20 +142,17 @@ def _add_language(sub: _Subcommands[_Parser]) -> None:
         description="Parse and resolve FILE (includes, extends, references, TBDs). Prints one "
         "summary line, or every located error with the source line and a caret.",
     )
-    validate.add_argument("file", metavar="FILE", help="a .sf description")
-    _add_include_options(validate)
+    _add_description_file(validate)
     validate.add_argument(
         "--syntax-only",
         action="store_true",
         help="only check the syntax of FILE itself (no includes, no resolution)",
     )
-    validate.add_argument(
-        "--allow-tbd",
-        action="store_true",
-        help="accept attributes still TBD (site templates that users complete)",
+    _add_resolution_options(
+        validate,
+        allow_tbd="accept attributes still TBD (site templates that users complete)",
+        json="machine-readable result",
     )
-    validate.add_argument("--json", action="store_true", help="machine-readable result")
-    _add_budget_options(validate)
     validate.set_defaults(handler=_validate)
 
     render = sub.add_parser(
@@ -144,11 +162,10 @@ def _add_language(sub: _Subcommands[_Parser]) -> None:
         'with --json, as one JSON object (LAZY references as {"$ref": "LAZY PARENT:x"}). '
         "A file without sfConfig (a library) prints its resolved prototypes.",
     )
-    render.add_argument("file", metavar="FILE", help="a .sf description")
-    _add_include_options(render)
-    render.add_argument("--allow-tbd", action="store_true", help="render even if TBDs remain")
-    render.add_argument("--json", action="store_true", help="JSON instead of SmartFrog text")
-    _add_budget_options(render)
+    _add_description_file(render)
+    _add_resolution_options(
+        render, allow_tbd="render even if TBDs remain", json="JSON instead of SmartFrog text"
+    )
     render.set_defaults(handler=_render)
 
     templates = sub.add_parser(
@@ -173,12 +190,8 @@ def _add_pools(sub: _Subcommands[_Parser]) -> None:
         "(qemu:///system, test:///default) or a host name from the site config; `localhost` is "
         "the site's default URI.",
     )
-    start.add_argument("host", metavar="HOST")
-    start.add_argument("name", metavar="NAME", help="the pool's name, unique on HOST")
-    start.add_argument(
-        "file", metavar="FILE", help="a .sf description (e.g. job_templates/pool.sf)"
-    )
-    _add_include_options(start)
+    _add_pool_address(start, name_help="the pool's name, unique on HOST")
+    _add_description_file(start, file_help="a .sf description (e.g. job_templates/pool.sf)")
     start.add_argument("--json", action="store_true", help="machine-readable result, no progress")
     start.add_argument(
         "--watch",
@@ -194,8 +207,7 @@ def _add_pools(sub: _Subcommands[_Parser]) -> None:
         "after --grace seconds, undefine them and delete their disks, newest first (the seed's "
         "`sfTerminate HOST NAME`). Safe to run again after an interruption.",
     )
-    terminate.add_argument("host", metavar="HOST")
-    terminate.add_argument("name", metavar="NAME")
+    _add_pool_address(terminate)
     terminate.add_argument(
         "--grace",
         type=float,
@@ -229,8 +241,7 @@ def _add_placement(sub: _Subcommands[_Parser]) -> None:
         "tags, count) or, without it, from the site's live hypervisors. Exits 8 when some VM "
         "fits nowhere.",
     )
-    plan.add_argument("file", metavar="FILE", help="a .sf description with a Scheduler")
-    _add_include_options(plan)
+    _add_description_file(plan, file_help="a .sf description with a Scheduler")
     plan.add_argument("--hosts", metavar="INVENTORY", help="hosts from this TOML inventory")
     plan.add_argument(
         "--name", metavar="NAME", help="pool name for the VM names (default: the file's name)"
@@ -250,8 +261,7 @@ def _add_placement(sub: _Subcommands[_Parser]) -> None:
         "sd status shows the moves. A VM found shut off is started again. Runs until "
         "interrupted, or until the pool is terminated.",
     )
-    watch.add_argument("host", metavar="HOST")
-    watch.add_argument("name", metavar="NAME")
+    _add_pool_address(watch)
     _add_include_options(watch)
     watch.add_argument("--rounds", type=int, metavar="N", help="stop after N rounds of pings")
     watch.set_defaults(handler=_watch)

@@ -11,6 +11,7 @@ import difflib
 import io
 import os
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,6 +26,7 @@ from sd_batch.batch.key import JobKey
 from sd_batch.cli.main import Environment, main
 from sd_batch.condor.jobad import job_ad_from_submit
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, SiteConfig, load_config
+from sd_batch.data import HOOKS_DIR
 from sd_batch.errors import DescriptionError, Disposition, SdError
 from sd_batch.guest.contract import Manifest
 from sd_batch.hypervisor.connections import Connections
@@ -290,6 +292,27 @@ class JobSite:
         """`jobs.cleanup` of every job the ledger has."""
         for job_id in self.job_ids(config):
             jobs.cleanup(config, JobKey(os.getuid(), job_id), connections=self.connections)
+
+    def prepare_job_hook(self, ad: str, **environ: str) -> subprocess.CompletedProcess[bytes]:
+        """The real PREPARE_JOB hook process on AD in the sandbox, on this site, reaching the
+        root side through the helper command run directly (no sudo); ENVIRON adds to its
+        environment (the starter's _CONDOR_* variables)."""
+        return subprocess.run(
+            [str(HOOKS_DIR / "prepare_job")],
+            input=ad.encode(),
+            cwd=self.sandbox,
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(self.root),
+                "SD_BATCH_CONFIG": str(self.config_path),
+                "CONDOR_CONFIG": "/dev/null",
+                "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
+                **environ,
+            },
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
     def domain_xml(self, config: SiteConfig, domain: str) -> ET.Element:
         hv = self.connections(config.default_uri)

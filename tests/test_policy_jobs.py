@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +18,6 @@ import pytest
 
 from sd_batch.batch import jobs
 from sd_batch.batch.key import JobKey
-from sd_batch.data import HOOKS_DIR
 from sd_batch.errors import Disposition, PolicyError, PolicyLimitReached, SdError
 from sd_batch.hypervisor.connections import Connections
 
@@ -275,22 +271,7 @@ def test_concurrent_prepares_never_pass_the_vm_limit_together(site: JobSite) -> 
 def test_prepare_job_hook_holds_with_the_policy_message(site: JobSite) -> None:
     config = site.write_config()
     ad = site.submit('"my.sf"', sf_text=MINIMAL + 'memory "1T";\n}\n')
-    environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(site.root),
-        "SD_BATCH_CONFIG": str(site.config_path),
-        "CONDOR_CONFIG": "/dev/null",
-        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
-    }
-    done = subprocess.run(
-        [str(HOOKS_DIR / "prepare_job")],
-        input=ad.encode(),
-        cwd=site.sandbox,
-        env=environ,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    done = site.prepare_job_hook(ad)
     updates = classad2.parseOne(done.stdout.decode(), classad2.ParserType.Old)
     assert 1 <= updates.eval("HookStatusCode") <= 299, done.stderr
     assert updates.eval("HookStatusMessage") == (

@@ -10,8 +10,6 @@ XML libvirt keeps is read back: its <memory> and <vcpu> are what the guest gets.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ import pytest
 from sd_batch.batch import jobs
 from sd_batch.condor.jobad import format_updates
 from sd_batch.config.site import SiteConfig
-from sd_batch.data import HOOKS_DIR
 from sd_batch.errors import Disposition, SdError
 
 from conftest import MINIMAL, JobSite, held, job_site
@@ -198,23 +195,10 @@ def test_hostile_requests_are_held_by_the_real_hook(
     config = site.write_config()
     ad = HOSTILE.format(schedd=f"hostile-{os.getpid()}-{cpus}", memory=memory, cpus=cpus)
     (site.sandbox / ".machine.ad").write_text(slot(256, 1), encoding="utf-8")
-    environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(site.root),
-        "SD_BATCH_CONFIG": str(site.config_path),
-        "CONDOR_CONFIG": "/dev/null",
-        "_CONDOR_SCRATCH_DIR": str(site.sandbox),
-        "_CONDOR_MACHINE_AD": str(site.sandbox / ".machine.ad"),
-        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
-    }
-    done = subprocess.run(
-        [str(HOOKS_DIR / "prepare_job")],
-        input=ad.encode(),
-        cwd=site.sandbox,
-        env=environ,
-        capture_output=True,
-        timeout=60,
-        check=False,
+    done = site.prepare_job_hook(
+        ad,
+        _CONDOR_SCRATCH_DIR=str(site.sandbox),
+        _CONDOR_MACHINE_AD=str(site.sandbox / ".machine.ad"),
     )
     updates = classad2.parseOne(done.stdout.decode(), classad2.ParserType.Old)
     assert done.returncode != 0 and 1 <= updates.eval("HookStatusCode") <= 299, done.stderr

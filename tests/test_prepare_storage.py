@@ -43,6 +43,14 @@ def _os_error(number: int, filename: str | None = None) -> OSError:
     return OSError(number, os.strerror(number), filename)
 
 
+def _raised_from(error: StagingError, cause: OSError) -> StagingError:
+    """ERROR as staging code raises it: `raise ERROR from CAUSE`."""
+    try:
+        raise error from cause
+    except StagingError as raised:
+        return raised
+
+
 # --- the host's storage: requeued, the site told what to fix -------------------------------------
 @pytest.mark.parametrize("number", STORAGE, ids=errno.errorcode.get)
 def test_a_disk_that_cannot_take_the_files_is_host_storage(number: int) -> None:
@@ -59,13 +67,8 @@ def test_a_disk_that_cannot_take_the_files_is_host_storage(number: int) -> None:
 
 @pytest.mark.parametrize("number", STORAGE, ids=errno.errorcode.get)
 def test_a_staging_error_a_full_or_failing_disk_caused_is_host_storage(number: int) -> None:
-    try:
-        try:
-            raise _os_error(number)
-        except OSError as exc:
-            raise StagingError("cannot create the output disk") from exc
-    except StagingError as staging:
-        error = _storage_failure(staging, FOLDER)
+    staging = _raised_from(StagingError("cannot create the output disk"), _os_error(number))
+    error = _storage_failure(staging, FOLDER)
     assert isinstance(error, HostStorageError)
     assert os.strerror(number) in error.message
 
@@ -104,23 +107,13 @@ def test_other_os_errors_are_not_host_storage(number: int) -> None:
 
 @pytest.mark.parametrize("number", NOT_STORAGE, ids=errno.errorcode.get)
 def test_a_staging_error_with_another_cause_stays_a_staging_error(number: int) -> None:
-    try:
-        try:
-            raise _os_error(number)
-        except OSError as exc:
-            raise StagingError("cannot open the output disk") from exc
-    except StagingError as staging:
-        assert _storage_failure(staging, FOLDER) is None
+    staging = _raised_from(StagingError("cannot open the output disk"), _os_error(number))
+    assert _storage_failure(staging, FOLDER) is None
 
 
 def test_a_host_storage_error_is_not_wrapped_again() -> None:
-    try:
-        try:
-            raise _os_error(errno.ENOSPC)
-        except OSError as exc:
-            raise HostStorageError("the worker cannot write the job's files") from exc
-    except HostStorageError as storage:
-        assert _storage_failure(storage, FOLDER) is None  # prepare raises it as it is
+    storage = _raised_from(HostStorageError("the worker cannot write"), _os_error(errno.ENOSPC))
+    assert _storage_failure(storage, FOLDER) is None  # prepare raises it as it is
 
 
 def test_a_job_folder_that_cannot_be_made_surfaces_as_itself_naming_it(site: JobSite) -> None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import io
+import json
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -29,8 +33,9 @@ from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SYSTEM_CONFIG, SiteConfig
 from sd_batch.data import HOOKS_DIR
 from sd_batch.errors import DescriptionError, Disposition, SdError
 from sd_batch.guest.contract import Manifest
+from sd_batch.helper.hooks import global_job_id
 from sd_batch.hypervisor.connections import Connections
-from sd_batch.ledger.store import Ledger
+from sd_batch.ledger.store import Ledger, Owner, OwnerKind
 from sd_batch.staging import write_input_tar
 
 GoldenCheck = Callable[[Path, str], None]
@@ -338,6 +343,198 @@ def held(error: SdError) -> str:
     text = error.headline() if isinstance(error, DescriptionError) else str(error)
     assert "\n" not in text
     return text
+
+
+# --- a private helper service on a test-driver site, and hooks run as slot users ------------------
+#: The job `new_job` makes unless told otherwise: hello.sh and an input file, on the minimal guest.
+HELLO = {"hello.sh": "#!/bin/sh\necho hello\n", "input.txt": "input\n"}
+SUBMIT = """executable = hello.sh
+transfer_input_files = input.txt
++SDVMDescription = "minimal"
+queue
+"""
+
+
+@dataclass(frozen=True)
+class User:
+    """An account hooks run as (a slot user, or one outside the slot group)."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def named(cls, name: str) -> User:
+        entry = pwd.getpwnam(name)
+        return cls(name, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class Service:
+    """A private helper service (root) on the site in ROOT, listening on SOCKET."""
+
+    root: Path
+    socket: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "site.toml"
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8")
+
+    def ask(self, raw: bytes, *, shut: bool = True, timeout: float = 30.0) -> dict[str, object]:
+        """One raw request as root; the reply line."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(self.socket))  # blocking, as a hook's: waits out a full backlog
+            sock.settimeout(timeout)
+            try:
+                sock.sendall(raw)
+                if shut:
+                    sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # it stopped reading: its reply is still there to read
+            reply: dict[str, object] = json.loads(sock.makefile("rb").readline())
+            return reply
+
+    def leftovers(self) -> list[str]:
+        config = load_config(self.config)
+        with Ledger.for_site(config) as ledger:
+            rows = [f"{o.kind.value} {o.owner_id}" for o in ledger.owners()]
+        jobs = config.state_dir / "jobs"
+        return rows + (sorted(str(p) for p in jobs.iterdir()) if jobs.is_dir() else [])
+
+
+def helper_site(root: Path, policy: str = "") -> Path:
+    """ROOT as a site for a private helper service: a 2-CPU 4 GiB test-driver host, the minimal
+    guest's (fake) kernel, site.toml with POLICY's [policy] lines, and ROOT/bin holding what the
+    hook scripts need on PATH (and no sudo: a hook falling back to the helper command fails)."""
+    root.chmod(0o755)  # slot users pass through to the socket and their scratch dirs
+    uri = write_node(root / "node.xml", cpus=2, memory_kib=4 << 20)
+    fake_kernel(root / "images", (b"x", b"x"))
+    write_site_toml(root, uri, template_dirs=[BUILTIN_TEMPLATE_DIR], tables=f"[policy]\n{policy}")
+    (root / "bin").mkdir()
+    for tool in ("dirname", "readlink"):
+        (root / "bin" / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    return root
+
+
+def start_service(root: Path, sock: Path | None = None) -> Service:
+    """`python -I -m sd_batch.helper.service` as root on ROOT's site, listening on SOCK
+    (ROOT/run/helper.sock), once it accepts connections."""
+    sock = sock or root / "run" / "helper.sock"
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "SD_BATCH_CONFIG": str(root / "site.toml"),
+        "CONDOR_CONFIG": "/dev/null",
+    }
+    log = root / "service.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise AssertionError(f"the service exited: {log.read_text()}")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(sock))
+            return Service(root, sock, proc, log)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the service never listened: {log.read_text()}")
+
+
+@dataclass
+class Job:
+    """One job of USER's: its scratch dir, job ad and id, and the hooks run as USER."""
+
+    service: Service
+    user: User
+    scratch: Path
+    ad: str
+
+    @property
+    def id(self) -> str:
+        return global_job_id(self.ad)
+
+    @property
+    def key(self) -> JobKey:
+        return JobKey(self.user.uid, self.id)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": str(self.service.root / "bin"),
+            "HOME": "/",
+            "CONDOR_CONFIG": "/dev/null",
+            "_CONDOR_SCRATCH_DIR": str(self.scratch),
+            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.service.socket),
+        }
+
+    def start(self, hook: str, *argv: str, user: User | None = None) -> subprocess.Popen[bytes]:
+        who = user or self.user
+        return subprocess.Popen(
+            [str(HOOKS_DIR / hook), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.scratch,
+            env=self.env(),
+            user=who.uid,
+            group=who.gid,
+            extra_groups=os.getgrouplist(who.name, who.gid),
+        )
+
+    def hook(
+        self, hook: str, *argv: str, user: User | None = None, timeout: float = 60.0
+    ) -> tuple[int, str, str]:
+        """Run HOOK as the starter would (the job ad on stdin) as USER (the job's): its exit
+        code, stdout and stderr."""
+        proc = self.start(hook, *argv, user=user)
+        out, err = proc.communicate(self.ad.encode(), timeout=timeout)
+        return proc.returncode, out.decode(), err.decode()
+
+    def prepare(self) -> None:
+        code, out, err = self.hook("prepare_job")
+        assert (code, "HookStatusCode = 0" in out) == (0, True), out + err
+
+    def owner(self) -> Owner | None:
+        with Ledger.for_site(load_config(self.service.config)) as ledger:
+            return ledger.owner(
+                OwnerKind.JOB, self.key.owner_id, f"test://{self.service.root}/node.xml"
+            )
+
+
+def new_job(
+    service: Service,
+    user: User,
+    name: str,
+    files: Mapping[str, str] = HELLO,
+    submit: str = SUBMIT,
+) -> Job:
+    """USER's job NAME: a scratch dir of USER's holding FILES (executable when they start with
+    #!), and the job ad condor_submit makes of SUBMIT there."""
+    scratch = service.root / f"scratch-{name}"
+    scratch.mkdir()
+    for file, text in files.items():
+        (scratch / file).write_text(text, encoding="utf-8")
+        (scratch / file).chmod(0o755 if text.startswith("#!") else 0o644)
+    for path in (scratch, *scratch.iterdir()):
+        os.chown(path, user.uid, user.gid)
+    (ad,) = job_ad_from_submit(
+        submit,
+        submit_dir=scratch,
+        owner=user.name,
+        schedd_name=f"svc-{name}-{os.getpid()}@test",
+        qdate=1700000000,
+    )
+    return Job(service, user, scratch, ad)
 
 
 def wait_until(

@@ -23,7 +23,9 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
 import test_helper_service as private  # noqa: E402
-from test_helper_service import GROUP, SUBMIT, Service, User, until, useradd  # noqa: E402
+from test_helper_service import GROUP, until, useradd  # noqa: E402
+
+from conftest import SUBMIT, Service, User  # noqa: E402
 
 users, service = private.users, private.service  # its fixtures: the slot users, the service
 OUTSIDER = "sdtest-svc-x"

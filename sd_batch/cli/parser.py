@@ -2,15 +2,17 @@
 naming the function that runs it (imported only then, so `sd validate` does not pay for
 libvirt or the HTCondor bindings).
 
-May import: errors, the cli modules (lazily, from the handlers), argparse.
+May import: errors, cli.environment, cli.handlers, argparse.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import UsageError
+from . import handlers
 from .environment import Environment
 
 #: What a subcommand runs: its parsed arguments and environment in, its exit code out.
@@ -46,6 +48,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 _Subcommands = argparse._SubParsersAction  # what add_subparsers returns
+
+
+def _command(sub: _Subcommands[_Parser], name: str, handler: Handler, **options: Any) -> _Parser:
+    """Subcommand NAME of SUB (OPTIONS: its help, description...), which HANDLER runs."""
+    parser = sub.add_parser(name, **options)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def _add_include_options(parser: argparse.ArgumentParser) -> None:
@@ -136,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_language(sub: _Subcommands[_Parser]) -> None:
     """`sd validate`, `sd render`, `sd templates`: descriptions, no hypervisor."""
-    validate = sub.add_parser(
+    validate = _command(
+        sub,
         "validate",
+        handlers.validate,
         help="check a description and print a one-line summary",
         description="Parse and resolve FILE (includes, extends, references, TBDs). Prints one "
         "summary line, or every located error with the source line and a caret.",
@@ -153,10 +164,11 @@ def _add_language(sub: _Subcommands[_Parser]) -> None:
         allow_tbd="accept attributes still TBD (site templates that users complete)",
         json="machine-readable result",
     )
-    validate.set_defaults(handler=_validate)
 
-    render = sub.add_parser(
+    render = _command(
+        sub,
         "render",
+        handlers.render,
         help="print the resolved sfConfig tree",
         description="Resolve FILE and print sfConfig as SmartFrog text (which parses again) or, "
         'with --json, as one JSON object (LAZY references as {"$ref": "LAZY PARENT:x"}). '
@@ -166,23 +178,25 @@ def _add_language(sub: _Subcommands[_Parser]) -> None:
     _add_resolution_options(
         render, allow_tbd="render even if TBDs remain", json="JSON instead of SmartFrog text"
     )
-    render.set_defaults(handler=_render)
 
-    templates = sub.add_parser(
+    templates = _command(
+        sub,
         "templates",
+        handlers.templates,
         help="list the site's VM templates",
         description="The templates in the site template folders (site config `template_dirs`; "
         "default: the job_templates/ shipped with sd-batch), each with its one-line "
         "description and the fields a user must fill (TBD).",
     )
     templates.add_argument("--json", action="store_true", help="machine-readable list")
-    templates.set_defaults(handler=_templates)
 
 
 def _add_pools(sub: _Subcommands[_Parser]) -> None:
     """`sd start`, `sd terminate`, `sd status`: pools on hypervisors."""
-    start = sub.add_parser(
+    start = _command(
+        sub,
         "start",
+        handlers.start,
         help="create and start the VMs of a description as pool NAME on HOST",
         description="Resolve FILE and start every VM under its sfConfig on HOST, as pool NAME "
         "(the seed's `sfStart HOST NAME FILE`). All or nothing: when one VM fails, the ones "
@@ -198,10 +212,12 @@ def _add_pools(sub: _Subcommands[_Parser]) -> None:
         action="store_true",
         help="then stay and watch it, as sd watch does (high availability)",
     )
-    start.set_defaults(handler=_start, rounds=None)
+    start.set_defaults(rounds=None)  # what sd watch reads, for start --watch
 
-    terminate = sub.add_parser(
+    terminate = _command(
+        sub,
         "terminate",
+        handlers.terminate,
         help="stop pool NAME on HOST and remove its VMs and disks",
         description="Ask every VM of pool NAME to power off (ACPI), destroy those still running "
         "after --grace seconds, undefine them and delete their disks, newest first (the seed's "
@@ -217,23 +233,25 @@ def _add_pools(sub: _Subcommands[_Parser]) -> None:
         "(default 10; 0 destroys at once)",
     )
     terminate.add_argument("--json", action="store_true", help="machine-readable result")
-    terminate.set_defaults(handler=_terminate)
 
-    status = sub.add_parser(
+    status = _command(
+        sub,
         "status",
+        handlers.status,
         help="show pools and jobs, their VMs and disks",
         description="Every pool and job the ledger records (or just NAME), each VM's live state "
         "from its hypervisor, and leftovers of interrupted runs.",
     )
     status.add_argument("name", metavar="NAME", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable list")
-    status.set_defaults(handler=_status)
 
 
 def _add_placement(sub: _Subcommands[_Parser]) -> None:
     """`sd plan`, `sd watch`: where VMs go, and moving them off failed hosts."""
-    plan = sub.add_parser(
+    plan = _command(
+        sub,
         "plan",
+        handlers.plan,
         help="show where a description's VMs would be placed (a dry run)",
         description="Place FILE's VMs as sd start would, creating nothing: which VM goes to "
         "which host, what each host has left, and why anything does not fit. Hosts come from "
@@ -250,10 +268,11 @@ def _add_placement(sub: _Subcommands[_Parser]) -> None:
         "--all-hosts", action="store_true", help="list every host, not only those that get VMs"
     )
     plan.add_argument("--json", action="store_true", help="machine-readable plan")
-    plan.set_defaults(handler=_plan)
 
-    watch = sub.add_parser(
+    watch = _command(
+        sub,
         "watch",
+        handlers.watch,
         help="high availability: ping pool NAME's hosts, move VMs off failed ones",
         description="Every sfLivenessDelay seconds (the pool's Scheduler), ping each host "
         "running the pool's VMs and each VM. A host missing sfLivenessFactor pings in a row "
@@ -264,7 +283,6 @@ def _add_placement(sub: _Subcommands[_Parser]) -> None:
     _add_pool_address(watch)
     _add_include_options(watch)
     watch.add_argument("--rounds", type=int, metavar="N", help="stop after N rounds of pings")
-    watch.set_defaults(handler=_watch)
 
 
 def _add_images(sub: _Subcommands[_Parser]) -> None:
@@ -280,17 +298,20 @@ def _add_images(sub: _Subcommands[_Parser]) -> None:
     images_sub = images.add_subparsers(
         dest="images_command", metavar="ACTION", required=True, parser_class=_Parser
     )
-    images_push = images_sub.add_parser("push", help="copy a site image to HOST (once)")
+    images_push = _command(
+        images_sub, "push", handlers.images_push, help="copy a site image to HOST (once)"
+    )
     images_push.add_argument("host", metavar="HOST", help="a site host name or libvirt URI")
     images_push.add_argument("name", metavar="NAME", help="relative to the site image folder")
     images_push.add_argument("--json", action="store_true", help="one JSON list of files")
-    images_push.set_defaults(handler=_images_push)
 
 
 def _add_run(sub: _Subcommands[_Parser]) -> None:
     """`sd run`: a submit file's jobs here, through the hooks."""
-    run = sub.add_parser(
+    run = _command(
+        sub,
         "run",
+        handlers.run,
         help="run a submit file's jobs here through the HTCondor hooks (no daemons)",
         description="Play condor_submit, the schedd and condor_starter for every proc of "
         "JOB.sub: a scratch dir with the input files, PREPARE_JOB, the job's command, JOB_EXIT "
@@ -318,13 +339,14 @@ def _add_run(sub: _Subcommands[_Parser]) -> None:
         "ON_EXIT_OR_EVICT's spool), then run it again from the spooled files, "
         "as the schedd would: its VM resumes from its checkpoint",
     )
-    run.set_defaults(handler=_run)
 
 
 def _add_reap(sub: _Subcommands[_Parser]) -> None:
     """`sd reap`: what crashed runs left."""
-    reap = sub.add_parser(
+    reap = _command(
+        sub,
         "reap",
+        handlers.reap,
         help="remove what crashed runs left: dead jobs' VMs, interrupted pools, orphans",
         description="Compare the ledger and the hypervisors with the jobs and pools still alive "
         "and remove what belongs to none: jobs whose runner died (or prepared and never run "
@@ -342,13 +364,14 @@ def _add_reap(sub: _Subcommands[_Parser]) -> None:
         help="a prepared job never run is abandoned after this long (default 3600)",
     )
     reap.add_argument("--json", action="store_true", help="machine-readable list of actions")
-    reap.set_defaults(handler=_reap)
 
 
 def _add_web(sub: _Subcommands[_Parser]) -> None:
     """`sd web`: the template web form."""
-    web = sub.add_parser(
+    web = _command(
+        sub,
         "web",
+        handlers.web,
         help="serve the template web form (list, fill, preview, start, status)",
         description="Serve a small site: the site's templates, a form per template (its TBD "
         "fields and what site policy lets users change), a submit file for job templates, and "
@@ -384,7 +407,6 @@ def _add_web(sub: _Subcommands[_Parser]) -> None:
         metavar="USER",
         help="print a password file line for USER (password from stdin) and exit",
     )
-    web.set_defaults(handler=_web)
 
 
 def _add_admin(sub: _Subcommands[_Parser]) -> None:
@@ -398,8 +420,10 @@ def _add_admin(sub: _Subcommands[_Parser]) -> None:
     steps = admin.add_subparsers(
         dest="admin_command", metavar="ACTION", parser_class=_Parser, required=True
     )
-    setup = steps.add_parser(
+    setup = _command(
+        steps,
         "setup-host",
+        handlers.setup_host,
         help="install and start what a worker needs (idempotent)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
@@ -441,97 +465,12 @@ and the config drop-in.""",
         help="never run apt-get; stop naming missing packages instead (used from "
         "a Debian package's maintainer scripts, where dpkg holds apt's lock)",
     )
-    setup.set_defaults(handler=_setup_host)
-    paths = steps.add_parser(
+    _command(
+        steps,
         "paths",
+        handlers.paths,
         help="where this install keeps its hooks, helper, drop-in and templates",
         description="Print the paths an HTCondor config, sudoers or a configuration manager "
         "names: SMARTDOMAINS_HOME (for /etc/condor/config.d/99-smartdomains.conf), the hooks, "
         "the helper, the drop-in to copy, the templates and the Python.",
     )
-    paths.set_defaults(handler=_paths)
-
-
-# --- the handlers: each imports its command's module only when it runs ----------------------------
-def _validate(args: argparse.Namespace, env: Environment) -> int:
-    from .lang import validate
-
-    return validate(args, env)
-
-
-def _render(args: argparse.Namespace, env: Environment) -> int:
-    from .lang import render
-
-    return render(args, env)
-
-
-def _templates(args: argparse.Namespace, env: Environment) -> int:
-    from .lang import templates
-
-    return templates(args, env)
-
-
-def _start(args: argparse.Namespace, env: Environment) -> int:
-    from .pool import start
-
-    return start(args, env)
-
-
-def _terminate(args: argparse.Namespace, env: Environment) -> int:
-    from .pool import terminate
-
-    return terminate(args, env)
-
-
-def _status(args: argparse.Namespace, env: Environment) -> int:
-    from .pool import show_status as status
-
-    return status(args, env)
-
-
-def _plan(args: argparse.Namespace, env: Environment) -> int:
-    from .plan import plan
-
-    return plan(args, env)
-
-
-def _watch(args: argparse.Namespace, env: Environment) -> int:
-    from .plan import watch
-
-    return watch(args, env)
-
-
-def _images_push(args: argparse.Namespace, env: Environment) -> int:
-    from .images import images_push
-
-    return images_push(args, env)
-
-
-def _run(args: argparse.Namespace, env: Environment) -> int:
-    from .run import run
-
-    return run(args, env)
-
-
-def _reap(args: argparse.Namespace, env: Environment) -> int:
-    from .reap import run as reap
-
-    return reap(args, env)
-
-
-def _web(args: argparse.Namespace, env: Environment) -> int:
-    from .web import web
-
-    return web(args, env)
-
-
-def _setup_host(args: argparse.Namespace, env: Environment) -> int:
-    from .admin import setup_host
-
-    return setup_host(args, env)
-
-
-def _paths(args: argparse.Namespace, env: Environment) -> int:
-    from .admin import paths
-
-    return paths(args, env)

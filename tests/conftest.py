@@ -6,7 +6,6 @@ jobs handed to the root side's `jobs.prepare`), imported by the test files as
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import io
 import json
@@ -324,18 +323,17 @@ class JobSite:
         return ET.fromstring(hv._lookup(domain).XMLDesc(0))  # type: ignore[attr-defined]
 
 
-@contextlib.contextmanager
-def job_site(root: Path) -> Iterator[JobSite]:
-    """A JobSite in ROOT: a 2-CPU 4 GiB test-driver host, the minimal guest's (fake) kernel."""
-    write_node(root / "node.xml", cpus=2, memory_kib=4 << 20)
-    fake_kernel(root / "images")
-    sandbox = root / "scratch"
+@pytest.fixture
+def job_site(tmp_path: Path) -> Iterator[JobSite]:
+    """A JobSite in TMP_PATH: a 2-CPU 4 GiB test-driver host, the minimal guest's (fake) kernel.
+    Test files take it by their own name: `site = job_site`."""
+    write_node(tmp_path / "node.xml", cpus=2, memory_kib=4 << 20)
+    fake_kernel(tmp_path / "images")
+    sandbox = tmp_path / "scratch"
     sandbox.mkdir()
-    made = JobSite(root, sandbox, Connections())
-    try:
-        yield made
-    finally:
-        made.connections.close()
+    made = JobSite(tmp_path, sandbox, Connections())
+    yield made
+    made.connections.close()
 
 
 def held(error: SdError) -> str:

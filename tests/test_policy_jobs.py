@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,10 +26,7 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 classad2 = pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[JobSite]:
-    with job_site(tmp_path) as made:
-        yield made
+site = job_site  # conftest's fixture, as `site` here
 
 
 # --- limits -------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,10 +32,7 @@ STORAGE = [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errn
 NOT_STORAGE = [errno.EACCES, errno.ENOENT, errno.ENOTDIR, errno.EPERM, errno.ECONNRESET]
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[JobSite]:
-    with job_site(tmp_path) as made:
-        yield made
+site = job_site  # conftest's fixture, as `site` here
 
 
 def _os_error(number: int, filename: str | None = None) -> OSError:

@@ -10,7 +10,6 @@ XML libvirt keeps is read back: its <memory> and <vcpu> are what the guest gets.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,7 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 classad2 = pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[JobSite]:
-    with job_site(tmp_path) as made:
-        yield made
+site = job_site  # conftest's fixture, as `site` here
 
 
 TEMPLATE_NEEDS = (

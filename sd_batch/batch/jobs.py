@@ -177,17 +177,28 @@ def prepare(
 
 
 def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:
-    """An OSError writing the job's files (or a StagingError caused by a full or failing
-    disk) as the host problem it is: the job goes back to Idle, with a message for the site."""
+    """EXC as the host storage problem it is, or None when it is not one.
+
+    Only a disk that cannot take the job's files (full, over quota, read-only, failing, a
+    stale network mount, a file too big for its filesystem) is the host's storage problem: the
+    job goes back to Idle with a message for the site. Any other OSError (EACCES, ENOENT of a
+    file we made, a hook that hung up) is a bug or another host fault: it surfaces as itself,
+    its file named, never blamed on the disk. A StagingError counts only when such a disk
+    caused it; every other SdError already says what it is."""
     import errno
 
-    cause = exc if isinstance(exc, OSError) else exc.__cause__
-    if isinstance(exc, StagingError) and not (
-        isinstance(cause, OSError)
-        and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
-    ):
-        return None
-    if not isinstance(cause, OSError):
+    hints = {  # the errnos that mean "this disk cannot take the files", and what the site does
+        errno.ENOSPC: "free space in its state_dir",
+        errno.EDQUOT: "raise the quota of its state_dir",
+        errno.EFBIG: "keep its state_dir on a filesystem that holds files this large",
+        errno.EROFS: "check the disk of its state_dir (mounted read-only)",
+        errno.EIO: "check the disk of its state_dir (I/O errors)",
+        errno.ESTALE: "check the network filesystem of its state_dir (stale file handle)",
+    }
+    cause = exc if isinstance(exc, OSError) else None
+    if isinstance(exc, StagingError) and not isinstance(exc, HostStorageError):
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+    if cause is None or cause.errno not in hints:
         return None
     what = cause.strerror or str(cause)
     if cause.filename:  # which file: an unexpected cause is then found from the message alone
@@ -195,7 +206,7 @@ def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | Non
     log.warning("job files in %s: %r", folder, cause)
     return HostStorageError(
         f"the worker cannot write the job's files in {folder.parent}: {what}",
-        hint="the site must free space in its state_dir (the job runs again, here or elsewhere)",
+        hint=f"the site must {hints[cause.errno]} (the job runs again, here or elsewhere)",
     )
 
 

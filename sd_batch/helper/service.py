@@ -348,6 +348,7 @@ class Handler(socketserver.BaseRequestHandler):
         # prepare streams the input disk from the socket into the job's folder (bounded there)
         streams_in = request.action in (Action.PREPARE, Action.RESTORE)
         data_in = cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS)) if streams_in else None
+        began = time.monotonic()
         answer = perform(
             request.action,
             request.job,
@@ -355,7 +356,7 @@ class Handler(socketserver.BaseRequestHandler):
             data_in=data_in,
             connections=self.server.connections,
         )
-        log.info("%s: %s", what, _summary(answer.reply))
+        log.info("%s: %s in %.0f ms", what, _summary(answer.reply), _ms_since(began))
         starting = None
         if request.action is Action.PREPARE and answer.code == 0 and key is not None:
             starting = self.server.starting.begin(key)  # before the reply: the run waits
@@ -377,7 +378,7 @@ class Handler(socketserver.BaseRequestHandler):
                 "%s: VM %s in %.0f ms",
                 what,
                 "started paused" if made else "not started ahead (the run boots it)",
-                1000 * (time.monotonic() - began),
+                _ms_since(began),
             )
 
     def _run(
@@ -464,6 +465,10 @@ def warm_up() -> None:
     parse_text("sfConfig extends { x 1; }\n")
     # untrusted work forks from here, single-threaded, with what it needs loaded once
     start_forkserver(["sd_batch.batch.forkserver_warm"])
+
+
+def _ms_since(began: float) -> float:
+    return 1000 * (time.monotonic() - began)
 
 
 def bad(message: str) -> dict[str, Any]:
@@ -625,4 +630,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Every child of the fork server (`batch.confined`) would first run this file again, as
+    # multiprocessing does with the parent's main module so that objects defined there can be
+    # unpickled (`spawn.prepare`): ~6 ms of each PREPARE_JOB, and after a package upgrade the
+    # new file's code among the old modules. Nothing defined here is sent to a child, so the
+    # main module goes without the spec and file that ask for it (as `python -c` has none).
+    __spec__ = None  # type: ignore[assignment]
+    del __file__
     sys.exit(main())

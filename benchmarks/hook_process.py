@@ -149,6 +149,11 @@ class Checkout:
                 self.times[hook].append(took)
         return ad
 
+    def flags(self) -> list[str]:
+        """The interpreter flags the checkout's hook scripts start Python with."""
+        script = (self.hooks / "prepare_job").read_text(encoding="utf-8")
+        return ["-I"] if " -I -m sd_batch.helper.hooks" in script else []
+
     def python_start(self, flags: list[str], runs: int) -> list[float]:
         took = []
         for _ in range(runs):
@@ -161,7 +166,8 @@ class Checkout:
         """Total top-level import time of a real hook run (ms), its biggest modules, and what
         it printed."""
         done = subprocess.run(
-            [str(self.python), "-X", "importtime", "-m", "sd_batch.helper.hooks", verb, *argv],
+            [str(self.python), *self.flags(), "-X", "importtime", "-m", "sd_batch.helper.hooks"]
+            + [verb, *argv],
             input=stdin.encode(),
             capture_output=True,
             env=self.env,
@@ -223,9 +229,11 @@ def main() -> None:
                 for hook in HOOKS:
                     print(f"  {hook:12s} {stats(checkout.times[hook])}")
                 bare = checkout.python_start(["-I", "-S"], 10)
-                site = checkout.python_start([], 10)
+                flags = checkout.flags()
+                site = checkout.python_start(flags, 10)
                 print(f"  python -I -S -c pass  {stats(bare)}")
-                print(f"  python -c pass        {stats(site)}  (the hooks' own start)")
+                shown = f"python {' '.join([*flags, '-c pass'])}"
+                print(f"  {shown:21s} {stats(site)}  (how the hooks start)")
                 ad = checkout.ad("imports")
                 total, top, printed = checkout.importtime("prepare-job", ad, [])
                 updated = updated_ad(parse_job_ad(ad), printed).text

@@ -35,20 +35,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from job_overhead import SUBMIT, make_job, write_test_site  # noqa: E402 - beside this file
+
 from sd_batch.condor.jobad import job_ad_from_submit, parse_job_ad  # noqa: E402
 from sd_batch.localrun.outcome import updated_ad  # noqa: E402
 
-NODE_XML = """<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>
-<active>2</active><mhz>2400</mhz><model>x86_64</model></cpu><memory>4194304</memory></node>
-"""
-SUBMIT = """executable = job.sh
-transfer_input_files = input.txt
-output = job.out
-error = job.err
-+SDVMDescription = "minimal"
-queue
-"""
-PAYLOAD = "#!/bin/sh\ntr a-z A-Z < input.txt > result.txt\necho done\n"
 HOOKS = ("PREPARE_JOB", "JOB_EXIT")
 #: The service's log line for a request, with its time where the checkout logs it.
 SERVICE_LINE = re.compile(r"(prepare|cleanup) \S+ for uid \d+ \(pid \d+\): ok in (\d+) ms")
@@ -64,21 +55,8 @@ class Checkout:
         if not self.python.exists():
             raise SystemExit(f"{self.root} has no .venv (scripts/venv there)")
         self.site = work
-        self.sandbox = work / "job"
-        self.sandbox.mkdir(parents=True)
-        (self.sandbox / "job.sh").write_text(PAYLOAD, encoding="utf-8")
-        (self.sandbox / "job.sh").chmod(0o755)
-        (self.sandbox / "input.txt").write_text("the same input\n" * 100, encoding="utf-8")
-        (work / "images" / "minimal").mkdir(parents=True)
-        for name in ("vmlinux", "initrd.img"):
-            (work / "images" / "minimal" / name).write_bytes(b"x")
-        (work / "node.xml").write_text(NODE_XML, encoding="utf-8")
-        config = work / "site.toml"
-        config.write_text(
-            f'image_dir = "{work / "images"}"\nstate_dir = "{work / "state"}"\n'
-            f'default_uri = "test://{work / "node.xml"}"\n[properties]\n"sd.flavour" = "qemu"\n',
-            encoding="utf-8",
-        )
+        self.sandbox = make_job(work / "job").parent
+        config = write_test_site(work)
         self.socket = work / "run" / "helper.sock"
         self.env = {
             "PATH": "/usr/bin:/bin",

@@ -284,12 +284,8 @@ def _verdict(met: bool) -> str:
 
 
 # -- 2. the hook cycle on the test driver ------------------------------------------------------
-def bench_hooks(work: Path, runs: int) -> None:
-    print(
-        f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles "
-        "per way to the privileged side, interleaved)"
-    )
-    site = work / "site"
+def write_test_site(site: Path) -> Path:
+    """A site on libvirt's test driver (a fake kernel: no VM boots): its site.toml."""
     (site / "images" / "minimal").mkdir(parents=True)
     for name in ("vmlinux", "initrd.img"):
         (site / "images" / "minimal" / name).write_bytes(b"x")
@@ -300,6 +296,16 @@ def bench_hooks(work: Path, runs: int) -> None:
         f'default_uri = "test://{site / "node.xml"}"\n[properties]\n"sd.flavour" = "qemu"\n',
         encoding="utf-8",
     )
+    return config
+
+
+def bench_hooks(work: Path, runs: int) -> None:
+    print(
+        f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles "
+        "per way to the privileged side, interleaved)"
+    )
+    site = work / "site"
+    config = write_test_site(site)
     submit = make_job(work / "hookjob")
     env = {
         "PATH": "/usr/bin:/bin",

@@ -92,9 +92,13 @@ class Site:
         return ad
 
     def hook(self, name: str, *argv: str, stdin: str = "") -> Done:
+        return self.run([str(HOOKS_DIR / name), *argv], stdin=stdin)
+
+    def run(self, argv: list[str], stdin: str = "") -> Done:
+        """ARGV as the starter runs a hook: the ad on stdin, the scratch dir as cwd."""
         started = time.monotonic()
         done = subprocess.run(
-            [str(HOOKS_DIR / name), *argv],
+            argv,
             input=stdin.encode(),
             capture_output=True,
             cwd=self.sandbox,
@@ -391,18 +395,10 @@ def test_a_hook_process_loads_only_what_it_needs(
         "sys.exit(status)\n"
     )
     ad = site.job_ad()
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", code],
-        input=ad.encode(),
-        capture_output=True,
-        cwd=site.sandbox,
-        env=site.environ,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = site.run([sys.executable, "-I", "-c", code], stdin=ad)
+    assert done.code == 0, done.stderr
     if verb == "prepare-job":
-        assert b"HookStatusCode = 0" in done.stdout, done.stdout
+        assert "HookStatusCode = 0" in done.stdout, done.stdout
         assert site.hook("job_exit", "exit", stdin=ad).code == 0
     loaded = listing.read_text().splitlines()
     assert "sd_batch.helper.hooks" in loaded

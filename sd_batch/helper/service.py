@@ -630,11 +630,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Every child of the fork server (`batch.confined`) would first run this file again, as
-    # multiprocessing does with the parent's main module so that objects defined there can be
-    # unpickled (`spawn.prepare`): ~6 ms of each PREPARE_JOB, and after a package upgrade the
-    # new file's code among the old modules. Nothing defined here is sent to a child, so the
-    # main module goes without the spec and file that ask for it (as `python -c` has none).
-    __spec__ = None  # type: ignore[assignment]
-    del __file__
     sys.exit(main())

@@ -7,9 +7,9 @@ starts it) listens on a unix stream socket, by default /run/sd-batch/helper.sock
 and anyone else gets EACCES from the kernel. The caller is the kernel's SO_PEERCRED of the
 connection (its uid keys the job as sudo's SUDO_UID does; its pid is the runner the reaper
 watches), never a field of the request. Libvirt connections, lark's grammar and every module
-stay loaded between requests; the site config is read again for each request, so an edit of
-/etc/sd-batch/site.toml applies to the next job. The actions are `privileged.perform`, the
-code the sudo helper runs.
+stay loaded between requests, and the ledger open (idle: `privileged.hold_ledger`); the site
+config is read again for each request, so an edit of /etc/sd-batch/site.toml applies to the
+next job. The actions are `privileged.perform`, the code the sudo helper runs.
 
 The protocol, one request per connection:
 
@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, cast
 
 from ..batch.confined import start_forkserver
-from ..batch.privileged import EX_TEMPFAIL, Action, perform, start_paused
+from ..batch.privileged import EX_TEMPFAIL, Action, hold_ledger, perform, start_paused
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
 from .client import EVICT_LINE
@@ -559,6 +559,7 @@ def serve(path: Path, group: str, on_stop: str = "drain") -> int:
     except KeyError:
         raise SystemExit(f"helper service: no group {group} (setup-host makes it)") from None
     warm_up()
+    ledger = hold_ledger()
     server = HelperService(path, gid)
     server.server_bind()
     server.server_activate()
@@ -578,6 +579,8 @@ def serve(path: Path, group: str, on_stop: str = "drain") -> int:
             hand_over(server)
         server.server_close()  # joins the requests under way
         server.connections.close()
+        if ledger is not None:
+            ledger.close()
     log.info("stopped")
     return 0
 

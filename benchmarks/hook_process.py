@@ -35,9 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from job_overhead import SUBMIT, make_job, write_test_site  # noqa: E402 - beside this file
+from job_overhead import bench_ad, make_job, write_test_site  # noqa: E402 - beside this file
 
-from sd_batch.condor.jobad import job_ad_from_submit, parse_job_ad  # noqa: E402
+from sd_batch.condor.jobad import parse_job_ad  # noqa: E402
 from sd_batch.localrun.outcome import updated_ad  # noqa: E402
 
 HOOKS = ("PREPARE_JOB", "JOB_EXIT")
@@ -92,14 +92,7 @@ class Checkout:
             self.service.wait(timeout=30)
 
     def ad(self, tag: str) -> str:
-        (ad,) = job_ad_from_submit(
-            SUBMIT,
-            submit_dir=self.sandbox,
-            owner="bench",
-            schedd_name=f"bench{os.getpid()}-{tag}@x",
-            qdate=1,
-        )
-        return ad
+        return bench_ad(self.sandbox, f"{self.site.name}-{tag}")
 
     def cycle(self, tag: str, keep: bool) -> str:
         """PREPARE_JOB, then JOB_EXIT on the updated ad: each timed as one process."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from sd_batch.config.site import load_config
 from sd_batch.data import HOOKS_DIR
 from sd_batch.ledger.store import OwnerStatus
 

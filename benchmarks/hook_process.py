@@ -1,7 +1,7 @@
 """PREPARE_JOB and JOB_EXIT as the starter runs them (one process each), where their time goes.
 
-Run as `.venv/bin/python benchmarks/hook_process.py [--runs N] [--against CHECKOUT ...]` (as
-root: the helper service is root's; a minute or two; never inside the tests).
+Run as `.venv/bin/python benchmarks/hook_process.py [--runs N] [--against CHECKOUT ...]
+[--steps]` (as root: the helper service is root's; a minute or two; never inside the tests).
 
 Each checkout measured (this one, and every --against one: another worktree or an exported
 commit with its own .venv) gets a private site on libvirt's test driver and a private helper
@@ -15,6 +15,10 @@ cycle's wall times (median, min, max), then the parts of a hook process:
 - the hook's imports, as `-X importtime` counts them on a real PREPARE_JOB / JOB_EXIT
   (top-level modules, self and children);
 - the service's own time for the request (its log's "in N ms", where the checkout logs it).
+
+`--steps` instead times each step of the service's side in this process, warmed as the
+service warms itself: the input copy, the confined child, the define, the ledger's opens,
+write transactions and closes (each step's median, and its total a cycle with the tail).
 
 Numbers are measured, never adjusted: medians with min-max and n, and the load average before
 and after (the machine is shared: compare checkouts within one run, not across runs).
@@ -163,6 +167,125 @@ class Checkout:
         return found
 
 
+#: --steps: what is timed inside the service's prepare, paused start and cleanup, by module
+#: path and attribute (a name a later change removed is left out, and said so).
+STEPS = (
+    ("sd_batch.batch.jobs", "_copy_bounded", "input disk copied"),
+    ("sd_batch.batch.jobs", "run_confined", "confined child (the description resolved)"),
+    ("sd_batch.deploy.engine", "Engine.deploy_vm", "define (test driver)"),
+    ("sd_batch.deploy.engine", "Engine.teardown", "teardown (cleanup)"),
+    ("sd_batch.staging", "create_output_disk", "output disk made"),
+    ("sd_batch.ledger.store", "Ledger.open", "ledger opened"),
+    ("sd_batch.ledger.store", "Ledger.close", "ledger closed"),
+    ("sd_batch.ledger.store", "Ledger._write", "ledger write transactions"),
+    ("sd_batch.batch.privileged", "site_config", "site config read"),
+)
+
+
+def steps(cycles: int) -> None:
+    """The service's side in this process, warmed as the service warms itself (every module,
+    the fork server, the ledger held open): `perform(prepare)`, `start_paused`,
+    `perform(cleanup)` on the test driver, each step timed where it runs."""
+    import contextlib
+    import functools
+    import importlib
+    import io
+
+    from sd_batch.batch import privileged
+    from sd_batch.guest.contract import Manifest
+    from sd_batch.helper.service import ServiceConnections, warm_up
+    from sd_batch.staging import write_input_tar
+
+    with tempfile.TemporaryDirectory(prefix="sd-hooksteps-") as tmp:
+        work = Path(tmp)
+        os.environ["SD_BATCH_CONFIG"] = str(write_test_site(work / "site"))
+        sandbox = make_job(work / "job").parent
+        warm_up()
+        held = privileged.hold_ledger()
+        took: dict[str, list[float]] = {}
+
+        def timer(label: str, fn: object) -> object:
+            @functools.wraps(fn)  # type: ignore[arg-type]
+            def timed(*args: object, **kwargs: object) -> object:
+                started = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)  # type: ignore[operator]
+                finally:
+                    took.setdefault(label, []).append(time.perf_counter() - started)
+
+            return timed
+
+        for module_name, attribute, label in STEPS:
+            owner: object = importlib.import_module(module_name)
+            *path, name = attribute.split(".")
+            for part in path:
+                owner = getattr(owner, part, None)
+            fn = getattr(owner, name, None)
+            if fn is None:
+                print(f"  ({module_name}.{attribute} is gone: not timed)")
+                continue
+            if name == "_write":  # a context manager: time the transaction it holds
+                inner = fn
+
+                @contextlib.contextmanager
+                def write(self: object, what: str, inner: object = inner) -> object:
+                    started = time.perf_counter()
+                    with inner(self, what) as db:  # type: ignore[operator]
+                        yield db
+                    took.setdefault("ledger write transactions", []).append(
+                        time.perf_counter() - started
+                    )
+
+                setattr(owner, name, write)
+            else:
+                setattr(owner, name, timer(label, fn))
+        ad = bench_ad(sandbox, "steps")
+        job_id = parse_job_ad(ad).global_job_id
+        buffer = io.BytesIO()
+        write_input_tar(
+            sandbox,
+            Manifest(("./job.sh",), {}, "."),
+            buffer,
+            job_ad_text=ad,
+            machine_ad_text=None,
+            max_bytes=1 << 30,
+        )
+        connections = ServiceConnections()
+        whole: dict[str, list[float]] = {"prepare": [], "paused start": [], "cleanup": []}
+        uid = os.getuid()
+        for i in range(cycles + 1):
+            if i == 1:
+                took.clear()  # the first cycle warms the page cache
+            began = time.perf_counter()
+            answer = privileged.perform(
+                privileged.Action.PREPARE,
+                job_id,
+                uid,
+                data_in=io.BytesIO(buffer.getvalue()),
+                connections=connections,
+            )
+            prepared = time.perf_counter()
+            if answer.code != 0:
+                raise SystemExit(f"prepare failed: {answer.reply}")
+            privileged.start_paused(job_id, uid, connections)
+            started = time.perf_counter()
+            answer = privileged.perform(
+                privileged.Action.CLEANUP, job_id, uid, connections=connections
+            )
+            if i:
+                whole["prepare"].append(prepared - began)
+                whole["paused start"].append(started - prepared)
+                whole["cleanup"].append(time.perf_counter() - started)
+        measured = {**whole, **{label: list(values) for label, values in took.items()}}
+        if held is not None:
+            held.close()
+        connections.close()
+    print(f"the service's side, in-process ({cycles} cycles; load {load()}):")
+    for label, values in measured.items():
+        per, each = len(values) / cycles, 1000 * sum(values) / cycles
+        print(f"  {label:42s} {stats(values)}  x{per:.0f} a cycle, {each:.1f} ms")
+
+
 def stats(values: list[float], scale: float = 1000.0) -> str:
     if not values:
         return "n/a"
@@ -180,8 +303,16 @@ def main() -> None:
     parser.add_argument(
         "--against", type=Path, action="append", default=[], help="another checkout to compare"
     )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="instead: time each step of the service's side in this process (this checkout)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("CONDOR_CONFIG", "/dev/null")
+    if args.steps:
+        steps(args.runs)
+        return
     print(f"load average before: {load()}")
     with tempfile.TemporaryDirectory(prefix="sd-hookbench-") as tmp:
         os.chmod(tmp, 0o755)  # noqa: PTH101

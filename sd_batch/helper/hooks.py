@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def exit_now(code: int) -> NoReturn:
     """End a hook at once, its output flushed: the interpreter's teardown (every module's
-    and the ClassAd library's cleanup, ~10 ms of a ~100 ms PREPARE_JOB) frees only what the
+    and the ClassAd library's cleanup: ~7 ms of a ~100 ms PREPARE_JOB) frees only what the
     kernel frees anyway. The only atexit work is logging's flush of its stderr handler,
     flushed here; a flush that fails ends the usual way, which reports it."""
     try:

@@ -284,12 +284,20 @@ def _verdict(met: bool) -> str:
 
 
 # -- 2. the hook cycle on the test driver ------------------------------------------------------
-def bench_hooks(work: Path, runs: int) -> None:
-    print(
-        f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles "
-        "per way to the privileged side, interleaved)"
+def bench_ad(sandbox: Path, tag: str) -> str:
+    """SUBMIT's job ad as a schedd holds it, in SANDBOX; TAG makes its GlobalJobId unique."""
+    (ad,) = job_ad_from_submit(
+        SUBMIT,
+        submit_dir=sandbox,
+        owner="bench",
+        schedd_name=f"bench{os.getpid()}-{tag}@x",
+        qdate=1,
     )
-    site = work / "site"
+    return ad
+
+
+def write_test_site(site: Path) -> Path:
+    """A site on libvirt's test driver (a fake kernel: no VM boots): its site.toml."""
     (site / "images" / "minimal").mkdir(parents=True)
     for name in ("vmlinux", "initrd.img"):
         (site / "images" / "minimal" / name).write_bytes(b"x")
@@ -300,6 +308,16 @@ def bench_hooks(work: Path, runs: int) -> None:
         f'default_uri = "test://{site / "node.xml"}"\n[properties]\n"sd.flavour" = "qemu"\n',
         encoding="utf-8",
     )
+    return config
+
+
+def bench_hooks(work: Path, runs: int) -> None:
+    print(
+        f"\n== 2. PREPARE_JOB + JOB_EXIT on test:/// as separate processes ({runs} cycles "
+        "per way to the privileged side, interleaved)"
+    )
+    site = work / "site"
+    config = write_test_site(site)
     submit = make_job(work / "hookjob")
     env = {
         "PATH": "/usr/bin:/bin",
@@ -341,13 +359,7 @@ def bench_hooks(work: Path, runs: int) -> None:
     try:
         for i in range(runs + 1):  # the first cycle of each warms the page cache
             for n, way in enumerate(ways):
-                (ad,) = job_ad_from_submit(
-                    SUBMIT,
-                    submit_dir=submit.parent,
-                    owner="bench",
-                    schedd_name=f"bench{os.getpid()}-{i}-{n}@x",
-                    qdate=1,
-                )
+                ad = bench_ad(submit.parent, f"{i}-{n}")
                 took = _hook_cycle(ad, ways[way], submit.parent)
                 for hook, seconds in took.items():
                     if i:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from sd_batch.config.site import load_config
 from sd_batch.data import HOOKS_DIR
 from sd_batch.ledger.store import OwnerStatus
 
@@ -133,6 +134,22 @@ def test_prepare_run_and_job_exit_go_through_the_service(
     log = service.log_text()
     for action in ("prepare", "run", "cleanup"):
         assert f"{action} {job.id} for uid {job.user.uid} (pid " in log, log
+
+
+def test_the_service_holds_the_ledger_open_so_a_request_ends_without_a_checkpoint(
+    service: Service, users: tuple[User, User]
+) -> None:
+    """SQLite checkpoints a WAL database (syncs it, resets its WAL) when its last connection
+    closes: the service's own idle connection keeps a request's close from being that one."""
+    job = new_job(service, users[0], "held")
+    wal = load_config(service.config).state_dir / "ledger.sqlite3-wal"
+    code, out, err = job.hook("prepare_job")
+    assert code == 0 and "HookStatusCode = 0" in out, err
+    assert wal.is_file() and wal.stat().st_size > 0, "PREPARE_JOB's close checkpointed"
+    code, out, err = job.hook("job_exit", "exit")
+    assert (code, out) == (0, "") and "removed 1 domain" in err, err
+    assert wal.is_file() and wal.stat().st_size > 0, "JOB_EXIT's close checkpointed"
+    assert service.leftovers() == []
 
 
 def test_the_service_reads_the_site_config_for_each_request(

@@ -92,9 +92,13 @@ class Site:
         return ad
 
     def hook(self, name: str, *argv: str, stdin: str = "") -> Done:
+        return self.run([str(HOOKS_DIR / name), *argv], stdin=stdin)
+
+    def run(self, argv: list[str], stdin: str = "") -> Done:
+        """ARGV as the starter runs a hook: the ad on stdin, the scratch dir as cwd."""
         started = time.monotonic()
         done = subprocess.run(
-            [str(HOOKS_DIR / name), *argv],
+            argv,
             input=stdin.encode(),
             capture_output=True,
             cwd=self.sandbox,
@@ -344,6 +348,62 @@ def test_job_exit_exits_zero_even_on_garbage(site: Site) -> None:
     done = site.hook("job_exit", "exit", stdin="this is not a job ad\n")
     assert (done.code, done.stdout) == (0, "")
     assert "cleanup incomplete" in done.stderr
+
+
+def test_hooks_import_nothing_the_job_brings_in_its_scratch_dir(site: Site) -> None:
+    """The starter runs the hooks in the job's scratch dir: a module the job ships there
+    (json.py, tarfile.py) must not be imported in place of the real one (`python -I`)."""
+    marker = site.root / "imported"
+    # the helper command as condor_hooks/helper runs it (isolated), not the fixture's plain one
+    site.environ["_CONDOR_SMARTDOMAINS_HELPER"] = (
+        f"{sys.executable} -I -m sd_batch.batch.privileged"
+    )
+    for name in ("json", "tarfile", "socket"):
+        (site.sandbox / f"{name}.py").write_text(
+            f"open({str(marker)!r}, 'a').write('{name}')\nraise SystemExit(9)\n"
+        )
+    ad = site.job_ad()
+    prepared = site.hook("prepare_job", stdin=ad)
+    assert prepared.code == 0, prepared.stderr
+    assert prepared.updates()["HookStatusCode"] == 0
+    exited = site.hook("job_exit", "exit", stdin=ad)
+    assert (exited.code, exited.stdout) == (0, ""), exited.stderr
+    assert not marker.exists(), marker.read_text()
+    assert site.leftovers() == []
+
+
+#: What a hook process never loads: the language, the hypervisor, the root side's modules
+#: (each costs a hook its import on every job); JOB_EXIT not even the ClassAd bindings.
+NEVER_IN_A_HOOK = ("lark", "libvirt", "sqlite3", "sd_batch.lang", "sd_batch.hypervisor")
+NEVER_IN_JOB_EXIT = (*NEVER_IN_A_HOOK, "classad2", "htcondor2", "htcondor", "classad")
+
+
+@pytest.mark.parametrize(
+    ("verb", "argv", "never"),
+    [("prepare-job", [], NEVER_IN_A_HOOK), ("job-exit", ["exit"], NEVER_IN_JOB_EXIT)],
+)
+def test_a_hook_process_loads_only_what_it_needs(
+    site: Site, verb: str, argv: list[str], never: tuple[str, ...]
+) -> None:
+    """Pinned by what is loaded, not by a clock (a loaded machine makes any time flaky)."""
+    listing = site.root / f"{verb}.modules"
+    code = (
+        "import sys\n"
+        "from sd_batch.helper.hooks import main\n"
+        f"status = main({[verb, *argv]!r})\n"
+        f"open({str(listing)!r}, 'w').write('\\n'.join(sorted(sys.modules)))\n"
+        "sys.exit(status)\n"
+    )
+    ad = site.job_ad()
+    done = site.run([sys.executable, "-I", "-c", code], stdin=ad)
+    assert done.code == 0, done.stderr
+    if verb == "prepare-job":
+        assert "HookStatusCode = 0" in done.stdout, done.stdout
+        assert site.hook("job_exit", "exit", stdin=ad).code == 0
+    loaded = listing.read_text().splitlines()
+    assert "sd_batch.helper.hooks" in loaded
+    assert [m for m in loaded if m.split(".")[0] in never or m.startswith(never)] == []
+    assert site.leftovers() == []
 
 
 def test_update_job_info_exits_zero_silently(site: Site) -> None:

@@ -107,6 +107,21 @@ def test_open_creates_a_versioned_wal_database(path: Path) -> None:
     Ledger.open(path).close()  # reopening migrates nothing and loses nothing
 
 
+def test_opening_a_current_ledger_writes_nothing(path: Path) -> None:
+    """Every hook's request opens the ledger: an open that finds the schema current takes no
+    write lock and commits nothing (a commit is an fsync)."""
+    Ledger.open(path).close()
+    watcher = sqlite3.connect(path)
+    before = watcher.execute("PRAGMA data_version").fetchone()
+    wal = path.with_name(path.name + "-wal")
+    wal_size = wal.stat().st_size if wal.exists() else 0
+    with Ledger.open(path) as ledger:
+        assert ledger.owners() == ()
+    assert watcher.execute("PRAGMA data_version").fetchone() == before
+    assert (wal.stat().st_size if wal.exists() else 0) == wal_size
+    watcher.close()
+
+
 def test_a_ledger_from_a_newer_sd_batch_is_refused(path: Path) -> None:
     Ledger.open(path).close()
     db = sqlite3.connect(path)

@@ -21,8 +21,8 @@ job id), so a user can neither name nor touch another user's job. Arguments are 
 description is resolved here, from the job's own input, against the site's config and limits.
 `run` exits 75 (EX_TEMPFAIL) for host problems, 170/171 when the VM timed out / stopped without a
 result (`errors.VMFailed`), 1 for anything else, with a message on stderr.
-May import: config, errors, hypervisor, condor.jobad, batch (jobs, key), deploy.reaper, vm,
-stdlib.
+May import: config, errors, hypervisor, condor.jobad, batch (jobs, key), deploy.reaper, ledger,
+vm, stdlib.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from ..errors import VM_REQUEUE_EXIT, Disposition, SdError, VMFailed, clipped
 
 if TYPE_CHECKING:
     from ..hypervisor.connections import Connections
+    from ..ledger.store import Ledger
 
 EX_TEMPFAIL = 75
 log = logging.getLogger("sd_batch.helper")
@@ -215,6 +216,26 @@ def start_paused(job_id: str, uid: int, connections: Connections | None = None) 
     except SdError:
         return False
     return jobs.start_paused(config, key, connections=connections)
+
+
+def hold_ledger() -> Ledger | None:
+    """The site's ledger, opened to be left idle for a long-lived process's life (the helper
+    service's), or None when it cannot be opened now (each request then says why).
+
+    SQLite checkpoints a WAL database when its last connection closes: with every request's
+    own connection the last one, every request ended in a checkpoint (the ledger fsynced, its
+    WAL reset), and on a busy disk that doubled a PREPARE_JOB (74 -> 29 ms median in the
+    service, at load 3). With this one open, a request's close is only a close; SQLite still
+    checkpoints as the WAL grows (every 1000 pages, in a committing request), and every commit
+    is synced as before. Nothing is read or cached through it. It is the ledger of the site
+    config as it is now: a later change of state_dir only forgoes the saving."""
+    from ..ledger.store import Ledger
+
+    try:
+        return Ledger.for_site(site_config())
+    except SdError as exc:
+        log.warning("the ledger is not held open (%s): each request opens its own", exc)
+        return None
 
 
 def run_exit(exc: SdError) -> int:

@@ -64,7 +64,7 @@ from .client import (
 
 TYPE_CHECKING = False  # typing itself costs a hook 5 ms
 if TYPE_CHECKING:
-    from typing import IO, Any
+    from typing import IO, Any, NoReturn
 
     from ..staging import JobResult
 
@@ -586,5 +586,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def exit_now(code: int) -> NoReturn:
+    """End a hook at once, its output flushed: the interpreter's teardown (every module's
+    and the ClassAd library's cleanup: ~7 ms of a ~100 ms PREPARE_JOB) frees only what the
+    kernel frees anyway. The only atexit work is logging's flush of its stderr handler,
+    flushed here; a flush that fails ends the usual way, which reports it."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001 - the interpreter's own exit says what went wrong
+        sys.exit(code)
+    os._exit(code)
+
+
+#: The verbs that are short processes; the runner lives as long as the job and exits as usual.
+QUICK_VERBS = ("prepare-job", "job-exit", "update-job-info", "startd-cron")
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if sys.argv[1:2] and sys.argv[1] in QUICK_VERBS:
+        exit_now(status)
+    sys.exit(status)

@@ -7,9 +7,9 @@ starts it) listens on a unix stream socket, by default /run/sd-batch/helper.sock
 and anyone else gets EACCES from the kernel. The caller is the kernel's SO_PEERCRED of the
 connection (its uid keys the job as sudo's SUDO_UID does; its pid is the runner the reaper
 watches), never a field of the request. Libvirt connections, lark's grammar and every module
-stay loaded between requests; the site config is read again for each request, so an edit of
-/etc/sd-batch/site.toml applies to the next job. The actions are `privileged.perform`, the
-code the sudo helper runs.
+stay loaded between requests, and the ledger open (idle: `privileged.hold_ledger`); the site
+config is read again for each request, so an edit of /etc/sd-batch/site.toml applies to the
+next job. The actions are `privileged.perform`, the code the sudo helper runs.
 
 The protocol, one request per connection:
 
@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, cast
 
 from ..batch.confined import start_forkserver
-from ..batch.privileged import EX_TEMPFAIL, Action, perform, start_paused
+from ..batch.privileged import EX_TEMPFAIL, Action, hold_ledger, perform, start_paused
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
 from .client import EVICT_LINE
@@ -348,6 +348,7 @@ class Handler(socketserver.BaseRequestHandler):
         # prepare streams the input disk from the socket into the job's folder (bounded there)
         streams_in = request.action in (Action.PREPARE, Action.RESTORE)
         data_in = cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS)) if streams_in else None
+        began = time.monotonic()
         answer = perform(
             request.action,
             request.job,
@@ -355,7 +356,7 @@ class Handler(socketserver.BaseRequestHandler):
             data_in=data_in,
             connections=self.server.connections,
         )
-        log.info("%s: %s", what, _summary(answer.reply))
+        log.info("%s: %s in %.0f ms", what, _summary(answer.reply), _ms_since(began))
         starting = None
         if request.action is Action.PREPARE and answer.code == 0 and key is not None:
             starting = self.server.starting.begin(key)  # before the reply: the run waits
@@ -377,7 +378,7 @@ class Handler(socketserver.BaseRequestHandler):
                 "%s: VM %s in %.0f ms",
                 what,
                 "started paused" if made else "not started ahead (the run boots it)",
-                1000 * (time.monotonic() - began),
+                _ms_since(began),
             )
 
     def _run(
@@ -464,6 +465,10 @@ def warm_up() -> None:
     parse_text("sfConfig extends { x 1; }\n")
     # untrusted work forks from here, single-threaded, with what it needs loaded once
     start_forkserver(["sd_batch.batch.forkserver_warm"])
+
+
+def _ms_since(began: float) -> float:
+    return 1000 * (time.monotonic() - began)
 
 
 def bad(message: str) -> dict[str, Any]:
@@ -554,6 +559,7 @@ def serve(path: Path, group: str, on_stop: str = "drain") -> int:
     except KeyError:
         raise SystemExit(f"helper service: no group {group} (setup-host makes it)") from None
     warm_up()
+    ledger = hold_ledger()
     server = HelperService(path, gid)
     server.server_bind()
     server.server_activate()
@@ -573,6 +579,8 @@ def serve(path: Path, group: str, on_stop: str = "drain") -> int:
             hand_over(server)
         server.server_close()  # joins the requests under way
         server.connections.close()
+        if ledger is not None:
+            ledger.close()
     log.info("stopped")
     return 0
 

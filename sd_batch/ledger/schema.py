@@ -92,6 +92,8 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
             f"ledger {path} has schema {version}, newer than {SCHEMA_VERSION}",
             hint="upgrade sd-batch on this machine",
         )
+    if version == SCHEMA_VERSION:
+        return  # another process migrated it meanwhile: nothing to write
     for number in range(version, SCHEMA_VERSION):
         for statement in MIGRATIONS[number].split(";"):
             if statement.strip():

@@ -229,6 +229,14 @@ class Ledger:
             self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
+        """Take the file to this schema. The usual open finds it there already: one read,
+        no write transaction (each open took the write lock and committed a rewrite of
+        user_version before: a WAL commit and its fsync on every open, ~1 ms a hook's request
+        and more on a busy disk). Migrating re-reads the version under the lock."""
+        with self._errors("read the schema version"):
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
         with self._write("migrate the schema") as db:
             migrate(db, self.path)
 

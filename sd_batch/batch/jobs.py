@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from ..config.site import SiteConfig
 from ..deploy.engine import Engine, SitePaths, disk_growth
@@ -53,7 +53,7 @@ from ..vm.spec import DiskFormat
 from . import resume
 from .confined import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ChildLimits, run_confined
 from .description import named, resolve_job
-from .key import DEFAULT_LIMITS, JobKey, JobLimits
+from .key import DEFAULT_LIMITS, WARM_PREFIX, JobKey, JobLimits
 from .resume import Evicted
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ class PreparedJob:
     description: str
 
 
-def _engine(config: SiteConfig, ledger: object, connections: Connections, key: JobKey) -> Engine:
+def job_engine(config: SiteConfig, ledger: object, connections: Connections, key: JobKey) -> Engine:
+    """The deployment engine for KEY's VM: its overlays and console log in the job's folder."""
     folder = key.folder(config)
     paths = SitePaths(image_dir=config.image_dir, overlay_dir=folder, console_dir=folder)
     return Engine(ledger, connections, paths, owner_kind=XmlOwnerKind.JOB)  # type: ignore[arg-type]
@@ -105,8 +106,10 @@ def prepare(
     *,
     limits: JobLimits | None = None,
     connections: Connections | None = None,
+    warm: WarmTaker | None = None,
 ) -> PreparedJob:
-    """Store the job's input disk, resolve its description, define its VM (not started).
+    """Store the job's input disk, resolve its description, define its VM (not started), or
+    take WARM's paused VM of the same XML (the helper service's `batch.warm.WarmPool`).
 
     LIMITS default to the site's [policy]; every refusal is a `PolicyError` (a hold), but too
     many VMs already (per user, per host) is `PolicyLimitReached` (back to Idle).
@@ -121,12 +124,15 @@ def prepare(
         others = [
             o
             for o in ledger.owners()
-            if o.kind is OwnerKind.JOB and o.host_uri == uri and o.owner_id != key.owner_id
+            if o.kind is OwnerKind.JOB
+            and o.host_uri == uri
+            and o.owner_id != key.owner_id
+            and not o.owner_id.startswith(WARM_PREFIX)  # a job's VM to be, not one more
         ]
         mine = sum(1 for o in others if o.owner_id.startswith(f"{key.uid}:"))
         check_capacity(mine, len(others), limits.policy)
         existing = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
-        engine = _engine(config, ledger, connections, key)
+        engine = job_engine(config, ledger, connections, key)
         if existing is not None:  # a retried PREPARE_JOB: start from nothing again
             engine.teardown(existing, graceful=False)
         owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, pid=None)
@@ -165,7 +171,11 @@ def prepare(
                     serial=contract.OUTPUT_SERIAL if serials else None,
                 ),
             )
-            engine.deploy_vm(owner, VMPlan(spec, uri), extra)
+            domain = None
+            if warm is not None and not name.endswith(".sf"):
+                domain = warm.take(ledger, owner, engine, VMPlan(spec, uri), extra, name)
+            if domain is None:
+                engine.deploy_vm(owner, VMPlan(spec, uri), extra)
         except BaseException as exc:
             engine.teardown(owner, graceful=False)
             shutil.rmtree(folder, ignore_errors=True)
@@ -173,7 +183,46 @@ def prepare(
             if storage is not None:
                 raise storage from exc
             raise
-    return PreparedJob(key.domain, uri, spec.memory_mib, spec.vcpus, name)
+    return PreparedJob(domain or key.domain, uri, spec.memory_mib, spec.vcpus, name)
+
+
+class WarmTaker(Protocol):
+    """What `prepare` asks of the helper service's warm VMs (`batch.warm.WarmPool.take`)."""
+
+    def take(
+        self,
+        ledger: Any,
+        owner: Any,
+        engine: Engine,
+        vm: VMPlan,
+        extra: tuple[ExtraDisk, ...],
+        template: str,
+    ) -> str | None: ...
+
+
+def job_domain(ledger: Any, owner: Any, key: JobKey) -> str:
+    """The name of the job's VM: its own (`key.domain`), or the warm VM's it took, which keeps
+    its name (libvirt renames no running domain). The ledger's rows say which."""
+    from ..ledger.store import ResourceKind
+
+    names = [r.name for r in ledger.resources(owner) if r.kind is ResourceKind.DOMAIN]
+    if not names or key.domain in names:
+        return key.domain
+    return str(names[-1])
+
+
+def _job_folders(config: SiteConfig, ledger: Any, owner: Any, key: JobKey) -> list[Path]:
+    """The job's folder, and the folder of the warm VM it took (its overlays, console log)."""
+    from ..ledger.store import ResourceKind
+
+    folders = [key.folder(config)]
+    jobs = key.folder(config).parent
+    for resource in ledger.resources(owner):
+        if resource.kind is ResourceKind.DOMAIN and resource.name.startswith("sd-job-"):
+            folder = jobs / resource.name.removeprefix("sd-job-")
+            if folder not in folders and "/" not in resource.name:
+                folders.append(folder)
+    return folders
 
 
 def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:
@@ -265,7 +314,7 @@ def run(
     the helper service to the runner hanging up. RUNNER_PID is the process whose life is the
     job's, recorded for the reaper (None: this one; the service names its caller, the runner).
     """
-    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus
+    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus, ResourceKind
 
     connections = connections or Connections()
     uri = config.default_uri
@@ -275,13 +324,19 @@ def run(
         ledger.set_status(
             owner, OwnerStatus.ACTIVE, pid=THIS_PROCESS if runner_pid is None else runner_pid
         )
+        domain = job_domain(ledger, owner, key)
+        if domain != key.domain and resume.restoring(config, key):
+            # the restore defines the checkpoint's VM under the job's own name: recorded first
+            ledger.mark_created(ledger.record_intent(owner, ResourceKind.DOMAIN, key.domain))
 
     def destroy_now() -> None:
         with contextlib.suppress(SdError):
-            connections(uri).destroy(key.domain)  # a new connection if libvirtd restarted
+            connections(uri).destroy(domain)  # a new connection if libvirtd restarted
+            if domain != key.domain:
+                connections(uri).destroy(key.domain)  # a checkpoint restored under its name
 
     evict = _Eviction(
-        lambda: resume.save_state(connections(uri), key, key.folder(config)), destroy_now
+        lambda: resume.save_state(connections(uri), domain, key.folder(config)), destroy_now
     )
     if install_signals is not None:
         install_signals(destroy_now)
@@ -290,17 +345,20 @@ def run(
     if ready is not None:
         ready()
     started = time.monotonic()
-    if resume.restore_or_start(config, key, connections(uri)):
+    if resume.restore_or_start(config, key, connections(uri), domain):
+        domain = key.domain  # the checkpoint's VM runs under the job's own name
         log.info(
             "job %s: its VM resumed from its checkpoint in %.2f s",
             key.job_id,
             time.monotonic() - started,
         )
     try:
-        wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)
+        wait_off_across_restarts(connections, uri, domain, limits.run_timeout_seconds)
     except HypervisorError as exc:
         if evict.requested.is_set():
-            return evict.packed(config, key, connections(uri), limits, owner.description or "")
+            return evict.packed(
+                config, key, connections(uri), domain, limits, owner.description or ""
+            )
         destroy_now()
         if isinstance(exc, ShutoffTimeout):
             raise VMFailed(
@@ -311,7 +369,7 @@ def run(
             ) from exc
         raise
     if evict.requested.is_set():
-        return evict.packed(config, key, connections(uri), limits, owner.description or "")
+        return evict.packed(config, key, connections(uri), domain, limits, owner.description or "")
     from ..staging import result_extent, result_tar_from_disk
 
     # The guest is done: read its output disk now; libvirt ends the process meanwhile and
@@ -359,6 +417,7 @@ class _Eviction:
         config: SiteConfig,
         key: JobKey,
         hv: HypervisorAPI,
+        domain: str,
         limits: JobLimits,
         description: str,
     ) -> Evicted:
@@ -371,7 +430,8 @@ class _Eviction:
         saved = key.folder(config) / resume.SAVED_STATE
         if not saved.is_file():
             return Evicted(None, reason="the VM stopped before it could be saved")
-        return resume.pack_saved(config, key, hv.domain_xml(key.domain), description, limits)  # type: ignore[attr-defined]
+        xml = hv.domain_xml(domain)  # type: ignore[attr-defined]
+        return resume.pack_saved(config, key, xml, description, limits, domain)
 
 
 #: How long `run` waits for an eviction's save after the VM stopped (HTCondor's vacate time,
@@ -389,9 +449,16 @@ def start_paused(
     is only logged: `run` then boots the VM itself and reports what goes wrong. The paused
     domain is torn down like a defined one (`cleanup`, the reaper): destroy, then undefine.
     """
+    from ..ledger.store import Ledger
+
     connections = connections or Connections()
+    uri = config.default_uri
     try:
-        connections(config.default_uri).start(key.domain, paused=True)
+        with Ledger.for_site(config) as ledger:
+            domain = job_domain(ledger, prepared_owner(ledger, key, uri), key)
+        if domain != key.domain:
+            return True  # it took a warm VM: started paused long before
+        connections(uri).start(key.domain, paused=True)
     except SdError as exc:
         log.warning("job %s: cannot start its VM paused ahead of the runner: %s", key.job_id, exc)
         return False
@@ -470,9 +537,16 @@ def restore_checkpoint(
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
         owner = prepared_owner(ledger, key, uri)
+        domain = job_domain(ledger, owner, key)
     try:
         resume.unpack_into_job(
-            config, key, connections(uri), stream, owner.description, JobLimits.of(config.policy)
+            config,
+            key,
+            connections(uri),
+            stream,
+            owner.description,
+            JobLimits.of(config.policy),
+            domain,
         )
     except (CheckpointUnusable, ChildFailed, LimitExceeded) as exc:
         return str(exc)
@@ -488,11 +562,14 @@ def cleanup(config: SiteConfig, key: JobKey, *, connections: Connections | None 
     connections = connections or Connections()
     uri = config.default_uri
     removed = "nothing (already clean)"
+    folders = [key.folder(config)]
     with Ledger.for_site(config) as ledger:
         owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
         if owner is not None:
-            removed = _engine(config, ledger, connections, key).teardown(owner, graceful=False)
-    shutil.rmtree(key.folder(config), ignore_errors=True)
+            folders = _job_folders(config, ledger, owner, key)
+            removed = job_engine(config, ledger, connections, key).teardown(owner, graceful=False)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
     return removed
 
 

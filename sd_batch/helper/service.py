@@ -69,6 +69,7 @@ from typing import Any, BinaryIO, cast
 
 from ..batch.confined import start_forkserver
 from ..batch.privileged import EX_TEMPFAIL, Action, perform, start_paused
+from ..batch.warm import WarmPool, pool_for
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
 from .client import EVICT_LINE
@@ -347,6 +348,7 @@ class Handler(socketserver.BaseRequestHandler):
             peer.uid,
             data_in=data_in,
             connections=self.server.connections,
+            warm=self.server.warm,
         )
         log.info("%s: %s", what, _summary(answer.reply))
         starting = None
@@ -457,6 +459,23 @@ def warm_up() -> None:
     start_forkserver(["sd_batch.batch.forkserver_warm"])
 
 
+def warm_pool(connections: Connections) -> WarmPool | None:
+    """The site's warm VMs (`[jobs] warm`), their refill started; None when it asks for none
+    or its config cannot be read (the requests then say why)."""
+    from ..batch.privileged import site_config
+    from ..errors import SdError
+
+    try:
+        pool = pool_for(site_config(), connections)
+    except SdError as exc:
+        log.warning("no warm VMs: %s", exc)
+        return None
+    if pool is not None:
+        log.info("warm VMs: one of each of %s, made ahead of their jobs", ", ".join(pool.templates))
+        pool.start()
+    return pool
+
+
 def bad(message: str) -> dict[str, Any]:
     return {"ok": False, "error": "BadRequest", "disposition": "requeue", "message": message}
 
@@ -479,6 +498,7 @@ class HelperService(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.admission = Admission()
         self.connections = ServiceConnections()
         self.starting = Starting()
+        self.warm: WarmPool | None = None  # `serve` makes it when the site asks for one
         super().__init__(str(path), Handler, bind_and_activate=False)
 
     def admit(self, uid: int, kind: str) -> bool:
@@ -546,6 +566,7 @@ def serve(path: Path, group: str) -> int:
     server = HelperService(path, gid)
     server.server_bind()
     server.server_activate()
+    server.warm = warm_pool(server.connections)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: no new requests; finishing those under way", signum)
@@ -558,6 +579,8 @@ def serve(path: Path, group: str) -> int:
         server.serve_forever()
     finally:
         server.stop_listening()
+        if server.warm is not None:  # before the runs drain: no paused QEMU outlives us
+            server.warm.stop()
         server.server_close()  # joins the requests under way
         server.connections.close()
     log.info("stopped")

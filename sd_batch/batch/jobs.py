@@ -90,6 +90,7 @@ class PreparedJob:
     memory_mib: int
     vcpus: int
     description: str
+    warm: bool = False  # it took a warm VM (`batch.warm`): paused already, nothing to start
 
 
 def job_engine(config: SiteConfig, ledger: object, connections: Connections, key: JobKey) -> Engine:
@@ -183,7 +184,9 @@ def prepare(
             if storage is not None:
                 raise storage from exc
             raise
-    return PreparedJob(domain or key.domain, uri, spec.memory_mib, spec.vcpus, name)
+    return PreparedJob(
+        domain or key.domain, uri, spec.memory_mib, spec.vcpus, name, warm=domain is not None
+    )
 
 
 class WarmTaker(Protocol):

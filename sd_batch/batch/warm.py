@@ -222,6 +222,7 @@ class WarmPool:
         self._wake.set()  # the next one is made meanwhile
         from ..ledger.store import OwnerKind
 
+        began = self.clock()
         try:
             self.connections(vm.uri).attach_disks(warm.key.domain, job_disk_targets(job_xml, paths))
             giver = ledger.owner(OwnerKind.JOB, warm.key.owner_id, warm.uri)
@@ -232,6 +233,12 @@ class WarmPool:
             log.warning("job %s: warm VM %s not taken: %s", owner.owner_id, warm.key.domain, exc)
             self.discard(warm)
             return None
+        log.info(
+            "job %s: took warm VM %s (its disks plugged in, %.0f ms)",
+            owner.owner_id,
+            warm.key.domain,
+            1000 * (self.clock() - began),
+        )
         return warm.key.domain
 
     # -- the end -------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ actions out (or, with `dry_run`, only reports them). The rules, most cautious fi
   except under an ACTIVE pool (`sd watch` or `sd terminate` own those).
 - A job folder (`<state_dir>/jobs/<digest>`) no ledger job owner has belongs to nobody, and so
   does the job domain of that digest (`sd-job-<digest>`, our metadata naming that job) when no
-  ledger owner has it. Several sites (state folders, tests) may share one hypervisor, and only
+  ledger owner has it. A warm VM a job took (`batch.warm`) keeps its name, metadata and folder:
+  the job's DOMAIN row names it, which makes both the job's. Several sites (state folders, tests) may share one hypervisor, and only
   that folder proves a domain is this site's: other domains without a ledger owner (a pool's,
   or a job's with no folder here) are left alone.
 

@@ -342,6 +342,7 @@ class Handler(socketserver.BaseRequestHandler):
         # prepare streams the input disk from the socket into the job's folder (bounded there)
         streams_in = request.action in (Action.PREPARE, Action.RESTORE)
         data_in = cast(BinaryIO, InputStream(sock, rest, INPUT_SECONDS)) if streams_in else None
+        began = time.monotonic()
         answer = perform(
             request.action,
             request.job,
@@ -350,9 +351,11 @@ class Handler(socketserver.BaseRequestHandler):
             connections=self.server.connections,
             warm=self.server.warm,
         )
-        log.info("%s: %s", what, _summary(answer.reply))
+        took = 1000 * (time.monotonic() - began)
+        log.info("%s: %s in %.0f ms", what, _summary(answer.reply), took)
         starting = None
-        if request.action is Action.PREPARE and answer.code == 0 and key is not None:
+        warm = bool(answer.reply and answer.reply.get("warm"))  # it took a paused warm VM
+        if request.action is Action.PREPARE and answer.code == 0 and key is not None and not warm:
             starting = self.server.starting.begin(key)  # before the reply: the run waits
         self._send(answer.reply or {})
         if streams_in:

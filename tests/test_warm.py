@@ -19,7 +19,7 @@ from test_policy_jobs import MINIMAL, Site
 from sd_batch.batch import jobs
 from sd_batch.batch.key import JobKey
 from sd_batch.batch.warm import FIRST_BACKOFF, WarmPool, is_warm
-from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, SiteConfig, load_config
+from sd_batch.config.site import SiteConfig, load_config
 from sd_batch.deploy.reaper import reap
 from sd_batch.errors import ConfigError
 from sd_batch.hypervisor.connections import Connections
@@ -125,13 +125,8 @@ pytest.importorskip("classad2", reason="the htcondor bindings are not installed"
 
 class WarmSite(Site):
     def write_config(self, policy: str = "", templates: tuple[Path, ...] = ()) -> SiteConfig:
-        write_site_toml(
-            self.root,
-            f"test://{self.root / 'node.xml'}",
-            template_dirs=[*templates, BUILTIN_TEMPLATE_DIR],
-            tables=f'[jobs]\nwarm = ["minimal"]\n[policy]\n{policy}',
-        )
-        return load_config(self.config_path)
+        """The site of `Site`, keeping a warm `minimal` VM (a table after [policy]'s)."""
+        return super().write_config(f'{policy}\n[jobs]\nwarm = ["minimal"]\n', templates)
 
     def prepare_warm(
         self, config: SiteConfig, pool: WarmPool, description: str, sf_text: str | None = None

@@ -28,7 +28,7 @@ from sd_batch.batch.warm import is_warm
 from sd_batch.config.site import SYSTEM_CONFIG, SiteConfig, load_config
 from sd_batch.ledger.store import Ledger, ResourceKind
 
-from conftest import qemu_host_missing, wait_until
+from conftest import qemu_host_missing, wait_until, write_site_toml
 
 pytestmark = pytest.mark.qemu
 
@@ -123,16 +123,15 @@ def _state(domain: str) -> str:
 
 
 def _site_toml(folder: Path) -> Path:
+    """The system site's hypervisor and images; state of its own; a warm `minimal` VM."""
     system = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    flavour = system.properties.get("sd.flavour", "qemu")
-    path = folder / "site.toml"
-    path.write_text(
-        f'default_uri = "{system.default_uri}"\nimage_dir = "{system.image_dir}"\n'
-        f'state_dir = "{folder / "state"}"\n[properties]\n"sd.flavour" = "{flavour}"\n'
-        '[jobs]\nwarm = ["minimal"]\n',
-        encoding="utf-8",
+    return write_site_toml(
+        folder,
+        system.default_uri,
+        image_dir=system.image_dir,
+        flavour=system.properties.get("sd.flavour", "qemu"),
+        tables='[jobs]\nwarm = ["minimal"]\n',
     )
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ actions out (or, with `dry_run`, only reports them). The rules, most cautious fi
 - A job folder (`<state_dir>/jobs/<digest>`) no ledger job owner has belongs to nobody, and so
   does the job domain of that digest (`sd-job-<digest>`, our metadata naming that job) when no
   ledger owner has it. A warm VM a job took (`batch.warm`) keeps its name, metadata and folder:
-  the job's DOMAIN row names it, which makes both the job's. Several sites (state folders, tests) may share one hypervisor, and only
-  that folder proves a domain is this site's: other domains without a ledger owner (a pool's,
-  or a job's with no folder here) are left alone.
+  the job's DOMAIN row names it, which makes both the job's. Several sites (state folders,
+  tests) may share one hypervisor, and only that folder proves a domain is this site's: other
+  domains without a ledger owner (a pool's, or a job's with no folder here) are left alone.
 
 Every action is checked again just before it is carried out (the ledger may have moved on).
 May import: config, deploy, errors, hypervisor (types), ledger, deploy.pools, stdlib.

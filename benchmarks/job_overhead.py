@@ -354,9 +354,7 @@ def _bench_vs_qemu(
         _report(times[which], raw_times, phases[which])
         inside = [
             float(m)
-            for m in re.findall(
-                r": prepare \S+ for uid \d+ \(pid \d+\): ok in (\d+) ms", logs[which]
-            )
+            for m in re.findall(r"prepare \S+ for uid \d+ \(pid \d+\): ok in (\d+) ms", logs[which])
         ]
         if inside:
             print(

@@ -405,6 +405,8 @@ class Handler(socketserver.BaseRequestHandler):
             )
         finally:
             watch.stop()
+            if self.server.warm is not None:
+                self.server.warm.run_ended()  # a refill no longer slows this job's boot
         if answer.reply is not None and answer.reply.get("evicted") and not watch.hung_up:
             self._send_checkpoint(sock, answer.reply, what)
             return

@@ -361,14 +361,27 @@ def _bench_vs_qemu(
                 f"   PREPARE_JOB inside the service (input disk, resolve, define or take): "
                 f"{stats(inside, 'ms', 1)}"
             )
+        claimed = [float(m) for m in re.findall(r"took warm VM \S+ \((\d+) ms\)", logs[which])]
+        if claimed:
+            print(
+                "   of which the warm VM's claim (match, hand the ledger rows over): "
+                f"{stats(claimed, 'ms', 1)}"
+            )
         plugged = [
-            float(m)
-            for m in re.findall(r"took warm VM \S+ \(its disks plugged in, (\d+) ms\)", logs[which])
+            float(m) for m in re.findall(r"plugged into warm VM \S+ in (\d+) ms", logs[which])
         ]
         if plugged:
             print(
-                f"   of which the warm VM's claim (plug in two disks, hand the rows over): "
+                "   after PREPARE_JOB's reply, the job's two disks plugged into it: "
                 f"{stats(plugged, 'ms', 1)}"
+            )
+        asked = [
+            float(m) for m in re.findall(r"running (\d+) ms after the run request", logs[which])
+        ]
+        if asked:
+            print(
+                "   in the service, from the runner's request to its VM running: "
+                f"{stats(asked, 'ms', 1)}"
             )
         if which == "cold":
             started = [float(m) for m in re.findall(r"VM started paused in (\d+) ms", logs[which])]

@@ -171,6 +171,8 @@ def test_a_job_of_the_template_takes_the_warm_vm_and_its_cleanup_leaves_nothing(
     key, prepared = site.prepare_warm(config, pool, '"minimal"')
     assert prepared.domain == warm.key.domain != key.domain
     assert pool.idle() == ()
+    assert pool.plug(key.uid, key.job_id)  # what the service does after PREPARE_JOB's reply
+    assert pool.plug(key.uid, key.job_id) is None  # once
     with Ledger.for_site(config) as ledger:
         assert not any(is_warm(o.owner_id) for o in ledger.owners())  # handed over, not shared
         owner = jobs.prepared_owner(ledger, key, config.default_uri)
@@ -213,7 +215,7 @@ def test_the_pools_stop_removes_its_idle_vms_and_a_claim_makes_the_next(
     # the next is not made beside the taking job's boot: at the end of a run, or later
     assert pool.fill_once() == pytest.approx(REFILL_AFTER, abs=1.0)
     assert pool.idle() == ()
-    pool.run_ended()
+    pool.job_ended()
     assert pool.fill_once() is None
     (second,) = pool.idle()
     assert second.key.domain != first.key.domain
@@ -283,3 +285,22 @@ def test_a_job_never_counts_a_warm_vm_against_its_users_or_the_hosts_limit(
     assert prepared.domain == key.domain  # one VM of a job, beside the warm one: allowed
     assert len(pool.idle()) == 1
     jobs.cleanup(config, key, connections=site.connections)
+
+
+def test_disks_that_cannot_be_plugged_in_give_the_job_its_own_vm(
+    warm_site: tuple[WarmSite, SiteConfig, WarmPool],
+) -> None:
+    site, config, pool = warm_site
+    pool.fill_once()
+    key, prepared = site.prepare_warm(config, pool, '"minimal"')
+    hv = site.connections(config.default_uri)
+    hv.destroy(prepared.domain)  # gone between the claim and the plug
+    hv.undefine(prepared.domain)
+    assert pool.plug(key.uid, key.job_id)
+    assert site.state(config, key.domain) is DomainState.PAUSED  # its own, as cold
+    with Ledger.for_site(config) as ledger:
+        owner = jobs.prepared_owner(ledger, key, config.default_uri)
+        assert jobs.job_domain(ledger, owner, key) == key.domain
+    assert not (config.state_dir / "jobs" / prepared.domain.removeprefix("sd-job-")).exists()
+    jobs.cleanup(config, key, connections=site.connections)
+    assert site.leftovers(config) == []

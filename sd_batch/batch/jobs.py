@@ -319,6 +319,7 @@ def run(
     """
     from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus, ResourceKind
 
+    asked = time.monotonic()
     connections = connections or Connections()
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
@@ -354,6 +355,14 @@ def run(
             "job %s: its VM resumed from its checkpoint in %.2f s",
             key.job_id,
             time.monotonic() - started,
+        )
+    else:  # where the runner's wait goes: ours (ledger, the wait for a paused start), libvirt's
+        log.info(
+            "job %s: VM %s running %.0f ms after the run request (%.0f ms of it libvirt's)",
+            key.job_id,
+            domain,
+            1000 * (time.monotonic() - asked),
+            1000 * (time.monotonic() - started),
         )
     try:
         wait_off_across_restarts(connections, uri, domain, limits.run_timeout_seconds)

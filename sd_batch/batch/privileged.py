@@ -160,7 +160,6 @@ def perform(
                     "memory_mib": prepared.memory_mib,
                     "vcpus": prepared.vcpus,
                     "description": prepared.description,
-                    "warm": prepared.warm,
                 },
             )
         if action is Action.RESTORE:

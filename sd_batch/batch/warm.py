@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 #: After a failure to make a warm VM, wait this long before the next try, doubling to the max.
 FIRST_BACKOFF, MAX_BACKOFF = 5.0, 600.0
-#: After a claim, the next warm VM is made once a job's run ends (`run_ended`), or this many
+#: After a claim, the next warm VM is made once a job's cleanup ends (`job_ended`), or this many
 #: seconds after the claim: QEMU's start (~0.4-0.9 s of CPU) beside the booting guest of the
 #: job that took the last one slowed that guest by ~0.5 s on a 2-core host (measured).
 REFILL_AFTER = 10.0
@@ -61,6 +61,16 @@ REFILL_AFTER = 10.0
 def is_warm(owner_id: str) -> bool:
     """Whether a ledger job owner is a warm VM (not yet any job's)."""
     return owner_id.startswith(WARM_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A warm VM a job took at PREPARE_JOB, its disks not yet plugged in (`WarmPool.plug`)."""
+
+    warm: WarmVM
+    disks: tuple[str, ...]  # the `<disk>` XML of each, as a cold define has them
+    plan: VMPlan  # the job's own VM, should the plug fail
+    extra: tuple[ExtraDisk, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +119,8 @@ class WarmPool:
         self._idle: dict[str, WarmVM] = {}  # template -> its warm VM
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
-        self._after_claim: set[str] = set()  # templates whose refill waits for a run's end
+        self._after_claim: set[str] = set()  # templates whose refill waits for a job's end
+        self._pending: dict[str, _Pending] = {}  # job owner id -> the warm VM it took
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -207,10 +218,13 @@ class WarmPool:
         extra: tuple[ExtraDisk, ...],
         template: str,
     ) -> str | None:
-        """PREPARE_JOB's claim: the domain of the warm VM OWNER's job takes, its disks EXTRA
-        plugged in and its ledger rows OWNER's; None when none matches (the cold path)."""
+        """PREPARE_JOB's claim: the domain of the warm VM OWNER's job takes, its ledger rows
+        now OWNER's; None when none matches (the cold path). Its disks EXTRA are plugged in by
+        `plug`, which the service calls after PREPARE_JOB's reply (libvirt's hotplug of two
+        disks takes ~25 ms, a define ~1.5 ms: it is done while the runner starts)."""
         if template not in self.templates or self._stopping.is_set():
             return None
+        began = self.clock()
         paths = [str(disk.source.path) for disk in extra]
         job_xml = engine.planned_xml(owner.owner_id, vm, extra)
         form = comparable(job_xml, str(engine.paths.overlay_dir), vm.domain, paths)
@@ -230,9 +244,7 @@ class WarmPool:
         self._wake.set()  # the next one is made after the job's boot (`REFILL_AFTER`)
         from ..ledger.store import OwnerKind
 
-        began = self.clock()
         try:
-            self.connections(vm.uri).attach_disks(warm.key.domain, job_disk_targets(job_xml, paths))
             giver = ledger.owner(OwnerKind.JOB, warm.key.owner_id, warm.uri)
             if giver is None:
                 raise SdError(f"warm VM {warm.key.domain} has no ledger owner")
@@ -241,17 +253,86 @@ class WarmPool:
             log.warning("job %s: warm VM %s not taken: %s", owner.owner_id, warm.key.domain, exc)
             self.discard(warm)
             return None
+        with self._lock:
+            self._pending[owner.owner_id] = _Pending(
+                warm, job_disk_targets(job_xml, paths), vm, extra
+            )
         log.info(
-            "job %s: took warm VM %s (its disks plugged in, %.0f ms)",
+            "job %s: took warm VM %s (%.0f ms)",
             owner.owner_id,
             warm.key.domain,
             1000 * (self.clock() - began),
         )
         return warm.key.domain
 
-    def run_ended(self) -> None:
-        """A job's run ended (the service calls this): its guest no longer boots beside a
-        refill, so the warm VMs taken since are made again now."""
+    def plug(self, uid: int, job_id: str) -> bool | None:
+        """After PREPARE_JOB's reply: plug the job's disks into the warm VM it took; None
+        when it took none. If that fails, the warm VM goes and the job's own VM is made and
+        started paused instead (the cold path, late); False when that fails too (its run
+        then says why)."""
+        from ..ledger.store import Ledger, OwnerKind
+        from .jobs import job_domain
+
+        key = JobKey(uid, job_id)
+        with self._lock:
+            pending = self._pending.pop(key.owner_id, None)
+        if pending is None:
+            return None
+        config = self.site()
+        uri = pending.warm.uri
+        with Ledger.for_site(config) as ledger:
+            owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+            if owner is None or job_domain(ledger, owner, key) != pending.warm.key.domain:
+                return None  # prepared again since, or cleaned up: not this VM's any more
+        began = self.clock()
+        try:
+            self.connections(uri).attach_disks(pending.warm.key.domain, pending.disks)
+        except SdError as exc:
+            log.warning(
+                "job %s: its disks could not be plugged into warm VM %s (%s): making its own VM",
+                key.owner_id,
+                pending.warm.key.domain,
+                exc,
+            )
+            return self._cold_instead(config, key, pending)
+        log.info(
+            "job %s: its disks plugged into warm VM %s in %.0f ms",
+            key.owner_id,
+            pending.warm.key.domain,
+            1000 * (self.clock() - began),
+        )
+        return True
+
+    def _cold_instead(self, config: SiteConfig, key: JobKey, pending: _Pending) -> bool:
+        """The taken warm VM removed from KEY's rows, and the job's own VM made as PREPARE_JOB
+        makes it, started paused."""
+        from ..ledger.store import Ledger, OwnerKind
+        from .jobs import job_engine
+
+        warm, uri = pending.warm, pending.warm.uri
+        folder = warm.key.folder(config)
+        try:
+            with Ledger.for_site(config) as ledger:
+                owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
+                if owner is None:
+                    return False
+                engine = job_engine(config, ledger, self.connections, key)
+                engine.teardown(
+                    owner,
+                    graceful=False,
+                    only=lambda r: r.name == warm.key.domain or r.name.startswith(f"{folder}/"),
+                )
+                shutil.rmtree(folder, ignore_errors=True)
+                engine.deploy_vm(owner, pending.plan, pending.extra)
+            self.connections(uri).start(key.domain, paused=True)
+        except (SdError, OSError) as exc:
+            log.warning("job %s: its own VM could not be made either: %s", key.owner_id, exc)
+            return False
+        return True
+
+    def job_ended(self) -> None:
+        """A job's JOB_EXIT cleanup ended (the service calls this): no guest of the jobs that
+        took warm VMs boots beside a refill now, so those taken since are made again."""
         with self._lock:
             for template in self._after_claim:
                 if template not in self._backoff:

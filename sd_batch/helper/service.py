@@ -354,8 +354,7 @@ class Handler(socketserver.BaseRequestHandler):
         took = 1000 * (time.monotonic() - began)
         log.info("%s: %s in %.0f ms", what, _summary(answer.reply), took)
         starting = None
-        warm = bool(answer.reply and answer.reply.get("warm"))  # it took a paused warm VM
-        if request.action is Action.PREPARE and answer.code == 0 and key is not None and not warm:
+        if request.action is Action.PREPARE and answer.code == 0 and key is not None:
             starting = self.server.starting.begin(key)  # before the reply: the run waits
         self._send(answer.reply or {})
         if streams_in:
@@ -367,16 +366,24 @@ class Handler(socketserver.BaseRequestHandler):
         if starting is not None and key is not None:
             # PREPARE_JOB has its answer; the VM's process is made while the runner starts
             began = time.monotonic()
-            try:
-                made = start_paused(key[1], key[0], self.server.connections)
+            warm = self.server.warm
+            try:  # a warm VM it took gets its disks; else its own VM is started paused
+                plugged = warm.plug(key[0], key[1]) if warm is not None else None
+                made = plugged or start_paused(key[1], key[0], self.server.connections)
             finally:
                 self.server.starting.end(key, starting)
             log.info(
                 "%s: VM %s in %.0f ms",
                 what,
-                "started paused" if made else "not started ahead (the run boots it)",
+                "warm, its disks plugged in"
+                if plugged
+                else "started paused"
+                if made
+                else "not started ahead (the run boots it)",
                 1000 * (time.monotonic() - began),
             )
+        if request.action is Action.CLEANUP and self.server.warm is not None:
+            self.server.warm.job_ended()  # a refill slows no job's boot now
 
     def _run(
         self,
@@ -405,8 +412,6 @@ class Handler(socketserver.BaseRequestHandler):
             )
         finally:
             watch.stop()
-            if self.server.warm is not None:
-                self.server.warm.run_ended()  # a refill no longer slows this job's boot
         if answer.reply is not None and answer.reply.get("evicted") and not watch.hung_up:
             self._send_checkpoint(sock, answer.reply, what)
             return

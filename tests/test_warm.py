@@ -17,6 +17,7 @@ import pytest
 from test_policy_jobs import MINIMAL, Site
 
 from sd_batch.batch import jobs
+from sd_batch.batch.domains import job_domain
 from sd_batch.batch.key import JobKey
 from sd_batch.batch.warm import FIRST_BACKOFF, REFILL_AFTER, WarmPool, is_warm
 from sd_batch.config.site import SiteConfig, load_config
@@ -176,7 +177,7 @@ def test_a_job_of_the_template_takes_the_warm_vm_and_its_cleanup_leaves_nothing(
     with Ledger.for_site(config) as ledger:
         assert not any(is_warm(o.owner_id) for o in ledger.owners())  # handed over, not shared
         owner = jobs.prepared_owner(ledger, key, config.default_uri)
-        assert jobs.job_domain(ledger, owner, key) == warm.key.domain
+        assert job_domain(ledger, owner, key) == warm.key.domain
     dom = site.connections(config.default_uri)._lookup(warm.key.domain)  # type: ignore[attr-defined]
     inactive = ET.fromstring(dom.XMLDesc(2))  # the test driver plugs into the definition only
     assert [d.findtext("serial") for d in inactive.iter("disk")] == ["sd-input", "sd-output"]
@@ -300,7 +301,7 @@ def test_disks_that_cannot_be_plugged_in_give_the_job_its_own_vm(
     assert site.state(config, key.domain) is DomainState.PAUSED  # its own, as cold
     with Ledger.for_site(config) as ledger:
         owner = jobs.prepared_owner(ledger, key, config.default_uri)
-        assert jobs.job_domain(ledger, owner, key) == key.domain
+        assert job_domain(ledger, owner, key) == key.domain
     assert not (config.state_dir / "jobs" / prepared.domain.removeprefix("sd-job-")).exists()
     jobs.cleanup(config, key, connections=site.connections)
     assert site.leftovers(config) == []

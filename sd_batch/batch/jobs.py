@@ -7,7 +7,7 @@ so one user can never name, see or touch another user's VM, and every file the V
 a root-owned job folder, never at a path the user chose. Each creation is recorded in the
 ledger first, so a crash is finished by the next cleanup (or the reaper).
 May import: config, deploy, errors, guest.contract, hypervisor, ledger, placement, staging, vm,
-batch.key, batch.confined, batch.description.
+batch.key, batch.confined, batch.description, batch.domains.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from ..config.site import SiteConfig
-from ..deploy.engine import Engine, SitePaths, disk_growth
+from ..deploy.engine import disk_growth
 from ..errors import (
     VM_LOST_EXIT,
     VM_TIMEOUT_EXIT,
@@ -46,13 +46,14 @@ from ..hypervisor.connections import Connections
 from ..hypervisor.types import DAEMON_HINT, HypervisorAPI
 from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
-from ..vm.domain_xml import OwnerKind as XmlOwnerKind
 from ..vm.site_policy import SitePolicy, check_capacity
 from ..vm.sizing import check_disk
 from ..vm.spec import DiskFormat
 from . import resume
 from .confined import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ChildLimits, run_confined
 from .description import named, resolve_job
+from .domains import WarmTaker, job_domain, job_engine
+from .domains import job_folders as _job_folders
 from .key import DEFAULT_LIMITS, WARM_PREFIX, JobKey, JobLimits
 from .resume import Evicted
 
@@ -93,13 +94,6 @@ class PreparedJob:
     warm: bool = False  # it took a warm VM (`batch.warm`): paused already, nothing to start
 
 
-def job_engine(config: SiteConfig, ledger: object, connections: Connections, key: JobKey) -> Engine:
-    """The deployment engine for KEY's VM: its overlays and console log in the job's folder."""
-    folder = key.folder(config)
-    paths = SitePaths(image_dir=config.image_dir, overlay_dir=folder, console_dir=folder)
-    return Engine(ledger, connections, paths, owner_kind=XmlOwnerKind.JOB)  # type: ignore[arg-type]
-
-
 def prepare(
     config: SiteConfig,
     key: JobKey,
@@ -135,7 +129,10 @@ def prepare(
         existing = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
         engine = job_engine(config, ledger, connections, key)
         if existing is not None:  # a retried PREPARE_JOB: start from nothing again
+            taken = _job_folders(config, ledger, existing, key)[1:]  # a warm VM's it took
             engine.teardown(existing, graceful=False)
+            for gone in taken:
+                shutil.rmtree(gone, ignore_errors=True)
         owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, pid=None)
         counted.release()
         try:
@@ -178,8 +175,10 @@ def prepare(
             if domain is None:
                 engine.deploy_vm(owner, VMPlan(spec, uri), extra)
         except BaseException as exc:
+            folders = _job_folders(config, ledger, owner, key)
             engine.teardown(owner, graceful=False)
-            shutil.rmtree(folder, ignore_errors=True)
+            for gone in folders:
+                shutil.rmtree(gone, ignore_errors=True)
             storage = _storage_failure(exc, folder)
             if storage is not None:
                 raise storage from exc
@@ -187,45 +186,6 @@ def prepare(
     return PreparedJob(
         domain or key.domain, uri, spec.memory_mib, spec.vcpus, name, warm=domain is not None
     )
-
-
-class WarmTaker(Protocol):
-    """What `prepare` asks of the helper service's warm VMs (`batch.warm.WarmPool.take`)."""
-
-    def take(
-        self,
-        ledger: Any,
-        owner: Any,
-        engine: Engine,
-        vm: VMPlan,
-        extra: tuple[ExtraDisk, ...],
-        template: str,
-    ) -> str | None: ...
-
-
-def job_domain(ledger: Any, owner: Any, key: JobKey) -> str:
-    """The name of the job's VM: its own (`key.domain`), or the warm VM's it took, which keeps
-    its name (libvirt renames no running domain). The ledger's rows say which."""
-    from ..ledger.store import ResourceKind
-
-    names = [r.name for r in ledger.resources(owner) if r.kind is ResourceKind.DOMAIN]
-    if not names or key.domain in names:
-        return key.domain
-    return str(names[-1])
-
-
-def _job_folders(config: SiteConfig, ledger: Any, owner: Any, key: JobKey) -> list[Path]:
-    """The job's folder, and the folder of the warm VM it took (its overlays, console log)."""
-    from ..ledger.store import ResourceKind
-
-    folders = [key.folder(config)]
-    jobs = key.folder(config).parent
-    for resource in ledger.resources(owner):
-        if resource.kind is ResourceKind.DOMAIN and resource.name.startswith("sd-job-"):
-            folder = jobs / resource.name.removeprefix("sd-job-")
-            if folder not in folders and "/" not in resource.name:
-                folders.append(folder)
-    return folders
 
 
 def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:

@@ -42,7 +42,7 @@ from ..errors import VM_REQUEUE_EXIT, Disposition, SdError, VMFailed, clipped
 
 if TYPE_CHECKING:
     from ..hypervisor.connections import Connections
-    from .jobs import WarmTaker
+    from .domains import WarmTaker
 
 EX_TEMPFAIL = 75
 log = logging.getLogger("sd_batch.helper")

@@ -18,8 +18,8 @@ theirs are `<uid>:<id>`) whose process is the service's: its domain `sd-job-<dig
 folder `<state_dir>/jobs/<digest>` follow from that id as a job's do, so the reaper removes
 them if the service dies, and `WarmPool.stop` when it stops. After a claim the domain keeps its
 name (libvirt cannot rename a running domain): the job's ledger rows say which domain is its
-(`jobs.job_domain`), and its files stay in the warm VM's folder until the job's cleanup.
-May import: config, errors, deploy, hypervisor, ledger, placement, vm, batch.jobs,
+(`domains.job_domain`), and its files stay in the warm VM's folder until the job's cleanup.
+May import: config, errors, deploy, hypervisor, ledger, placement, vm, batch.domains,
 batch.description, batch.key, lang, the standard library.
 """
 
@@ -187,7 +187,7 @@ class WarmPool:
         """One warm VM of TEMPLATE: resolved from the site's file, deployed (overlays, console
         log, domain) under a ledger owner whose process is this one, started paused."""
         from ..ledger.store import Ledger, OwnerKind
-        from .jobs import job_engine
+        from .domains import job_engine
 
         config = self.site()
         uri = config.default_uri
@@ -271,7 +271,7 @@ class WarmPool:
         started paused instead (the cold path, late); False when that fails too (its run
         then says why)."""
         from ..ledger.store import Ledger, OwnerKind
-        from .jobs import job_domain
+        from .domains import job_domain
 
         key = JobKey(uid, job_id)
         with self._lock:
@@ -307,7 +307,7 @@ class WarmPool:
         """The taken warm VM removed from KEY's rows, and the job's own VM made as PREPARE_JOB
         makes it, started paused."""
         from ..ledger.store import Ledger, OwnerKind
-        from .jobs import job_engine
+        from .domains import job_engine
 
         warm, uri = pending.warm, pending.warm.uri
         folder = warm.key.folder(config)
@@ -344,7 +344,7 @@ class WarmPool:
     def discard(self, warm: WarmVM) -> None:
         """Destroy WARM and remove its files and rows (unless a job took them meanwhile)."""
         from ..ledger.store import Ledger, OwnerKind
-        from .jobs import job_engine
+        from .domains import job_engine
 
         config = self.site()
         try:

@@ -305,3 +305,21 @@ def test_disks_that_cannot_be_plugged_in_give_the_job_its_own_vm(
     assert not (config.state_dir / "jobs" / prepared.domain.removeprefix("sd-job-")).exists()
     jobs.cleanup(config, key, connections=site.connections)
     assert site.leftovers(config) == []
+
+
+def test_the_reaper_removes_a_dead_jobs_warm_vm_and_both_its_folders(
+    warm_site: tuple[WarmSite, SiteConfig, WarmPool],
+) -> None:
+    site, config, pool = warm_site
+    pool.fill_once()
+    key, prepared = site.prepare_warm(config, pool, '"minimal"')
+    assert pool.plug(key.uid, key.job_id)
+    dead = subprocess.Popen(["true"])  # noqa: S607 - a runner that is gone
+    dead.wait()
+    with Ledger.for_site(config) as ledger:
+        owner = jobs.prepared_owner(ledger, key, config.default_uri)
+        ledger.set_status(owner, owner.status, pid=dead.pid)
+    lines = [o.line(dry_run=False) for o in reap(config, connections=site.connections)]
+    assert len([line for line in lines if "job folder" in line]) == 2, lines
+    assert prepared.domain not in site.domains(config)
+    assert site.leftovers(config) == []

@@ -91,7 +91,6 @@ class PreparedJob:
     memory_mib: int
     vcpus: int
     description: str
-    warm: bool = False  # it took a warm VM (`batch.warm`): paused already, nothing to start
 
 
 def prepare(
@@ -183,9 +182,7 @@ def prepare(
             if storage is not None:
                 raise storage from exc
             raise
-    return PreparedJob(
-        domain or key.domain, uri, spec.memory_mib, spec.vcpus, name, warm=domain is not None
-    )
+    return PreparedJob(domain or key.domain, uri, spec.memory_mib, spec.vcpus, name)
 
 
 def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:

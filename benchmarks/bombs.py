@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -31,24 +30,18 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the private service of the tests (conftest.py)
 
 from sd_batch.condor.jobad import job_ad_from_submit  # noqa: E402
-from sd_batch.config.site import BUILTIN_TEMPLATE_DIR  # noqa: E402
 from sd_batch.guest import contract  # noqa: E402
 
-PYTHON = ROOT / ".venv" / "bin" / "python"
-HOOKS = ROOT / "condor_hooks"
+from conftest import Service, User, helper_site, new_job, start_service  # noqa: E402
+
 SLOT_USER, GROUP = "sdslot1", "sd-slots"
-NODE_XML = (
-    "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>"
-    "<active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>"
-    "<memory>4194304</memory></node>\n"
-)
 Member = tuple[tarfile.TarInfo, bytes]
 
 
@@ -172,114 +165,36 @@ def crafted(case: str) -> tuple[str, bytes, str]:
     return job, tar_of(head + files), "conflicts with another of its .sf files"
 
 
-# --- the private site and its service ----------------------------------------------------------
-@dataclass
-class Site:
-    root: Path
-    socket: Path
-    proc: subprocess.Popen[bytes]
-
-    def ask(self, raw: bytes, timeout: float = 120.0) -> dict[str, object]:
-        """One raw request as root; the reply line."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(str(self.socket))
-            sock.settimeout(timeout)
-            try:
-                sock.sendall(raw)
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # it stopped reading: its reply is still there to read
-            reply: dict[str, object] = json.loads(sock.makefile("rb").readline() or b"{}")
-            return reply
-
-    def usage(self) -> tuple[float, float]:
-        """The service's (peak RSS in MiB, CPU seconds so far)."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        hwm = next(
-            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")
-        )
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return hwm / 1024, cpu
-
-    def answers(self) -> bool:
-        return self.proc.poll() is None and self.ask(b'{"action": "probe"}\n').get("ok") is True
+# --- the private site and its service (tests/conftest.py's, as the tests use them) ---------------
+def usage(service: Service) -> tuple[float, float]:
+    """The service's (peak RSS in MiB, CPU seconds so far)."""
+    status = Path(f"/proc/{service.proc.pid}/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    fields = Path(f"/proc/{service.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return hwm / 1024, cpu
 
 
-def start_site(root: Path, policy: str) -> Site:
-    (root / "node.xml").write_text(NODE_XML, encoding="utf-8")
-    (root / "images" / "minimal").mkdir(parents=True)
-    for name in ("vmlinux", "initrd.img"):
-        (root / "images" / "minimal" / name).write_bytes(b"x")
-    config = root / "site.toml"
-    config.write_text(
-        f'image_dir = "{root / "images"}"\nstate_dir = "{root / "state"}"\n'
-        f'default_uri = "test://{root / "node.xml"}"\ntemplate_dirs = ["{BUILTIN_TEMPLATE_DIR}"]\n'
-        f'[properties]\n"sd.flavour" = "qemu"\n[policy]\n{policy}',
-        encoding="utf-8",
-    )
-    sock = root / "run" / "helper.sock"
-    with open(root / "service.log", "ab") as log:
-        proc = subprocess.Popen(
-            [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
-            stdout=log,
-            stderr=log,
-            env={
-                "PATH": "/usr/bin:/bin",
-                "SD_BATCH_CONFIG": str(config),
-                "CONDOR_CONFIG": "/dev/null",
-            },
-        )
-    deadline = time.monotonic() + 60
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the helper service did not start: see {root}/service.log")
-        time.sleep(0.05)
-    return Site(root, sock, proc)
+def answers(service: Service) -> bool:
+    """Whether the service lives and answers root's probe."""
+    if service.proc.poll() is not None:
+        return False
+    try:
+        return service.ask(b'{"action": "probe"}\n', timeout=120).get("ok") is True
+    except (OSError, ValueError):  # no reply line, or not JSON
+        return False
 
 
-def prepare_hook(site: Site, name: str, files: dict[str, str], description: str) -> str:
+def prepare_hook(site: Service, name: str, files: dict[str, str], description: str) -> str:
     """PREPARE_JOB as the slot user on a scratch dir holding FILES; its HookStatusMessage."""
-    user = pwd.getpwnam(SLOT_USER)
-    scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=site.root))
-    scratch.chmod(0o755)
-    for path, text in files.items():
-        (scratch / path).write_text(text, encoding="utf-8")
-    for path in (scratch, *scratch.iterdir()):
-        os.chown(path, user.pw_uid, user.pw_gid)
     submit = f'executable = /bin/true\n+SDVMDescription = "{description}"\nqueue\n'
-    (ad,) = job_ad_from_submit(
-        submit,
-        submit_dir=scratch,
-        owner=SLOT_USER,
-        schedd_name=f"bombs-{os.getpid()}@test",
-        qdate=1700000000,
-    )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": "/",
-        "CONDOR_CONFIG": "/dev/null",
-        "_CONDOR_SCRATCH_DIR": str(scratch),
-        "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(site.socket),
-    }
-    done = subprocess.run(
-        [str(HOOKS / "prepare_job")],
-        input=ad,
-        capture_output=True,
-        text=True,
-        cwd=scratch,
-        env=env,
-        user=user.pw_uid,
-        group=user.pw_gid,
-        extra_groups=os.getgrouplist(SLOT_USER, user.pw_gid),
-        timeout=300,
-        check=False,
-    )
-    found = [line for line in done.stdout.splitlines() if line.startswith("HookStatus")]
-    return " ".join(found) or f"exit {done.returncode}: {done.stderr.strip()[-200:]}"
+    job = new_job(site, User.named(SLOT_USER), name, files, submit)
+    code, out, err = job.hook("prepare_job", timeout=300)
+    found = [line for line in out.splitlines() if line.startswith("HookStatus")]
+    return " ".join(found) or f"exit {code}: {err.strip()[-200:]}"
 
 
-def trickle(site: Site) -> str:
+def trickle(site: Service) -> str:
     started = time.monotonic()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(site.socket))
@@ -338,7 +253,7 @@ def probe_as(uid: int, gid: int, sock: Path) -> dict[str, object]:
     return reply
 
 
-def hoarders(site: Site) -> str:
+def hoarders(site: Service) -> str:
     import grp
 
     gid = grp.getgrnam(GROUP).gr_gid  # uids of no account: the kernel's credentials count
@@ -348,7 +263,7 @@ def hoarders(site: Site) -> str:
             assert proc.stdout is not None
             proc.stdout.readline()
         started = time.monotonic()
-        root = site.ask(b'{"action": "probe"}\n').get("ok")
+        root = site.ask(b'{"action": "probe"}\n', timeout=120).get("ok")
         other = probe_as(61999, gid, site.socket)
         mine = probe_as(61000, gid, site.socket)
         took = time.monotonic() - started
@@ -361,27 +276,30 @@ def hoarders(site: Site) -> str:
     )
 
 
-def cases() -> list[tuple[str, Callable[[Site], str]]]:
-    found: list[tuple[str, Callable[[Site], str]]] = []
-    for name, (files, description) in LANGUAGE.items():
+def cases() -> list[tuple[str, Callable[[Service], str]]]:
+    found: list[tuple[str, Callable[[Service], str]]] = []
+    for number, (name, (files, description)) in enumerate(LANGUAGE.items()):
         found.append(
             (
                 f"language: {name}",
-                lambda site, n=name, f=files, d=description: prepare_hook(site, n, f, d),
+                lambda site, n=f"bomb{number}", f=files, d=description: prepare_hook(site, n, f, d),
             )
         )
     for case in INPUT_CASES:
 
-        def send(site: Site, case: str = case) -> str:
+        def send(site: Service, case: str = case) -> str:
             job, data, _ = crafted(case)
-            reply = site.ask(json.dumps({"action": "prepare", "job": job}).encode() + b"\n" + data)
+            request = json.dumps({"action": "prepare", "job": job}).encode() + b"\n" + data
+            reply = site.ask(request, timeout=120)
             return f"{reply.get('disposition')}: {reply.get('message')}"
 
         found.append((f"input disk: {case}", send))
     found.append(
         (
             "request: a 2000-deep JSON line",
-            lambda site: str(site.ask(b"[" * 2000 + b"]" * 2000 + b"\n").get("message")),
+            lambda site: str(
+                site.ask(b"[" * 2000 + b"]" * 2000 + b"\n", timeout=120).get("message")
+            ),
         )
     )
     found.append(("request: a byte every 2 s", trickle))
@@ -400,24 +318,23 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run me as root (a root service, the slot user)")
-    root = Path(tempfile.mkdtemp(prefix="sd-bombs-"))
-    root.chmod(0o755)
-    site = start_site(root, args.policy)
+    root = helper_site(Path(tempfile.mkdtemp(prefix="sd-bombs-")), args.policy)
+    site = start_service(root)
     failures = 0
     try:
         print(f"{'case':<48} {'s':>5} {'peak MiB':>8} {'CPU s':>6}  probe  outcome")
         for name, run in cases():
             if args.only and args.only not in name:
                 continue
-            _, cpu_before = site.usage()
+            _, cpu_before = usage(site)
             started = time.monotonic()
             try:
                 outcome = run(site)
             except Exception as exc:  # noqa: BLE001 - a row says what went wrong
                 outcome = f"ERROR {exc!r}"
             took = time.monotonic() - started
-            peak, cpu = site.usage()
-            alive = site.answers()
+            peak, cpu = usage(site)
+            alive = answers(site)
             failures += not alive
             print(
                 f"{name:<48} {took:5.1f} {peak:8.0f} {cpu - cpu_before:6.2f}  "

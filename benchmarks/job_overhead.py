@@ -42,16 +42,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from raw_qemu import RawBoot  # noqa: E402 - next to this file
+
 from sd_batch.batch.key import JobLimits  # noqa: E402
 from sd_batch.condor.jobad import job_ad_from_submit, parse_job_ad  # noqa: E402
 from sd_batch.config.site import SYSTEM_CONFIG, load_config  # noqa: E402
 from sd_batch.config.templates import find_template  # noqa: E402
+from sd_batch.data import HOOKS_DIR  # noqa: E402
 from sd_batch.guest.contract import SECTOR, Manifest  # noqa: E402
-from sd_batch.helper.hooks import HOOKS_DIR  # noqa: E402
 from sd_batch.lang import load_file  # noqa: E402
 from sd_batch.localrun.outcome import updated_ad  # noqa: E402
 from sd_batch.staging import create_output_disk, result_tar_from_disk, write_input_tar  # noqa: E402
-from sd_batch.vm.spec import KernelBoot, vm_spec  # noqa: E402
+from sd_batch.vm.spec import vm_spec  # noqa: E402
 
 SD = REPO / ".venv" / "bin" / "sd"
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -156,7 +158,7 @@ def _event_time(text: str, domain: str, event: str) -> float | None:
     return None
 
 
-def raw_boot() -> dict[str, str]:
+def raw_boot() -> RawBoot:
     """The kernel, initrd, command line, memory and vCPUs sd gives a `minimal` job VM."""
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
     description = load_file(
@@ -166,18 +168,10 @@ def raw_boot() -> dict[str, str]:
         environ=None,
     )
     assert description.sfconfig is not None
-    spec = vm_spec(description.sfconfig, default_name="bench")
-    assert isinstance(spec.boot, KernelBoot)
-    return {
-        "kernel": str(config.image_dir / str(spec.boot.kernel)),
-        "initrd": str(config.image_dir / str(spec.boot.initrd)),
-        "cmdline": spec.boot.cmdline or "",
-        "memory": str(spec.memory_mib),
-        "vcpus": str(spec.vcpus),
-    }
+    return RawBoot.of(vm_spec(description.sfconfig, default_name="bench"), config.image_dir)
 
 
-def run_raw(sandbox: Path, work: Path, boot: dict[str, str], round_no: int) -> tuple[float, float]:
+def run_raw(sandbox: Path, work: Path, boot: RawBoot, round_no: int) -> tuple[float, float]:
     """(seconds from QEMU's spawn to its exit, seconds to build both disks)."""
     built = time.perf_counter()
     input_img, output_img = work / f"in-{round_no}.img", work / f"out-{round_no}.img"
@@ -188,30 +182,8 @@ def run_raw(sandbox: Path, work: Path, boot: dict[str, str], round_no: int) -> t
         out.write(b"\0" * (-size % SECTOR))
     create_output_disk(output_img, JobLimits().output_disk_bytes)
     built = time.perf_counter() - built
-    argv = [
-        "qemu-system-x86_64",
-        "-machine",
-        "pc,usb=off",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "qemu64",
-        "-m",
-        boot["memory"],
-        "-smp",
-        boot["vcpus"],
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-kernel",
-        boot["kernel"],
-        "-initrd",
-        boot["initrd"],
-        "-append",
-        boot["cmdline"],
-        "-serial",
-        f"file:{work / f'console-{round_no}.log'}",
+    argv = boot.argv(
+        work / f"console-{round_no}.log",
         "-blockdev",
         f"driver=file,filename={input_img},node-name=in,read-only=on",
         "-device",
@@ -220,7 +192,7 @@ def run_raw(sandbox: Path, work: Path, boot: dict[str, str], round_no: int) -> t
         f"driver=file,filename={output_img},node-name=out",
         "-device",
         "virtio-blk-pci,drive=out,serial=sd-output",
-    ]
+    )
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, timeout=300, check=False)
     took = time.perf_counter() - started
@@ -311,7 +283,7 @@ def _bench_vs_qemu(
     submit: Path,
     sandbox: Path,
     work: Path,
-    boot: dict[str, str],
+    boot: RawBoot,
     runs: int,
     socks: dict[str, Path],
     warm_config: object,

@@ -34,12 +34,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from raw_qemu import RawBoot  # noqa: E402 - next to this file
+
 from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config  # noqa: E402
 from sd_batch.errors import SdError  # noqa: E402
 from sd_batch.hypervisor.connection import Hypervisor  # noqa: E402
 from sd_batch.lang import load_file  # noqa: E402
 from sd_batch.placement.steps import plan  # noqa: E402
-from sd_batch.vm.spec import KernelBoot  # noqa: E402
 
 SYSTEM_URI = "qemu:///system"
 SOCKET = Path("/run/libvirt/libvirt-sock")
@@ -240,41 +241,14 @@ def run_sd_pool(site: Path, environ: dict[str, str], count: int, name: str) -> t
     return returned, ready
 
 
-def run_raw_qemu(work: Path, count: int, boot: dict[str, str], round_no: int) -> float:
+def run_raw_qemu(work: Path, count: int, boot: RawBoot, round_no: int) -> float:
     """Seconds from spawning COUNT qemu-system-x86_64 processes until every guest is ready."""
     consoles = [work / f"raw-{round_no}-{count}-{i}.log" for i in range(count)]
     processes = []
     started = time.perf_counter()
     try:
         for console in consoles:
-            argv = [
-                "qemu-system-x86_64",
-                "-name",
-                f"{TAG}-raw",
-                "-machine",
-                "pc,usb=off",
-                "-accel",
-                "tcg",
-                "-cpu",
-                "qemu64",
-                "-m",
-                boot["memory"],
-                "-smp",
-                boot["vcpus"],
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-                "-kernel",
-                boot["kernel"],
-                "-initrd",
-                boot["initrd"],
-                "-append",
-                boot["cmdline"],
-                "-serial",
-                f"file:{console}",
-            ]
+            argv = boot.argv(console, "-name", f"{TAG}-raw", "-no-reboot")
             processes.append(
                 subprocess.Popen(
                     argv,
@@ -321,8 +295,8 @@ def bench_pools(work: Path, rounds: int, counts: tuple[int, ...]) -> None:
     environ = {**os.environ, "SD_BATCH_CONFIG": str(site / "site.toml")}
     boot = same_boot_as_sd(site, guest.parent)
     print(
-        f"   both: kernel {boot['kernel']}, {boot['memory']} MiB, {boot['vcpus']} vCPU, TCG; "
-        f"cmdline {boot['cmdline']!r}"
+        f"   both: kernel {boot.kernel}, {boot.memory} MiB, {boot.vcpus} vCPU, TCG; "
+        f"cmdline {boot.cmdline!r}"
     )
     print(f"   host: {os.cpu_count()} CPUs; the VMs of a pool boot at once on them")
     for count in counts:
@@ -348,21 +322,13 @@ def bench_pools(work: Path, rounds: int, counts: tuple[int, ...]) -> None:
         print(f"     ratio sd / raw: {ratio:.2f}  (sd costs {extra * 1000:+.0f} ms per pool)")
 
 
-def same_boot_as_sd(site: Path, image_dir: Path) -> dict[str, str]:
+def same_boot_as_sd(site: Path, image_dir: Path) -> RawBoot:
     """The kernel, initrd, command line, memory and vCPUs sd gives a pool VM, from the plan."""
     config = load_config(site / "site.toml")
     description = load_file(
         site / "pool2.sf", include_dirs=[BUILTIN_TEMPLATE_DIR], properties=config.properties
     )
-    spec = next(plan(description, "x", SYSTEM_URI).vms()).spec
-    assert isinstance(spec.boot, KernelBoot)
-    return {
-        "kernel": str(image_dir / str(spec.boot.kernel)),
-        "initrd": str(image_dir / str(spec.boot.initrd)),
-        "cmdline": spec.boot.cmdline or "",
-        "memory": str(spec.memory_mib),
-        "vcpus": str(spec.vcpus),
-    }
+    return RawBoot.of(next(plan(description, "x", SYSTEM_URI).vms()).spec, image_dir)
 
 
 def main() -> None:

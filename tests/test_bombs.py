@@ -20,7 +20,9 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
 import test_helper_service as private  # noqa: E402
-from test_helper_service import GROUP, Service, User, new_job  # noqa: E402
+from test_helper_service import GROUP  # noqa: E402
+
+from conftest import Service, User, new_job  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bombs import HOARD, INPUT_CASES, LANGUAGE, as_uid, crafted, probe_as  # noqa: E402

@@ -125,3 +125,37 @@ def test_a_root_child_keeps_only_the_capabilities_it_was_given(start: object) ->
     assert int(run_confined(capabilities, (), read_only), 16) == 1 << confined.CAP_DAC_READ_SEARCH
     assert int(run_confined(capabilities, (), LIMITS), 16) == 0
     assert int(capabilities(), 16) != 0  # the parent keeps its own
+
+
+MAIN_RUN_AGAIN = """
+import sys
+from pathlib import Path
+from sd_batch.batch.confined import ChildLimits, run_confined, start_forkserver
+
+if __name__ == "__main__":
+    start_forkserver([])
+    # an upgrade replaces this file while the process runs: a child must not execute it again
+    Path(__file__).write_text("raise ImportError('the new version ran in the old process')")
+    print(run_confined(pow, (2, 10), ChildLimits()))
+"""
+
+
+def test_a_fork_server_child_never_runs_the_services_main_file_again(tmp_path: Path) -> None:
+    """multiprocessing re-executes the parent's `-m` main module in every fork-server child;
+    after a package upgrade that is the new version's file in the old process (a job across
+    an upgrade was held: 'its child process ended with status 1')."""
+    import subprocess
+    import sys
+
+    (tmp_path / "upgraded_service.py").write_text(MAIN_RUN_AGAIN, encoding="utf-8")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "upgraded_service"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}:{root}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "1024"), done.stderr

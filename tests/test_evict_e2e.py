@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -25,7 +24,7 @@ from sd_batch.batch import checkpoint
 from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.staging import CHECKPOINT_FILE
 
-from conftest import assert_jobs_gone, qemu_host_missing
+from conftest import PrivateService, assert_jobs_gone, qemu_host_missing
 
 pytestmark = pytest.mark.qemu
 
@@ -49,33 +48,17 @@ def service() -> Iterator[str]:
         pytest.skip(reason)
     folder = Path(tempfile.mkdtemp(prefix="sd-evict-", dir="/run"))
     folder.chmod(0o755)
-    sock = folder / "helper.sock"
-    log = open(folder / "service.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    private = PrivateService(folder)
     try:
-        deadline = time.monotonic() + 30
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert sock.exists(), (folder / "service.log").read_text()
-        yield str(sock)
+        private.start()
+        yield str(private.sock)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        log.close()
+        private.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _env(sock: str) -> dict[str, str]:
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/root",
-        "CONDOR_CONFIG": "/dev/null",
-        "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": sock,
-    }
+    return {**PrivateService(Path(sock).parent).environ()}
 
 
 def assert_nothing_left(err: str, job_dir: Path) -> None:

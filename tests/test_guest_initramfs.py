@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from sd_batch.errors import ConfigError, GuestBuildError, StagingError
-from sd_batch.guest.build import Stamp, up_to_date
+from sd_batch.guest.build import up_to_date
 from sd_batch.guest.common import (
+    Stamp,
     kernel_dependency,
     package_from,
     parse_apt_show,

@@ -18,37 +18,26 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sd_batch.batch.key import JobKey
-from sd_batch.condor.jobad import job_ad_from_submit
-from sd_batch.config.site import BUILTIN_TEMPLATE_DIR, load_config
 from sd_batch.data import HOOKS_DIR
-from sd_batch.helper.hooks import global_job_id
-from sd_batch.ledger.store import Ledger, Owner, OwnerKind, OwnerStatus
+from sd_batch.ledger.store import OwnerStatus
 
-from conftest import fake_kernel, wait_until, write_node, write_site_toml
+from conftest import Job, Service, User, helper_site, new_job, start_service, wait_until
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
 GROUP, USER_A, USER_B, OUTSIDER = "sd-slots", "sdslot1", "sdtest-svc-b", "sdtest-svc-x"
-SUBMIT = """executable = hello.sh
-transfer_input_files = input.txt
-+SDVMDescription = "minimal"
-queue
-"""
 
 
 def _missing() -> str | None:
@@ -60,81 +49,6 @@ def _missing() -> str | None:
     except KeyError:
         return f"no group {GROUP} or user {USER_A}: run scripts/setup-host"
     return None
-
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-
-    @classmethod
-    def named(cls, name: str) -> User:
-        entry = pwd.getpwnam(name)
-        return cls(name, entry.pw_uid, entry.pw_gid)
-
-
-@dataclass
-class Service:
-    root: Path
-    socket: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "site.toml"
-
-    def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8")
-
-    def ask(self, raw: bytes, *, shut: bool = True) -> dict[str, object]:
-        """One raw request as root; the reply line."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(str(self.socket))  # blocking, as a hook's: waits out a full backlog
-            sock.settimeout(30)
-            try:
-                sock.sendall(raw)
-                if shut:
-                    sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # it stopped reading: its reply is still there to read
-            reply: dict[str, object] = json.loads(sock.makefile("rb").readline())
-            return reply
-
-    def leftovers(self) -> list[str]:
-        config = load_config(self.config)
-        with Ledger.for_site(config) as ledger:
-            rows = [f"{o.kind.value} {o.owner_id}" for o in ledger.owners()]
-        jobs = config.state_dir / "jobs"
-        return rows + (sorted(str(p) for p in jobs.iterdir()) if jobs.is_dir() else [])
-
-
-def start_service(root: Path, sock: Path) -> Service:
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "SD_BATCH_CONFIG": str(root / "site.toml"),
-        "CONDOR_CONFIG": "/dev/null",
-    }
-    log = root / "service.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    for _ in range(200):
-        if proc.poll() is not None:
-            raise AssertionError(f"the service exited: {log.read_text()}")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.connect(str(sock))
-            return Service(root, sock, proc, log)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"the service never listened: {log.read_text()}")
 
 
 def useradd(*args: str) -> None:
@@ -166,17 +80,8 @@ def users() -> Iterator[tuple[User, User]]:
 
 @pytest.fixture
 def service(users: tuple[User, User]) -> Iterator[Service]:
-    root = Path(tempfile.mkdtemp(prefix="sd-svc-"))
-    root.chmod(0o755)  # slot users pass through to the socket and their scratch dirs
-    uri = write_node(root / "node.xml", cpus=2, memory_kib=4 << 20)
-    fake_kernel(root / "images", (b"x", b"x"))
-    write_site_toml(
-        root, uri, template_dirs=[BUILTIN_TEMPLATE_DIR], tables="[policy]\nmax_run_seconds = 2\n"
-    )
-    (root / "bin").mkdir()  # what the hook scripts need on PATH, and no sudo
-    for tool in ("dirname", "readlink"):
-        (root / "bin" / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
-    made = start_service(root, root / "run" / "helper.sock")
+    root = helper_site(Path(tempfile.mkdtemp(prefix="sd-svc-")), "max_run_seconds = 2\n")
+    made = start_service(root)
     try:
         yield made
         assert made.leftovers() == [], "a test left a ledger row or a job folder"
@@ -184,80 +89,6 @@ def service(users: tuple[User, User]) -> Iterator[Service]:
         made.proc.terminate()
         made.proc.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
-
-
-@dataclass
-class Job:
-    """One job of USER's: its scratch dir, job ad and id, and the hooks run as USER."""
-
-    service: Service
-    user: User
-    scratch: Path
-    ad: str
-
-    @property
-    def id(self) -> str:
-        return global_job_id(self.ad)
-
-    @property
-    def key(self) -> JobKey:
-        return JobKey(self.user.uid, self.id)
-
-    def env(self) -> dict[str, str]:
-        return {
-            "PATH": str(self.service.root / "bin"),
-            "HOME": "/",
-            "CONDOR_CONFIG": "/dev/null",
-            "_CONDOR_SCRATCH_DIR": str(self.scratch),
-            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.service.socket),
-        }
-
-    def start(self, hook: str, *argv: str, user: User | None = None) -> subprocess.Popen[bytes]:
-        who = user or self.user
-        return subprocess.Popen(
-            [str(HOOKS_DIR / hook), *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self.scratch,
-            env=self.env(),
-            user=who.uid,
-            group=who.gid,
-            extra_groups=os.getgrouplist(who.name, who.gid),
-        )
-
-    def hook(self, hook: str, *argv: str, user: User | None = None) -> tuple[int, str, str]:
-        proc = self.start(hook, *argv, user=user)
-        out, err = proc.communicate(self.ad.encode(), timeout=60)
-        return proc.returncode, out.decode(), err.decode()
-
-    def prepare(self) -> None:
-        code, out, err = self.hook("prepare_job")
-        assert (code, "HookStatusCode = 0" in out) == (0, True), out + err
-
-    def owner(self) -> Owner | None:
-        with Ledger.for_site(load_config(self.service.config)) as ledger:
-            return ledger.owner(
-                OwnerKind.JOB, self.key.owner_id, f"test://{self.service.root}/node.xml"
-            )
-
-
-def new_job(service: Service, user: User, name: str) -> Job:
-    scratch = service.root / f"scratch-{name}"
-    scratch.mkdir()
-    (scratch / "hello.sh").write_text("#!/bin/sh\necho hello\n", encoding="utf-8")
-    (scratch / "hello.sh").chmod(0o755)
-    (scratch / "input.txt").write_text("input\n", encoding="utf-8")
-    for path in (scratch, *scratch.iterdir()):
-        os.chown(path, user.uid, user.gid)
-    (ad,) = job_ad_from_submit(
-        SUBMIT,
-        submit_dir=scratch,
-        owner=user.name,
-        schedd_name=f"svc-{name}-{os.getpid()}@test",
-        qdate=1700000000,
-    )
-    return Job(service, user, scratch, ad)
 
 
 def until(check: Callable[[], object], seconds: float = 15.0) -> None:
@@ -492,11 +323,17 @@ def test_sigterm_stops_listening_at_once_and_finishes_the_runs_under_way(
     cleanup_without_the_service(job)
 
 
-def test_a_runner_whose_service_dies_sends_its_job_back_to_idle(
+def test_a_runner_whose_service_dies_and_none_comes_back_sends_its_job_back_to_idle(
     service: Service, users: tuple[User, User]
 ) -> None:
+    """It waits SMARTDOMAINS_REATTACH_SECONDS for the next service first (the VM runs on);
+    tests/test_service_restart_e2e.py has the next service come and take the VM up."""
     job = new_job(service, users[0], "died")
-    runner = started_run(job)
+    job.prepare()
+    runner = job.start(
+        "runner", "--job", job.id, env={"_CONDOR_SMARTDOMAINS_REATTACH_SECONDS": "2"}
+    )
+    until(running_under(job, runner.pid))
     service.proc.kill()
     _, err = runner.communicate(timeout=30)
     assert runner.returncode == 172, err  # the transform's OnExitRemove is false for it

@@ -1,7 +1,7 @@
 """The helper service's door: who may connect, what a request may be, how much one caller may
 hold, and JOB_EXIT's cheap reading of the job ad. A private service as in
 test_helper_service (root, a test:/// site); the outsider is a user outside the slot group,
-run through setpriv with Debian's own Python (the venv's is the slot group's alone).
+run with Debian's own Python (the venv's is the slot group's alone).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
 import test_helper_service as private  # noqa: E402
-from test_helper_service import GROUP, SUBMIT, Service, User, until, useradd  # noqa: E402
+from test_helper_service import GROUP, until, useradd  # noqa: E402
+
+from conftest import SUBMIT, Service, User  # noqa: E402
 
 users, service = private.users, private.service  # its fixtures: the slot users, the service
 OUTSIDER = "sdtest-svc-x"
@@ -56,21 +58,14 @@ print(s.makefile("rb").readline().decode().strip())
 """
 
 
-def as_outsider(user: User, sock: Path) -> dict[str, object]:
+def ask_as(user: User, sock: Path) -> dict[str, object]:
+    """A probe from a process of USER's (its primary group only: a slot user's is the slot
+    group), with Debian's own Python; the reply, or the errno its connect met."""
     done = subprocess.run(
-        [
-            "setpriv",
-            "--reuid",
-            str(user.uid),
-            "--regid",
-            str(user.gid),
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-I",
-            "-c",
-            CONNECT,
-            str(sock),
-        ],
+        ["/usr/bin/python3", "-I", "-c", CONNECT, str(sock)],
+        user=user.uid,
+        group=user.gid,
+        extra_groups=[],
         capture_output=True,
         text=True,
         timeout=30,
@@ -88,9 +83,9 @@ def test_the_socket_is_root_and_the_slot_groups_alone(service: Service, outsider
         grp.getgrnam(GROUP).gr_gid,
         "0o660",
     )
-    assert as_outsider(outsider, service.socket) == {"errno": 13}  # EACCES, from the kernel
+    assert ask_as(outsider, service.socket) == {"errno": 13}  # EACCES, from the kernel
     service.socket.chmod(0o666)  # an admin's mistake: the service still asks the kernel who
-    reply = as_outsider(outsider, service.socket)
+    reply = ask_as(outsider, service.socket)
     assert reply["ok"] is False and "only root and the slot group" in str(reply["message"])
     assert f"refused uid {outsider.uid}" in service.log_text()
 
@@ -159,23 +154,6 @@ for s in socks:
 print("ready", flush=True)
 sys.stdin.read()
 """
-
-
-def ask_as(user: User, sock: Path) -> dict[str, object]:
-    """A probe from USER's process (in the slot group as its primary group)."""
-    done = subprocess.run(
-        ["/usr/bin/python3", "-I", "-c", CONNECT, str(sock)],
-        user=user.uid,
-        group=user.gid,
-        extra_groups=[],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    reply: dict[str, object] = json.loads(done.stdout)
-    return reply
 
 
 # --- the cheap GlobalJobId of JOB_EXIT ----------------------------------------------------------

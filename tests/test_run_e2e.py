@@ -10,6 +10,7 @@ TCG); a job that must fail before booting (a broken .sf) boots none. Needs `scri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -193,6 +196,55 @@ queue
 """
 
 
+@dataclass
+class Sleeping:
+    """`sd run sleep.sub` (its own session) with its VM running the payload: the process, the
+    VM's domain, and sd run's progress lines so far."""
+
+    proc: subprocess.Popen[str]
+    domain: str
+    progress: list[str]
+
+    def finish(self) -> tuple[str, str]:
+        """sd run's stdout and its whole stderr, once it exits."""
+        out, rest = self.proc.communicate(timeout=TIMEOUT)
+        return out, "".join(self.progress) + rest
+
+
+@contextlib.contextmanager
+def sleeping_job(job_dir: Path) -> Iterator[Sleeping]:
+    """A job sleeping 120 s in its VM, a second into its run; killed on the way out if the
+    test has not ended it."""
+    (job_dir / "sleep.sub").write_text(SLEEP_SUB, encoding="utf-8")
+    proc = subprocess.Popen(
+        [str(SD), "run", "sleep.sub"],
+        cwd=job_dir,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    progress: list[str] = []
+    try:
+        assert proc.stderr is not None
+        domain = None
+        for line in proc.stderr:  # progress lines, until the payload runs
+            progress.append(line)
+            if found := re.search(r"VM (sd-job-[0-9a-f]+) ready", line):
+                domain = found.group(1)
+            if ": running " in line:
+                break
+        assert domain is not None, "".join(progress)
+        _wait_running(domain)
+        time.sleep(1.0)  # the guest is booting or sleeping: either way mid-run
+        yield Sleeping(proc, domain, progress)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize(
     ("signum", "reason", "state"),
     [
@@ -208,89 +260,37 @@ def test_a_job_stopped_mid_run_is_torn_down(
 
     SIGINT goes to sd run's whole process group, as a terminal's Ctrl-C does: the hooks and the
     runner must not see it (the starter's children are never in the user's terminal group)."""
-    (job_dir / "sleep.sub").write_text(SLEEP_SUB, encoding="utf-8")
-    proc = subprocess.Popen(
-        [str(SD), "run", "sleep.sub"],
-        cwd=job_dir,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    err_lines: list[str] = []
-    try:
-        assert proc.stderr is not None
-        domain = None
-        for line in proc.stderr:  # progress lines, until the payload runs
-            err_lines.append(line)
-            if found := re.search(r"VM (sd-job-[0-9a-f]+) ready", line):
-                domain = found.group(1)
-            if ": running " in line:
-                break
-        assert domain is not None, "".join(err_lines)
-        _wait_running(domain)
-        time.sleep(1.0)  # the guest is booting or sleeping: either way mid-run
+    with sleeping_job(job_dir) as job:
         if signum == signal.SIGINT:
-            os.killpg(proc.pid, signum)
+            os.killpg(job.proc.pid, signum)
         else:
-            proc.send_signal(signum)
-        out, rest = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = "".join(err_lines) + rest
-    assert proc.returncode == 128 + signum, err
+            job.proc.send_signal(signum)
+        out, err = job.finish()
+    assert job.proc.returncode == 128 + signum, err
     assert out.startswith(f"job 1.0: {state} in "), out
     assert f"JOB_EXIT {reason}" in err
     assert not (job_dir / "out.txt").exists()  # a stopped job's outputs do not come back
-    assert_nothing_left([domain])
+    assert_nothing_left([job.domain])
 
 
 def test_a_vm_destroyed_from_outside_holds_the_job_and_says_so(job_dir: Path) -> None:
     """The VM crashing mid-run (here: `virsh destroy`): the runner exits 171, PREPARE_JOB's
     OnExitHold holds the job with a reason that says the VM stopped without a result."""
-    (job_dir / "sleep.sub").write_text(SLEEP_SUB, encoding="utf-8")
-    proc = subprocess.Popen(
-        [str(SD), "run", "sleep.sub"],
-        cwd=job_dir,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    err_lines: list[str] = []
-    try:
-        assert proc.stderr is not None
-        domain = None
-        for line in proc.stderr:
-            err_lines.append(line)
-            if found := re.search(r"VM (sd-job-[0-9a-f]+) ready", line):
-                domain = found.group(1)
-            if ": running " in line:
-                break
-        assert domain is not None, "".join(err_lines)
-        _wait_running(domain)
-        time.sleep(1.0)
+    with sleeping_job(job_dir) as job:
         config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
         subprocess.run(
-            ["virsh", "-c", config.default_uri, "destroy", domain], capture_output=True, check=True
+            ["virsh", "-c", config.default_uri, "destroy", job.domain],
+            capture_output=True,
+            check=True,
         )
-        out, rest = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = "".join(err_lines) + rest
-    assert proc.returncode == 3, out + err
+        out, err = job.finish()
+    assert job.proc.returncode == 3, out + err
     assert out == (
         "job 1.0: held: sd-batch: the job's VM stopped without a result (it crashed "
         "or was destroyed); the job's stderr has the details\n"
     ), out + err
     assert "JOB_EXIT exit" in err
-    assert_nothing_left([domain])
+    assert_nothing_left([job.domain])
 
 
 def _wait_running(domain: str, timeout: float = 60.0) -> None:

@@ -9,31 +9,26 @@ XML libvirt keeps is read back: its <memory> and <vcpu> are what the guest gets.
 
 from __future__ import annotations
 
-import io
 import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_policy_jobs import MINIMAL, Site, held, site
 
 from sd_batch.batch import jobs
-from sd_batch.batch.key import JobKey
-from sd_batch.condor.jobad import format_updates, job_ad_from_submit
+from sd_batch.condor.jobad import format_updates
 from sd_batch.config.site import SiteConfig
-from sd_batch.data import HOOKS_DIR
 from sd_batch.errors import Disposition, SdError
-from sd_batch.guest.contract import Manifest
-from sd_batch.staging import write_input_tar
+
+from conftest import MINIMAL, JobSite, held, job_site
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 classad2 = pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
-__all__ = ["site"]  # the fixture, shared with test_policy_jobs
+
+site = job_site  # conftest's fixture, as `site` here
+
 
 TEMPLATE_NEEDS = (
     "SmartDomainsTemplateMemory = [ minimal = 256 ]\n"
@@ -58,142 +53,90 @@ def slot(memory: int, cpus: int, disk_kib: int = 10 << 20) -> str:
     )
 
 
-def submit(site: Site, description: str, requests: str = "", sf_text: str | None = None) -> str:
-    inputs = ""
-    if sf_text is not None:
-        (site.sandbox / "my.sf").write_text(sf_text, encoding="utf-8")
-        inputs = "transfer_input_files = my.sf\n"
-    site.count += 1
-    text = f"executable = /bin/true\n{inputs}{requests}+SDVMDescription = {description}\nqueue\n"
-    (ad,) = job_ad_from_submit(
-        text,
-        submit_dir=site.sandbox,
-        owner="tester",
-        schedd_name=f"sizing-{os.getpid()}-{site.count}@test",
-        qdate=1700000000,
-    )
-    return ad
-
-
-def prepare(site: Site, config: SiteConfig, ad: str, machine: str | None) -> jobs.PreparedJob:
-    job_id = next(
-        line.split('"')[1] for line in ad.splitlines() if line.startswith("GlobalJobId = ")
-    )
-    out = io.BytesIO()
-    write_input_tar(
-        site.sandbox,
-        Manifest(("/bin/true",), {}, "."),
-        out,
-        job_ad_text=ad,
-        machine_ad_text=machine,
-        max_bytes=1 << 30,
-    )
-    return jobs.prepare(
-        config,
-        JobKey(os.getuid(), job_id),
-        io.BytesIO(out.getvalue()),
-        connections=site.connections,
-    )
-
-
-def vm_of(site: Site, config: SiteConfig, prepared: jobs.PreparedJob) -> tuple[int, int]:
+def vm_of(site: JobSite, config: SiteConfig, prepared: jobs.PreparedJob) -> tuple[int, int]:
     """(MiB, vCPUs) as libvirt holds the domain, and the job cleaned up."""
-    xml = ET.fromstring(
-        site.connections(config.default_uri)
-        ._lookup(  # type: ignore[attr-defined]
-            prepared.domain
-        )
-        .XMLDesc(0)
-    )
+    xml = site.domain_xml(config, prepared.domain)
     memory = xml.find("memory")
     assert memory is not None and memory.get("unit", "KiB") == "KiB"
     size = (int(memory.text or 0) // 1024, int(xml.findtext("vcpu") or 0))
     assert size == (prepared.memory_mib, prepared.vcpus)
-    for owner in list_jobs(config):
-        jobs.cleanup(config, JobKey(os.getuid(), owner), connections=site.connections)
+    site.clean_up(config)
     assert site.leftovers(config) == []
     return size
 
 
-def list_jobs(config: SiteConfig) -> list[str]:
-    from sd_batch.ledger.store import Ledger
-
-    with Ledger.for_site(config) as ledger:
-        return [o.owner_id.partition(":")[2] for o in ledger.owners()]
-
-
-def refused(site: Site, config: SiteConfig, ad: str, machine: str | None) -> str:
+def refused(site: JobSite, config: SiteConfig, ad: str, machine: str | None) -> str:
     with pytest.raises(SdError) as caught:
-        prepare(site, config, ad, machine)
+        site.prepare_ad(config, ad, machine)
     assert caught.value.disposition is Disposition.HOLD
     assert site.leftovers(config) == []
     return held(caught.value)
 
 
 # --- memory and vCPUs -----------------------------------------------------------------------------
-def test_a_job_asking_for_nothing_gets_its_templates_size(site: Site) -> None:
+def test_a_job_asking_for_nothing_gets_its_templates_size(site: JobSite) -> None:
     config = site.write_config()
-    ad = submit(site, '"minimal"')
-    assert vm_of(site, config, prepare(site, config, ad, slot(256, 1))) == (256, 1)
-    assert vm_of(site, config, prepare(site, config, ad, None)) == (256, 1)  # no machine ad
+    ad = site.submit('"minimal"')
+    assert vm_of(site, config, site.prepare_ad(config, ad, slot(256, 1))) == (256, 1)
+    assert vm_of(site, config, site.prepare_ad(config, ad, None)) == (256, 1)  # no machine ad
 
 
-def test_explicit_requests_size_the_vm(site: Site) -> None:
+def test_explicit_requests_size_the_vm(site: JobSite) -> None:
     config = site.write_config()
-    ad = submit(site, '"minimal"', "request_memory = 1024\nrequest_cpus = 2\n")
-    assert vm_of(site, config, prepare(site, config, ad, slot(1024, 2))) == (1024, 2)
+    ad = site.submit('"minimal"', "request_memory = 1024\nrequest_cpus = 2\n")
+    assert vm_of(site, config, site.prepare_ad(config, ad, slot(1024, 2))) == (1024, 2)
     # HTCondor rounds the slot up (to 128 MiB): the VM is what the job asked for, within it
-    odd = submit(site, '"minimal"', "request_memory = 1000\n")
-    assert vm_of(site, config, prepare(site, config, odd, slot(1024, 1))) == (1000, 1)
+    odd = site.submit('"minimal"', "request_memory = 1000\n")
+    assert vm_of(site, config, site.prepare_ad(config, odd, slot(1024, 1))) == (1000, 1)
 
 
-def test_a_request_below_the_template_gets_the_template(site: Site) -> None:
+def test_a_request_below_the_template_gets_the_template(site: JobSite) -> None:
     config = site.write_config()
-    ad = submit(site, '"minimal"', "request_memory = 64\n")
-    assert vm_of(site, config, prepare(site, config, ad, slot(256, 1))) == (256, 1)
+    ad = site.submit('"minimal"', "request_memory = 64\n")
+    assert vm_of(site, config, site.prepare_ad(config, ad, slot(256, 1))) == (256, 1)
 
 
-def test_a_vm_is_never_larger_than_its_slot(site: Site) -> None:
+def test_a_vm_is_never_larger_than_its_slot(site: JobSite) -> None:
     """A slot smaller than the request (a static slot the job's own requirements let it
     take): the VM is the slot."""
     config = site.write_config()
-    ad = submit(site, '"minimal"', "request_memory = 2048\nrequest_cpus = 4\n")
-    assert vm_of(site, config, prepare(site, config, ad, slot(1024, 2))) == (1024, 2)
+    ad = site.submit('"minimal"', "request_memory = 2048\nrequest_cpus = 4\n")
+    assert vm_of(site, config, site.prepare_ad(config, ad, slot(1024, 2))) == (1024, 2)
 
 
-def test_a_forged_bigger_slot_gives_no_more_than_the_request(site: Site) -> None:
+def test_a_forged_bigger_slot_gives_no_more_than_the_request(site: JobSite) -> None:
     """The slot user can rewrite .machine.ad: it can only make its VM smaller."""
     config = site.write_config()
-    ad = submit(site, '"minimal"', "request_memory = 512\n")
-    assert vm_of(site, config, prepare(site, config, ad, slot(10**9, 10**6))) == (512, 1)
+    ad = site.submit('"minimal"', "request_memory = 512\n")
+    assert vm_of(site, config, site.prepare_ad(config, ad, slot(10**9, 10**6))) == (512, 1)
 
 
-def test_a_slot_too_small_for_its_template_is_held_saying_what_to_request(site: Site) -> None:
+def test_a_slot_too_small_for_its_template_is_held_saying_what_to_request(site: JobSite) -> None:
     config = site.write_config()
-    ad = submit(site, '"minimal"', "request_memory = 100\n")
+    ad = site.submit('"minimal"', "request_memory = 100\n")
     assert refused(site, config, ad, slot(128, 1)) == (
         "the site template minimal needs 256 MiB of memory, more than the job's slot has "
         "(128 MiB); write request_memory = 256 in the submit file"
     )
 
 
-def test_a_jobs_own_sf_may_change_its_size_within_its_slot(site: Site) -> None:
+def test_a_jobs_own_sf_may_change_its_size_within_its_slot(site: JobSite) -> None:
     config = site.write_config()
     sf = MINIMAL + "memory 768;\n    vcpus 2;\n}\n"
-    ad = submit(site, '"my.sf"', "request_memory = 1024\nrequest_cpus = 2\n", sf)
-    assert vm_of(site, config, prepare(site, config, ad, slot(1024, 2))) == (1024, 2)
-    within = submit(site, '"my.sf"', "request_memory = 768\nrequest_cpus = 2\n", sf)
-    assert vm_of(site, config, prepare(site, config, within, slot(768, 2))) == (768, 2)
+    ad = site.submit('"my.sf"', "request_memory = 1024\nrequest_cpus = 2\n", sf)
+    assert vm_of(site, config, site.prepare_ad(config, ad, slot(1024, 2))) == (1024, 2)
+    within = site.submit('"my.sf"', "request_memory = 768\nrequest_cpus = 2\n", sf)
+    assert vm_of(site, config, site.prepare_ad(config, within, slot(768, 2))) == (768, 2)
 
 
-def test_a_jobs_own_sf_asking_for_more_than_its_slot_is_held(site: Site) -> None:
+def test_a_jobs_own_sf_asking_for_more_than_its_slot_is_held(site: JobSite) -> None:
     config = site.write_config()
-    ad = submit(site, '"my.sf"', "request_memory = 1024\n", MINIMAL + "memory 4096;\n}\n")
+    ad = site.submit('"my.sf"', "request_memory = 1024\n", MINIMAL + "memory 4096;\n}\n")
     assert refused(site, config, ad, slot(1024, 1)) == (
         "my.sf needs 4096 MiB of memory, more than the job's slot has (1024 MiB); "
         "write request_memory = 4096 in the submit file"
     )
-    cpus = submit(site, '"my.sf"', "request_memory = 256\n", MINIMAL + "vcpus 3;\n}\n")
+    cpus = site.submit('"my.sf"', "request_memory = 256\n", MINIMAL + "vcpus 3;\n}\n")
     assert refused(site, config, cpus, slot(256, 2)) == (
         "my.sf needs 3 vCPUs, more than the job's slot has (2 vCPUs); write request_cpus = 3 "
         "in the submit file"
@@ -201,19 +144,19 @@ def test_a_jobs_own_sf_asking_for_more_than_its_slot_is_held(site: Site) -> None
 
 
 # --- site policy on the requests ------------------------------------------------------------------
-def test_requests_over_site_policy_are_held_naming_the_submit_command(site: Site) -> None:
+def test_requests_over_site_policy_are_held_naming_the_submit_command(site: JobSite) -> None:
     config = site.write_config("max_memory_mib = 4096\nmax_vcpus = 4\n")
-    ad = submit(site, '"minimal"', "request_memory = 8192\n")
+    ad = site.submit('"minimal"', "request_memory = 8192\n")
     assert refused(site, config, ad, slot(8192, 1)) == (
         "request_memory 8192 MiB is over the site limit of 4096 MiB per job VM ([policy] "
         "max_memory_mib); write request_memory = 4096 or less"
     )
-    ad = submit(site, '"minimal"', "request_cpus = 6\n")
+    ad = site.submit('"minimal"', "request_cpus = 6\n")
     assert refused(site, config, ad, None) == (
         "request_cpus 6 is over the site limit of 4 vCPUs per job VM ([policy] max_vcpus); "
         "write request_cpus = 4 or less"
     )
-    ad = submit(site, '"minimal"', "request_gpus = 1\n")
+    ad = site.submit('"minimal"', "request_gpus = 1\n")
     assert refused(site, config, ad, slot(256, 1)).startswith(
         "request_gpus 1: this site gives job VMs no GPUs (no device passthrough)"
     )
@@ -243,28 +186,15 @@ RequestDisk = 1024
     ids=["1TB", "10000cpus", "1e300"],
 )
 def test_hostile_requests_are_held_by_the_real_hook(
-    site: Site, memory: object, cpus: int, says: str
+    site: JobSite, memory: object, cpus: int, says: str
 ) -> None:
     config = site.write_config()
     ad = HOSTILE.format(schedd=f"hostile-{os.getpid()}-{cpus}", memory=memory, cpus=cpus)
     (site.sandbox / ".machine.ad").write_text(slot(256, 1), encoding="utf-8")
-    environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(site.root),
-        "SD_BATCH_CONFIG": str(site.config_path),
-        "CONDOR_CONFIG": "/dev/null",
-        "_CONDOR_SCRATCH_DIR": str(site.sandbox),
-        "_CONDOR_MACHINE_AD": str(site.sandbox / ".machine.ad"),
-        "_CONDOR_SMARTDOMAINS_HELPER": f"{sys.executable} -m sd_batch.batch.privileged",
-    }
-    done = subprocess.run(
-        [str(HOOKS_DIR / "prepare_job")],
-        input=ad.encode(),
-        cwd=site.sandbox,
-        env=environ,
-        capture_output=True,
-        timeout=60,
-        check=False,
+    done = site.prepare_job_hook(
+        ad,
+        _CONDOR_SCRATCH_DIR=str(site.sandbox),
+        _CONDOR_MACHINE_AD=str(site.sandbox / ".machine.ad"),
     )
     updates = classad2.parseOne(done.stdout.decode(), classad2.ParserType.Old)
     assert done.returncode != 0 and 1 <= updates.eval("HookStatusCode") <= 299, done.stderr
@@ -281,11 +211,11 @@ SCRATCH = (
 OWN_VMS = "require_site_template = false\n"
 
 
-def test_the_output_disk_and_blank_disks_together_fit_the_slots_disk(site: Site) -> None:
+def test_the_output_disk_and_blank_disks_together_fit_the_slots_disk(site: JobSite) -> None:
     config = site.write_config(OWN_VMS)
-    ad = submit(site, '"my.sf"', "request_disk = 2G\n", SCRATCH)
-    assert vm_of(site, config, prepare(site, config, ad, slot(256, 1, 2 << 20))) == (256, 1)
-    small = submit(site, '"my.sf"', "request_disk = 1G\n", SCRATCH)
+    ad = site.submit('"my.sf"', "request_disk = 2G\n", SCRATCH)
+    assert vm_of(site, config, site.prepare_ad(config, ad, slot(256, 1, 2 << 20))) == (256, 1)
+    small = site.submit('"my.sf"', "request_disk = 1G\n", SCRATCH)
     assert refused(site, config, small, slot(256, 1, 1 << 20)) == (
         "the VM of my.sf can write 1280 MiB to the host's disk (output disk 256 MiB, blank "
         "disks 1024 MiB), more than the job's slot has (1024 MiB); write request_disk = 1280M "
@@ -293,29 +223,23 @@ def test_the_output_disk_and_blank_disks_together_fit_the_slots_disk(site: Site)
     )
 
 
-def test_a_slot_without_room_for_the_output_disk_is_held(site: Site) -> None:
+def test_a_slot_without_room_for_the_output_disk_is_held(site: JobSite) -> None:
     config = site.write_config("output_disk_mib = 64\n")
-    ad = submit(site, '"minimal"')
+    ad = site.submit('"minimal"')
     assert refused(site, config, ad, slot(256, 1, 32 << 10)).endswith(
         "(output disk 64 MiB), more than the job's slot has (32 MiB); write request_disk = 64M "
         "in the submit file"
     )
-    assert vm_of(site, config, prepare(site, config, ad, slot(256, 1, 64 << 10))) == (256, 1)
+    assert vm_of(site, config, site.prepare_ad(config, ad, slot(256, 1, 64 << 10))) == (256, 1)
 
 
-def test_the_blank_disks_are_made_at_the_size_counted(site: Site) -> None:
+def test_the_blank_disks_are_made_at_the_size_counted(site: JobSite) -> None:
     """What the guest can write is each disk's own size: a job writing more gets ENOSPC in
     its VM, never a fuller host disk (the volumes libvirt made, read back)."""
     config = site.write_config(OWN_VMS)
-    ad = submit(site, '"my.sf"', "request_disk = 2G\n", SCRATCH)
-    prepared = prepare(site, config, ad, slot(256, 1, 2 << 20))
-    xml = ET.fromstring(
-        site.connections(config.default_uri)
-        ._lookup(  # type: ignore[attr-defined]
-            prepared.domain
-        )
-        .XMLDesc(0)
-    )
+    ad = site.submit('"my.sf"', "request_disk = 2G\n", SCRATCH)
+    prepared = site.prepare_ad(config, ad, slot(256, 1, 2 << 20))
+    xml = site.domain_xml(config, prepared.domain)
     sources = [d.find("source") for d in xml.iter("disk")]
     files = [Path(s.get("file") or "") for s in sources if s is not None]
     assert {f.name.rsplit("-", 1)[-1] for f in files} >= {"scratch.qcow2", "output.img"}

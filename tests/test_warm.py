@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
-from test_policy_jobs import MINIMAL, Site
 
 from sd_batch.batch import jobs
 from sd_batch.batch.domains import job_domain
@@ -31,7 +30,7 @@ from sd_batch.vm.domain_xml import OwnerKind as XmlOwnerKind
 from sd_batch.vm.spec import DiskFormat, Flavour, KernelBoot, VMSpec
 from sd_batch.vm.warm import comparable, job_disk_targets
 
-from conftest import fake_kernel, write_node, write_site_toml
+from conftest import MINIMAL, JobSite, fake_kernel, write_node, write_site_toml
 
 
 # --- the pure matching ------------------------------------------------------------------------
@@ -124,9 +123,9 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 pytest.importorskip("classad2", reason="the htcondor bindings are not installed")
 
 
-class WarmSite(Site):
+class WarmSite(JobSite):
     def write_config(self, policy: str = "", templates: tuple[Path, ...] = ()) -> SiteConfig:
-        """The site of `Site`, keeping a warm `minimal` VM (a table after [policy]'s)."""
+        """The site of `JobSite`, keeping a warm `minimal` VM (a table after [policy]'s)."""
         return super().write_config(f'{policy}\n[jobs]\nwarm = ["minimal"]\n', templates)
 
     def prepare_warm(

@@ -19,16 +19,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sd_batch.batch.warm import is_warm
-from sd_batch.config.site import SYSTEM_CONFIG, SiteConfig, load_config
+from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.ledger.store import Ledger, ResourceKind
 
-from conftest import qemu_host_missing, wait_until, write_site_toml
+from conftest import PrivateService, qemu_host_missing, wait_until, write_site_toml
 
 pytestmark = pytest.mark.qemu
 
@@ -55,20 +54,21 @@ queue
 """
 
 
-@dataclass
-class WarmService:
-    sock: Path
-    config: SiteConfig
-    proc: subprocess.Popen[bytes]
-    log: Path
+class WarmService(PrivateService):
+    """A private helper service on a site of its own (`[jobs] warm = ["minimal"]`)."""
 
-    def env(self) -> dict[str, str]:
-        return {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/root",
-            "CONDOR_CONFIG": "/dev/null",
-            "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": str(self.sock),
-        }
+    def __init__(self, folder: Path) -> None:
+        config_file = _site_toml(folder)
+        super().__init__(
+            folder,
+            environ={
+                "PATH": "/usr/bin:/bin",
+                "HOME": "/root",
+                "CONDOR_CONFIG": "/dev/null",
+                "SD_BATCH_CONFIG": str(config_file),
+            },
+        )
+        self.config = load_config(config_file)
 
     def owners(self) -> dict[str, list[str]]:
         """Ledger owner id -> its domains."""
@@ -82,7 +82,7 @@ class WarmService:
         """The idle warm VM, once the service has made it (and QEMU has it paused)."""
 
         def ready() -> str | None:
-            said = re.findall(r"warm VM (\S+) of minimal: paused, ready", self.log.read_text())
+            said = re.findall(r"warm VM (\S+) of minimal: paused, ready", self.log())
             idle = {n for owner, names in self.owners().items() if is_warm(owner) for n in names}
             if said and said[-1] in idle and _state(said[-1]) == "paused":
                 return str(said[-1])
@@ -142,28 +142,12 @@ def service() -> Iterator[WarmService]:
         pytest.skip(reason)
     folder = Path(tempfile.mkdtemp(prefix="sd-warm-", dir="/run"))
     folder.chmod(0o755)
-    config_file = _site_toml(folder)
-    log = folder / "service.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(PYTHON), "-I", "-m", "sd_batch.helper.service", "--socket", str(folder / "s")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={
-                "PATH": "/usr/bin:/bin",
-                "HOME": "/root",
-                "CONDOR_CONFIG": "/dev/null",
-                "SD_BATCH_CONFIG": str(config_file),
-            },
-        )
-    made = WarmService(folder / "s", load_config(config_file), proc, log)
+    made = WarmService(folder)
     try:
-        wait_until(made.sock.exists, "the service's socket", seconds=60)
+        made.start()
         yield made
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+        made.stop(timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -178,14 +162,14 @@ def test_a_job_through_the_warm_vm_gets_its_inputs_and_returns_outputs_and_exit_
     done = subprocess.run(
         [str(SD), "run", "job.sub"],
         cwd=tmp_path,
-        env=service.env(),
+        env=service.environ(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
         check=False,
     )
-    assert done.returncode == 3, done.stderr + service.log.read_text()
-    assert f"VM {warm} ready" in done.stderr, service.log.read_text()  # the warm VM
+    assert done.returncode == 3, done.stderr + service.log()
+    assert f"VM {warm} ready" in done.stderr, service.log()  # the warm VM
     assert (tmp_path / "result.txt").read_text() == "THE INPUT\n"
     assert (tmp_path / "job.out").read_text() == "done\n"
     service.assert_only_warm_left(warm)
@@ -203,7 +187,7 @@ def test_a_warm_vm_job_held_or_removed_mid_run_leaves_nothing(
     proc = subprocess.Popen(
         [str(SD), "run", "sleep.sub"],
         cwd=tmp_path,
-        env=service.env(),
+        env=service.environ(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -235,9 +219,8 @@ def test_a_warm_vm_job_held_or_removed_mid_run_leaves_nothing(
 
 def test_stopping_the_service_leaves_no_warm_vm(service: WarmService) -> None:
     warm = service.warm_domain()
-    service.proc.send_signal(signal.SIGTERM)
-    service.proc.wait(timeout=120)
+    assert service.stop(timeout=120) == 0
     assert warm not in _domains()
     assert service.owners() == {}
     assert list((service.config.state_dir / "jobs").iterdir()) == []
-    assert re.search(rf"warm VM {warm} of minimal: removed", service.log.read_text())
+    assert re.search(rf"warm VM {warm} of minimal: removed", service.log())

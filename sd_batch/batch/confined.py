@@ -65,12 +65,32 @@ def start_forkserver(preload: Sequence[str]) -> None:
     """Start multiprocessing's fork server now (a long-lived service does, before its threads
     serve requests), importing PRELOAD there once; children fork from it from then on."""
     global _context
+    _unhook_main()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
     _context = context
+
+
+def _unhook_main() -> None:
+    """Keep every child from running this process's `__main__` again, from its file.
+
+    multiprocessing hands each fork-server child the parent's main module by name (a `-m`
+    service) or path, and the child executes that file anew (`spawn.prepare`) so objects
+    defined there unpickle. Our work is never defined in `__main__`; and after a package
+    upgrade that file is the new version's code, run inside the old version's process (the
+    draining service's result read failed: a job across an upgrade was held). So
+    `sys.modules["__main__"]` becomes an empty stand-in, with neither spec nor file: the
+    child leaves its own alone. The running main module keeps its globals (its functions hold
+    them), only the registry entry changes."""
+    import sys
+    import types
+
+    main = sys.modules.get("__main__")
+    if main is not None and (main.__spec__ is not None or hasattr(main, "__file__")):
+        sys.modules["__main__"] = types.ModuleType("__main__", main.__doc__)
 
 
 def run_confined(work: Callable[..., T], args: tuple[Any, ...], limits: ChildLimits) -> T:

@@ -43,7 +43,7 @@ from ..errors import (
 )
 from ..guest import contract
 from ..hypervisor.connections import Connections
-from ..hypervisor.types import DAEMON_HINT, HypervisorAPI
+from ..hypervisor.types import DAEMON_HINT, DomainState, HypervisorAPI
 from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
 from ..vm.site_policy import SitePolicy, check_capacity
@@ -186,17 +186,28 @@ def prepare(
 
 
 def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:
-    """An OSError writing the job's files (or a StagingError caused by a full or failing
-    disk) as the host problem it is: the job goes back to Idle, with a message for the site."""
+    """EXC as the host storage problem it is, or None when it is not one.
+
+    Only a disk that cannot take the job's files (full, over quota, read-only, failing, a
+    stale network mount, a file too big for its filesystem) is the host's storage problem: the
+    job goes back to Idle with a message for the site. Any other OSError (EACCES, ENOENT of a
+    file we made, a hook that hung up) is a bug or another host fault: it surfaces as itself,
+    its file named, never blamed on the disk. A StagingError counts only when such a disk
+    caused it; every other SdError already says what it is."""
     import errno
 
-    cause = exc if isinstance(exc, OSError) else exc.__cause__
-    if isinstance(exc, StagingError) and not (
-        isinstance(cause, OSError)
-        and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
-    ):
-        return None
-    if not isinstance(cause, OSError):
+    hints = {  # the errnos that mean "this disk cannot take the files", and what the site does
+        errno.ENOSPC: "free space in its state_dir",
+        errno.EDQUOT: "raise the quota of its state_dir",
+        errno.EFBIG: "keep its state_dir on a filesystem that holds files this large",
+        errno.EROFS: "check the disk of its state_dir (mounted read-only)",
+        errno.EIO: "check the disk of its state_dir (I/O errors)",
+        errno.ESTALE: "check the network filesystem of its state_dir (stale file handle)",
+    }
+    cause = exc if isinstance(exc, OSError) else None
+    if isinstance(exc, StagingError) and not isinstance(exc, HostStorageError):
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+    if cause is None or cause.errno not in hints:
         return None
     what = cause.strerror or str(cause)
     if cause.filename:  # which file: an unexpected cause is then found from the message alone
@@ -204,7 +215,7 @@ def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | Non
     log.warning("job files in %s: %r", folder, cause)
     return HostStorageError(
         f"the worker cannot write the job's files in {folder.parent}: {what}",
-        hint="the site must free space in its state_dir (the job runs again, here or elsewhere)",
+        hint=f"the site must {hints[cause.errno]} (the job runs again, here or elsewhere)",
     )
 
 
@@ -274,13 +285,20 @@ def run(
     the helper service to the runner hanging up. RUNNER_PID is the process whose life is the
     job's, recorded for the reaper (None: this one; the service names its caller, the runner).
     """
-    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus, ResourceKind
+    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus, ProcessRef, ResourceKind
 
     asked = time.monotonic()
     connections = connections or Connections()
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
         owner = prepared_owner(ledger, key, uri)
+        # The same runner again (pid and start time): the service that ran its VM stopped
+        # (an upgrade under systemd, a crash) and the runner came back to the next one.
+        again = (
+            runner_pid is not None
+            and owner.status is OwnerStatus.ACTIVE
+            and owner.process == ProcessRef.of(runner_pid)
+        )
         # the reaper's sign of life: while this process lives, the job does
         ledger.set_status(
             owner, OwnerStatus.ACTIVE, pid=THIS_PROCESS if runner_pid is None else runner_pid
@@ -306,7 +324,9 @@ def run(
     if ready is not None:
         ready()
     started = time.monotonic()
-    if resume.restore_or_start(config, key, connections(uri), domain):
+    if again and reattach(connections(uri), domain, key.folder(config) / "output.img"):
+        log.info("job %s: its runner came back: waiting on its VM again", key.job_id)
+    elif resume.restore_or_start(config, key, connections(uri), domain):
         domain = key.domain  # the checkpoint's VM runs under the job's own name
         log.info(
             "job %s: its VM resumed from its checkpoint in %.2f s",
@@ -356,6 +376,22 @@ def run(
     with result:
         shutil.copyfileobj(result, out)
     return None
+
+
+def reattach(hv: HypervisorAPI, domain: str, output: Path) -> bool:
+    """Take up the job's VM DOMAIN a stopped service left running for the same runner: True
+    when there is one to wait on (a paused one is resumed: the old service stopped between its
+    paused start and the resume), False when it is off (booted, never run) and is to be
+    started."""
+    status = hv.state(domain)
+    if status.state is DomainState.SHUTOFF:
+        # it never ran (its output disk still blank) or it ran to its end: the end's result
+        # is read below; a blank disk means the old service stopped before the boot
+        with open(output, "rb") as disk:  # one sector of a disk only we and the guest write
+            return not disk.read(len(contract.OUTPUT_MAGIC)).startswith(contract.OUTPUT_MAGIC)
+    if status.state is DomainState.PAUSED:
+        hv.start_or_resume(domain)
+    return True
 
 
 class _Eviction:

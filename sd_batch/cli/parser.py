@@ -2,15 +2,17 @@
 naming the function that runs it (imported only then, so `sd validate` does not pay for
 libvirt or the HTCondor bindings).
 
-May import: errors, the cli modules (lazily, from the handlers), argparse.
+May import: errors, cli.environment, cli.handlers, argparse.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import UsageError
+from . import handlers
 from .environment import Environment
 
 #: What a subcommand runs: its parsed arguments and environment in, its exit code out.
@@ -48,6 +50,13 @@ class _Parser(argparse.ArgumentParser):
 _Subcommands = argparse._SubParsersAction  # what add_subparsers returns
 
 
+def _command(sub: _Subcommands[_Parser], name: str, handler: Handler, **options: Any) -> _Parser:
+    """Subcommand NAME of SUB (OPTIONS: its help, description...), which HANDLER runs."""
+    parser = sub.add_parser(name, **options)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def _add_include_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-I",
@@ -67,6 +76,27 @@ def _add_include_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="set a property that descriptions read with PROPERTY NAME",
     )
+
+
+def _add_description_file(
+    parser: argparse.ArgumentParser, file_help: str = "a .sf description"
+) -> None:
+    """FILE and where its #includes and PROPERTYs come from: every command that reads one."""
+    parser.add_argument("file", metavar="FILE", help=file_help)
+    _add_include_options(parser)
+
+
+def _add_pool_address(parser: argparse.ArgumentParser, name_help: str | None = None) -> None:
+    """HOST NAME: a pool, as the seed's sfStart and sfTerminate name it."""
+    parser.add_argument("host", metavar="HOST")
+    parser.add_argument("name", metavar="NAME", help=name_help)
+
+
+def _add_resolution_options(parser: argparse.ArgumentParser, *, allow_tbd: str, json: str) -> None:
+    """How `validate` and `render` resolve FILE: TBDs allowed or not, JSON out, the budgets."""
+    parser.add_argument("--allow-tbd", action="store_true", help=allow_tbd)
+    parser.add_argument("--json", action="store_true", help=json)
+    _add_budget_options(parser)
 
 
 def _add_budget_options(parser: argparse.ArgumentParser) -> None:
@@ -115,57 +145,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_language(sub: _Subcommands[_Parser]) -> None:
     """`sd validate`, `sd render`, `sd templates`: descriptions, no hypervisor."""
-    validate = sub.add_parser(
+    validate = _command(
+        sub,
         "validate",
+        handlers.validate,
         help="check a description and print a one-line summary",
         description="Parse and resolve FILE (includes, extends, references, TBDs). Prints one "
         "summary line, or every located error with the source line and a caret.",
     )
-    validate.add_argument("file", metavar="FILE", help="a .sf description")
-    _add_include_options(validate)
+    _add_description_file(validate)
     validate.add_argument(
         "--syntax-only",
         action="store_true",
         help="only check the syntax of FILE itself (no includes, no resolution)",
     )
-    validate.add_argument(
-        "--allow-tbd",
-        action="store_true",
-        help="accept attributes still TBD (site templates that users complete)",
+    _add_resolution_options(
+        validate,
+        allow_tbd="accept attributes still TBD (site templates that users complete)",
+        json="machine-readable result",
     )
-    validate.add_argument("--json", action="store_true", help="machine-readable result")
-    _add_budget_options(validate)
-    validate.set_defaults(handler=_validate)
 
-    render = sub.add_parser(
+    render = _command(
+        sub,
         "render",
+        handlers.render,
         help="print the resolved sfConfig tree",
         description="Resolve FILE and print sfConfig as SmartFrog text (which parses again) or, "
         'with --json, as one JSON object (LAZY references as {"$ref": "LAZY PARENT:x"}). '
         "A file without sfConfig (a library) prints its resolved prototypes.",
     )
-    render.add_argument("file", metavar="FILE", help="a .sf description")
-    _add_include_options(render)
-    render.add_argument("--allow-tbd", action="store_true", help="render even if TBDs remain")
-    render.add_argument("--json", action="store_true", help="JSON instead of SmartFrog text")
-    _add_budget_options(render)
-    render.set_defaults(handler=_render)
+    _add_description_file(render)
+    _add_resolution_options(
+        render, allow_tbd="render even if TBDs remain", json="JSON instead of SmartFrog text"
+    )
 
-    templates = sub.add_parser(
+    templates = _command(
+        sub,
         "templates",
+        handlers.templates,
         help="list the site's VM templates",
         description="The templates in the site template folders (site config `template_dirs`; "
         "default: the job_templates/ shipped with sd-batch), each with its one-line "
         "description and the fields a user must fill (TBD).",
     )
     templates.add_argument("--json", action="store_true", help="machine-readable list")
-    templates.set_defaults(handler=_templates)
 
 
 def _add_pools(sub: _Subcommands[_Parser]) -> None:
     """`sd start`, `sd terminate`, `sd status`: pools on hypervisors."""
-    start = sub.add_parser(
+    start = _command(
+        sub,
         "start",
+        handlers.start,
         help="create and start the VMs of a description as pool NAME on HOST",
         description="Resolve FILE and start every VM under its sfConfig on HOST, as pool NAME "
         "(the seed's `sfStart HOST NAME FILE`). All or nothing: when one VM fails, the ones "
@@ -173,29 +204,26 @@ def _add_pools(sub: _Subcommands[_Parser]) -> None:
         "(qemu:///system, test:///default) or a host name from the site config; `localhost` is "
         "the site's default URI.",
     )
-    start.add_argument("host", metavar="HOST")
-    start.add_argument("name", metavar="NAME", help="the pool's name, unique on HOST")
-    start.add_argument(
-        "file", metavar="FILE", help="a .sf description (e.g. job_templates/pool.sf)"
-    )
-    _add_include_options(start)
+    _add_pool_address(start, name_help="the pool's name, unique on HOST")
+    _add_description_file(start, file_help="a .sf description (e.g. job_templates/pool.sf)")
     start.add_argument("--json", action="store_true", help="machine-readable result, no progress")
     start.add_argument(
         "--watch",
         action="store_true",
         help="then stay and watch it, as sd watch does (high availability)",
     )
-    start.set_defaults(handler=_start, rounds=None)
+    start.set_defaults(rounds=None)  # what sd watch reads, for start --watch
 
-    terminate = sub.add_parser(
+    terminate = _command(
+        sub,
         "terminate",
+        handlers.terminate,
         help="stop pool NAME on HOST and remove its VMs and disks",
         description="Ask every VM of pool NAME to power off (ACPI), destroy those still running "
         "after --grace seconds, undefine them and delete their disks, newest first (the seed's "
         "`sfTerminate HOST NAME`). Safe to run again after an interruption.",
     )
-    terminate.add_argument("host", metavar="HOST")
-    terminate.add_argument("name", metavar="NAME")
+    _add_pool_address(terminate)
     terminate.add_argument(
         "--grace",
         type=float,
@@ -205,23 +233,25 @@ def _add_pools(sub: _Subcommands[_Parser]) -> None:
         "(default 10; 0 destroys at once)",
     )
     terminate.add_argument("--json", action="store_true", help="machine-readable result")
-    terminate.set_defaults(handler=_terminate)
 
-    status = sub.add_parser(
+    status = _command(
+        sub,
         "status",
+        handlers.status,
         help="show pools and jobs, their VMs and disks",
         description="Every pool and job the ledger records (or just NAME), each VM's live state "
         "from its hypervisor, and leftovers of interrupted runs.",
     )
     status.add_argument("name", metavar="NAME", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable list")
-    status.set_defaults(handler=_status)
 
 
 def _add_placement(sub: _Subcommands[_Parser]) -> None:
     """`sd plan`, `sd watch`: where VMs go, and moving them off failed hosts."""
-    plan = sub.add_parser(
+    plan = _command(
+        sub,
         "plan",
+        handlers.plan,
         help="show where a description's VMs would be placed (a dry run)",
         description="Place FILE's VMs as sd start would, creating nothing: which VM goes to "
         "which host, what each host has left, and why anything does not fit. Hosts come from "
@@ -229,8 +259,7 @@ def _add_placement(sub: _Subcommands[_Parser]) -> None:
         "tags, count) or, without it, from the site's live hypervisors. Exits 8 when some VM "
         "fits nowhere.",
     )
-    plan.add_argument("file", metavar="FILE", help="a .sf description with a Scheduler")
-    _add_include_options(plan)
+    _add_description_file(plan, file_help="a .sf description with a Scheduler")
     plan.add_argument("--hosts", metavar="INVENTORY", help="hosts from this TOML inventory")
     plan.add_argument(
         "--name", metavar="NAME", help="pool name for the VM names (default: the file's name)"
@@ -239,10 +268,11 @@ def _add_placement(sub: _Subcommands[_Parser]) -> None:
         "--all-hosts", action="store_true", help="list every host, not only those that get VMs"
     )
     plan.add_argument("--json", action="store_true", help="machine-readable plan")
-    plan.set_defaults(handler=_plan)
 
-    watch = sub.add_parser(
+    watch = _command(
+        sub,
         "watch",
+        handlers.watch,
         help="high availability: ping pool NAME's hosts, move VMs off failed ones",
         description="Every sfLivenessDelay seconds (the pool's Scheduler), ping each host "
         "running the pool's VMs and each VM. A host missing sfLivenessFactor pings in a row "
@@ -250,11 +280,9 @@ def _add_placement(sub: _Subcommands[_Parser]) -> None:
         "sd status shows the moves. A VM found shut off is started again. Runs until "
         "interrupted, or until the pool is terminated.",
     )
-    watch.add_argument("host", metavar="HOST")
-    watch.add_argument("name", metavar="NAME")
+    _add_pool_address(watch)
     _add_include_options(watch)
     watch.add_argument("--rounds", type=int, metavar="N", help="stop after N rounds of pings")
-    watch.set_defaults(handler=_watch)
 
 
 def _add_images(sub: _Subcommands[_Parser]) -> None:
@@ -270,17 +298,20 @@ def _add_images(sub: _Subcommands[_Parser]) -> None:
     images_sub = images.add_subparsers(
         dest="images_command", metavar="ACTION", required=True, parser_class=_Parser
     )
-    images_push = images_sub.add_parser("push", help="copy a site image to HOST (once)")
+    images_push = _command(
+        images_sub, "push", handlers.images_push, help="copy a site image to HOST (once)"
+    )
     images_push.add_argument("host", metavar="HOST", help="a site host name or libvirt URI")
     images_push.add_argument("name", metavar="NAME", help="relative to the site image folder")
     images_push.add_argument("--json", action="store_true", help="one JSON list of files")
-    images_push.set_defaults(handler=_images_push)
 
 
 def _add_run(sub: _Subcommands[_Parser]) -> None:
     """`sd run`: a submit file's jobs here, through the hooks."""
-    run = sub.add_parser(
+    run = _command(
+        sub,
         "run",
+        handlers.run,
         help="run a submit file's jobs here through the HTCondor hooks (no daemons)",
         description="Play condor_submit, the schedd and condor_starter for every proc of "
         "JOB.sub: a scratch dir with the input files, PREPARE_JOB, the job's command, JOB_EXIT "
@@ -308,13 +339,14 @@ def _add_run(sub: _Subcommands[_Parser]) -> None:
         "ON_EXIT_OR_EVICT's spool), then run it again from the spooled files, "
         "as the schedd would: its VM resumes from its checkpoint",
     )
-    run.set_defaults(handler=_run)
 
 
 def _add_reap(sub: _Subcommands[_Parser]) -> None:
     """`sd reap`: what crashed runs left."""
-    reap = sub.add_parser(
+    reap = _command(
+        sub,
         "reap",
+        handlers.reap,
         help="remove what crashed runs left: dead jobs' VMs, interrupted pools, orphans",
         description="Compare the ledger and the hypervisors with the jobs and pools still alive "
         "and remove what belongs to none: jobs whose runner died (or prepared and never run "
@@ -332,13 +364,14 @@ def _add_reap(sub: _Subcommands[_Parser]) -> None:
         help="a prepared job never run is abandoned after this long (default 3600)",
     )
     reap.add_argument("--json", action="store_true", help="machine-readable list of actions")
-    reap.set_defaults(handler=_reap)
 
 
 def _add_web(sub: _Subcommands[_Parser]) -> None:
     """`sd web`: the template web form."""
-    web = sub.add_parser(
+    web = _command(
+        sub,
         "web",
+        handlers.web,
         help="serve the template web form (list, fill, preview, start, status)",
         description="Serve a small site: the site's templates, a form per template (its TBD "
         "fields and what site policy lets users change), a submit file for job templates, and "
@@ -374,7 +407,6 @@ def _add_web(sub: _Subcommands[_Parser]) -> None:
         metavar="USER",
         help="print a password file line for USER (password from stdin) and exit",
     )
-    web.set_defaults(handler=_web)
 
 
 def _add_admin(sub: _Subcommands[_Parser]) -> None:
@@ -388,8 +420,10 @@ def _add_admin(sub: _Subcommands[_Parser]) -> None:
     steps = admin.add_subparsers(
         dest="admin_command", metavar="ACTION", parser_class=_Parser, required=True
     )
-    setup = steps.add_parser(
+    setup = _command(
+        steps,
         "setup-host",
+        handlers.setup_host,
         help="install and start what a worker needs (idempotent)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
@@ -431,97 +465,12 @@ and the config drop-in.""",
         help="never run apt-get; stop naming missing packages instead (used from "
         "a Debian package's maintainer scripts, where dpkg holds apt's lock)",
     )
-    setup.set_defaults(handler=_setup_host)
-    paths = steps.add_parser(
+    _command(
+        steps,
         "paths",
+        handlers.paths,
         help="where this install keeps its hooks, helper, drop-in and templates",
         description="Print the paths an HTCondor config, sudoers or a configuration manager "
         "names: SMARTDOMAINS_HOME (for /etc/condor/config.d/99-smartdomains.conf), the hooks, "
         "the helper, the drop-in to copy, the templates and the Python.",
     )
-    paths.set_defaults(handler=_paths)
-
-
-# --- the handlers: each imports its command's module only when it runs ----------------------------
-def _validate(args: argparse.Namespace, env: Environment) -> int:
-    from .lang import validate
-
-    return validate(args, env)
-
-
-def _render(args: argparse.Namespace, env: Environment) -> int:
-    from .lang import render
-
-    return render(args, env)
-
-
-def _templates(args: argparse.Namespace, env: Environment) -> int:
-    from .lang import templates
-
-    return templates(args, env)
-
-
-def _start(args: argparse.Namespace, env: Environment) -> int:
-    from .pool import start
-
-    return start(args, env)
-
-
-def _terminate(args: argparse.Namespace, env: Environment) -> int:
-    from .pool import terminate
-
-    return terminate(args, env)
-
-
-def _status(args: argparse.Namespace, env: Environment) -> int:
-    from .pool import show_status as status
-
-    return status(args, env)
-
-
-def _plan(args: argparse.Namespace, env: Environment) -> int:
-    from .plan import plan
-
-    return plan(args, env)
-
-
-def _watch(args: argparse.Namespace, env: Environment) -> int:
-    from .plan import watch
-
-    return watch(args, env)
-
-
-def _images_push(args: argparse.Namespace, env: Environment) -> int:
-    from .images import images_push
-
-    return images_push(args, env)
-
-
-def _run(args: argparse.Namespace, env: Environment) -> int:
-    from .run import run
-
-    return run(args, env)
-
-
-def _reap(args: argparse.Namespace, env: Environment) -> int:
-    from .reap import run as reap
-
-    return reap(args, env)
-
-
-def _web(args: argparse.Namespace, env: Environment) -> int:
-    from .web import web
-
-    return web(args, env)
-
-
-def _setup_host(args: argparse.Namespace, env: Environment) -> int:
-    from .admin import setup_host
-
-    return setup_host(args, env)
-
-
-def _paths(args: argparse.Namespace, env: Environment) -> int:
-    from .admin import paths
-
-    return paths(args, env)

@@ -12,31 +12,27 @@ May import: errors, config, guest, the standard library.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.site import load_config
-from ..errors import GuestBuildError, SdError
+from ..errors import SdError
 from .common import (
     KERNEL_META_PACKAGE,
     PACKAGE_DIR,
-    STAMP,
+    Stamp,
+    boot_files,
     default_cache_dir,
     fetch,
-    read_stamp,
     resolve_packages,
-    run,
     say,
     source_digest,
-    vmlinux_from_bzimage,
-    write,
 )
-from .initramfs import DEFAULT_MODULES, assemble, load_modules, scan_module_tree
+from .initramfs import DEFAULT_MODULES
 
 GUEST_NAME = "minimal"
 INIT_SCRIPT = PACKAGE_DIR / "init.sh"
@@ -48,22 +44,6 @@ SOURCES = (
     PACKAGE_DIR / "common.py",
 )
 OUTPUT_FILES = ("vmlinux", "vmlinuz", "initrd.img")
-
-
-@dataclass(frozen=True, slots=True)
-class Stamp:
-    """What a built guest was made from; equal stamps mean nothing needs rebuilding."""
-
-    kernel_package: str
-    kernel_version: str
-    busybox_version: str
-    source_sha256: str
-    modules: tuple[str, ...] = DEFAULT_MODULES
-
-    def key(self) -> dict[str, object]:
-        data = asdict(self)
-        data["modules"] = list(self.modules)
-        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +59,7 @@ class BuildResult:
 
 def up_to_date(directory: Path, stamp: Stamp) -> bool:
     """True when the stamp matches and every output file is present."""
-    recorded = read_stamp(directory)
-    if recorded is None or any(not (directory / f).is_file() for f in OUTPUT_FILES):
-        return False
-    return {k: recorded.get(k) for k in stamp.key()} == stamp.key()
+    return stamp.matches(directory, OUTPUT_FILES)
 
 
 def build(
@@ -105,26 +82,11 @@ def build(
     busybox_deb = fetch(busybox, cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sd-guest-", dir=cache_dir) as tmp:
-        tree = Path(tmp)
         say(f"extracting {kernel_deb.name} (about 400 MB of modules, a few seconds)")
-        run(["dpkg-deb", "-x", str(kernel_deb), str(tree / "kernel")])
-        run(["dpkg-deb", "-x", str(busybox_deb), str(tree / "busybox")])
-        moddirs = sorted((tree / "kernel/lib/modules").glob("*/kernel"))
-        if not moddirs:
-            raise GuestBuildError(f"{kernel_deb.name} holds no lib/modules/<release>/kernel")
-        release = moddirs[-1].parent.name
-        modules = load_modules(scan_module_tree(moddirs[-1].parent), DEFAULT_MODULES)
-        bzimage = (tree / f"kernel/boot/vmlinuz-{release}").read_bytes()
-        initrd = assemble(
-            (tree / "busybox/bin/busybox").read_bytes(), INIT_SCRIPT.read_bytes(), modules
-        )
-    write(directory / "vmlinuz", bzimage)
-    write(directory / "vmlinux", vmlinux_from_bzimage(bzimage))
-    write(directory / "initrd.img", initrd)
-    names = tuple(name for name, _ in modules)
-    record = {**stamp.key(), "kernel_release": release, "loaded_modules": list(names)}
-    write(directory / STAMP, (json.dumps(record, indent=2) + "\n").encode())
-    return BuildResult(directory, True, release, names, time.monotonic() - started)
+        boot = boot_files(kernel_deb, busybox_deb, Path(tmp), INIT_SCRIPT, DEFAULT_MODULES)
+    boot.write(directory)
+    stamp.write(directory, kernel_release=boot.release, loaded_modules=list(boot.modules))
+    return BuildResult(directory, True, boot.release, boot.modules, time.monotonic() - started)
 
 
 def _parser() -> argparse.ArgumentParser:

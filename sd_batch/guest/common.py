@@ -1,7 +1,8 @@
 """What the two guest builders (`build`: the minimal guest; `full`: debian-batch) share: Debian
 packages found with apt-cache and fetched with apt-get into a cache, host tools run with their
-failure turned into a `GuestBuildError`, the kernel made uncompressed, build stamps read, files
-replaced atomically. Runs programs (apt-cache, apt-get).
+failure turned into a `GuestBuildError`, the kernel and the busybox initramfs made from their
+packages (the kernel also uncompressed), the build stamp that spares an unchanged guest its
+rebuild, files replaced atomically. Runs programs (apt-cache, apt-get, dpkg-deb).
 
 May import: errors, config, guest, the standard library.
 """
@@ -15,10 +16,11 @@ import os
 import re
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import GuestBuildError
+from .initramfs import DEFAULT_MODULES, assemble, load_modules, scan_module_tree
 
 KERNEL_META_PACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -34,6 +36,73 @@ class Package:
     name: str
     version: str
     filename: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What a built guest was made from, recorded in its `build-stamp.json`: equal stamps mean
+    nothing needs rebuilding. A builder whose image depends on more says so in a subclass
+    (`full.FullStamp`: the suite, mirror and packages of its root)."""
+
+    kernel_package: str
+    kernel_version: str
+    busybox_version: str
+    source_sha256: str
+    modules: tuple[str, ...] = DEFAULT_MODULES
+
+    def key(self) -> dict[str, object]:
+        """The stamp as JSON holds it (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def matches(self, directory: Path, outputs: Sequence[str]) -> bool:
+        """True when DIRECTORY's stamp records this one and every file of OUTPUTS is there."""
+        recorded = read_stamp(directory)
+        if recorded is None or any(not (directory / f).is_file() for f in outputs):
+            return False
+        return {k: recorded.get(k) for k in self.key()} == self.key()
+
+    def write(self, directory: Path, **found: object) -> None:
+        """Record this stamp in DIRECTORY, with what the build FOUND (release, modules): last,
+        once every output is in place, so an interrupted build is built again."""
+        record = {**self.key(), **found}
+        write(directory / STAMP, (json.dumps(record, indent=2) + "\n").encode())
+
+
+@dataclass(frozen=True, slots=True)
+class BootFiles:
+    """A guest's kernel (the bzImage) and initramfs, and the modules the initramfs loads."""
+
+    release: str
+    bzimage: bytes
+    initrd: bytes
+    modules: tuple[str, ...]
+
+    def write(self, directory: Path) -> None:
+        """`vmlinuz`, `vmlinux` (uncompressed: PVH boot) and `initrd.img` in DIRECTORY."""
+        write(directory / "vmlinuz", self.bzimage)
+        write(directory / "vmlinux", vmlinux_from_bzimage(self.bzimage))
+        write(directory / "initrd.img", self.initrd)
+
+
+def boot_files(
+    kernel_deb: Path, busybox_deb: Path, work: Path, init: Path, modules: Sequence[str]
+) -> BootFiles:
+    """The kernel of KERNEL_DEB, and an initramfs of BUSYBOX_DEB's busybox with INIT as /init
+    loading MODULES (and what they depend on); both packages are extracted under WORK."""
+    run(["dpkg-deb", "-x", str(kernel_deb), str(work / "kernel")])
+    run(["dpkg-deb", "-x", str(busybox_deb), str(work / "busybox")])
+    moddirs = sorted((work / "kernel/lib/modules").glob("*/kernel"))
+    if not moddirs:
+        raise GuestBuildError(f"{kernel_deb.name} holds no lib/modules/<release>/kernel")
+    release = moddirs[-1].parent.name
+    loaded = load_modules(scan_module_tree(moddirs[-1].parent), modules)
+    initrd = assemble((work / "busybox/bin/busybox").read_bytes(), init.read_bytes(), loaded)
+    return BootFiles(
+        release,
+        (work / f"kernel/boot/vmlinuz-{release}").read_bytes(),
+        initrd,
+        tuple(name for name, _ in loaded),
+    )
 
 
 def default_cache_dir() -> Path:

@@ -17,28 +17,26 @@ May import: errors, config, guest, the standard library.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GuestBuildError
 from .common import (
     KERNEL_META_PACKAGE,
     PACKAGE_DIR,
+    Stamp,
+    boot_files,
     fetch,
-    read_stamp,
     resolve_packages,
     run,
     say,
     source_digest,
-    vmlinux_from_bzimage,
-    write,
 )
-from .initramfs import DEFAULT_MODULES, assemble, load_modules, scan_module_tree
+from .initramfs import DEFAULT_MODULES
 
 GUEST_NAME = "debian-batch"
 SUITE = "bookworm"
@@ -57,7 +55,6 @@ SOURCES = (
     PACKAGE_DIR / "common.py",
     PACKAGE_DIR / "initramfs.py",
 )
-STAMP = "build-stamp.json"
 OUTPUT_FILES = ("vmlinux", "vmlinuz", "initrd.img", "root.qcow2")
 #: Virtual size of the root disk: sparse, so only what is written costs space. Jobs' files
 #: live on it (in the job's overlay), so leave room.
@@ -75,24 +72,13 @@ exec /{RUNNER_DIR}/bin/sh /{RUNNER_DIR}/init.sh "$@"
 """
 
 
-@dataclass(frozen=True, slots=True)
-class FullStamp:
-    """What a built debian-batch image was made from; equal stamps mean no rebuild."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FullStamp(Stamp):
+    """The minimal guest's stamp, and what the root disk is made from."""
 
     suite: str
     mirror: str
     packages: tuple[str, ...]
-    kernel_package: str
-    kernel_version: str
-    busybox_version: str
-    source_sha256: str
-    modules: tuple[str, ...] = MODULES
-
-    def key(self) -> dict[str, object]:
-        data = asdict(self)
-        data["packages"] = list(self.packages)
-        data["modules"] = list(self.modules)
-        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +91,8 @@ class FullResult:
 
 
 def up_to_date(directory: Path, stamp: FullStamp) -> bool:
-    recorded = read_stamp(directory)
-    if recorded is None or any(not (directory / f).is_file() for f in OUTPUT_FILES):
-        return False
-    return {k: recorded.get(k) for k in stamp.key()} == stamp.key()
+    """True when the stamp matches and every output file (the root disk too) is present."""
+    return stamp.matches(directory, OUTPUT_FILES)
 
 
 def ensure_mmdebstrap() -> str:
@@ -190,13 +174,14 @@ def build(
     kernel, busybox = resolve_packages(kernel_meta)
     release = kernel.name.removeprefix("linux-image-")
     stamp = FullStamp(
-        SUITE,
-        mirror,
-        PACKAGES,
-        kernel.name,
-        kernel.version,
-        busybox.version,
-        source_digest(SOURCES),
+        kernel_package=kernel.name,
+        kernel_version=kernel.version,
+        busybox_version=busybox.version,
+        source_sha256=source_digest(SOURCES),
+        modules=MODULES,
+        suite=SUITE,
+        mirror=mirror,
+        packages=PACKAGES,
     )
     if not force and up_to_date(directory, stamp):
         return FullResult(directory, False, release, time.monotonic() - started, steps)
@@ -225,31 +210,14 @@ def build(
 
         mark = time.monotonic()
         say(f"extracting {kernel_deb.name}")
-        run(["dpkg-deb", "-x", str(kernel_deb), str(work / "kernel")])
-        run(["dpkg-deb", "-x", str(busybox_deb), str(work / "busybox")])
-        moddirs = sorted((work / "kernel/lib/modules").glob("*/kernel"))
-        if not moddirs:
-            raise GuestBuildError(f"{kernel_deb.name} holds no lib/modules/<release>/kernel")
-        release = moddirs[-1].parent.name
-        modules = load_modules(scan_module_tree(moddirs[-1].parent), MODULES)
-        bzimage = (work / f"kernel/boot/vmlinuz-{release}").read_bytes()
-        initrd = assemble(
-            (work / "busybox/bin/busybox").read_bytes(), ROOT_INIT.read_bytes(), modules
-        )
+        boot = boot_files(kernel_deb, busybox_deb, work, ROOT_INIT, MODULES)
         steps["kernel+initramfs"] = time.monotonic() - mark
 
         partial.chmod(0o644)
         partial.replace(directory / "root.qcow2")
-    write(directory / "vmlinuz", bzimage)
-    write(directory / "vmlinux", vmlinux_from_bzimage(bzimage))
-    write(directory / "initrd.img", initrd)
-    record = {
-        **stamp.key(),
-        "kernel_release": release,
-        "loaded_modules": [name for name, _ in modules],
-    }
-    write(directory / STAMP, (json.dumps(record, indent=2) + "\n").encode())
-    return FullResult(directory, True, release, time.monotonic() - started, steps)
+    boot.write(directory)
+    stamp.write(directory, kernel_release=boot.release, loaded_modules=list(boot.modules))
+    return FullResult(directory, True, boot.release, time.monotonic() - started, steps)
 
 
 def main(image_dir: Path, cache_dir: Path, *, force: bool, kernel_meta: str) -> int:

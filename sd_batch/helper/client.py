@@ -111,10 +111,12 @@ def request(sock: socket.socket, action: str, job_id: str | None = None) -> None
 
 def service_reply(stream: IO[bytes]) -> dict[str, Any]:
     """The service's JSON line (a reply, or `run`'s status); its silence is a host problem."""
-    line = stream.readline(MAX_REPLY_BYTES)
     try:
+        line = stream.readline(MAX_REPLY_BYTES)
         reply = json.loads(line)
     except ValueError:
+        reply = None
+    except OSError:  # reset: it died with our bytes unread
         reply = None
     if not isinstance(reply, dict):
         raise HelperFailed(

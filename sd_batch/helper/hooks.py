@@ -33,7 +33,9 @@ import os
 import re
 import shlex
 import signal
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -258,9 +260,59 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
     # HTCondor's SIGTERM (remove, hold) kills us as it comes: the service sees us hang up and
     # destroys the VM. Its KillSig, which the schedd transform makes SIGUSR2, is a vacate: we
     # ask the service to save the VM and wait for the checkpoint (`_save_checkpoint`).
-    with sock, sock.makefile("rb") as stream:
-        signal.signal(signal.SIGUSR2, lambda _s, _f: sock.sendall(EVICT_LINE))
-        request(sock, "run", argv[1])  # and our side stays open: closing it is hanging up
+    link = _Link(sock)
+    signal.signal(signal.SIGUSR2, link.vacate)
+    while True:
+        try:
+            return _run_on(link, argv[1], sandbox)
+        except HelperFailed as exc:  # the service went away before the VM's end
+            again = _service_again(reattach_seconds())
+            if again is None:
+                print(f"sd-batch: {exc}", file=sys.stderr)
+                return _requeue()
+            print(
+                "sd-batch: the helper service restarted: waiting on the VM again", file=sys.stderr
+            )
+            link.sock = again
+
+
+#: How long a runner whose service went away mid-run waits for the next one (a package
+#: upgrade under systemd stops the old service before it starts the new; a crash restarts it
+#: RestartSec later). The job's VM runs on meanwhile; past this, the job goes back to Idle.
+REATTACH_SECONDS = 180.0
+
+
+def reattach_seconds() -> float:
+    """The knob SMARTDOMAINS_REATTACH_SECONDS, else REATTACH_SECONDS (read only when needed:
+    the bindings cost a hook ~70 ms)."""
+    from ..condor.jobad import condor_param
+
+    try:
+        value = float(condor_param("SMARTDOMAINS_REATTACH_SECONDS") or REATTACH_SECONDS)
+    except ValueError:
+        return REATTACH_SECONDS
+    return value if 0 <= value <= 86400 else REATTACH_SECONDS
+
+
+class _Link:
+    """The runner's connection to the service, replaced when the service restarts; a vacate
+    is remembered and said again to the next service."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.vacating = sock, False
+
+    def vacate(self, _signum: int = 0, _frame: object = None) -> None:
+        self.vacating = True
+        with contextlib.suppress(OSError):  # a service gone: the next one hears it
+            self.sock.sendall(EVICT_LINE)
+
+
+def _run_on(link: _Link, job_id: str, sandbox: Path) -> int:
+    """One `run` conversation; HelperFailed when the service went away before its status."""
+    with link.sock as sock, sock.makefile("rb") as stream:
+        request(sock, "run", job_id)  # and our side stays open: closing it is hanging up
+        if link.vacating:
+            link.vacate()
         try:
             status = service_reply(stream)
             if status.get("evicted"):
@@ -272,13 +324,23 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
                     return code  # the transform's OnExitHold holds the job
                 return _requeue() if code == os.EX_TEMPFAIL else 1
             result = _read_result(stream, sandbox)
-        except HelperFailed as exc:  # the service went away before the VM's end
-            print(f"sd-batch: {exc}", file=sys.stderr)
-            return _requeue()
+        except HelperFailed:
+            raise
         except SdError as exc:
             print(f"sd-batch: cannot read the job's result: {exc}", file=sys.stderr)
             return 1
     return _finish(result)
+
+
+def _service_again(patience: float) -> socket.socket | None:
+    """The next helper service, once it answers (None after PATIENCE seconds)."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        sock = service_socket()
+        if sock is not None:
+            return sock
+        time.sleep(0.5)
+    return None
 
 
 def _say_refused(sandbox: Path) -> None:

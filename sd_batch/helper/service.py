@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, NoReturn, cast
 
 from ..batch.confined import start_forkserver
 from ..batch.privileged import EX_TEMPFAIL, Action, perform, start_paused
@@ -261,6 +261,13 @@ class Handler(socketserver.BaseRequestHandler):
     replied = False  # a reply (or the first bytes of one) went out
 
     def handle(self) -> None:
+        self.server.handling.add(threading.current_thread())
+        try:
+            self._handle()
+        finally:
+            self.server.handling.discard(threading.current_thread())
+
+    def _handle(self) -> None:
         sock: socket.socket = self.request
         peer = Peer.of(sock)
         if not peer_allowed(sock, peer, self.server.gid):
@@ -398,6 +405,7 @@ class Handler(socketserver.BaseRequestHandler):
             return
         out = StatusFirst(sock, self)
         watch = HangupWatch(sock, what)
+        self.server.runs.add(threading.current_thread())
         try:
             answer = perform(
                 Action.RUN,
@@ -412,6 +420,7 @@ class Handler(socketserver.BaseRequestHandler):
             )
         finally:
             watch.stop()
+            self.server.runs.discard(threading.current_thread())
         if answer.reply is not None and answer.reply.get("evicted") and not watch.hung_up:
             self._send_checkpoint(sock, answer.reply, what)
             return
@@ -508,6 +517,8 @@ class HelperService(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.admission = Admission()
         self.connections = ServiceConnections()
         self.starting = Starting()
+        self.handling: set[threading.Thread] = set()  # every request's thread
+        self.runs: set[threading.Thread] = set()  # ... and those waiting on a job's VM
         self.warm: WarmPool | None = None  # `serve` makes it when the site asks for one
         super().__init__(str(path), Handler, bind_and_activate=False)
 
@@ -567,7 +578,7 @@ def clear_stale(path: Path) -> None:
     raise SystemExit(f"helper service: another service answers on {path}")
 
 
-def serve(path: Path, group: str) -> int:
+def serve(path: Path, group: str, on_stop: str = "drain") -> int:
     try:
         gid = grp.getgrnam(group).gr_gid
     except KeyError:
@@ -591,10 +602,26 @@ def serve(path: Path, group: str) -> int:
         server.stop_listening()
         if server.warm is not None:  # before the runs drain: no paused QEMU outlives us
             server.warm.stop()
+        if on_stop == "handover":
+            hand_over(server)
         server.server_close()  # joins the requests under way
         server.connections.close()
     log.info("stopped")
     return 0
+
+
+def hand_over(server: HelperService) -> NoReturn:
+    """Stop without waiting for the jobs' VMs: the short requests under way finish, then the
+    process ends. Each runner sees its connection close and asks the next service, which
+    waits on the same VM (`jobs.run` knows the runner again); the VMs run on meanwhile.
+    systemd's restart (a package upgrade) stops the old service before it starts the new one,
+    so draining there would hold every new job up until the longest run ends."""
+    for thread in list(server.handling - server.runs):
+        thread.join()
+    log.info("stopped: %d runs left to their runners, for the next service", len(server.runs))
+    logging.shutdown()
+    server.connections.close()
+    os._exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -610,6 +637,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--group", default=SLOT_GROUP, help=f"the group that may connect (default {SLOT_GROUP})"
     )
+    parser.add_argument(
+        "--on-stop",
+        choices=("drain", "handover"),
+        default="drain",
+        help="at SIGTERM, finish the jobs' runs (drain: the default, for a restart that starts "
+        "the next service at once, as setup-host does), or end once the short requests are "
+        "done and let each runner reattach to the next service (handover: for systemd, whose "
+        "restart waits for the old service to end)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -618,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if os.geteuid() != 0:
         parser.error("run me as root (I act for the slot users, as the sudo helper does)")
-    return serve(args.socket.absolute(), args.group)
+    return serve(args.socket.absolute(), args.group, args.on_stop)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ May import: errors, the standard library, lark (in `parser` only).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,23 +131,6 @@ def load_text(
         return _resolve(parsed, sources, environ=environ, properties=properties, complete=complete)
 
 
-def _follow_sfconfig(ref: Reference, root: Any, types: Any, errors: list[DescriptionError]) -> Any:
-    """`sfConfig testX;`: SmartFrog's sfConfig phase resolves the reference and deploys the
-    component it names; sd puts a copy of it in sfConfig's place."""
-    from .resolve import Node, copy_node
-
-    try:
-        target = types.follow(ref, root, set())
-    except DescriptionError as exc:
-        errors.append(exc)
-        return None
-    if not isinstance(target, Node):
-        return target  # the check below says it is no component description
-    clone = copy_node(target, types.sources.budget, ref.loc)
-    root.set(SF_CONFIG, clone, root.location_of(SF_CONFIG))
-    return clone
-
-
 def _resolve(parsed: SourceFile, sources: SourceSet, **options: Any) -> Description:
     try:
         return _resolve_phases(parsed, sources, **options)
@@ -169,106 +152,166 @@ def _resolve_phases(
     properties: Mapping[str, str] | None,
     complete: bool,
 ) -> Description:
-    from .evaluate import Evaluator, find_tbds, tbd_errors
-    from .phases import function_phase, other_phases, phase_list
-    from .resolve import Node, TreeBuilder, TypeResolver
+    """SmartFrog's phases in order (those the description's sfPhases keeps): type, place, the
+    other tree phases and function, then sfConfig's own (follow it, link it, its TBDs)."""
+    from .phases import phase_list
+    from .resolve import TreeBuilder, TypeResolver
 
-    budget = sources.budget
     root = TreeBuilder(sources).root(parsed.items, parsed.name)
     phases = phase_list(root, sources)
-    types = TypeResolver(root, sources)
-    errors: list[DescriptionError] = []
-    warnings: list[DescriptionError] = []
-    with budget.reporting(errors):
-        for name, child in list(root.children()):
-            if not isinstance(child, Node):
-                raise TypeError(f"{name}: the tree builder made a {type(child).__name__}")
-            try:
-                types.resolve(child, errors if name == SF_CONFIG else None)
-            except DescriptionError as exc:
-                if name == SF_CONFIG:
-                    budget.record(errors, exc)
-                else:
-                    budget.note(warnings, exc)
-        for placement in root.placements:
-            if isinstance(placement.value, Node):
-                placement.value.parent = root
-                try:
-                    types.resolve(placement.value)
-                except DescriptionError as exc:
-                    budget.note(warnings, exc)
-        _place(root, types, sources, errors, warnings)
-        problems = other_phases(root, phases, sources)
-        if "function" in phases:
-            problems += function_phase(root, sources, made=types.made_functions)
-        for problem in problems:
-            if problem.message.split(":")[0] == SF_CONFIG:
-                budget.record(errors, problem)
-            else:
-                budget.note(warnings, problem)
-        sfconfig = root.get(SF_CONFIG) if "sfConfig" in phases else None
-        if isinstance(sfconfig, Reference) and not (sfconfig.lazy or sfconfig.data):
-            sfconfig = _follow_sfconfig(sfconfig, root, types, errors)
-        if "sfConfig" in phases and SF_CONFIG in root and not isinstance(sfconfig, Component):
-            budget.record(
-                errors,
-                ResolutionError(
-                    "sfConfig must be a Component Description, found "
-                    + ("a function" if hasattr(sfconfig, "kind") else "a simple value"),
-                    loc=root.location_of(SF_CONFIG),
-                    hint="write sfConfig extends Compound { ... }",
-                    source_line=sources.source_line(root.location_of(SF_CONFIG)),
-                ),
-            )
-            sfconfig = None
-        tbds: list[tuple[str, SourceLocation | None]] = []
-        if not errors and "link" in phases:
-            evaluator = Evaluator(root, sources, environ=environ, properties=properties)
-            if sfconfig is not None:
-                evaluator.evaluate_tree(sfconfig, errors)
-                if complete:
-                    for error in tbd_errors(sfconfig, sources):
-                        budget.record(errors, error)
-                else:
-                    tbds = find_tbds(sfconfig)
-            else:  # a library: resolve what can be, to show prototypes as they would be used.
-                # SmartFrog links sfConfig only: what fails here is no problem of the library
-                # (a prototype may read a property its user sets), and schemas are not checked.
-                evaluator.check_assertions = False
-                for _name, child in list(root.children()):
-                    if not (isinstance(child, Node) and child.error is not None):
-                        evaluator.evaluate_tree(child, [], warnings=True)
-    if errors:
-        raise errors[0] if len(errors) == 1 else DescriptionErrors(errors)
+    run = _Pass(root, sources, TypeResolver(root, sources))
+    tbds: list[tuple[str, SourceLocation | None]] = []
+    with sources.budget.reporting(run.errors):
+        _type_phase(run)
+        _place_phase(run)
+        _tree_phases(run, phases)
+        sfconfig = _sfconfig_phase(run) if "sfConfig" in phases else None
+        if not run.errors and "link" in phases:
+            tbds = _link_phase(run, sfconfig, environ, properties, complete=complete)
+    if run.errors:
+        raise run.errors[0] if len(run.errors) == 1 else DescriptionErrors(run.errors)
     return Description(
         root=root,
         sfconfig=sfconfig,
-        warnings=tuple(warnings),
+        warnings=tuple(run.warnings),
         tbds=tuple(tbds),
         files=tuple(sources.files),
     )
 
 
-def _place(
-    root: Node,
-    types: TypeResolver,
-    sources: SourceSet,
-    errors: list[DescriptionError],
-    warnings: list[DescriptionError],
-) -> None:
+@dataclass
+class _Pass:
+    """One resolution under way: the tree, its sources, its type resolver, and the problems
+    found so far. A problem under sfConfig is an error; elsewhere (a prototype that sfConfig
+    may never use) only a warning."""
+
+    root: Node
+    sources: SourceSet
+    types: TypeResolver
+    errors: list[DescriptionError] = field(default_factory=list)
+    warnings: list[DescriptionError] = field(default_factory=list)
+
+    def report(self, problem: DescriptionError, *, in_sfconfig: bool) -> None:
+        if in_sfconfig:
+            self.sources.budget.record(self.errors, problem)
+        else:
+            self.sources.budget.note(self.warnings, problem)
+
+
+def _type_phase(run: _Pass) -> None:
+    """Type resolution (phase 2, `extends`) of every top-level component, then of the values
+    the top level places elsewhere (`a:b extends C;`)."""
+    from .resolve import Node
+
+    for name, child in list(run.root.children()):
+        if not isinstance(child, Node):
+            raise TypeError(f"{name}: the tree builder made a {type(child).__name__}")
+        in_sfconfig = name == SF_CONFIG
+        try:
+            run.types.resolve(child, run.errors if in_sfconfig else None)
+        except DescriptionError as exc:
+            run.report(exc, in_sfconfig=in_sfconfig)
+    for placement in run.root.placements:
+        if isinstance(placement.value, Node):
+            placement.value.parent = run.root
+            try:
+                run.types.resolve(placement.value)
+            except DescriptionError as exc:
+                run.report(exc, in_sfconfig=False)
+
+
+def _place_phase(run: _Pass) -> None:
     """Place resolution (phase 3); a path-named attribute that finds no place is an error in
     sfConfig and a warning elsewhere."""
-    for holder, placement in types.place(root):
+    for holder, placement in run.types.place(run.root):
         where = holder.path or "the top level"
         error = ResolutionError(
             f"cannot place {':'.join(placement.name)}: no component "
             f"{':'.join(placement.name[:-1])} in {where}",
             loc=placement.loc,
-            source_line=sources.source_line(placement.loc),
+            source_line=run.sources.source_line(placement.loc),
             hint="a path-named attribute overrides a value inside an existing component",
         )
-        in_config = holder.path.split(":")[0] == SF_CONFIG if holder.path else False
-        if in_config:
-            sources.budget.record(errors, error)
-        else:
-            sources.budget.note(warnings, error)
+        in_sfconfig = holder.path.split(":")[0] == SF_CONFIG if holder.path else False
+        run.report(error, in_sfconfig=in_sfconfig)
+
+
+def _tree_phases(run: _Pass, phases: tuple[str, ...]) -> None:
+    """The phases the description's sfPhases adds, then function resolution when it is kept."""
+    from .phases import function_phase, other_phases
+
+    problems = other_phases(run.root, phases, run.sources)
+    if "function" in phases:
+        problems += function_phase(run.root, run.sources, made=run.types.made_functions)
+    for problem in problems:
+        run.report(problem, in_sfconfig=problem.message.split(":")[0] == SF_CONFIG)
+
+
+def _sfconfig_phase(run: _Pass) -> Component | None:
+    """sfConfig, what gets deployed: a component (one a reference names is copied into its
+    place), else None, with an error when sfConfig is there but no component."""
+    sfconfig = run.root.get(SF_CONFIG)
+    if isinstance(sfconfig, Reference) and not (sfconfig.lazy or sfconfig.data):
+        sfconfig = _follow_sfconfig(sfconfig, run)
+    if SF_CONFIG not in run.root or isinstance(sfconfig, Component):
+        return sfconfig if isinstance(sfconfig, Component) else None
+    loc = run.root.location_of(SF_CONFIG)
+    run.report(
+        ResolutionError(
+            "sfConfig must be a Component Description, found "
+            + ("a function" if hasattr(sfconfig, "kind") else "a simple value"),
+            loc=loc,
+            hint="write sfConfig extends Compound { ... }",
+            source_line=run.sources.source_line(loc),
+        ),
+        in_sfconfig=True,
+    )
+    return None
+
+
+def _follow_sfconfig(ref: Reference, run: _Pass) -> Any:
+    """`sfConfig testX;`: SmartFrog's sfConfig phase resolves the reference and deploys the
+    component it names; sd puts a copy of it in sfConfig's place."""
+    from .resolve import Node, copy_node
+
+    try:
+        target = run.types.follow(ref, run.root, set())
+    except DescriptionError as exc:
+        run.errors.append(exc)
+        return None
+    if not isinstance(target, Node):
+        return target  # the caller says it is no component description
+    clone = copy_node(target, run.sources.budget, ref.loc)
+    run.root.set(SF_CONFIG, clone, run.root.location_of(SF_CONFIG))
+    return clone
+
+
+def _link_phase(
+    run: _Pass,
+    sfconfig: Component | None,
+    environ: Mapping[str, str] | None,
+    properties: Mapping[str, str] | None,
+    *,
+    complete: bool,
+) -> list[tuple[str, SourceLocation | None]]:
+    """Link resolution (references, PROPERTY, ENVPROPERTY, assertions) of sfConfig, then its
+    TBDs: errors when COMPLETE, else returned for the caller to show. A library (no sfConfig)
+    is evaluated leniently, to show its prototypes as they would be used."""
+    from .evaluate import Evaluator, find_tbds, tbd_errors
+    from .resolve import Node
+
+    evaluator = Evaluator(run.root, run.sources, environ=environ, properties=properties)
+    if sfconfig is None:
+        # SmartFrog links sfConfig only: what fails here is no problem of the library (a
+        # prototype may read a property its user sets), and schemas are not checked.
+        evaluator.check_assertions = False
+        for _name, child in list(run.root.children()):
+            if not (isinstance(child, Node) and child.error is not None):
+                evaluator.evaluate_tree(child, [], warnings=True)
+        return []
+    evaluator.evaluate_tree(sfconfig, run.errors)
+    if not complete:
+        return find_tbds(sfconfig)
+    for error in tbd_errors(sfconfig, run.sources):
+        run.report(error, in_sfconfig=True)
+    return []

@@ -16,7 +16,7 @@ starlette, jinja2.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from ..errors import PoolNotFound, SdError
 from ..hypervisor.connections import SHARED_CONNECTIONS, Connections
 from ..vm.spec import VMSpec
 from .access import Access, Owners, Served
-from .forms import POOL_FIELD, USER_FILE, TemplateForm, build_form, check, submit_file
+from .forms import POOL_FIELD, USER_FILE, Checked, TemplateForm, build_form, check, submit_file
 from .starts import FAILED, LOG, STARTING, Start, Starts
 
 HERE = Path(__file__).resolve().parent
@@ -140,6 +140,33 @@ class _Pages:
         token = (await request.form()).get("csrf")
         return isinstance(token, str) and self.site.access.csrf_ok(user, token)
 
+    async def _form(self, request: Request) -> TemplateForm:
+        """The form of the site template the path names."""
+        return await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
+
+    async def _checked(self, form: TemplateForm, values: Mapping[str, str]) -> Checked:
+        """VALUES checked against FORM: resolved and held to site policy, as the hooks do."""
+        return await run_in_threadpool(check, form, values, self.site.config)
+
+    async def _posted(self, request: Request) -> tuple[TemplateForm, Checked]:
+        """The template's form and the values POSTed to it, checked."""
+        form = await self._form(request)
+        values = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        return form, await self._checked(form, values)
+
+    def _form_again(
+        self,
+        request: Request,
+        user: str,
+        form: TemplateForm,
+        checked: Checked,
+        errors: Mapping[str, str],
+    ) -> Response:
+        """FORM once more (400), filled with the user's values, ERRORS beside their fields."""
+        return self.render(
+            request, user, "form.html", 400, form=form, values=checked.values, errors=errors
+        )
+
     async def index(self, request: Request, user: str) -> Response:
         infos = await run_in_threadpool(describe_templates, self.site.config)
         forms: list[tuple[Any, TemplateForm | None]] = []
@@ -153,25 +180,15 @@ class _Pages:
         return self.render(request, user, "index.html", templates=forms)
 
     async def form_page(self, request: Request, user: str) -> Response:
-        form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
+        form = await self._form(request)
         values = {f.path: f.default for f in form.fields}
         values[POOL_FIELD] = form.name
         return self.render(request, user, "form.html", form=form, values=values, errors={})
 
     async def preview(self, request: Request, user: str) -> Response:
-        form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
-        values = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        checked = await run_in_threadpool(check, form, values, self.site.config)
+        form, checked = await self._posted(request)
         if not checked.ok:
-            return self.render(
-                request,
-                user,
-                "form.html",
-                400,
-                form=form,
-                values=checked.values,
-                errors=checked.errors,
-            )
+            return self._form_again(request, user, form, checked, checked.errors)
         placement: list[str] = []
         if form.result == "pool":
             placement = await run_in_threadpool(
@@ -191,8 +208,8 @@ class _Pages:
         )
 
     async def download(self, request: Request, user: str) -> Response:
-        form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
-        checked = await run_in_threadpool(check, form, dict(request.query_params), self.site.config)
+        form = await self._form(request)
+        checked = await self._checked(form, dict(request.query_params))
         if not checked.ok:
             return PlainTextResponse(
                 "\n".join(f"{k or 'form'}: {v}" for k, v in checked.errors.items()), status_code=400
@@ -208,9 +225,7 @@ class _Pages:
         )
 
     async def start(self, request: Request, user: str) -> Response:
-        form = await run_in_threadpool(build_form, request.path_params["name"], self.site.config)
-        values = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        checked = await run_in_threadpool(check, form, values, self.site.config)
+        form, checked = await self._posted(request)
         if form.result != "pool":
             return self.render(
                 request,
@@ -221,15 +236,7 @@ class _Pages:
                 "template: download its submit file and condor_submit it",
             )
         if not checked.ok:
-            return self.render(
-                request,
-                user,
-                "form.html",
-                400,
-                form=form,
-                values=checked.values,
-                errors=checked.errors,
-            )
+            return self._form_again(request, user, form, checked, checked.errors)
         name, uri = checked.values[POOL_FIELD], self.site.config.default_uri
 
         def taken(mine: bool) -> Response:  # never say whose, nor from which file
@@ -238,15 +245,7 @@ class _Pages:
                 if mine
                 else f"the pool name {name} is taken: choose another"
             )
-            return self.render(
-                request,
-                user,
-                "form.html",
-                400,
-                form=form,
-                values=checked.values,
-                errors={POOL_FIELD: error},
-            )
+            return self._form_again(request, user, form, checked, {POOL_FIELD: error})
 
         claim = self.site.starts.claim(uri, name, user, form.name)
         if claim is None:  # being started here right now

@@ -322,3 +322,21 @@ def test_the_reaper_removes_a_dead_jobs_warm_vm_and_both_its_folders(
     assert len([line for line in lines if "job folder" in line]) == 2, lines
     assert prepared.domain not in site.domains(config)
     assert site.leftovers(config) == []
+
+
+def test_a_new_pool_removes_the_warm_vms_of_a_service_that_died(
+    warm_site: tuple[WarmSite, SiteConfig, WarmPool],
+) -> None:
+    site, config, pool = warm_site
+    pool.fill_once()
+    (warm,) = pool.idle()
+    dead = subprocess.Popen(["true"])  # noqa: S607 - the pid of a service that is gone
+    dead.wait()
+    with Ledger.for_site(config) as ledger:
+        owner = ledger.owner(OwnerKind.JOB, warm.key.owner_id, config.default_uri)
+        assert owner is not None
+        ledger.set_status(owner, owner.status, pid=dead.pid)
+    successor = WarmPool(config.warm_templates, site.connections, lambda: config)
+    assert successor.remove_orphans() == [warm.key.domain]
+    assert warm.key.domain not in site.domains(config)
+    assert site.leftovers(config) == []

@@ -131,6 +131,7 @@ class WarmPool:
         self._thread.start()
 
     def _refill(self) -> None:
+        self.remove_orphans()
         while not self._stopping.is_set():
             self._wake.clear()
             wait = self.fill_once()
@@ -329,6 +330,30 @@ class WarmPool:
             log.warning("job %s: its own VM could not be made either: %s", key.owner_id, exc)
             return False
         return True
+
+    def remove_orphans(self) -> list[str]:
+        """Remove the warm VMs of services that died (a SIGKILL, a crash) before this one
+        started: what the reaper would, at once. Returns their domains."""
+        from ..ledger.store import Ledger
+        from .domains import job_engine
+
+        config = self.site()
+        removed = []
+        try:
+            with Ledger.for_site(config) as ledger:
+                for owner in ledger.leftovers().owners:
+                    if not is_warm(owner.owner_id):
+                        continue
+                    key = WarmKey(-1, owner.owner_id.removeprefix(WARM_PREFIX))
+                    job_engine(config, ledger, self.connections, key).teardown(
+                        owner, graceful=False
+                    )
+                    shutil.rmtree(key.folder(config), ignore_errors=True)
+                    removed.append(key.domain)
+                    log.info("warm VM %s of a service that died: removed", key.domain)
+        except SdError as exc:  # the reaper finishes it
+            log.warning("warm VMs of a service that died: not removed: %s", exc)
+        return removed
 
     def job_ended(self) -> None:
         """A job's JOB_EXIT cleanup ended (the service calls this): no guest of the jobs that

@@ -211,6 +211,11 @@ class Site:
         ]
         return f"reap exit {done.returncode}: {'; '.join(lines)}"
 
+    def warm_taken(self) -> bool:
+        """Whether a job took the site's warm VM (the ledger has no warm owner left)."""
+        with Ledger.for_site(load_config(self.config)) as ledger:
+            return not any(o.owner_id.startswith("warm:") for o in ledger.owners())
+
     def leaks(self) -> tuple[int, int]:
         """(our domains libvirt still has, ledger rows + files under the state dir)."""
         listed = subprocess.run(
@@ -455,6 +460,8 @@ def killed(site: Site, step: str) -> str:
         point = (
             (lambda: (job.folder / "output.img").exists())
             if "input" in step
+            else site.warm_taken
+            if site.warm  # its "define" is the take of the warm VM (its rows handed over)
             else (lambda: domstate(job.domain) != "")
         )
         reached = wait_for(point)

@@ -340,3 +340,29 @@ def test_a_new_pool_removes_the_warm_vms_of_a_service_that_died(
     assert successor.remove_orphans() == [warm.key.domain]
     assert warm.key.domain not in site.domains(config)
     assert site.leftovers(config) == []
+
+
+def test_a_warm_vm_of_a_changed_template_is_made_again_and_another_size_keeps_it(
+    warm_site: tuple[WarmSite, SiteConfig, WarmPool],
+) -> None:
+    site, config, pool = warm_site
+    pool.fill_once()
+    (warm,) = pool.idle()
+    key, disk = site.input_disk(site.submit('"minimal"', "request_memory = 512\n"))
+    bigger = jobs.prepare(config, key, io.BytesIO(disk), connections=site.connections, warm=pool)
+    assert (bigger.domain, bigger.memory_mib) == (key.domain, 512)
+    pool.fill_once()  # the job was only bigger: the warm VM is still the template's
+    assert pool.idle() == (warm,)
+    jobs.cleanup(config, key, connections=site.connections)
+    # the site's flavour changes (kvm): the template's VM is another one now
+    site.root.joinpath("site.toml").write_text(
+        site.config_path.read_text().replace('"qemu"', '"kvm"'), encoding="utf-8"
+    )
+    changed = load_config(site.config_path)
+    key, prepared = site.prepare_warm(changed, pool, '"minimal"')
+    assert prepared.domain == key.domain  # not the old warm VM
+    pool.fill_once()
+    (fresh,) = pool.idle()
+    assert fresh.key.domain != warm.key.domain
+    assert warm.key.domain not in site.domains(config)
+    jobs.cleanup(changed, key, connections=site.connections)

@@ -121,6 +121,7 @@ class WarmPool:
         self._backoff: dict[str, float] = {}
         self._after_claim: set[str] = set()  # templates whose refill waits for a job's end
         self._pending: dict[str, _Pending] = {}  # job owner id -> the warm VM it took
+        self._doubted: set[str] = set()  # templates a job did not match: still current?
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -142,6 +143,10 @@ class WarmPool:
         """Make the warm VM of each template that has none and is not pausing after a failure
         (one at a time); returns how long until a paused template may be tried (None: only a
         claim or a stop has anything for us)."""
+        with self._lock:
+            doubted, self._doubted = self._doubted, set()
+        for template in doubted:
+            self._check(template)
         for template in self.templates:
             if self._stopping.is_set():
                 return None
@@ -152,6 +157,33 @@ class WarmPool:
         with self._lock:
             waits = [at - self.clock() for t, at in self._retry_at.items() if t not in self._idle]
         return max(0.05, min(waits)) if waits else None
+
+    def _check(self, template: str) -> None:
+        """A job of TEMPLATE did not match its warm VM: another size (the warm VM stays), or
+        the template or the site config changed since it was made (it goes; a new one is
+        made from the template as it is now)."""
+        from .domains import job_engine
+
+        with self._lock:
+            warm = self._idle.get(template)
+        if warm is None:
+            return
+        try:
+            config = self.site()
+            spec = warm_spec(config, template, warm.key)
+            engine = job_engine(config, None, self.connections, warm.key)
+            xml = engine.planned_xml(warm.key.owner_id, VMPlan(spec, config.default_uri))
+            form = comparable(xml, str(warm.key.folder(config)), warm.key.domain)
+        except (SdError, OSError) as exc:
+            form = f"(unresolvable: {exc})"
+        if form == warm.form:
+            return
+        with self._lock:
+            if self._idle.get(template) is not warm:
+                return  # taken meanwhile
+            del self._idle[template]
+        log.info("warm VM %s of %s: its template or the site changed", warm.key.domain, template)
+        self.discard(warm)
 
     def _make(self, template: str) -> None:
         started = self.clock()
@@ -234,10 +266,12 @@ class WarmPool:
             if warm is None or warm.form != form or warm.uri != vm.uri:
                 if warm is not None:
                     log.info(
-                        "job %s: not the warm VM of %s (another size or flavour)",
+                        "job %s: not the warm VM of %s (another size, or the template changed)",
                         owner.owner_id,
                         template,
                     )
+                    self._doubted.add(template)
+                    self._wake.set()
                 return None
             del self._idle[template]
             self._after_claim.add(template)

@@ -324,44 +324,32 @@ def _bench_vs_qemu(
         listed = "[]" if which == "cold" else '["minimal"]'
         print(f"\n   -- sd run {label} ([jobs] warm = {listed}{extra})")
         _report(times[which], raw_times, phases[which])
-        inside = [
-            float(m)
-            for m in re.findall(r"prepare \S+ for uid \d+ \(pid \d+\): ok in (\d+) ms", logs[which])
-        ]
-        if inside:
-            print(
-                f"   PREPARE_JOB inside the service (input disk, resolve, define or take): "
-                f"{stats(inside, 'ms', 1)}"
-            )
-        claimed = [float(m) for m in re.findall(r"took warm VM \S+ \((\d+) ms\)", logs[which])]
-        if claimed:
-            print(
-                "   of which the warm VM's claim (match, hand the ledger rows over): "
-                f"{stats(claimed, 'ms', 1)}"
-            )
-        plugged = [
-            float(m) for m in re.findall(r"plugged into warm VM \S+ in (\d+) ms", logs[which])
-        ]
-        if plugged:
-            print(
-                "   after PREPARE_JOB's reply, the job's two disks plugged into it: "
-                f"{stats(plugged, 'ms', 1)}"
-            )
-        asked = [
-            float(m) for m in re.findall(r"running (\d+) ms after the run request", logs[which])
-        ]
-        if asked:
-            print(
-                "   in the service, from the runner's request to its VM running: "
-                f"{stats(asked, 'ms', 1)}"
-            )
-        if which == "cold":
-            started = [float(m) for m in re.findall(r"VM started paused in (\d+) ms", logs[which])]
-            if started:
-                print(
-                    "   the paused start after PREPARE_JOB's reply (cold): "
-                    f"{stats(started, 'ms', 1)}"
-                )
+        for label, pattern in SERVICE_LINES:
+            found = [float(m) for m in re.findall(pattern, logs[which])]
+            if found:
+                print(f"   {label}: {stats(found, 'ms', 1)}")
+
+
+#: What the services' logs say, per job: the label and the line's pattern (milliseconds).
+SERVICE_LINES = (
+    (
+        "PREPARE_JOB inside the service (input disk, resolve, define or take)",
+        r"prepare \S+ for uid \d+ \(pid \d+\): ok in (\d+) ms",
+    ),
+    (
+        "of which the warm VM's claim (match, ledger rows handed over)",
+        r"took warm VM \S+ \((\d+) ms\)",
+    ),
+    (
+        "after PREPARE_JOB's reply, the job's two disks plugged into the warm VM",
+        r"plugged into warm VM \S+ in (\d+) ms",
+    ),
+    ("after PREPARE_JOB's reply, the VM's paused start (cold)", r"VM started paused in (\d+) ms"),
+    (
+        "in the service, from the runner's request to its VM running",
+        r"running (\d+) ms after the run request",
+    ),
+)
 
 
 def _report(sd_times: list[float], raw_times: list[float], phases: dict[str, list[float]]) -> None:

@@ -571,6 +571,17 @@ def qemu_host_missing(slot_user: str) -> str | None:
     return None
 
 
+def domain_state(domain: str) -> str:
+    """`virsh domstate` of DOMAIN on the system libvirtd ("" when there is none)."""
+    done = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "domstate", domain],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip()
+
+
 def assert_jobs_gone(domains: list[str]) -> None:
     """No domain and no job folder (input/output disks, console) of these jobs anywhere."""
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)

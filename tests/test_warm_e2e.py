@@ -27,7 +27,13 @@ from sd_batch.batch.warm import is_warm
 from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.ledger.store import Ledger, ResourceKind
 
-from conftest import PrivateService, qemu_host_missing, wait_until, write_site_toml
+from conftest import (
+    PrivateService,
+    domain_state,
+    qemu_host_missing,
+    wait_until,
+    write_site_toml,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -84,7 +90,7 @@ class WarmService(PrivateService):
         def ready() -> str | None:
             said = re.findall(r"warm VM (\S+) of minimal: paused, ready", self.log())
             idle = {n for owner, names in self.owners().items() if is_warm(owner) for n in names}
-            if said and said[-1] in idle and _state(said[-1]) == "paused":
+            if said and said[-1] in idle and domain_state(said[-1]) == "paused":
                 return str(said[-1])
             return None
 
@@ -111,16 +117,6 @@ def _domains() -> list[str]:
         text=True,
         check=True,
     ).stdout.split()
-
-
-def _state(domain: str) -> str:
-    done = subprocess.run(
-        ["virsh", "-c", "qemu:///system", "domstate", domain],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip()
 
 
 def _site_toml(folder: Path) -> Path:
@@ -201,7 +197,7 @@ def test_a_warm_vm_job_held_or_removed_mid_run_leaves_nothing(
             if ": running " in line:
                 break
         assert any(f"VM {warm} ready" in line for line in lines), "".join(lines)
-        wait_until(lambda: _state(warm) == "running", f"{warm} running", seconds=TIMEOUT)
+        wait_until(lambda: domain_state(warm) == "running", f"{warm} running", seconds=TIMEOUT)
         time.sleep(1.0)
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signum)

@@ -360,7 +360,11 @@ def libvirtd_down(site: Site, step: str) -> str:
     job = site.job()
     if step == "PREPARE_JOB":
         site.libvirtd(up=False)
-        return job.prepare()
+        said = job.prepare()
+        site.libvirtd(up=True)
+        if said.startswith("prepared"):  # a service's connection was open (for its warm VMs)
+            return f"{said} (connection already open); {job.run()}; {job.exit_hook()}"
+        return said
     if step == "PREPARE_JOB, down after the input copy":
         proc = job.spawn("prepare_job")
         close_stdin(proc, job.ad.text)
@@ -369,15 +373,15 @@ def libvirtd_down(site: Site, step: str) -> str:
         out, err = proc.communicate(timeout=300)
         said = job.read_prepare(proc.returncode, out, err)
         site.libvirtd(up=True)
-        if said == "prepared":  # libvirt's connection was open already: it carries on
-            said = f"prepared (connection already open); {job.run()}"
+        if said.startswith("prepared"):  # libvirt's connection was open already: it carries on
+            said = f"{said} (connection already open); {job.run()}"
         return f"{said}; {job.exit_hook()}"
     if step == "PREPARE_JOB, restarting (down 2 s)":
         site.libvirtd(up=False)
         threading.Timer(2.0, lambda: site.libvirtd(up=True)).start()
         said = job.prepare()
-        if said == "prepared":
-            said = f"prepared; {job.run()}"
+        if said.startswith("prepared"):
+            said = f"{said}; {job.run()}"
         return f"{said}; {job.exit_hook()}"
     said = job.prepare()
     note = (

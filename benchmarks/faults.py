@@ -141,7 +141,7 @@ class Site:
         return log.read_text(errors="replace") if log.is_file() else ""
 
     def close(self) -> None:
-        if self.service is not None:
+        if self.service is not None and self.service.poll() is None:
             self.service.terminate()  # SIGTERM: runs under way finish, then it exits
             self.service.wait(timeout=120)
 
@@ -563,6 +563,7 @@ def disk_full(site: Site, step: str) -> str:
             filler.unlink()  # the site frees space; JOB_EXIT (it writes the ledger) cleans up
         return f"{said}; {job.exit_hook()}"
     finally:
+        site.close()  # a service's warm VM (its files on the tmpfs) goes with it, as it stops
         site.leaked = site.leaks()  # type: ignore[attr-defined]
         subprocess.run(["umount", str(site.state)], check=False)
 

@@ -7,6 +7,7 @@ the pool's stop, or by the reaper once the service that made it is gone. A job t
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import xml.etree.ElementTree as ET
@@ -366,3 +367,21 @@ def test_a_warm_vm_of_a_changed_template_is_made_again_and_another_size_keeps_it
     assert fresh.key.domain != warm.key.domain
     assert warm.key.domain not in site.domains(config)
     jobs.cleanup(changed, key, connections=site.connections)
+
+
+def test_a_warm_vm_goes_even_when_the_ledger_cannot_be_written(
+    warm_site: tuple[WarmSite, SiteConfig, WarmPool],
+) -> None:
+    """A full state folder: the VM is destroyed by its name (ours alone), its rows stay for the
+    reaper (here: a second discard once the ledger can be written again)."""
+    site, config, pool = warm_site
+    pool.fill_once()
+    (warm,) = pool.idle()
+    unwritable = dataclasses.replace(config, state_dir=Path("/dev/null/state"))
+    pool.site = lambda: unwritable
+    pool.stop()
+    assert warm.key.domain not in site.domains(config)
+    assert site.leftovers(config) != []  # the rows: nothing could write them
+    pool.site = lambda: config
+    pool.discard(warm)
+    assert site.leftovers(config) == []

@@ -416,8 +416,19 @@ class WarmPool:
                 )
             shutil.rmtree(warm.key.folder(config), ignore_errors=True)
             log.info("warm VM %s of %s: removed", warm.key.domain, warm.template)
-        except SdError as exc:  # the reaper finishes it once this process is gone
-            log.warning("warm VM %s: not removed: %s", warm.key.domain, exc)
+        except SdError as exc:  # the ledger cannot be written (a full disk): the VM goes all
+            # the same (its name is ours alone); the reaper forgets its rows once we are gone
+            log.warning(
+                "warm VM %s: its ledger rows stay (%s); destroying it", warm.key.domain, exc
+            )
+            try:
+                hv = self.connections(warm.uri)
+                hv.destroy(warm.key.domain)
+                hv.undefine(warm.key.domain)
+            except SdError as again:
+                log.warning("warm VM %s: not removed: %s", warm.key.domain, again)
+                return
+            shutil.rmtree(warm.key.folder(config), ignore_errors=True)
 
     def stop(self) -> None:
         """No more claims or refills; every idle warm VM destroyed and removed (the service

@@ -41,14 +41,13 @@ class WarmTaker(Protocol):
 
 
 def job_domain(ledger: Any, owner: Any, key: JobKey) -> str:
-    """The name of the job's VM: its own (`key.domain`), or the warm VM's it took, which keeps
-    its name (libvirt renames no running domain). The ledger's rows say which."""
+    """The name of the job's VM: its own (`key.domain`), the warm VM's it took, which keeps its
+    name (libvirt renames no running domain), or, once its checkpoint was restored, the name
+    the VM was saved with. The ledger's newest domain row says which."""
     from ..ledger.store import ResourceKind
 
     names = [r.name for r in ledger.resources(owner) if r.kind is ResourceKind.DOMAIN]
-    if not names or key.domain in names:
-        return key.domain
-    return str(names[-1])
+    return str(names[0]) if names else key.domain  # the newest: a restored checkpoint's
 
 
 def job_folders(config: SiteConfig, ledger: Any, owner: Any, key: JobKey) -> list[Path]:

@@ -304,15 +304,15 @@ def run(
             owner, OwnerStatus.ACTIVE, pid=THIS_PROCESS if runner_pid is None else runner_pid
         )
         domain = job_domain(ledger, owner, key)
-        if domain != key.domain and resume.restoring(config, key):
-            # the restore defines the checkpoint's VM under the job's own name: recorded first
-            ledger.mark_created(ledger.record_intent(owner, ResourceKind.DOMAIN, key.domain))
+        with contextlib.suppress(SdError):  # an unreadable save file: the restore says why
+            saved = resume.saved_name(config, key, connections(uri))
+            if saved is not None and saved != domain:
+                # the checkpoint's VM comes back under its own name: recorded first
+                ledger.mark_created(ledger.record_intent(owner, ResourceKind.DOMAIN, saved))
 
     def destroy_now() -> None:
         with contextlib.suppress(SdError):
             connections(uri).destroy(domain)  # a new connection if libvirtd restarted
-            if domain != key.domain:
-                connections(uri).destroy(key.domain)  # a checkpoint restored under its name
 
     evict = _Eviction(
         lambda: resume.save_state(connections(uri), domain, key.folder(config)), destroy_now
@@ -327,7 +327,8 @@ def run(
     if again and reattach(connections(uri), domain, key.folder(config) / "output.img"):
         log.info("job %s: its runner came back: waiting on its VM again", key.job_id)
     elif resume.restore_or_start(config, key, connections(uri), domain):
-        domain = key.domain  # the checkpoint's VM runs under the job's own name
+        with Ledger.for_site(config) as ledger:  # the checkpoint's VM, under its saved name
+            domain = job_domain(ledger, owner, key)
         log.info(
             "job %s: its VM resumed from its checkpoint in %.2f s",
             key.job_id,

@@ -197,14 +197,24 @@ def restoring(config: SiteConfig, key: JobKey) -> bool:
     return (folder / RESTORE_NOTE).is_file() and (folder / SAVED_STATE).is_file()
 
 
+def saved_name(config: SiteConfig, key: JobKey, hv: HypervisorAPI) -> str | None:
+    """The name the unpacked checkpoint's VM had (and is restored under), or None when there
+    is none to restore (`restoring`)."""
+    if not restoring(config, key):
+        return None
+    xml = hv.saved_xml(key.folder(config) / SAVED_STATE)  # type: ignore[attr-defined]
+    return ET.fromstring(xml).findtext("name") or None
+
+
 def restore_or_start(
     config: SiteConfig, key: JobKey, hv: HypervisorAPI, domain: str | None = None
 ) -> bool:
     """Start the job's VM (DOMAIN: a warm VM it took, default its own name): from its unpacked
-    checkpoint when PREPARE_JOB left one (True; it then runs under the job's own name), else
-    booted or resumed (False). The saved XML gets this host's name and paths (the files of the
-    saving VM's folders land in this job's folder); its UUID stays (libvirt's ABI check wants
-    it), so the prepared definition gives way to the restored domain."""
+    checkpoint when PREPARE_JOB left one (True; it then runs under the name it was saved
+    with, `saved_name`: libvirt's ABI check refuses another name, and a VM saved from a warm
+    VM had that one's), else booted or resumed (False). The saved XML gets this host's paths
+    (the files of the saving VM's folders land in this job's folder); its name and UUID stay,
+    and the prepared definition gives way to the restored domain."""
     domain = domain or key.domain
     folder = key.folder(config)
     note, state = folder / RESTORE_NOTE, folder / SAVED_STATE
@@ -222,13 +232,13 @@ def restore_or_start(
         parent = re.escape(old.rsplit("/", 1)[0])
         xml = re.sub(rf"{parent}/[0-9a-f]{{16}}/", lambda _m: f"{folder}/", xml)
         xml = xml.replace(f"{old}/", f"{folder}/")
-        xml = re.sub(r"<name>[^<]*</name>", f"<name>{key.domain}</name>", xml, count=1)
+        name = ET.fromstring(xml).findtext("name") or key.domain
         hv.undefine(domain)
         try:  # persistent, as PREPARE_JOB defines it: it stays there, off, for the result
             hv.define(xml)
             hv.restore(state, xml)  # type: ignore[attr-defined]
         except SdError:
-            hv.undefine(key.domain)
+            hv.undefine(name)
             hv.define(prepared)  # the job's VM as PREPARE_JOB made it, for the next try
             raise
         return True

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_evict_e2e import COUNT_SH, COUNT_SUB, STEPS
 
 from sd_batch.batch.warm import is_warm
 from sd_batch.config.site import SYSTEM_CONFIG, load_config
@@ -211,6 +212,34 @@ def test_a_warm_vm_job_held_or_removed_mid_run_leaves_nothing(
     assert proc.returncode == 128 + signum, "".join(lines) + rest
     assert f"JOB_EXIT {reason}" in "".join(lines) + rest
     service.assert_only_warm_left(warm)
+
+
+def test_an_evicted_job_on_a_warm_vm_resumes_where_it_stopped(
+    service: WarmService, tmp_path: Path
+) -> None:
+    """Saved from the warm VM it took (under that VM's name), restored at its next start
+    (into a warm VM or its own: the checkpoint's VM comes back under its saved name)."""
+    warm = service.warm_domain()
+    (tmp_path / "count.sub").write_text(COUNT_SUB)
+    (tmp_path / "count.sh").write_text(COUNT_SH)
+    done = subprocess.run(
+        [str(SD), "run", "count.sub", "--evict-after", "10"],
+        cwd=tmp_path,
+        env=service.environ(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + service.log()
+    assert f"VM {warm} ready" in done.stderr
+    assert "resumes from its checkpoint" in done.stderr, done.stderr + service.log()
+    lines = (tmp_path / "count.txt").read_text().splitlines()
+    started, *steps = (line.split() for line in lines)
+    assert [int(s[1]) for s in steps] == list(range(1, STEPS + 1))  # each step once, in order
+    assert {s[3] for s in steps} == {started[2]}  # one boot: the guest never booted again
+    for domain in re.findall(r"VM (sd-job-[0-9a-f]+) ready", done.stderr):
+        service.assert_only_warm_left(domain)
 
 
 def test_stopping_the_service_leaves_no_warm_vm(service: WarmService) -> None:

@@ -401,7 +401,8 @@ class WarmPool:
 
     # -- the end -------------------------------------------------------------------------------
     def discard(self, warm: WarmVM) -> None:
-        """Destroy WARM and remove its files and rows (unless a job took them meanwhile)."""
+        """Destroy WARM and remove its files and rows. Only ever one no job has: an idle one,
+        or one whose take failed (a job's taken VM never comes back to the pool)."""
         from ..ledger.store import Ledger, OwnerKind
         from .domains import job_engine
 
@@ -409,26 +410,33 @@ class WarmPool:
         try:
             with Ledger.for_site(config) as ledger:
                 owner = ledger.owner(OwnerKind.JOB, warm.key.owner_id, warm.uri)
-                if owner is None:
-                    return  # a job's now (its cleanup removes it), or gone
-                job_engine(config, ledger, self.connections, warm.key).teardown(
-                    owner, graceful=False
-                )
-            shutil.rmtree(warm.key.folder(config), ignore_errors=True)
-            log.info("warm VM %s of %s: removed", warm.key.domain, warm.template)
+                if owner is not None:
+                    job_engine(config, ledger, self.connections, warm.key).teardown(
+                        owner, graceful=False
+                    )
+            if owner is None:  # its rows are not in this ledger (a state folder replaced)
+                self._destroy_unrecorded(warm, "its ledger rows are not there")
         except SdError as exc:  # the ledger cannot be written (a full disk): the VM goes all
-            # the same (its name is ours alone); the reaper forgets its rows once we are gone
-            log.warning(
-                "warm VM %s: its ledger rows stay (%s); destroying it", warm.key.domain, exc
-            )
-            try:
-                hv = self.connections(warm.uri)
+            # the same; the reaper forgets its rows once we are gone
+            self._destroy_unrecorded(warm, f"its ledger rows stay: {exc}")
+        shutil.rmtree(warm.key.folder(config), ignore_errors=True)
+        log.info("warm VM %s of %s: removed", warm.key.domain, warm.template)
+
+    def _destroy_unrecorded(self, warm: WarmVM, why: str) -> None:
+        """WARM's domain destroyed by its name once its metadata says it is that warm VM."""
+        log.warning("warm VM %s: %s; destroying it by its name", warm.key.domain, why)
+        try:
+            hv = self.connections(warm.uri)
+            if any(
+                info.name == warm.key.domain
+                and info.owner is not None
+                and info.owner.id == warm.key.owner_id
+                for info in hv.list_domains()
+            ):
                 hv.destroy(warm.key.domain)
                 hv.undefine(warm.key.domain)
-            except SdError as again:
-                log.warning("warm VM %s: not removed: %s", warm.key.domain, again)
-                return
-            shutil.rmtree(warm.key.folder(config), ignore_errors=True)
+        except SdError as exc:
+            log.warning("warm VM %s: not removed: %s", warm.key.domain, exc)
 
     def stop(self) -> None:
         """No more claims or refills; every idle warm VM destroyed and removed (the service

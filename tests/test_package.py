@@ -68,6 +68,7 @@ error = slow.err
 +SDVMDescription = "minimal"
 queue
 """
+SITE_EDIT = "# a site's own line (tests/test_package.py)\n"
 SLOW_SH = "#!/bin/sh\necho started\nsleep {seconds}\necho survived the upgrade > slow.txt\n"
 
 
@@ -416,12 +417,31 @@ def test_the_debian_package_installs_runs_a_job_upgrades_under_a_job_and_goes_aw
     hello(scratch, "hello-2")  # and the new version takes new jobs
 
     # remove: no service, socket, sudoers rule, drop-in or code left
+    with open(DROP_IN, "a", encoding="utf-8") as conf:
+        conf.write(SITE_EDIT)  # an admin's change to a conffile
     removed = run(*APT, "remove", "sd-batch")
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert package_status() == f"{NEW_VERSION} rc"
     assert installed_processes() == []
     for path in (SOCKET, PIDFILE, SUDOERS, DROP_IN, INSTALL, Path("/usr/bin/sd")):
         assert not path.exists(), f"{path} is left after apt remove"
+
+    # reinstalled after the removal: the conffiles come back with the admin's change, jobs run
+    again = run(*APT, "install", "--no-install-recommends", new_deb)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert package_status() == f"{NEW_VERSION} ii"
+    assert DROP_IN.read_text(encoding="utf-8").endswith(SITE_EDIT)
+    assert run("visudo", "-cf", SUDOERS).returncode == 0
+    assert SOCKET.is_socket()
+    for aside in (
+        SUDOERS.with_name(".sd-batch.removed"),
+        DROP_IN.with_name(".99-smartdomains.conf.removed"),
+    ):
+        assert not aside.exists(), f"{aside} is left after the reinstall"
+    hello(scratch, "hello-3")
+    removed = run(*APT, "remove", "sd-batch")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert installed_processes() == []
 
     # purge while the (site config's) ledger still records a job: its folders stay, and it says so
     recorded = throwaway_config(scratch / "busy", job_recorded=True)

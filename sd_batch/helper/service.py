@@ -616,8 +616,8 @@ def hand_over(server: HelperService) -> NoReturn:
     waits on the same VM (`jobs.run` knows the runner again); the VMs run on meanwhile.
     systemd's restart (a package upgrade) stops the old service before it starts the new one,
     so draining there would hold every new job up until the longest run ends."""
-    for thread in list(server.handling - server.runs):
-        thread.join()
+    while waiting := [t for t in server.handling - server.runs if t.is_alive()]:
+        waiting[0].join(0.1)  # again and again: a request read just now may become a run
     log.info("stopped: %d runs left to their runners, for the next service", len(server.runs))
     logging.shutdown()
     server.connections.close()

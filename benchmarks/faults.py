@@ -79,9 +79,15 @@ class Site:
     """A private site: its own state dir and config; jobs are driven hook by hook."""
 
     def __init__(
-        self, root: Path, *, max_run: int = 300, scratch: bool = False, via: str = "helper"
+        self,
+        root: Path,
+        *,
+        max_run: int = 300,
+        scratch: bool = False,
+        via: str = "helper",
+        warm: bool = False,
     ) -> None:
-        self.root, self.max_run, self.via = root, max_run, via
+        self.root, self.max_run, self.via, self.warm = root, max_run, via, warm
         self.service: subprocess.Popen[bytes] | None = None
         self.state = root / "state"
         self.state.mkdir(parents=True, exist_ok=True)
@@ -100,7 +106,8 @@ class Site:
         self.config.write_text(
             f'image_dir = "{images}"\nstate_dir = "{self.state}"\ndefault_uri = "{uri}"\n'
             f'template_dirs = [{dirs}]\n[properties]\n"sd.flavour" = "qemu"\n'
-            f"[policy]\nmax_run_seconds = {self.max_run}\noutput_disk_mib = {OUTPUT_MIB}\n",
+            f"[policy]\nmax_run_seconds = {self.max_run}\noutput_disk_mib = {OUTPUT_MIB}\n"
+            + ('[jobs]\nwarm = ["minimal"]\n' if warm else ""),
             encoding="utf-8",
         )
         if via == "service":
@@ -124,6 +131,9 @@ class Site:
         log.close()
         if not wait_for(sock.exists, 30):
             raise RuntimeError(f"the helper service did not start: see {self.root}/service.log")
+        # with warm VMs: the site's jobs take one (the service makes it just after its start)
+        if self.warm and not wait_for(lambda: "paused, ready" in self.service_log(), 120):
+            raise RuntimeError(f"the service made no warm VM: see {self.root}/service.log")
 
     def service_log(self) -> str:
         """What the private helper service said (its warnings go there, not to the runner)."""
@@ -131,7 +141,7 @@ class Site:
         return log.read_text(errors="replace") if log.is_file() else ""
 
     def close(self) -> None:
-        if self.service is not None:
+        if self.service is not None and self.service.poll() is None:
             self.service.terminate()  # SIGTERM: runs under way finish, then it exits
             self.service.wait(timeout=120)
 
@@ -201,6 +211,11 @@ class Site:
         ]
         return f"reap exit {done.returncode}: {'; '.join(lines)}"
 
+    def warm_taken(self) -> bool:
+        """Whether a job took the site's warm VM (the ledger has no warm owner left)."""
+        with Ledger.for_site(load_config(self.config)) as ledger:
+            return not any(o.owner_id.startswith("warm:") for o in ledger.owners())
+
     def leaks(self) -> tuple[int, int]:
         """(our domains libvirt still has, ledger rows + files under the state dir)."""
         listed = subprocess.run(
@@ -221,7 +236,7 @@ class Site:
 class Job:
     def __init__(self, site: Site, sandbox: Path, ad: JobAd) -> None:
         self.site, self.sandbox, self.ad = site, sandbox, ad
-        self.domain = JobKey(os.getuid(), ad.global_job_id).domain
+        self.domain = self.key_domain = JobKey(os.getuid(), ad.global_job_id).domain
         self.folder = site.state / "jobs" / self.domain.removeprefix("sd-job-")
         self.updates = ""
 
@@ -250,7 +265,11 @@ class Job:
         status, message = ad.get("HookStatusCode"), ad.get("HookStatusMessage") or err[-200:]
         status = code if status is None else status
         if status == 0:
-            return "prepared"
+            taken = ad.get("SDVMDomain")  # a warm VM the job took keeps its own name
+            if isinstance(taken, str) and taken != self.domain:
+                self.domain = taken
+                self.site.jobs.append(taken)
+            return "prepared" + (" (a warm VM)" if taken != self.key_domain else "")
         return f"{'requeued' if status >= 300 else 'held'} ({status}): {message}"
 
     def run(self, during: Callable[[], None] | None = None) -> str:
@@ -341,7 +360,11 @@ def libvirtd_down(site: Site, step: str) -> str:
     job = site.job()
     if step == "PREPARE_JOB":
         site.libvirtd(up=False)
-        return job.prepare()
+        said = job.prepare()
+        site.libvirtd(up=True)
+        if said.startswith("prepared"):  # a service's connection was open (for its warm VMs)
+            return f"{said} (connection already open); {job.run()}; {job.exit_hook()}"
+        return said
     if step == "PREPARE_JOB, down after the input copy":
         proc = job.spawn("prepare_job")
         close_stdin(proc, job.ad.text)
@@ -350,15 +373,15 @@ def libvirtd_down(site: Site, step: str) -> str:
         out, err = proc.communicate(timeout=300)
         said = job.read_prepare(proc.returncode, out, err)
         site.libvirtd(up=True)
-        if said == "prepared":  # libvirt's connection was open already: it carries on
-            said = f"prepared (connection already open); {job.run()}"
+        if said.startswith("prepared"):  # libvirt's connection was open already: it carries on
+            said = f"{said} (connection already open); {job.run()}"
         return f"{said}; {job.exit_hook()}"
     if step == "PREPARE_JOB, restarting (down 2 s)":
         site.libvirtd(up=False)
         threading.Timer(2.0, lambda: site.libvirtd(up=True)).start()
         said = job.prepare()
-        if said == "prepared":
-            said = f"prepared; {job.run()}"
+        if said.startswith("prepared"):
+            said = f"{said}; {job.run()}"
         return f"{said}; {job.exit_hook()}"
     said = job.prepare()
     note = (
@@ -441,6 +464,8 @@ def killed(site: Site, step: str) -> str:
         point = (
             (lambda: (job.folder / "output.img").exists())
             if "input" in step
+            else site.warm_taken
+            if site.warm  # its "define" is the take of the warm VM (its rows handed over)
             else (lambda: domstate(job.domain) != "")
         )
         reached = wait_for(point)
@@ -538,6 +563,7 @@ def disk_full(site: Site, step: str) -> str:
             filler.unlink()  # the site frees space; JOB_EXIT (it writes the ledger) cleans up
         return f"{said}; {job.exit_hook()}"
     finally:
+        site.close()  # a service's warm VM (its files on the tmpfs) goes with it, as it stops
         site.leaked = site.leaks()  # type: ignore[attr-defined]
         subprocess.run(["umount", str(site.state)], check=False)
 
@@ -689,6 +715,12 @@ def main() -> int:
         help="the hooks' door to root: the helper command (default) or a "
         "private helper service per site",
     )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help='with --via service: each site keeps a warm VM ([jobs] warm = ["minimal"]), '
+        "so its minimal jobs take one",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (the helper runs without sudo, on private state dirs)")
@@ -707,7 +739,8 @@ def main() -> int:
                     root / f"site-{len(rows)}",
                     max_run=max_run,
                     scratch="overlay" in step,
-                    via="service" if fault.startswith("eviction") else args.via,
+                    via="service" if fault.startswith("eviction") or args.warm else args.via,
+                    warm=args.warm,
                 )
                 try:
                     outcome = scenario(site, step)

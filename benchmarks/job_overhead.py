@@ -128,22 +128,25 @@ def run_sd(submit: Path, sock: Path) -> tuple[float, dict[str, float]]:
         raise SystemExit(f"sd run failed ({code}):\n{out}\n" + "\n".join(m for _, m in marks))
     domain = re.search(r"VM (sd-job-[0-9a-f]+) ready", "\n".join(m for _, m in marks))
     name = domain.group(1) if domain else ""
-    booted = _event_time(lifecycle, name, "Started")
+    booted = _event_time(lifecycle, name, "Started")  # None: a warm VM, started long before
     # the guest runs from its start, or from its resume when the helper started it paused
     running = _event_time(lifecycle, name, "Resumed") or booted
     off = _event_time(lifecycle, name, "Shutdown")
     t = [wall0, *(w for w, _ in marks), wall1]  # start, PREPARE, ready, running, JOB_EXIT, end
-    if len(t) != 6 or booted is None or running is None or off is None:
+    if len(t) != 6 or running is None or off is None:
         raise SystemExit(f"unexpected progress: {marks} / {lifecycle}")
-    return total, {
+    parts = {
         "sd start, job ad, scratch dir, inputs": t[1] - t[0],
-        "PREPARE_JOB (hook + helper: input disk, resolve, define)": t[2] - t[1],
-        "(beside it) the VM's paused start, from PREPARE_JOB's end": booted - t[2],
+        "PREPARE_JOB (hook + helper: input disk, resolve, define or take a warm VM)": t[2] - t[1],
+        "(beside it) the VM's paused start, from PREPARE_JOB's end": (
+            booted - t[2] if booted is not None else None
+        ),
         "runner until the guest runs (runner, helper, libvirt start or resume)": running - t[3],
         GUEST: off - running,
         "runner after power-off (event, result tar, extraction)": t[4] - off,
         "JOB_EXIT + output transfer + scratch cleanup + exit": t[5] - t[4],
     }
+    return total, {k: v for k, v in parts.items() if v is not None}
 
 
 def _event_time(text: str, domain: str, event: str) -> float | None:
@@ -213,45 +216,147 @@ def bench_vs_qemu(work: Path, runs: int) -> None:
     for name in ("job.sh", "input.txt"):
         shutil.copy2(submit.parent / name, sandbox / name)
     boot = raw_boot()
-    # A private helper service of this checkout on the site's own config (the system one at
-    # /run/sd-batch may run another checkout's code): the production door, measured as it is.
-    service = _start_service(
-        work / "service", {"PATH": "/usr/bin:/bin", "HOME": "/root", "CONDOR_CONFIG": "/dev/null"}
-    )
+    # Private helper services of this checkout (the system one at /run/sd-batch may run another
+    # checkout's code): the production door, measured as it is. "cold" on the site's own
+    # config; "warm" on a copy of it with `[jobs] warm = ["minimal"]` and a state folder of its
+    # own (another checkout's reaper on the shared one would not know a taken warm VM).
+    base = {"PATH": "/usr/bin:/bin", "HOME": "/root", "CONDOR_CONFIG": "/dev/null"}
+    cold = _start_service(work / "service", base)
+    warm_site = work / "warm-service"
+    warm_config = _warm_site(warm_site)
+    warm = _start_service(warm_site, {**base, "SD_BATCH_CONFIG": str(warm_config)})
+    socks = {
+        "cold": work / "service" / "run" / "helper.sock",
+        "warm": warm_site / "run" / "helper.sock",
+    }
     try:
-        _bench_vs_qemu(submit, sandbox, work, boot, runs, work / "service" / "run" / "helper.sock")
+        _bench_vs_qemu(submit, sandbox, work, boot, runs, socks, load_config(warm_config))
     finally:
-        service.terminate()
-        service.wait(timeout=60)
+        for service in (cold, warm):
+            service.terminate()
+            service.wait(timeout=60)
+
+
+def _warm_site(folder: Path) -> Path:
+    """A copy of the site's config with one warm `minimal` VM and a state folder of its own."""
+    system = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
+    folder.mkdir(parents=True, exist_ok=True)
+    flavour = system.properties.get("sd.flavour", "qemu")
+    path = folder / "site.toml"
+    path.write_text(
+        f'default_uri = "{system.default_uri}"\nimage_dir = "{system.image_dir}"\n'
+        f'state_dir = "{folder / "state"}"\n[properties]\n"sd.flavour" = "{flavour}"\n'
+        '[jobs]\nwarm = ["minimal"]\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _wait_warm(config: object) -> None:
+    """Until the warm service's VM is made and paused (else its job would take the cold path)."""
+    from sd_batch.ledger.store import Ledger, ResourceKind
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with Ledger.for_site(config) as ledger:  # type: ignore[arg-type]
+            names = [
+                r.name
+                for o in ledger.owners()
+                if o.owner_id.startswith("warm:")
+                for r in ledger.resources(o)
+                if r.kind is ResourceKind.DOMAIN
+            ]
+        for name in names:
+            state = subprocess.run(
+                ["virsh", "-c", "qemu:///system", "domstate", name],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            if state == "paused":
+                return
+        time.sleep(0.2)
+    raise SystemExit("the warm service made no warm VM within 120 s (see its service.log)")
 
 
 def _bench_vs_qemu(
-    submit: Path, sandbox: Path, work: Path, boot: RawBoot, runs: int, sock: Path
+    submit: Path,
+    sandbox: Path,
+    work: Path,
+    boot: RawBoot,
+    runs: int,
+    socks: dict[str, Path],
+    warm_config: object,
 ) -> None:
-    sd_times: list[float] = []
+    times: dict[str, list[float]] = {"cold": [], "warm": []}
     raw_times: list[float] = []
     disk_times: list[float] = []
-    phases: dict[str, list[float]] = {}
-    run_sd(submit, sock)  # warm the page cache for both (kernel, initrd, venv)
+    phases: dict[str, dict[str, list[float]]] = {"cold": {}, "warm": {}}
+    run_sd(submit, socks["cold"])  # warm the page cache for all (kernel, initrd, venv)
+    _wait_warm(warm_config)
+    run_sd(submit, socks["warm"])
     run_raw(sandbox, work, boot, -1)
+    kinds = ("cold", "warm", "raw")
     for i in range(runs):
-        order = ("sd", "raw") if i % 2 == 0 else ("raw", "sd")
-        for which in order:
-            if which == "sd":
-                total, parts = run_sd(submit, sock)
-                sd_times.append(total)
-                for name, value in parts.items():
-                    phases.setdefault(name, []).append(value)
-            else:
+        for which in kinds[i % 3 :] + kinds[: i % 3]:  # each goes first in turn
+            if which == "raw":
                 took, built = run_raw(sandbox, work, boot, i)
                 raw_times.append(took)
                 disk_times.append(built)
+                continue
+            if which == "warm":
+                _wait_warm(warm_config)  # made after the last claim, in the background
+            total, parts = run_sd(submit, socks[which])
+            times[which].append(total)
+            for name, value in parts.items():
+                phases[which].setdefault(name, []).append(value)
+    logs = {
+        "cold": (work / "service" / "service.log").read_text(),
+        "warm": (work / "warm-service" / "service.log").read_text(),
+    }
+    taken = logs["warm"].count("took warm VM")
+    print(f"   raw QEMU (spawn to exit):             {stats(raw_times)}")
+    print(f"   raw: building both disks (staging):   {stats(disk_times, 'ms', 1000)}")
+    print(f"   load average (1, 5, 15 min) at the end: {os.getloadavg()}")
+    for which in ("cold", "warm"):
+        label = "without warm VMs" if which == "cold" else "with a warm VM"
+        extra = f"; {taken} of {runs + 1} jobs took the warm VM" if which == "warm" else ""
+        listed = "[]" if which == "cold" else '["minimal"]'
+        print(f"\n   -- sd run {label} ([jobs] warm = {listed}{extra})")
+        _report(times[which], raw_times, phases[which])
+        for label, pattern in SERVICE_LINES:
+            found = [float(m) for m in re.findall(pattern, logs[which])]
+            if found:
+                print(f"   {label}: {stats(found, 'ms', 1)}")
+
+
+#: What the services' logs say, per job: the label and the line's pattern (milliseconds).
+SERVICE_LINES = (
+    (
+        "PREPARE_JOB inside the service (input disk, resolve, define or take)",
+        r"prepare \S+ for uid \d+ \(pid \d+\): ok in (\d+) ms",
+    ),
+    (
+        "of which the warm VM's claim (match, ledger rows handed over)",
+        r"took warm VM \S+ \((\d+) ms\)",
+    ),
+    (
+        "after PREPARE_JOB's reply, the job's two disks plugged into the warm VM",
+        r"plugged into warm VM \S+ in (\d+) ms",
+    ),
+    ("after PREPARE_JOB's reply, the VM's paused start (cold)", r"VM started paused in (\d+) ms"),
+    (
+        "in the service, from the runner's request to its VM running",
+        r"running (\d+) ms after the run request",
+    ),
+)
+
+
+def _report(sd_times: list[float], raw_times: list[float], phases: dict[str, list[float]]) -> None:
     sd_median, raw_median = statistics.median(sd_times), statistics.median(raw_times)
     guest = statistics.median(phases[GUEST])
     print(f"   sd run (whole job, as the user waits): {stats(sd_times)}")
-    print(f"   raw QEMU (spawn to exit):             {stats(raw_times)}")
     print(f"   sd run's guest alone (libvirt events): {stats(phases[GUEST])}")
-    print(f"   raw: building both disks (staging):   {stats(disk_times, 'ms', 1000)}")
     ratio = sd_median / raw_median
     print(
         f"   ratio sd run / raw QEMU: {ratio:.3f} (we add {sd_median - raw_median:+.2f} s, "

@@ -571,6 +571,17 @@ def qemu_host_missing(slot_user: str) -> str | None:
     return None
 
 
+def domain_state(domain: str) -> str:
+    """`virsh domstate` of DOMAIN on the system libvirtd ("" when there is none)."""
+    done = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "domstate", domain],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip()
+
+
 def assert_jobs_gone(domains: list[str]) -> None:
     """No domain and no job folder (input/output disks, console) of these jobs anywhere."""
     config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
@@ -590,8 +601,9 @@ class PrivateService:
     """A helper service of this checkout on a socket of its own in FOLDER (the system one
     may run another checkout's code); started again on the same socket by `start`."""
 
-    def __init__(self, folder: Path, *args: str) -> None:
-        self.folder, self.args = folder, args
+    def __init__(self, folder: Path, *args: str, environ: Mapping[str, str] | None = None) -> None:
+        """ENVIRON (None: this process's) is the service's environment, e.g. SD_BATCH_CONFIG."""
+        self.folder, self.args, self.service_environ = folder, args, environ
         self.sock = folder / "helper.sock"
         self.log_path = folder / "service.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -600,7 +612,9 @@ class PrivateService:
         python = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
         argv = [str(python), "-I", "-m", "sd_batch.helper.service", "--socket", str(self.sock)]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*argv, *self.args], stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                [*argv, *self.args], stdout=log, stderr=log, env=self.service_environ
+            )
         wait_until(
             lambda: self.answers() or self.proc is None or self.proc.poll() is not None,
             "the helper service to listen",

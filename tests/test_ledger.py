@@ -406,3 +406,19 @@ def test_a_ledger_of_schema_2_is_upgraded_and_keeps_its_rows(path: Path) -> None
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     check.close()
+
+
+def test_a_hand_over_moves_every_row_and_forgets_the_giver_in_one_step(ledger: Ledger) -> None:
+    warm = ledger.register_owner(OwnerKind.JOB, "warm:minimal.ab12", URI)
+    ledger.record_intent(warm, ResourceKind.FILE, "/s/jobs/ab12/sd-job-ab12.log")
+    ledger.record_intent(warm, ResourceKind.DOMAIN, "sd-job-ab12")
+    job = ledger.register_owner(OwnerKind.JOB, "1000:17.0", URI)
+    ledger.record_intent(job, ResourceKind.FILE, "/s/jobs/cd34/input.img")
+    ledger.hand_over(warm, job)
+    assert [o.owner_id for o in ledger.owners()] == ["1000:17.0"]
+    assert [r.name for r in ledger.resources(job)] == [  # newest first, as recorded
+        "/s/jobs/cd34/input.img",
+        "sd-job-ab12",
+        "/s/jobs/ab12/sd-job-ab12.log",
+    ]
+    assert ledger.resources(warm) == ()

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PrivateService, assert_jobs_gone, qemu_host_missing, wait_until
+from conftest import (
+    PrivateService,
+    assert_jobs_gone,
+    domain_state,
+    qemu_host_missing,
+    wait_until,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -41,16 +47,6 @@ def folder() -> Iterator[Path]:
     made.chmod(0o755)
     yield made
     shutil.rmtree(made, ignore_errors=True)
-
-
-def domain_state(domain: str) -> str:
-    done = subprocess.run(
-        ["virsh", "-c", "qemu:///system", "domstate", domain],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip()
 
 
 @pytest.mark.parametrize(

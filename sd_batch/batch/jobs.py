@@ -7,7 +7,7 @@ so one user can never name, see or touch another user's VM, and every file the V
 a root-owned job folder, never at a path the user chose. Each creation is recorded in the
 ledger first, so a crash is finished by the next cleanup (or the reaper).
 May import: config, deploy, errors, guest.contract, hypervisor, ledger, placement, staging, vm,
-batch.key, batch.confined, batch.description.
+batch.key, batch.confined, batch.description, batch.domains.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from ..config.site import SiteConfig
-from ..deploy.engine import Engine, SitePaths, disk_growth
+from ..deploy.engine import disk_growth
 from ..errors import (
     VM_LOST_EXIT,
     VM_TIMEOUT_EXIT,
@@ -46,14 +46,15 @@ from ..hypervisor.connections import Connections
 from ..hypervisor.types import DAEMON_HINT, DomainState, HypervisorAPI
 from ..placement.steps import VMPlan
 from ..vm.domain_xml import DiskSource, ExtraDisk
-from ..vm.domain_xml import OwnerKind as XmlOwnerKind
 from ..vm.site_policy import SitePolicy, check_capacity
 from ..vm.sizing import check_disk
 from ..vm.spec import DiskFormat
 from . import resume
 from .confined import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, ChildLimits, run_confined
 from .description import named, resolve_job
-from .key import DEFAULT_LIMITS, JobKey, JobLimits
+from .domains import WarmTaker, job_domain, job_engine
+from .domains import job_folders as _job_folders
+from .key import DEFAULT_LIMITS, WARM_PREFIX, JobKey, JobLimits
 from .resume import Evicted
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,6 @@ class PreparedJob:
     description: str
 
 
-def _engine(config: SiteConfig, ledger: object, connections: Connections, key: JobKey) -> Engine:
-    folder = key.folder(config)
-    paths = SitePaths(image_dir=config.image_dir, overlay_dir=folder, console_dir=folder)
-    return Engine(ledger, connections, paths, owner_kind=XmlOwnerKind.JOB)  # type: ignore[arg-type]
-
-
 def prepare(
     config: SiteConfig,
     key: JobKey,
@@ -105,8 +100,10 @@ def prepare(
     *,
     limits: JobLimits | None = None,
     connections: Connections | None = None,
+    warm: WarmTaker | None = None,
 ) -> PreparedJob:
-    """Store the job's input disk, resolve its description, define its VM (not started).
+    """Store the job's input disk, resolve its description, define its VM (not started), or
+    take WARM's paused VM of the same XML (the helper service's `batch.warm.WarmPool`).
 
     LIMITS default to the site's [policy]; every refusal is a `PolicyError` (a hold), but too
     many VMs already (per user, per host) is `PolicyLimitReached` (back to Idle).
@@ -121,14 +118,20 @@ def prepare(
         others = [
             o
             for o in ledger.owners()
-            if o.kind is OwnerKind.JOB and o.host_uri == uri and o.owner_id != key.owner_id
+            if o.kind is OwnerKind.JOB
+            and o.host_uri == uri
+            and o.owner_id != key.owner_id
+            and not o.owner_id.startswith(WARM_PREFIX)  # a job's VM to be, not one more
         ]
         mine = sum(1 for o in others if o.owner_id.startswith(f"{key.uid}:"))
         check_capacity(mine, len(others), limits.policy)
         existing = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
-        engine = _engine(config, ledger, connections, key)
+        engine = job_engine(config, ledger, connections, key)
         if existing is not None:  # a retried PREPARE_JOB: start from nothing again
+            taken = _job_folders(config, ledger, existing, key)[1:]  # a warm VM's it took
             engine.teardown(existing, graceful=False)
+            for gone in taken:
+                shutil.rmtree(gone, ignore_errors=True)
         owner = ledger.register_owner(OwnerKind.JOB, key.owner_id, uri, pid=None)
         counted.release()
         try:
@@ -165,15 +168,21 @@ def prepare(
                     serial=contract.OUTPUT_SERIAL if serials else None,
                 ),
             )
-            engine.deploy_vm(owner, VMPlan(spec, uri), extra)
+            domain = None
+            if warm is not None and not name.endswith(".sf"):
+                domain = warm.take(ledger, owner, engine, VMPlan(spec, uri), extra, name)
+            if domain is None:
+                engine.deploy_vm(owner, VMPlan(spec, uri), extra)
         except BaseException as exc:
+            folders = _job_folders(config, ledger, owner, key)
             engine.teardown(owner, graceful=False)
-            shutil.rmtree(folder, ignore_errors=True)
+            for gone in folders:
+                shutil.rmtree(gone, ignore_errors=True)
             storage = _storage_failure(exc, folder)
             if storage is not None:
                 raise storage from exc
             raise
-    return PreparedJob(key.domain, uri, spec.memory_mib, spec.vcpus, name)
+    return PreparedJob(domain or key.domain, uri, spec.memory_mib, spec.vcpus, name)
 
 
 def _storage_failure(exc: BaseException, folder: Path) -> HostStorageError | None:
@@ -276,8 +285,9 @@ def run(
     the helper service to the runner hanging up. RUNNER_PID is the process whose life is the
     job's, recorded for the reaper (None: this one; the service names its caller, the runner).
     """
-    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus, ProcessRef
+    from ..ledger.store import THIS_PROCESS, Ledger, OwnerStatus, ProcessRef, ResourceKind
 
+    asked = time.monotonic()
     connections = connections or Connections()
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
@@ -293,13 +303,19 @@ def run(
         ledger.set_status(
             owner, OwnerStatus.ACTIVE, pid=THIS_PROCESS if runner_pid is None else runner_pid
         )
+        domain = job_domain(ledger, owner, key)
+        with contextlib.suppress(SdError):  # an unreadable save file: the restore says why
+            saved = resume.saved_name(config, key, connections(uri))
+            if saved is not None and saved != domain:
+                # the checkpoint's VM comes back under its own name: recorded first
+                ledger.mark_created(ledger.record_intent(owner, ResourceKind.DOMAIN, saved))
 
     def destroy_now() -> None:
         with contextlib.suppress(SdError):
-            connections(uri).destroy(key.domain)  # a new connection if libvirtd restarted
+            connections(uri).destroy(domain)  # a new connection if libvirtd restarted
 
     evict = _Eviction(
-        lambda: resume.save_state(connections(uri), key, key.folder(config)), destroy_now
+        lambda: resume.save_state(connections(uri), domain, key.folder(config)), destroy_now
     )
     if install_signals is not None:
         install_signals(destroy_now)
@@ -308,19 +324,31 @@ def run(
     if ready is not None:
         ready()
     started = time.monotonic()
-    if again and reattach(connections(uri), key, key.folder(config) / "output.img"):
+    if again and reattach(connections(uri), domain, key.folder(config) / "output.img"):
         log.info("job %s: its runner came back: waiting on its VM again", key.job_id)
-    elif resume.restore_or_start(config, key, connections(uri)):
+    elif resume.restore_or_start(config, key, connections(uri), domain):
+        with Ledger.for_site(config) as ledger:  # the checkpoint's VM, under its saved name
+            domain = job_domain(ledger, owner, key)
         log.info(
             "job %s: its VM resumed from its checkpoint in %.2f s",
             key.job_id,
             time.monotonic() - started,
         )
+    else:  # where the runner's wait goes: ours (ledger, the wait for a paused start), libvirt's
+        log.info(
+            "job %s: VM %s running %.0f ms after the run request (%.0f ms of it libvirt's)",
+            key.job_id,
+            domain,
+            1000 * (time.monotonic() - asked),
+            1000 * (time.monotonic() - started),
+        )
     try:
-        wait_off_across_restarts(connections, uri, key.domain, limits.run_timeout_seconds)
+        wait_off_across_restarts(connections, uri, domain, limits.run_timeout_seconds)
     except HypervisorError as exc:
         if evict.requested.is_set():
-            return evict.packed(config, key, connections(uri), limits, owner.description or "")
+            return evict.packed(
+                config, key, connections(uri), domain, limits, owner.description or ""
+            )
         destroy_now()
         if isinstance(exc, ShutoffTimeout):
             raise VMFailed(
@@ -331,7 +359,7 @@ def run(
             ) from exc
         raise
     if evict.requested.is_set():
-        return evict.packed(config, key, connections(uri), limits, owner.description or "")
+        return evict.packed(config, key, connections(uri), domain, limits, owner.description or "")
     from ..staging import result_extent, result_tar_from_disk
 
     # The guest is done: read its output disk now; libvirt ends the process meanwhile and
@@ -351,18 +379,19 @@ def run(
     return None
 
 
-def reattach(hv: HypervisorAPI, key: JobKey, output: Path) -> bool:
-    """Take up a VM a stopped service left running for the same runner: True when there is
-    one to wait on (a paused one is resumed: the old service stopped between its paused
-    start and the resume), False when it is off (booted, never run) and is to be started."""
-    status = hv.state(key.domain)
+def reattach(hv: HypervisorAPI, domain: str, output: Path) -> bool:
+    """Take up the job's VM DOMAIN a stopped service left running for the same runner: True
+    when there is one to wait on (a paused one is resumed: the old service stopped between its
+    paused start and the resume), False when it is off (booted, never run) and is to be
+    started."""
+    status = hv.state(domain)
     if status.state is DomainState.SHUTOFF:
         # it never ran (its output disk still blank) or it ran to its end: the end's result
         # is read below; a blank disk means the old service stopped before the boot
         with open(output, "rb") as disk:  # one sector of a disk only we and the guest write
             return not disk.read(len(contract.OUTPUT_MAGIC)).startswith(contract.OUTPUT_MAGIC)
     if status.state is DomainState.PAUSED:
-        hv.start_or_resume(key.domain)
+        hv.start_or_resume(domain)
     return True
 
 
@@ -394,6 +423,7 @@ class _Eviction:
         config: SiteConfig,
         key: JobKey,
         hv: HypervisorAPI,
+        domain: str,
         limits: JobLimits,
         description: str,
     ) -> Evicted:
@@ -406,7 +436,8 @@ class _Eviction:
         saved = key.folder(config) / resume.SAVED_STATE
         if not saved.is_file():
             return Evicted(None, reason="the VM stopped before it could be saved")
-        return resume.pack_saved(config, key, hv.domain_xml(key.domain), description, limits)  # type: ignore[attr-defined]
+        xml = hv.domain_xml(domain)  # type: ignore[attr-defined]
+        return resume.pack_saved(config, key, xml, description, limits, domain)
 
 
 #: How long `run` waits for an eviction's save after the VM stopped (HTCondor's vacate time,
@@ -424,9 +455,16 @@ def start_paused(
     is only logged: `run` then boots the VM itself and reports what goes wrong. The paused
     domain is torn down like a defined one (`cleanup`, the reaper): destroy, then undefine.
     """
+    from ..ledger.store import Ledger
+
     connections = connections or Connections()
+    uri = config.default_uri
     try:
-        connections(config.default_uri).start(key.domain, paused=True)
+        with Ledger.for_site(config) as ledger:
+            domain = job_domain(ledger, prepared_owner(ledger, key, uri), key)
+        if domain != key.domain:
+            return True  # it took a warm VM: started paused long before
+        connections(uri).start(key.domain, paused=True)
     except SdError as exc:
         log.warning("job %s: cannot start its VM paused ahead of the runner: %s", key.job_id, exc)
         return False
@@ -505,9 +543,16 @@ def restore_checkpoint(
     uri = config.default_uri
     with Ledger.for_site(config) as ledger:
         owner = prepared_owner(ledger, key, uri)
+        domain = job_domain(ledger, owner, key)
     try:
         resume.unpack_into_job(
-            config, key, connections(uri), stream, owner.description, JobLimits.of(config.policy)
+            config,
+            key,
+            connections(uri),
+            stream,
+            owner.description,
+            JobLimits.of(config.policy),
+            domain,
         )
     except (CheckpointUnusable, ChildFailed, LimitExceeded) as exc:
         return str(exc)
@@ -523,11 +568,14 @@ def cleanup(config: SiteConfig, key: JobKey, *, connections: Connections | None 
     connections = connections or Connections()
     uri = config.default_uri
     removed = "nothing (already clean)"
+    folders = [key.folder(config)]
     with Ledger.for_site(config) as ledger:
         owner = ledger.owner(OwnerKind.JOB, key.owner_id, uri)
         if owner is not None:
-            removed = _engine(config, ledger, connections, key).teardown(owner, graceful=False)
-    shutil.rmtree(key.folder(config), ignore_errors=True)
+            folders = _job_folders(config, ledger, owner, key)
+            removed = job_engine(config, ledger, connections, key).teardown(owner, graceful=False)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
     return removed
 
 

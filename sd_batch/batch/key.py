@@ -69,5 +69,19 @@ class JobKey:
         return config.state_dir / "jobs" / self.digest
 
 
+#: A warm VM's ledger owner id starts so (`batch.warm`); a job's never can (theirs: `<uid>:`).
+WARM_PREFIX = "warm:"
+
+
+@dataclass(frozen=True, slots=True)
+class WarmKey(JobKey):
+    """A warm VM's key (`batch.warm`): a job's names (domain, folder) for owner `warm:<id>`;
+    UID is -1, no user's."""
+
+    @property
+    def owner_id(self) -> str:
+        return f"{WARM_PREFIX}{self.job_id}"
+
+
 #: The limits of a site with the default [policy].
 DEFAULT_LIMITS = JobLimits()

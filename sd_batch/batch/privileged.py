@@ -43,6 +43,7 @@ from ..errors import VM_REQUEUE_EXIT, Disposition, SdError, VMFailed, clipped
 if TYPE_CHECKING:
     from ..hypervisor.connections import Connections
     from ..ledger.store import Ledger
+    from .domains import WarmTaker
 
 EX_TEMPFAIL = 75
 log = logging.getLogger("sd_batch.helper")
@@ -126,13 +127,15 @@ def perform(
     install_signals: Callable[[Callable[[], None]], None] | None = None,
     ready: Callable[[], None] | None = None,
     install_evict: Callable[[Callable[[], None]], None] | None = None,
+    warm: WarmTaker | None = None,
 ) -> Answer:
     """Carry out ACTION for UID (who the door vouched for) on JOB_ID.
 
     `prepare` reads the input disk from DATA_IN, `run` writes the result tar to DATA_OUT and
     records RUNNER_PID (None: this process) as the process whose life is the job's (the
     reaper's sign of life); INSTALL_SIGNALS receives the callback that destroys the VM at once;
-    READY is called just before the VM is started or resumed (`jobs.run`).
+    READY is called just before the VM is started or resumed (`jobs.run`); `prepare` may take
+    one of WARM's paused VMs (the helper service's; the sudo helper has none).
     CONNECTIONS (None: new ones) are the hypervisor connections to use.
     """
     from . import jobs
@@ -148,7 +151,7 @@ def perform(
         if action is Action.PREPARE:
             if data_in is None:
                 raise ValueError("perform(prepare) needs DATA_IN")  # the door's mistake
-            prepared = jobs.prepare(config, key, data_in, connections=connections)
+            prepared = jobs.prepare(config, key, data_in, connections=connections, warm=warm)
             return Answer(
                 0,
                 {

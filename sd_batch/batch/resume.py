@@ -81,20 +81,32 @@ def identity(config: SiteConfig, key: JobKey, xml: str, description: str) -> che
     )
 
 
-def save_state(hv: HypervisorAPI, key: JobKey, folder: Path) -> None:
-    """Pause the VM and save its memory to the job folder (the runner said: vacated)."""
-    hv.save(key.domain, folder / SAVED_STATE)  # type: ignore[attr-defined]
+def save_state(hv: HypervisorAPI, domain: str, folder: Path) -> None:
+    """Pause the job's VM DOMAIN and save its memory to the job folder (the runner said:
+    vacated)."""
+    hv.save(domain, folder / SAVED_STATE)  # type: ignore[attr-defined]
 
 
 def pack_saved(
-    config: SiteConfig, key: JobKey, xml: str, description: str, limits: JobLimits
+    config: SiteConfig,
+    key: JobKey,
+    xml: str,
+    description: str,
+    limits: JobLimits,
+    domain: str | None = None,
 ) -> Evicted:
-    """The saved state and the disks as one checkpoint file, or why there is none."""
+    """The saved state and the disks as one checkpoint file, or why there is none. A job on
+    a warm VM (DOMAIN, not its own name) has that VM's disks in the warm VM's folder too."""
     folder = key.folder(config)
     state = folder / SAVED_STATE
     started = time.monotonic()
+    warm = (
+        [folder.parent / domain.removeprefix("sd-job-")] if domain and domain != key.domain else []
+    )
     try:
         files = {checkpoint.STATE: state, **job_disks(xml, folder)}
+        for other in warm:
+            files.update(job_disks(xml, other))
         size = checkpoint.pack(
             folder / PACKED,
             identity(config, key, xml, description),
@@ -123,12 +135,14 @@ def unpack_into_job(
     stream: IO[bytes],
     description: str,
     limits: JobLimits,
+    domain: str | None = None,
 ) -> None:
-    """Check the checkpoint STREAM against the prepared (defined, not started) VM and unpack
-    it into the job's folder; `run` then restores instead of booting. Every refusal is a
-    `CheckpointUnusable`, and the prepared VM is left as it was (a fresh start)."""
+    """Check the checkpoint STREAM against the prepared VM (DOMAIN, default the job's own
+    name: defined, or paused and never run) and unpack it into the job's folder; `run` then
+    restores instead of booting. Every refusal is a `CheckpointUnusable`, and the prepared VM
+    is left as it was (a fresh start)."""
     folder = key.folder(config)
-    xml = hv.domain_xml(key.domain)  # type: ignore[attr-defined]
+    xml = hv.domain_xml(domain or key.domain)  # type: ignore[attr-defined]
     disks = job_disks(xml, folder)
     mine = identity(config, key, xml, description)
     targets: dict[str, tuple[Path, int]] = {  # the save file: at most the VM's memory and more
@@ -177,30 +191,54 @@ def unpack_into_job(
             temporary.unlink(missing_ok=True)
 
 
-def restore_or_start(config: SiteConfig, key: JobKey, hv: HypervisorAPI) -> bool:
-    """Start the job's VM: from its unpacked checkpoint when PREPARE_JOB left one (True), else
-    booted (False). The saved XML gets this host's name and paths; its UUID stays (libvirt's
-    ABI check wants it), so the prepared definition gives way to the restored domain."""
+def restoring(config: SiteConfig, key: JobKey) -> bool:
+    """Whether PREPARE_JOB unpacked a checkpoint `run` restores (`restore_or_start`)."""
+    folder = key.folder(config)
+    return (folder / RESTORE_NOTE).is_file() and (folder / SAVED_STATE).is_file()
+
+
+def saved_name(config: SiteConfig, key: JobKey, hv: HypervisorAPI) -> str | None:
+    """The name the unpacked checkpoint's VM had (and is restored under), or None when there
+    is none to restore (`restoring`)."""
+    if not restoring(config, key):
+        return None
+    xml = hv.saved_xml(key.folder(config) / SAVED_STATE)  # type: ignore[attr-defined]
+    return ET.fromstring(xml).findtext("name") or None
+
+
+def restore_or_start(
+    config: SiteConfig, key: JobKey, hv: HypervisorAPI, domain: str | None = None
+) -> bool:
+    """Start the job's VM (DOMAIN: a warm VM it took, default its own name): from its unpacked
+    checkpoint when PREPARE_JOB left one (True; it then runs under the name it was saved
+    with, `saved_name`: libvirt's ABI check refuses another name, and a VM saved from a warm
+    VM had that one's), else booted or resumed (False). The saved XML gets this host's paths
+    (the files of the saving VM's folders land in this job's folder); its name and UUID stay,
+    and the prepared definition gives way to the restored domain."""
+    domain = domain or key.domain
     folder = key.folder(config)
     note, state = folder / RESTORE_NOTE, folder / SAVED_STATE
     if not (note.is_file() and state.is_file()):
-        hv.start_or_resume(key.domain)  # resumed when the service's paused start made it ready
+        hv.start_or_resume(domain)  # resumed when it was started paused (or warm) ahead
         return False
     # The service may have started the prepared VM paused after PREPARE_JOB: it never ran, and
     # the checkpoint's memory replaces it.
-    hv.destroy(key.domain)
-    prepared = hv.domain_xml(key.domain)  # type: ignore[attr-defined]
+    hv.destroy(domain)
+    prepared = hv.domain_xml(domain)  # type: ignore[attr-defined]
     try:
         old = str(json.loads(note.read_text())["old_folder"]).rstrip("/")
         xml = hv.saved_xml(state)  # type: ignore[attr-defined]
+        # its job folder, and the folder of a warm VM it had taken, are this job's folder here
+        parent = re.escape(old.rsplit("/", 1)[0])
+        xml = re.sub(rf"{parent}/[0-9a-f]{{16}}/", lambda _m: f"{folder}/", xml)
         xml = xml.replace(f"{old}/", f"{folder}/")
-        xml = re.sub(r"<name>[^<]*</name>", f"<name>{key.domain}</name>", xml, count=1)
-        hv.undefine(key.domain)
+        name = ET.fromstring(xml).findtext("name") or key.domain
+        hv.undefine(domain)
         try:  # persistent, as PREPARE_JOB defines it: it stays there, off, for the result
             hv.define(xml)
             hv.restore(state, xml)  # type: ignore[attr-defined]
         except SdError:
-            hv.undefine(key.domain)
+            hv.undefine(name)
             hv.define(prepared)  # the job's VM as PREPARE_JOB made it, for the next try
             raise
         return True

@@ -10,6 +10,7 @@ May import: data (TEMPLATES_DIR), errors, placement.policy (Policy), vm.site_pol
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 BUILTIN_TEMPLATE_DIR = TEMPLATES_DIR
 SYSTEM_CONFIG = Path("/etc/sd-batch/site.toml")
 DEFAULT_URI = "qemu:///system"
+#: A site template's bare name, as a job's SDVMDescription names it (`[jobs] warm`).
+TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: [placement] when a site sets nothing: OpenStack Nova's initial allocation ratios (4 vCPUs
 #: per host CPU; memory and disk not overcommitted), no memory reserved, no VM limit.
 DEFAULT_CPU_OVERCOMMIT = 4.0
@@ -93,6 +96,9 @@ class SiteConfig:
     host_tags: Mapping[str, frozenset[str]] = field(default_factory=dict)
     #: [policy]: what a batch job's VM may be (limits, overrides, networks, VMs per user/host).
     policy: SitePolicy = field(default_factory=default_policy)
+    #: [jobs] warm: site templates the helper service keeps one VM of started, paused, ahead
+    #: of the jobs naming them (`batch.warm`); each costs a paused QEMU and its memory.
+    warm_templates: tuple[str, ...] = ()
 
     def uri_for(self, host: str) -> str:
         """A libvirt URI for HOST: a URI as it is, a mapped site host name, or `localhost`."""
@@ -122,6 +128,7 @@ def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteCo
         "properties",
         "placement",
         "policy",
+        "jobs",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -162,7 +169,27 @@ def parse_config(data: Mapping[str, Any], *, origin: str = "<config>") -> SiteCo
         from ..vm.site_policy import policy_from_table
 
         kwargs["policy"] = policy_from_table(data["policy"], origin)
+    if "jobs" in data:
+        kwargs["warm_templates"] = _jobs(data["jobs"], origin)
     return SiteConfig(**kwargs)
+
+
+def _jobs(table: Any, origin: str) -> tuple[str, ...]:
+    """[jobs]: `warm`, the site templates to keep a paused VM of (bare names, each once)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{origin}: [jobs] must be a table")
+    unknown = sorted(set(table) - {"warm"})
+    if unknown:
+        raise ConfigError(f"{origin}: unknown setting [jobs] {unknown[0]!r}", hint="known: warm")
+    warm = table.get("warm", [])
+    if not isinstance(warm, list) or not all(
+        isinstance(name, str) and TEMPLATE_NAME.fullmatch(name) for name in warm
+    ):
+        raise ConfigError(
+            f"{origin}: [jobs] warm must be a list of site template names",
+            hint='for example warm = ["minimal"] (names, not .sf paths)',
+        )
+    return tuple(dict.fromkeys(warm))
 
 
 _RATIOS = ("cpu_overcommit", "memory_overcommit", "disk_overcommit")

@@ -8,16 +8,13 @@ May import: config, errors, lang.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DescriptionError, PolicyError, SourceLocation
 from ..lang import Description, load_file
-from .site import SiteConfig
-
-TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+from .site import TEMPLATE_NAME, SiteConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,9 +157,35 @@ class Engine:
             for child in step.children:
                 self._start(owner, child, deployed=deployed)
 
-    def deploy_vm(self, owner: Owner, vm: VMPlan, extra_disks: tuple[ExtraDisk, ...] = ()) -> None:
-        """Create VM's disks and define its domain (not started). EXTRA_DISKS are host files
-        (a job's input and output disks) the caller has already recorded in the ledger."""
+    def planned_xml(
+        self, owner_id: str, vm: VMPlan, extra_disks: tuple[ExtraDisk, ...] = ()
+    ) -> str:
+        """The domain XML `deploy_vm` would define for VM, creating nothing: a job is matched
+        against a warm VM by it (`vm.warm`). Local hosts only (a job's host)."""
+        images = images_of(vm.spec, vm.uri, self.connect, self.paths.image_dir)
+        sources = tuple(
+            DiskSource(
+                PurePosixPath(self.paths.overlay_dir / f"{vm.domain}-{d.name}.{d.format.value}"),
+                d.format,
+            )
+            for d in vm.spec.disks
+        )
+        console = None
+        if self.paths.console_dir is not None and not vm.spec.flavour.is_xen:
+            console = PurePosixPath(self.paths.console_dir / f"{vm.domain}.log")
+        files = HostFiles(
+            disks=sources,
+            extra_disks=extra_disks,
+            kernel=PurePosixPath(images["kernel"][0]) if "kernel" in images else None,
+            initrd=PurePosixPath(images["initrd"][0]) if "initrd" in images else None,
+            console_log=console,
+        )
+        return build_domain_xml(vm.spec, files, XmlOwner(self.owner_kind, owner_id))
+
+    def deploy_vm(self, owner: Owner, vm: VMPlan, extra_disks: tuple[ExtraDisk, ...] = ()) -> str:
+        """Create VM's disks and define its domain (not started); returns the XML defined.
+        EXTRA_DISKS are host files (a job's input and output disks) the caller has already
+        recorded in the ledger."""
         from ..ledger.store import ResourceKind
 
         hv = self.connect(vm.uri)
@@ -213,6 +239,7 @@ class Engine:
         with self.ledger.intent(owner, ResourceKind.DOMAIN, vm.domain, vm.uri):
             hv.define(xml)
         self.progress(f"defined {vm.domain} ({spec.memory_mib} MiB, {spec.vcpus} vCPU) on {vm.uri}")
+        return xml
 
     def _start_vm(self, vm: VMPlan) -> None:
         try:

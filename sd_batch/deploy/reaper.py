@@ -22,9 +22,10 @@ actions out (or, with `dry_run`, only reports them). The rules, most cautious fi
   except under an ACTIVE pool (`sd watch` or `sd terminate` own those).
 - A job folder (`<state_dir>/jobs/<digest>`) no ledger job owner has belongs to nobody, and so
   does the job domain of that digest (`sd-job-<digest>`, our metadata naming that job) when no
-  ledger owner has it. Several sites (state folders, tests) may share one hypervisor, and only
-  that folder proves a domain is this site's: other domains without a ledger owner (a pool's,
-  or a job's with no folder here) are left alone.
+  ledger owner has it. A warm VM a job took (`batch.warm`) keeps its name, metadata and folder:
+  the job's DOMAIN row names it, which makes both the job's. Several sites (state folders,
+  tests) may share one hypervisor, and only that folder proves a domain is this site's: other
+  domains without a ledger owner (a pool's, or a job's with no folder here) are left alone.
 
 Every action is checked again just before it is carried out (the ledger may have moved on).
 May import: config, deploy, errors, hypervisor (types), ledger, deploy.pools, stdlib.
@@ -141,7 +142,7 @@ def decide(
                 Action(ActionKind.OWNER, label, reason, owner.host_uri, owner, owned.resources)
             )
             if owner.kind is OwnerKind.JOB:
-                reaped_jobs.add(job_digest(owner.owner_id))
+                reaped_jobs.update(_job_digests(owned))
             continue
         if owner.kind is OwnerKind.POOL and owner.status is OwnerStatus.ACTIVE:
             continue  # never an active pool: sd watch and sd terminate own its rows
@@ -161,12 +162,16 @@ def decide(
                 )
             )
     owned_ids = {(o.owner.kind.value, o.owner.owner_id) for o in view.owners}
+    # a warm VM a job took keeps its name and metadata: the job's rows name it
+    held = {
+        (r.host_uri, r.name) for o in view.owners for r in o.resources if r.kind.value == "domain"
+    }
     for uri in sorted(domains_per_host):
         for info in domains_per_host[uri]:
             mark = info.owner
             if mark is None or mark.kind not in _KNOWN_KINDS:
                 continue  # not ours (or a newer sd-batch's): never touched
-            if (mark.kind, mark.id) in owned_ids:
+            if (mark.kind, mark.id) in owned_ids or (uri, info.name) in held:
                 continue
             digest = job_digest(mark.id)
             if mark.kind != OwnerKind.JOB.value or info.name != f"sd-job-{digest}":
@@ -182,7 +187,7 @@ def decide(
                 )
             )
     job_digests = {
-        job_digest(o.owner.owner_id) for o in view.owners if o.owner.kind is OwnerKind.JOB
+        digest for o in view.owners if o.owner.kind is OwnerKind.JOB for digest in _job_digests(o)
     }
     for digest in sorted(view.job_folders):
         if digest in reaped_jobs:
@@ -193,6 +198,16 @@ def decide(
             continue
         actions.append(Action(ActionKind.FOLDER, str(view.job_folders[digest]), reason))
     return actions
+
+
+def _job_digests(owned: Owned) -> set[str]:
+    """The job folders a job owner has: its own, and the warm VM's it took (`batch.warm`),
+    named by the digest in that domain's name."""
+    digests = {job_digest(owned.owner.owner_id)}
+    for resource in owned.resources:
+        if resource.kind.value == "domain" and resource.name.startswith("sd-job-"):
+            digests.add(resource.name.removeprefix("sd-job-"))
+    return digests
 
 
 def _dead(
@@ -264,7 +279,7 @@ def _hosts(config: SiteConfig, view: LedgerView) -> list[str]:
     """Hosts whose domains matter: a job's domain is reaped only with its ownerless folder, so
     without such a folder (most runs) no hypervisor is asked at all; else the jobs' hosts."""
     jobs = [o.owner for o in view.owners if o.owner.kind is OwnerKind.JOB]
-    owned = {job_digest(o.owner_id) for o in jobs}
+    owned = {d for o in view.owners if o.owner.kind is OwnerKind.JOB for d in _job_digests(o)}
     if all(digest in owned for digest in view.job_folders):
         return []
     return sorted({config.default_uri, *(o.host_uri for o in jobs)})
@@ -359,7 +374,9 @@ def _remove_domain(action: Action, ledger: Ledger, connections: Connections) -> 
         return Outcome(action, False, skipped="already gone")
     mark = info.owner
     if mark is None or any(
-        o.kind.value == mark.kind and o.owner_id == mark.id for o in ledger.owners()
+        (o.kind.value == mark.kind and o.owner_id == mark.id)
+        or any(r.name == action.target and r.kind.value == "domain" for r in ledger.resources(o))
+        for o in ledger.owners()
     ):
         return Outcome(action, False, skipped="it has an owner now")
     try:
@@ -375,7 +392,8 @@ def _remove_folder(action: Action, config: SiteConfig, ledger: Ledger) -> Outcom
     if folder.parent != config.state_dir / JOBS_FOLDER or folder.is_symlink():
         return Outcome(action, False, skipped="not a job folder")
     if any(
-        o.kind is OwnerKind.JOB and job_digest(o.owner_id) == folder.name for o in ledger.owners()
+        o.kind is OwnerKind.JOB and folder.name in _job_digests(Owned(o, ledger.resources(o)))
+        for o in ledger.owners()
     ):
         return Outcome(action, False, skipped="it has an owner now")
     if not folder.exists():

@@ -69,6 +69,7 @@ from typing import Any, BinaryIO, NoReturn, cast
 
 from ..batch.confined import start_forkserver
 from ..batch.privileged import EX_TEMPFAIL, Action, hold_ledger, perform, start_paused
+from ..batch.warm import WarmPool, pool_for
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
 from .client import EVICT_LINE
@@ -355,6 +356,7 @@ class Handler(socketserver.BaseRequestHandler):
             peer.uid,
             data_in=data_in,
             connections=self.server.connections,
+            warm=self.server.warm,
         )
         log.info("%s: %s in %.0f ms", what, _summary(answer.reply), _ms_since(began))
         starting = None
@@ -370,16 +372,24 @@ class Handler(socketserver.BaseRequestHandler):
         if starting is not None and key is not None:
             # PREPARE_JOB has its answer; the VM's process is made while the runner starts
             began = time.monotonic()
-            try:
-                made = start_paused(key[1], key[0], self.server.connections)
+            warm = self.server.warm
+            try:  # a warm VM it took gets its disks; else its own VM is started paused
+                plugged = warm.plug(key[0], key[1]) if warm is not None else None
+                made = plugged or start_paused(key[1], key[0], self.server.connections)
             finally:
                 self.server.starting.end(key, starting)
             log.info(
                 "%s: VM %s in %.0f ms",
                 what,
-                "started paused" if made else "not started ahead (the run boots it)",
+                "warm, its disks plugged in"
+                if plugged
+                else "started paused"
+                if made
+                else "not started ahead (the run boots it)",
                 _ms_since(began),
             )
+        if request.action is Action.CLEANUP and self.server.warm is not None:
+            self.server.warm.job_ended()  # a refill slows no job's boot now
 
     def _run(
         self,
@@ -471,6 +481,23 @@ def _ms_since(began: float) -> float:
     return 1000 * (time.monotonic() - began)
 
 
+def warm_pool(connections: Connections) -> WarmPool | None:
+    """The site's warm VMs (`[jobs] warm`), their refill started; None when it asks for none
+    or its config cannot be read (the requests then say why)."""
+    from ..batch.privileged import site_config
+    from ..errors import SdError
+
+    try:
+        pool = pool_for(site_config(), connections)
+    except SdError as exc:
+        log.warning("no warm VMs: %s", exc)
+        return None
+    if pool is not None:
+        log.info("warm VMs: one of each of %s, made ahead of their jobs", ", ".join(pool.templates))
+        pool.start()
+    return pool
+
+
 def bad(message: str) -> dict[str, Any]:
     return {"ok": False, "error": "BadRequest", "disposition": "requeue", "message": message}
 
@@ -495,6 +522,7 @@ class HelperService(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.starting = Starting()
         self.handling: set[threading.Thread] = set()  # every request's thread
         self.runs: set[threading.Thread] = set()  # ... and those waiting on a job's VM
+        self.warm: WarmPool | None = None  # `serve` makes it when the site asks for one
         super().__init__(str(path), Handler, bind_and_activate=False)
 
     def admit(self, uid: int, kind: str) -> bool:
@@ -563,6 +591,7 @@ def serve(path: Path, group: str, on_stop: str = "drain") -> int:
     server = HelperService(path, gid)
     server.server_bind()
     server.server_activate()
+    server.warm = warm_pool(server.connections)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: no new requests; finishing those under way", signum)
@@ -575,6 +604,8 @@ def serve(path: Path, group: str, on_stop: str = "drain") -> int:
         server.serve_forever()
     finally:
         server.stop_listening()
+        if server.warm is not None:  # before the runs drain: no paused QEMU outlives us
+            server.warm.stop()
         if on_stop == "handover":
             hand_over(server)
         server.server_close()  # joins the requests under way

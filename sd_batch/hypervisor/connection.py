@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Self
@@ -319,6 +319,35 @@ class Hypervisor:
                     raise
                 dom.create()
                 dom.suspend()
+
+    def attach_disks(self, name: str, disks: Sequence[str]) -> None:
+        """Plug DISKS (`<disk>` XML each) into NAME, running or paused, and into its persistent
+        definition too (a checkpoint's restore and a cleanup read that one). Into a VM started
+        paused and never resumed (QEMU's prelaunch), the guest finds them at its boot as if they
+        had been there from the start. The test driver has no hotplug (and runs no guest): there
+        only the definition gets them."""
+        lv = self._lv
+        dom = self._lookup(name)
+        live, config = lv.VIR_DOMAIN_AFFECT_LIVE, lv.VIR_DOMAIN_AFFECT_CONFIG
+        with self._errors("attach a disk to", name):
+            for disk in disks:
+                try:
+                    dom.attachDeviceFlags(disk, live | config)
+                except lv.libvirtError as exc:
+                    if exc.get_error_code() != lv.VIR_ERR_NO_SUPPORT or not self.uri.startswith(
+                        "test:"
+                    ):
+                        raise
+                    self._define_with(dom, disk)
+
+    def _define_with(self, dom: Any, disk: str) -> None:
+        """The test driver's stand-in for a hotplug: DISK added to the persistent definition."""
+        root = ET.fromstring(dom.XMLDesc(self._lv.VIR_DOMAIN_XML_INACTIVE))
+        devices = root.find("devices")
+        if devices is None:
+            devices = ET.SubElement(root, "devices")
+        devices.append(ET.fromstring(disk))
+        self._conn.defineXML(ET.tostring(root, encoding="unicode"))
 
     def start_or_resume(self, name: str) -> None:
         """Run NAME's guest: resume it when a paused start made it ready, else boot it.

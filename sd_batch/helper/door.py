@@ -4,14 +4,19 @@ deadline per read let a caller sending a byte every 8 s hold a connection for ev
 MAX_REQUEST_BYTES and nest at most MAX_JSON_DEPTH deep (`json.loads` recurses: a 2000-deep
 line was a RecursionError); a prepare's input disk must arrive within INPUT_SECONDS; and
 `Admission` counts requests per caller uid and kind (`CAPS`), never counting root's against
-the totals, so no caller can starve root's probe and reap, nor another user.
+the totals, so no caller can starve root's probe and reap, nor another user. Who the caller
+is comes from the kernel (`Peer`, SO_PEERCRED), and only root and the slot group are let in
+(`peer_allowed`).
 May import: errors, batch.privileged (Action), stdlib.
 """
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import json
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -155,3 +160,36 @@ class Admission:
             self.totals[kind] -= uid != 0
             if not self.under_way[kind, uid]:
                 del self.under_way[kind, uid]
+
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is at the other end, as the kernel says (SO_PEERCRED at connect time)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Peer:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+        return cls(*struct.unpack("iII", raw))
+
+
+def peer_allowed(sock: socket.socket, peer: Peer, gid: int) -> bool:
+    """Root, or a process in the slot group (what sudoers allows). The socket's mode already
+    kept everyone else out; this holds should its mode ever be widened by mistake."""
+    if peer.uid == 0 or peer.gid == gid:
+        return True
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        return gid in struct.unpack(f"{len(raw) // 4}I", raw)
+    except OSError:  # more than 256 groups, or an old kernel: the group database decides
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            return pwd.getpwuid(peer.uid).pw_name in grp.getgrgid(gid).gr_mem
+        return False

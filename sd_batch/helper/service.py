@@ -40,7 +40,10 @@ The protocol, one request per connection:
   a job's bomb is its own hold, and the service never grows.
 
 SIGTERM stops listening at once (the socket goes, so hooks fall back to sudo or a new service)
-and lets the requests under way finish; the process exits when they have.
+and lets the requests under way finish; the process exits when they have. With `--on-stop
+handover` (the systemd unit's) it exits once the short requests are done, leaving the jobs'
+VMs running: their runners reattach to the next service (`hand_over`). A run's connection is
+`helper.runs`.
 May import: config, errors, hypervisor.connections, batch.confined, batch.privileged,
 helper.door (and, to load them early, every module but the faces: see `warm_up`), stdlib.
 """
@@ -53,17 +56,14 @@ import grp
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import socketserver
 import stat
-import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, cast
 
@@ -72,16 +72,18 @@ from ..batch.privileged import EX_TEMPFAIL, Action, hold_ledger, perform, start_
 from ..batch.warm import WarmPool, pool_for
 from ..errors import BadRequest
 from ..hypervisor.connections import Connections
-from .client import EVICT_LINE
 from .door import (
     INPUT_SECONDS,
     REQUEST_SECONDS,
     Admission,
     InputStream,
+    Peer,
     Request,
     parse_request,
+    peer_allowed,
     read_request_line,
 )
+from .runs import HangupWatch, Starting, StatusFirst
 
 log = logging.getLogger("sd_batch.helper.service")
 
@@ -89,39 +91,6 @@ DEFAULT_SOCKET = Path("/run/sd-batch/helper.sock")
 SLOT_GROUP = "sd-slots"
 DATA_SECONDS = 600.0  # the longest pause while a result tar moves
 CHECKPOINT_SECONDS = DATA_SECONDS
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
-#: The longest a job's run, cleanup or repeated prepare waits for its paused start to end.
-STARTING_SECONDS = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """Who is at the other end, as the kernel says (SO_PEERCRED at connect time)."""
-
-    pid: int
-    uid: int
-    gid: int
-
-    @classmethod
-    def of(cls, sock: socket.socket) -> Peer:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
-        return cls(*struct.unpack("iII", raw))
-
-
-def peer_allowed(sock: socket.socket, peer: Peer, gid: int) -> bool:
-    """Root, or a process in the slot group (what sudoers allows). The socket's mode already
-    kept everyone else out; this holds should its mode ever be widened by mistake."""
-    if peer.uid == 0 or peer.gid == gid:
-        return True
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
-        return gid in struct.unpack(f"{len(raw) // 4}I", raw)
-    except OSError:  # more than 256 groups, or an old kernel: the group database decides
-        import pwd
-
-        with contextlib.suppress(KeyError):
-            return pwd.getpwuid(peer.uid).pw_name in grp.getgrgid(gid).gr_mem
-        return False
 
 
 class ServiceConnections(Connections):
@@ -133,127 +102,6 @@ class ServiceConnections(Connections):
         current = self._open.get(uri)
         if current is None or not current.is_alive():
             super().forget(uri)
-
-
-class Starting:
-    """The jobs whose VM is being started paused after their prepare (`start_paused`): the
-    job's run, cleanup and a repeated prepare wait for that start to end, so a cleanup never
-    races a start into a domain nobody records, and a run resumes what the start made."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._under_way: dict[tuple[int, str], threading.Event] = {}
-
-    def begin(self, key: tuple[int, str]) -> threading.Event:
-        done = threading.Event()
-        with self._lock:
-            self._under_way[key] = done
-        return done
-
-    def end(self, key: tuple[int, str], done: threading.Event) -> None:
-        with self._lock:
-            if self._under_way.get(key) is done:
-                del self._under_way[key]
-        done.set()
-
-    def wait(self, key: tuple[int, str], timeout: float = STARTING_SECONDS) -> None:
-        with self._lock:
-            done = self._under_way.get(key)
-        if done is not None and not done.wait(timeout):
-            log.warning(
-                "uid %d job %s: its paused start still runs after %.0f s; going on",
-                key[0],
-                key[1],
-                timeout,
-            )
-
-
-class StatusFirst:
-    """The result tar's way out: `{"ok": true}` goes first, with the first bytes, so nothing
-    is promised before jobs.run has the whole result in hand."""
-
-    def __init__(self, sock: socket.socket, handler: Handler) -> None:
-        self.sock, self.handler = sock, handler
-
-    def status(self) -> None:
-        if not self.handler.replied:
-            self.handler.replied = True
-            self.sock.sendall(b'{"ok": true}\n')
-
-    def write(self, data: bytes) -> int:
-        self.status()
-        self.sock.sendall(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-class HangupWatch:
-    """While a `run` waits on its VM: the runner hanging up calls the VM's destroy callback,
-    then again every second until the run ends (a VM started just after the first call dies
-    too). Data the runner sends is read and dropped."""
-
-    def __init__(self, sock: socket.socket, what: str) -> None:
-        self.sock, self.what = sock, what
-        self.done = threading.Event()
-        self.hung_up = False
-        self.save: Callable[[], None] | None = None
-        self.thread: threading.Thread | None = None
-        # `stop` wakes the poll at once: the result's connection closes when the run ends,
-        # not up to a poll period later (the runner waits for that end of the stream)
-        self.wake_read, self.wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-
-    def start(self, destroy: Callable[[], None]) -> None:
-        """`jobs.run`'s INSTALL_SIGNALS: it hands us the destroy callback."""
-        self.thread = threading.Thread(
-            target=self._watch, args=(destroy,), daemon=True, name=f"watch {self.what}"
-        )
-        self.thread.start()
-
-    def _watch(self, destroy: Callable[[], None]) -> None:
-        poller = select.poll()
-        gone = select.POLLHUP | select.POLLERR | select.POLLNVAL | select.POLLRDHUP
-        poller.register(self.sock.fileno(), select.POLLIN | gone)
-        poller.register(self.wake_read, select.POLLIN)
-        while not self.done.is_set():
-            events = [e for e in poller.poll(500) if e[0] == self.sock.fileno()]
-            if not events:
-                continue
-            if not events[0][1] & gone:
-                try:
-                    data = self.sock.recv(4096, socket.MSG_DONTWAIT)
-                    if data:
-                        if EVICT_LINE in data and self.save is not None:
-                            log.info("%s: the job is being vacated: saving its VM", self.what)
-                            save, self.save = self.save, None
-                            save()
-                        continue
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    pass
-            break
-        else:
-            return
-        self.hung_up = True
-        log.warning("%s: the runner hung up: destroying its VM", self.what)
-        while True:
-            destroy()
-            if self.done.wait(1.0):
-                return
-
-    def stop(self) -> None:
-        self.done.set()
-        os.write(self.wake_write, b"x")
-        if self.thread is not None:
-            self.thread.join()
-        os.close(self.wake_read)
-        os.close(self.wake_write)
-
-    def on_evict(self, save: Callable[[], None]) -> None:
-        """`jobs.run`'s INSTALL_EVICT: the runner sending EVICT_LINE calls SAVE (once)."""
-        self.save = save
 
 
 class Handler(socketserver.BaseRequestHandler):

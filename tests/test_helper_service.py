@@ -30,6 +30,8 @@ import pytest
 
 from sd_batch.config.site import load_config
 from sd_batch.data import HOOKS_DIR
+from sd_batch.helper import runner
+from sd_batch.helper.hooks import runner_arguments
 from sd_batch.ledger.store import OwnerStatus
 
 from conftest import Job, Service, User, helper_site, new_job, start_service, wait_until
@@ -125,7 +127,19 @@ def test_prepare_run_and_job_exit_go_through_the_service(
     code, out, err = job.hook("prepare_job")
     assert code == 0 and "HookStatusCode = 0" in out, err
     assert f'SDHelperSocket = "{service.socket}"' in out  # for JOB_EXIT: no knob to read
-    code, out, err = job.hook("runner", "--job", job.id)
+    # ... and for the runner, which asks it before it imports anything of ours: with no
+    # socket in its environment (empty: "never use the service") it still reaches this one
+    assert f'Arguments = "--job {job.id} --socket {service.socket}"' in out
+    runner = job.start(
+        "runner",
+        "--job",
+        job.id,
+        "--socket",
+        str(service.socket),
+        env={"_CONDOR_SMARTDOMAINS_HELPER_SOCKET": ""},
+    )
+    out_bytes, err_bytes = runner.communicate(timeout=60)
+    code, out, err = runner.returncode, out_bytes.decode(), err_bytes.decode()
     assert code == 170, err  # the site's max_run_seconds: the test driver's VM never stops
     assert "did not power off within 2 s" in err and out == ""
     code, out, err = job.hook("job_exit", "exit")
@@ -391,3 +405,56 @@ def test_an_input_over_the_site_limit_is_refused_with_the_limits_message(
     # the service stopped reading at the limit and shut the connection both ways: the hook,
     # still writing 2 MiB, got EPIPE at once rather than blocking until its 300 s timeout
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("argv", "parsed"),
+    [
+        (["--job", "a#1.0#2"], ("a#1.0#2", None)),
+        (["--job", "a#1.0#2", "--socket", "/run/x.sock"], ("a#1.0#2", "/run/x.sock")),
+        (["--job"], None),
+        (["--socket", "/s", "--job", "a"], None),
+        (["--job", "a", "--socket"], None),
+    ],
+)
+def test_the_runner_reads_its_job_and_the_services_socket(
+    argv: list[str], parsed: tuple[str, str | None] | None
+) -> None:
+    assert runner.parse(argv) == parsed
+
+
+def test_prepare_job_names_the_socket_only_when_it_is_a_plain_path() -> None:
+    assert runner_arguments("j#1.0#2", "/run/sd-batch/helper.sock") == (
+        "--job j#1.0#2 --socket /run/sd-batch/helper.sock"
+    )
+    for odd in ("", "relative.sock", "/with space/s", "/quote'/s", '/dq"/s', "/" + "a" * 300):
+        assert runner_arguments("j#1.0#2", odd) == "--job j#1.0#2", odd
+
+
+def test_the_runner_loads_nothing_of_ours_before_its_request() -> None:
+    """Its first stage is the standard library alone (the warm VM's resume waits on it): the
+    module imports stdlib only, and main's import of the rest follows the request."""
+    import ast
+
+    tree = ast.parse(Path(runner.__file__).read_text(encoding="utf-8"))
+    top = {
+        alias.name.split(".")[0]
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in (
+            node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+        )
+    }
+    assert top <= {"__future__", "json", "os", "signal", "socket", "sys"}, top
+    (main,) = (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    calls = [
+        n.lineno
+        for n in ast.walk(main)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "early_request"
+    ]
+    ours = [
+        n.lineno
+        for n in ast.walk(main)
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("sd_batch")
+    ]
+    assert calls and ours and max(calls) < min(ours)

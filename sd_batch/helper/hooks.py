@@ -9,9 +9,10 @@
   original command is kept in `SDOriginalCmd` / `SDOriginalArguments`. Failures print
   `HookStatusCode` / `HookStatusMessage`: a user's mistake or a policy refusal holds the job
   (1-299), a host problem sends it back to Idle (>= 300). `status_for` is the one mapping.
-- `runner` (the job's new Cmd): asks the helper to boot the VM and stream back the result, puts
-  the outputs into the sandbox safely, writes the payload's stdout/stderr to its own, and exits
-  as the payload did (a payload killed by signal N kills the runner with N).
+- the runner (the job's new Cmd, `helper.runner`, which sends its request first and then calls
+  `run_job` here): asks the helper to boot the VM and stream back the result, puts the outputs
+  into the sandbox safely, writes the payload's stdout/stderr to its own, and exits as the
+  payload did (a payload killed by signal N kills the runner with N).
 - `job-exit` (<Keyword>_HOOK_JOB_EXIT, argv exit|remove|hold|evict): destroy and delete
   everything, idempotent, well inside HTCondor's 30 s.
 - `update-job-info`: advisory; nothing to do.
@@ -158,8 +159,8 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         "SDVMMemoryMiB": reply["memory_mib"],
         "SDVMCpus": reply["vcpus"],
         "Cmd": str(HOOKS_DIR / "runner"),
-        "Arguments": f"--job {ad.global_job_id}",
-        "Args": f"--job {ad.global_job_id}",
+        "Arguments": runner_arguments(ad.global_job_id, socket_path),
+        "Args": runner_arguments(ad.global_job_id, socket_path),
         "HookStatusCode": int(HookStatus.OK),
         "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
         f"({reply['description']}, {reply['memory_mib']} MiB, "
@@ -174,6 +175,17 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
             updates["HookStatusMessage"] += "; resumes from its checkpoint"
     stdout.write(format_updates(updates))
     return 0
+
+
+def runner_arguments(job_id: str, socket_path: str) -> str:
+    """The runner's arguments: the job, and the service's socket PREPARE_JOB used when it is
+    a plain path (the runner then asks it at once, without reading HTCondor's config)."""
+    if socket_path and _PLAIN_PATH.fullmatch(socket_path):
+        return f"--job {job_id} --socket {socket_path}"
+    return f"--job {job_id}"
+
+
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+-]{1,200}")
 
 
 def _offer_checkpoint(job_id: str, sandbox: Path) -> bool | None:
@@ -244,27 +256,39 @@ def _machine_ad(sandbox: Path) -> str | None:
 
 
 # -- the runner ----------------------------------------------------------------------------------
-def runner(argv: Sequence[str], sandbox: Path) -> int:
-    if len(argv) != 2 or argv[0] != "--job":
-        print("usage: runner --job GLOBAL_JOB_ID", file=sys.stderr)
-        return 2
+def run_job(
+    job_id: str,
+    sent: socket.socket | None = None,
+    *,
+    vacated: bool = False,
+    sandbox: Path | None = None,
+) -> int:
+    """The runner's work: SENT is the connection whose `run` request is already out (the
+    runner's early request), else the service is found here (or the helper command used)."""
+    sandbox = sandbox or Path(os.environ.get("_CONDOR_SCRATCH_DIR") or Path.cwd())
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="sd-batch %(name)s: %(levelname)s %(message)s"
+    )
     # Everything the runner needs after the VM is loaded before it: a package upgrade may
     # replace the code on disk while the VM runs, and a module first imported then would be
     # the new version's (tests/test_package.py checks a job across an upgrade).
     from .. import staging  # noqa: F401
 
     _say_refused(sandbox)
-    sock = service_socket()
+    sock = sent or service_socket()
     if sock is None:
-        return _run_through_helper(argv[1], sandbox)
+        return _run_through_helper(job_id, sandbox)
     # HTCondor's SIGTERM (remove, hold) kills us as it comes: the service sees us hang up and
     # destroys the VM. Its KillSig, which the schedd transform makes SIGUSR2, is a vacate: we
     # ask the service to save the VM and wait for the checkpoint (`_save_checkpoint`).
     link = _Link(sock)
     signal.signal(signal.SIGUSR2, link.vacate)
+    if vacated:
+        link.vacate()
+    asked = sent is not None
     while True:
         try:
-            return _run_on(link, argv[1], sandbox)
+            return _run_on(link, job_id, sandbox, asked=asked)
         except HelperFailed as exc:  # the service went away before the VM's end
             again = _service_again(reattach_seconds())
             if again is None:
@@ -273,7 +297,7 @@ def runner(argv: Sequence[str], sandbox: Path) -> int:
             print(
                 "sd-batch: the helper service restarted: waiting on the VM again", file=sys.stderr
             )
-            link.sock = again
+            link.sock, asked = again, False
 
 
 #: How long a runner whose service went away mid-run waits for the next one (a package
@@ -307,10 +331,12 @@ class _Link:
             self.sock.sendall(EVICT_LINE)
 
 
-def _run_on(link: _Link, job_id: str, sandbox: Path) -> int:
-    """One `run` conversation; HelperFailed when the service went away before its status."""
+def _run_on(link: _Link, job_id: str, sandbox: Path, *, asked: bool = False) -> int:
+    """One `run` conversation (ASKED: its request is out already); HelperFailed when the
+    service went away before its status."""
     with link.sock as sock, sock.makefile("rb") as stream:
-        request(sock, "run", job_id)  # and our side stays open: closing it is hanging up
+        if not asked:
+            request(sock, "run", job_id)  # and our side stays open: closing it is hanging up
         if link.vacating:
             link.vacate()
         try:
@@ -569,8 +595,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox = Path(os.environ.get("_CONDOR_SCRATCH_DIR") or Path.cwd())
     if verb == "prepare-job":
         return prepare_job(sys.stdin, sys.stdout, sandbox)
-    if verb == "runner":
-        return runner(rest, sandbox)
     if verb == "job-exit":
         return job_exit(rest, sys.stdin)
     if verb == "update-job-info":
@@ -579,8 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb == "startd-cron":
         return startd_cron(sys.stdout)
     print(
-        "usage: python -m sd_batch.helper.hooks {prepare-job,runner,job-exit,update-job-info,"
-        "startd-cron} [args]",
+        "usage: python -m sd_batch.helper.hooks {prepare-job,job-exit,update-job-info,"
+        "startd-cron} [args] (the runner is sd_batch/helper/runner.py)",
         file=sys.stderr,
     )
     return 2

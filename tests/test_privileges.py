@@ -28,8 +28,9 @@ import pytest
 
 from sd_batch.batch.key import JobKey
 from sd_batch.condor.jobad import job_ad_from_submit
-from sd_batch.config.site import SYSTEM_CONFIG, load_config
 from sd_batch.data import HOOKS_DIR
+
+from conftest import system_domains
 
 pytestmark = pytest.mark.qemu
 
@@ -140,17 +141,6 @@ def slots() -> Iterator[tuple[Slot, Slot]]:
         subprocess.run(["userdel", USER_B], check=False, capture_output=True)
 
 
-def domains() -> set[str]:
-    config = load_config(SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None)
-    listed = subprocess.run(
-        ["virsh", "-c", config.default_uri, "list", "--all", "--name"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return set(listed.stdout.split())
-
-
 @pytest.fixture
 def prepared(slots: tuple[Slot, Slot]) -> Iterator[tuple[str, str]]:
     """A job PREPARE_JOB made for slot user A: (its GlobalJobId, its VM's name)."""
@@ -176,12 +166,12 @@ def prepared(slots: tuple[Slot, Slot]) -> Iterator[tuple[str, str]]:
             env={"_CONDOR_SCRATCH_DIR": scratch},
         )
         assert "HookStatusCode = 0" in done.stdout, done.stdout + done.stderr
-        assert domain in domains()
+        assert domain in system_domains()
         yield job_id, domain
     finally:
         a.run([str(HOOKS_DIR / "job_exit"), "exit"], stdin=ad.encode(), cwd=scratch)
         shutil.rmtree(scratch, ignore_errors=True)
-        assert domain not in domains()
+        assert domain not in system_domains()
 
 
 # --- libvirt itself ------------------------------------------------------------------------
@@ -313,7 +303,7 @@ def test_another_slot_user_cannot_touch_a_prepared_job(
     assert ran.returncode != 0
     assert "has no prepared VM" in ran.stderr
     assert ran.stdout == ""
-    assert domain in domains()  # A's VM: still defined, never started by B
+    assert domain in system_domains()  # A's VM: still defined, never started by B
     state = subprocess.run(
         ["virsh", "-c", "qemu:///system", "domstate", domain],
         capture_output=True,

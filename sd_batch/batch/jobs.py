@@ -299,6 +299,12 @@ def run(
             and owner.status is OwnerStatus.ACTIVE
             and owner.process == ProcessRef.of(runner_pid)
         )
+        if not again and owner.status is OwnerStatus.ACTIVE and owner.process is not None:
+            if owner.process.is_alive():  # a second `run` (another process of the same uid)
+                raise DeployError(  # must neither move the reaper's watch nor start the VM
+                    f"job {key.job_id} already has its runner (process {owner.process.pid})",
+                    hint="a job's VM runs for one runner; JOB_EXIT ends it",
+                )
         # the reaper's sign of life: while this process lives, the job does
         ledger.set_status(
             owner, OwnerStatus.ACTIVE, pid=THIS_PROCESS if runner_pid is None else runner_pid

@@ -7,18 +7,8 @@ Same private service and test-driver site as tests/test_helper_service.py.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 import test_helper_service as base
-
-from sd_batch.ledger.store import OwnerStatus
 
 from conftest import Job, Service, User, new_job
 

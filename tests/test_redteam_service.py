@@ -7,10 +7,20 @@ Same private service and test-driver site as tests/test_helper_service.py.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+
 import pytest
 import test_helper_service as base
 
-from conftest import Job, Service, User, new_job
+from sd_batch.helper.door import REQUEST_SECONDS
+
+from conftest import Job, Service, User, helper_site, new_job, start_service
 
 pytestmark = pytest.mark.libvirt
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
@@ -50,3 +60,42 @@ def test_another_uids_run_for_a_running_job_changes_nothing(
     assert _recorded_pid(job) == first.pid
     assert first.wait(timeout=30) == 170
     assert job.hook("job_exit", "exit")[0] == 0
+
+
+# --- handover: a slow caller holds the stop up for its request line's bound at most ------------
+def test_a_trickling_request_cannot_hold_a_handover_stop_past_the_request_bound(
+    users: tuple[User, User],
+) -> None:
+    root = helper_site(Path(tempfile.mkdtemp(prefix="sd-svc-")), "max_run_seconds = 600\n")
+    service = start_service(root, None, "--on-stop", "handover")
+    try:
+        job = new_job(service, users[0], "handover")
+        job.prepare()
+        runner = job.start(
+            "runner", "--job", job.id, env={"_CONDOR_SMARTDOMAINS_REATTACH_SECONDS": "1"}
+        )
+        base.until(base.running_under(job, runner.pid))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
+            slow.connect(str(service.socket))
+            slow.sendall(b'{"action": ')  # and then a byte a second, never the newline
+            time.sleep(1.0)  # accepted: its thread reads the line
+            service.proc.send_signal(signal.SIGTERM)
+            began = time.monotonic()
+            while service.proc.poll() is None and time.monotonic() - began < 60:
+                with contextlib.suppress(OSError):
+                    slow.sendall(b" ")
+                time.sleep(1.0)
+            took = time.monotonic() - began
+        assert service.proc.poll() == 0, service.log_text()
+        assert took < REQUEST_SECONDS + 5, took  # not the run's 600 s, nor for ever
+        assert "no whole request line within" in service.log_text()  # it was waited for
+        assert "1 runs left to their runners" in service.log_text()
+        # the test driver's VM died with the service: the runner, finding no next one, requeues
+        assert runner.wait(timeout=30) == 172
+        base.cleanup_without_the_service(job)
+        assert service.leftovers() == []
+    finally:
+        if service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)

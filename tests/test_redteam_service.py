@@ -8,9 +8,11 @@ Same private service and test-driver site as tests/test_helper_service.py.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,3 +101,48 @@ def test_a_trickling_request_cannot_hold_a_handover_stop_past_the_request_bound(
             service.proc.kill()
             service.proc.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- python -I: nothing of the scratch dir is imported ------------------------------------------
+#: Modules a hook or the runner imports, and the files Python runs at start-up when allowed.
+SHADOWS = ("json", "socket", "tarfile", "signal", "logging", "sitecustomize", "usercustomize")
+
+
+def test_no_file_of_the_scratch_dir_is_imported_by_the_hooks_or_the_runner(
+    service: Service, users: tuple[User, User]
+) -> None:
+    job = new_job(service, users[0], "shadows")
+    marker = job.scratch / "imported"
+
+    def plant(path: Path, name: str) -> None:
+        path.write_text(f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n")
+
+    site = job.scratch / ".local" / "lib" / "python{}.{}".format(*sys.version_info[:2])
+    (site / "site-packages").mkdir(parents=True)
+    for name in SHADOWS:
+        plant(job.scratch / f"{name}.py", name)
+    plant(job.scratch / "startup.py", "PYTHONSTARTUP")
+    (job.scratch / "evil.pth").write_text(f"import os; open({str(marker)!r}, 'a').write('pth')\n")
+    (site / "site-packages" / "evil.pth").write_text((job.scratch / "evil.pth").read_text())
+    for path in job.scratch.rglob("*"):
+        os.chown(path, job.user.uid, job.user.gid)
+    env = {  # what a job's environment could set for its runner
+        "HOME": str(job.scratch),
+        "PYTHONPATH": str(job.scratch),
+        "PYTHONSTARTUP": str(job.scratch / "startup.py"),
+        "PYTHONUSERBASE": str(job.scratch / ".local"),
+        "PYTHONHOME": str(job.scratch),
+    }
+
+    def run(hook: str, *argv: str) -> tuple[int, str]:
+        proc = job.start(hook, *argv, env=env)
+        out, err = proc.communicate(job.ad.encode(), timeout=60)
+        return proc.returncode, (out + err).decode()
+
+    code, text = run("prepare_job")
+    assert code == 0 and "HookStatusCode = 0" in text, text
+    code, text = run("runner", "--job", job.id, "--socket", str(service.socket))
+    assert code == 170, text  # the test driver's VM ran to the site's 2 s limit
+    code, text = run("job_exit", "exit")
+    assert code == 0 and "removed 1 domain" in text, text
+    assert not marker.exists(), marker.read_text()

@@ -146,3 +146,27 @@ def test_no_file_of_the_scratch_dir_is_imported_by_the_hooks_or_the_runner(
     code, text = run("job_exit", "exit")
     assert code == 0 and "removed 1 domain" in text, text
     assert not marker.exists(), marker.read_text()
+
+
+# --- open: the runner is the job's Cmd, so the job's environment reaches it ---------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: under HTCondor the job's Environment reaches its Cmd (the runner), and the "
+    "runner obeys SD_BATCH_PYTHON (and _CONDOR_SMARTDOMAINS_HELPER): a job can run a program "
+    "of its sandbox natively as the slot user instead of in its VM (no more than a job "
+    "without SDVMDescription may, but users.md promises a VM job never runs natively)",
+)
+def test_a_jobs_environment_cannot_make_the_runner_run_a_program_of_its_sandbox(
+    service: Service, users: tuple[User, User]
+) -> None:
+    job = new_job(service, users[0], "native")
+    marker = job.scratch / "ran-natively"
+    evil = job.scratch / "evil"
+    evil.write_text(f"#!/bin/sh\n: > {marker}\n")
+    evil.chmod(0o755)
+    os.chown(evil, job.user.uid, job.user.gid)
+    job.prepare()
+    proc = job.start("runner", "--job", job.id, env={"SD_BATCH_PYTHON": str(evil)})
+    proc.communicate(timeout=60)
+    assert job.hook("job_exit", "exit")[0] == 0
+    assert not marker.exists()

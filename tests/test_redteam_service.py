@@ -51,6 +51,20 @@ def test_a_second_run_from_another_process_of_the_same_uid_does_not_take_the_vm_
     assert job.hook("job_exit", "exit")[0] == 0
 
 
+def test_a_job_prepared_again_takes_its_new_runner_as_the_one_to_watch(
+    service: Service, users: tuple[User, User]
+) -> None:
+    """The refusal above never blocks HTCondor's retry: PREPARE_JOB starts the job afresh."""
+    job = new_job(service, users[0], "retried")
+    old = base.started_run(job)
+    job.prepare()  # its old VM torn down; the old runner's wait ends
+    assert old.wait(timeout=30) == 172  # its VM went with the retry: back to Idle
+    new = job.start("runner", "--job", job.id)
+    base.until(base.running_under(job, new.pid))
+    assert new.wait(timeout=30) == 170  # the new run went to the site's 2 s limit
+    assert job.hook("job_exit", "exit")[0] == 0
+
+
 def test_another_uids_run_for_a_running_job_changes_nothing(
     service: Service, users: tuple[User, User]
 ) -> None:

@@ -32,6 +32,21 @@ users = base.users
 service = base.service
 
 
+def descendants(pid: int) -> set[int]:
+    """The processes below PID (its fork server, confined children), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def _recorded_pid(job: Job) -> int | None:
     owner = job.owner()
     return None if owner is None or owner.process is None else owner.process.pid
@@ -91,6 +106,8 @@ def test_a_trickling_request_cannot_hold_a_handover_stop_past_the_request_bound(
             "runner", "--job", job.id, env={"_CONDOR_SMARTDOMAINS_REATTACH_SECONDS": "1"}
         )
         base.until(base.running_under(job, runner.pid))
+        children = descendants(service.proc.pid)
+        assert children  # its fork server at least
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
             slow.connect(str(service.socket))
             slow.sendall(b'{"action": ')  # and then a byte a second, never the newline
@@ -106,6 +123,7 @@ def test_a_trickling_request_cannot_hold_a_handover_stop_past_the_request_bound(
         assert took < REQUEST_SECONDS + 5, took  # not the run's 600 s, nor for ever
         assert "no whole request line within" in service.log_text()  # it was waited for
         assert "1 runs left to their runners" in service.log_text()
+        base.until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10.0)
         # the test driver's VM died with the service: the runner, finding no next one, requeues
         assert runner.wait(timeout=30) == 172
         base.cleanup_without_the_service(job)

@@ -465,3 +465,24 @@ def test_the_debian_package_installs_runs_a_job_upgrades_under_a_job_and_goes_aw
     assert cleared.returncode == 0, cleared.stderr
     assert not (scratch / "idle" / "state").exists()
     assert not (scratch / "idle" / "images").exists()
+
+
+def test_the_services_systemd_unit_is_valid_and_hands_runs_over(tmp_path: Path) -> None:
+    """The unit as setup-host and debian/rules install it (@PYTHON@ made a real Python):
+    systemd's own checker accepts it (no systemd needs to run for that), and it stops the
+    service with --on-stop handover, because systemd's restart stops the old service before
+    it starts the new (tests/test_service_restart_e2e.py runs a job across a handover)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "sd-batch-helper.service"
+    text = (DATA / "condor_hooks" / "sd-batch-helper.service").read_text(encoding="utf-8")
+    unit.write_text(text.replace("@PYTHON@", sys.executable), encoding="utf-8")
+    checked = run(analyze, "verify", unit, env={**ENV, "SYSTEMD_LOG_LEVEL": "notice"})
+    assert (checked.returncode, checked.stderr) == (0, ""), checked.stderr
+    (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit.read_text(encoding="utf-8"), re.M)
+    argv = exec_start.split()
+    assert argv[:4] == [sys.executable, "-I", "-m", "sd_batch.helper.service"]
+    assert argv[4:] == ["--on-stop", "handover"]
+    helped = run(*argv, "--help", env={**os.environ})
+    assert helped.returncode == 0 and "handover" in helped.stdout, helped.stderr

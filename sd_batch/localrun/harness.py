@@ -34,6 +34,7 @@ import contextlib
 import os
 import pwd
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -446,12 +447,17 @@ class Harness:
     def _wait(self, runner: subprocess.Popen[bytes], stop: _Stop, ad: JobAd) -> int:
         """Wait for the runner; after a stop request, SIGKILL its session after the grace
         (a vacate's: the job's JobMaxVacateTime)."""
+        with _exit_watch(runner.pid) as ended:
+            return self._wait_watched(runner, stop, ad, ended)
+
+    def _wait_watched(
+        self, runner: subprocess.Popen[bytes], stop: _Stop, ad: JobAd, ended: select.poll | None
+    ) -> int:
         deadline: float | None = None
         while True:
-            try:
-                return runner.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                pass
+            if ended is None or ended.poll(200):  # as the starter's SIGCHLD: at once
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return runner.wait(timeout=None if ended is not None else 0.2)
             if stop.reason is not None and deadline is None:
                 vacate = ad.get("JobMaxVacateTime")
                 grace = (
@@ -503,3 +509,21 @@ class Harness:
                 f"job {label}: JOB_EXIT {reason}: status {done.returncode} after "
                 f"{took:.1f} s\n{done.stderr.rstrip()}"
             )
+
+
+@contextlib.contextmanager
+def _exit_watch(pid: int) -> Iterator[select.poll | None]:
+    """A poll that wakes the moment PID ends (its pidfd; Linux 5.3), or None where there is
+    none. `Popen.wait(timeout)` looks every 50 ms at most: a job's end was seen up to 50 ms
+    late in every `sd run` (and in benchmarks/job_overhead.py's figures)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        yield None
+        return
+    try:
+        watch = select.poll()
+        watch.register(fd, select.POLLIN)
+        yield watch
+    finally:
+        os.close(fd)

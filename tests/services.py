@@ -103,8 +103,8 @@ def helper_site(root: Path, policy: str = "") -> Path:
     return root
 
 
-def start_service(root: Path, sock: Path | None = None) -> Service:
-    """`python -I -m sd_batch.helper.service` as root on ROOT's site, listening on SOCK
+def start_service(root: Path, sock: Path | None = None, *args: str) -> Service:
+    """`python -I -m sd_batch.helper.service [ARGS]` as root on ROOT's site, listening on SOCK
     (ROOT/run/helper.sock), once it accepts connections."""
     sock = sock or root / "run" / "helper.sock"
     env = {
@@ -115,7 +115,7 @@ def start_service(root: Path, sock: Path | None = None) -> Service:
     log = root / "service.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "sd_batch.helper.service", "--socket", str(sock)],
+            [sys.executable, "-I", "-m", "sd_batch.helper.service", "--socket", str(sock), *args],
             env=env,
             stdout=out,
             stderr=out,

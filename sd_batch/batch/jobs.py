@@ -299,6 +299,14 @@ def run(
             and owner.status is OwnerStatus.ACTIVE
             and owner.process == ProcessRef.of(runner_pid)
         )
+        # a second `run` (another process of the same uid) must neither move the reaper's
+        # watch from the live runner nor start or take up its VM
+        runner = owner.process if owner.status is OwnerStatus.ACTIVE else None
+        if not again and runner is not None and runner.is_alive():
+            raise DeployError(
+                f"job {key.job_id} already has its runner (process {runner.pid})",
+                hint="a job's VM runs for one runner; JOB_EXIT ends it",
+            )
         # the reaper's sign of life: while this process lives, the job does
         ledger.set_status(
             owner, OwnerStatus.ACTIVE, pid=THIS_PROCESS if runner_pid is None else runner_pid

@@ -410,15 +410,18 @@ def test_an_input_over_the_site_limit_is_refused_with_the_limits_message(
 @pytest.mark.parametrize(
     ("argv", "parsed"),
     [
-        (["--job", "a#1.0#2"], ("a#1.0#2", None)),
-        (["--job", "a#1.0#2", "--socket", "/run/x.sock"], ("a#1.0#2", "/run/x.sock")),
+        (["--job", "a#1.0#2"], ("a#1.0#2", None, None)),
+        (["--job", "a#1.0#2", "--socket", "/run/x.sock"], ("a#1.0#2", "/run/x.sock", None)),
+        (["--job", "a", "--helper", "sudo", "-n", "/h"], ("a", None, ["sudo", "-n", "/h"])),
         (["--job"], None),
         (["--socket", "/s", "--job", "a"], None),
         (["--job", "a", "--socket"], None),
+        (["--job", "a", "--helper"], None),
+        (["--job", "a", "--socket", "/s", "x"], None),
     ],
 )
-def test_the_runner_reads_its_job_and_the_services_socket(
-    argv: list[str], parsed: tuple[str, str | None] | None
+def test_the_runner_reads_its_job_and_the_door_prepare_job_used(
+    argv: list[str], parsed: tuple[str, str | None, list[str] | None] | None
 ) -> None:
     assert runner.parse(argv) == parsed
 
@@ -429,6 +432,10 @@ def test_prepare_job_names_the_socket_only_when_it_is_a_plain_path() -> None:
     )
     for odd in ("", "relative.sock", "/with space/s", "/quote'/s", '/dq"/s', "/" + "a" * 300):
         assert runner_arguments("j#1.0#2", odd) == "--job j#1.0#2", odd
+    # no service: the helper command it used, when it is plain words
+    sudo = ["sudo", "-n", "/usr/lib/sd-batch/condor_hooks/helper"]
+    assert runner_arguments("j#1.0#2", "", sudo) == f"--job j#1.0#2 --helper {' '.join(sudo)}"
+    assert runner_arguments("j#1.0#2", "", ["sudo", "/with space/h"]) == "--job j#1.0#2"
 
 
 def test_the_runner_loads_nothing_of_ours_before_its_request() -> None:

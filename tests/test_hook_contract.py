@@ -171,7 +171,10 @@ def test_prepare_job_rewrites_cmd_to_our_runner_and_keeps_the_original(site: Sit
     assert updates["SDVMDomain"] == domain
     assert (updates["SDVMMemoryMiB"], updates["SDVMCpus"]) == (256, 1)
     assert updates["Cmd"] == str(HOOKS_DIR / "runner")
-    assert updates["Arguments"] == updates["Args"] == f"--job {job_id}"
+    # the door PREPARE_JOB used (here the helper command, as the site's environment names
+    # it), so the runner takes it from its arguments, never from the job's environment
+    helper = site.environ["_CONDOR_SMARTDOMAINS_HELPER"]
+    assert updates["Arguments"] == updates["Args"] == f"--job {job_id} --helper {helper}"
     assert updates["HookStatusCode"] == 0
     assert updates["HookStatusMessage"] == f"sd-batch: VM {domain} ready (minimal, 256 MiB, 1 vCPU)"
     assert site.leftovers() != []  # the ledger and the job folder hold the prepared VM

@@ -181,13 +181,6 @@ def test_no_file_of_the_scratch_dir_is_imported_by_the_hooks_or_the_runner(
 
 
 # --- open: the runner is the job's Cmd, so the job's environment reaches it ---------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: under HTCondor the job's Environment reaches its Cmd (the runner), and the "
-    "runner obeys SD_BATCH_PYTHON (and _CONDOR_SMARTDOMAINS_HELPER): a job can run a program "
-    "of its sandbox natively as the slot user instead of in its VM (no more than a job "
-    "without SDVMDescription may, but users.md promises a VM job never runs natively)",
-)
 def test_a_jobs_environment_cannot_make_the_runner_run_a_program_of_its_sandbox(
     service: Service, users: tuple[User, User]
 ) -> None:
@@ -200,5 +193,19 @@ def test_a_jobs_environment_cannot_make_the_runner_run_a_program_of_its_sandbox(
     job.prepare()
     proc = job.start("runner", "--job", job.id, env={"SD_BATCH_PYTHON": str(evil)})
     proc.communicate(timeout=60)
+    assert job.hook("job_exit", "exit")[0] == 0
+    assert not marker.exists()
+    # ...nor a helper command of its own, once PREPARE_JOB named the door it used
+    job.prepare()
+    proc = job.start(
+        "runner",
+        "--job",
+        job.id,
+        "--socket",
+        str(service.socket),
+        env={"_CONDOR_SMARTDOMAINS_HELPER": str(evil), "_CONDOR_SMARTDOMAINS_HELPER_SOCKET": ""},
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 170, err  # it reached the service: the test driver's VM never stops
     assert job.hook("job_exit", "exit")[0] == 0
     assert not marker.exists()

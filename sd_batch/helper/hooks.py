@@ -56,6 +56,7 @@ from .client import (
     call,
     checked,
     helper,
+    helper_argv,
     prepare,
     request,
     service_reply,
@@ -152,6 +153,7 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         # Non-zero as well: a starter that predates HookStatusCode then still aborts the job
         # (held, HoldReasonCode 19) instead of running it natively with Cmd unchanged.
         return 1
+    door = () if socket_path else helper_argv()  # the helper command it used
     updates: dict[str, Any] = {
         "SDOriginalCmd": ad.cmd,
         "SDOriginalArguments": " ".join(shlex.quote(a) for a in ad.arguments),
@@ -159,8 +161,8 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
         "SDVMMemoryMiB": reply["memory_mib"],
         "SDVMCpus": reply["vcpus"],
         "Cmd": str(HOOKS_DIR / "runner"),
-        "Arguments": runner_arguments(ad.global_job_id, socket_path),
-        "Args": runner_arguments(ad.global_job_id, socket_path),
+        "Arguments": runner_arguments(ad.global_job_id, socket_path, door),
+        "Args": runner_arguments(ad.global_job_id, socket_path, door),
         "HookStatusCode": int(HookStatus.OK),
         "HookStatusMessage": f"sd-batch: VM {reply['domain']} ready "
         f"({reply['description']}, {reply['memory_mib']} MiB, "
@@ -177,15 +179,19 @@ def prepare_job(stdin: IO[str], stdout: IO[str], sandbox: Path) -> int:
     return 0
 
 
-def runner_arguments(job_id: str, socket_path: str) -> str:
-    """The runner's arguments: the job, and the service's socket PREPARE_JOB used when it is
-    a plain path (the runner then asks it at once, without reading HTCondor's config)."""
+def runner_arguments(job_id: str, socket_path: str, helper_command: Sequence[str] = ()) -> str:
+    """The runner's arguments: the job, and the door PREPARE_JOB used, when it is plain words:
+    the service's socket (the runner asks it at once, without reading HTCondor's config), else
+    the helper command. Named here, the door is not the job's environment's to choose."""
     if socket_path and _PLAIN_PATH.fullmatch(socket_path):
         return f"--job {job_id} --socket {socket_path}"
+    if helper_command and all(_PLAIN_WORD.fullmatch(word) for word in helper_command):
+        return f"--job {job_id} --helper {' '.join(helper_command)}"
     return f"--job {job_id}"
 
 
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./+-]{1,200}")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./+=:-]{1,200}")
 
 
 def _offer_checkpoint(job_id: str, sandbox: Path) -> bool | None:
@@ -262,9 +268,12 @@ def run_job(
     *,
     vacated: bool = False,
     sandbox: Path | None = None,
+    known: str | None = None,
 ) -> int:
     """The runner's work: SENT is the connection whose `run` request is already out (the
-    runner's early request), else the service is found here (or the helper command used)."""
+    runner's early request), else the service is found here (or the helper command used).
+    KNOWN is the service's socket PREPARE_JOB named: a restarted service is looked for there,
+    not where the job's environment or HTCondor's knob would say."""
     sandbox = sandbox or Path(os.environ.get("_CONDOR_SCRATCH_DIR") or Path.cwd())
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="sd-batch %(name)s: %(levelname)s %(message)s"
@@ -275,7 +284,7 @@ def run_job(
     from .. import staging  # noqa: F401
 
     _say_refused(sandbox)
-    sock = sent or service_socket()
+    sock = sent or service_socket(known=known)
     if sock is None:
         return _run_through_helper(job_id, sandbox)
     # HTCondor's SIGTERM (remove, hold) kills us as it comes: the service sees us hang up and
@@ -290,7 +299,7 @@ def run_job(
         try:
             return _run_on(link, job_id, sandbox, asked=asked)
         except HelperFailed as exc:  # the service went away before the VM's end
-            again = _service_again(reattach_seconds())
+            again = _service_again(reattach_seconds(), known)
             if again is None:
                 print(f"sd-batch: {exc}", file=sys.stderr)
                 return _requeue()
@@ -358,11 +367,11 @@ def _run_on(link: _Link, job_id: str, sandbox: Path, *, asked: bool = False) -> 
     return _finish(result)
 
 
-def _service_again(patience: float) -> socket.socket | None:
+def _service_again(patience: float, known: str | None = None) -> socket.socket | None:
     """The next helper service, once it answers (None after PATIENCE seconds)."""
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
-        sock = service_socket()
+        sock = service_socket(known=known)
         if sock is not None:
             return sock
         time.sleep(0.5)

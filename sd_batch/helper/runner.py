@@ -18,15 +18,25 @@ import signal
 import socket
 import sys
 
-USAGE = "usage: runner --job GLOBAL_JOB_ID [--socket PATH]"
+USAGE = "usage: runner --job GLOBAL_JOB_ID [--socket PATH | --helper COMMAND...]"
+#: What would steer the runner to another door or program. The runner is the job's Cmd, so
+#: its environment is the job's own (submit's `environment`): once PREPARE_JOB named the door
+#: it used in the arguments, these are the user's words and are dropped.
+STEERING = ("_CONDOR_SMARTDOMAINS_HELPER", "_CONDOR_SMARTDOMAINS_HELPER_SOCKET")
 
 
-def parse(argv: list[str]) -> tuple[str, str | None] | None:
-    """(job id, service socket or None) from the runner's arguments; None: not ours."""
-    if len(argv) == 2 and argv[0] == "--job":
-        return argv[1], None
-    if len(argv) == 4 and argv[0] == "--job" and argv[2] == "--socket":
-        return argv[1], argv[3]
+def parse(argv: list[str]) -> tuple[str, str | None, list[str] | None] | None:
+    """(job id, the service's socket, the helper command) from the runner's arguments, as
+    PREPARE_JOB wrote them (at most one of the two doors); None: not ours."""
+    if len(argv) < 2 or argv[0] != "--job":
+        return None
+    job_id, rest = argv[1], argv[2:]
+    if not rest:
+        return job_id, None, None
+    if len(rest) == 2 and rest[0] == "--socket":
+        return job_id, rest[1], None
+    if len(rest) >= 2 and rest[0] == "--helper":
+        return job_id, None, rest[1:]
     return None
 
 
@@ -50,13 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     if parsed is None:
         print(USAGE, file=sys.stderr)
         return 2
-    job_id, path = parsed
+    job_id, path, helper = parsed
+    if path or helper:
+        for name in STEERING:
+            os.environ.pop(name, None)
+    if helper:
+        import shlex
+
+        os.environ["_CONDOR_SMARTDOMAINS_HELPER"] = shlex.join(helper)
     vacated: list[int] = []  # a vacate (SIGUSR2) before the link to the service is in place
     signal.signal(signal.SIGUSR2, lambda signum, _frame: vacated.append(signum))
     sock = early_request(job_id, path) if path else None
     from sd_batch.helper.hooks import run_job
 
-    return run_job(job_id, sock, vacated=bool(vacated))
+    return run_job(job_id, sock, vacated=bool(vacated), known=path)
 
 
 if __name__ == "__main__":

@@ -127,3 +127,36 @@ def test_a_vm_paused_by_a_host_disk_error_is_told_from_one_paused_by_hand() -> N
     assert status_of(3, 1).reason == "user"
     assert status_of(5, 1).reason == "shutdown"
     assert status_of(1, 1).reason == ""
+
+
+def test_a_reattached_runner_never_boots_a_vm_that_ran_even_without_a_result(
+    tmp_path: Path,
+) -> None:
+    """`jobs.reattach` (a runner back at a restarted service): a VM that powered off, even
+    with its output disk still blank (a guest that crashed), is read (the job is held for no
+    result), never booted again to run its payload twice; one never started is booted."""
+    from sd_batch.batch.jobs import reattach
+    from sd_batch.guest import contract
+    from sd_batch.staging import create_output_disk
+
+    output = tmp_path / "output.img"
+    create_output_disk(output, 1 << 20)
+    assert output.read_bytes().startswith(contract.OUTPUT_MAGIC)  # blank: the guest wrote none
+    hv = Hypervisor.connect("test:///default")
+    try:
+        xml = """<domain type='test'><name>reattach-%s</name><memory>65536</memory>
+          <os><type>hvm</type></os></domain>"""
+        hv.define(xml % "ran")
+        hv.define(xml % "never")
+        hv.start("reattach-ran")
+        hv.shutdown("reattach-ran")  # the test driver powers off at once: reason "shutdown"
+        assert hv.state("reattach-ran") == DomainStatus(DomainState.SHUTOFF, "shutdown")
+        assert reattach(hv, "reattach-ran", output) is True
+        assert hv.state("reattach-ran").state is DomainState.SHUTOFF  # not booted again
+        assert hv.state("reattach-never") == DomainStatus(DomainState.SHUTOFF, "unknown")
+        assert reattach(hv, "reattach-never", output) is False  # the run boots it
+    finally:
+        for name in ("reattach-ran", "reattach-never"):
+            hv.destroy(name)
+            hv.undefine(name)
+        hv.close()

@@ -394,8 +394,12 @@ def reattach(hv: HypervisorAPI, domain: str, output: Path) -> bool:
     started."""
     status = hv.state(domain)
     if status.state is DomainState.SHUTOFF:
-        # it never ran (its output disk still blank) or it ran to its end: the end's result
-        # is read below; a blank disk means the old service stopped before the boot
+        # It ran to its end (powered off, crashed, destroyed): its result, or that it left
+        # none, is read below; its payload never runs twice. Off for no known reason, a blank
+        # output disk means the old service stopped before the boot (a libvirtd restarted
+        # since forgets the reason: a disk the guest wrote is read then, too).
+        if status.reason != "unknown":
+            return True
         with open(output, "rb") as disk:  # one sector of a disk only we and the guest write
             return not disk.read(len(contract.OUTPUT_MAGIC)).startswith(contract.OUTPUT_MAGIC)
     if status.state is DomainState.PAUSED:

@@ -400,8 +400,9 @@ def reattach(hv: HypervisorAPI, domain: str, output: Path) -> bool:
         # since forgets the reason: a disk the guest wrote is read then, too).
         if status.reason != "unknown":
             return True
-        with open(output, "rb") as disk:  # one sector of a disk only we and the guest write
-            return not disk.read(len(contract.OUTPUT_MAGIC)).startswith(contract.OUTPUT_MAGIC)
+        from ..staging import guest_wrote
+
+        return guest_wrote(output)
     if status.state is DomainState.PAUSED:
         hv.start_or_resume(domain)
     return True

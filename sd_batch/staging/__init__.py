@@ -14,7 +14,7 @@ May import: errors, guest.contract, the standard library.
 from __future__ import annotations
 
 from ._common import CHECKPOINT_FILE, HTCONDOR_FILES, HTCONDOR_PREFIXES, is_htcondor_file
-from .disk import create_output_disk, result_extent, result_tar_from_disk
+from .disk import create_output_disk, guest_wrote, result_extent, result_tar_from_disk
 from .inputs import write_input_tar
 from .outputs import JobResult, read_result
 
@@ -24,6 +24,7 @@ __all__ = [
     "HTCONDOR_PREFIXES",
     "JobResult",
     "create_output_disk",
+    "guest_wrote",
     "is_htcondor_file",
     "read_result",
     "result_extent",

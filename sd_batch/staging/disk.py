@@ -53,6 +53,17 @@ def result_extent(path: Path) -> int:
         return found.raw.end  # type: ignore[attr-defined, no-any-return]
 
 
+def guest_wrote(path: Path) -> bool:
+    """Whether the guest wrote its output disk at all: sector 0 no longer holds the magic
+    `create_output_disk` put there (one sector read: nothing of the guest's is trusted)."""
+    with open(path, "rb", buffering=0, opener=_nofollow) as disk:
+        return not _unwritten(disk.read(SECTOR))
+
+
+def _unwritten(first_sector: bytes) -> bool:
+    return first_sector.startswith(contract.OUTPUT_MAGIC)
+
+
 def result_tar_from_disk(path: Path, end: int | None = None) -> BinaryIO:
     """A reader of exactly the result tar on an output disk, through its end-of-archive blocks.
 
@@ -66,7 +77,7 @@ def result_tar_from_disk(path: Path, end: int | None = None) -> BinaryIO:
     except OSError as exc:
         raise StagingError(f"cannot open the output disk {path}: {exc}") from exc
     try:
-        if disk.read(SECTOR).startswith(contract.OUTPUT_MAGIC):
+        if _unwritten(disk.read(SECTOR)):
             raise StagingError(
                 f"the guest wrote nothing on its output disk {path.name} (sector 0 still "
                 f"holds {contract.OUTPUT_MAGIC.decode()})",

@@ -5,6 +5,7 @@ users (`Service`, `Job`), a helper service of this checkout for real-QEMU tests
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -13,8 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,24 +113,44 @@ def start_service(root: Path, sock: Path | None = None, *args: str) -> Service:
         "CONDOR_CONFIG": "/dev/null",
     }
     log = root / "service.log"
+    proc = spawn_service(sys.executable, sock, log, env, args, timeout=10.0)
+    return Service(root, sock, proc, log)
+
+
+def spawn_service(
+    python: str | Path,
+    sock: Path,
+    log: Path,
+    env: Mapping[str, str] | None,
+    args: Sequence[str] = (),
+    *,
+    timeout: float,
+) -> subprocess.Popen[bytes]:
+    """`PYTHON -I -m sd_batch.helper.service --socket SOCK [ARGS]`, its output appended to LOG,
+    once it accepts connections (within TIMEOUT s; else killed, failing with its log)."""
+    argv = [str(python), "-I", "-m", "sd_batch.helper.service", "--socket", str(sock), *args]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "sd_batch.helper.service", "--socket", str(sock), *args],
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    for _ in range(200):
-        if proc.poll() is not None:
-            raise AssertionError(f"the service exited: {log.read_text()}")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                probe.connect(str(sock))
-            return Service(root, sock, proc, log)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"the service never listened: {log.read_text()}")
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: answers(sock) or proc.poll() is not None, "the service", timeout)
+    if proc.poll() is not None:
+        raise AssertionError(f"the service exited: {log.read_text()}")
+    if not answers(sock):
+        proc.kill()
+        raise AssertionError(f"the service never listened: {log.read_text()}")
+    return proc
+
+
+def answers(sock: Path) -> bool:
+    """Whether something accepts a connection on SOCK."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(sock))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 @dataclass
@@ -289,28 +309,10 @@ class PrivateService:
 
     def start(self, timeout: float = 30.0) -> subprocess.Popen[bytes]:
         python = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
-        argv = [str(python), "-I", "-m", "sd_batch.helper.service", "--socket", str(self.sock)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*argv, *self.args], stdout=log, stderr=log, env=self.service_environ
-            )
-        wait_until(
-            lambda: self.answers() or self.proc is None or self.proc.poll() is not None,
-            "the helper service to listen",
-            timeout,
+        self.proc = spawn_service(
+            python, self.sock, self.log_path, self.service_environ, self.args, timeout=timeout
         )
-        assert self.answers(), self.log()
         return self.proc
-
-    def answers(self) -> bool:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(self.sock))
-        except OSError:
-            return False
-        finally:
-            probe.close()
-        return True
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
